@@ -1,0 +1,25 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+requirements = [line.strip() for line in (here / "requirements.txt").read_text().splitlines() if line.strip()]
+
+setup(
+    name="moai-llm",
+    version="0.1.0",
+    description="Build, pretrain, fine-tune and chat with Qwen3-style language models on HuggingFace Transformers",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["moai_llm", "moai_llm.*"]),
+    package_data={"moai_llm": ["assets/**/*"]},
+    include_package_data=True,
+    install_requires=requirements,
+    extras_require={
+        "flash": ["flash-attn>=2.6"],
+        "qlora": ["bitsandbytes>=0.45"],
+        "dev": ["pytest>=8", "pexpect>=4.8", "psutil>=5.9"],
+    },
+    license="Apache-2.0",
+)
