@@ -1,0 +1,205 @@
+"""MoaiForCausalLM: transformers' Qwen3 with the few things MOAI changes.
+
+Written the way transformers' `modular_qwen3.py` is: subclass the Qwen3 modules and write only the difference.
+Parameter names are Qwen3's, so dense checkpoints move between the two with `strict=True`.
+
+The differences:
+- `MoaiRMSNorm` picks its backend once: flash-attn's fused Triton kernel on CUDA, else Qwen3's torch path.
+- `use_qk_norm=False` removes q_norm/k_norm (no parameters), `True` is Qwen3 exactly.
+- Packed rows (`position_ids` restarting inside a row) stay isolated on every attention backend, also when an
+  attention mask is passed or a cache is in use, where stock transformers only detects packing with neither.
+
+This file imports only torch, transformers and flat siblings, so `save_pretrained` can ship it as remote code.
+"""
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache
+from transformers.masking_utils import (
+    create_causal_mask,
+    create_sliding_window_causal_mask,
+    find_packed_sequence_indices,
+    packed_sequence_mask_function,
+)
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import PreTrainedModel
+from transformers.models.qwen3.modeling_qwen3 import (
+    Qwen3Attention,
+    Qwen3DecoderLayer,
+    Qwen3ForCausalLM,
+    Qwen3MLP,
+    Qwen3Model,
+    Qwen3PreTrainedModel,
+    Qwen3RMSNorm,
+    Qwen3RotaryEmbedding,
+)
+from transformers.utils import logging
+
+from .configuration_moai import MoaiConfig
+
+logger = logging.get_logger(__name__)
+
+
+def _load_fused_rms_norm():
+    """flash-attn's Triton RMSNorm when it is importable and CUDA is present; None otherwise."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from flash_attn.ops.triton.layer_norm import rms_norm_fn
+    except ImportError:
+        return None
+    return rms_norm_fn
+
+
+_FUSED_RMS_NORM = _load_fused_rms_norm()
+logger.info("MoaiRMSNorm backend: %s", "flash-attn triton" if _FUSED_RMS_NORM else "torch (fp32 upcast)")
+
+
+class MoaiRMSNorm(Qwen3RMSNorm):
+    """Qwen3RMSNorm, through flash-attn's fused kernel for CUDA tensors when it is installed."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if _FUSED_RMS_NORM is not None and hidden_states.is_cuda:
+            return _FUSED_RMS_NORM(hidden_states, self.weight, None, eps=self.variance_epsilon)
+        return super().forward(hidden_states)
+
+
+class MoaiAttention(Qwen3Attention):
+    """Qwen3 attention; QK-norm is optional and uses MoaiRMSNorm."""
+
+    def __init__(self, config: MoaiConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        if config.use_qk_norm:
+            self.q_norm = MoaiRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = MoaiRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        else:
+            self.q_norm = nn.Identity()
+            self.k_norm = nn.Identity()
+
+
+class MoaiDecoderLayer(Qwen3DecoderLayer):
+    def __init__(self, config: MoaiConfig, layer_idx: int):
+        # Skip Qwen3DecoderLayer.__init__: it would build a Qwen3 attention and norms only to replace them.
+        GradientCheckpointingLayer.__init__(self)
+        self.hidden_size = config.hidden_size
+        self.self_attn = MoaiAttention(config=config, layer_idx=layer_idx)
+        self.mlp = Qwen3MLP(config)
+        self.input_layernorm = MoaiRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = MoaiRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+
+class MoaiPreTrainedModel(Qwen3PreTrainedModel):
+    config_class = MoaiConfig
+    config: MoaiConfig
+    _no_split_modules = ["MoaiDecoderLayer"]
+    _can_record_outputs = {"hidden_states": MoaiDecoderLayer, "attentions": MoaiAttention}
+
+
+def packed_document_ids(position_ids: torch.Tensor | None, cache: Cache | None, batch_size: int):
+    """Document index of every token when `position_ids` restart inside a row ([batch, seq]); else None.
+
+    Only for a fresh forward (nothing in the cache yet): decoding steps extend one sequence.
+    """
+    if position_ids is None or position_ids.shape[-1] < 2:
+        return None
+    if cache is not None and cache.get_seq_length() > 0:
+        return None
+    return find_packed_sequence_indices(position_ids.expand(batch_size, -1))
+
+
+def flash_varlen_kwargs(position_ids: torch.Tensor) -> dict:
+    """cu_seq_lens/max_length for flash varlen over the flattened batch ([batch, seq] -> [batch*seq]).
+
+    transformers' `prepare_fa_kwargs_from_position_ids` only cuts where positions restart; a row boundary is a
+    document boundary too (a left-padded row does not start at position 0), so both are cut here.
+    """
+    starts = position_ids == 0
+    starts[:, 0] = True
+    starts = starts.reshape(-1).nonzero().view(-1).to(torch.int32)
+    total = torch.tensor([position_ids.numel()], dtype=torch.int32, device=position_ids.device)
+    cu_seq_lens = torch.cat([starts, total])
+    max_length = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
+    return {
+        "cu_seq_lens_q": cu_seq_lens,
+        "cu_seq_lens_k": cu_seq_lens,
+        "max_length_q": max_length,
+        "max_length_k": max_length,
+    }
+
+
+class MoaiModel(MoaiPreTrainedModel, Qwen3Model):
+    def __init__(self, config: MoaiConfig):
+        # Skip Qwen3Model.__init__: it would build Qwen3 layers only to replace them.
+        MoaiPreTrainedModel.__init__(self, config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList([MoaiDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = MoaiRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = Qwen3RotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.has_sliding_layers = "sliding_attention" in config.layer_types
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | dict | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ):
+        if "past_key_values" in kwargs:
+            cache = kwargs.pop("past_key_values")
+        if inputs_embeds is None and input_ids is not None:
+            inputs_embeds = self.embed_tokens(input_ids)
+            input_ids = None
+        if inputs_embeds is not None and not isinstance(attention_mask, dict):
+            doc_ids = packed_document_ids(position_ids, cache, inputs_embeds.shape[0])
+            if doc_ids is not None:
+                attention_mask = self._packed_masks(inputs_embeds, attention_mask, position_ids, cache, doc_ids, kwargs)
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+    def _packed_masks(self, inputs_embeds, attention_mask, position_ids, cache, doc_ids, kwargs):
+        """Masks that keep each packed document to itself; for flash, varlen boundaries instead of a mask."""
+        if "flash" in (self.config._attn_implementation or ""):
+            if "cu_seq_lens_q" not in kwargs:
+                kwargs.update(flash_varlen_kwargs(position_ids.expand(inputs_embeds.shape[0], -1)))
+            return None
+        mask_kwargs = {
+            "config": self.config,
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": attention_mask,
+            "cache": cache,
+            # No position_ids: transformers would remap mask indices to positions, which the document mask
+            # (indexed by token) must not see. The document mask already carries all that packing needs.
+            "position_ids": None,
+            "and_mask_function": packed_sequence_mask_function(doc_ids),
+        }
+        masks = {"full_attention": create_causal_mask(**mask_kwargs)}
+        if self.has_sliding_layers:
+            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+        return masks
+
+
+class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
+    def __init__(self, config: MoaiConfig):
+        # Skip Qwen3ForCausalLM.__init__: it would build a whole Qwen3Model only to replace it.
+        MoaiPreTrainedModel.__init__(self, config)
+        self.model = MoaiModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+
+__all__ = ["MoaiForCausalLM", "MoaiModel", "MoaiPreTrainedModel", "MoaiRMSNorm"]
