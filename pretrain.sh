@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Launch pretraining with torchrun, from one GPU to many nodes (DDP, FSDP or DeepSpeed through the HF Trainer),
+# or as CPU processes over gloo on a machine with no GPU. Every setting is an environment variable (README lists
+# them with their defaults); anything after `--` goes to train.py unchanged.
+#
+#   NUM_GPUS=8 ./pretrain.sh
+#   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 MODEL_SIZE=3b ./pretrain.sh -- --learning_rate 2e-4
+#   DRY_RUN=1 NUM_GPUS=8 GPU_MEMORY=80 MODEL_SIZE=3b ./pretrain.sh
+set -euo pipefail
+
+die() { echo "pretrain.sh: error: $*" >&2; exit 2; }
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON="${PYTHON:-python}"
+
+TRAIN_ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --) shift; TRAIN_ARGS=("$@"); break ;;
+    *) die "unexpected argument '$1' (settings are environment variables; train.py flags go after --)" ;;
+  esac
+done
+
+# ---- hardware --------------------------------------------------------------------------------------------
+GPUS_FOUND=0
+DETECTED_MEMORY=""
+DETECTED_NAME=""
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  GPUS_FOUND=$(nvidia-smi -L | grep -c '^GPU ' || true)
+  DETECTED_MEMORY=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n1 | awk '{printf "%d", $1/1024}')
+  DETECTED_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1)
+fi
+DRY_RUN="${DRY_RUN:-0}"
+ALLOW_CPU="${ALLOW_CPU:-0}"
+GPU_NAME="${GPU_NAME:-$DETECTED_NAME}"
+
+if [ -z "${NUM_GPUS:-}" ]; then
+  if [ "$GPUS_FOUND" -gt 0 ]; then NUM_GPUS=$GPUS_FOUND
+  elif [ "$ALLOW_CPU" = 1 ]; then NUM_GPUS=2
+  else die "no GPU found; set ALLOW_CPU=1 to run 2 CPU processes (gloo), or NUM_GPUS with DRY_RUN=1 to plan a run"
+  fi
+fi
+[[ "$NUM_GPUS" =~ ^[1-9][0-9]*$ ]] || die "NUM_GPUS=$NUM_GPUS is not a positive integer"
+
+DEVICE=cuda
+if [ "$GPUS_FOUND" -eq 0 ] && [ "$DRY_RUN" != 1 ]; then
+  [ "$ALLOW_CPU" = 1 ] || die "NUM_GPUS=$NUM_GPUS but no GPU was found; set ALLOW_CPU=1 to run $NUM_GPUS CPU processes over gloo"
+  DEVICE=cpu
+elif [ "$GPUS_FOUND" -gt 0 ] && [ "$NUM_GPUS" -gt "$GPUS_FOUND" ]; then
+  die "NUM_GPUS=$NUM_GPUS is more than the $GPUS_FOUND GPU(s) found"
+fi
+GPU_MEMORY="${GPU_MEMORY:-$DETECTED_MEMORY}"
+if [ "$DEVICE" = cuda ]; then
+  [ -n "$GPU_MEMORY" ] || die "GPU_MEMORY is unset and could not be read from nvidia-smi; set it in GB (e.g. GPU_MEMORY=80)"
+  [[ "$GPU_MEMORY" =~ ^[1-9][0-9]*$ ]] || die "GPU_MEMORY=$GPU_MEMORY is not a whole number of GB"
+fi
+
+# ---- batch table -----------------------------------------------------------------------------------------
+# Per-device micro-batch (sequences) by model size and GPU memory (GB, the largest row not above GPU_MEMORY),
+# and the effective (global) batch each size targets. Rows assume bf16, fused loss and packing at SEQ_LEN.
+MODEL_SIZE="${MODEL_SIZE:-tiny}"
+case "$MODEL_SIZE" in
+  tiny)     rows="0:8";                           target=128;  seq=256;  config=configs/model_config_tiny.json ;;
+  moe_tiny) rows="0:8";                           target=128;  seq=256;  config=configs/model_config_moe_tiny.json ;;
+  2b)       rows="24:1 40:2 48:2 80:4 141:8";     target=512;  seq=4096; config=configs/model_config_2b.json ;;
+  3b)       rows="24:1 40:1 48:2 80:4 141:8";     target=512;  seq=4096; config=configs/model_config.json ;;
+  16b)      rows="40:1 80:2 141:4";               target=1024; seq=4096; config=configs/model_config_16b.json ;;
+  moe_a2b)  rows="24:1 40:2 48:2 80:4 141:8";     target=512;  seq=4096; config=configs/model_config_moe_a2b.json ;;
+  *) die "MODEL_SIZE=$MODEL_SIZE has no batch-table row (known: tiny moe_tiny 2b 3b 16b moe_a2b)" ;;
+esac
+micro=""
+if [ "$DEVICE" = cpu ]; then
+  micro=4
+else
+  for row in $rows; do
+    [ "${row%%:*}" -le "$GPU_MEMORY" ] && micro="${row##*:}"
+  done
+  [ -n "$micro" ] || die "MODEL_SIZE=$MODEL_SIZE has no batch-table row for GPU_MEMORY=$GPU_MEMORY GB (rows: $rows)"
+fi
+NNODES="${NNODES:-1}"
+NODE_RANK="${NODE_RANK:-0}"
+[[ "$NNODES" =~ ^[1-9][0-9]*$ ]] || die "NNODES=$NNODES is not a positive integer"
+[[ "$NODE_RANK" =~ ^[0-9]+$ ]] && [ "$NODE_RANK" -lt "$NNODES" ] || die "NODE_RANK=$NODE_RANK must be in 0..$((NNODES - 1))"
+WORLD_SIZE=$((NUM_GPUS * NNODES))
+BATCH_SIZE="${BATCH_SIZE:-$micro}"
+[[ "$BATCH_SIZE" =~ ^[1-9][0-9]*$ ]] || die "BATCH_SIZE=$BATCH_SIZE is not a positive integer"
+EFFECTIVE_BATCH="${EFFECTIVE_BATCH:-$target}"
+if [ -n "${GRADIENT_ACCUMULATION_STEPS:-}" ]; then
+  [[ "$GRADIENT_ACCUMULATION_STEPS" =~ ^[1-9][0-9]*$ ]] || die "GRADIENT_ACCUMULATION_STEPS=$GRADIENT_ACCUMULATION_STEPS is not a positive integer"
+  EFFECTIVE_BATCH=$((BATCH_SIZE * WORLD_SIZE * GRADIENT_ACCUMULATION_STEPS))
+else
+  per_step=$((BATCH_SIZE * WORLD_SIZE))
+  [ $((EFFECTIVE_BATCH % per_step)) -eq 0 ] || die "effective batch $EFFECTIVE_BATCH does not divide by BATCH_SIZE x processes = $BATCH_SIZE x $WORLD_SIZE = $per_step"
+  GRADIENT_ACCUMULATION_STEPS=$((EFFECTIVE_BATCH / per_step))
+fi
+SEQ_LEN="${SEQ_LEN:-$seq}"
+
+# ---- paths -----------------------------------------------------------------------------------------------
+MODEL_CONFIG="${MODEL_CONFIG:-$config}"
+TOKENIZER_PATH="${TOKENIZER_PATH:-moai_llm/assets/tokenizer}"
+OUTPUT_DIR="${OUTPUT_DIR:-outputs/pretrain-$MODEL_SIZE}"
+RESUME="${RESUME:-auto}"
+MAX_STEPS="${MAX_STEPS:-}"
+PARALLEL="${PARALLEL:-ddp}"
+( cd "$here" && [ -f "$MODEL_CONFIG" ] ) || [ -f "$MODEL_CONFIG" ] || die "MODEL_CONFIG=$MODEL_CONFIG: file not found"
+( cd "$here" && [ -f "$TOKENIZER_PATH/tokenizer.json" ] ) || [ -f "$TOKENIZER_PATH/tokenizer.json" ] \
+  || die "TOKENIZER_PATH=$TOKENIZER_PATH: no tokenizer.json there (train one with train_tokenizer.py)"
+if [ -n "${DATA_CONFIG:-}" ]; then
+  ( cd "$here" && [ -f "$DATA_CONFIG" ] ) || [ -f "$DATA_CONFIG" ] || die "DATA_CONFIG=$DATA_CONFIG: file not found"
+fi
+if [ -n "$MAX_STEPS" ]; then
+  [[ "$MAX_STEPS" =~ ^[1-9][0-9]*$ ]] || die "MAX_STEPS=$MAX_STEPS is not a positive integer"
+fi
+
+# ---- rendezvous ------------------------------------------------------------------------------------------
+if [ "$NNODES" -gt 1 ]; then
+  [ -n "${MASTER_ADDR:-}" ] || die "NNODES=$NNODES needs MASTER_ADDR (the address of node 0)"
+  MASTER_PORT="${MASTER_PORT:-29500}"
+else
+  MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
+  MASTER_PORT="${MASTER_PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}"
+fi
+[[ "$MASTER_PORT" =~ ^[0-9]+$ ]] || die "MASTER_PORT=$MASTER_PORT is not a port number"
+
+# ---- environment for the engine --------------------------------------------------------------------------
+# A slow checkpoint save must not kill the job (long ddp_timeout), but a dead rank must end it: torchrun's agent
+# tears the group down as soon as one worker exits non-zero, and NCCL's async error handling aborts collectives
+# that wait on a dead peer instead of hanging.
+DDP_TIMEOUT="${DDP_TIMEOUT:-5400}"
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
+export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+if [ "$DEVICE" = cuda ]; then
+  if [[ "$GPU_NAME" =~ (GeForce|RTX\ [0-9]{4}|TITAN) ]]; then
+    export NCCL_P2P_DISABLE=1  # consumer cards: peer-to-peer over PCIe is unsupported or slower than host copies
+  else
+    export NCCL_P2P_DISABLE=0
+  fi
+fi
+
+ARGS=(--mode pretrain --model_config "$MODEL_CONFIG" --tokenizer_path "$TOKENIZER_PATH" --output_dir "$OUTPUT_DIR"
+      --batch_size "$BATCH_SIZE" --gradient_accumulation_steps "$GRADIENT_ACCUMULATION_STEPS"
+      --max_seq_length "$SEQ_LEN" --resume_from_checkpoint "$RESUME" --ddp_timeout "$DDP_TIMEOUT")
+[ -n "$MAX_STEPS" ] && ARGS+=(--max_steps "$MAX_STEPS")
+[ -n "${DATA_CONFIG:-}" ] && ARGS+=(--config "$DATA_CONFIG")
+if [ "$DEVICE" = cpu ]; then
+  ARGS+=(--use_cpu true --ddp_backend gloo)
+else
+  ARGS+=(--bf16 true --tf32 true --ddp_backend nccl)
+fi
+case "$PARALLEL" in
+  ddp) ;;
+  fsdp) ARGS+=(--fsdp "full_shard auto_wrap" --fsdp_config configs/fsdp_config.json) ;;
+  deepspeed)
+    [ "$DRY_RUN" = 1 ] || "$PYTHON" -c "import deepspeed" 2>/dev/null || die "PARALLEL=deepspeed but deepspeed is not installed (pip install deepspeed)"
+    ARGS+=(--deepspeed configs/deepspeed_zero2.json) ;;
+  *) die "PARALLEL=$PARALLEL is not one of ddp fsdp deepspeed" ;;
+esac
+
+CMD=(torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NUM_GPUS"
+     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --max_restarts 0 --monitor_interval 1
+     --local_ranks_filter 0 train.py "${ARGS[@]}" "${TRAIN_ARGS[@]}")
+
+cat <<EOF
+pretrain.sh: $NNODES node(s) x $NUM_GPUS $DEVICE process(es) = $WORLD_SIZE, parallel=$PARALLEL
+  model: MODEL_SIZE=$MODEL_SIZE MODEL_CONFIG=$MODEL_CONFIG GPU_MEMORY=${GPU_MEMORY:-n/a} GPU_NAME=${GPU_NAME:-n/a}
+  batch: per-device $BATCH_SIZE x processes $WORLD_SIZE x accumulation $GRADIENT_ACCUMULATION_STEPS = effective $EFFECTIVE_BATCH sequences of $SEQ_LEN tokens
+  env: NCCL_P2P_DISABLE=${NCCL_P2P_DISABLE:-n/a} TORCH_NCCL_ASYNC_ERROR_HANDLING=$TORCH_NCCL_ASYNC_ERROR_HANDLING PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_CUDA_ALLOC_CONF OMP_NUM_THREADS=$OMP_NUM_THREADS
+EOF
+printf 'command:'; printf ' %q' "${CMD[@]}"; printf '\n'
+if [ "$DRY_RUN" = 1 ]; then
+  exit 0
+fi
+cd "$here"
+exec "${CMD[@]}"

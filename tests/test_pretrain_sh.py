@@ -1,0 +1,95 @@
+"""pretrain.sh: planning (DRY_RUN), fail-fast settings; the CPU run itself is in test_pretrain_sh_run.py."""
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from .conftest import REPO
+
+
+def run(env_overrides, *args, tokenizer=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("NUM_GPUS", "GPU_MEMORY", "MODEL_SIZE", "NNODES")}
+    env.update({"PATH": os.environ["PATH"]})
+    if tokenizer is not None:
+        env["TOKENIZER_PATH"] = str(tokenizer)
+    env.update(env_overrides)
+    return subprocess.run(
+        ["bash", str(REPO / "pretrain.sh"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{}")
+    return tmp_path
+
+
+def flag(output, name):
+    match = re.search(rf"{name} (\S+)", output)
+    return match.group(1) if match else None
+
+
+@pytest.mark.parametrize(
+    "memory, micro, accumulation",
+    [("24", "1", "32"), ("40", "1", "32"), ("48", "2", "16"), ("80", "4", "8"), ("141", "8", "4")],
+)
+def test_dry_run_two_nodes_of_eight(memory, micro, accumulation, tokenizer_dir):
+    env = {"DRY_RUN": "1", "NUM_GPUS": "8", "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1",
+           "GPU_MEMORY": memory, "MODEL_SIZE": "3b", "GPU_NAME": "NVIDIA H100 80GB HBM3"}
+    result = run(env, "--", "--learning_rate", "2e-4", tokenizer=tokenizer_dir)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert flag(out, "--nnodes") == "2" and flag(out, "--node_rank") == "1" and flag(out, "--nproc_per_node") == "8"
+    assert flag(out, "--master_addr") == "10.0.0.1" and flag(out, "--master_port") == "29500"
+    assert flag(out, "--batch_size") == micro and flag(out, "--gradient_accumulation_steps") == accumulation
+    assert f"= effective 512 sequences" in out
+    assert "--learning_rate 2e-4" in out and "NCCL_P2P_DISABLE=0" in out
+    assert "--bf16 true" in out and "--ddp_backend nccl" in out
+
+
+def test_dry_run_consumer_gpu_disables_p2p(tokenizer_dir):
+    env = {"DRY_RUN": "1", "NUM_GPUS": "2", "GPU_MEMORY": "24", "MODEL_SIZE": "2b",
+           "GPU_NAME": "NVIDIA GeForce RTX 4090"}
+    result = run(env, tokenizer=tokenizer_dir)
+    assert result.returncode == 0, result.stderr
+    assert "NCCL_P2P_DISABLE=1" in result.stdout
+    assert flag(result.stdout, "--gradient_accumulation_steps") == "256"
+
+
+def test_overrides_and_parallel_engines(tokenizer_dir):
+    env = {"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "MODEL_SIZE": "16b", "BATCH_SIZE": "1",
+           "GRADIENT_ACCUMULATION_STEPS": "3", "PARALLEL": "fsdp"}
+    result = run(env, tokenizer=tokenizer_dir)
+    assert result.returncode == 0, result.stderr
+    assert "= effective 24 sequences" in result.stdout and "configs/fsdp_config.json" in result.stdout
+    result = run({**env, "PARALLEL": "deepspeed"}, tokenizer=tokenizer_dir)
+    assert "configs/deepspeed_zero2.json" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"NUM_GPUS": "8"}, "no GPU was found"),
+        ({"DRY_RUN": "1", "NUM_GPUS": "3", "GPU_MEMORY": "80", "MODEL_SIZE": "3b"}, "does not divide"),
+        ({"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "24", "MODEL_SIZE": "16b"}, "no batch-table row for GPU_MEMORY=24"),
+        ({"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "MODEL_SIZE": "70b"}, "MODEL_SIZE=70b has no batch-table row"),
+        ({"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "NNODES": "2"}, "needs MASTER_ADDR"),
+        ({"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "MODEL_CONFIG": "nope.json"}, "MODEL_CONFIG=nope.json"),
+        ({"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "DATA_CONFIG": "missing.yaml"}, "DATA_CONFIG=missing.yaml"),
+        ({"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "PARALLEL": "tp"}, "PARALLEL=tp"),
+        ({"DRY_RUN": "1", "NUM_GPUS": "two"}, "NUM_GPUS=two"),
+    ],
+)
+def test_bad_settings_fail_fast_with_one_line(env, message, tokenizer_dir):
+    result = run(env, tokenizer=tokenizer_dir)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "command:" not in result.stdout
+
+
+def test_missing_tokenizer_fails_fast(tmp_path):
+    result = run({"DRY_RUN": "1", "NUM_GPUS": "1", "GPU_MEMORY": "80"}, tokenizer=tmp_path)
+    assert result.returncode != 0 and "no tokenizer.json" in result.stderr
