@@ -1,6 +1,8 @@
 """MoaiForCausalLM vs transformers' Qwen3ForCausalLM: same config, same weights, interleaved repetitions.
 
 Reports forward+backward tokens/s and greedy-generation tokens/s (median over repetitions) and their ratio.
+A second Qwen3 instance with the same weights is timed too: its ratio to the first (an A/A comparison) is the
+noise floor of the machine, so a Moai/Qwen3 ratio inside it is no difference at all.
 
     python benchmarks/bench_model.py [--reps 7] [--threads 2]
 """
@@ -32,7 +34,7 @@ def generate_seconds(model, prompt, new_tokens) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
@@ -47,7 +49,9 @@ def main() -> None:
     moai = MoaiForCausalLM(config)
     qwen3 = Qwen3ForCausalLM(qwen3_config_from(config))
     qwen3.load_state_dict(moai.state_dict(), strict=True)
-    models = {"MoaiForCausalLM": moai, "Qwen3ForCausalLM": qwen3}
+    control = Qwen3ForCausalLM(qwen3_config_from(config))
+    control.load_state_dict(moai.state_dict(), strict=True)
+    models = {"MoaiForCausalLM": moai, "Qwen3ForCausalLM": qwen3, "Qwen3ForCausalLM (A/A control)": control}
     order = list(models.items())
     ids = torch.randint(3, config.vocab_size, (args.batch, args.seq))
     prompt = ids[:1, :16]
@@ -60,13 +64,14 @@ def main() -> None:
         model.eval()
         generate_seconds(model, prompt, 4)
     for rep in range(args.reps):
-        for name, model in order if rep % 2 == 0 else order[::-1]:  # alternate who goes first
+        for name, model in order[rep % 3 :] + order[: rep % 3]:  # rotate who goes first
             model.train()
             train[name].append(ids.numel() / train_step_seconds(model, ids))
             model.eval()
             gen[name].append(args.new_tokens / generate_seconds(model, prompt, args.new_tokens))
 
     rows = [(name, statistics.median(train[name]), statistics.median(gen[name])) for name in models]
+    ratio = lambda a, b, col: rows[a][col] / rows[b][col]  # noqa: E731
     print(f"config: hidden {config.hidden_size}, layers {config.num_hidden_layers}, vocab {config.vocab_size}, "
           f"batch {args.batch} x seq {args.seq}, greedy {args.new_tokens} tokens, {args.reps} interleaved reps, "
           f"{args.threads} threads")
@@ -74,7 +79,8 @@ def main() -> None:
     print(f"| --- | ---: | ---: |")
     for name, tr, ge in rows:
         print(f"| {name} | {tr:,.0f} | {ge:,.1f} |")
-    print(f"| ratio Moai/Qwen3 | {rows[0][1] / rows[1][1]:.3f} | {rows[0][2] / rows[1][2]:.3f} |")
+    print(f"| ratio Moai / Qwen3 | {ratio(0, 1, 1):.3f} | {ratio(0, 1, 2):.3f} |")
+    print(f"| ratio Qwen3 / Qwen3 (noise floor) | {ratio(2, 1, 1):.3f} | {ratio(2, 1, 2):.3f} |")
 
 
 if __name__ == "__main__":

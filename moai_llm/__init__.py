@@ -1,7 +1,7 @@
 """MOAI-LLM: Qwen3-style causal language models on HuggingFace Transformers.
 
-Importing the package registers MoaiConfig / MoaiModel / MoaiForCausalLM with the Auto classes, and marks them
-for `save_pretrained` to write their code and an `auto_map`, so saved models also load with
+Importing the package registers MoaiConfig / MoaiModel / MoaiForCausalLM with the Auto classes. Their
+`save_pretrained` also writes the model code and an `auto_map`, so saved models load with
 `trust_remote_code=True` where this package is not installed.
 """
 
@@ -15,8 +15,5 @@ __version__ = "0.1.0"
 AutoConfig.register(MoaiConfig.model_type, MoaiConfig)
 AutoModel.register(MoaiConfig, MoaiModel)
 AutoModelForCausalLM.register(MoaiConfig, MoaiForCausalLM)
-MoaiConfig.register_for_auto_class()
-MoaiModel.register_for_auto_class("AutoModel")
-MoaiForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 __all__ = ["MoaiConfig", "MoaiForCausalLM", "MoaiModel", "MoaiPreTrainedModel"]

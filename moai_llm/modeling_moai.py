@@ -12,6 +12,8 @@ The differences:
 This file imports only torch, transformers and flat siblings, so `save_pretrained` can ship it as remote code.
 """
 
+import functools
+
 import torch
 from torch import nn
 from transformers.cache_utils import Cache
@@ -40,27 +42,29 @@ from .configuration_moai import MoaiConfig
 logger = logging.get_logger(__name__)
 
 
-def _load_fused_rms_norm():
-    """flash-attn's Triton RMSNorm when it is importable and CUDA is present; None otherwise."""
-    if not torch.cuda.is_available():
-        return None
-    try:
-        from flash_attn.ops.triton.layer_norm import rms_norm_fn
-    except ImportError:
-        return None
+@functools.cache
+def fused_rms_norm():
+    """flash-attn's Triton RMSNorm when CUDA is present and flash-attn importable, else None; decided once."""
+    rms_norm_fn = None
+    if torch.cuda.is_available():
+        try:
+            from flash_attn.ops.triton.layer_norm import rms_norm_fn
+        except ImportError:
+            pass
+    logger.info("MoaiRMSNorm backend: %s", "flash-attn triton" if rms_norm_fn else "torch (fp32 upcast)")
     return rms_norm_fn
-
-
-_FUSED_RMS_NORM = _load_fused_rms_norm()
-logger.info("MoaiRMSNorm backend: %s", "flash-attn triton" if _FUSED_RMS_NORM else "torch (fp32 upcast)")
 
 
 class MoaiRMSNorm(Qwen3RMSNorm):
     """Qwen3RMSNorm, through flash-attn's fused kernel for CUDA tensors when it is installed."""
 
+    def __init__(self, hidden_size, eps: float = 1e-6) -> None:
+        super().__init__(hidden_size, eps=eps)
+        self.fused = fused_rms_norm()
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if _FUSED_RMS_NORM is not None and hidden_states.is_cuda:
-            return _FUSED_RMS_NORM(hidden_states, self.weight, None, eps=self.variance_epsilon)
+        if self.fused is not None and hidden_states.is_cuda:
+            return self.fused(hidden_states, self.weight, None, eps=self.variance_epsilon)
         return super().forward(hidden_states)
 
 
@@ -93,6 +97,30 @@ class MoaiPreTrainedModel(Qwen3PreTrainedModel):
     config: MoaiConfig
     _no_split_modules = ["MoaiDecoderLayer"]
     _can_record_outputs = {"hidden_states": MoaiDecoderLayer, "attentions": MoaiAttention}
+    _auto_class_name = "AutoModel"  # what save_pretrained's auto_map names this class under
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Safetensors only: never unpickle a checkpoint."""
+        kwargs.setdefault("use_safetensors", True)
+        return super().from_pretrained(*args, **kwargs)
+
+    def save_pretrained(self, *args, **kwargs):
+        """Also writes this code and an `auto_map`, so the checkpoint loads with `trust_remote_code=True`.
+
+        The classes are registered for their auto classes only while saving: a registered class counts as remote
+        code, and `GenerationMixin` then inspects `forward`'s signature at every decoding step (~3% of decode time
+        of the tiny model, measured with benchmarks/bench_model.py).
+        """
+        auto_classes = {type(self.config): "AutoConfig", type(self): self._auto_class_name}
+        previous = {cls: cls.__dict__.get("_auto_class") for cls in auto_classes}
+        for cls, name in auto_classes.items():
+            cls._auto_class = previous[cls] or name
+        try:
+            return super().save_pretrained(*args, **kwargs)
+        finally:
+            for cls, name in previous.items():
+                cls._auto_class = name
 
 
 def packed_document_ids(position_ids: torch.Tensor | None, cache: Cache | None, batch_size: int):
@@ -193,6 +221,8 @@ class MoaiModel(MoaiPreTrainedModel, Qwen3Model):
 
 
 class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
+    _auto_class_name = "AutoModelForCausalLM"
+
     def __init__(self, config: MoaiConfig):
         # Skip Qwen3ForCausalLM.__init__: it would build a whole Qwen3Model only to replace it.
         MoaiPreTrainedModel.__init__(self, config)

@@ -22,6 +22,9 @@ def test_round_trip_with_auto_classes(tmp_path, tiny_model):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "moai"
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_moai.MoaiForCausalLM"
+    assert config["auto_map"]["AutoConfig"] == "configuration_moai.MoaiConfig"
+    # registered only while saving: generate() treats registered classes as remote code (slower decoding)
+    assert MoaiForCausalLM._auto_class is None and MoaiConfig._auto_class is None
     assert isinstance(AutoConfig.from_pretrained(tmp_path), MoaiConfig)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert isinstance(loaded, MoaiForCausalLM)
