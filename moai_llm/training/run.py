@@ -74,9 +74,17 @@ def build_model(model_args, training_args, tokenizer):
     dtype = torch.bfloat16 if training_args.bf16 and torch.cuda.is_available() else None
     if training_args.mode == "sft" and not model_args.pretrained_model:
         raise UsageError("--mode sft needs --pretrained_model (a pretrained model directory or hub id)")
+    if model_args.use_qlora and not model_args.pretrained_model:
+        raise UsageError("--use_qlora needs --pretrained_model (a 4-bit base is loaded from a trained model)")
     if model_args.pretrained_model:
+        quantization = None
+        if model_args.use_qlora:
+            from .lora import quantization_config
+
+            quantization = quantization_config(model_args)
         model = AutoModelForCausalLM.from_pretrained(
-            model_args.pretrained_model, attn_implementation=model_args.attn_implementation, dtype=dtype
+            model_args.pretrained_model, attn_implementation=model_args.attn_implementation, dtype=dtype,
+            quantization_config=quantization,
         )
     else:
         path = model_args.model_config or TINY_MODEL_CONFIG

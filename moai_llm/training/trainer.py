@@ -157,5 +157,4 @@ class MoaiTrainer(Trainer):
                 json.dump({"global_step": self.state.global_step}, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
-            rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint,
-                               use_mtime=True)
+            rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint)
