@@ -7,6 +7,8 @@ Only the differences from Qwen3 live here: optional QK-norm, an explicit-or-deri
 from huggingface_hub.dataclasses import strict
 from transformers.models.qwen3.configuration_qwen3 import Qwen3Config
 
+from .losses import create_loss_function
+
 # Legacy YaRN keys some MOAI/moellama configs used, mapped to transformers' names.
 _LEGACY_YARN_KEYS = {"alpha": "beta_slow", "beta": "beta_fast", "type": "rope_type"}
 _KNOWN_ROPE_TYPES = {"default", "linear", "dynamic", "yarn", "longrope", "llama3"}
@@ -43,6 +45,12 @@ class MoaiConfig(Qwen3Config):
         Key/value heads for GQA; unset means as many as query heads (MHA).
     head_dim (`int`, *optional*):
         Width of one attention head. When unset it is `hidden_size // num_attention_heads`, which must divide.
+    loss_chunk_size (`int`, defaults to 1024):
+        Tokens per chunk of the fused linear cross-entropy used when labels are given (never more than
+        `[loss_chunk_size, vocab_size]` logits alive). 0 = transformers' plain loss on full logits.
+    loss_config (`dict`, *optional*):
+        The training objective, as `moai_llm.losses.create_loss_function` takes it, e.g.
+        `{"type": "multi_objective", "params": {"ce_weight": 1.0, "focal_weight": 0.5}}`. None = cross-entropy.
     """
 
     model_type = "moai"
@@ -50,11 +58,14 @@ class MoaiConfig(Qwen3Config):
     num_key_value_heads: int | None = None
     head_dim: int | None = None
     use_qk_norm: bool = True
+    loss_chunk_size: int = 1024
+    loss_config: dict | None = None
 
     def __post_init__(self, **kwargs):
         rope = kwargs.pop("rope_scaling", None) or self.rope_parameters
         self.rope_parameters = _normalise_rope(dict(rope) if rope else None)
         self._check_sizes()
+        create_loss_function(self.loss_config)  # a bad loss config fails here, naming the field
         super().__post_init__(**kwargs)
 
     def _check_sizes(self) -> None:
@@ -71,6 +82,8 @@ class MoaiConfig(Qwen3Config):
                 f"num_attention_heads={self.num_attention_heads} is not divisible by "
                 f"num_key_value_heads={self.num_key_value_heads}"
             )
+        if self.loss_chunk_size is None or self.loss_chunk_size < 0:
+            raise ValueError(f"loss_chunk_size must be >= 0 (0 = plain loss), got {self.loss_chunk_size}")
         if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads:
                 raise ValueError(

@@ -24,7 +24,8 @@ from transformers.masking_utils import (
     packed_sequence_mask_function,
 )
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3Attention,
     Qwen3DecoderLayer,
@@ -38,6 +39,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 from transformers.utils import logging
 
 from .configuration_moai import MoaiConfig
+from .losses import causal_lm_loss
 
 logger = logging.get_logger(__name__)
 
@@ -230,6 +232,47 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        return_logits: bool = False,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Qwen3's forward, except that with labels the loss is the fused chunked one from the hidden states
+        (config.loss_chunk_size > 0) and `logits` is None unless `return_logits=True`."""
+        if "past_key_values" in kwargs:
+            cache = kwargs.pop("past_key_values")
+        if labels is None or not self.config.loss_chunk_size:
+            return super().forward(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+        shift_labels = kwargs.pop("shift_labels", None)
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state  # [batch, seq, hidden]
+        loss = causal_lm_loss(
+            hidden_states, self.lm_head.weight, labels, shift_labels=shift_labels,
+            num_items_in_batch=num_items_in_batch, chunk_size=self.config.loss_chunk_size,
+            loss_config=self.config.loss_config, lm_head_bias=self.lm_head.bias,
+        )
+        logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep)) if return_logits else None
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
 
 __all__ = ["MoaiForCausalLM", "MoaiModel", "MoaiPreTrainedModel", "MoaiRMSNorm"]

@@ -1,0 +1,27 @@
+"""Special tokens with fixed ids and the ChatML chat template every MOAI tokenizer carries."""
+
+from transformers import PreTrainedTokenizerFast
+
+# ids 0..6, in this order, in every tokenizer this project trains or extends
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def wrap(tokenizer_object) -> PreTrainedTokenizerFast:
+    """A transformers fast tokenizer with MOAI's special tokens and chat template."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_object,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=SPECIAL_TOKENS[4:],
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+    )
