@@ -45,7 +45,8 @@ def test_no_argument_run_learns_and_final_model_loads(tmp_path):
     [
         (["--mode", "finetune"], "invalid choice: 'finetune'"),
         (["--mode", "sft"], "--mode sft needs --pretrained_model"),
-        (["--train_file", "missing.jsonl"], "--train_file missing.jsonl: file not found"),
+        (["--train_file", "missing.jsonl"], "missing.jsonl: no such file"),
+        (["--loss_type", "focal", "--loss_params", "{\"gamma\": -1}"], "focal_gamma must be >= 0"),
         (["--model_config", "nope.json"], "--model_config nope.json: file not found"),
         (["--config", "nope.yaml"], "--config nope.yaml: file not found"),
         (["--wsd_decay_ratio", "1.5"], "--wsd_decay_ratio must be in [0, 1]"),

@@ -66,7 +66,12 @@ class DataArguments:
     )
     max_seq_length: int = field(default=256, metadata={"help": "Tokens per packed row / truncation length."})
     packing: bool = field(default=True, metadata={"help": "Pack documents into full rows (false: pad to longest)."})
-    eval_split: float = field(default=0.05, metadata={"help": "Fraction of documents held out for evaluation."})
+    eval_fraction: float = field(
+        default=0.05, metadata={"help": "Documents held out for evaluation: a fraction (< 1) or a count (0 = none)."}
+    )
+    packing_bins: int = field(default=8, metadata={"help": "Length groups of the hierarchical balance packer."})
+    streaming: bool = field(default=False, metadata={"help": "Stream sources instead of downloading (needs max_steps)."})
+    skip_bad_records: bool = field(default=False, metadata={"help": "Skip (and count) malformed records."})
     mixture: str | None = field(default=None, metadata={"help": "Data mixture (YAML only, see training_config.yaml)."})
     stopping_strategy: Literal["all_exhausted", "first_exhausted"] = field(
         default="all_exhausted", metadata={"help": "When an interleaved mixture ends."}

@@ -1,5 +1,6 @@
 """One training run (one stage): tokenizer, model, data, MoaiTrainer, final_model."""
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -8,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, set_seed
 
 from .. import MoaiConfig, MoaiForCausalLM
+from ..losses import create_loss_function
 from .arguments import DEFAULT_LEARNING_RATES, PACKAGE_DIR, TINY_MODEL_CONFIG
 from .callbacks import GracefulStopCallback, ThroughputCallback, detect_peak_tflops, flops_per_token
 from .cli import UsageError
@@ -94,11 +96,30 @@ def build_model(model_args, training_args, tokenizer):
         if model_args.attn_implementation:
             config._attn_implementation = model_args.attn_implementation
         model = MoaiForCausalLM(config)
+    if hasattr(model.config, "loss_config"):
+        model.config.loss_config = loss_config(model_args)
+        if model_args.loss_chunk_size is not None:
+            model.config.loss_chunk_size = model_args.loss_chunk_size
     if len(tokenizer) > model.config.vocab_size:
         raise UsageError(
             f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
         )
     return model
+
+
+def loss_config(model_args) -> dict:
+    """{"type", "params"} for MoaiConfig.loss_config from --loss_type/--loss_params/--z_loss_coef (validated)."""
+    params = model_args.loss_params or {}
+    if isinstance(params, str):
+        try:
+            params = json.loads(params)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"--loss_params: not valid JSON ({error.msg})") from None
+    if model_args.z_loss_coef:
+        params = {**params, "z_loss_coef": model_args.z_loss_coef}
+    spec = {"type": model_args.loss_type, "params": params}
+    create_loss_function(dict(spec))  # raises a ValueError naming the bad field
+    return spec
 
 
 def resolve_resume(training_args) -> str | None:
@@ -152,8 +173,8 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
         from .lora import apply_lora
 
         model = apply_lora(model, model_args)
-    with training_args.main_process_first(desc="tokenising"):
-        train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, training_args.seed)
+    flash = model.config._attn_implementation == "flash_attention_2"
+    train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, training_args, flash=flash)
     if eval_dataset is None and training_args.eval_strategy != "no":
         training_args.eval_strategy = "no"
     config = model.config
