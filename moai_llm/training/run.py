@@ -144,6 +144,7 @@ def save_final_model(trainer, tokenizer, model_args, training_args) -> str:
         eos_ids.append(tokenizer.convert_tokens_to_ids(CHAT_END_TOKEN))
     if training_args.should_save:
         if model_args.merge_lora and hasattr(model, "merge_and_unload"):
+            model.save_pretrained(os.path.join(training_args.output_dir, "adapter"))
             model = model.merge_and_unload()
         generation = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id
