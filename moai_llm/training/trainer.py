@@ -66,6 +66,7 @@ class MoaiTrainer(Trainer):
             self.add_callback(throughput)
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_micro_batches = 0
+        self._expert_load: torch.Tensor | None = None  # [moe_layers, experts], summed over micro-batches
 
     # ---- schedule ------------------------------------------------------------------------------------------
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -106,6 +107,9 @@ class MoaiTrainer(Trainer):
                 for key, value in terms.items():
                     self._component_sums[key] = self._component_sums.get(key, 0.0) + value.detach().float()
                 self._component_micro_batches += 1
+        load = outputs.get("expert_load") if hasattr(outputs, "get") else None
+        if load is not None and model.training:
+            self._expert_load = load.float() if self._expert_load is None else self._expert_load + load.float()
         return (loss, outputs) if return_outputs else loss
 
     def _stock_loss_scale(self, num_items_in_batch) -> float | None:
@@ -131,6 +135,12 @@ class MoaiTrainer(Trainer):
                     extras += mean
                 logs["lm_loss"] = round(logs["loss"] - extras, 6)
                 self._component_sums, self._component_micro_batches = {}, 0
+            if self._expert_load is not None:
+                from ..moe import balance_metrics
+
+                load = self._nested_gather(self._expert_load[None]).sum(0)  # all ranks: [moe_layers, experts]
+                logs.update({k: round(v, 4) for k, v in balance_metrics(load / load.sum(-1, keepdim=True)).items()})
+                self._expert_load = None
         super().log(logs, start_time)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
