@@ -14,13 +14,13 @@ from .train_helpers import run_cli, run_inprocess, write_tiny_config
 
 
 def test_no_argument_run_learns_and_final_model_loads(tmp_path):
-    result = run_cli(["--max_steps", "12", "--max_seq_length", "128", "--batch_size", "4", "--logging_steps", "3",
-                      "--eval_steps", "6", "--output_dir", str(tmp_path / "run")])
+    result = run_cli(["--max_steps", "10", "--max_seq_length", "128", "--batch_size", "2", "--logging_steps", "2",
+                      "--eval_steps", "10", "--output_dir", str(tmp_path / "run")])
     assert result.returncode == 0, result.stderr[-3000:]
     final = tmp_path / "run" / "final_model"
-    history = json.loads((tmp_path / "run" / "checkpoint-12" / "trainer_state.json").read_text())["log_history"]
+    history = json.loads((tmp_path / "run" / "checkpoint-10" / "trainer_state.json").read_text())["log_history"]
     train_losses = [entry["loss"] for entry in history if "loss" in entry]
-    assert len(train_losses) == 4 and train_losses[-1] < train_losses[0] - 1.0, train_losses
+    assert len(train_losses) == 5 and train_losses[-1] < train_losses[0] - 1.0, train_losses
     assert any("eval_perplexity" in entry for entry in history)
     assert any("tokens_per_second" in entry and "packing_efficiency" in entry for entry in history)
     check = textwrap.dedent(f"""

@@ -159,6 +159,15 @@ def save_final_model(trainer, tokenizer, model_args, training_args) -> str:
     return final_dir
 
 
+def final_evaluation(trainer) -> dict:
+    """Eval metrics at the last step: reused when the eval schedule just ran there, else evaluated now."""
+    last = {}
+    for entry in trainer.state.log_history:
+        if entry.get("step") == trainer.state.global_step and any(k.startswith("eval_") for k in entry):
+            last.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+    return last if "eval_loss" in last else trainer.evaluate()
+
+
 def run_training(model_args, data_args, training_args, extra_callbacks=()) -> RunResult:
     """Train one stage end to end; returns where final_model went (None if a signal stopped the run)."""
     configure_hardware(model_args, training_args)
@@ -204,7 +213,7 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
         )
         return RunResult(training_args.output_dir, None, metrics, stopper.stopped_at)
     if eval_dataset is not None:
-        metrics.update(trainer.evaluate())
+        metrics.update(final_evaluation(trainer))
     trainer.save_metrics("all", metrics)
     final_dir = save_final_model(trainer, tokenizer, model_args, training_args)
     return RunResult(training_args.output_dir, final_dir, metrics)
