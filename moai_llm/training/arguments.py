@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from transformers import TrainingArguments
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,6 +112,9 @@ class MoaiTrainingArguments(TrainingArguments):
     save_steps: float = field(default=100, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (oldest removed)."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "tensorboard, wandb, ... or none."})
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision (default: on for CUDA GPUs that support it, off on CPU)."}
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep dataset columns for the collator (it builds the model inputs)."}
     )
@@ -132,4 +136,7 @@ class MoaiTrainingArguments(TrainingArguments):
         for name in ("wsd_decay_ratio", "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.bf16 is None:  # resolved before TrainingArguments derives mixed_precision from it
+            self.bf16 = bool(not self.use_cpu and not self.fp16 and torch.cuda.is_available()
+                             and torch.cuda.is_bf16_supported())
         super().__post_init__()

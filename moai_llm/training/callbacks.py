@@ -67,14 +67,16 @@ class ThroughputCallback(TrainerCallback):
         self._reset()
 
     def observe(self, input_ids: torch.Tensor, labels: torch.Tensor | None, pad_token_id: int | None) -> None:
-        real = int(input_ids.ne(pad_token_id).sum()) if pad_token_id is not None else input_ids.numel()
-        self.tokens += real
-        self.useful += int(labels.ne(-100).sum()) if labels is not None else real
+        # tensors accumulate on the batch's device: no host sync per micro-batch, only in pop_logs
+        real = input_ids.ne(pad_token_id).sum() if pad_token_id is not None else input_ids.numel()
+        self.tokens = self.tokens + real
+        self.useful = self.useful + (labels[:, 1:].ne(-100).sum() if labels is not None else real)
         self.slots += input_ids.numel()
 
     def pop_logs(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         logs = {}
+        self.tokens, self.useful = int(self.tokens), int(self.useful)
         if self.tokens:
             tokens_per_s = self.tokens * self.world_size / elapsed
             logs["tokens_per_second"] = round(tokens_per_s, 1)

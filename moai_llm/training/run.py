@@ -54,15 +54,10 @@ def load_tokenizer(model_args):
 
 
 def configure_hardware(model_args, training_args) -> None:
-    """On CUDA: bf16 (fp16 without bf16 support), TF32, flash-attn when installed; nothing changes on CPU."""
+    """On CUDA: flash-attn when installed (bf16 and TF32 are chosen by the arguments); nothing changes on CPU."""
     if not torch.cuda.is_available() or training_args.use_cpu:
         training_args.dataloader_pin_memory = False
         return
-    if not (training_args.bf16 or training_args.fp16):
-        training_args.bf16 = torch.cuda.is_bf16_supported()
-        training_args.fp16 = not training_args.bf16
-    if training_args.tf32 is None:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if model_args.attn_implementation is None:
         try:
             import flash_attn  # noqa: F401
