@@ -44,16 +44,17 @@ def documents(limit_chars: int) -> list[str]:
     return out
 
 
-class CountingCollator:
-    """Wraps a collator and counts label-bearing tokens of every batch it builds."""
+def counting(trainer_class):
+    """`trainer_class` that counts the label-bearing tokens of the micro-batches it trains on."""
 
-    def __init__(self, collator):
-        self.collator, self.useful = collator, 0
+    class Counting(trainer_class):
+        useful = 0
 
-    def __call__(self, rows):
-        batch = self.collator(rows)
-        self.useful += int(batch["labels"][:, 1:].ne(-100).sum())
-        return batch
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self.useful += int(inputs["labels"][:, 1:].ne(-100).sum())
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return Counting
 
 
 def run_variant(variant: str, args) -> dict:
@@ -83,20 +84,20 @@ def run_variant(variant: str, args) -> dict:
                   disable_tqdm=True, dataloader_num_workers=0, seed=0, dataloader_pin_memory=False)
     if variant == "moai":
         train = rows_from_documents(pieces, args.max_seq_length, True, 1, 0, DataStats())
-        collator = CountingCollator(PackedCollator(tokenizer.pad_token_id))
-        trainer = MoaiTrainer(model=MoaiForCausalLM(config), args=MoaiTrainingArguments(**common),
+        collator = PackedCollator(tokenizer.pad_token_id)
+        trainer = counting(MoaiTrainer)(model=MoaiForCausalLM(config), args=MoaiTrainingArguments(**common),
                               train_dataset=train, data_collator=collator, processing_class=tokenizer)
     else:
         train = datasets.Dataset.from_dict({"input_ids": pieces})
-        collator = CountingCollator(DataCollatorForLanguageModeling(tokenizer, mlm=False))
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
         model = Qwen3ForCausalLM(qwen3_config_from(config))
-        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=train, data_collator=collator,
+        trainer = counting(Trainer)(model=model, args=TrainingArguments(**common), train_dataset=train, data_collator=collator,
                           processing_class=tokenizer)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    return {"variant": variant, "seconds": seconds, "useful_tokens": collator.useful,
-            "useful_tokens_per_s": collator.useful / seconds, "rows": len(train),
+    return {"variant": variant, "seconds": seconds, "useful_tokens": trainer.useful,
+            "useful_tokens_per_s": trainer.useful / seconds, "rows": len(train),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 

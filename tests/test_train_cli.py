@@ -10,7 +10,7 @@ import pytest
 from moai_llm.training.cli import UsageError, parse_args
 
 from .conftest import REPO
-from .train_helpers import run_cli, run_inprocess, write_tiny_config
+from .train_helpers import run_cli
 
 
 def test_no_argument_run_learns_and_final_model_loads(tmp_path):

@@ -2,7 +2,6 @@
 
 import copy
 
-import pytest
 import torch
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, Trainer
 

@@ -1,7 +1,6 @@
 """Command-line parsing for train.py: HfArgumentParser over the three dataclasses, YAML defaults under the CLI."""
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -80,7 +79,3 @@ def parse_args(argv: list[str] | None = None):
         raise UsageError(str(error).splitlines()[0]) from None
     return model_args, data_args, training_args
 
-
-def replace_args(args, **changes):
-    """A copy of a dataclass args object with `changes`; TrainingArguments re-runs its validation."""
-    return dataclasses.replace(args, **changes)
