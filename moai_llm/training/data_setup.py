@@ -30,8 +30,11 @@ def build_datasets(data_args, tokenizer, training_args, flash: bool = False):
     """(train_dataset, eval_dataset or None, collator) for `training_args.mode`."""
     stats = DataStats()
     build = sft_datasets if training_args.mode == "sft" else pretraining_datasets
+    # One micro-step reads world_size x per-device batch consecutive rows; balancing over exactly that group keeps
+    # the row order independent of how the global batch is split (2 ranks x 2 rows == 1 rank x 4 rows).
+    step_rows = training_args.world_size * training_args.per_device_train_batch_size
     train, evaluation = build(data_spec(data_args), tokenizer, data_args.max_seq_length, seed=training_args.seed,
-                              world_size=training_args.world_size, stats=stats)
+                              world_size=step_rows, stats=stats)
     stats.log()
     if data_args.packing:
         collator = PackedCollator(tokenizer.pad_token_id, return_flash_kwargs=flash)

@@ -1,0 +1,92 @@
+"""pretrain.sh on CPU: 2 gloo processes match a single process at the same global batch; a dead rank ends the job."""
+
+import os
+import signal
+import subprocess
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from .conftest import REPO
+from .train_helpers import run_cli, write_tiny_config
+
+STEPS = 4
+
+
+def _env(tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("NUM_GPUS", "GPU_MEMORY", "MODEL_SIZE")}
+    env.update({"ALLOW_CPU": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra})
+    return env
+
+
+def _common(model_config):
+    return ["--max_seq_length", "64", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "1",
+            "--disable_tqdm", "true", "--seed", "0", "--learning_rate", "1e-3", "--model_config", model_config]
+
+
+def test_two_cpu_processes_match_one_process(tmp_path):
+    model_config = write_tiny_config(tmp_path)
+    two = tmp_path / "two"
+    result = subprocess.run(
+        ["bash", str(REPO / "pretrain.sh"), "--", *_common(model_config)], cwd=REPO, capture_output=True, text=True,
+        timeout=420, env=_env(tmp_path, NUM_GPUS="2", BATCH_SIZE="2", GRADIENT_ACCUMULATION_STEPS="1",
+                              MAX_STEPS=str(STEPS), OUTPUT_DIR=str(two), SEQ_LEN="64", RESUME="no"),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 cpu process(es)" in result.stdout and "--ddp_backend gloo" in result.stdout
+    assert (two / "final_model" / "model.safetensors").is_file()
+    assert not list(two.glob("final_model*/rank*"))  # one final_model, written by rank 0 only
+    one = tmp_path / "one"
+    single = run_cli(["--output_dir", str(one), "--batch_size", "4", "--max_steps", str(STEPS), "--use_cpu", "true",
+                      *_common(model_config)], timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    a, b = load_file(str(two / "final_model/model.safetensors")), load_file(str(one / "final_model/model.safetensors"))
+    diffs = {name: (a[name] - b[name]).abs().max().item() for name in a}
+    assert max(diffs.values()) <= 1e-4, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_a_dead_rank_ends_the_job(tmp_path):
+    model_config = write_tiny_config(tmp_path)
+    out = tmp_path / "dead"
+    process = subprocess.Popen(
+        ["bash", str(REPO / "pretrain.sh"), "--", *_common(model_config)], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env=_env(tmp_path, NUM_GPUS="2", BATCH_SIZE="1", GRADIENT_ACCUMULATION_STEPS="1", MAX_STEPS="100000",
+                 OUTPUT_DIR=str(out), SEQ_LEN="64", RESUME="no"),
+    )
+    try:
+        deadline = time.monotonic() + 240
+        worker = None
+        while worker is None and time.monotonic() < deadline:
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            worker = _rank_one(out)
+            time.sleep(0.5)
+        assert worker, "no rank-1 worker appeared"
+        time.sleep(8)  # let it get into training (collectives in flight)
+        os.kill(worker, signal.SIGKILL)
+        killed_at = time.monotonic()
+        code = process.wait(timeout=120)
+        assert code != 0
+        assert time.monotonic() - killed_at < 120
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _rank_one(output_dir) -> int | None:
+    """The pid of this job's train.py worker with RANK=1 (workers inherit the launcher's OUTPUT_DIR)."""
+    marker = f"OUTPUT_DIR={output_dir}".encode()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            if not any(part.endswith(b"train.py") for part in cmdline):
+                continue
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"RANK=1" in environ and marker in environ:
+            return int(pid)
+    return None
