@@ -1,0 +1,156 @@
+"""Chat with a MOAI model: interactive streaming chat, one-shot --prompt, or batched --prompts_file.
+
+    python chat.py --model_path outputs/run/final_model
+    python chat.py --model_path outputs/run/final_model --prompt "What is the capital of Korea?"
+    python chat.py --model_path DIR --prompts_file prompts.jsonl --output_file answers.jsonl --temperature 0
+"""
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from transformers.utils import logging as hf_logging
+
+from moai_llm.chat import ChatLoadError, ChatSession, SamplingParams, StopFlag, batch_answers, load_for_chat
+from moai_llm.chat.session import HELP
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_path", required=True, help="final_model, a checkpoint, or a LoRA adapter directory")
+    p.add_argument("--tokenizer_path", help="default: the model's own")
+    p.add_argument("--base_model", help="base model of a LoRA adapter (default: from adapter_config.json)")
+    p.add_argument("--device", help="cuda | mps | cpu (default: the best found)")
+    p.add_argument("--raw", action="store_true", help="plain continuation, no chat template")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--prompt", help="answer this one prompt and exit")
+    p.add_argument("--prompts_file", help="txt (one prompt per line) or jsonl (prompt or messages per line)")
+    p.add_argument("--output_file", help="jsonl answers for --prompts_file (default: stdout)")
+    p.add_argument("--batch_size", type=int, default=8)
+    defaults = SamplingParams()
+    for name, value in defaults.__dict__.items():
+        p.add_argument(f"--{name}", type=type(value) if value is not None else int, default=value)
+    p.add_argument("--verbose", action="store_true", help="tokens/s and token counts after each answer")
+    p.add_argument("--log_prompts", help="append every prompt sent to the model to this file (debugging)")
+    return p.parse_args(argv)
+
+
+def read_prompts(path: str) -> list:
+    file = Path(path)
+    if not file.is_file():
+        raise ChatLoadError(f"--prompts_file {path}: no such file")
+    prompts = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if file.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise ChatLoadError(f"{path}:{number}: malformed JSON line") from None
+            if "messages" not in row and "prompt" not in row:
+                raise ChatLoadError(f"{path}:{number}: needs a 'prompt' or 'messages' field")
+            prompts.append(row.get("messages") or row["prompt"])
+        else:
+            prompts.append(line)
+    return prompts
+
+
+def encode(session: ChatSession, prompt) -> "torch.Tensor":
+    session.messages = []
+    if isinstance(prompt, list):
+        session.messages = prompt[:-1]
+        prompt = prompt[-1]["content"]
+    ids, _ = session.prompt_ids(prompt)
+    return ids[0]
+
+
+def log_prompt(args, tokenizer, ids) -> None:
+    if args.log_prompts:
+        with open(args.log_prompts, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"prompt": tokenizer.decode(ids[0])}, ensure_ascii=False) + "\n")
+
+
+def answer(session, model, tokenizer, text, args, stop) -> None:
+    from moai_llm.chat import stream_answer
+
+    ids, notice = session.prompt_ids(text)
+    if notice:
+        print(notice, flush=True)
+    log_prompt(args, tokenizer, ids)
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.event.set())
+    try:
+        reply, tokens, seconds = stream_answer(model, tokenizer, ids, session.params, stop,
+                                               lambda piece: print(piece, end="", flush=True))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(" [stopped]" if stop.event.is_set() else "", flush=True)
+    session.add_answer(reply)
+    if args.verbose:
+        print(f"[{tokens} tokens in {seconds:.2f}s, {tokens / max(seconds, 1e-9):.1f} tokens/s; "
+              f"prompt {ids.shape[1]} tokens]", flush=True)
+
+
+def interactive(session, model, tokenizer, args) -> None:
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    stop = StopFlag()
+    print(f"MOAI chat ({'raw continuation' if session.raw else 'chat template'}); /help for commands", flush=True)
+    while True:
+        try:
+            line = input("You: ")
+        except EOFError:
+            print()
+            return
+        except KeyboardInterrupt:
+            print()
+            continue
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            text, leave = session.command(line)
+            print(text, flush=True)
+            if leave:
+                return
+            continue
+        print("MOAI: ", end="", flush=True)
+        answer(session, model, tokenizer, line, args, stop)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    hf_logging.disable_progress_bar()  # a chat screen has no place for weight-loading bars
+    hf_logging.set_verbosity_error()
+    params = SamplingParams(**{k: getattr(args, k) for k in SamplingParams.__dataclass_fields__})
+    try:
+        model, tokenizer = load_for_chat(args.model_path, args.tokenizer_path, args.base_model, args.device)
+        prompts = read_prompts(args.prompts_file) if args.prompts_file else None
+    except ChatLoadError as err:
+        print(f"chat.py: error: {err}", file=sys.stderr)
+        return 2
+    context = getattr(model.config, "max_position_embeddings", 2048)
+    session = ChatSession(tokenizer, context, params, raw=args.raw, system=args.system)
+    if args.prompt is not None:
+        ids, _ = session.prompt_ids(args.prompt)
+        log_prompt(args, tokenizer, ids)
+        print(batch_answers(model, tokenizer, [ids[0]], params, 1)[0])
+        return 0
+    if prompts is not None:
+        encoded = [encode(session, p) for p in prompts]
+        answers = batch_answers(model, tokenizer, encoded, params, args.batch_size)
+        out = open(args.output_file, "w", encoding="utf-8") if args.output_file else sys.stdout
+        for prompt, text in zip(prompts, answers):
+            out.write(json.dumps({"prompt": prompt, "answer": text}, ensure_ascii=False) + "\n")
+        if out is not sys.stdout:
+            out.close()
+        return 0
+    interactive(session, model, tokenizer, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

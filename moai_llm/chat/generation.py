@@ -1,0 +1,94 @@
+"""Generation for chat: streamed answers that Ctrl-C can stop, and batched one-shot answers."""
+
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.1
+    max_new_tokens: int = 256
+    seed: int | None = None
+
+    def generate_kwargs(self) -> dict:
+        if self.temperature <= 0:
+            return {"do_sample": False, "repetition_penalty": self.repetition_penalty,
+                    "max_new_tokens": self.max_new_tokens}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                "repetition_penalty": self.repetition_penalty, "max_new_tokens": self.max_new_tokens}
+
+    def set(self, key: str, value: str) -> None:
+        if key not in self.__dataclass_fields__:
+            raise ValueError(f"unknown parameter {key!r} (known: {', '.join(self.__dataclass_fields__)})")
+        kind = {"top_k": int, "max_new_tokens": int, "seed": int}.get(key, float)
+        setattr(self, key, None if value.lower() == "none" else kind(value))
+
+
+class StopFlag(StoppingCriteria):
+    """Set by the Ctrl-C handler: the generation thread stops at the next token."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return self.event.is_set()
+
+
+def stop_token_ids(tokenizer, model) -> list[int]:
+    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    eos = model.generation_config.eos_token_id
+    ids.update(eos if isinstance(eos, list) else [eos])
+    return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
+
+
+def stream_answer(model, tokenizer, prompt_ids: torch.Tensor, params: SamplingParams, stop: StopFlag, on_text):
+    """Generate in a thread, call on_text for each decoded piece; returns (text, new tokens, seconds)."""
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    stop.event.clear()
+    kwargs = dict(input_ids=prompt_ids.to(model.device), attention_mask=torch.ones_like(prompt_ids).to(model.device),
+                  streamer=streamer, eos_token_id=stop_token_ids(tokenizer, model), pad_token_id=tokenizer.pad_token_id,
+                  stopping_criteria=StoppingCriteriaList([stop]), **params.generate_kwargs())
+    result = {}
+
+    def run():
+        with torch.no_grad():
+            result["ids"] = model.generate(**kwargs)
+
+    start = time.perf_counter()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    pieces = []
+    for piece in streamer:
+        pieces.append(piece)
+        on_text(piece)
+    thread.join()
+    seconds = time.perf_counter() - start
+    new_tokens = int(result["ids"].shape[1] - prompt_ids.shape[1]) if "ids" in result else 0
+    return "".join(pieces), new_tokens, seconds
+
+
+def batch_answers(model, tokenizer, prompts: list[torch.Tensor], params: SamplingParams, batch_size: int):
+    """Answers for many prompts, `batch_size` at a time with left padding; texts in input order."""
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
+    tokenizer.padding_side = "left"
+    answers = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        batch = tokenizer.pad({"input_ids": [p.tolist() for p in chunk]}, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**{k: v.to(model.device) for k, v in batch.items()},
+                                 eos_token_id=stop_token_ids(tokenizer, model), pad_token_id=tokenizer.pad_token_id,
+                                 **params.generate_kwargs())
+        new = out[:, batch["input_ids"].shape[1]:]
+        answers.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    return answers

@@ -1,0 +1,1 @@
+"""Training: MoaiTrainer (transformers Trainer), arguments, callbacks, stages; train.py is the CLI."""

@@ -1,0 +1,142 @@
+"""Dataclass arguments for train.py: model, data and `MoaiTrainingArguments(TrainingArguments)`.
+
+Every `TrainingArguments` flag works; the old tool's flag names (`--batch_size`, `--num_epochs`) are argparse
+aliases of the Trainer's own fields, so YAML and CLI may use either name.
+"""
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from transformers import TrainingArguments
+
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_DIR = os.path.dirname(PACKAGE_DIR)
+TINY_MODEL_CONFIG = os.path.join(REPO_DIR, "configs", "model_config_tiny.json")
+LORA_TARGET_MODULES = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+# Learning rates used when --learning_rate is not given: a tiny model from scratch, full SFT, adapters.
+DEFAULT_LEARNING_RATES = {"pretrain": 1e-3, "sft": 2e-5, "lora": 2e-4}
+
+
+@dataclass
+class ModelArguments:
+    model_config: str | None = field(
+        default=None, metadata={"help": "Model config JSON for a new model (default: configs/model_config_tiny.json)."}
+    )
+    pretrained_model: str | None = field(
+        default=None, metadata={"help": "Model directory or hub id to start from (required for --mode sft)."}
+    )
+    tokenizer_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer directory (default: the bundled moai_llm/assets/tokenizer)."}
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "sdpa | eager | flex_attention | flash_attention_2 (default: auto)."}
+    )
+    loss_type: Literal["cross_entropy", "focal", "label_smoothing", "multi_objective"] = field(
+        default="cross_entropy", metadata={"help": "Training loss, always computed fused from hidden states."}
+    )
+    loss_params: str | None = field(
+        default=None, metadata={"help": 'Loss parameters as JSON, e.g. \'{"gamma": 2.0}\' or ce/focal/smooth weights.'}
+    )
+    loss_chunk_size: int | None = field(default=None, metadata={"help": "Tokens per fused-loss chunk (0: plain loss)."})
+    z_loss_coef: float = field(default=0.0, metadata={"help": "Logit z-loss coefficient (PaLM), 0 = off."})
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
+    use_qlora: bool = field(default=False, metadata={"help": "LoRA on a 4-bit (bitsandbytes NF4) base; needs CUDA."})
+    merge_lora: bool = field(default=False, metadata={"help": "Merge the adapters into the base in final_model."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(
+        default=LORA_TARGET_MODULES, metadata={"help": "Comma-separated module names that get adapters."}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset: list[str] | None = field(
+        default=None, metadata={"help": "Hub dataset, repeatable, `name` or `name:config` (default: bundled sample)."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Config name for every --dataset."})
+    train_file: list[str] | None = field(
+        default=None, metadata={"help": "Local files, folders or globs (.txt .jsonl .json .parquet .csv)."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Text column for pretraining data."})
+    sft_format: str | None = field(
+        default=None, metadata={"help": "alpaca | sharegpt | messages | prompt_completion | qa (default: detected)."}
+    )
+    max_seq_length: int = field(default=256, metadata={"help": "Tokens per packed row / truncation length."})
+    packing: bool = field(default=True, metadata={"help": "Pack documents into full rows (false: pad to longest)."})
+    eval_fraction: float = field(
+        default=0.05, metadata={"help": "Documents held out for evaluation: a fraction (< 1) or a count (0 = none)."}
+    )
+    packing_bins: int = field(default=8, metadata={"help": "Length groups of the hierarchical balance packer."})
+    streaming: bool = field(default=False, metadata={"help": "Stream sources instead of downloading (needs max_steps)."})
+    skip_bad_records: bool = field(default=False, metadata={"help": "Skip (and count) malformed records."})
+    mixture: str | None = field(default=None, metadata={"help": "Data mixture (YAML only, see training_config.yaml)."})
+    stopping_strategy: Literal["all_exhausted", "first_exhausted"] = field(
+        default="all_exhausted", metadata={"help": "When an interleaved mixture ends."}
+    )
+
+
+@dataclass
+class MoaiTrainingArguments(TrainingArguments):
+    mode: Literal["pretrain", "sft"] = field(default="pretrain", metadata={"help": "pretrain | sft."})
+    config: str | None = field(
+        default=None, metadata={"help": "YAML config (configs/training_config.yaml); command-line flags override it."}
+    )
+    stages: str | None = field(default=None, metadata={"help": "Training stages (YAML only)."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Run directory (default: outputs/<mode>-<model config or model name>)."}
+    )
+    per_device_train_batch_size: int = field(
+        default=8, metadata={"aliases": ["--batch_size"], "help": "Sequences (packed rows) per device per step."}
+    )
+    num_train_epochs: float = field(default=2.0, metadata={"aliases": ["--num_epochs"], "help": "Epochs."})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak learning rate (default: 1e-3 pretrain, 2e-5 sft, 2e-4 LoRA)."}
+    )
+    lr_scheduler_type: str = field(
+        default="warmup_stable_decay", metadata={"help": "Schedule; warmup_stable_decay (WSD) or any transformers one."}
+    )
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warmup steps (or fraction of all steps if < 1)."})
+    wsd_decay_ratio: float = field(default=0.2, metadata={"help": "WSD: fraction of steps spent decaying."})
+    wsd_decay_type: Literal["linear", "cosine", "1-sqrt"] = field(default="1-sqrt", metadata={"help": "WSD decay."})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "WSD: final learning rate / peak learning rate."})
+    peak_tflops: float | None = field(
+        default=None, metadata={"help": "Peak TFLOP/s per device for MFU (default: known GPUs; none on CPU)."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    eval_strategy: str = field(default="steps", metadata={"help": "no | steps | epoch."})
+    eval_steps: float | None = field(default=100, metadata={"help": "Evaluate every N steps."})
+    save_steps: float = field(default=100, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (oldest removed)."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "tensorboard, wandb, ... or none."})
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision (default: on for CUDA GPUs that support it, off on CPU)."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep dataset columns for the collator (it builds the model inputs)."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "Checkpoint directory, or `auto` for the latest complete one in output_dir."}
+    )
+
+    def __post_init__(self):
+        # Defaults that depend on other arguments (the model name, LoRA) are filled in by the run; these flags
+        # remember that the user did not choose.
+        self.default_output_dir = self.output_dir is None
+        if self.default_output_dir:
+            self.output_dir = os.path.join("outputs", self.mode)
+        self.default_learning_rate = self.learning_rate is None
+        if self.default_learning_rate:
+            self.learning_rate = DEFAULT_LEARNING_RATES[self.mode]
+        if isinstance(self.stages, str):
+            raise ValueError("stages are given in a YAML --config (see configs/training_config.yaml), not on the command line")
+        for name in ("wsd_decay_ratio", "min_lr_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.bf16 is None:  # resolved before TrainingArguments derives mixed_precision from it
+            self.bf16 = bool(not self.use_cpu and not self.fp16 and torch.cuda.is_available()
+                             and torch.cuda.is_bf16_supported())
+        super().__post_init__()

@@ -1,0 +1,134 @@
+"""Trainer callbacks: throughput/MFU/packing meter and graceful stop on SIGTERM or Ctrl-C."""
+
+import logging
+import signal
+import time
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+# Dense bf16 peak TFLOP/s per device, by substring of the CUDA device name (vendor data sheets, no sparsity).
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0,
+               "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0}
+
+
+def detect_peak_tflops() -> float | None:
+    """Peak TFLOP/s of the local CUDA device when it is a known one; None on CPU (no meaningful peak)."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((value for key, value in PEAK_TFLOPS.items() if key in name), None)
+
+
+def flops_per_token(config, seq_len: int) -> float:
+    """Training FLOPs per token, 6 x matmul parameters + attention (PaLM, appendix B); MoE counts active experts."""
+    hidden, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    attention = hidden * head_dim * (2 * heads + 2 * kv_heads)
+    num_experts = getattr(config, "num_experts", 0) or 0
+    dense_mlp = 3 * hidden * config.intermediate_size
+    params = 0
+    for layer in range(config.num_hidden_layers):
+        sparse = num_experts > 0 and layer not in (getattr(config, "mlp_only_layers", None) or []) and (
+            (layer + 1) % max(1, getattr(config, "decoder_sparse_step", 1) or 1) == 0
+        )
+        if sparse:
+            mlp = config.num_experts_per_tok * 3 * hidden * config.moe_intermediate_size + hidden * num_experts
+            mlp += 3 * hidden * (getattr(config, "shared_expert_intermediate_size", 0) or 0)
+        else:
+            mlp = dense_mlp
+        params += attention + mlp
+    params += hidden * config.vocab_size  # lm_head matmul (tied or not)
+    return 6.0 * params + 12.0 * config.num_hidden_layers * heads * head_dim * seq_len
+
+
+class ThroughputCallback(TrainerCallback):
+    """Counts tokens between logging steps; `pop_logs` returns tokens/s, MFU and packing efficiency.
+
+    The trainer feeds it every micro-batch (`observe`) and merges `pop_logs()` into each training log line.
+    """
+
+    def __init__(self, flops_per_token: float, peak_tflops: float | None, world_size: int = 1):
+        self.flops_per_token = flops_per_token
+        self.peak_tflops = peak_tflops
+        self.world_size = world_size
+        self._reset()
+
+    def _reset(self):
+        self.tokens = 0  # non-pad tokens fed to the model
+        self.useful = 0  # tokens that carry a label
+        self.slots = 0  # token positions computed, padding included
+        self.start = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._reset()
+
+    def observe(self, input_ids: torch.Tensor, labels: torch.Tensor | None, pad_token_id: int | None) -> None:
+        # tensors accumulate on the batch's device: no host sync per micro-batch, only in pop_logs
+        real = input_ids.ne(pad_token_id).sum() if pad_token_id is not None else input_ids.numel()
+        self.tokens = self.tokens + real
+        self.useful = self.useful + (labels[:, 1:].ne(-100).sum() if labels is not None else real)
+        self.slots += input_ids.numel()
+
+    def pop_logs(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        logs = {}
+        self.tokens, self.useful = int(self.tokens), int(self.useful)
+        if self.tokens:
+            tokens_per_s = self.tokens * self.world_size / elapsed
+            logs["tokens_per_second"] = round(tokens_per_s, 1)
+            logs["useful_tokens_per_second"] = round(self.useful * self.world_size / elapsed, 1)
+            logs["packing_efficiency"] = round(self.tokens / self.slots, 4)
+            achieved = tokens_per_s / self.world_size * self.flops_per_token / 1e12
+            logs["tflops_per_device"] = round(achieved, 4)
+            if self.peak_tflops:
+                logs["mfu"] = round(achieved / self.peak_tflops, 4)
+        self._reset()
+        return logs
+
+
+class GracefulStopCallback(TrainerCallback):
+    """SIGTERM / SIGINT: finish the current optimizer step, save a checkpoint, stop; the CLI then exits 0.
+
+    A second signal falls back to the default handler, so a stuck run can still be killed. Under DDP the flag is
+    all-reduced each step so every rank stops at the same step (torchrun forwards signals, but not always to all).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.requested = False
+        self.stopped_at: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        logger.warning("received %s: saving a checkpoint after this step and stopping", signal.Signals(signum).name)
+        self.requested = True
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _any_rank_requested(self, args) -> bool:
+        if dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([float(self.requested)], device=args.device)
+            dist.all_reduce(flag)
+            return bool(flag.item())
+        return self.requested
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._any_rank_requested(args):
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control

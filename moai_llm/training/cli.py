@@ -1,0 +1,81 @@
+"""Command-line parsing for train.py: HfArgumentParser over the three dataclasses, YAML defaults under the CLI."""
+
+import argparse
+import os
+import sys
+
+import yaml
+from transformers import HfArgumentParser
+
+from .arguments import DataArguments, ModelArguments, MoaiTrainingArguments
+
+# YAML sections only group keys for readers; every key inside them is a flag name.
+YAML_SECTIONS = ("model", "data", "loss", "schedule", "packing", "training")
+
+
+class UsageError(ValueError):
+    """A user mistake: train.py prints the message on one line and exits 2."""
+
+
+class _Parser(HfArgumentParser):
+    def error(self, message):  # argparse prints usage + message; we want one line and no traceback
+        raise UsageError(message)
+
+
+def build_parser() -> _Parser:
+    return _Parser((ModelArguments, DataArguments, MoaiTrainingArguments), description="Pretrain or fine-tune MOAI.")
+
+
+def _dest_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Every accepted option spelling (without dashes) -> argparse dest, aliases included."""
+    names = {}
+    for action in parser._actions:
+        for option in action.option_strings:
+            names[option.lstrip("-")] = action.dest
+    return names
+
+
+def load_yaml_config(path: str, parser: _Parser) -> dict:
+    """Flatten the YAML sections into {dest: value}; an unknown key is an error naming the file and key."""
+    if not os.path.isfile(path):
+        raise UsageError(f"--config {path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"--config {path}{where}: invalid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"--config {path}: expected a mapping of sections/keys, got {type(raw).__name__}")
+    dests = _dest_names(parser)
+    flat = {}
+    for key, value in raw.items():
+        if key in YAML_SECTIONS:
+            if not isinstance(value, dict):
+                raise UsageError(f"--config {path}: section '{key}' must be a mapping")
+            items = value.items()
+        else:
+            items = [(key, value)]
+        for name, item in items:
+            if name not in dests:
+                raise UsageError(f"--config {path}: unknown key '{name}'" + (f" in section '{key}'" if key != name else ""))
+            flat[dests[name]] = item
+    return flat
+
+
+def parse_args(argv: list[str] | None = None):
+    """(model_args, data_args, training_args) from YAML (--config) then the command line on top."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**load_yaml_config(known.config, parser))
+    try:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error).splitlines()[0]) from None
+    return model_args, data_args, training_args
+

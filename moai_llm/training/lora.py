@@ -1,0 +1,51 @@
+"""LoRA / QLoRA on MOAI models through peft."""
+
+import logging
+
+import torch
+
+from .cli import UsageError
+
+logger = logging.getLogger(__name__)
+
+
+def apply_lora(model, model_args):
+    """Wrap `model` with LoRA adapters on `lora_target_modules`; QLoRA needs a 4-bit base (CUDA + bitsandbytes)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if model_args.use_qlora:
+        if not getattr(model, "is_loaded_in_4bit", False):
+            raise UsageError("--use_qlora: the base model was not loaded in 4 bits")
+        model = prepare_model_for_kbit_training(model)
+    targets = [name.strip() for name in model_args.lora_target_modules.split(",") if name.strip()]
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [name for name in targets if name not in present]
+    if missing:
+        raise UsageError(f"--lora_target_modules: no module named {', '.join(missing)} in the model")
+    config = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, config)
+    trainable, total = model.get_nb_trainable_parameters()
+    logger.info("LoRA: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return model
+
+
+def quantization_config(model_args):
+    """BitsAndBytes NF4 config for --use_qlora; a clear error where it cannot work."""
+    if not torch.cuda.is_available():
+        raise UsageError("--use_qlora needs a CUDA GPU (bitsandbytes 4-bit); use --use_lora on CPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UsageError("--use_qlora needs bitsandbytes: pip install -e '.[qlora]'") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )

@@ -1,0 +1,41 @@
+"""Warmup-Stable-Decay learning-rate schedule on transformers' `get_wsd_schedule`.
+
+transformers takes the decay length in steps; users think in fractions of the run, which is only known once the
+Trainer has counted the steps, so the conversion happens here, at scheduler creation time.
+"""
+
+import math
+
+from torch.optim import Optimizer
+from transformers.optimization import get_wsd_schedule
+
+WSD_NAMES = ("warmup_stable_decay", "wsd")
+
+
+def wsd_phase_steps(num_training_steps: int, num_warmup_steps: int, decay_ratio: float) -> tuple[int, int, int]:
+    """(warmup, stable, decay) step counts that add up to `num_training_steps`."""
+    if num_training_steps <= 0:
+        raise ValueError(f"the schedule needs a positive number of training steps, got {num_training_steps}")
+    warmup = min(num_warmup_steps, num_training_steps)
+    decay = min(math.ceil(decay_ratio * num_training_steps), num_training_steps - warmup)
+    return warmup, num_training_steps - warmup - decay, decay
+
+
+def create_wsd_schedule(
+    optimizer: Optimizer,
+    num_training_steps: int,
+    num_warmup_steps: int,
+    decay_ratio: float = 0.2,
+    decay_type: str = "1-sqrt",
+    min_lr_ratio: float = 0.0,
+):
+    """LambdaLR: linear warmup, flat at the peak, then `decay_type` down to `min_lr_ratio` x peak."""
+    warmup, stable, decay = wsd_phase_steps(num_training_steps, num_warmup_steps, decay_ratio)
+    return get_wsd_schedule(
+        optimizer,
+        num_warmup_steps=warmup,
+        num_decay_steps=decay,
+        num_stable_steps=stable,
+        decay_type=decay_type,
+        min_lr_ratio=min_lr_ratio,
+    )

@@ -1,0 +1,170 @@
+"""MoaiTrainer: transformers.Trainer plus WSD, correctly scaled MoE terms, metering and complete-only checkpoints."""
+
+import json
+import logging
+import math
+import os
+import re
+
+import torch
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from .callbacks import ThroughputCallback
+from .schedule import WSD_NAMES, create_wsd_schedule
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "checkpoint_complete.json"
+_CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def latest_complete_checkpoint(output_dir: str) -> str | None:
+    """The highest-step `checkpoint-N` in `output_dir` whose save finished (marker present); others are skipped."""
+    if not os.path.isdir(output_dir):
+        return None
+    found = []
+    for name in os.listdir(output_dir):
+        match = _CHECKPOINT_RE.match(name)
+        path = os.path.join(output_dir, name)
+        if match and os.path.isdir(path):
+            if os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
+                found.append((int(match.group(1)), path))
+            else:
+                logger.warning("ignoring %s: the save did not finish (no %s)", path, COMPLETE_MARKER)
+    return max(found)[1] if found else None
+
+
+def router_terms(outputs, config) -> dict[str, torch.Tensor]:
+    """The per-micro-batch MoE terms the model added to `loss`, already multiplied by their coefficients."""
+    terms = {}
+    aux = outputs.get("aux_loss") if hasattr(outputs, "get") else None
+    if aux is not None and getattr(config, "router_aux_loss_coef", 0.0):
+        terms["aux_loss"] = config.router_aux_loss_coef * aux
+    z_loss = outputs.get("z_loss") if hasattr(outputs, "get") else None
+    if z_loss is not None and getattr(config, "router_z_loss_coef", 0.0):
+        terms["router_z_loss"] = config.router_z_loss_coef * z_loss
+    return terms
+
+
+class MoaiTrainer(Trainer):
+    """Trainer for MoaiForCausalLM (also works for any causal LM).
+
+    - `create_scheduler`: Warmup-Stable-Decay from `args.wsd_*` when `lr_scheduler_type` is WSD.
+    - `compute_loss`: the token loss is normalised by `num_items_in_batch` (stock behaviour: the sum over the
+      accumulated batch and all ranks); per-micro-batch MoE terms are rescaled to a mean over micro-batches and
+      ranks instead of the stock world_size x GA-times sum.
+    - `_save_checkpoint`: marks a checkpoint complete only after every rank finished writing it, and rotates old
+      checkpoints only after that, so `--resume_from_checkpoint auto` never picks a half-written one.
+    - `log`/`evaluate`: tokens/s, MFU, packing efficiency, loss components; eval perplexity.
+    """
+
+    def __init__(self, *args, throughput: ThroughputCallback | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.throughput = throughput
+        if throughput is not None:
+            self.add_callback(throughput)
+        self._component_sums: dict[str, torch.Tensor] = {}
+        self._component_micro_batches = 0
+        self._expert_load: torch.Tensor | None = None  # [moe_layers, experts], summed over micro-batches
+
+    # ---- schedule ------------------------------------------------------------------------------------------
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        name = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
+        if self.lr_scheduler is None and name in WSD_NAMES:
+            self.lr_scheduler = create_wsd_schedule(
+                self.optimizer if optimizer is None else optimizer,
+                num_training_steps=num_training_steps,
+                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                decay_ratio=self.args.wsd_decay_ratio,
+                decay_type=self.args.wsd_decay_type,
+                min_lr_ratio=self.args.min_lr_ratio,
+            )
+            self._created_lr_scheduler = True
+            return self.lr_scheduler
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    # ---- loss ----------------------------------------------------------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.throughput is not None:
+            pad = getattr(self.processing_class, "pad_token_id", None)
+            self.throughput.observe(inputs["input_ids"], inputs.get("labels"), pad)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        terms = router_terms(outputs, self.accelerator.unwrap_model(model).config)
+        if terms:
+            extra = sum(terms.values())
+            stock_scale = self._stock_loss_scale(num_items_in_batch)
+            if not model.training:
+                loss = loss - extra * stock_scale  # evaluation reports the language-model loss only
+            elif stock_scale is not None:
+                # Stock: loss = (token_sum / N + extra) * world_size per micro-batch, summed over GA micro-batches
+                # and averaged by DDP, i.e. extra x world_size x GA. Wanted: extra averaged over micro-batches.
+                loss = loss - extra * stock_scale + extra / self.current_gradient_accumulation_steps
+            if model.training:
+                for key, value in terms.items():
+                    self._component_sums[key] = self._component_sums.get(key, 0.0) + value.detach().float()
+                self._component_micro_batches += 1
+        load = outputs.get("expert_load") if hasattr(outputs, "get") else None
+        if load is not None and model.training:
+            self._expert_load = load.float() if self._expert_load is None else self._expert_load + load.float()
+        return (loss, outputs) if return_outputs else loss
+
+    def _stock_loss_scale(self, num_items_in_batch) -> float | None:
+        """The factor the stock `compute_loss` multiplied the model loss by; None if the loss is a plain mean."""
+        if not (self.model_accepts_loss_kwargs or self.compute_loss_func) or num_items_in_batch is None:
+            return None if self.model.training else 1.0
+        if self.args.average_tokens_across_devices:
+            return float(self.accelerator.num_processes // self.get_tp_size()) if self.args.n_gpu <= 1 else float(
+                self.args.n_gpu
+            )
+        return 1.0
+
+    # ---- logging -------------------------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            if self.throughput is not None:
+                logs.update(self.throughput.pop_logs())
+            if self._component_micro_batches:
+                extras = 0.0
+                for key, total in self._component_sums.items():
+                    mean = float(self._nested_gather(total).mean()) / self._component_micro_batches
+                    logs[key] = round(mean, 6)
+                    extras += mean
+                logs["lm_loss"] = round(logs["loss"] - extras, 6)
+                self._component_sums, self._component_micro_batches = {}, 0
+            if self._expert_load is not None:
+                from ..moe import balance_metrics
+
+                load = self._nested_gather(self._expert_load[None]).sum(0)  # all ranks: [moe_layers, experts]
+                logs.update({k: round(v, 4) for k, v in balance_metrics(load / load.sum(-1, keepdim=True)).items()})
+                self._expert_load = None
+        super().log(logs, start_time)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        loss = metrics.get(f"{metric_key_prefix}_loss")
+        if loss is not None:
+            metrics[f"{metric_key_prefix}_perplexity"] = math.exp(min(loss, 50.0))
+            self.log({f"{metric_key_prefix}_perplexity": metrics[f"{metric_key_prefix}_perplexity"]})
+        return metrics
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+    def _save_checkpoint(self, model, trial):
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # rotate only once the new checkpoint is complete
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()
+        run_dir = self._get_output_dir(trial=trial)
+        if self.args.should_save:
+            path = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            with open(os.path.join(path, COMPLETE_MARKER), "w") as handle:
+                json.dump({"global_step": self.state.global_step}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint)

@@ -1,0 +1,82 @@
+"""train.py: the no-argument run (step-capped) and bad input giving one clear line and a non-zero exit."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from moai_llm.training.cli import UsageError, parse_args
+
+from .conftest import REPO
+from .train_helpers import run_cli
+
+
+def test_no_argument_run_learns_and_final_model_loads(tmp_path):
+    result = run_cli(["--max_steps", "10", "--max_seq_length", "128", "--batch_size", "2", "--logging_steps", "2",
+                      "--eval_steps", "10", "--output_dir", str(tmp_path / "run")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = tmp_path / "run" / "final_model"
+    history = json.loads((tmp_path / "run" / "checkpoint-10" / "trainer_state.json").read_text())["log_history"]
+    train_losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert len(train_losses) == 5 and train_losses[-1] < train_losses[0] - 1.0, train_losses
+    assert any("eval_perplexity" in entry for entry in history)
+    assert any("tokens_per_second" in entry and "packing_efficiency" in entry for entry in history)
+    check = textwrap.dedent(f"""
+        import moai_llm
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        model = AutoModelForCausalLM.from_pretrained({str(final)!r})
+        tokenizer = AutoTokenizer.from_pretrained({str(final)!r})
+        assert type(model).__name__ == "MoaiForCausalLM", type(model)
+        assert model.generation_config.eos_token_id == [2, 6], model.generation_config.eos_token_id
+        prompt = tokenizer.apply_chat_template([{{"role": "user", "content": "hi"}}], add_generation_prompt=True,
+                                               tokenize=False)
+        assert prompt.endswith("<|im_start|>assistant\\n"), prompt
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        print(model.generate(ids, max_new_tokens=4, do_sample=False).shape)
+    """)
+    loaded = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mode", "finetune"], "invalid choice: 'finetune'"),
+        (["--mode", "sft"], "--mode sft needs --pretrained_model"),
+        (["--train_file", "missing.jsonl"], "missing.jsonl: no such file"),
+        (["--loss_type", "focal", "--loss_params", "{\"gamma\": -1}"], "focal_gamma must be >= 0"),
+        (["--model_config", "nope.json"], "--model_config nope.json: file not found"),
+        (["--config", "nope.yaml"], "--config nope.yaml: file not found"),
+        (["--wsd_decay_ratio", "1.5"], "--wsd_decay_ratio must be in [0, 1]"),
+        (["--resume_from_checkpoint", "no/such/dir"], "--resume_from_checkpoint no/such/dir: directory not found"),
+        (["--use_qlora", "true", "--pretrained_model", "x"], "--use_qlora needs a CUDA GPU"),
+    ],
+)
+def test_bad_input_is_one_line(args, message, capsys, tmp_path):
+    from train import main
+
+    assert main([*args, "--output_dir", str(tmp_path), "--use_cpu", "true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_yaml_unknown_key_and_cli_override(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schedule:\n  warmup_stepz: 10\n")
+    with pytest.raises(UsageError, match=r"bad.yaml: unknown key 'warmup_stepz' in section 'schedule'"):
+        parse_args(["--config", str(bad)])
+    good = tmp_path / "good.yaml"
+    good.write_text("data:\n  max_seq_length: 96\ntraining:\n  batch_size: 3\n  learning_rate: 0.01\n")
+    _, data_args, training_args = parse_args(["--config", str(good), "--learning_rate", "0.02"])
+    assert data_args.max_seq_length == 96 and training_args.per_device_train_batch_size == 3
+    assert training_args.learning_rate == 0.02
+
+
+def test_process_exit_code_without_traceback():
+    result = run_cli(["--mode", "sft"], timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "train.py: error: --mode sft needs --pretrained_model (a pretrained model directory or hub id)"
+    )

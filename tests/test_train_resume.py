@@ -1,0 +1,75 @@
+"""Resume: SIGKILL after a checkpoint + `--resume_from_checkpoint auto` ends identical to an uninterrupted run;
+SIGTERM saves a checkpoint and exits 0; a half-written checkpoint is never picked."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from moai_llm.training.trainer import COMPLETE_MARKER, latest_complete_checkpoint
+
+from .conftest import REPO
+from .train_helpers import fast_args, losses, run_inprocess, write_tiny_config
+
+STEPS = "16"
+
+
+def start(args) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(path, process, timeout=180):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def weights(run_dir):
+    return load_file(str(run_dir / "final_model" / "model.safetensors"))
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, caplog):
+    config = write_tiny_config(tmp_path)
+    flags = ["--max_steps", STEPS, "--save_steps", "4", "--save_total_limit", "2"]
+    run_inprocess(fast_args(tmp_path / "ref", config, *flags))
+
+    run_dir = tmp_path / "killed"
+    process = start(fast_args(run_dir, config, *flags))
+    wait_for(run_dir / "checkpoint-4" / COMPLETE_MARKER, process)
+    process.kill()
+    process.wait()
+    assert not (run_dir / "final_model").exists()
+    half = run_dir / "checkpoint-1000"  # what a kill in the middle of a save leaves behind
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"truncated")
+    assert not latest_complete_checkpoint(str(run_dir)).endswith("checkpoint-1000")
+
+    with caplog.at_level(logging.WARNING):
+        run_inprocess(fast_args(run_dir, config, *flags, "--resume_from_checkpoint", "auto"))
+    assert "checkpoint-1000" in caplog.text  # reported as ignored
+    assert losses(run_dir)[-1] == losses(tmp_path / "ref")[-1]
+    ours, theirs = weights(run_dir), weights(tmp_path / "ref")
+    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+
+
+def test_sigterm_saves_checkpoint_and_exits_zero(tmp_path):
+    config = write_tiny_config(tmp_path)
+    run_dir = tmp_path / "run"
+    process = start(fast_args(run_dir, config, "--max_steps", "400", "--save_steps", "2"))
+    wait_for(run_dir / "checkpoint-2" / COMPLETE_MARKER, process)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-2000:]
+    assert "stopped at step" in output and not (run_dir / "final_model").exists()
+    latest = latest_complete_checkpoint(str(run_dir))
+    step = int(latest.rsplit("-", 1)[1])
+    assert 2 <= step < 400 and f"stopped at step {step}" in output

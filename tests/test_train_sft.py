@@ -1,0 +1,81 @@
+"""SFT through train.py: assistant-only labels, LoRA trains only adapters, merged model equals base + adapter."""
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import moai_llm  # noqa: F401
+from moai_llm.training.cli import parse_args
+from moai_llm.training.data_setup import build_datasets
+from moai_llm.training.run import DEFAULT_TOKENIZER
+
+from .conftest import REPO
+from .train_helpers import fast_args, run_inprocess, write_tiny_config
+
+SFT_FILE = str(REPO / "moai_llm" / "assets" / "sample" / "sft_messages.jsonl")
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("base")
+    result = run_inprocess(fast_args(tmp / "run", write_tiny_config(tmp), "--max_steps", "2"))
+    return result[0].final_model
+
+
+def test_sft_labels_only_on_assistant_tokens(tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
+    _, data_args, training_args = parse_args(["--mode", "sft", "--train_file", SFT_FILE, "--max_seq_length", "128",
+                                              "--output_dir", str(tmp_path), "--use_cpu", "true"])
+    train, _, collator = build_datasets(data_args, tokenizer, training_args)
+    batch = collator([train[i] for i in range(len(train))])
+    im_start, im_end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assistant = tokenizer.encode("assistant\n", add_special_tokens=False)
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    checked = 0
+    for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
+        # A token may carry a label only inside an assistant turn: after "<|im_start|>assistant\n", up to and
+        # including its "<|im_end|>" and the template's newline after it.
+        in_answer, answer_start, after_end = False, 0, -1
+        for i, (token, label) in enumerate(zip(ids, labels)):
+            if token == im_start:
+                in_answer = ids[i + 1 : i + 1 + len(assistant)] == assistant
+                answer_start = i + 1 + len(assistant)
+            if label != -100:
+                allowed = (in_answer and i >= answer_start) or (i == after_end and [token] == newline)
+                assert label == token and allowed, tokenizer.decode(ids[max(0, i - 8) : i + 1])
+                checked += 1
+            if token == im_end and in_answer:
+                in_answer, after_end = False, i + 1
+    assert checked > 50
+
+
+def test_lora_trains_only_adapters_and_merge_equals_base_plus_adapter(base_model, tmp_path):
+    args = fast_args(tmp_path / "sft", str(REPO / "configs" / "model_config_tiny.json"), "--mode", "sft",
+                     "--pretrained_model", base_model, "--train_file", SFT_FILE, "--max_steps", "3", "--use_lora",
+                     "true", "--lora_r", "4", "--lora_alpha", "8", "--merge_lora", "true", "--learning_rate", "0.01")
+    args.remove("--model_config")
+    args.remove(str(REPO / "configs" / "model_config_tiny.json"))
+    result = run_inprocess(args)[0]
+    base = AutoModelForCausalLM.from_pretrained(base_model).eval()
+    base_weights = {k: v.clone() for k, v in base.state_dict().items()}
+    adapted = PeftModel.from_pretrained(base, str(tmp_path / "sft" / "adapter")).eval()
+    adapter = load_file(str(tmp_path / "sft" / "adapter" / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in name for name in adapter)
+    assert any(value.abs().max() > 0 for name, value in adapter.items() if "lora_B" in name)  # B starts at zero
+    merged = load_file(str(tmp_path / "sft" / "final_model" / "model.safetensors"))
+    scale = 8 / 4
+    for name, weight in base_weights.items():
+        stem = name.removesuffix(".weight")
+        a_key = next((k for k in adapter if k.startswith(f"base_model.model.{stem}.lora_A")), None)
+        if a_key is None:
+            if name in merged:
+                assert torch.equal(merged[name], weight), name  # not adapted: untouched by training
+            continue
+        b = adapter[a_key.replace("lora_A", "lora_B")]
+        torch.testing.assert_close(merged[name], weight + scale * b @ adapter[a_key], rtol=1e-5, atol=1e-6)
+    ids = torch.tensor([[5, 100, 200, 300, 6]])
+    reloaded = AutoModelForCausalLM.from_pretrained(result.final_model).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, adapted(ids).logits, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,43 @@
+"""Stages from a YAML: each starts from the previous final_model; a finished stage is skipped on re-run."""
+
+import json
+
+import pytest
+
+from moai_llm.training.cli import UsageError
+
+from .conftest import REPO
+from .train_helpers import fast_args, run_inprocess, write_tiny_config
+
+SFT_FILE = REPO / "moai_llm" / "assets" / "sample" / "sft_messages.jsonl"
+
+
+def test_pretrain_then_sft_stages(tmp_path, caplog):
+    config = write_tiny_config(tmp_path)
+    stages = tmp_path / "stages.yaml"
+    stages.write_text(
+        "stages:\n"
+        "  - {name: base, mode: pretrain, max_steps: 2, learning_rate: 0.002}\n"
+        f"  - {{name: chat, mode: sft, max_steps: 2, learning_rate: 0.0005, train_file: [{SFT_FILE}]}}\n"
+    )
+    args = fast_args(tmp_path / "out", config, "--config", str(stages))
+    with caplog.at_level("INFO"):
+        results = run_inprocess(args)
+    assert f"stage chat: mode sft from {tmp_path / 'out' / 'base' / 'final_model'}" in caplog.text
+    caplog.clear()
+    assert [r.final_model for r in results] == [str(tmp_path / "out" / name / "final_model") for name in ("base", "chat")]
+    chat_args = json.loads((tmp_path / "out" / "chat" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert chat_args["global_step"] == 2
+    base_lr = json.loads((tmp_path / "out" / "base" / "all_results.json").read_text())
+    assert "eval_loss" in base_lr
+    with caplog.at_level("INFO"):
+        again = run_inprocess(args)
+    assert "stage base" in caplog.text and "skipping" in caplog.text
+    assert [r.final_model for r in again] == [r.final_model for r in results]
+
+
+def test_stage_with_unknown_key_is_an_error(tmp_path):
+    stages = tmp_path / "stages.yaml"
+    stages.write_text("stages:\n  - {name: base, learning_rat: 0.1}\n")
+    with pytest.raises(UsageError, match=r"stages\[0\] \(base\): unknown or not allowed key 'learning_rat'"):
+        run_inprocess(["--config", str(stages), "--output_dir", str(tmp_path / "o")])

@@ -1,0 +1,46 @@
+"""Shared pieces of the training tests: a hidden-64 model config file, train.py argument lists, log readers."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import REPO, tiny_config
+
+
+def write_tiny_config(directory: Path, **overrides) -> str:
+    """A 2-layer hidden-64 MoaiConfig JSON with the bundled tokenizer's vocabulary (8192)."""
+    path = directory / "model_config.json"
+    path.write_text(tiny_config(vocab_size=8192, **overrides).to_json_string())
+    return str(path)
+
+
+def fast_args(output_dir, model_config, *extra) -> list[str]:
+    """train.py flags for a few-second CPU run of the tiny config on the bundled corpus."""
+    return [
+        "--model_config", model_config, "--output_dir", str(output_dir), "--max_seq_length", "64",
+        "--batch_size", "2", "--logging_steps", "1", "--eval_strategy", "no", "--save_steps", "1000",
+        "--use_cpu", "true", "--disable_tqdm", "true", "--dataloader_num_workers", "0", *extra,
+    ]
+
+
+def run_cli(args, timeout=240, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def losses(run_dir: Path) -> list[float]:
+    """Training losses logged in the last checkpoint's or final trainer_state.json, by step."""
+    states = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    history = json.loads(states[-1].read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+def run_inprocess(args):
+    """train.py's work without a new interpreter (saves the ~5 s import time per run)."""
+    from moai_llm.training.cli import parse_args
+    from moai_llm.training.stages import run_all
+
+    return run_all(*parse_args(args))
