@@ -1,7 +1,8 @@
 """MoaiConfig: Qwen3Config's fields and meanings, plus the switches MOAI adds.
 
 Only the differences from Qwen3 live here: optional QK-norm, an explicit-or-derived head_dim, the legacy
-`rope_scaling` YaRN form, and validation that names the offending field instead of failing deep in the model.
+`rope_scaling` YaRN form, the Mixture-of-Experts fields (Qwen3-MoE's and Qwen2-MoE's names and meanings, dense
+when `num_experts == 0`), and validation that names the offending field instead of failing deep in the model.
 """
 
 from huggingface_hub.dataclasses import strict
@@ -51,6 +52,31 @@ class MoaiConfig(Qwen3Config):
     loss_config (`dict`, *optional*):
         The training objective, as `moai_llm.losses.create_loss_function` takes it, e.g.
         `{"type": "multi_objective", "params": {"ce_weight": 1.0, "focal_weight": 0.5}}`. None = cross-entropy.
+
+    Mixture of Experts (all ignored when `num_experts == 0`, the dense model):
+
+    num_experts (`int`, defaults to 0):
+        Routed experts per MoE layer; 0 = dense.
+    num_experts_per_tok (`int`, defaults to 2):
+        Experts each token is routed to (top-k), 1..num_experts.
+    moe_intermediate_size (`int`, *optional*):
+        Hidden width of one routed expert; required when `num_experts > 0`.
+    shared_expert_intermediate_size (`int`, defaults to 0):
+        Width of the always-on shared expert, gated by a sigmoid as in Qwen2-MoE; 0 = none (Qwen3-MoE layout).
+    decoder_sparse_step (`int`, defaults to 1) and mlp_only_layers (`list[int]`, defaults to `[]`):
+        Layer `i` is MoE when `i` is not in `mlp_only_layers` and `(i + 1) % decoder_sparse_step == 0`, else a
+        dense MLP of `intermediate_size` (Qwen3-MoE's rule); e.g. `mlp_only_layers=[0]` keeps the first layer dense.
+    norm_topk_prob (`bool`, defaults to `True`):
+        Renormalise the top-k routing weights to sum to 1 (as Qwen3-MoE checkpoints do).
+    router_aux_loss_coef (`float`, defaults to 0.001):
+        Weight of the Switch-Transformer load-balancing loss added to `loss`.
+    router_z_loss_coef (`float`, defaults to 0.0):
+        Weight of the ST-MoE router z-loss (mean squared log-sum-exp of the router logits); added when > 0.
+    router_jitter_noise (`float`, defaults to 0.0):
+        In training, the router input is multiplied by uniform noise in `[1 - eps, 1 + eps]` (Switch Transformer).
+    output_router_logits (`bool`, *optional*):
+        Return router logits, aux/z losses and expert load. Unset means on for MoE models, so training balances
+        the experts without a flag; set False for inference-only use.
     """
 
     model_type = "moai"
@@ -60,11 +86,28 @@ class MoaiConfig(Qwen3Config):
     use_qk_norm: bool = True
     loss_chunk_size: int = 1024
     loss_config: dict | None = None
+    num_experts: int = 0
+    num_experts_per_tok: int = 2
+    moe_intermediate_size: int | None = None
+    shared_expert_intermediate_size: int = 0
+    decoder_sparse_step: int = 1
+    mlp_only_layers: list[int] | None = None
+    norm_topk_prob: bool = True
+    router_aux_loss_coef: float = 0.001
+    router_z_loss_coef: float = 0.0
+    router_jitter_noise: float = 0.0
+    output_router_logits: bool | None = None
 
     def __post_init__(self, **kwargs):
         rope = kwargs.pop("rope_scaling", None) or self.rope_parameters
         self.rope_parameters = _normalise_rope(dict(rope) if rope else None)
+        if "num_local_experts" in kwargs:  # how transformers writes Qwen3-MoE's num_experts in config.json
+            self.num_experts = kwargs.pop("num_local_experts")
+        # A Qwen3(-MoE) config.json would leave its model_type on the instance; transformers picks the checkpoint
+        # conversion (per-expert files -> fused experts) by it, so a Qwen3-MoE checkpoint must read as "moai".
+        kwargs.pop("model_type", None)
         self._check_sizes()
+        self._check_moe()
         create_loss_function(self.loss_config)  # a bad loss config fails here, naming the field
         super().__post_init__(**kwargs)
 
@@ -93,6 +136,47 @@ class MoaiConfig(Qwen3Config):
             self.head_dim = self.hidden_size // self.num_attention_heads
         elif self.head_dim <= 0:
             raise ValueError(f"head_dim must be a positive integer, got {self.head_dim}")
+
+    def _check_moe(self) -> None:
+        for name in ("num_experts", "shared_expert_intermediate_size", "router_aux_loss_coef", "router_z_loss_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.router_jitter_noise < 1:
+            raise ValueError(f"router_jitter_noise must be in [0, 1), got {self.router_jitter_noise}")
+        self.mlp_only_layers = list(self.mlp_only_layers or [])
+        if self.output_router_logits is None:
+            self.output_router_logits = self.num_experts > 0
+        if not self.num_experts:
+            return
+        if not 1 <= self.num_experts_per_tok <= self.num_experts:
+            raise ValueError(
+                f"num_experts_per_tok={self.num_experts_per_tok} must be between 1 and num_experts={self.num_experts}"
+            )
+        if self.moe_intermediate_size is None or self.moe_intermediate_size <= 0:
+            raise ValueError(
+                f"moe_intermediate_size must be a positive integer when num_experts > 0, got {self.moe_intermediate_size}"
+            )
+        if self.decoder_sparse_step is None or self.decoder_sparse_step < 1:
+            raise ValueError(f"decoder_sparse_step must be >= 1, got {self.decoder_sparse_step}")
+        outside = [i for i in self.mlp_only_layers if not 0 <= i < self.num_hidden_layers]
+        if outside:
+            raise ValueError(
+                f"mlp_only_layers has layer indices {outside} outside 0..{self.num_hidden_layers - 1} "
+                f"(num_hidden_layers={self.num_hidden_layers})"
+            )
+        if not any(self.is_moe_layer(i) for i in range(self.num_hidden_layers)):
+            raise ValueError(
+                f"num_experts={self.num_experts} but no layer is MoE (decoder_sparse_step={self.decoder_sparse_step}, "
+                f"mlp_only_layers={self.mlp_only_layers}); set num_experts=0 for a dense model"
+            )
+
+    def is_moe_layer(self, layer_idx: int) -> bool:
+        """Qwen3-MoE's rule: MoE unless listed in mlp_only_layers or off the decoder_sparse_step grid."""
+        return (
+            self.num_experts > 0
+            and layer_idx not in self.mlp_only_layers
+            and (layer_idx + 1) % self.decoder_sparse_step == 0
+        )
 
 
 __all__ = ["MoaiConfig"]

@@ -8,6 +8,8 @@ The differences:
 - `use_qk_norm=False` removes q_norm/k_norm (no parameters), `True` is Qwen3 exactly.
 - Packed rows (`position_ids` restarting inside a row) stay isolated on every attention backend, also when an
   attention mask is passed or a cache is in use, where stock transformers only detects packing with neither.
+- With `num_experts > 0` the feed-forward of the chosen layers is a Qwen3-MoE block (moe.py); the outputs then
+  are Qwen3-MoE's, plus router z-loss and expert load.
 
 This file imports only torch, transformers and flat siblings, so `save_pretrained` can ship it as remote code.
 """
@@ -24,7 +26,7 @@ from transformers.masking_utils import (
     packed_sequence_mask_function,
 )
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, MoeModelOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3Attention,
@@ -36,10 +38,12 @@ from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3RMSNorm,
     Qwen3RotaryEmbedding,
 )
-from transformers.utils import logging
+from transformers.utils import can_return_tuple, logging
+from transformers.utils.output_capturing import OutputRecorder
 
 from .configuration_moai import MoaiConfig
 from .losses import causal_lm_loss
+from .moe import MoaiTopKRouter, init_moe_weights, moe_block, moe_causal_lm_output
 
 logger = logging.get_logger(__name__)
 
@@ -89,7 +93,7 @@ class MoaiDecoderLayer(Qwen3DecoderLayer):
         GradientCheckpointingLayer.__init__(self)
         self.hidden_size = config.hidden_size
         self.self_attn = MoaiAttention(config=config, layer_idx=layer_idx)
-        self.mlp = Qwen3MLP(config)
+        self.mlp = moe_block(config) if config.is_moe_layer(layer_idx) else Qwen3MLP(config)
         self.input_layernorm = MoaiRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = MoaiRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
@@ -98,8 +102,22 @@ class MoaiPreTrainedModel(Qwen3PreTrainedModel):
     config_class = MoaiConfig
     config: MoaiConfig
     _no_split_modules = ["MoaiDecoderLayer"]
-    _can_record_outputs = {"hidden_states": MoaiDecoderLayer, "attentions": MoaiAttention}
+    _can_record_outputs = {
+        "hidden_states": MoaiDecoderLayer,
+        "attentions": MoaiAttention,
+        "router_logits": OutputRecorder(MoaiTopKRouter, index=0),
+    }
     _auto_class_name = "AutoModel"  # what save_pretrained's auto_map names this class under
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        init_moe_weights(module, self.config.initializer_range)
+
+    @classmethod
+    def _can_set_experts_implementation(cls) -> bool:
+        """The experts are transformers' `Qwen3MoeExperts` (moe.py); transformers' own check only greps this file
+        for `@use_experts_implementation`, and would leave MoE models on the slow eager experts loop."""
+        return True
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -190,7 +208,7 @@ class MoaiModel(MoaiPreTrainedModel, Qwen3Model):
             doc_ids = packed_document_ids(position_ids, cache, inputs_embeds.shape[0])
             if doc_ids is not None:
                 attention_mask = self._packed_masks(inputs_embeds, attention_mask, position_ids, cache, doc_ids, kwargs)
-        return super().forward(
+        outputs = super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -199,6 +217,9 @@ class MoaiModel(MoaiPreTrainedModel, Qwen3Model):
             use_cache=use_cache,
             **kwargs,
         )
+        if self.config.num_experts and isinstance(outputs, BaseModelOutputWithPast):
+            outputs = MoeModelOutputWithPast(**outputs)  # as Qwen3-MoE: router_logits when recorded
+        return outputs
 
     def _packed_masks(self, inputs_embeds, attention_mask, position_ids, cache, doc_ids, kwargs):
         """Masks that keep each packed document to itself; for flash, varlen boundaries instead of a mask."""
@@ -233,6 +254,14 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        """`generate` returns no router logits: MoE models skip the router losses while decoding unless asked."""
+        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        if self.config.num_experts:
+            inputs.setdefault("output_router_logits", False)
+        return inputs
+
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -244,31 +273,43 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         return_logits: bool = False,
+        output_router_logits: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Qwen3's forward, except that with labels the loss is the fused chunked one from the hidden states
-        (config.loss_chunk_size > 0) and `logits` is None unless `return_logits=True`."""
+        """Qwen3's forward (Qwen3-MoE's with `num_experts > 0`), except that with labels the loss is the fused chunked
+        one from the hidden states (config.loss_chunk_size > 0) and `logits` is None unless `return_logits=True`.
+
+        MoE models return `MoaiMoeCausalLMOutputWithPast`: with `output_router_logits` (the config's value when
+        unset) it carries router_logits, aux_loss, z_loss and expert_load, and `loss` includes the router losses."""
         if "past_key_values" in kwargs:
             cache = kwargs.pop("past_key_values")
-        if labels is None or not self.config.loss_chunk_size:
-            return super().forward(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-                inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
-                **kwargs,
+        if self.config.num_experts:
+            kwargs["output_router_logits"] = (
+                self.config.output_router_logits if output_router_logits is None else output_router_logits
             )
-        shift_labels = kwargs.pop("shift_labels", None)
-        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        fused = labels is not None and self.config.loss_chunk_size > 0
+        if fused:
+            shift_labels = kwargs.pop("shift_labels", None)
+            num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # [batch, seq, hidden]
-        loss = causal_lm_loss(
-            hidden_states, self.lm_head.weight, labels, shift_labels=shift_labels,
-            num_items_in_batch=num_items_in_batch, chunk_size=self.config.loss_chunk_size,
-            loss_config=self.config.loss_config, lm_head_bias=self.lm_head.bias,
-        )
-        logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep)) if return_logits else None
+        if fused:
+            loss = causal_lm_loss(
+                hidden_states, self.lm_head.weight, labels, shift_labels=shift_labels,
+                num_items_in_batch=num_items_in_batch, chunk_size=self.config.loss_chunk_size,
+                loss_config=self.config.loss_config, lm_head_bias=self.lm_head.bias,
+            )
+            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep)) if return_logits else None
+        else:
+            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # [batch, kept, vocab]
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        if self.config.num_experts:
+            return moe_causal_lm_output(self.config, loss, logits, outputs, input_ids, attention_mask)
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,

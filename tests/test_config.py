@@ -73,7 +73,15 @@ def _readme_param_counts() -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    "name", ["model_config_tiny.json", "model_config_2b.json", "model_config.json", "model_config_16b.json"]
+    "name",
+    [
+        "model_config_tiny.json",
+        "model_config_2b.json",
+        "model_config.json",
+        "model_config_16b.json",
+        "model_config_moe_tiny.json",
+        "model_config_moe_a2b.json",
+    ],
 )
 def test_config_parameter_count_matches_readme(name):
     data = json.loads((REPO / "configs" / name).read_text())

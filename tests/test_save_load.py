@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Qwen3ForCausalLM
 
@@ -33,10 +34,20 @@ def test_round_trip_with_auto_classes(tmp_path, tiny_model):
     assert isinstance(AutoModel.from_pretrained(tmp_path), MoaiModel)
 
 
-def test_remote_code_load_without_the_package(tmp_path, tiny_model):
+MOE = dict(num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=48, num_hidden_layers=3,
+           mlp_only_layers=[0])  # every kind of feed-forward: dense, routed experts, shared expert
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+def test_remote_code_load_without_the_package(tmp_path, tiny_model, moe):
+    if moe:
+        tiny_model = MoaiForCausalLM(tiny_config(**MOE)).eval()
     tiny_model.save_pretrained(tmp_path / "model")
     ids = torch.randint(3, 128, (1, 10))
-    torch.save({"ids": ids, "logits": tiny_model(ids).logits.detach()}, tmp_path / "expected.pt")
+    with torch.no_grad():
+        out = tiny_model(ids)
+    aux = out.aux_loss if moe else None
+    torch.save({"ids": ids, "logits": out.logits, "aux": aux}, tmp_path / "expected.pt")
     script = textwrap.dedent(
         f"""
         import sys
@@ -53,6 +64,9 @@ def test_remote_code_load_without_the_package(tmp_path, tiny_model):
         diff = (model(expected["ids"]).logits - expected["logits"]).abs().max().item()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         assert diff == 0.0, diff
+        if expected["aux"] is not None:
+            assert model.config._experts_implementation == "grouped_mm", model.config._experts_implementation
+            assert torch.equal(model(expected["ids"]).aux_loss, expected["aux"])
         print("remote-ok")
         """
     )

@@ -1,0 +1,253 @@
+"""Mixture-of-Experts blocks for MoaiForCausalLM, built on transformers' Qwen3-MoE and Qwen2-MoE modules.
+
+Written the way transformers' `modular_qwen3_moe.py` is: only the differences are here.
+- `MoaiTopKRouter(Qwen3MoeTopKRouter)`: Qwen3-MoE's router (fp32 softmax, top-k, optional renormalisation) plus
+  Switch-Transformer jitter on the router input in training.
+- `MoaiSparseMoeBlock(Qwen3MoeSparseMoeBlock)`: routed experts only; parameter names are Qwen3-MoE's.
+- `MoaiSharedExpertMoeBlock(Qwen2MoeSparseMoeBlock)`: routed experts plus Qwen2-MoE's sigmoid-gated shared expert,
+  with Qwen2-MoE's parameter names.
+The experts are transformers' `Qwen3MoeExperts`: fused `[experts, ...]` weights dispatched through transformers'
+experts implementations (eager / grouped_mm / batched_mm). Every expert weight is one parameter, so experts that
+get no token in a step still get a (zero) gradient and DDP sees no unused parameters.
+
+The router losses and expert statistics are functions of the router logits that the model records
+(`output_router_logits`), so the causal-LM forward stays one. This file imports only torch, transformers and
+flat siblings: `save_pretrained` ships it as remote code next to modeling_moai.py.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedConfig
+from transformers import initialization as init
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast
+from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
+from transformers.models.qwen3_moe.configuration_qwen3_moe import Qwen3MoeConfig
+from transformers.models.qwen3_moe.modeling_qwen3_moe import (
+    Qwen3MoeExperts,
+    Qwen3MoeMLP,
+    Qwen3MoeSparseMoeBlock,
+    Qwen3MoeTopKRouter,
+    load_balancing_loss_func,
+)
+from transformers.utils import logging
+
+from .configuration_moai import MoaiConfig
+
+logger = logging.get_logger(__name__)
+
+# Checkpoint files hold one tensor per expert, as Qwen3-MoE's do (transformers fuses them into `gate_up_proj` /
+# `down_proj` on load and splits them on save): Qwen3-MoE checkpoints load into MOAI and MOAI MoE checkpoints are
+# laid out for tools that read Qwen3-MoE files. Registered by model type, so it also holds for remote code.
+register_checkpoint_conversion_mapping("moai", get_checkpoint_conversion_mapping("qwen2_moe"), overwrite=True)
+
+
+class MoaiTopKRouter(Qwen3MoeTopKRouter):
+    """Qwen3-MoE's router; in training its input is scaled by uniform noise in [1 - eps, 1 + eps] when eps > 0."""
+
+    def __init__(self, config: MoaiConfig):
+        super().__init__(config)
+        self.jitter_noise = config.router_jitter_noise
+
+    def forward(self, hidden_states: torch.Tensor):
+        if self.training and self.jitter_noise > 0:
+            noise = torch.empty_like(hidden_states).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
+            hidden_states = hidden_states * noise  # router only: the experts see the clean input
+        return super().forward(hidden_states)
+
+
+class MoaiSparseMoeBlock(Qwen3MoeSparseMoeBlock):
+    """Qwen3-MoE's block (gate + experts) with the jittering router."""
+
+    def __init__(self, config: MoaiConfig):
+        nn.Module.__init__(self)
+        self.experts = Qwen3MoeExperts(config)
+        self.gate = MoaiTopKRouter(config)
+
+
+class MoaiSharedExpertMoeBlock(Qwen2MoeSparseMoeBlock):
+    """Qwen2-MoE's block: routed experts + sigmoid(shared_expert_gate(x)) * shared_expert(x)."""
+
+    def __init__(self, config: MoaiConfig):
+        # Skip Qwen2MoeSparseMoeBlock.__init__: its experts read Mixtral's `num_local_experts`; Qwen3-MoE's
+        # experts have the same parameters and names.
+        nn.Module.__init__(self)
+        self.gate = MoaiTopKRouter(config)
+        self.experts = Qwen3MoeExperts(config)
+        self.shared_expert = Qwen3MoeMLP(config, intermediate_size=config.shared_expert_intermediate_size)
+        self.shared_expert_gate = nn.Linear(config.hidden_size, 1, bias=False)
+
+
+def moe_block(config: MoaiConfig) -> nn.Module:
+    """The MoE feed-forward of one layer: with a shared expert when its size is > 0."""
+    if config.shared_expert_intermediate_size:
+        return MoaiSharedExpertMoeBlock(config)
+    return MoaiSparseMoeBlock(config)
+
+
+def init_moe_weights(module: nn.Module, std: float) -> None:
+    """Qwen3-MoE's init for the parameters `PreTrainedModel._init_weights` does not know (fused experts, router)."""
+    if isinstance(module, Qwen3MoeExperts):
+        init.normal_(module.gate_up_proj, mean=0.0, std=std)
+        init.normal_(module.down_proj, mean=0.0, std=std)
+    elif isinstance(module, Qwen3MoeTopKRouter):
+        init.normal_(module.weight, mean=0.0, std=std)
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(total, active per token): every parameter once (tied counted once), and all but the routed experts a token
+    does not use (num_experts - top-k per MoE layer); embeddings count as active. For FLOPs/MFU estimates."""
+    total = sum(param.numel() for param in model.parameters())
+    idle = 0
+    for module in model.modules():
+        if isinstance(module, Qwen3MoeExperts):
+            per_expert = (module.gate_up_proj.numel() + module.down_proj.numel()) // module.num_experts
+            idle += (module.num_experts - module.config.num_experts_per_tok) * per_expert
+    return total, total - idle
+
+
+@dataclass
+class MoaiMoeCausalLMOutputWithPast(MoeCausalLMOutputWithPast):
+    r"""
+    MoeCausalLMOutputWithPast plus what training logs from the same forward pass.
+
+    aux_loss: load-balancing loss (Switch Transformer, transformers' `load_balancing_loss_func`), real tokens only.
+    z_loss (`torch.FloatTensor`, *optional*):
+        Router z-loss (ST-MoE): mean over MoE layers and real tokens of logsumexp(router_logits)^2.
+    expert_load (`torch.FloatTensor` of shape `(moe_layers, num_experts)`, *optional*):
+        Per MoE layer, the share of that layer's token-to-expert assignments each expert received (rows sum to 1;
+        perfectly balanced = 1 / num_experts), real tokens only, no gradient.
+    """
+
+    z_loss: torch.FloatTensor | None = None
+    expert_load: torch.FloatTensor | None = None
+
+
+def routed_token_mask(
+    config: MoaiConfig, input_ids: torch.Tensor | None, attention_mask, num_tokens: int
+) -> torch.Tensor | None:
+    """[batch, seq] True for the tokens the router losses count, or None when nothing says which are padding.
+
+    Padding is where a 2-D `attention_mask` is 0 (its last `num_tokens` columns: with a cache, the mask also covers
+    past tokens) and, as packed rows carry no mask, where `input_ids` is the pad token, unless the pad token is
+    also the EOS/BOS token (then it may be a real document separator and is kept).
+    """
+    mask = None
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+        mask = attention_mask[:, -num_tokens:].bool()
+    special = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    pad = config.pad_token_id
+    if input_ids is not None and pad is not None and pad not in special + [config.bos_token_id]:
+        not_pad = input_ids != pad
+        mask = not_pad if mask is None else mask & not_pad
+    return mask
+
+
+def router_losses(
+    router_logits: tuple[torch.Tensor, ...], config: MoaiConfig, token_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(aux_loss, z_loss) from each MoE layer's router logits [tokens, experts], counting only masked-in tokens.
+
+    aux_loss is transformers' `load_balancing_loss_func` (pooled over layers, fp32 softmax) with the token mask as
+    its attention mask, so padding never changes the loss of the real tokens.
+    """
+    logits = tuple(layer.float() for layer in router_logits)
+    aux_loss = load_balancing_loss_func(logits, config.num_experts, config.num_experts_per_tok, token_mask)
+    # ST-MoE z-loss; hand-written because transformers has it only unmasked (switch_transformers' router_z_loss_func)
+    log_z_squared = torch.stack([torch.logsumexp(layer, dim=-1) for layer in logits]).pow(2)  # [layers, tokens]
+    if token_mask is None:
+        z_loss = log_z_squared.mean()
+    else:
+        weight = token_mask.reshape(1, -1).to(log_z_squared)  # [1, tokens]
+        z_loss = (log_z_squared * weight).sum() / (weight.sum() * len(logits)).clamp_min(1)
+    return aux_loss, z_loss
+
+
+@torch.no_grad()
+def expert_load(
+    router_logits: tuple[torch.Tensor, ...], top_k: int, token_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[moe_layers, experts]: share of each layer's top-k assignments per expert (rows sum to 1), real tokens only."""
+    stacked = torch.stack([layer.float() for layer in router_logits])  # [layers, tokens, experts]
+    chosen = stacked.softmax(dim=-1).topk(top_k, dim=-1).indices  # [layers, tokens, top_k]
+    weight = torch.ones_like(chosen, dtype=torch.float32)
+    if token_mask is not None:
+        weight = weight * token_mask.reshape(1, -1, 1).to(weight)
+    counts = torch.zeros(stacked.shape[0], stacked.shape[-1], device=stacked.device)
+    counts.scatter_add_(1, chosen.flatten(1), weight.flatten(1))
+    return counts / counts.sum(dim=-1, keepdim=True).clamp_min(1)
+
+
+def balance_metrics(load: torch.Tensor) -> dict[str, float]:
+    """Scalars for logging from `expert_load` [moe_layers, experts], worst layer each: 1.0 is perfect balance."""
+    num_experts = load.shape[-1]
+    max_load, min_load = load.max(dim=-1).values, load.min(dim=-1).values  # [layers]
+    ratio = (max_load / min_load).max().item() if bool((min_load > 0).all()) else float("inf")
+    return {
+        "moe/max_load_over_mean": (max_load.max() * num_experts).item(),
+        "moe/min_load_over_mean": (min_load.min() * num_experts).item(),
+        "moe/max_min_load_ratio": ratio,
+    }
+
+
+def moe_causal_lm_output(
+    config: MoaiConfig, loss, logits, model_outputs, input_ids=None, attention_mask=None
+) -> MoaiMoeCausalLMOutputWithPast:
+    """The causal-LM output of a MoE model; with router logits, the router losses are added to `loss` (if any)."""
+    router_logits = getattr(model_outputs, "router_logits", None)
+    aux_loss = z_loss = load = None
+    if router_logits:
+        mask = routed_token_mask(config, input_ids, attention_mask, model_outputs.last_hidden_state.shape[1])
+        aux_loss, z_loss = router_losses(router_logits, config, mask)
+        load = expert_load(router_logits, config.num_experts_per_tok, mask)
+        if torch.is_grad_enabled() and model_outputs.last_hidden_state.requires_grad and not aux_loss.requires_grad:
+            logger.warning_once(
+                "MoE router losses have no gradient although the model does: the router logits were recorded "
+                "outside autograd (reentrant gradient checkpointing?). Use the default non-reentrant checkpointing."
+            )
+        if loss is not None:
+            loss = loss + config.router_aux_loss_coef * aux_loss.to(loss.device)
+            if config.router_z_loss_coef > 0:
+                loss = loss + config.router_z_loss_coef * z_loss.to(loss.device)
+    return MoaiMoeCausalLMOutputWithPast(
+        loss=loss,
+        aux_loss=aux_loss,
+        z_loss=z_loss,
+        expert_load=load,
+        logits=logits,
+        cache=model_outputs.cache,
+        hidden_states=model_outputs.hidden_states,
+        attentions=model_outputs.attentions,
+        router_logits=router_logits,
+    )
+
+
+def qwen3_moe_config_from(config: MoaiConfig) -> Qwen3MoeConfig:
+    """The Qwen3MoeConfig with the same architecture; ValueError when Qwen3-MoE cannot express the model."""
+    if not config.num_experts:
+        raise ValueError("qwen3_moe: num_experts=0 is a dense model (see moai_llm.export for Qwen3)")
+    if config.shared_expert_intermediate_size:
+        raise ValueError("qwen3_moe: Qwen3-MoE has no shared expert (shared_expert_intermediate_size > 0)")
+    if not config.use_qk_norm:
+        raise ValueError("qwen3_moe: use_qk_norm=False has no Qwen3-MoE equivalent")
+    # Architecture fields only: PreTrainedConfig's (attribute_map, tp plans, ...) are each class's own.
+    names = set(Qwen3MoeConfig.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
+    fields = {name: getattr(config, name) for name in names}
+    return Qwen3MoeConfig(**fields, head_dim=config.head_dim, architectures=["Qwen3MoeForCausalLM"])
+
+
+__all__ = [
+    "MoaiMoeCausalLMOutputWithPast",
+    "MoaiSharedExpertMoeBlock",
+    "MoaiSparseMoeBlock",
+    "MoaiTopKRouter",
+    "balance_metrics",
+    "expert_load",
+    "moe_block",
+    "parameter_counts",
+    "qwen3_moe_config_from",
+    "router_losses",
+    "routed_token_mask",
+]

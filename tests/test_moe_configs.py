@@ -1,0 +1,71 @@
+"""The shipped MoE configs: README's total and active parameter counts, layer layout, Qwen3-MoE compatibility."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from moai_llm import MoaiConfig, MoaiForCausalLM
+from moai_llm.moe import MoaiSharedExpertMoeBlock, parameter_counts, qwen3_moe_config_from
+
+from .conftest import REPO
+
+MOE_CONFIGS = ["model_config_moe_tiny.json", "model_config_moe_a2b.json"]
+
+
+def _load(name: str) -> MoaiConfig:
+    data = json.loads((REPO / "configs" / name).read_text())
+    return MoaiConfig(**{k: v for k, v in data.items() if k != "model_type"})
+
+
+def _readme_moe_counts() -> dict[str, tuple[int, int]]:
+    """`| configs/NAME | ... | total | active |` rows of README's Mixture of Experts section."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Mixture of Experts", 1)[1].split("\n## ", 1)[0]
+    counts = {}
+    for line in section.splitlines():
+        match = re.match(r"\|\s*`configs/(model_config_moe\w*\.json)`\s*\|[^|]*\|\s*([\d,]+)\s*\|\s*([\d,]+)\s*\|", line)
+        if match:
+            counts[match.group(1)] = (int(match.group(2).replace(",", "")), int(match.group(3).replace(",", "")))
+    return counts
+
+
+@pytest.mark.parametrize("name", MOE_CONFIGS)
+def test_readme_total_and_active_parameters(name):
+    with torch.device("meta"):
+        model = MoaiForCausalLM(_load(name))
+    assert _readme_moe_counts().get(name) == parameter_counts(model), f"README's MoE counts for {name}"
+
+
+def test_active_count_is_total_minus_unused_experts():
+    config = _load("model_config_moe_tiny.json")
+    with torch.device("meta"):
+        model = MoaiForCausalLM(config)
+    total, active = parameter_counts(model)
+    per_expert = 3 * config.hidden_size * config.moe_intermediate_size  # gate, up, down
+    moe_layers = sum(config.is_moe_layer(i) for i in range(config.num_hidden_layers))
+    assert total - active == moe_layers * (config.num_experts - config.num_experts_per_tok) * per_expert
+    with torch.device("meta"):
+        dense_total, dense_active = parameter_counts(MoaiForCausalLM(_load("model_config_tiny.json")))
+    assert dense_total == dense_active
+    assert abs(active - dense_total) / dense_total < 0.01  # the MoE tiny costs per token what the dense tiny does
+
+
+def test_tiny_moe_config_trains_a_step():
+    torch.manual_seed(0)
+    model = MoaiForCausalLM(_load("model_config_moe_tiny.json"))
+    assert type(model.model.layers[0].mlp).__name__ == "Qwen3MLP"
+    assert all(isinstance(layer.mlp, MoaiSharedExpertMoeBlock) for layer in model.model.layers[1:])
+    ids = torch.randint(3, 8192, (2, 32))
+    out = model(ids, labels=ids)
+    assert out.aux_loss is not None and out.z_loss is not None and out.expert_load.shape == (3, 8)
+    out.loss.backward()
+    assert all(param.grad is not None for param in model.parameters())
+
+
+def test_a2b_config_is_a_qwen3_moe_architecture():
+    config = qwen3_moe_config_from(_load("model_config_moe_a2b.json"))
+    assert config.num_experts == 64 and config.num_experts_per_tok == 8 and config.head_dim == 128
+    with pytest.raises(ValueError, match="shared expert"):
+        qwen3_moe_config_from(_load("model_config_moe_tiny.json"))
