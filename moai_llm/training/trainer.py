@@ -130,7 +130,7 @@ class MoaiTrainer(Trainer):
             if self._component_micro_batches:
                 extras = 0.0
                 for key, total in self._component_sums.items():
-                    mean = float(self._nested_gather(total).mean()) / self._component_micro_batches
+                    mean = float(self.accelerator.gather(total.reshape(1)).mean()) / self._component_micro_batches
                     logs[key] = round(mean, 6)
                     extras += mean
                 logs["lm_loss"] = round(logs["loss"] - extras, 6)
@@ -138,7 +138,7 @@ class MoaiTrainer(Trainer):
             if self._expert_load is not None:
                 from ..moe import balance_metrics
 
-                load = self._nested_gather(self._expert_load[None]).sum(0)  # all ranks: [moe_layers, experts]
+                load = self.accelerator.gather(self._expert_load[None]).sum(0)  # all ranks: [moe_layers, experts]
                 logs.update({k: round(v, 4) for k, v in balance_metrics(load / load.sum(-1, keepdim=True)).items()})
                 self._expert_load = None
         super().log(logs, start_time)
