@@ -19,7 +19,7 @@ setup(
     extras_require={
         "flash": ["flash-attn>=2.6"],
         "qlora": ["bitsandbytes>=0.45"],
-        "dev": ["pytest>=8", "pexpect>=4.8", "psutil>=5.9"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.1", "pexpect>=4.8", "psutil>=5.9"],
     },
     license="Apache-2.0",
 )

@@ -3,6 +3,9 @@ expert load, gradients (every parameter, checkpointing, DDP), experts implementa
 
 import copy
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,7 +24,7 @@ from moai_llm.moe import (
     router_losses,
 )
 
-from .conftest import tiny_config
+from .conftest import REPO, tiny_config
 
 EXPERTS_IMPLEMENTATIONS = ["eager", "grouped_mm", "batched_mm"]
 
@@ -237,22 +240,33 @@ def test_every_parameter_gets_a_gradient_when_experts_idle(impl):
         assert (per_expert == 0).sum() == 2 and (per_expert > 0).sum() == 2
 
 
+DDP_SCRIPT = """
+import gc, sys
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tests.test_moe import moe_model
+
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+model = moe_model(shared_expert_intermediate_size=48).train()
+ddp = DistributedDataParallel(model, find_unused_parameters=False)
+for token in (5, 9):
+    ids = torch.tensor([[token]])
+    ddp(ids, labels=ids, shift_labels=torch.tensor([[3]]), use_cache=False).loss.backward()
+assert all(param.grad is not None for param in model.parameters())
+del ddp  # the reducer must go before its process group: freeing it afterwards can hang in gloo's destructor
+gc.collect()
+dist.destroy_process_group()
+print("ddp-ok")
+"""
+
+
 def test_ddp_without_unused_parameters(tmp_path):
     """Two DDP steps (gloo, 1 process, find_unused_parameters=False) with idle experts: DDP errors if a parameter
-    was left out of the graph."""
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        model = moe_model(shared_expert_intermediate_size=48).train()
-        ddp = DistributedDataParallel(model, find_unused_parameters=False)
-        for token in (5, 9):
-            ids = torch.tensor([[token]])
-            ddp(ids, labels=ids, shift_labels=torch.tensor([[3]]), use_cache=False).loss.backward()
-        assert all(param.grad is not None for param in model.parameters())
-    finally:
-        dist.destroy_process_group()
+    was left out of the graph. In a subprocess with a timeout, so a gloo teardown problem cannot hang the suite."""
+    result = subprocess.run([sys.executable, "-c", DDP_SCRIPT, str(tmp_path / "store")], cwd=REPO,
+                            capture_output=True, text=True, timeout=180)
+    assert "ddp-ok" in result.stdout, result.stderr[-3000:]
 
 
 def test_gradient_checkpointing_gives_same_gradients_with_router_losses():
