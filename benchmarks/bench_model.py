@@ -26,9 +26,9 @@ def train_step_seconds(model, ids) -> float:
 
 
 @torch.no_grad()
-def generate_seconds(model, prompt, new_tokens) -> float:
+def generate_seconds(model, prompt, new_tokens, **kwargs) -> float:
     start = time.perf_counter()
-    model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, **kwargs)
     return time.perf_counter() - start
 
 

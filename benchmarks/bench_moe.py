@@ -11,29 +11,15 @@ one-row batch only (see main). Then greedy-generation tokens/s per implementatio
 
 import argparse
 import statistics
-import time
 
 import torch
 from transformers import Qwen3MoeForCausalLM
 
+from bench_model import generate_seconds, train_step_seconds  # same timing as the dense benchmark
 from moai_llm import MoaiConfig, MoaiForCausalLM
 from moai_llm.moe import parameter_counts, qwen3_moe_config_from
 
 IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm")
-
-
-def train_step_seconds(model, ids) -> float:
-    start = time.perf_counter()
-    model(ids, labels=ids).loss.backward()
-    model.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
-
-
-@torch.no_grad()
-def generate_seconds(model, prompt, new_tokens, **kwargs) -> float:
-    start = time.perf_counter()
-    model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, **kwargs)
-    return time.perf_counter() - start
 
 
 def build(args):
