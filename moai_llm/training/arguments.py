@@ -136,6 +136,10 @@ class MoaiTrainingArguments(TrainingArguments):
         for name in ("wsd_decay_ratio", "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
+        on_gpu = not self.use_cpu and torch.cuda.is_available()
+        if self.tf32 is None and on_gpu and torch.cuda.get_device_capability()[0] >= 8:
+            self.tf32 = True  # Ampere and newer: TF32 matmuls for whatever still runs in fp32
+        # the optimizer default is transformers' adamw_torch_fused already (the fused CUDA kernel)
         if self.bf16 is None:  # resolved before TrainingArguments derives mixed_precision from it
             self.bf16 = bool(not self.use_cpu and not self.fp16 and torch.cuda.is_available()
                              and torch.cuda.is_bf16_supported())
