@@ -82,30 +82,38 @@ class Objective:
         return loss, grad
 
 
-def create_loss_function(spec: dict | None = None) -> Objective:
-    """`{"type": "cross_entropy" | "focal" | "label_smoothing" | "multi_objective", "params": {...}}`."""
+# Parameter spellings: the old moai-llm tool's (`smoothing`, `gamma`) and the short ones, next to the field names.
+PARAM_ALIASES = {"gamma": "focal_gamma", "epsilon": "label_smoothing", "smoothing": "label_smoothing"}
+PRESETS = {
+    "cross_entropy": {"ce_weight": 1.0},
+    "focal": {"ce_weight": 0.0, "focal_weight": 1.0},
+    "label_smoothing": {"ce_weight": 0.0, "smooth_weight": 1.0},
+    "multi_objective": {},
+}
+
+
+def objective_from_spec(spec: "dict | Objective | None" = None) -> Objective:
+    """`{"type": "cross_entropy" | "focal" | "label_smoothing" | "multi_objective", "params": {...}}` -> Objective."""
+    if isinstance(spec, Objective):
+        return spec
     spec = dict(spec or {})
     kind = spec.pop("type", "cross_entropy")
     params = dict(spec.pop("params", {}) or {})
     if spec:
         raise ValueError(f"loss config: unknown keys {sorted(spec)} (expected 'type' and 'params')")
-    names = {f.name for f in fields(Objective)} | {"gamma", "epsilon"}
-    unknown = sorted(set(params) - names)
+    known = sorted({f.name for f in fields(Objective)} | set(PARAM_ALIASES))
+    unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ValueError(f"loss config: unknown params {unknown}; known: {sorted(names)}")
-    if "gamma" in params:
-        params["focal_gamma"] = params.pop("gamma")
-    if "epsilon" in params:
-        params["label_smoothing"] = params.pop("epsilon")
-    presets = {
-        "cross_entropy": {"ce_weight": 1.0},
-        "focal": {"ce_weight": 0.0, "focal_weight": 1.0},
-        "label_smoothing": {"ce_weight": 0.0, "smooth_weight": 1.0},
-        "multi_objective": {},
-    }
-    if kind not in presets:
-        raise ValueError(f"loss config: type={kind!r} is not one of {sorted(presets)}")
-    return Objective(**{**presets[kind], **params})
+        raise ValueError(f"loss config: unknown params {unknown}; known: {known}")
+    for alias, name in PARAM_ALIASES.items():
+        if alias in params:
+            value = params.pop(alias)
+            if name in params and params[name] != value:
+                raise ValueError(f"loss config: {alias}={value} and {name}={params[name]} disagree; give one")
+            params[name] = value
+    if kind not in PRESETS:
+        raise ValueError(f"loss config: type={kind!r} is not one of {sorted(PRESETS)}")
+    return Objective(**{**PRESETS[kind], **params})
 
 
 def _denominator(n_valid: int, num_items_in_batch, device) -> torch.Tensor:
@@ -162,27 +170,37 @@ class _FusedLinearLoss(torch.autograd.Function):
 
 
 class _ChunkedLogitsLoss(torch.autograd.Function):
-    """The same objective on logits that already exist: fp32 one chunk at a time, gradient in logits' dtype."""
+    """The same objective on logits that already exist: one fp32 `[chunk, vocab]` block at a time.
+
+    The logits are read in place, chunk by chunk (ignored rows are skipped inside each chunk), so beyond the
+    inputs only one fp32 block and the gradient (in the logits' dtype, which autograd needs anyway) exist.
+    """
 
     @staticmethod
-    def forward(ctx, logits, target, denom, objective, chunk_size):
+    def forward(ctx, logits, labels, denom, objective, chunk_size, ignore_index):
         need_grad = ctx.needs_input_grad[0]
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        grad_logits = torch.empty_like(logits) if need_grad else None  # [tokens, vocab]
+        grad_logits = torch.zeros_like(logits) if need_grad else None  # [tokens, vocab]
         for start in range(0, logits.shape[0], chunk_size):
-            chunk = logits[start : start + chunk_size].float().clone()
-            loss, grad = objective.loss_and_grad(chunk, target[start : start + chunk_size], need_grad)
+            rows = (labels[start : start + chunk_size] != ignore_index).nonzero().squeeze(1) + start  # [valid]
+            if rows.numel() == 0:
+                continue
+            chunk = logits.index_select(0, rows).float()  # [valid in chunk, vocab], overwritten below
+            loss, grad = objective.loss_and_grad(chunk, labels.index_select(0, rows), need_grad)
             total += loss
             if need_grad:
-                grad_logits[start : start + chunk_size] = grad
+                grad_logits.index_copy_(0, rows, grad.to(grad_logits.dtype))
         if need_grad:
-            ctx.save_for_backward(grad_logits, denom)
+            ctx.grads = [grad_logits, denom]  # handed to autograd without a copy, as in _FusedLinearLoss
         return total / denom
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_logits, denom = ctx.saved_tensors
-        return grad_logits * (grad_output / denom).to(grad_logits.dtype), None, None, None, None
+        if not getattr(ctx, "grads", None):
+            raise RuntimeError("chunked cross-entropy: backward through the same loss twice is not supported")
+        grad_logits, denom = ctx.grads
+        ctx.grads = None
+        return grad_logits.mul_((grad_output / denom).to(grad_logits.dtype)), None, None, None, None, None
 
 
 def _valid(labels: torch.Tensor, ignore_index: int):
@@ -195,21 +213,47 @@ def chunked_cross_entropy_loss(
     logits, labels, chunk_size=2048, ignore_index=IGNORE_INDEX, reduction="mean", num_items_in_batch=None,
     objective: Objective | None = None,
 ):
-    """Loss of `logits` [..., vocab] against aligned `labels` [...]; fp32 per chunk whatever the input dtype.
+    """Loss of `logits` [..., vocab] against `labels` [...] that are already aligned (no shift here).
 
-    reduction: "mean" over valid tokens (or sum / num_items_in_batch when given), or "sum".
+    fp32 per chunk whatever the input dtype. reduction: "mean" over valid tokens (or sum / num_items_in_batch
+    when given), or "sum".
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction={reduction!r} is not 'mean' or 'sum'")
     if not torch.is_grad_enabled():
         logits = logits.detach()
-    keep, target = _valid(labels, ignore_index)
-    flat = logits.reshape(-1, logits.shape[-1])[keep]  # ignored tokens dropped: [valid, vocab]
+    flat_labels = labels.reshape(-1).to(logits.device)  # [tokens]
+    flat_logits = logits.reshape(-1, logits.shape[-1])  # [tokens, vocab], a view
     if reduction == "sum":
         denom = torch.ones((), device=logits.device)
     else:
-        denom = _denominator(target.numel(), num_items_in_batch, logits.device)
-    return _ChunkedLogitsLoss.apply(flat, target, denom, objective or Objective(), chunk_size)
+        denom = _denominator(int((flat_labels != ignore_index).sum()), num_items_in_batch, logits.device)
+    return _ChunkedLogitsLoss.apply(flat_logits, flat_labels, denom, objective or Objective(), chunk_size,
+                                    ignore_index)
+
+
+@dataclass(frozen=True)
+class LossFunction:
+    """`loss_fn(logits, labels, num_items_in_batch=None)`: the objective on existing logits, chunk by chunk.
+
+    logits `[..., vocab]` and labels `[...]` must already be aligned: nothing is shifted here (for next-token
+    prediction pass `logits[:, :-1]` and `labels[:, 1:]`, or use `causal_lm_loss` on hidden states). Tokens
+    labelled `ignore_index` do not count; the result is the mean over the other tokens, or their sum divided by
+    `num_items_in_batch` when given. The fused path (`MoaiForCausalLM`, `causal_lm_loss`) takes `.objective`.
+    """
+
+    objective: Objective
+    chunk_size: int = 2048
+    ignore_index: int = IGNORE_INDEX
+
+    def __call__(self, logits, labels, num_items_in_batch=None):
+        return chunked_cross_entropy_loss(logits, labels, chunk_size=self.chunk_size, ignore_index=self.ignore_index,
+                                          num_items_in_batch=num_items_in_batch, objective=self.objective)
+
+
+def create_loss_function(spec: "dict | Objective | None" = None, chunk_size: int = 2048) -> LossFunction:
+    """A callable loss from `{"type": ..., "params": {...}}` (see `objective_from_spec`); `.objective` for the fused path."""
+    return LossFunction(objective_from_spec(spec), chunk_size=chunk_size)
 
 
 def fused_linear_cross_entropy(
@@ -239,7 +283,7 @@ def causal_lm_loss(
     """
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    objective = loss_config if isinstance(loss_config, Objective) else create_loss_function(loss_config)
+    objective = objective_from_spec(getattr(loss_config, "objective", loss_config))
     if z_loss_coef is not None:
         objective = Objective(**{**objective.__dict__, "z_loss_coef": z_loss_coef})
     return fused_linear_cross_entropy(
@@ -249,9 +293,11 @@ def causal_lm_loss(
 
 
 __all__ = [
+    "LossFunction",
     "Objective",
     "causal_lm_loss",
     "chunked_cross_entropy_loss",
     "create_loss_function",
     "fused_linear_cross_entropy",
+    "objective_from_spec",
 ]
