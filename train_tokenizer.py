@@ -49,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         speed.add_argument(f"--{name}", action="store_true", help=f"speed mode '{name}' (see README)")
     out = p.add_argument_group("output")
     out.add_argument("--output_dir", default="tokenizer_out")
-    out.add_argument("--model_prefix", default="tokenizer", help="also write the raw tokenizers file as PREFIX.json")
+    out.add_argument("--model_prefix", default=None,
+                     help="write into OUTPUT_DIR/PREFIX (the old tool's layout: --base_tokenizer OUTPUT_DIR/PREFIX)")
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--evaluate", metavar="DIR", help="evaluate this tokenizer on --lang_files instead of training")
     ev.add_argument("--compare", nargs="+", default=[], metavar="DIR", help="more tokenizers to put in the table")
@@ -106,10 +107,8 @@ def train(args) -> None:
         tokenizer = extend_tokenizer(Tokenizer.from_file(str(base_file)), texts, args.vocab_size, args.base_tokenizer)
     else:
         tokenizer = train_tokenizer(texts, args.vocab_size, mode, args.min_frequency, args.normalization)
-    out = Path(args.output_dir)
+    out = Path(args.output_dir) / (args.model_prefix or "")
     wrap(tokenizer).save_pretrained(out)
-    if args.model_prefix != "tokenizer":
-        tokenizer.save(str(out / f"{args.model_prefix}.json"))
     summary = {"vocab_size": tokenizer.get_vocab_size(), "mode": mode, "output_dir": str(out)}
     print(json.dumps(summary))
 

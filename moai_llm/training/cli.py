@@ -54,7 +54,7 @@ def load_yaml_config(path: str, parser: _Parser) -> dict:
         if key in YAML_SECTIONS:
             if not isinstance(value, dict):
                 raise UsageError(f"--config {path}: section '{key}' must be a mapping")
-            items = value.items()
+            items = _legacy_loss_section(value, path) if key == "loss" else value.items()
         else:
             items = [(key, value)]
         for name, item in items:
@@ -62,6 +62,20 @@ def load_yaml_config(path: str, parser: _Parser) -> dict:
                 raise UsageError(f"--config {path}: unknown key '{name}'" + (f" in section '{key}'" if key != name else ""))
             flat[dests[name]] = item
     return flat
+
+
+def _legacy_loss_section(section: dict, path: str):
+    """The old tool's `loss: {type: ..., params: {...}}` as the flags loss_type / loss_params; else unchanged."""
+    if "type" not in section and "params" not in section:
+        return section.items()
+    extra = sorted(set(section) - {"type", "params"})
+    if extra or "type" not in section:
+        raise UsageError(f"--config {path}: section 'loss' mixes the old form (type, params) with {extra or ['no type']}; "
+                         "write either {type: ..., params: {...}} or the flags loss_type / loss_params")
+    params = section.get("params") or {}
+    if not isinstance(params, dict):
+        raise UsageError(f"--config {path}: loss.params must be a mapping, got {type(params).__name__}")
+    return [("loss_type", section["type"]), ("loss_params", params)]
 
 
 def parse_args(argv: list[str] | None = None):
