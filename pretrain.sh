@@ -149,7 +149,7 @@ else
 fi
 case "$PARALLEL" in
   ddp) ;;
-  fsdp) ARGS+=(--fsdp "full_shard auto_wrap" --fsdp_config configs/fsdp_config.json) ;;
+  fsdp) ARGS+=(--fsdp --fsdp_config configs/fsdp_config.json) ;;  # FSDP2; sharding and wrapping are in the config
   deepspeed)
     [ "$DRY_RUN" = 1 ] || "$PYTHON" -c "import deepspeed" 2>/dev/null || die "PARALLEL=deepspeed but deepspeed is not installed (pip install deepspeed)"
     ARGS+=(--deepspeed configs/deepspeed_zero2.json) ;;

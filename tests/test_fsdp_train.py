@@ -1,0 +1,91 @@
+"""`--fsdp` on 2 CPU processes really shards (FSDP2 over gloo), trains like one process and saves the whole model."""
+
+import json
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from .distributed_helpers import torchrun
+from .train_helpers import run_inprocess, write_tiny_config
+
+STEPS = 4
+
+# run_training under torchrun, plus a callback that records each rank's parameters after the first step and the
+# full state dict gathered from both ranks when training ends.
+PROBE = """
+import json, sys
+from safetensors.torch import save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
+from transformers import TrainerCallback
+from moai_llm.training.cli import parse_args
+from moai_llm.training.run import run_training
+
+out = sys.argv[1]
+
+
+class Probe(TrainerCallback):
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 1:
+            shards = {
+                name: {"dtensor": isinstance(p, DTensor), "placements": [x.dim if x.is_shard() else str(x) for x in getattr(p, "placements", ())],
+                       "local": (p.to_local() if isinstance(p, DTensor) else p).numel(), "full": p.numel()}
+                for name, p in model.named_parameters()
+            }
+            with open(f"{out}/shards-{args.process_index}.json", "w") as handle:
+                json.dump(shards, handle)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        full = get_model_state_dict(model, options=options)  # a collective: every rank
+        if args.process_index == 0:
+            save_file({k: v.clone() for k, v in full.items()}, f"{out}/gathered.safetensors")
+
+
+run_training(*parse_args(sys.argv[2:]), extra_callbacks=[Probe()])
+"""
+
+
+def _args(output_dir, model_config, batch_size):
+    return ["--model_config", model_config, "--output_dir", str(output_dir), "--max_seq_length", "64",
+            "--batch_size", str(batch_size), "--max_steps", str(STEPS), "--learning_rate", "1e-3", "--seed", "0",
+            "--logging_steps", "1", "--eval_strategy", "no", "--eval_fraction", "0", "--save_strategy", "no",
+            "--use_cpu", "true", "--disable_tqdm", "true", "--dataloader_num_workers", "0"]
+
+
+def test_fsdp2_on_two_cpu_ranks_shards_matches_one_process_and_saves_the_whole_model(tmp_path):
+    model_config = write_tiny_config(tmp_path)
+    run_dir = tmp_path / "fsdp"
+    flags = ["--ddp_backend", "gloo", "--fsdp", "--fsdp_config", "configs/fsdp_config.json"]  # as PARALLEL=fsdp
+    result = torchrun(PROBE, [tmp_path, *_args(run_dir, model_config, 2), *flags], tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+
+    # Sharded while training: every parameter a DTensor split along dim 0, each rank holding about half.
+    shards = [json.loads((tmp_path / f"shards-{rank}.json").read_text()) for rank in (0, 1)]
+    total = sum(entry["full"] for entry in shards[0].values())
+    for rank in shards:
+        assert all(entry["dtensor"] and entry["placements"] == [0] for entry in rank.values()), rank
+        assert 0.45 <= sum(entry["local"] for entry in rank.values()) / total <= 0.55
+    assert sum(entry["local"] for rank in shards for entry in rank.values()) == total
+
+    # The final model is the gathered one, loads with AutoModelForCausalLM and names MOAI's code, not FSDP's.
+    final = run_dir / "final_model"
+    gathered = load_file(str(tmp_path / "gathered.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert type(model).__name__ == "MoaiForCausalLM"
+    state = model.state_dict()
+    assert state.keys() == gathered.keys()
+    assert all(torch.equal(state[name], gathered[name]) for name in gathered)
+    config = json.loads((final / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_moai.MoaiForCausalLM"
+    files = {path.name for path in final.iterdir()}
+    assert {"modeling_moai.py", "tokenizer.json", "generation_config.json", "model.safetensors"} <= files
+    assert not any(name.startswith("_fsdp") for name in files) and "training_args.bin" not in files
+
+    # Same global batch (2 ranks x 2 rows = 1 process x 4 rows): same weights after the steps.
+    single = tmp_path / "single"
+    run_inprocess(_args(single, model_config, 4))
+    reference = load_file(str(single / "final_model" / "model.safetensors"))
+    diffs = {name: (gathered[name] - reference[name]).abs().max().item() for name in reference}
+    assert max(diffs.values()) <= 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
