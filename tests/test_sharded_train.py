@@ -119,3 +119,15 @@ def test_two_sharded_cpu_ranks_match_one_process_and_save_the_whole_model(tmp_pa
     reference = load_file(str(single / "final_model" / "model.safetensors"))
     diffs = {name: (gathered[name] - reference[name]).abs().max().item() for name in reference}
     assert max(diffs.values()) <= 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_pretrain_sh_passes_each_engine_its_config():
+    from .test_pretrain_sh import run
+
+    plan = {"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "MODEL_SIZE": "16b"}
+    fsdp = run({**plan, "PARALLEL": "fsdp"})
+    assert fsdp.returncode == 0 and "--fsdp --fsdp_config configs/fsdp_config.json" in fsdp.stdout, fsdp.stderr
+    zero3 = run({**plan, "PARALLEL": "deepspeed", "DEEPSPEED_CONFIG": "configs/deepspeed_zero3.json"})
+    assert zero3.returncode == 0 and "--deepspeed configs/deepspeed_zero3.json" in zero3.stdout, zero3.stderr
+    missing = run({**plan, "PARALLEL": "deepspeed", "DEEPSPEED_CONFIG": "nope.json"})
+    assert missing.returncode == 2 and "DEEPSPEED_CONFIG=nope.json: file not found" in missing.stderr

@@ -62,7 +62,7 @@ def merge_into_float32_base(pretrained_model: str | None, adapter_dir: str, trai
     from transformers.integrations import deepspeed
 
     if not pretrained_model:
-        raise UsageError(f"--merge_lora with FSDP / ZeRO-3 merges into --pretrained_model; none given (adapter: {adapter_dir})")
+        raise UsageError(f"--merge_lora under FSDP / ZeRO-3 merges into --pretrained_model, none given ({adapter_dir})")
     deepspeed.unset_hf_deepspeed_config()
     try:
         base = AutoModelForCausalLM.from_pretrained(pretrained_model, dtype=torch.float32)

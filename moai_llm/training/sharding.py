@@ -1,4 +1,4 @@
-"""What the Trainer's accelerator needs beyond transformers' defaults: FSDP2 on CPU, DDP without the unused-parameter search.
+"""The Trainer's accelerator beyond transformers' defaults: FSDP2 on CPU, DDP without the unused-parameter search.
 
 Both are decided once, right after the Trainer builds its `Accelerator` and before anything is wrapped.
 """
