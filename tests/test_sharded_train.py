@@ -121,6 +121,43 @@ def test_two_sharded_cpu_ranks_match_one_process_and_save_the_whole_model(tmp_pa
     assert max(diffs.values()) <= 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
 
 
+def test_lora_under_fsdp2_merges_on_rank_zero_like_one_process(tmp_path):
+    """The sharded model has no whole weights to merge into: rank 0 merges the gathered adapter into a float32
+    copy of the base. The result equals a 1-process LoRA run at the same global batch."""
+    from transformers import AutoTokenizer
+
+    from moai_llm import MoaiForCausalLM
+    from moai_llm.training.run import DEFAULT_TOKENIZER
+
+    from .conftest import tiny_config
+
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    MoaiForCausalLM(tiny_config(vocab_size=8192)).save_pretrained(base)
+    AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER).save_pretrained(base)
+    lora = ["--pretrained_model", str(base), "--use_lora", "true", "--merge_lora", "true", "--lora_r", "4",
+            "--lora_dropout", "0"]  # dropout masks would differ between 2 ranks and 1 process
+
+    def args(output_dir, batch_size):
+        flags = _args(output_dir, str(base / "config.json"), batch_size)
+        flags[flags.index("--learning_rate") + 1] = "1e-2"
+        return [*flags[2:], *lora]  # the model comes from --pretrained_model
+
+    result = torchrun(PROBE, [tmp_path, *args(tmp_path / "fsdp", 2), "--ddp_backend", "gloo", *ENGINES["fsdp"]],
+                      tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    shards = json.loads((tmp_path / "shards-0.json").read_text())
+    assert all(entry["sharded"] for name, entry in shards.items() if "lora_" in name)
+    run_inprocess(args(tmp_path / "single", 4))
+    merged = load_file(str(tmp_path / "fsdp" / "final_model" / "model.safetensors"))
+    reference = load_file(str(tmp_path / "single" / "final_model" / "model.safetensors"))
+    start = load_file(str(base / "model.safetensors"))
+    assert merged.keys() == reference.keys()
+    assert max((merged[k] - start[k]).abs().max().item() for k in merged) > 1e-3  # the adapters moved the weights
+    diffs = {name: (merged[name] - reference[name]).abs().max().item() for name in reference}
+    assert max(diffs.values()) <= 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
+
+
 def test_pretrain_sh_passes_each_engine_its_config():
     from .test_pretrain_sh import run
 
