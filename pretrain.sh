@@ -149,10 +149,12 @@ else
 fi
 case "$PARALLEL" in
   ddp) ;;
-  fsdp) ARGS+=(--fsdp "full_shard auto_wrap" --fsdp_config configs/fsdp_config.json) ;;
+  fsdp) ARGS+=(--fsdp --fsdp_config configs/fsdp_config.json) ;;  # FSDP2; sharding and wrapping are in the config
   deepspeed)
     [ "$DRY_RUN" = 1 ] || "$PYTHON" -c "import deepspeed" 2>/dev/null || die "PARALLEL=deepspeed but deepspeed is not installed (pip install deepspeed)"
-    ARGS+=(--deepspeed configs/deepspeed_zero2.json) ;;
+    DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG:-configs/deepspeed_zero2.json}"
+    ( cd "$here" && [ -f "$DEEPSPEED_CONFIG" ] ) || [ -f "$DEEPSPEED_CONFIG" ] || die "DEEPSPEED_CONFIG=$DEEPSPEED_CONFIG: file not found"
+    ARGS+=(--deepspeed "$DEEPSPEED_CONFIG") ;;
   *) die "PARALLEL=$PARALLEL is not one of ddp fsdp deepspeed" ;;
 esac
 

@@ -128,21 +128,24 @@ class _FusedLinearLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, target, denom, objective, chunk_size):
-        need_grad = any(ctx.needs_input_grad[:3])
+        # Only the gradients asked for: a frozen lm_head (LoRA, QLoRA) costs no [vocab, hidden] buffer and no GEMM.
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        need_grad = need_hidden or need_weight or need_bias
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.zeros_like(hidden) if need_grad else None  # [tokens, hidden]
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None  # [vocab, hidden]
-        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_grad and bias is not None else None
+        grad_hidden = torch.zeros_like(hidden) if need_hidden else None  # [tokens, hidden]
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None  # [vocab, hidden]
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None  # [vocab]
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start : start + chunk_size]  # [chunk, hidden]
             logits = F.linear(h, weight, bias).float()  # [chunk, vocab], the only one alive
             loss, grad = objective.loss_and_grad(logits, target[start : start + chunk_size], need_grad)
             total += loss
-            if need_grad:
+            if need_hidden:
                 grad_hidden[start : start + chunk_size] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
+            if need_weight:
                 grad_weight.addmm_(grad.t(), h.float())
-                if grad_bias is not None:
-                    grad_bias += grad.sum(0)
+            if need_bias:
+                grad_bias += grad.sum(0)
         if need_grad:
             # Kept as attributes, not save_for_backward: backward drops the only reference, so autograd adopts
             # these buffers as .grad instead of copying a [vocab, hidden] tensor.
@@ -164,7 +167,7 @@ class _FusedLinearLoss(torch.autograd.Function):
             grad_hidden = grad_hidden.mul_(scale.to(grad_hidden.dtype))
         if ctx.needs_input_grad[1]:
             grad_weight = grad_weight.mul_(scale).to(weight_dtype)
-        if grad_bias is not None and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:
             grad_bias = (grad_bias * scale).to(bias_dtype)
         return grad_hidden, grad_weight, grad_bias, None, None, None, None
 

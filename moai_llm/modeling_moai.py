@@ -10,6 +10,8 @@ The differences:
   attention mask is passed or a cache is in use, where stock transformers only detects packing with neither.
 - With `num_experts > 0` the feed-forward of the chosen layers is a Qwen3-MoE block (moe.py); the outputs then
   are Qwen3-MoE's, plus router z-loss and expert load.
+- With labels, the loss is the fused chunked one (losses.py), computed inside the `lm_head` module's forward
+  (`MoaiLMHead`), so FSDP2 / ZeRO-3 gather a sharded output weight for it; no `[tokens, vocab]` logits exist.
 
 This file imports only torch, transformers and flat siblings, so `save_pretrained` can ship it as remote code.
 """
@@ -131,14 +133,21 @@ class MoaiPreTrainedModel(Qwen3PreTrainedModel):
         The classes are registered for their auto classes only while saving: a registered class counts as remote
         code, and `GenerationMixin` then inspects `forward`'s signature at every decoding step (~3% of decode time
         of the tiny model, measured with benchmarks/bench_model.py).
+
+        FSDP2's `fully_shard` swaps the class for a generated `FSDP<Name>` subclass defined in torch; while saving,
+        the model is its own class again, so the `auto_map` and the shipped code name MOAI's class, not torch's.
         """
-        auto_classes = {type(self.config): "AutoConfig", type(self): self._auto_class_name}
+        sharded_class = type(self)
+        own_class = next(cls for cls in sharded_class.__mro__ if not cls.__module__.startswith("torch."))
+        auto_classes = {type(self.config): "AutoConfig", own_class: self._auto_class_name}
         previous = {cls: cls.__dict__.get("_auto_class") for cls in auto_classes}
         for cls, name in auto_classes.items():
             cls._auto_class = previous[cls] or name
+        self.__class__ = own_class
         try:
             return super().save_pretrained(*args, **kwargs)
         finally:
+            self.__class__ = sharded_class
             for cls, name in previous.items():
                 cls._auto_class = name
 
@@ -243,6 +252,20 @@ class MoaiModel(MoaiPreTrainedModel, Qwen3Model):
         return masks
 
 
+class MoaiLMHead(nn.Linear):
+    """The output projection `nn.Linear(hidden, vocab)`; called with labels it returns the fused chunked loss.
+
+    The fused loss reads the weight inside this module's own forward, where everything that gathers a sharded weight
+    around a module call has gathered it: FSDP2's pre-forward all-gather and DeepSpeed ZeRO-3's parameter fetch. Read
+    from outside the call, the weight is a DTensor shard (FSDP2) or an empty partition (ZeRO-3).
+    """
+
+    def forward(self, hidden_states: torch.Tensor, labels: torch.Tensor | None = None, **loss_kwargs) -> torch.Tensor:
+        if labels is None:
+            return super().forward(hidden_states)  # logits [..., vocab]
+        return causal_lm_loss(hidden_states, self.weight, labels, lm_head_bias=self.bias, **loss_kwargs)
+
+
 class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
     _auto_class_name = "AutoModelForCausalLM"
 
@@ -251,8 +274,15 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
         MoaiPreTrainedModel.__init__(self, config)
         self.model = MoaiModel(config)
         self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = MoaiLMHead(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def set_output_embeddings(self, new_embeddings):
+        """`resize_token_embeddings` builds a plain `nn.Linear`; it becomes a MoaiLMHead (no extra state) so the loss
+        stays fused. Any other module (a peft LoRA wrapper, say) is kept, and the loss then goes through its logits."""
+        if type(new_embeddings) is nn.Linear:
+            new_embeddings.__class__ = MoaiLMHead
+        self.lm_head = new_embeddings
 
     def prepare_inputs_for_generation(self, *args, **kwargs):
         """`generate` returns no router logits: MoE models skip the router losses while decoding unless asked."""
@@ -287,7 +317,7 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
             kwargs["output_router_logits"] = (
                 self.config.output_router_logits if output_router_logits is None else output_router_logits
             )
-        fused = labels is not None and self.config.loss_chunk_size > 0
+        fused = labels is not None and self.config.loss_chunk_size > 0 and isinstance(self.lm_head, MoaiLMHead)
         if fused:
             shift_labels = kwargs.pop("shift_labels", None)
             num_items_in_batch = kwargs.pop("num_items_in_batch", None)
@@ -297,10 +327,9 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
         )
         hidden_states = outputs.last_hidden_state  # [batch, seq, hidden]
         if fused:
-            loss = causal_lm_loss(
-                hidden_states, self.lm_head.weight, labels, shift_labels=shift_labels,
-                num_items_in_batch=num_items_in_batch, chunk_size=self.config.loss_chunk_size,
-                loss_config=self.config.loss_config, lm_head_bias=self.lm_head.bias,
+            loss = self.lm_head(
+                hidden_states, labels, shift_labels=shift_labels, num_items_in_batch=num_items_in_batch,
+                chunk_size=self.config.loss_chunk_size, loss_config=self.config.loss_config,
             )
             logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep)) if return_logits else None
         else:
@@ -316,4 +345,4 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
         )
 
 
-__all__ = ["MoaiForCausalLM", "MoaiModel", "MoaiPreTrainedModel", "MoaiRMSNorm"]
+__all__ = ["MoaiForCausalLM", "MoaiLMHead", "MoaiModel", "MoaiPreTrainedModel", "MoaiRMSNorm"]

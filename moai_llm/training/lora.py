@@ -49,3 +49,24 @@ def quantization_config(model_args):
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
+
+
+def merge_into_float32_base(pretrained_model: str | None, adapter_dir: str, training_args):
+    """The adapter saved in `adapter_dir` merged into a float32 copy of the base, loaded whole on this process (CPU).
+
+    For sharded runs (FSDP, ZeRO-3), where no rank holds whole weights to merge into. Under ZeRO-3 transformers would
+    partition a model loaded now, so its DeepSpeed config is detached while the base loads.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import deepspeed
+
+    if not pretrained_model:
+        raise UsageError(f"--merge_lora under FSDP / ZeRO-3 merges into --pretrained_model, none given ({adapter_dir})")
+    deepspeed.unset_hf_deepspeed_config()
+    try:
+        base = AutoModelForCausalLM.from_pretrained(pretrained_model, dtype=torch.float32)
+    finally:
+        if getattr(training_args, "hf_deepspeed_config", None) is not None:
+            deepspeed.set_hf_deepspeed_config(training_args.hf_deepspeed_config)
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()

@@ -1,5 +1,6 @@
 """One training run (one stage): tokenizer, model, data, MoaiTrainer, final_model."""
 
+import contextlib
 import json
 import logging
 import os
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, set_seed
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from .. import MoaiConfig, MoaiForCausalLM
 from ..losses import objective_from_spec
@@ -131,27 +133,53 @@ def resolve_resume(training_args) -> str | None:
 
 
 def save_final_model(trainer, tokenizer, model_args, training_args) -> str:
-    """final_model: weights (adapters merged when asked), tokenizer + chat template, generation config."""
+    """final_model: weights (adapters merged when asked), tokenizer + chat template, generation config.
+
+    Called on every rank: `Trainer.save_model` gathers FSDP / ZeRO-3 shards from all ranks, then rank 0 writes. A
+    sharded LoRA model is merged on rank 0 into a float32 copy of the base, reloaded with the adapter just saved.
+    """
     final_dir = os.path.join(training_args.output_dir, "final_model")
     model = trainer.accelerator.unwrap_model(trainer.model)
     eos_ids = [tokenizer.eos_token_id]
     if CHAT_END_TOKEN in tokenizer.get_vocab():
         eos_ids.append(tokenizer.convert_tokens_to_ids(CHAT_END_TOKEN))
+    generation = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id
+    )
+    (model.base_model.model if hasattr(model, "peft_config") else model).generation_config = generation
+    if trainer.is_fsdp_enabled:  # a whole model, whatever format the checkpoints used
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    written = [final_dir]
+    if model_args.merge_lora and hasattr(model, "merge_and_unload"):
+        adapter_dir = os.path.join(training_args.output_dir, "adapter")
+        trainer.save_model(adapter_dir)
+        written.append(adapter_dir)
+        if training_args.should_save:
+            if is_sharded(trainer):
+                from .lora import merge_into_float32_base
+
+                model = merge_into_float32_base(model_args.pretrained_model, adapter_dir, trainer.args)
+            else:
+                model = model.merge_and_unload()
+            model.generation_config = generation
+            model.save_pretrained(final_dir)
+    else:
+        trainer.save_model(final_dir)
     if training_args.should_save:
-        if model_args.merge_lora and hasattr(model, "merge_and_unload"):
-            model.save_pretrained(os.path.join(training_args.output_dir, "adapter"))
-            model = model.merge_and_unload()
-        generation = GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id
-        )
-        target = model.base_model.model if hasattr(model, "peft_config") else model
-        target.generation_config = generation
-        model.save_pretrained(final_dir)
+        for directory in written:  # the pickled TrainingArguments Trainer.save_model adds: not part of a model
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, TRAINING_ARGS_NAME))
         tokenizer.save_pretrained(final_dir)
         generation.save_pretrained(final_dir)
         logger.info("final model written to %s", final_dir)
     trainer.accelerator.wait_for_everyone()
     return final_dir
+
+
+def is_sharded(trainer) -> bool:
+    """Whether no rank holds whole parameters: FSDP, or DeepSpeed ZeRO stage 3."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return trainer.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3)
 
 
 def final_evaluation(trainer) -> dict:

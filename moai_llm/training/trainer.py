@@ -12,6 +12,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .callbacks import ThroughputCallback
 from .schedule import WSD_NAMES, create_wsd_schedule
+from .sharding import enable_fsdp_on_cpu, may_leave_parameters_unused
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def router_terms(outputs, config) -> dict[str, torch.Tensor]:
 class MoaiTrainer(Trainer):
     """Trainer for MoaiForCausalLM (also works for any causal LM).
 
+    - `create_accelerator_and_postprocess`: `--fsdp` shards on CPU processes too (FSDP2 over gloo), and DDP skips
+      the unused-parameter search (an extra autograd traversal per step) for models that use every parameter.
     - `create_scheduler`: Warmup-Stable-Decay from `args.wsd_*` when `lr_scheduler_type` is WSD.
     - `compute_loss`: the token loss is normalised by `num_items_in_batch` (stock behaviour: the sum over the
       accumulated batch and all ranks); per-micro-batch MoE terms are rescaled to a mean over micro-batches and
@@ -67,6 +70,15 @@ class MoaiTrainer(Trainer):
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_micro_batches = 0
         self._expert_load: torch.Tensor | None = None  # [moe_layers, experts], summed over micro-batches
+
+    # ---- parallelism --------------------------------------------------------------------------------------
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled:
+            self.is_fsdp_enabled = enable_fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args)
+        handler = self.accelerator.ddp_handler  # transformers' default, when the user did not choose: search
+        if self.args.ddp_find_unused_parameters is None and not may_leave_parameters_unused(self.model):
+            handler.find_unused_parameters = False
 
     # ---- schedule ------------------------------------------------------------------------------------------
     def create_scheduler(self, num_training_steps: int, optimizer=None):
