@@ -11,10 +11,11 @@ Every objective is a per-token loss l(z) of the logits z of that token, whose gr
 This file imports only torch (it ships next to the model as remote code).
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 IGNORE_INDEX = -100
 
@@ -82,30 +83,74 @@ class Objective:
         return loss, grad
 
 
-def create_loss_function(spec: dict | None = None) -> Objective:
-    """`{"type": "cross_entropy" | "focal" | "label_smoothing" | "multi_objective", "params": {...}}`."""
+# Other spellings of Objective's fields: the old tool's (`smoothing`, `focal_gamma`) and the short ones.
+PARAM_ALIASES = {"gamma": "focal_gamma", "epsilon": "label_smoothing", "smoothing": "label_smoothing"}
+LOSS_PRESETS = {
+    "cross_entropy": {"ce_weight": 1.0},
+    "focal": {"ce_weight": 0.0, "focal_weight": 1.0},
+    "label_smoothing": {"ce_weight": 0.0, "smooth_weight": 1.0},
+    "multi_objective": {},
+}
+
+
+def loss_objective(spec: dict | None = None) -> Objective:
+    """The Objective of `{"type": ..., "params": {...}}`; every mistake is one line naming the key."""
+    if spec is not None and not isinstance(spec, dict):
+        raise ValueError(f"loss config: expected a mapping {{'type': ..., 'params': {{...}}}}, "
+                         f"got {type(spec).__name__}")
     spec = dict(spec or {})
     kind = spec.pop("type", "cross_entropy")
-    params = dict(spec.pop("params", {}) or {})
+    params = spec.pop("params", None) or {}
     if spec:
         raise ValueError(f"loss config: unknown keys {sorted(spec)} (expected 'type' and 'params')")
-    names = {f.name for f in fields(Objective)} | {"gamma", "epsilon"}
-    unknown = sorted(set(params) - names)
+    if kind not in LOSS_PRESETS:
+        raise ValueError(f"loss config: type={kind!r} is not one of {sorted(LOSS_PRESETS)}")
+    if not isinstance(params, dict):
+        raise ValueError(f"loss config: params must be a mapping, got {type(params).__name__}")
+    names = {f.name for f in fields(Objective)}
+    unknown = sorted(set(params) - names - set(PARAM_ALIASES))
     if unknown:
-        raise ValueError(f"loss config: unknown params {unknown}; known: {sorted(names)}")
-    if "gamma" in params:
-        params["focal_gamma"] = params.pop("gamma")
-    if "epsilon" in params:
-        params["label_smoothing"] = params.pop("epsilon")
-    presets = {
-        "cross_entropy": {"ce_weight": 1.0},
-        "focal": {"ce_weight": 0.0, "focal_weight": 1.0},
-        "label_smoothing": {"ce_weight": 0.0, "smooth_weight": 1.0},
-        "multi_objective": {},
-    }
-    if kind not in presets:
-        raise ValueError(f"loss config: type={kind!r} is not one of {sorted(presets)}")
-    return Objective(**{**presets[kind], **params})
+        raise ValueError(f"loss config: unknown params {unknown}; known: {sorted(names | set(PARAM_ALIASES))}")
+    resolved = {}
+    for key, value in params.items():
+        name = PARAM_ALIASES.get(key, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"loss params: {key} must be a number, got {value!r}")
+        if name in resolved:
+            spellings = sorted(k for k in params if PARAM_ALIASES.get(k, k) == name)
+            raise ValueError(f"loss config: params {spellings} are the same parameter ({name}); give one")
+        resolved[name] = value
+    return Objective(**{**LOSS_PRESETS[kind], **resolved})
+
+
+@dataclass(frozen=True)
+class LossFunction:
+    """`loss_fn(logits, labels, num_items_in_batch=None)`: the objective on logits that already exist.
+
+    `logits` [..., vocab] and `labels` [...] must already be aligned: nothing is shifted here (for next-token
+    prediction pass `logits[:, :-1]` and `labels[:, 1:]`). Tokens labelled `ignore_index` are left out; the
+    result is the mean over the others, or their sum / `num_items_in_batch` when given (transformers'
+    gradient-accumulation convention); no valid token gives 0. fp32 chunk by chunk, differentiable.
+    `objective` is what the fused path (`MoaiForCausalLM`, `causal_lm_loss`) takes.
+    """
+
+    objective: Objective = field(default_factory=Objective)
+    chunk_size: int = 2048
+    ignore_index: int = IGNORE_INDEX
+
+    def __post_init__(self):
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        return chunked_cross_entropy_loss(logits, labels, self.chunk_size, self.ignore_index,
+                                          num_items_in_batch=num_items_in_batch, objective=self.objective)
+
+
+def create_loss_function(spec: dict | None = None, chunk_size: int = 2048, ignore_index: int = IGNORE_INDEX):
+    """`loss_fn(logits, labels)` for `{"type": "cross_entropy" | "focal" | "label_smoothing" | "multi_objective",
+    "params": {...}}`; `loss_fn.objective` is what the fused path takes. See `LossFunction`."""
+    return LossFunction(loss_objective(spec), chunk_size, ignore_index)
 
 
 def _denominator(n_valid: int, num_items_in_batch, device) -> torch.Tensor:
@@ -162,27 +207,40 @@ class _FusedLinearLoss(torch.autograd.Function):
 
 
 class _ChunkedLogitsLoss(torch.autograd.Function):
-    """The same objective on logits that already exist: fp32 one chunk at a time, gradient in logits' dtype."""
+    """The objective on logits that already exist, one `[chunk, vocab]` fp32 block at a time.
+
+    Unlike the fused path, the gradient is not kept from forward to backward: it would be a second logits-sized
+    tensor. The logits are saved by reference and backward recomputes each chunk's softmax.
+    """
 
     @staticmethod
-    def forward(ctx, logits, target, denom, objective, chunk_size):
-        need_grad = ctx.needs_input_grad[0]
+    def forward(ctx, logits, target, denom, objective, chunk_size, *positions):
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        grad_logits = torch.empty_like(logits) if need_grad else None  # [tokens, vocab]
-        for start in range(0, logits.shape[0], chunk_size):
-            chunk = logits[start : start + chunk_size].float().clone()
-            loss, grad = objective.loss_and_grad(chunk, target[start : start + chunk_size], need_grad)
-            total += loss
-            if need_grad:
-                grad_logits[start : start + chunk_size] = grad
-        if need_grad:
-            ctx.save_for_backward(grad_logits, denom)
+        for rows, rows_target, _ in _logit_chunks(logits, positions, target, chunk_size):
+            total += objective.loss_and_grad(rows, rows_target, need_grad=False)[0]
+        if ctx.needs_input_grad[0]:
+            ctx.objective, ctx.chunk_size = objective, chunk_size
+            ctx.save_for_backward(logits, target, denom, *positions)
         return total / denom
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
-        grad_logits, denom = ctx.saved_tensors
-        return grad_logits * (grad_output / denom).to(grad_logits.dtype), None, None, None, None
+        logits, target, denom, *positions = ctx.saved_tensors
+        grad_logits = torch.zeros_like(logits)  # [..., vocab]: the gradient itself, ignored tokens stay 0
+        scale = grad_output / denom
+        for rows, rows_target, index in _logit_chunks(logits, positions, target, ctx.chunk_size):
+            grad = ctx.objective.loss_and_grad(rows, rows_target, need_grad=True)[1]
+            grad_logits.index_put_(index, grad.mul_(scale).to(logits.dtype))
+        return grad_logits, None, None, None, None, *([None] * len(positions))
+
+
+def _logit_chunks(logits, positions, target, chunk_size):
+    """Per chunk of valid tokens: their logits as a fresh fp32 copy [n, vocab], their targets [n], their index."""
+    for start in range(0, target.numel(), chunk_size):
+        index = tuple(p[start : start + chunk_size] for p in positions)
+        rows = logits[index]  # advanced indexing copies: [n, vocab] in the logits' dtype
+        yield rows.float(), target[start : start + chunk_size], index
 
 
 def _valid(labels: torch.Tensor, ignore_index: int):
@@ -195,21 +253,34 @@ def chunked_cross_entropy_loss(
     logits, labels, chunk_size=2048, ignore_index=IGNORE_INDEX, reduction="mean", num_items_in_batch=None,
     objective: Objective | None = None,
 ):
-    """Loss of `logits` [..., vocab] against aligned `labels` [...]; fp32 per chunk whatever the input dtype.
+    """Loss of `logits` [..., vocab] against `labels` [...] already aligned with them (no shift here).
 
+    fp32 per chunk of `chunk_size` valid tokens whatever the input dtype; ignored tokens are never copied.
     reduction: "mean" over valid tokens (or sum / num_items_in_batch when given), or "sum".
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction={reduction!r} is not 'mean' or 'sum'")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if not torch.is_grad_enabled():
         logits = logits.detach()
-    keep, target = _valid(labels, ignore_index)
-    flat = logits.reshape(-1, logits.shape[-1])[keep]  # ignored tokens dropped: [valid, vocab]
+    if logits.dim() == 1:
+        logits = logits[None]  # one token
+    if labels.numel() != logits.numel() // max(logits.shape[-1], 1):
+        raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)} (one label per "
+                         "row of logits, already shifted for next-token prediction)")
+    labels = labels.to(logits.device).reshape(logits.shape[:-1])
+    positions = (labels != ignore_index).nonzero(as_tuple=True)  # per leading dim: [valid]
+    target = labels[positions]  # [valid]
+    if target.numel() and not 0 <= int(target.min()) <= int(target.max()) < logits.shape[-1]:
+        bad = int(target.min()) if int(target.min()) < 0 else int(target.max())
+        raise ValueError(f"label {bad} is outside the vocabulary [0, {logits.shape[-1]}) and is not "
+                         f"ignore_index={ignore_index}")
     if reduction == "sum":
         denom = torch.ones((), device=logits.device)
     else:
         denom = _denominator(target.numel(), num_items_in_batch, logits.device)
-    return _ChunkedLogitsLoss.apply(flat, target, denom, objective or Objective(), chunk_size)
+    return _ChunkedLogitsLoss.apply(logits, target, denom, objective or Objective(), chunk_size, *positions)
 
 
 def fused_linear_cross_entropy(
@@ -239,7 +310,9 @@ def causal_lm_loss(
     """
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    objective = loss_config if isinstance(loss_config, Objective) else create_loss_function(loss_config)
+    objective = getattr(loss_config, "objective", loss_config)  # a LossFunction, an Objective or a spec
+    if not isinstance(objective, Objective):
+        objective = loss_objective(loss_config)
     if z_loss_coef is not None:
         objective = Objective(**{**objective.__dict__, "z_loss_coef": z_loss_coef})
     return fused_linear_cross_entropy(
@@ -249,9 +322,11 @@ def causal_lm_loss(
 
 
 __all__ = [
+    "LossFunction",
     "Objective",
     "causal_lm_loss",
     "chunked_cross_entropy_loss",
     "create_loss_function",
     "fused_linear_cross_entropy",
+    "loss_objective",
 ]

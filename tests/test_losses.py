@@ -159,9 +159,9 @@ def test_create_loss_function_validates(spec, message):
 
 
 def test_create_loss_function_presets():
-    assert create_loss_function({"type": "focal", "params": {"gamma": 1.0}}) == Objective(
+    assert create_loss_function({"type": "focal", "params": {"gamma": 1.0}}).objective == Objective(
         ce_weight=0, focal_weight=1, focal_gamma=1.0)
-    assert create_loss_function(None) == Objective()
+    assert create_loss_function(None).objective == Objective()
 
 
 def _model_grads(model, ids, labels):
@@ -186,7 +186,7 @@ def test_model_fused_path_equals_plain_path(loss_config):
         model.zero_grad()
         logits = model(ids).logits[:, :-1].reshape(-1, 128)
         shifted = labels[:, 1:].reshape(-1)
-        loss = _reference(logits, torch.eye(128), shifted, create_loss_function(loss_config))
+        loss = _reference(logits, torch.eye(128), shifted, create_loss_function(loss_config).objective)
         loss.backward()
         plain_loss, plain_grads = loss.item(), [p.grad.clone() for p in model.parameters()]
     assert abs(fused_loss - plain_loss) <= 1e-6 * plain_loss
