@@ -155,8 +155,8 @@ def test_param_spellings_are_the_same_parameter(spellings):
     [
         ({"gamma": 2.0, "focal_gamma": 3.0}, "params ['focal_gamma', 'gamma'] are the same parameter (focal_gamma)"),
         ({"smoothing": 0.1, "epsilon": 0.1}, "are the same parameter (label_smoothing)"),
-        ({"alpha": 0.25}, "unknown params ['alpha']; known: ['ce_weight', 'epsilon', 'focal_gamma', 'focal_weight', "
-                          "'gamma', 'label_smoothing', 'smooth_weight', 'smoothing', 'z_loss_coef']"),
+        ({"alpha": 0.25}, ("unknown params ['alpha']; known: ['ce_weight', 'epsilon', 'focal_gamma', 'focal_weight', "
+                           "'gamma', 'label_smoothing', 'smooth_weight', 'smoothing', 'z_loss_coef']")),
         ({"gamma": "2"}, "gamma must be a number, got '2'"),
     ],
 )
