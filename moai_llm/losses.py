@@ -214,33 +214,51 @@ class _ChunkedLogitsLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, denom, objective, chunk_size, *positions):
+    def forward(ctx, logits, rows, target, denom, objective, chunk_size):
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        for rows, rows_target, _ in _logit_chunks(logits, positions, target, chunk_size):
-            total += objective.loss_and_grad(rows, rows_target, need_grad=False)[0]
+        block = _block(logits, rows, chunk_size)
+        for start in range(0, rows.numel(), chunk_size):
+            chunk = slice(start, start + chunk_size)
+            rows_fp32 = _gather_rows(logits, rows[chunk], block)
+            total += objective.loss_and_grad(rows_fp32, target[chunk], need_grad=False)[0]
         if ctx.needs_input_grad[0]:
             ctx.objective, ctx.chunk_size = objective, chunk_size
-            ctx.save_for_backward(logits, target, denom, *positions)
+            ctx.save_for_backward(logits, rows, target, denom)
         return total / denom
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        logits, target, denom, *positions = ctx.saved_tensors
-        grad_logits = torch.zeros_like(logits)  # [..., vocab]: the gradient itself, ignored tokens stay 0
+        logits, rows, target, denom = ctx.saved_tensors
+        grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        flat_grad = grad_logits.view(-1, logits.shape[-1])  # [positions, vocab]
+        ignored = torch.ones(flat_grad.shape[0], dtype=torch.bool, device=logits.device)
+        ignored[rows] = False
+        flat_grad[ignored] = 0  # every other row is written below: one pass over the gradient, not two
         scale = grad_output / denom
-        for rows, rows_target, index in _logit_chunks(logits, positions, target, ctx.chunk_size):
-            grad = ctx.objective.loss_and_grad(rows, rows_target, need_grad=True)[1]
-            grad_logits.index_put_(index, grad.mul_(scale).to(logits.dtype))
-        return grad_logits, None, None, None, None, *([None] * len(positions))
+        block = _block(logits, rows, ctx.chunk_size)
+        for start in range(0, rows.numel(), ctx.chunk_size):
+            chunk = slice(start, start + ctx.chunk_size)
+            rows_fp32 = _gather_rows(logits, rows[chunk], block)
+            grad = ctx.objective.loss_and_grad(rows_fp32, target[chunk], need_grad=True)[1]  # in place
+            flat_grad.index_copy_(0, rows[chunk], grad.mul_(scale).to(logits.dtype))
+        return grad_logits, None, None, None, None, None
 
 
-def _logit_chunks(logits, positions, target, chunk_size):
-    """Per chunk of valid tokens: their logits as a fresh fp32 copy [n, vocab], their targets [n], their index."""
-    for start in range(0, target.numel(), chunk_size):
-        index = tuple(p[start : start + chunk_size] for p in positions)
-        rows = logits[index]  # advanced indexing copies: [n, vocab] in the logits' dtype
-        yield rows.float(), target[start : start + chunk_size], index
+def _block(logits, rows, chunk_size) -> torch.Tensor:
+    """The one fp32 [chunk, vocab] buffer every chunk reuses (a fresh allocation per chunk costs page faults)."""
+    return torch.empty(min(chunk_size, rows.numel()), logits.shape[-1], dtype=torch.float32, device=logits.device)
+
+
+def _gather_rows(logits, rows, block) -> torch.Tensor:
+    """The rows `rows` (flat positions over the leading dims) of logits, in fp32 in `block`: [n, vocab]."""
+    out = block[: rows.numel()]
+    if logits.dim() == 2 and logits.dtype == torch.float32:
+        return torch.index_select(logits, 0, rows, out=out)
+    if logits.dim() == 2:
+        return out.copy_(logits.index_select(0, rows))
+    # leading dims that do not merge into one without a copy (e.g. logits[:, :-1]): index each dim
+    return out.copy_(logits[torch.unravel_index(rows, logits.shape[:-1])])
 
 
 def _valid(labels: torch.Tensor, ignore_index: int):
@@ -269,18 +287,22 @@ def chunked_cross_entropy_loss(
     if labels.numel() != logits.numel() // max(logits.shape[-1], 1):
         raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)} (one label per "
                          "row of logits, already shifted for next-token prediction)")
-    labels = labels.to(logits.device).reshape(logits.shape[:-1])
-    positions = (labels != ignore_index).nonzero(as_tuple=True)  # per leading dim: [valid]
-    target = labels[positions]  # [valid]
-    if target.numel() and not 0 <= int(target.min()) <= int(target.max()) < logits.shape[-1]:
-        bad = int(target.min()) if int(target.min()) < 0 else int(target.max())
-        raise ValueError(f"label {bad} is outside the vocabulary [0, {logits.shape[-1]}) and is not "
-                         f"ignore_index={ignore_index}")
+    flat_labels = labels.to(logits.device).reshape(-1)
+    rows = (flat_labels != ignore_index).nonzero().squeeze(1)  # [valid] flat positions of the valid tokens
+    target = flat_labels[rows]  # [valid]
+    try:
+        logits = logits.view(-1, logits.shape[-1])  # [positions, vocab] when no copy is needed
+    except RuntimeError:
+        pass  # a strided view such as logits[:, :-1]: rows are gathered per leading dim instead
+    lowest, highest = (int(target.min()), int(target.max())) if target.numel() else (0, 0)
+    if lowest < 0 or highest >= logits.shape[-1]:
+        raise ValueError(f"label {lowest if lowest < 0 else highest} is outside the vocabulary "
+                         f"[0, {logits.shape[-1]}) and is not ignore_index={ignore_index}")
     if reduction == "sum":
         denom = torch.ones((), device=logits.device)
     else:
         denom = _denominator(target.numel(), num_items_in_batch, logits.device)
-    return _ChunkedLogitsLoss.apply(logits, target, denom, objective or Objective(), chunk_size, *positions)
+    return _ChunkedLogitsLoss.apply(logits, rows, target, denom, objective or Objective(), chunk_size)
 
 
 def fused_linear_cross_entropy(
