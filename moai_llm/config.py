@@ -1,7 +1,6 @@
-"""The old tool's import path, `from moai_llm.config import MoaiConfig`; the class lives in configuration_moai.py.
+"""`from moai_llm.config import MoaiConfig`: the old moai-llm import path (its YaRN example used it).
 
-transformers' layout (`configuration_<model>.py` next to `modeling_<model>.py`) is what `save_pretrained` ships as
-remote code, so the class stays there and this module only re-exports it.
+The class lives in `configuration_moai.py`, the file name transformers expects for remote code.
 """
 
 from .configuration_moai import MoaiConfig

@@ -8,7 +8,7 @@ when `num_experts == 0`), and validation that names the offending field instead 
 from huggingface_hub.dataclasses import strict
 from transformers.models.qwen3.configuration_qwen3 import Qwen3Config
 
-from .losses import create_loss_function
+from .losses import objective_from_spec
 
 # Legacy YaRN keys some MOAI/moellama configs used, mapped to transformers' names.
 _LEGACY_YARN_KEYS = {"alpha": "beta_slow", "beta": "beta_fast", "type": "rope_type"}
@@ -108,7 +108,7 @@ class MoaiConfig(Qwen3Config):
         kwargs.pop("model_type", None)
         self._check_sizes()
         self._check_moe()
-        create_loss_function(self.loss_config)  # a bad loss config fails here, naming the field
+        objective_from_spec(self.loss_config)  # a bad loss config fails here, naming the field
         super().__post_init__(**kwargs)
 
     def _check_sizes(self) -> None:

@@ -93,8 +93,11 @@ LOSS_PRESETS = {
 }
 
 
-def loss_objective(spec: dict | None = None) -> Objective:
-    """The Objective of `{"type": ..., "params": {...}}`; every mistake is one line naming the key."""
+def objective_from_spec(spec: "dict | Objective | None" = None) -> Objective:
+    """The Objective of `{"type": ..., "params": {...}}` (an Objective passes through); every mistake is one line
+    naming the key."""
+    if isinstance(spec, Objective):
+        return spec
     if spec is not None and not isinstance(spec, dict):
         raise ValueError(f"loss config: expected a mapping {{'type': ..., 'params': {{...}}}}, "
                          f"got {type(spec).__name__}")
@@ -150,7 +153,7 @@ class LossFunction:
 def create_loss_function(spec: dict | None = None, chunk_size: int = 2048, ignore_index: int = IGNORE_INDEX):
     """`loss_fn(logits, labels)` for `{"type": "cross_entropy" | "focal" | "label_smoothing" | "multi_objective",
     "params": {...}}`; `loss_fn.objective` is what the fused path takes. See `LossFunction`."""
-    return LossFunction(loss_objective(spec), chunk_size, ignore_index)
+    return LossFunction(objective_from_spec(spec), chunk_size, ignore_index)
 
 
 def _denominator(n_valid: int, num_items_in_batch, device) -> torch.Tensor:
@@ -334,7 +337,7 @@ def causal_lm_loss(
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     objective = getattr(loss_config, "objective", loss_config)  # a LossFunction, an Objective or a spec
     if not isinstance(objective, Objective):
-        objective = loss_objective(loss_config)
+        objective = objective_from_spec(loss_config)
     if z_loss_coef is not None:
         objective = Objective(**{**objective.__dict__, "z_loss_coef": z_loss_coef})
     return fused_linear_cross_entropy(
@@ -350,5 +353,5 @@ __all__ = [
     "chunked_cross_entropy_loss",
     "create_loss_function",
     "fused_linear_cross_entropy",
-    "loss_objective",
+    "objective_from_spec",
 ]

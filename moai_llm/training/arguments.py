@@ -112,9 +112,12 @@ class MoaiTrainingArguments(TrainingArguments):
     save_steps: float = field(default=100, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (oldest removed)."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "tensorboard, wandb, ... or none."})
-    bf16: bool | None = field(  # nargs/const: a bare `--bf16` (the old tool's spelling) means true
-        default=None, metadata={"nargs": "?", "const": True,
-                                "help": "bf16 mixed precision (default: on for CUDA GPUs that support it, off on CPU)."}
+    bf16: bool | None = field(
+        default=None,
+        # nargs/const: a bare `--bf16` (the old tool's spelling) means true; HfArgumentParser only does that for
+        # bool fields whose default is not None.
+        metadata={"nargs": "?", "const": True,
+                  "help": "bf16 mixed precision (default: on for CUDA GPUs that support it, off on CPU)."},
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep dataset columns for the collator (it builds the model inputs)."}

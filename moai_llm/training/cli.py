@@ -7,7 +7,7 @@ import sys
 import yaml
 from transformers import HfArgumentParser
 
-from ..losses import loss_objective
+from ..losses import objective_from_spec
 from .arguments import DataArguments, ModelArguments, MoaiTrainingArguments
 
 # YAML sections only group keys for readers; every key inside them is a flag name.
@@ -45,7 +45,7 @@ def old_loss_section(path: str, section: dict) -> dict:
         raise UsageError(f"--config {path}: section 'loss' mixes the old keys type/params with "
                          f"{sorted(set(section) - old)}; use either type/params or loss_type/loss_params")
     try:
-        loss_objective(section)
+        objective_from_spec(section)
     except ValueError as error:
         raise UsageError(f"--config {path}: section 'loss': {error}") from None
     return {"loss_type": section.get("type", "cross_entropy"), "loss_params": section.get("params")}

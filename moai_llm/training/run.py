@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, set_seed
 
 from .. import MoaiConfig, MoaiForCausalLM
-from ..losses import create_loss_function
+from ..losses import objective_from_spec
 from .arguments import DEFAULT_LEARNING_RATES, PACKAGE_DIR, TINY_MODEL_CONFIG
 from .callbacks import GracefulStopCallback, ThroughputCallback, detect_peak_tflops, flops_per_token
 from .cli import UsageError
@@ -113,7 +113,7 @@ def loss_config(model_args) -> dict:
     if model_args.z_loss_coef:
         params = {**params, "z_loss_coef": model_args.z_loss_coef}
     spec = {"type": model_args.loss_type, "params": params}
-    create_loss_function(dict(spec))  # raises a ValueError naming the bad field
+    objective_from_spec(spec)  # raises a ValueError naming the bad field
     return spec
 
 
