@@ -43,14 +43,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--vocab_size", type=int, default=32000)
     model.add_argument("--min_frequency", type=int, help="minimum pair count for a merge (mode default otherwise)")
     model.add_argument("--normalization", default="none", choices=["none", "nfkc"])
-    model.add_argument("--base_tokenizer", help="extend this byte-level BPE tokenizer instead of training anew")
+    model.add_argument("--base_tokenizer", help="extend this byte-level BPE tokenizer (a directory, or its "
+                       "tokenizer.json) instead of training anew")
     speed = model.add_mutually_exclusive_group()
     for name in ("fast", "turbo", "ultrafast"):
         speed.add_argument(f"--{name}", action="store_true", help=f"speed mode '{name}' (see README)")
     out = p.add_argument_group("output")
     out.add_argument("--output_dir", default="tokenizer_out")
-    out.add_argument("--model_prefix", default=None,
-                     help="write into OUTPUT_DIR/PREFIX (the old tool's layout: --base_tokenizer OUTPUT_DIR/PREFIX)")
+    out.add_argument("--model_prefix", help="write to OUTPUT_DIR/PREFIX/ (and the raw tokenizers file to "
+                     "OUTPUT_DIR/PREFIX.json), as the old tool did; default: straight into OUTPUT_DIR")
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--evaluate", metavar="DIR", help="evaluate this tokenizer on --lang_files instead of training")
     ev.add_argument("--compare", nargs="+", default=[], metavar="DIR", help="more tokenizers to put in the table")
@@ -69,6 +70,9 @@ def lang_files(specs: list[str]) -> dict[str, list[str]]:
 
 def training_texts(args, mode: str):
     fraction = MODES[mode].sample_fraction
+    if args.max_samples_per_lang is not None and not (args.multilingual or args.lang_files):
+        raise InputError("--max_samples_per_lang caps each language of --multilingual/--lang_files; "
+                         "for a single source use --max_samples")
     if args.multilingual or args.lang_files:
         per_lang = lang_files(args.lang_files)
         streams = language_streams(args.multilingual or list(per_lang), per_lang, args.text_column)
@@ -101,13 +105,19 @@ def train(args) -> None:
     mode = next((m for m in ("fast", "turbo", "ultrafast") if getattr(args, m)), "default")
     texts = training_texts(args, mode)
     if args.base_tokenizer:
-        base_file = Path(args.base_tokenizer) / "tokenizer.json"
+        base_file = Path(args.base_tokenizer)
+        if not (base_file.is_file() and base_file.suffix == ".json"):
+            base_file = base_file / "tokenizer.json"
         if not base_file.is_file():
             raise InputError(f"--base_tokenizer {args.base_tokenizer}: no tokenizer.json there")
         tokenizer = extend_tokenizer(Tokenizer.from_file(str(base_file)), texts, args.vocab_size, args.base_tokenizer)
     else:
         tokenizer = train_tokenizer(texts, args.vocab_size, mode, args.min_frequency, args.normalization)
-    out = Path(args.output_dir) / (args.model_prefix or "")
+    out = Path(args.output_dir)
+    if args.model_prefix:
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(str(out / f"{args.model_prefix}.json"))
+        out = out / args.model_prefix
     wrap(tokenizer).save_pretrained(out)
     summary = {"vocab_size": tokenizer.get_vocab_size(), "mode": mode, "output_dir": str(out)}
     print(json.dumps(summary))

@@ -11,10 +11,11 @@ Every objective is a per-token loss l(z) of the logits z of that token, whose gr
 This file imports only torch (it ships next to the model as remote code).
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 IGNORE_INDEX = -100
 
@@ -82,9 +83,9 @@ class Objective:
         return loss, grad
 
 
-# Parameter spellings: the old moai-llm tool's (`smoothing`, `gamma`) and the short ones, next to the field names.
+# Other spellings of Objective's fields: the old tool's (`smoothing`, `focal_gamma`) and the short ones.
 PARAM_ALIASES = {"gamma": "focal_gamma", "epsilon": "label_smoothing", "smoothing": "label_smoothing"}
-PRESETS = {
+LOSS_PRESETS = {
     "cross_entropy": {"ce_weight": 1.0},
     "focal": {"ce_weight": 0.0, "focal_weight": 1.0},
     "label_smoothing": {"ce_weight": 0.0, "smooth_weight": 1.0},
@@ -93,27 +94,66 @@ PRESETS = {
 
 
 def objective_from_spec(spec: "dict | Objective | None" = None) -> Objective:
-    """`{"type": "cross_entropy" | "focal" | "label_smoothing" | "multi_objective", "params": {...}}` -> Objective."""
+    """The Objective of `{"type": ..., "params": {...}}` (an Objective passes through); every mistake is one line
+    naming the key."""
     if isinstance(spec, Objective):
         return spec
+    if spec is not None and not isinstance(spec, dict):
+        raise ValueError(f"loss config: expected a mapping {{'type': ..., 'params': {{...}}}}, "
+                         f"got {type(spec).__name__}")
     spec = dict(spec or {})
     kind = spec.pop("type", "cross_entropy")
-    params = dict(spec.pop("params", {}) or {})
+    params = spec.pop("params", None) or {}
     if spec:
         raise ValueError(f"loss config: unknown keys {sorted(spec)} (expected 'type' and 'params')")
-    known = sorted({f.name for f in fields(Objective)} | set(PARAM_ALIASES))
-    unknown = sorted(set(params) - set(known))
+    if kind not in LOSS_PRESETS:
+        raise ValueError(f"loss config: type={kind!r} is not one of {sorted(LOSS_PRESETS)}")
+    if not isinstance(params, dict):
+        raise ValueError(f"loss config: params must be a mapping, got {type(params).__name__}")
+    names = {f.name for f in fields(Objective)}
+    unknown = sorted(set(params) - names - set(PARAM_ALIASES))
     if unknown:
-        raise ValueError(f"loss config: unknown params {unknown}; known: {known}")
-    for alias, name in PARAM_ALIASES.items():
-        if alias in params:
-            value = params.pop(alias)
-            if name in params and params[name] != value:
-                raise ValueError(f"loss config: {alias}={value} and {name}={params[name]} disagree; give one")
-            params[name] = value
-    if kind not in PRESETS:
-        raise ValueError(f"loss config: type={kind!r} is not one of {sorted(PRESETS)}")
-    return Objective(**{**PRESETS[kind], **params})
+        raise ValueError(f"loss config: unknown params {unknown}; known: {sorted(names | set(PARAM_ALIASES))}")
+    resolved = {}
+    for key, value in params.items():
+        name = PARAM_ALIASES.get(key, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"loss params: {key} must be a number, got {value!r}")
+        if name in resolved:
+            spellings = sorted(k for k in params if PARAM_ALIASES.get(k, k) == name)
+            raise ValueError(f"loss config: params {spellings} are the same parameter ({name}); give one")
+        resolved[name] = value
+    return Objective(**{**LOSS_PRESETS[kind], **resolved})
+
+
+@dataclass(frozen=True)
+class LossFunction:
+    """`loss_fn(logits, labels, num_items_in_batch=None)`: the objective on logits that already exist.
+
+    `logits` [..., vocab] and `labels` [...] must already be aligned: nothing is shifted here (for next-token
+    prediction pass `logits[:, :-1]` and `labels[:, 1:]`). Tokens labelled `ignore_index` are left out; the
+    result is the mean over the others, or their sum / `num_items_in_batch` when given (transformers'
+    gradient-accumulation convention); no valid token gives 0. fp32 chunk by chunk, differentiable.
+    `objective` is what the fused path (`MoaiForCausalLM`, `causal_lm_loss`) takes.
+    """
+
+    objective: Objective = field(default_factory=Objective)
+    chunk_size: int = 2048
+    ignore_index: int = IGNORE_INDEX
+
+    def __post_init__(self):
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        return chunked_cross_entropy_loss(logits, labels, self.chunk_size, self.ignore_index,
+                                          num_items_in_batch=num_items_in_batch, objective=self.objective)
+
+
+def create_loss_function(spec: dict | None = None, chunk_size: int = 2048, ignore_index: int = IGNORE_INDEX):
+    """`loss_fn(logits, labels)` for `{"type": "cross_entropy" | "focal" | "label_smoothing" | "multi_objective",
+    "params": {...}}`; `loss_fn.objective` is what the fused path takes. See `LossFunction`."""
+    return LossFunction(objective_from_spec(spec), chunk_size, ignore_index)
 
 
 def _denominator(n_valid: int, num_items_in_batch, device) -> torch.Tensor:
@@ -173,37 +213,58 @@ class _FusedLinearLoss(torch.autograd.Function):
 
 
 class _ChunkedLogitsLoss(torch.autograd.Function):
-    """The same objective on logits that already exist: one fp32 `[chunk, vocab]` block at a time.
+    """The objective on logits that already exist, one `[chunk, vocab]` fp32 block at a time.
 
-    The logits are read in place, chunk by chunk (ignored rows are skipped inside each chunk), so beyond the
-    inputs only one fp32 block and the gradient (in the logits' dtype, which autograd needs anyway) exist.
+    Unlike the fused path, the gradient is not kept from forward to backward: it would be a second logits-sized
+    tensor. The logits are saved by reference and backward recomputes each chunk's softmax.
     """
 
     @staticmethod
-    def forward(ctx, logits, labels, denom, objective, chunk_size, ignore_index):
-        need_grad = ctx.needs_input_grad[0]
+    def forward(ctx, logits, rows, target, denom, objective, chunk_size):
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        grad_logits = torch.zeros_like(logits) if need_grad else None  # [tokens, vocab]
-        for start in range(0, logits.shape[0], chunk_size):
-            rows = (labels[start : start + chunk_size] != ignore_index).nonzero().squeeze(1) + start  # [valid]
-            if rows.numel() == 0:
-                continue
-            chunk = logits.index_select(0, rows).float()  # [valid in chunk, vocab], overwritten below
-            loss, grad = objective.loss_and_grad(chunk, labels.index_select(0, rows), need_grad)
-            total += loss
-            if need_grad:
-                grad_logits.index_copy_(0, rows, grad.to(grad_logits.dtype))
-        if need_grad:
-            ctx.grads = [grad_logits, denom]  # handed to autograd without a copy, as in _FusedLinearLoss
+        block = _block(logits, rows, chunk_size)
+        for start in range(0, rows.numel(), chunk_size):
+            chunk = slice(start, start + chunk_size)
+            rows_fp32 = _gather_rows(logits, rows[chunk], block)
+            total += objective.loss_and_grad(rows_fp32, target[chunk], need_grad=False)[0]
+        if ctx.needs_input_grad[0]:
+            ctx.objective, ctx.chunk_size = objective, chunk_size
+            ctx.save_for_backward(logits, rows, target, denom)
         return total / denom
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
-        if not getattr(ctx, "grads", None):
-            raise RuntimeError("chunked cross-entropy: backward through the same loss twice is not supported")
-        grad_logits, denom = ctx.grads
-        ctx.grads = None
-        return grad_logits.mul_((grad_output / denom).to(grad_logits.dtype)), None, None, None, None, None
+        logits, rows, target, denom = ctx.saved_tensors
+        grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        flat_grad = grad_logits.view(-1, logits.shape[-1])  # [positions, vocab]
+        ignored = torch.ones(flat_grad.shape[0], dtype=torch.bool, device=logits.device)
+        ignored[rows] = False
+        flat_grad[ignored] = 0  # every other row is written below: one pass over the gradient, not two
+        scale = grad_output / denom
+        block = _block(logits, rows, ctx.chunk_size)
+        for start in range(0, rows.numel(), ctx.chunk_size):
+            chunk = slice(start, start + ctx.chunk_size)
+            rows_fp32 = _gather_rows(logits, rows[chunk], block)
+            grad = ctx.objective.loss_and_grad(rows_fp32, target[chunk], need_grad=True)[1]  # in place
+            flat_grad.index_copy_(0, rows[chunk], grad.mul_(scale).to(logits.dtype))
+        return grad_logits, None, None, None, None, None
+
+
+def _block(logits, rows, chunk_size) -> torch.Tensor:
+    """The one fp32 [chunk, vocab] buffer every chunk reuses (a fresh allocation per chunk costs page faults)."""
+    return torch.empty(min(chunk_size, rows.numel()), logits.shape[-1], dtype=torch.float32, device=logits.device)
+
+
+def _gather_rows(logits, rows, block) -> torch.Tensor:
+    """The rows `rows` (flat positions over the leading dims) of logits, in fp32 in `block`: [n, vocab]."""
+    out = block[: rows.numel()]
+    if logits.dim() == 2 and logits.dtype == torch.float32:
+        return torch.index_select(logits, 0, rows, out=out)
+    if logits.dim() == 2:
+        return out.copy_(logits.index_select(0, rows))
+    # leading dims that do not merge into one without a copy (e.g. logits[:, :-1]): index each dim
+    return out.copy_(logits[torch.unravel_index(rows, logits.shape[:-1])])
 
 
 def _valid(labels: torch.Tensor, ignore_index: int):
@@ -216,47 +277,38 @@ def chunked_cross_entropy_loss(
     logits, labels, chunk_size=2048, ignore_index=IGNORE_INDEX, reduction="mean", num_items_in_batch=None,
     objective: Objective | None = None,
 ):
-    """Loss of `logits` [..., vocab] against `labels` [...] that are already aligned (no shift here).
+    """Loss of `logits` [..., vocab] against `labels` [...] already aligned with them (no shift here).
 
-    fp32 per chunk whatever the input dtype. reduction: "mean" over valid tokens (or sum / num_items_in_batch
-    when given), or "sum".
+    fp32 per chunk of `chunk_size` valid tokens whatever the input dtype; ignored tokens are never copied.
+    reduction: "mean" over valid tokens (or sum / num_items_in_batch when given), or "sum".
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction={reduction!r} is not 'mean' or 'sum'")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if not torch.is_grad_enabled():
         logits = logits.detach()
-    flat_labels = labels.reshape(-1).to(logits.device)  # [tokens]
-    flat_logits = logits.reshape(-1, logits.shape[-1])  # [tokens, vocab], a view
+    if logits.dim() == 1:
+        logits = logits[None]  # one token
+    if labels.numel() != logits.numel() // max(logits.shape[-1], 1):
+        raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)} (one label per "
+                         "row of logits, already shifted for next-token prediction)")
+    flat_labels = labels.to(logits.device).reshape(-1)
+    rows = (flat_labels != ignore_index).nonzero().squeeze(1)  # [valid] flat positions of the valid tokens
+    target = flat_labels[rows]  # [valid]
+    try:
+        logits = logits.view(-1, logits.shape[-1])  # [positions, vocab] when no copy is needed
+    except RuntimeError:
+        pass  # a strided view such as logits[:, :-1]: rows are gathered per leading dim instead
+    lowest, highest = (int(target.min()), int(target.max())) if target.numel() else (0, 0)
+    if lowest < 0 or highest >= logits.shape[-1]:
+        raise ValueError(f"label {lowest if lowest < 0 else highest} is outside the vocabulary "
+                         f"[0, {logits.shape[-1]}) and is not ignore_index={ignore_index}")
     if reduction == "sum":
         denom = torch.ones((), device=logits.device)
     else:
-        denom = _denominator(int((flat_labels != ignore_index).sum()), num_items_in_batch, logits.device)
-    return _ChunkedLogitsLoss.apply(flat_logits, flat_labels, denom, objective or Objective(), chunk_size,
-                                    ignore_index)
-
-
-@dataclass(frozen=True)
-class LossFunction:
-    """`loss_fn(logits, labels, num_items_in_batch=None)`: the objective on existing logits, chunk by chunk.
-
-    logits `[..., vocab]` and labels `[...]` must already be aligned: nothing is shifted here (for next-token
-    prediction pass `logits[:, :-1]` and `labels[:, 1:]`, or use `causal_lm_loss` on hidden states). Tokens
-    labelled `ignore_index` do not count; the result is the mean over the other tokens, or their sum divided by
-    `num_items_in_batch` when given. The fused path (`MoaiForCausalLM`, `causal_lm_loss`) takes `.objective`.
-    """
-
-    objective: Objective
-    chunk_size: int = 2048
-    ignore_index: int = IGNORE_INDEX
-
-    def __call__(self, logits, labels, num_items_in_batch=None):
-        return chunked_cross_entropy_loss(logits, labels, chunk_size=self.chunk_size, ignore_index=self.ignore_index,
-                                          num_items_in_batch=num_items_in_batch, objective=self.objective)
-
-
-def create_loss_function(spec: "dict | Objective | None" = None, chunk_size: int = 2048) -> LossFunction:
-    """A callable loss from `{"type": ..., "params": {...}}` (see `objective_from_spec`); `.objective` for the fused path."""
-    return LossFunction(objective_from_spec(spec), chunk_size=chunk_size)
+        denom = _denominator(target.numel(), num_items_in_batch, logits.device)
+    return _ChunkedLogitsLoss.apply(logits, rows, target, denom, objective or Objective(), chunk_size)
 
 
 def fused_linear_cross_entropy(
@@ -286,7 +338,9 @@ def causal_lm_loss(
     """
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    objective = objective_from_spec(getattr(loss_config, "objective", loss_config))
+    objective = getattr(loss_config, "objective", loss_config)  # a LossFunction, an Objective or a spec
+    if not isinstance(objective, Objective):
+        objective = objective_from_spec(loss_config)
     if z_loss_coef is not None:
         objective = Objective(**{**objective.__dict__, "z_loss_coef": z_loss_coef})
     return fused_linear_cross_entropy(

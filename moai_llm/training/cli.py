@@ -7,6 +7,7 @@ import sys
 import yaml
 from transformers import HfArgumentParser
 
+from ..losses import objective_from_spec
 from .arguments import DataArguments, ModelArguments, MoaiTrainingArguments
 
 # YAML sections only group keys for readers; every key inside them is a flag name.
@@ -35,6 +36,21 @@ def _dest_names(parser: argparse.ArgumentParser) -> dict[str, str]:
     return names
 
 
+def old_loss_section(path: str, section: dict) -> dict:
+    """The old tool's `loss: {type: ..., params: {...}}` as our flags; a section of flag names passes through."""
+    old = {"type", "params"}
+    if not old & set(section):
+        return section
+    if set(section) - old:
+        raise UsageError(f"--config {path}: section 'loss' mixes the old keys type/params with "
+                         f"{sorted(set(section) - old)}; use either type/params or loss_type/loss_params")
+    try:
+        objective_from_spec(section)
+    except ValueError as error:
+        raise UsageError(f"--config {path}: section 'loss': {error}") from None
+    return {"loss_type": section.get("type", "cross_entropy"), "loss_params": section.get("params")}
+
+
 def load_yaml_config(path: str, parser: _Parser) -> dict:
     """Flatten the YAML sections into {dest: value}; an unknown key is an error naming the file and key."""
     if not os.path.isfile(path):
@@ -54,7 +70,7 @@ def load_yaml_config(path: str, parser: _Parser) -> dict:
         if key in YAML_SECTIONS:
             if not isinstance(value, dict):
                 raise UsageError(f"--config {path}: section '{key}' must be a mapping")
-            items = _legacy_loss_section(value, path) if key == "loss" else value.items()
+            items = (old_loss_section(path, value) if key == "loss" else value).items()
         else:
             items = [(key, value)]
         for name, item in items:
