@@ -5,8 +5,10 @@ from collections import Counter
 
 import pytest
 
+import numpy as np
+
 from moai_llm.data import (
-    DataError, DataSpec, DataStats, MixtureSource, build_mixture, detect_format, load_source, pretraining_datasets,
+    DataError, DataSpec, DataStats, MixtureSource, detect_format, load_source, pretraining_datasets, select_documents,
     sft_datasets, to_messages, tokenize_dialogue,
 )
 from moai_llm.tokenizer import load_tokenizer
@@ -49,7 +51,8 @@ def test_labels_cover_exactly_the_assistant_spans(tokenizer):
 
 
 def test_sft_datasets_and_ambiguous_or_unknown_formats(tmp_path, tokenizer):
-    spec = DataSpec(train_files=[str(SAMPLE / "sft_sharegpt.jsonl")], eval_fraction=0, packing=False)
+    spec = DataSpec(train_files=[str(SAMPLE / "sft_sharegpt.jsonl")], eval_fraction=0, packing=False,
+                    cache_dir=str(tmp_path))
     train, _ = sft_datasets(spec, tokenizer, 256)
     assert len(train) == 8 and all(-100 in r["labels"] for r in train)
     with pytest.raises(DataError, match="fit several formats"):
@@ -58,45 +61,41 @@ def test_sft_datasets_and_ambiguous_or_unknown_formats(tmp_path, tokenizer):
         detect_format(["foo"])
 
 
-def test_mixing_ratios_hold_and_percentage_is_seeded_random(tmp_path):
-    a = _write_jsonl(tmp_path / "a.jsonl", [{"text": f"a{i}"} for i in range(2000)])
-    b = _write_jsonl(tmp_path / "b.jsonl", [{"text": f"b{i}"} for i in range(2000)])
-    mixed = build_mixture([MixtureSource(str(a), ratio=3), MixtureSource(str(b), ratio=1)], seed=0,
-                          stopping_strategy="first_exhausted")
-    counts = Counter(mixed["source"])
-    share = counts[str(a)] / sum(counts.values())
-    assert abs(share - 0.75) < 0.03  # ~4 sigma for this many rows
-    sampled = build_mixture([MixtureSource(str(a), percentage=10)], seed=1)["text"]
-    again = build_mixture([MixtureSource(str(a), percentage=10)], seed=1)["text"]
-    other = build_mixture([MixtureSource(str(a), percentage=10)], seed=2)["text"]
-    assert len(sampled) == 200 and sampled == again and sampled != other
-    assert sampled != [f"a{i}" for i in range(200)]  # not the first rows
+def test_percentage_is_a_seeded_random_sample():
+    lengths = [np.full(2000, 5)]
+
+    def sample(seed):
+        return select_documents([MixtureSource("a", percentage=10)], lengths, 0, seed).train[0].tolist()
+
+    assert len(sample(1)) == 200 and sample(1) == sample(1) and sample(1) != sample(2)
+    assert sample(1) != list(range(200))  # not the first documents
 
 
-def test_domains_filter_and_empty_after_filter(tmp_path):
+def test_domains_filter_and_empty_after_filter(tmp_path, tokenizer):
     path = _write_jsonl(tmp_path / "d.jsonl", [{"text": "x", "domain": "law"}, {"text": "y", "domain": "news"}])
-    assert build_mixture([MixtureSource(str(path), domains=["law"])])["text"] == ["x"]
-    with pytest.raises(DataError, match="no rows left"):
-        build_mixture([MixtureSource(str(path), domains=["finance"])])
+    spec = DataSpec(mixture=[{"name": str(path), "domains": ["law"]}], eval_fraction=0, cache_dir=str(tmp_path))
+    train, _ = pretraining_datasets(spec, tokenizer, 64)
+    assert len(train) == 1 and tokenizer.decode(train[0]["input_ids"][:-1]) == "x"
+    spec.mixture = [{"name": str(path), "domains": ["finance"]}]
+    with pytest.raises(DataError, match="no documents left after the domain filter"):
+        pretraining_datasets(spec, tokenizer, 64)
 
 
-def test_streaming_yields_same_documents_and_ranks_get_disjoint_shards(tmp_path):
-    path = _write_jsonl(tmp_path / "s.jsonl", [{"text": f"doc {i}"} for i in range(40)])
-    mapped = load_source(str(path))["text"]
-    streamed = [r["text"] for r in load_source(str(path), streaming=True)]
-    assert streamed == mapped
-    from datasets.distributed import split_dataset_by_node
-
-    shards = [[r["text"] for r in split_dataset_by_node(load_source(str(path), streaming=True), rank, 2)]
-              for rank in range(2)]
-    assert shards[0] and shards[1]
-    assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == sorted(mapped)
-
-
-def test_eval_split_never_overlaps_train(tokenizer):
-    train, evaluation = pretraining_datasets(DataSpec(eval_fraction=0.1, packing=False), tokenizer, 4096)
-    train_docs = {tuple(r["input_ids"]) for r in train}
-    assert evaluation is not None and not any(tuple(r["input_ids"]) in train_docs for r in evaluation)
+def test_streaming_reads_every_document_in_shuffled_packs(tmp_path, tokenizer):
+    path = _write_jsonl(tmp_path / "s.jsonl", [{"text": f"doc {i} " + "word " * (i % 13)} for i in range(300)])
+    spec = DataSpec(train_files=[str(path)], streaming=True, eval_fraction=0)
+    train, _ = pretraining_datasets(spec, tokenizer, 64)
+    rows = list(train)
+    docs = []
+    for row in rows:
+        start = 0
+        for n in row["seq_lengths"]:
+            docs.append(tokenizer.decode(row["input_ids"][start : start + n - 1]))
+            start += n
+    assert sorted(docs) == sorted(f"doc {i} " + "word " * (i % 13) for i in range(300))
+    widths = [len(r["input_ids"]) for r in rows]
+    assert widths != sorted(widths, reverse=True)  # packs leave each buffer shuffled, not by length
+    assert [r["input_ids"] for r in train] == [r["input_ids"] for r in rows]  # seeded: the same order again
 
 
 def test_malformed_json_line_names_file_and_line(tmp_path):
