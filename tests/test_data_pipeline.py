@@ -1,7 +1,6 @@
 """Sources, mixing, SFT formats and bad input."""
 
 import json
-from collections import Counter
 
 import pytest
 

@@ -8,7 +8,6 @@ buffer. A resumed run re-reads its shard from the start and skips the batches al
 """
 
 import logging
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -18,7 +17,7 @@ from .errors import DataStats
 from .mixing import MixtureSource
 from .packing import pack_stream
 from .prepare import batched, source_payloads
-from .sources import TABULAR_SUFFIXES, hub_dataset, is_local, local_files, read_file
+from .sources import hub_dataset, is_local, local_files, read_file
 
 logger = logging.getLogger(__name__)
 STREAM_EVAL_DOCUMENTS = 1000  # held out when --eval_fraction is a fraction (a stream has no known size)
