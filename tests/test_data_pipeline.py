@@ -130,3 +130,23 @@ def test_missing_file_and_empty_dataset(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(DataError, match="no records"):
         load_source(str(tmp_path / "empty.jsonl"))
+
+
+def test_a_streamed_run_resumes_to_the_same_weights(tmp_path):
+    """Resuming re-reads the rank's shard and skips the batches already trained (README, Data: streaming)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from .train_helpers import fast_args, run_inprocess, write_tiny_config
+
+    config = write_tiny_config(tmp_path)
+    flags = ["--max_steps", "6", "--save_steps", "3", "--streaming", "true", "--eval_fraction", "0"]
+    for name in ("whole", "cut"):
+        run_inprocess(fast_args(tmp_path / name, config, *flags))
+    for leftover in ("final_model", "checkpoint-6"):  # as if killed right after checkpoint-3
+        shutil.rmtree(tmp_path / "cut" / leftover)
+    run_inprocess(fast_args(tmp_path / "cut", config, *flags, "--resume_from_checkpoint", "auto"))
+    whole, cut = (load_file(str(tmp_path / n / "final_model" / "model.safetensors")) for n in ("whole", "cut"))
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)

@@ -121,7 +121,7 @@ def test_a_changed_tokenizer_or_source_makes_a_new_store(tmp_path, tokenizer, ca
     write_docs(path, "d", 50)
     data = spec(tmp_path, train_files=[str(path)])
     first, _ = pretraining_datasets(data, tokenizer, 128)
-    with caplog.at_level(logging.INFO, logger="moai_llm.data.prepare"):
+    with caplog.at_level(logging.INFO, logger="moai_llm.data.encode"):
         again, _ = pretraining_datasets(data, tokenizer, 128)
     assert not [r for r in caplog.records if "prepared" in r.getMessage()]  # reused, not tokenized again
     assert len(_store_dirs(tmp_path)) == 1
@@ -161,10 +161,12 @@ def test_a_half_written_store_is_ignored_and_an_unreadable_one_is_an_error(tmp_p
 
 
 def test_bad_inputs_are_one_line_errors_naming_the_source(tmp_path, tokenizer):
-    good, empty = tmp_path / "good.jsonl", tmp_path / "empty.jsonl"
+    good, empty, broken = tmp_path / "good.jsonl", tmp_path / "empty.jsonl", tmp_path / "broken.jsonl"
     write_docs(good, "g", 5)
     empty.write_text("\n")
+    broken.write_text('{"text": "fine"}\n' * 3000 + '{"text": oops}\n')  # found while tokenizing, read ahead
     cases = [
+        (dict(train_files=[str(broken)]), f"{broken}:3001: malformed JSON line"),
         (dict(train_files=[str(good), str(empty)]), f"{empty}: no documents"),
         (dict(mixture=[{"name": str(good), "ratio": 0}]), f"{good}: ratio must be > 0"),
         (dict(mixture=[{"name": str(good), "ratio": -1.0}]), f"{good}: ratio must be > 0"),
@@ -230,3 +232,18 @@ def test_repeating_a_source_flag_adds_sources(tmp_path):
     assert parse_args(base + ["--config", str(config)])[1].train_file == ["from_yaml.jsonl"]
     assert parse_args(base + ["--config", str(config), "--train_file", "a", "--train_file", "b"])[1].train_file == [
         "a", "b"]  # the command line replaces the YAML list, then each use adds
+
+
+def test_sft_streams_with_ratios_and_assistant_labels(tmp_path, tokenizer):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    _sft_file(a, "a", 40)
+    _sft_file(b, "b", 40)
+    mixture = [{"name": str(a), "ratio": 3, "streaming": True}, {"name": str(b), "ratio": 1, "streaming": True}]
+    train, evaluation = sft_datasets(spec(tmp_path, mixture=mixture, eval_fraction=4, stopping_strategy="first_exhausted"),
+                                     tokenizer, 128)
+    rows = list(train)
+    labels = [t for row in rows for t in row["labels"]]
+    assert -100 in labels and min(t for t in labels if t != -100) >= 0  # assistant tokens only, no wrapped ids
+    firsts = Counter(text.split("user\n")[1][0] for text in texts_of(rows, tokenizer))
+    assert firsts["a"] > 2 * firsts["b"]  # drawn 3:1 until the first source ends
+    assert len(evaluation) >= 1 and all(-100 in evaluation[i]["labels"] for i in range(len(evaluation)))

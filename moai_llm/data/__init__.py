@@ -5,7 +5,7 @@ from .errors import DataError, DataStats
 from .mixing import MixtureSource, select_documents
 from .packing import HierarchicalBalancePacker, attention_balance_ratio, packing_efficiency, split_long_documents
 from .pipeline import DataSpec, prepare, pretraining_datasets, sft_datasets
-from .prepare import DialogueEncoder, TextEncoder
+from .encode import DialogueEncoder, TextEncoder
 from .rows import PackedRows, StepSampler
 from .sft import detect_format, to_messages, tokenize_dialogue
 from .sources import SAMPLE_CORPUS, load_source

@@ -17,7 +17,7 @@ from accelerate import PartialState
 from .errors import DataError, DataStats
 from .mixing import MixtureSource, check_disjoint, check_ratios, parse_mixture, select_documents
 from .packing import HierarchicalBalancePacker, attention_balance_ratio, packing_efficiency, split_long_documents
-from .prepare import DialogueEncoder, TextEncoder, prepare_source
+from .encode import DialogueEncoder, TextEncoder, prepare_source
 from .rows import PackedRows, build_plan, pieces
 from .store import key_of, prepare_once, read_meta
 from .streaming import stream_mixture, streamed_rows
@@ -156,7 +156,7 @@ def _streamed(spec, encoder, sources, max_seq_length, seed, stats, truncate):
     evaluation = None
     if held:
         flat, lengths, mask = encoder.encode(held)
-        ends = np.cumsum(lengths)
+        flat, ends = flat.astype(np.int64), np.cumsum(lengths)
         ids = [flat[e - n : e].tolist() for e, n in zip(ends, lengths)]
         labels = None if mask is None else [np.where(mask[e - n : e], flat[e - n : e], -100).tolist()
                                             for e, n in zip(ends, lengths)]

@@ -16,7 +16,7 @@ from datasets.distributed import split_dataset_by_node
 from .errors import DataStats
 from .mixing import MixtureSource
 from .packing import pack_stream
-from .prepare import batched, source_payloads
+from .encode import batched, source_payloads
 from .sources import hub_dataset, is_local, local_files, read_file
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def streamed_rows(mixed: datasets.IterableDataset, encoder, max_seq_length: int,
         shard = split_dataset_by_node(mixed, rank=rank, world_size=num_processes)
         for batch in batched(row["payload"] for row in shard):
             flat, lengths, mask = encoder.encode(batch)
-            ends = np.cumsum(lengths)
+            flat, ends = flat.astype(np.int64), np.cumsum(lengths)
             for end, length in zip(ends.tolist(), lengths.tolist()):
                 ids = flat[end - length : end]
                 labels = None if mask is None else np.where(mask[end - length : end], ids, -100)

@@ -40,7 +40,7 @@ def data_spec(data_args, training_args) -> DataSpec:
 
 def build_datasets(data_args, tokenizer, training_args, flash: bool = False):
     """(train_dataset, eval_dataset or None, collator) for `training_args.mode`."""
-    stats = DataStats()
+    stats, start = DataStats(), time.perf_counter()
     build = sft_datasets if training_args.mode == "sft" else pretraining_datasets
     # One micro-step reads world_size x per-device batch consecutive rows of the sampler's order (see
     # MoaiTrainer._get_train_sampler); the balance is logged for that step size.
@@ -48,6 +48,7 @@ def build_datasets(data_args, tokenizer, training_args, flash: bool = False):
     train, evaluation = build(data_spec(data_args, training_args), tokenizer, data_args.max_seq_length,
                               seed=training_args.seed, step_rows=step_rows, stats=stats)
     stats.log()
+    logger.info("data ready in %.1f s", time.perf_counter() - start)
     if isinstance(train, IterableDataset):
         read_streams_on_every_rank(training_args)
     if data_args.packing:

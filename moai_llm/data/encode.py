@@ -7,10 +7,12 @@ Nothing here holds a corpus in memory: a batch of documents is read, encoded by 
 import hashlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
+from queue import Full, Queue
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -64,7 +66,7 @@ class TextEncoder:
         for doc in ids:
             doc.append(self.eos)
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        return np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum())), lengths, None
+        return np.fromiter(chain.from_iterable(ids), dtype=self.dtype, count=int(lengths.sum())), lengths, None
 
 
 class DialogueEncoder:
@@ -100,7 +102,7 @@ class DialogueEncoder:
     def encode(self, dialogues: list[list[dict]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         encoded = [tokenize_dialogue(messages, self.tokenizer, max_seq_length=1 << 62) for messages in dialogues]
         lengths = np.array([len(e["input_ids"]) for e in encoded], dtype=np.int64)
-        flat = np.fromiter(chain.from_iterable(e["input_ids"] for e in encoded), np.int64, int(lengths.sum()))
+        flat = np.fromiter(chain.from_iterable(e["input_ids"] for e in encoded), self.dtype, int(lengths.sum()))
         labels = np.fromiter(chain.from_iterable(e["labels"] for e in encoded), np.int64, int(lengths.sum()))
         return flat, lengths, labels != -100
 
@@ -139,6 +141,40 @@ def batched(payloads: Iterable, size: int = BATCH_DOCUMENTS, characters: int = B
         yield batch
 
 
+def prefetched(batches: Iterator, depth: int = 2) -> Iterator:
+    """The next batches are read and parsed in a thread while the caller encodes the current one: the Rust
+    tokenizer releases the GIL, so reading overlaps encoding instead of adding to it."""
+    queue: Queue = Queue(maxsize=depth)
+    stop, end = threading.Event(), object()
+
+    def produce():
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        queue.put(batch, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put((end, None))
+        except BaseException as error:  # handed to the consumer, which raises it
+            queue.put((end, error))
+
+    threading.Thread(target=produce, daemon=True, name="read-ahead").start()
+    try:
+        while True:
+            item = queue.get()
+            if isinstance(item, tuple) and item[0] is end:
+                if item[1] is not None:
+                    raise item[1]
+                return
+            yield item
+    finally:
+        stop.set()
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name.rstrip("/")).name or "source")[:40]
 
@@ -154,10 +190,10 @@ def store_path(source, encoder, cache_dir: Path, skip_bad_records: bool) -> Path
 def build_store(path: Path, source, encoder, skip_bad_records: bool, progress: bool) -> None:
     stats = DataStats()
     writer = StoreWriter(path, encoder.dtype, encoder.with_labels)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     bar = tqdm(desc=f"tokenizing {source.name}", unit="tok", unit_scale=True, disable=not progress)
     try:
-        for batch in batched(source_payloads(source, encoder, skip_bad_records, stats)):
+        for batch in prefetched(batched(source_payloads(source, encoder, skip_bad_records, stats))):
             flat, lengths, mask = encoder.encode(batch)
             writer.add(flat, lengths, mask)
             bar.update(len(flat))
@@ -170,10 +206,10 @@ def build_store(path: Path, source, encoder, skip_bad_records: bool, progress: b
         raise
     finally:
         bar.close()
-    seconds = time.perf_counter() - start
-    logger.info("prepared %s: %d documents, %d tokens in %.1f s (%.0f tokens/s), %.1f MB on disk in %s",
-                source.name, writer.documents, writer.tokens, seconds, writer.tokens / max(seconds, 1e-9),
-                directory_size(path) / 1e6, path)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    logger.info("prepared %s: %d documents, %d tokens in %.1f s (%.0f tokens/s, %.0f per CPU-second), %.1f MB on "
+                "disk in %s", source.name, writer.documents, writer.tokens, seconds, writer.tokens / max(seconds, 1e-9),
+                writer.tokens / max(cpu, 1e-9), directory_size(path) / 1e6, path)
 
 
 def prepare_source(source, encoder, cache_dir: Path, builder: bool, skip_bad_records: bool = False,
