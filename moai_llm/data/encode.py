@@ -4,6 +4,7 @@ Nothing here holds a corpus in memory: a batch of documents is read, encoded by 
 `encode_batch_fast` (Rust, all cores, no offsets), appended to the store, and dropped.
 """
 
+import functools
 import hashlib
 import logging
 import re
@@ -28,6 +29,7 @@ BATCH_CHARACTERS = 4_000_000
 
 
 def tokenizer_hash(tokenizer) -> str:
+    """A hash of the tokenizer's full definition (vocabulary, merges, normaliser, special tokens)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -49,6 +51,7 @@ class TextEncoder:
     def text_column(source) -> str:
         return source.text_field
 
+    @functools.cached_property
     def fingerprint(self) -> dict:
         return {"kind": "text", "tokenizer": tokenizer_hash(self.tokenizer), "eos": self.eos}
 
@@ -85,6 +88,7 @@ class DialogueEncoder:
     def text_column(source) -> None:
         return None  # records are recognised by their format's columns
 
+    @functools.cached_property
     def fingerprint(self) -> dict:
         return {"kind": "dialogue", "tokenizer": tokenizer_hash(self.tokenizer),
                 "chat_template": hashlib.sha256(str(self.tokenizer.chat_template).encode()).hexdigest()[:16],
@@ -182,7 +186,7 @@ def _slug(name: str) -> str:
 def store_path(source, encoder, cache_dir: Path, skip_bad_records: bool) -> Path:
     fields = {"content": fingerprint(source.name, source.subset, source.split), "name": source.name,
               "subset": source.subset, "split": source.split, "text_field": source.text_field,
-              "domains": sorted(source.domains), "encoder": encoder.fingerprint(),
+              "domains": sorted(source.domains), "encoder": encoder.fingerprint,
               "skip_bad_records": skip_bad_records}
     return Path(cache_dir) / f"{_slug(source.name)}-{key_of(fields)}"
 

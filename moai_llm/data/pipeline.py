@@ -116,16 +116,11 @@ def prepare(spec: DataSpec, encoder, max_seq_length: int, seed: int = 0, stats: 
     return Prepared(path, stores, meta)
 
 
-def pretraining_datasets(spec: DataSpec, tokenizer, max_seq_length: int, seed: int = 0, step_rows: int = 1,
-                         stats: DataStats | None = None):
-    """(train, eval) rows from the sources/mixture; eval documents never appear in train."""
-    return _datasets(spec, TextEncoder(tokenizer), mixture_sources(spec), max_seq_length, seed, step_rows, stats)
-
-
-def sft_datasets(spec: DataSpec, tokenizer, max_seq_length: int, seed: int = 0, step_rows: int = 1,
-                 stats: DataStats | None = None):
-    """(train, eval) rows of chat-formatted dialogues with labels only on assistant tokens."""
+def reading_plan(spec: DataSpec, tokenizer, sft: bool = False):
+    """(sources, encoder, truncate) for pretraining or SFT; SFT needs its own data and no text_field."""
     sources = mixture_sources(spec)
+    if not sft:
+        return sources, TextEncoder(tokenizer), False
     if sources[0].name == "sample" and len(sources) == 1:
         raise DataError("SFT needs data: give --train_file or --dataset (bundled examples: "
                         "moai_llm/assets/sample/sft_*.jsonl)")
@@ -133,11 +128,22 @@ def sft_datasets(spec: DataSpec, tokenizer, max_seq_length: int, seed: int = 0, 
         if source.text_field != "text":
             raise DataError(f"mixture source {source.name}: text_field is for pretraining; SFT records are "
                             "recognised by their columns (set --sft_format to choose)")
-    encoder = DialogueEncoder(tokenizer, spec.sft_format)
-    return _datasets(spec, encoder, sources, max_seq_length, seed, step_rows, stats, truncate=True)
+    return sources, DialogueEncoder(tokenizer, spec.sft_format), True
 
 
-def _datasets(spec, encoder, sources, max_seq_length, seed, step_rows, stats, truncate=False):
+def pretraining_datasets(spec: DataSpec, tokenizer, max_seq_length: int, seed: int = 0, step_rows: int = 1,
+                         stats: DataStats | None = None):
+    """(train, eval) rows from the sources/mixture; eval documents never appear in train."""
+    return _datasets(spec, *reading_plan(spec, tokenizer), max_seq_length, seed, step_rows, stats)
+
+
+def sft_datasets(spec: DataSpec, tokenizer, max_seq_length: int, seed: int = 0, step_rows: int = 1,
+                 stats: DataStats | None = None):
+    """(train, eval) rows of chat-formatted dialogues with labels only on assistant tokens."""
+    return _datasets(spec, *reading_plan(spec, tokenizer, sft=True), max_seq_length, seed, step_rows, stats)
+
+
+def _datasets(spec, sources, encoder, truncate, max_seq_length, seed, step_rows, stats):
     stats = stats if stats is not None else DataStats()
     if spec.streaming or any(s.streaming for s in sources):
         return _streamed(spec, encoder, sources, max_seq_length, seed, stats, truncate)

@@ -6,10 +6,8 @@ import time
 
 from torch.utils.data import IterableDataset
 
-from ..data import (
-    DataSpec, DataStats, DialogueEncoder, PackedCollator, PaddingCollator, TextEncoder, prepare, pretraining_datasets,
-    sft_datasets,
-)
+from ..data import DataSpec, DataStats, PackedCollator, PaddingCollator, prepare, pretraining_datasets, sft_datasets
+from ..data.pipeline import reading_plan
 from ..data.store import directory_size
 from .cli import UsageError
 
@@ -80,12 +78,10 @@ def prepare_only(model_args, data_args, training_args) -> list[str]:
         raise UsageError("--prepare_only: streamed data is read during training; there is nothing to prepare")
     if getattr(training_args, "default_output_dir", False):
         training_args.output_dir = os.path.join("outputs", default_run_name(model_args, training_args))
-    tokenizer = load_tokenizer(model_args)
-    sft = training_args.mode == "sft"
-    encoder = DialogueEncoder(tokenizer, data_args.sft_format) if sft else TextEncoder(tokenizer)
     spec = data_spec(data_args, training_args)
+    sources, encoder, truncate = reading_plan(spec, load_tokenizer(model_args), sft=training_args.mode == "sft")
     start, stats = time.perf_counter(), DataStats()
-    prepared = prepare(spec, encoder, data_args.max_seq_length, training_args.seed, stats, truncate=sft)
+    prepared = prepare(spec, encoder, data_args.max_seq_length, training_args.seed, stats, truncate, sources)
     stats.log()
     lines = []
     for store in prepared.stores:
