@@ -96,6 +96,15 @@ def test_streaming_reads_every_document_in_shuffled_packs(tmp_path, tokenizer):
     assert widths != sorted(widths, reverse=True)  # packs leave each buffer shuffled, not by length
     assert [r["input_ids"] for r in train] == [r["input_ids"] for r in rows]  # seeded: the same order again
 
+    spec.eval_fraction = 0.1  # a seeded tenth of the first documents, at most 1,000, never in the train stream
+    train, evaluation = pretraining_datasets(spec, tokenizer, 64)
+    held = {tokenizer.decode(r["input_ids"][:-1]) for r in evaluation if len(r["seq_lengths"]) == 1}
+    streamed = [tokenizer.decode(r["input_ids"][:n - 1]) for r in train for n in r["seq_lengths"][:1]]
+    assert 10 <= sum(len(r["seq_lengths"]) for r in evaluation) <= 60 and not held & set(streamed)
+    spec.eval_fraction = 400
+    with pytest.raises(DataError, match="fewer than the 400 held out for eval"):
+        pretraining_datasets(spec, tokenizer, 64)
+
 
 def test_malformed_json_line_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"

@@ -13,59 +13,73 @@ import datasets
 import numpy as np
 from datasets.distributed import split_dataset_by_node
 
-from .errors import DataStats
+from .errors import DataError, DataStats
 from .mixing import MixtureSource
 from .packing import pack_stream
 from .encode import batched, source_payloads
 from .sources import hub_dataset, is_local, local_files, read_file
 
 logger = logging.getLogger(__name__)
-STREAM_EVAL_DOCUMENTS = 1000  # held out when --eval_fraction is a fraction (a stream has no known size)
+STREAM_EVAL_DOCUMENTS = 1000  # at most, when --eval_fraction is a fraction (a stream has no known size)
 PACK_BUFFER = 10_000
 
 
-def _source_stream(index: int, source: MixtureSource, encoder, seed: int, skip_bad_records: bool, stats,
-                   held_out: int) -> datasets.IterableDataset:
-    """One source's payloads as an IterableDataset with the source's own shards (its files, or the Hub's)."""
-    if is_local(source.name):
-        files, hub = local_files(source.name), None
-    else:
-        files, hub = [], hub_dataset(source.name, source.subset, source.split, streaming=True)
-    count = len(files) if hub is None else hub.n_shards
-    keep = source.percentage * 10_000  # of 1,000,000 hash buckets
-
-    def generate(shards):
-        for shard in shards:
-            if hub is None:
-                records = read_file(files[shard], encoder.text_column(source), skip_bad_records, stats)
-            else:
-                records = iter(hub.shard(num_shards=count, index=shard))
-            payloads = source_payloads(source, encoder, skip_bad_records, stats, records=records)
-            for number, payload in enumerate(payloads):
-                if shard == 0 and number < held_out:
-                    continue  # held out for eval
-                if source.percentage < 100 and hash((seed, index, shard, number)) % 1_000_000 >= keep:
-                    continue  # a seeded sample (ints hash the same in every process)
-                yield {"payload": payload}
-
-    return datasets.IterableDataset.from_generator(generate, gen_kwargs={"shards": list(range(count))})
+def _drawn(seed: int, index: int, shard: int, number: int, share: float) -> bool:
+    """A seeded draw with probability `share` for record `number` of a shard (ints hash alike in every process)."""
+    return hash((seed, index, shard, number)) % 1_000_000 < share * 1_000_000
 
 
-def _held_out(source: MixtureSource, encoder, skip_bad_records: bool, count: int) -> list:
-    """The first `count` payloads of the source's first shard: its eval documents."""
-    if not count:
-        return []
-    if is_local(source.name):
-        records = read_file(local_files(source.name)[0], encoder.text_column(source), skip_bad_records, DataStats())
-    else:
-        hub = hub_dataset(source.name, source.subset, source.split, streaming=True)
-        records = iter(hub.shard(num_shards=hub.n_shards, index=0))
-    held = []
-    for payload in source_payloads(source, encoder, skip_bad_records, DataStats(), records=records):
-        held.append(payload)
-        if len(held) == count:
-            break
-    return held
+class _Source:
+    """One streamed source: its shards (files, or the Hub's), its records' payloads, its sample and eval holdout."""
+
+    def __init__(self, index: int, source: MixtureSource, encoder, seed: int, skip_bad_records: bool, stats):
+        self.index, self.source, self.encoder, self.seed = index, source, encoder, seed
+        self.skip_bad_records, self.stats = skip_bad_records, stats
+        if is_local(source.name):
+            self.files, self.hub = local_files(source.name), None
+        else:
+            self.files, self.hub = [], hub_dataset(source.name, source.subset, source.split, streaming=True)
+        self.shards = len(self.files) if self.hub is None else self.hub.n_shards
+        self.held: set[int] = set()
+
+    def payloads(self, shard: int, stats):
+        """(number, payload) of the shard's records kept by the `percentage` draw."""
+        if self.hub is None:
+            records = read_file(self.files[shard], self.encoder.text_column(self.source), self.skip_bad_records, stats)
+        else:
+            records = iter(self.hub.shard(num_shards=self.shards, index=shard))
+        share = self.source.percentage / 100
+        for number, payload in enumerate(source_payloads(self.source, self.encoder, self.skip_bad_records, stats,
+                                                         records=records)):
+            if share >= 1 or _drawn(self.seed, self.index, shard, number, share):
+                yield number, payload
+
+    def hold_out(self, count: int, fraction: float) -> list:
+        """Eval payloads from the start of shard 0: each record with probability `fraction` (else the first ones),
+        `count` at most; they are skipped by the train stream."""
+        held = []
+        if not count:
+            return held
+        for number, payload in self.payloads(0, DataStats()):
+            if fraction and not _drawn(self.seed, self.index, -1, number, fraction):
+                continue
+            held.append(payload)
+            self.held.add(number)
+            if len(held) == count:
+                return held
+        if not fraction and count:
+            raise DataError(f"streamed source {self.source.name}: its first file or shard has {len(held)} "
+                            f"documents, fewer than the {count} held out for eval; lower --eval_fraction")
+        return held
+
+    def stream(self) -> datasets.IterableDataset:
+        def generate(shards):
+            for shard in shards:
+                for number, payload in self.payloads(shard, self.stats):
+                    if not (shard == 0 and number in self.held):
+                        yield {"payload": payload}
+
+        return datasets.IterableDataset.from_generator(generate, gen_kwargs={"shards": list(range(self.shards))})
 
 
 def stream_mixture(sources: list[MixtureSource], encoder, seed: int, stopping_strategy: str, eval_fraction: float,
@@ -75,9 +89,9 @@ def stream_mixture(sources: list[MixtureSource], encoder, seed: int, stopping_st
     per_source = -(-wanted // len(sources)) if wanted else 0
     evaluation, parts = [], []
     for index, source in enumerate(sources):
-        held = _held_out(source, encoder, skip_bad_records, per_source)
-        evaluation.extend(held)
-        parts.append(_source_stream(index, source, encoder, seed, skip_bad_records, stats, len(held)))
+        streamed = _Source(index, source, encoder, seed, skip_bad_records, stats)
+        evaluation.extend(streamed.hold_out(per_source, eval_fraction if eval_fraction < 1 else 0.0))
+        parts.append(streamed.stream())
     if len(parts) == 1:
         mixed = parts[0]
     elif sources[0].ratio is None:
@@ -86,7 +100,7 @@ def stream_mixture(sources: list[MixtureSource], encoder, seed: int, stopping_st
         total = sum(s.ratio for s in sources)
         mixed = datasets.interleave_datasets(parts, probabilities=[s.ratio / total for s in sources], seed=seed,
                                              stopping_strategy=stopping_strategy)
-    logger.info("streaming mixture (%s): %s; %d eval documents held out from the start of each source",
+    logger.info("streaming mixture (%s): %s; %d eval documents held out near the start of each source",
                 "concatenated" if sources[0].ratio is None or len(parts) == 1 else stopping_strategy,
                 ", ".join(f"{s.name}" + (f" {s.ratio / sum(x.ratio for x in sources):.1%}" if s.ratio else "")
                           for s in sources), len(evaluation))
