@@ -247,3 +247,24 @@ def test_sft_streams_with_ratios_and_assistant_labels(tmp_path, tokenizer):
     firsts = Counter(text.split("user\n")[1][0] for text in texts_of(rows, tokenizer))
     assert firsts["a"] > 2 * firsts["b"]  # drawn 3:1 until the first source ends
     assert len(evaluation) >= 1 and all(-100 in evaluation[i]["labels"] for i in range(len(evaluation)))
+
+
+def test_dataset_flag_with_its_config_reaches_the_hub_loader(tmp_path, tokenizer, monkeypatch):
+    import datasets
+
+    from moai_llm.training.cli import parse_args
+    from moai_llm.training.data_setup import data_spec
+
+    calls = []
+
+    def load_dataset(name, config=None, split="train", streaming=False, **kwargs):  # the Hub, offline
+        calls.append((name, config, split, streaming))
+        return datasets.Dataset.from_dict({"text": [f"hub document {i}" for i in range(5)]})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    _, data_args, training_args = parse_args(["--dataset", "wikitext", "--dataset_config", "wikitext-2-raw-v1",
+                                              "--eval_fraction", "0", "--use_cpu", "true", "--output_dir",
+                                              str(tmp_path)])
+    train, _ = pretraining_datasets(data_spec(data_args, training_args), tokenizer, 64)
+    assert calls == [("wikitext", "wikitext-2-raw-v1", "train", False)]
+    assert sorted(texts_of(train, tokenizer)) == [f"hub document {i}" for i in range(5)]

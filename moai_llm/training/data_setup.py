@@ -14,7 +14,8 @@ from .cli import UsageError
 logger = logging.getLogger(__name__)
 
 
-def data_spec(data_args, training_args) -> DataSpec:
+def data_spec(data_args, training_args=None) -> DataSpec:
+    """The data flags as a DataSpec; with `training_args`, the cache defaults to <output_dir>/data_cache."""
     datasets = list(data_args.dataset or [])
     if data_args.dataset_config:
         datasets = [entry if ":" in entry else f"{entry}:{data_args.dataset_config}" for entry in datasets]
@@ -30,9 +31,10 @@ def data_spec(data_args, training_args) -> DataSpec:
         packing_bins=data_args.packing_bins,
         sft_format=data_args.sft_format,
         skip_bad_records=data_args.skip_bad_records,
-        cache_dir=data_args.data_cache_dir or os.path.join(training_args.output_dir, "data_cache"),
+        cache_dir=data_args.data_cache_dir or (os.path.join(training_args.output_dir, "data_cache")
+                                               if training_args is not None else None),
         shared_cache=data_args.data_cache_dir is not None,
-        progress=not training_args.disable_tqdm,
+        progress=training_args is not None and not training_args.disable_tqdm,
     )
 
 
