@@ -16,6 +16,12 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_warning()
     try:
         model_args, data_args, training_args = parse_args(argv)
+        if data_args.prepare_only:
+            from moai_llm.training.data_setup import prepare_only
+
+            for line in prepare_only(model_args, data_args, training_args):
+                print(line)
+            return 0
         from moai_llm.training.stages import run_all
 
         results = run_all(model_args, data_args, training_args)

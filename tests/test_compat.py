@@ -72,17 +72,19 @@ def _fake_hub(calls, texts):
     return load_dataset
 
 
-def test_train_dataset_and_dataset_config(monkeypatch):
-    from moai_llm.data.mixing import build_mixture
-    from moai_llm.data.pipeline import mixture_sources
+def test_train_dataset_and_dataset_config(monkeypatch, tmp_path):
+    from moai_llm.data import pretraining_datasets
     from moai_llm.training.data_setup import data_spec
+    from moai_llm.training.run import load_tokenizer
 
-    _, data_args, _ = parse_args(["--dataset", "wikitext", "--dataset_config", "wikitext-2-raw-v1",
-                                  "--use_cpu", "true"])
+    model_args, data_args, training_args = parse_args([
+        "--dataset", "wikitext", "--dataset_config", "wikitext-2-raw-v1", "--eval_fraction", "0", "--use_cpu", "true",
+        "--output_dir", str(tmp_path)])
     calls = []
-    monkeypatch.setattr(datasets, "load_dataset", _fake_hub(calls, ["a document"] * 5))
-    mixed = build_mixture(mixture_sources(data_spec(data_args)))
-    assert calls == [("wikitext", "wikitext-2-raw-v1")] and len(mixed) == 5
+    monkeypatch.setattr(datasets, "load_dataset", _fake_hub(calls, [f"document {i}" for i in range(5)]))
+    train, _ = pretraining_datasets(data_spec(data_args, training_args), load_tokenizer(model_args), 64)
+    assert calls == [("wikitext", "wikitext-2-raw-v1")]
+    assert sum(len(train[i]["seq_lengths"]) for i in range(len(train))) == 5
 
 
 def test_train_pretrained_model(tmp_path):

@@ -1,12 +1,13 @@
 """Sources, mixing, SFT formats and bad input."""
 
 import json
-from collections import Counter
 
 import pytest
 
+import numpy as np
+
 from moai_llm.data import (
-    DataError, DataSpec, DataStats, MixtureSource, build_mixture, detect_format, load_source, pretraining_datasets,
+    DataError, DataSpec, DataStats, MixtureSource, detect_format, load_source, pretraining_datasets, select_documents,
     sft_datasets, to_messages, tokenize_dialogue,
 )
 from moai_llm.tokenizer import load_tokenizer
@@ -49,7 +50,8 @@ def test_labels_cover_exactly_the_assistant_spans(tokenizer):
 
 
 def test_sft_datasets_and_ambiguous_or_unknown_formats(tmp_path, tokenizer):
-    spec = DataSpec(train_files=[str(SAMPLE / "sft_sharegpt.jsonl")], eval_fraction=0, packing=False)
+    spec = DataSpec(train_files=[str(SAMPLE / "sft_sharegpt.jsonl")], eval_fraction=0, packing=False,
+                    cache_dir=str(tmp_path))
     train, _ = sft_datasets(spec, tokenizer, 256)
     assert len(train) == 8 and all(-100 in r["labels"] for r in train)
     with pytest.raises(DataError, match="fit several formats"):
@@ -58,45 +60,50 @@ def test_sft_datasets_and_ambiguous_or_unknown_formats(tmp_path, tokenizer):
         detect_format(["foo"])
 
 
-def test_mixing_ratios_hold_and_percentage_is_seeded_random(tmp_path):
-    a = _write_jsonl(tmp_path / "a.jsonl", [{"text": f"a{i}"} for i in range(2000)])
-    b = _write_jsonl(tmp_path / "b.jsonl", [{"text": f"b{i}"} for i in range(2000)])
-    mixed = build_mixture([MixtureSource(str(a), ratio=3), MixtureSource(str(b), ratio=1)], seed=0,
-                          stopping_strategy="first_exhausted")
-    counts = Counter(mixed["source"])
-    share = counts[str(a)] / sum(counts.values())
-    assert abs(share - 0.75) < 0.03  # ~4 sigma for this many rows
-    sampled = build_mixture([MixtureSource(str(a), percentage=10)], seed=1)["text"]
-    again = build_mixture([MixtureSource(str(a), percentage=10)], seed=1)["text"]
-    other = build_mixture([MixtureSource(str(a), percentage=10)], seed=2)["text"]
-    assert len(sampled) == 200 and sampled == again and sampled != other
-    assert sampled != [f"a{i}" for i in range(200)]  # not the first rows
+def test_percentage_is_a_seeded_random_sample():
+    lengths = [np.full(2000, 5)]
+
+    def sample(seed):
+        return select_documents([MixtureSource("a", percentage=10)], lengths, 0, seed).train[0].tolist()
+
+    assert len(sample(1)) == 200 and sample(1) == sample(1) and sample(1) != sample(2)
+    assert sample(1) != list(range(200))  # not the first documents
 
 
-def test_domains_filter_and_empty_after_filter(tmp_path):
+def test_domains_filter_and_empty_after_filter(tmp_path, tokenizer):
     path = _write_jsonl(tmp_path / "d.jsonl", [{"text": "x", "domain": "law"}, {"text": "y", "domain": "news"}])
-    assert build_mixture([MixtureSource(str(path), domains=["law"])])["text"] == ["x"]
-    with pytest.raises(DataError, match="no rows left"):
-        build_mixture([MixtureSource(str(path), domains=["finance"])])
+    spec = DataSpec(mixture=[{"name": str(path), "domains": ["law"]}], eval_fraction=0, cache_dir=str(tmp_path))
+    train, _ = pretraining_datasets(spec, tokenizer, 64)
+    assert len(train) == 1 and tokenizer.decode(train[0]["input_ids"][:-1]) == "x"
+    spec.mixture = [{"name": str(path), "domains": ["finance"]}]
+    with pytest.raises(DataError, match="no documents left after the domain filter"):
+        pretraining_datasets(spec, tokenizer, 64)
 
 
-def test_streaming_yields_same_documents_and_ranks_get_disjoint_shards(tmp_path):
-    path = _write_jsonl(tmp_path / "s.jsonl", [{"text": f"doc {i}"} for i in range(40)])
-    mapped = load_source(str(path))["text"]
-    streamed = [r["text"] for r in load_source(str(path), streaming=True)]
-    assert streamed == mapped
-    from datasets.distributed import split_dataset_by_node
+def test_streaming_reads_every_document_in_shuffled_packs(tmp_path, tokenizer):
+    path = _write_jsonl(tmp_path / "s.jsonl", [{"text": f"doc {i} " + "word " * (i % 13)} for i in range(300)])
+    spec = DataSpec(train_files=[str(path)], streaming=True, eval_fraction=0)
+    train, _ = pretraining_datasets(spec, tokenizer, 64)
+    rows = list(train)
+    docs = []
+    for row in rows:
+        start = 0
+        for n in row["seq_lengths"]:
+            docs.append(tokenizer.decode(row["input_ids"][start : start + n - 1]))
+            start += n
+    assert sorted(docs) == sorted(f"doc {i} " + "word " * (i % 13) for i in range(300))
+    widths = [len(r["input_ids"]) for r in rows]
+    assert widths != sorted(widths, reverse=True)  # packs leave each buffer shuffled, not by length
+    assert [r["input_ids"] for r in train] == [r["input_ids"] for r in rows]  # seeded: the same order again
 
-    shards = [[r["text"] for r in split_dataset_by_node(load_source(str(path), streaming=True), rank, 2)]
-              for rank in range(2)]
-    assert shards[0] and shards[1]
-    assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == sorted(mapped)
-
-
-def test_eval_split_never_overlaps_train(tokenizer):
-    train, evaluation = pretraining_datasets(DataSpec(eval_fraction=0.1, packing=False), tokenizer, 4096)
-    train_docs = {tuple(r["input_ids"]) for r in train}
-    assert evaluation is not None and not any(tuple(r["input_ids"]) in train_docs for r in evaluation)
+    spec.eval_fraction = 0.1  # a seeded tenth of the first documents, at most 1,000, never in the train stream
+    train, evaluation = pretraining_datasets(spec, tokenizer, 64)
+    held = {tokenizer.decode(r["input_ids"][:-1]) for r in evaluation if len(r["seq_lengths"]) == 1}
+    streamed = [tokenizer.decode(r["input_ids"][:n - 1]) for r in train for n in r["seq_lengths"][:1]]
+    assert 10 <= sum(len(r["seq_lengths"]) for r in evaluation) <= 60 and not held & set(streamed)
+    spec.eval_fraction = 400
+    with pytest.raises(DataError, match="fewer than the 400 held out for eval"):
+        pretraining_datasets(spec, tokenizer, 64)
 
 
 def test_malformed_json_line_names_file_and_line(tmp_path):
@@ -132,3 +139,23 @@ def test_missing_file_and_empty_dataset(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(DataError, match="no records"):
         load_source(str(tmp_path / "empty.jsonl"))
+
+
+def test_a_streamed_run_resumes_to_the_same_weights(tmp_path):
+    """Resuming re-reads the rank's shard and skips the batches already trained (README, Data: streaming)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from .train_helpers import fast_args, run_inprocess, write_tiny_config
+
+    config = write_tiny_config(tmp_path)
+    flags = ["--max_steps", "6", "--save_steps", "3", "--streaming", "true", "--eval_fraction", "0"]
+    for name in ("whole", "cut"):
+        run_inprocess(fast_args(tmp_path / name, config, *flags))
+    for leftover in ("final_model", "checkpoint-6"):  # as if killed right after checkpoint-3
+        shutil.rmtree(tmp_path / "cut" / leftover)
+    run_inprocess(fast_args(tmp_path / "cut", config, *flags, "--resume_from_checkpoint", "auto"))
+    whole, cut = (load_file(str(tmp_path / n / "final_model" / "model.safetensors")) for n in ("whole", "cut"))
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)

@@ -1,13 +1,22 @@
-"""Mixtures of sources (the moellama mixture config): ratios, seeded percentage samples, domain filters."""
+"""Mixtures of sources: which documents of each prepared source an epoch reads, and how streams are mixed.
+
+Rules (README, Data):
+- No ratios: the sources are concatenated; every document is read once per epoch, however the sources are spelled.
+- Ratios (on every source): each source gets that share of the epoch's tokens, where an epoch has as many tokens
+  as all train documents together; a source with a larger share than its size is repeated (whole copies plus a
+  seeded random part), a smaller one is subsampled. The repetition of every source is logged.
+- `percentage`: a seeded random sample of the source's documents (never the first ones), taken first.
+- Eval documents are held out per source before any repetition, so no document is on both sides.
+Streaming applies the same rules approximately: ratios become `interleave_datasets` probabilities (per document).
+"""
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 
-import datasets
+import numpy as np
 
-from .errors import DataError, DataStats
-from .sources import load_source
+from .errors import DataError
+from .sources import is_local, local_files
 
 logger = logging.getLogger(__name__)
 
@@ -17,14 +26,14 @@ class MixtureSource:
     name: str
     subset: str | None = None
     split: str = "train"
-    ratio: float = 1.0
-    percentage: float = 100.0  # a seeded random sample of this share of the rows, never the first rows
+    ratio: float | None = None  # None on every source: concatenate; else this source's share of the tokens
+    percentage: float = 100.0  # a seeded random sample of this share of the documents, never the first ones
     streaming: bool = False
-    domains: list[str] = field(default_factory=list)  # keep rows whose `domain` column is one of these
+    domains: list[str] = field(default_factory=list)  # keep records whose `domain` column is one of these
     text_field: str = "text"
 
     def __post_init__(self):
-        if self.ratio <= 0:
+        if self.ratio is not None and not self.ratio > 0:
             raise DataError(f"mixture source {self.name}: ratio must be > 0, got {self.ratio}")
         if not 0 < self.percentage <= 100:
             raise DataError(f"mixture source {self.name}: percentage must be in (0, 100], got {self.percentage}")
@@ -32,63 +41,119 @@ class MixtureSource:
 
 def parse_mixture(entries: list[dict]) -> list[MixtureSource]:
     known = set(MixtureSource.__dataclass_fields__)
+    if not isinstance(entries, list):
+        raise DataError(f"data mixture: expected a list of sources, got {type(entries).__name__}")
     sources = []
     for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise DataError(f"data mixture entry {i}: expected a mapping with 'name', got {entry!r}")
         unknown = sorted(set(entry) - known)
         if unknown or "name" not in entry:
             raise DataError(f"data mixture entry {i}: unknown keys {unknown} or no 'name' (keys: {sorted(known)})")
         sources.append(MixtureSource(**entry))
+    check_ratios(sources)
     return sources
 
 
-def _prepare(source: MixtureSource, seed: int, stats: DataStats, skip_bad_records: bool):
-    """One source as a dataset with columns `text` and `source`, filtered and sampled."""
-    ds = load_source(source.name, source.subset, source.split, source.text_field, source.streaming,
-                     skip_bad_records, stats)
-    if source.domains:
-        if "domain" not in (ds.column_names or []):
-            raise DataError(f"mixture source {source.name}: domains given but no 'domain' column "
-                            f"(columns: {ds.column_names})")
-        wanted = set(source.domains)
-        ds = ds.filter(lambda row: row["domain"] in wanted)
-    if source.text_field != "text":
-        ds = ds.rename_column(source.text_field, "text")
-    ds = ds.select_columns(["text"]).map(lambda _: {"source": source.name})
-    if source.percentage < 100:
-        if isinstance(ds, datasets.IterableDataset):
-            keep = source.percentage / 100
-            ds = ds.shuffle(seed=seed, buffer_size=10_000).filter(
-                lambda _, idx: (hash((seed, idx)) % 1_000_000) / 1_000_000 < keep, with_indices=True)
+def check_ratios(sources: list[MixtureSource]) -> None:
+    given = [s.ratio is not None for s in sources]
+    if any(given) and not all(given):
+        missing = [s.name for s, g in zip(sources, given) if not g]
+        raise DataError(f"data mixture: give a ratio for every source or for none (no ratio: {', '.join(missing)})")
+
+
+def check_disjoint(sources: list[MixtureSource]) -> None:
+    """A file (or Hub split) in two sources with the same filter would be read twice, and its documents could be
+    held out for eval by one source and trained on by the other: refused. Use ratios to read a source more."""
+    seen: dict[tuple, str] = {}
+    for source in sources:
+        if is_local(source.name):
+            items = [str(path.resolve()) for path in local_files(source.name)]
         else:
-            count = max(1, round(len(ds) * source.percentage / 100))
-            ds = ds.shuffle(seed=seed).select(range(count))
-    if not isinstance(ds, datasets.IterableDataset) and len(ds) == 0:
-        raise DataError(f"mixture source {source.name}: no rows left after filtering")
-    return ds
+            items = [f"{source.name}:{source.subset or ''}[{source.split}]"]
+        for item in items:
+            key = (item, tuple(sorted(source.domains)), source.text_field)
+            if key in seen:
+                raise DataError(f"{item} is in two sources ({seen[key]} and {source.name}); give it once "
+                                "(ratios read a source more often)")
+            seen[key] = source.name
 
 
-def build_mixture(sources: list[MixtureSource], seed: int = 0, stopping_strategy: str = "all_exhausted",
-                  stats: DataStats | None = None, skip_bad_records: bool = False):
-    """Interleave the sources with normalised ratios (datasets.interleave_datasets); log the effective mix."""
-    if stopping_strategy not in ("all_exhausted", "first_exhausted"):
-        raise DataError(f"stopping_strategy={stopping_strategy!r} is not all_exhausted or first_exhausted")
-    if not sources:
-        raise DataError("data mixture is empty")
-    stats = stats if stats is not None else DataStats()
-    parts = [_prepare(s, seed, stats, skip_bad_records) for s in sources]
-    streaming = [isinstance(p, datasets.IterableDataset) for p in parts]
-    if any(streaming) and not all(streaming):
-        parts = [p if s else p.to_iterable_dataset() for p, s in zip(parts, streaming)]
-    total = sum(s.ratio for s in sources)
-    probabilities = [s.ratio / total for s in sources]
-    if len(parts) == 1:
-        mixed = parts[0]
+def eval_counts(documents: list[int], eval_fraction: float) -> list[int]:
+    """Documents held out per source: a fraction of each, or a count split across sources by size."""
+    if not eval_fraction:
+        return [0] * len(documents)
+    total = sum(documents)
+    if total < 2:
+        raise DataError(f"{total} document(s): too few to hold out an eval split (set --eval_fraction 0)")
+    if eval_fraction < 1:
+        counts = [round(n * eval_fraction) for n in documents]
+        if not sum(counts):
+            counts[int(np.argmax(documents))] = 1
     else:
-        mixed = datasets.interleave_datasets(parts, probabilities=probabilities, seed=seed,
-                                             stopping_strategy=stopping_strategy)
-    if isinstance(mixed, datasets.IterableDataset):
-        logger.info("data mixture (streaming, planned): %s",
-                    {s.name: round(p, 3) for s, p in zip(sources, probabilities)})
-    else:
-        logger.info("data mixture (rows): %s", dict(Counter(mixed["source"])))
-    return mixed
+        wanted = int(eval_fraction)
+        if wanted >= total:
+            raise DataError(f"--eval_fraction {eval_fraction}: holds out {wanted} of {total} documents, none left")
+        exact = np.array(documents) * wanted / total
+        counts = np.floor(exact).astype(int)
+        counts[np.argsort(-(exact - counts), kind="stable")[: wanted - counts.sum()]] += 1
+        counts = counts.tolist()
+    return [min(c, n - 1) if n > 1 else 0 for c, n in zip(counts, documents)]
+
+
+def _sample(rng, documents: np.ndarray, count: int) -> np.ndarray:
+    return np.sort(documents[rng.permutation(len(documents))[:count]])
+
+
+def _repeat(rng, documents: np.ndarray, lengths: np.ndarray, factor: float) -> np.ndarray:
+    """Whole copies of `documents` plus a seeded random part holding the remaining fraction of their tokens."""
+    whole, part = int(factor), factor - int(factor)
+    pieces = [documents] * whole
+    if part > 1e-9 and len(documents):
+        order = documents[rng.permutation(len(documents))]
+        cumulative = np.cumsum(lengths[order])
+        take = min(len(order), int(np.searchsorted(cumulative, part * cumulative[-1])) + 1)
+        pieces.append(np.sort(order[:take]))
+    return np.concatenate(pieces) if pieces else documents[:0]
+
+
+@dataclass
+class Selection:
+    """Document indices into each source's store: train (repeats allowed) and held-out eval."""
+
+    train: list[np.ndarray]
+    eval: list[np.ndarray]
+    repetition: list[float]  # train tokens read per epoch / train tokens of the source
+    summary: list[str]  # one line per source, logged by every run
+
+
+def select_documents(sources: list[MixtureSource], lengths: list[np.ndarray], eval_fraction: float,
+                     seed: int) -> Selection:
+    """Apply percentage, eval holdout and ratios to prepared sources (`lengths`: tokens of each document)."""
+    kept = []
+    for index, (source, n) in enumerate(zip(sources, lengths)):
+        documents = np.arange(len(n), dtype=np.int64)
+        if source.percentage < 100:
+            rng = np.random.default_rng([seed, index, 0])
+            documents = _sample(rng, documents, max(1, round(len(n) * source.percentage / 100)))
+        kept.append(documents)
+    held = eval_counts([len(d) for d in kept], eval_fraction)
+    train, evaluation = [], []
+    for index, (documents, count) in enumerate(zip(kept, held)):
+        rng = np.random.default_rng([seed, index, 1])
+        chosen = _sample(rng, documents, count)
+        evaluation.append(chosen)
+        train.append(np.setdiff1d(documents, chosen, assume_unique=True))
+    own = np.array([int(n[d].sum()) for n, d in zip(lengths, train)], dtype=np.float64)
+    if sources[0].ratio is not None:
+        shares = np.array([s.ratio for s in sources], dtype=np.float64)
+        factors = shares / shares.sum() * own.sum() / np.maximum(own, 1)
+        train = [_repeat(np.random.default_rng([seed, i, 2]), d, n, f)
+                 for i, (d, n, f) in enumerate(zip(train, lengths, factors))]
+    read = np.array([int(n[d].sum()) for n, d in zip(lengths, train)], dtype=np.float64)
+    repetition = (read / np.maximum(own, 1)).tolist()
+    how = "concatenated" if sources[0].ratio is None else "ratios"
+    summary = [f"{s.name}: {r:.2f}x ({how}), {len(d):,} documents, {int(t):,} tokens "
+               f"({100 * t / max(read.sum(), 1):.1f}%), {len(e):,} eval documents"
+               for s, d, t, r, e in zip(sources, train, read, repetition, evaluation)]
+    return Selection(train, evaluation, repetition, summary)

@@ -114,29 +114,35 @@ class HierarchicalBalancePacker:
     def order_for_ranks(self, packs: list[list[int]], lengths, world_size: int = 1) -> list[list[int]]:
         """Packs reordered so each run of `world_size` consecutive packs (one step across ranks) is balanced.
 
-        Steps are cut from the packs sorted by attention cost, so the packs of a step are cost neighbours. The
-        steps are then split into `num_bins` cost groups, shuffled inside each group with the seed, and taken
-        round-robin across groups, so heavy and light steps alternate instead of coming in one run.
+        Steps are cut from the packs sorted by attention cost, so the packs of a step are cost neighbours; the
+        steps are then ordered by `interleaved_order` (shuffled within `num_bins` cost groups, groups taken
+        round-robin), so heavy and light steps alternate instead of coming in one run.
         """
         lengths = self._lengths(lengths)
         cost = np.array([int((lengths[p] ** 2).sum()) for p in packs])
         by_cost = np.argsort(-cost, kind="stable")
         full = len(packs) // world_size * world_size
         steps = list(by_cost[:full].reshape(-1, world_size))
-        rng = np.random.default_rng(self.seed)
-        groups = [list(g) for g in np.array_split(np.arange(len(steps)), min(self.num_bins, max(len(steps), 1)))]
-        for group in groups:
-            rng.shuffle(group)
-        ordered = [steps[i] for row in zip_longest_rows(groups) for i in row]
+        order = interleaved_order(len(steps), self.num_bins, np.random.default_rng(self.seed))
+        ordered = [steps[i] for i in order]
         if full < len(packs):
             ordered.append(by_cost[full:])  # the last, partial step
         return [packs[i] for step in ordered for i in step]
 
 
-def zip_longest_rows(groups: list[list[int]]) -> Iterator[list[int]]:
+def interleaved_order(num_steps: int, num_bins: int, rng: np.random.Generator) -> np.ndarray:
+    """Step indices 0..num_steps-1 (steps sorted by cost) split into `num_bins` consecutive cost groups, each
+    shuffled by `rng`, then taken round-robin across groups: [g0[0], g1[0], ..., g0[1], g1[1], ...]."""
+    groups = [group.copy() for group in np.array_split(np.arange(num_steps), min(num_bins, max(num_steps, 1)))]
+    for group in groups:
+        rng.shuffle(group)
+    return np.array([i for row in zip_longest_rows(groups) for i in row], dtype=np.int64)
+
+
+def zip_longest_rows(groups) -> Iterator[list[int]]:
     """Round-robin rows across groups: [g0[0], g1[0], ...], [g0[1], g1[1], ...], ..."""
     for i in range(max((len(g) for g in groups), default=0)):
-        yield [g[i] for g in groups if i < len(g)]
+        yield [int(g[i]) for g in groups if i < len(g)]
 
 
 def packing_efficiency(packs: list[list[int]], lengths, max_seq_length: int) -> float:
@@ -153,15 +159,25 @@ def attention_balance_ratio(packs: list[list[int]], lengths, world_size: int) ->
     return float(np.mean(ratios)) if ratios else 1.0
 
 
-def pack_stream(docs: Iterable[Sequence[int]], max_seq_length: int, buffer_size: int = 10_000,
-                seed: int = 0) -> Iterator[list[Sequence[int]]]:
-    """Packs of documents from a stream, holding at most `buffer_size` documents in memory."""
+def pack_stream(docs: Iterable, max_seq_length: int, buffer_size: int = 10_000, seed: int = 0,
+                length=len) -> Iterator[list]:
+    """Packs of documents from a stream, holding at most `buffer_size` documents in memory.
+
+    The packer emits a buffer's packs sorted by length; they are shuffled (seeded per buffer) before leaving.
+    `length(doc)` is a document's size in tokens.
+    """
     packer = HierarchicalBalancePacker(max_seq_length, seed=seed)
     buffer: list[Sequence[int]] = []
-    for doc in docs:
+    for index, doc in enumerate(docs, 1):
         buffer.append(doc)
         if len(buffer) == buffer_size:
-            yield from ([buffer[i] for i in pack] for pack in packer.pack(buffer))
+            yield from _shuffled_packs(packer, buffer, length, np.random.default_rng([seed, index]))
             buffer = []
     if buffer:
-        yield from ([buffer[i] for i in pack] for pack in packer.pack(buffer))
+        yield from _shuffled_packs(packer, buffer, length, np.random.default_rng([seed, 0]))
+
+
+def _shuffled_packs(packer, buffer, length, rng) -> Iterator[list]:
+    packs = packer.pack(np.fromiter(map(length, buffer), dtype=np.int64, count=len(buffer)))
+    for i in rng.permutation(len(packs)):
+        yield [buffer[j] for j in packs[i]]

@@ -1,21 +1,33 @@
-"""From sources to train/eval datasets of rows ready for the collators: what train.py calls."""
+"""From sources to train/eval datasets of rows ready for the collators: what train.py calls.
+
+Map-style data: every source is tokenized once into a memory-mapped store, the mixture rules choose documents,
+the packer plans rows from the lengths, and `PackedRows` gathers each row when it is read. Stores and plans are
+prepared by one process (per node, or once for all nodes with a shared cache) while the others wait.
+Streaming data: each rank reads, tokenizes and packs its own shard on the fly (`streaming.py`).
+"""
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
+import numpy as np
 from accelerate import PartialState
-from datasets.distributed import split_dataset_by_node
 
 from .errors import DataError, DataStats
-from .mixing import MixtureSource, build_mixture, parse_mixture
-from .packing import HierarchicalBalancePacker, attention_balance_ratio, pack_stream, packing_efficiency
-from .packing import split_long_documents
-from .sft import detect_format, to_messages, tokenize_dialogue
-from .sources import load_source
-from .tokenize import tokenize_documents, train_eval_split
+from .mixing import MixtureSource, check_disjoint, check_ratios, parse_mixture, select_documents
+from .packing import HierarchicalBalancePacker, attention_balance_ratio, packing_efficiency, split_long_documents
+from .encode import DialogueEncoder, TextEncoder, prepare_source
+from .rows import PackedRows, build_plan, pieces
+from .store import key_of, prepare_once, read_meta
+from .streaming import stream_mixture, streamed_rows
 
 logger = logging.getLogger(__name__)
+PLAN_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(datasets.config.HF_DATASETS_CACHE) / "moai_llm"
 
 
 @dataclass
@@ -34,12 +46,20 @@ class DataSpec:
     packing_bins: int = 8
     sft_format: str | None = None
     skip_bad_records: bool = False
-    cache_dir: str | None = None
+    cache_dir: str | None = None  # stores and plans (default: <HF_DATASETS_CACHE>/moai_llm)
+    shared_cache: bool = False  # cache_dir is seen by every node: the global main process prepares, once
+    progress: bool = False  # progress bars while tokenizing
 
 
 def mixture_sources(spec: DataSpec) -> list[MixtureSource]:
-    if spec.mixture:
-        return parse_mixture(spec.mixture)
+    """The sources to read: the YAML mixture, else every --train_file and --dataset (no ratios), else the sample."""
+    sources = parse_mixture(spec.mixture) if spec.mixture else _flag_sources(spec)
+    check_ratios(sources)
+    check_disjoint(sources)
+    return sources
+
+
+def _flag_sources(spec: DataSpec) -> list[MixtureSource]:
     sources = [MixtureSource(name=f, text_field=spec.text_column, streaming=spec.streaming) for f in spec.train_files]
     for entry in spec.datasets:
         name, _, subset = entry.partition(":")
@@ -48,9 +68,115 @@ def mixture_sources(spec: DataSpec) -> list[MixtureSource]:
     return sources or [MixtureSource(name="sample")]
 
 
+@dataclass
+class Prepared:
+    """A prepared mixture: the sources' stores and the stored packing plan."""
+
+    plan: Path
+    stores: list
+    meta: dict
+
+    def datasets(self, step_rows: int, num_bins: int):
+        train = PackedRows(self.plan, "train", self.stores, step_rows, num_bins)
+        evaluation = PackedRows(self.plan, "eval", self.stores) if "eval" in self.meta["splits"] else None
+        return train, evaluation
+
+
+def prepare(spec: DataSpec, encoder, max_seq_length: int, seed: int = 0, stats: DataStats | None = None,
+            truncate: bool = False, sources: list[MixtureSource] | None = None) -> Prepared:
+    """Stores for every source and the packing plan of the mixture, prepared once, memory-mapped by all."""
+    stats = stats if stats is not None else DataStats()
+    sources = sources or mixture_sources(spec)
+    state = PartialState()
+    builder = state.is_main_process if spec.shared_cache else state.is_local_main_process
+    cache = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
+    stores = [prepare_source(s, encoder, cache, builder, spec.skip_bad_records, stats, spec.progress)
+              for s in sources]
+    fields = {"version": PLAN_VERSION, "stores": [s.path.name for s in stores], "seed": seed,
+              "ratios": [s.ratio for s in sources], "percentages": [s.percentage for s in sources],
+              "eval_fraction": spec.eval_fraction, "max_seq_length": max_seq_length, "packing": spec.packing,
+              "truncate": truncate}
+    path = cache / f"plan-{key_of(fields)}"
+
+    def build(path: Path) -> None:
+        plan_stats = DataStats()
+        selection = select_documents(sources, [s.lengths for s in stores], spec.eval_fraction, seed)
+        splits = {"train": pieces(stores, selection.train, max_seq_length, truncate, plan_stats)}
+        if not len(splits["train"]["length"]):
+            raise DataError("no documents left to train on")
+        if any(len(e) for e in selection.eval):
+            splits["eval"] = pieces(stores, selection.eval, max_seq_length, truncate, DataStats())
+        build_plan(path, splits, max_seq_length, spec.packing, seed,
+                   {**fields, "stats": dict(plan_stats), "mixture": selection.summary})
+
+    prepare_once(path, build, builder, "packing plan")
+    meta = read_meta(path, "packing plan")
+    stats.update(meta.get("stats", {}))
+    logger.info("data mixture per epoch: %s", "; ".join(meta["mixture"]))
+    return Prepared(path, stores, meta)
+
+
+def reading_plan(spec: DataSpec, tokenizer, sft: bool = False):
+    """(sources, encoder, truncate) for pretraining or SFT; SFT needs its own data and no text_field."""
+    sources = mixture_sources(spec)
+    if not sft:
+        return sources, TextEncoder(tokenizer), False
+    if sources[0].name == "sample" and len(sources) == 1:
+        raise DataError("SFT needs data: give --train_file or --dataset (bundled examples: "
+                        "moai_llm/assets/sample/sft_*.jsonl)")
+    for source in sources:
+        if source.text_field != "text":
+            raise DataError(f"mixture source {source.name}: text_field is for pretraining; SFT records are "
+                            "recognised by their columns (set --sft_format to choose)")
+    return sources, DialogueEncoder(tokenizer, spec.sft_format), True
+
+
+def pretraining_datasets(spec: DataSpec, tokenizer, max_seq_length: int, seed: int = 0, step_rows: int = 1,
+                         stats: DataStats | None = None):
+    """(train, eval) rows from the sources/mixture; eval documents never appear in train."""
+    return _datasets(spec, *reading_plan(spec, tokenizer), max_seq_length, seed, step_rows, stats)
+
+
+def sft_datasets(spec: DataSpec, tokenizer, max_seq_length: int, seed: int = 0, step_rows: int = 1,
+                 stats: DataStats | None = None):
+    """(train, eval) rows of chat-formatted dialogues with labels only on assistant tokens."""
+    return _datasets(spec, *reading_plan(spec, tokenizer, sft=True), max_seq_length, seed, step_rows, stats)
+
+
+def _datasets(spec, sources, encoder, truncate, max_seq_length, seed, step_rows, stats):
+    stats = stats if stats is not None else DataStats()
+    if spec.streaming or any(s.streaming for s in sources):
+        return _streamed(spec, encoder, sources, max_seq_length, seed, stats, truncate)
+    prepared = prepare(spec, encoder, max_seq_length, seed, stats, truncate, sources)
+    train, evaluation = prepared.datasets(step_rows, spec.packing_bins)
+    logger.info("%d train rows%s; attention balance over steps of %d rows: %.3f", len(train),
+                f", {len(evaluation)} eval rows" if evaluation is not None else "", step_rows, train.balance())
+    return train, evaluation
+
+
+def _streamed(spec, encoder, sources, max_seq_length, seed, stats, truncate):
+    mixed, held = stream_mixture(sources, encoder, seed, spec.stopping_strategy, spec.eval_fraction,
+                                 spec.skip_bad_records, stats)
+    train = streamed_rows(mixed, encoder, max_seq_length, spec.packing, truncate, seed,
+                          PartialState().num_processes, stats)
+    evaluation = None
+    if held:
+        flat, lengths, mask = encoder.encode(held)
+        flat, ends = flat.astype(np.int64), np.cumsum(lengths)
+        ids = [flat[e - n : e].tolist() for e, n in zip(ends, lengths)]
+        labels = None if mask is None else [np.where(mask[e - n : e], flat[e - n : e], -100).tolist()
+                                            for e, n in zip(ends, lengths)]
+        if truncate:
+            ids = [x[:max_seq_length] for x in ids]
+            labels = [x[:max_seq_length] for x in labels]
+        evaluation = rows_from_documents(ids, max_seq_length, spec.packing, 1, seed, DataStats(),
+                                         spec.packing_bins, labels)
+    return train, evaluation
+
+
 def rows_from_documents(docs: list[list[int]], max_seq_length: int, packing: bool, world_size: int,
                         seed: int, stats: DataStats, bins: int = 8, labels: list[list[int]] | None = None):
-    """Map-style rows: packed (`input_ids`, `seq_lengths`[, `labels`]) or one document per row."""
+    """Rows built in memory (small data: a stream's eval documents, benchmarks): packed or one per row."""
     if labels is None:
         docs = split_long_documents(docs, max_seq_length, stats)
     if not docs:
@@ -72,71 +198,3 @@ def rows_from_documents(docs: list[list[int]], max_seq_length: int, packing: boo
     if labels is not None:
         columns["labels"] = [[t for i in p for t in labels[i]] for p in packs]
     return datasets.Dataset.from_dict(columns)
-
-
-def pretraining_datasets(spec: DataSpec, tokenizer, max_seq_length: int, seed: int = 0, world_size: int = 1,
-                         stats: DataStats | None = None):
-    """(train, eval) rows from the sources/mixture; eval documents never appear in train."""
-    stats = stats if stats is not None else DataStats()
-    state = PartialState()
-    with state.main_process_first():
-        mixed = build_mixture(mixture_sources(spec), seed, spec.stopping_strategy, stats, spec.skip_bad_records)
-        if isinstance(mixed, datasets.IterableDataset):
-            return _streaming(mixed, spec, tokenizer, max_seq_length, seed, state, stats)
-        train_docs, eval_docs = train_eval_split(mixed, spec.eval_fraction, seed)
-        train_ids = tokenize_documents(train_docs, tokenizer, "text", spec.cache_dir)["input_ids"]
-        eval_ids = tokenize_documents(eval_docs, tokenizer, "text", spec.cache_dir)["input_ids"] if eval_docs else None
-    train = rows_from_documents(train_ids, max_seq_length, spec.packing, world_size, seed, stats, spec.packing_bins)
-    evaluation = None
-    if eval_ids:
-        evaluation = rows_from_documents(eval_ids, max_seq_length, spec.packing, 1, seed, DataStats(), spec.packing_bins)
-    return train, evaluation
-
-
-def _streaming(mixed, spec: DataSpec, tokenizer, max_seq_length, seed, state, stats):
-    """Streaming: the first documents are held out for eval, each rank reads its own shard, packs on the fly."""
-    eval_count = int(spec.eval_fraction) if spec.eval_fraction >= 1 else (1000 if spec.eval_fraction else 0)
-    evaluation = None
-    if eval_count:
-        held_out = [row["input_ids"] for row in tokenize_documents(mixed.take(eval_count), tokenizer)]
-        evaluation = rows_from_documents(held_out, max_seq_length, spec.packing, 1, seed, DataStats())
-        mixed = mixed.skip(eval_count)
-    shard = split_dataset_by_node(mixed, rank=state.process_index, world_size=state.num_processes)
-    tokenized = tokenize_documents(shard, tokenizer)
-
-    def packed_rows():
-        docs = (piece for row in tokenized for piece in split_long_documents([row["input_ids"]], max_seq_length))
-        for pack in pack_stream(docs, max_seq_length, seed=seed):
-            yield {"input_ids": [t for d in pack for t in d], "seq_lengths": [len(d) for d in pack]}
-
-    return datasets.IterableDataset.from_generator(packed_rows), evaluation
-
-
-def sft_datasets(spec: DataSpec, tokenizer, max_seq_length: int, seed: int = 0, world_size: int = 1,
-                 stats: DataStats | None = None):
-    """(train, eval) rows of chat-formatted dialogues with labels only on assistant tokens."""
-    stats = stats if stats is not None else DataStats()
-    sources = mixture_sources(spec)
-    if sources[0].name == "sample" and len(sources) == 1:
-        raise DataError("SFT needs data: give --train_file or --dataset (bundled examples: "
-                        "moai_llm/assets/sample/sft_*.jsonl)")
-    parts = [load_source(s.name, s.subset, s.split, None, False, spec.skip_bad_records, stats) for s in sources]
-    dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    fmt = spec.sft_format or detect_format(dataset.column_names)
-    if not tokenizer.chat_template:
-        raise DataError("SFT: the tokenizer has no chat_template (train one with train_tokenizer.py)")
-    train, evaluation = train_eval_split(dataset, spec.eval_fraction, seed)
-
-    def encode(rows):
-        encoded = [tokenize_dialogue(to_messages(row, fmt), tokenizer, max_seq_length, stats) for row in rows]
-        return [e["input_ids"] for e in encoded], [e["labels"] for e in encoded]
-
-    ids, labels = encode(train)
-    logger.info("SFT: %d dialogues in %s format", len(ids), fmt)
-    train_rows = rows_from_documents(ids, max_seq_length, spec.packing, world_size, seed, stats, labels=labels)
-    eval_rows = None
-    if evaluation is not None:
-        eval_ids, eval_labels = encode(evaluation)
-        eval_rows = rows_from_documents(eval_ids, max_seq_length, spec.packing, 1, seed, DataStats(),
-                                        labels=eval_labels)
-    return train_rows, eval_rows

@@ -13,6 +13,7 @@ FORMAT_KEYS = {
     "prompt_completion": {"prompt", "completion"},
     "question_answer": {"question", "answer"},
 }
+FORMAT_ALIASES = {"qa": "question_answer"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "bot": "assistant"}
 
@@ -29,6 +30,7 @@ def detect_format(columns) -> str:
 
 def to_messages(row: dict, fmt: str) -> list[dict]:
     """One record as [{"role", "content"}, ...]."""
+    fmt = FORMAT_ALIASES.get(fmt, fmt)
     if fmt == "alpaca":
         prompt = row["instruction"] if not row.get("input") else f"{row['instruction']}\n\n{row['input']}"
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]

@@ -1,8 +1,13 @@
-"""Where documents come from: local files (.txt .jsonl .json .parquet .csv), the Hub, or the bundled sample."""
+"""Where documents come from: local files (.txt .jsonl .json .parquet .csv), the Hub, or the bundled sample.
+
+Records are read one at a time (`iter_records`), so preparing a corpus never holds it in memory; `load_source`
+builds a `datasets.Dataset` of one (small) source for inspection and tests.
+"""
 
 import glob
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -12,6 +17,8 @@ from .errors import DataError, DataStats
 logger = logging.getLogger(__name__)
 SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "assets" / "sample" / "pretrain.jsonl"
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv")
+TABULAR_SUFFIXES = (".parquet", ".csv")
+WARN_SKIPS_PER_FILE = 3
 
 
 def expand_files(spec: str) -> list[Path]:
@@ -28,9 +35,29 @@ def expand_files(spec: str) -> list[Path]:
     return files
 
 
+def is_local(name: str) -> bool:
+    return name == "sample" or Path(name).exists() or glob.has_magic(name) or Path(name).suffix in LOCAL_SUFFIXES
+
+
+def local_files(name: str) -> list[Path]:
+    """The files of a local source, checked not to mix tabular and text formats."""
+    files = [SAMPLE_CORPUS] if name == "sample" else expand_files(name)
+    tabular = [p for p in files if p.suffix in TABULAR_SUFFIXES]
+    if tabular and len(tabular) != len(files):
+        raise DataError(f"{name}: mixes tabular (.parquet/.csv) and text files; give them as separate sources")
+    return files
+
+
+def fingerprint(name: str, subset: str | None, split: str) -> dict:
+    """What identifies a source's content: each local file's path, size and mtime; a Hub id, config and split."""
+    if not is_local(name):
+        return {"hub": name, "subset": subset, "split": split}
+    return {"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in local_files(name)]}
+
+
 def read_jsonl(path: Path, text_column: str | None, skip_bad_records: bool, stats: DataStats):
     """Rows of a .jsonl file, checked line by line so errors name the line (datasets' json loader does not)."""
-    offset = 0
+    offset, skipped = 0, 0
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             try:
@@ -47,6 +74,9 @@ def read_jsonl(path: Path, text_column: str | None, skip_bad_records: bool, stat
             except ValueError as err:
                 if skip_bad_records:
                     stats["bad_records_skipped"] += 1
+                    skipped += 1
+                    if skipped <= WARN_SKIPS_PER_FILE:
+                        logger.warning("%s:%d: malformed JSON line skipped (%s)", path, number, err)
                     continue
                 raise DataError(f"{path}:{number}: malformed JSON line ({err}); "
                                 "fix it or pass --skip_bad_records") from None
@@ -65,58 +95,81 @@ def read_text_file(path: Path, text_column: str):
         yield {text_column: text}
 
 
-def _local_rows(files, text_column, skip_bad_records, stats):
-    for path in files:
-        if path.suffix == ".jsonl":
-            yield from read_jsonl(path, text_column, skip_bad_records, stats)
-        elif path.suffix == ".txt":
-            yield from read_text_file(path, text_column or "text")
-        elif path.suffix == ".json":
-            try:
-                rows = json.loads(path.read_text(encoding="utf-8"))
-            except ValueError as err:
-                raise DataError(f"{path}: malformed JSON ({err})") from None
-            for number, row in enumerate(rows if isinstance(rows, list) else [rows]):
-                if text_column is not None and text_column not in row:
-                    raise DataError(f"{path}[{number}]: no column {text_column!r}; columns: {sorted(row)}")
-                yield row
+def read_tabular(path: Path, text_column: str | None) -> Iterator[dict]:
+    """Rows of a .parquet or .csv file, read in record batches (pyarrow) rather than all at once."""
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    try:
+        if path.suffix == ".parquet":
+            parquet = pyarrow.parquet.ParquetFile(path)
+            columns, batches = parquet.schema_arrow.names, parquet.iter_batches(batch_size=1024)
+        else:
+            reader = pyarrow.csv.open_csv(path)
+            columns, batches = reader.schema.names, reader
+        if text_column is not None and text_column not in columns:
+            raise DataError(f"{path}: no column {text_column!r}; columns: {columns}")
+        for batch in batches:
+            yield from batch.to_pylist()
+    except (OSError, ValueError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"{path}: unreadable {path.suffix[1:]} ({str(err).splitlines()[0][:160]})") from None
 
 
-def load_local(spec: str, text_column: str | None = "text", skip_bad_records: bool = False,
-               stats: DataStats | None = None) -> datasets.Dataset:
-    """One map-style dataset of all rows; .txt files are one document each. `text_column=None`: any columns."""
+def read_file(path: Path, text_column: str | None, skip_bad_records: bool, stats: DataStats) -> Iterator[dict]:
+    if path.suffix == ".jsonl":
+        yield from read_jsonl(path, text_column, skip_bad_records, stats)
+    elif path.suffix == ".txt":
+        yield from read_text_file(path, text_column or "text")
+    elif path.suffix in TABULAR_SUFFIXES:
+        yield from read_tabular(path, text_column)
+    elif path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise DataError(f"{path}: malformed JSON ({err})") from None
+        for number, row in enumerate(rows if isinstance(rows, list) else [rows]):
+            if text_column is not None and text_column not in row:
+                raise DataError(f"{path}[{number}]: no column {text_column!r}; columns: {sorted(row)}")
+            yield row
+
+
+def hub_dataset(name: str, subset: str | None, split: str, streaming: bool):
+    try:
+        return datasets.load_dataset(name, subset, split=split, streaming=streaming)
+    except Exception as err:  # offline, unknown id, bad config: one line instead of the datasets traceback
+        raise DataError(f"--dataset {name}{':' + subset if subset else ''}: could not be loaded "
+                        f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
+
+
+def iter_records(name: str, subset: str | None = None, split: str = "train", text_column: str | None = "text",
+                 skip_bad_records: bool = False, stats: DataStats | None = None) -> Iterator[dict]:
+    """Every record of a source, one at a time, in a fixed order (files sorted, then line order)."""
     stats = stats if stats is not None else DataStats()
-    files = expand_files(spec)
-    tabular = [p for p in files if p.suffix in (".parquet", ".csv")]
-    if tabular:
-        if len(tabular) != len(files):
-            raise DataError(f"{spec}: mixes tabular (.parquet/.csv) and text files; give them as separate sources")
-        kind = "parquet" if tabular[0].suffix == ".parquet" else "csv"
-        dataset = datasets.load_dataset(kind, data_files=[str(p) for p in files], split="train")
-    else:
-        rows = list(_local_rows(files, text_column, skip_bad_records, stats))
-        if not rows:
-            raise DataError(f"{spec}: no records")
-        dataset = datasets.Dataset.from_list(rows)
+    if is_local(name):
+        for path in local_files(name):
+            yield from read_file(path, text_column, skip_bad_records, stats)
+        return
+    dataset = hub_dataset(name, subset, split, streaming=False)
     if text_column is not None and text_column not in dataset.column_names:
-        raise DataError(f"{spec}: no column {text_column!r}; columns: {dataset.column_names}")
-    return dataset
+        raise DataError(f"--dataset {name}: no column {text_column!r}; columns: {dataset.column_names}")
+    for batch in dataset.iter(batch_size=1024):
+        keys = list(batch)
+        yield from (dict(zip(keys, values)) for values in zip(*batch.values()))
 
 
 def load_source(name: str, subset: str | None = None, split: str = "train", text_column: str | None = "text",
                 streaming: bool = False, skip_bad_records: bool = False, stats: DataStats | None = None):
-    """`name` is a local path/glob, "sample" (the bundled corpus) or a HuggingFace Hub dataset id."""
-    if name == "sample":
-        return load_local(str(SAMPLE_CORPUS), text_column, skip_bad_records, stats)
-    if Path(name).exists() or glob.has_magic(name) or Path(name).suffix in LOCAL_SUFFIXES:
-        dataset = load_local(name, text_column, skip_bad_records, stats)
-        return dataset.to_iterable_dataset() if streaming else dataset
-    try:
-        dataset = datasets.load_dataset(name, subset, split=split, streaming=streaming)
-    except Exception as err:  # offline, unknown id, bad config: one line instead of the datasets traceback
-        raise DataError(f"--dataset {name}{':' + subset if subset else ''}: could not be loaded "
-                        f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
-    columns = dataset.column_names or []
-    if text_column is not None and columns and text_column not in columns:
-        raise DataError(f"--dataset {name}: no column {text_column!r}; columns: {columns}")
-    return dataset
+    """One source as a `datasets.Dataset` (or a Hub `IterableDataset` when streaming); for small data."""
+    if not is_local(name):
+        dataset = hub_dataset(name, subset, split, streaming)
+        columns = dataset.column_names or []
+        if text_column is not None and columns and text_column not in columns:
+            raise DataError(f"--dataset {name}: no column {text_column!r}; columns: {columns}")
+        return dataset
+    rows = list(iter_records(name, subset, split, text_column, skip_bad_records, stats))
+    if not rows:
+        raise DataError(f"{name}: no records")
+    dataset = datasets.Dataset.from_list(rows)
+    return dataset.to_iterable_dataset() if streaming else dataset

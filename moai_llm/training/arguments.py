@@ -4,6 +4,7 @@ Every `TrainingArguments` flag works; the old tool's flag names (`--batch_size`,
 aliases of the Trainer's own fields, so YAML and CLI may use either name.
 """
 
+import argparse
 import os
 from dataclasses import dataclass, field
 from typing import Literal
@@ -52,14 +53,28 @@ class ModelArguments:
     )
 
 
+class AddSources(argparse.Action):
+    """`--train_file a --train_file b` adds both (argparse's nargs="+" would keep only the last); the first use on
+    the command line replaces a list from the YAML config, so the command line still wins over the file."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        first = current is None or current is self.default
+        setattr(namespace, self.dest, list(values) if first else [*current, *values])
+
+
 @dataclass
 class DataArguments:
     dataset: list[str] | None = field(
-        default=None, metadata={"help": "Hub dataset, repeatable, `name` or `name:config` (default: bundled sample)."}
+        default=None,
+        metadata={"action": AddSources,
+                  "help": "Hub datasets, `name` or `name:config`; repeatable, each use adds (default: bundled sample)."},
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Config name for every --dataset."})
     train_file: list[str] | None = field(
-        default=None, metadata={"help": "Local files, folders or globs (.txt .jsonl .json .parquet .csv)."}
+        default=None,
+        metadata={"action": AddSources,
+                  "help": "Local files, folders or globs (.txt .jsonl .json .parquet .csv); repeatable, each use adds."},
     )
     text_column: str = field(default="text", metadata={"help": "Text column for pretraining data."})
     sft_format: str | None = field(
@@ -75,7 +90,15 @@ class DataArguments:
     skip_bad_records: bool = field(default=False, metadata={"help": "Skip (and count) malformed records."})
     mixture: str | None = field(default=None, metadata={"help": "Data mixture (YAML only, see training_config.yaml)."})
     stopping_strategy: Literal["all_exhausted", "first_exhausted"] = field(
-        default="all_exhausted", metadata={"help": "When an interleaved mixture ends."}
+        default="all_exhausted", metadata={"help": "When a streamed mixture with ratios ends."}
+    )
+    data_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Prepared data (token stores, packing plans). Given: treated as shared by every node, "
+                          "prepared once by the main process. Default: <output_dir>/data_cache, once per node."},
+    )
+    prepare_only: bool = field(
+        default=False, metadata={"help": "Tokenize and plan the data into the data cache, print its size, and exit."}
     )
 
 

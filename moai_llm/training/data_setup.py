@@ -1,13 +1,21 @@
-"""Datasets and collator for a run: the data arguments mapped onto moai_llm.data."""
+"""Datasets and collator for a run: the data arguments mapped onto moai_llm.data; `--prepare_only`."""
 
 import logging
+import os
+import time
 
-from ..data import DataSpec, DataStats, PackedCollator, PaddingCollator, pretraining_datasets, sft_datasets
+from torch.utils.data import IterableDataset
+
+from ..data import DataSpec, DataStats, PackedCollator, PaddingCollator, prepare, pretraining_datasets, sft_datasets
+from ..data.pipeline import reading_plan
+from ..data.store import directory_size
+from .cli import UsageError
 
 logger = logging.getLogger(__name__)
 
 
-def data_spec(data_args) -> DataSpec:
+def data_spec(data_args, training_args=None) -> DataSpec:
+    """The data flags as a DataSpec; with `training_args`, the cache defaults to <output_dir>/data_cache."""
     datasets = list(data_args.dataset or [])
     if data_args.dataset_config:
         datasets = [entry if ":" in entry else f"{entry}:{data_args.dataset_config}" for entry in datasets]
@@ -23,21 +31,68 @@ def data_spec(data_args) -> DataSpec:
         packing_bins=data_args.packing_bins,
         sft_format=data_args.sft_format,
         skip_bad_records=data_args.skip_bad_records,
+        cache_dir=data_args.data_cache_dir or (os.path.join(training_args.output_dir, "data_cache")
+                                               if training_args is not None else None),
+        shared_cache=data_args.data_cache_dir is not None,
+        progress=training_args is not None and not training_args.disable_tqdm,
     )
 
 
 def build_datasets(data_args, tokenizer, training_args, flash: bool = False):
     """(train_dataset, eval_dataset or None, collator) for `training_args.mode`."""
-    stats = DataStats()
+    stats, start = DataStats(), time.perf_counter()
     build = sft_datasets if training_args.mode == "sft" else pretraining_datasets
-    # One micro-step reads world_size x per-device batch consecutive rows; balancing over exactly that group keeps
-    # the row order independent of how the global batch is split (2 ranks x 2 rows == 1 rank x 4 rows).
+    # One micro-step reads world_size x per-device batch consecutive rows of the sampler's order (see
+    # MoaiTrainer._get_train_sampler); the balance is logged for that step size.
     step_rows = training_args.world_size * training_args.per_device_train_batch_size
-    train, evaluation = build(data_spec(data_args), tokenizer, data_args.max_seq_length, seed=training_args.seed,
-                              world_size=step_rows, stats=stats)
+    train, evaluation = build(data_spec(data_args, training_args), tokenizer, data_args.max_seq_length,
+                              seed=training_args.seed, step_rows=step_rows, stats=stats)
     stats.log()
+    logger.info("data ready in %.1f s", time.perf_counter() - start)
+    if isinstance(train, IterableDataset):
+        read_streams_on_every_rank(training_args)
     if data_args.packing:
         collator = PackedCollator(tokenizer.pad_token_id, return_flash_kwargs=flash)
     else:
         collator = PaddingCollator(tokenizer.pad_token_id)
     return train, evaluation, collator
+
+
+def read_streams_on_every_rank(training_args) -> None:
+    """accelerate's default for an IterableDataset reads it on rank 0 only and sends slices of each batch to the
+    others (which drops the other ranks' shards, breaks on flash-attn's int `max_length_q` and on batches of
+    different widths). Off, accelerate hands process r the stream's shard r (one shard per process)."""
+    config = training_args.accelerator_config
+    if config.dispatch_batches:
+        logger.warning("streaming: accelerator_config.dispatch_batches=True replaced by False (each rank reads its "
+                       "own shard)")
+    config.dispatch_batches = False
+
+
+def prepare_only(model_args, data_args, training_args) -> list[str]:
+    """`train.py --prepare_only`: tokenize every source and plan the rows, as the training run will; no model."""
+    from .run import default_run_name, load_tokenizer
+
+    if training_args.stages:
+        raise UsageError("--prepare_only prepares one run's data: run it with each stage's data flags (and one "
+                         "--data_cache_dir) instead of a stages config")
+    if data_args.streaming:
+        raise UsageError("--prepare_only: streamed data is read during training; there is nothing to prepare")
+    if getattr(training_args, "default_output_dir", False):
+        training_args.output_dir = os.path.join("outputs", default_run_name(model_args, training_args))
+    spec = data_spec(data_args, training_args)
+    sources, encoder, truncate = reading_plan(spec, load_tokenizer(model_args), sft=training_args.mode == "sft")
+    start, stats = time.perf_counter(), DataStats()
+    prepared = prepare(spec, encoder, data_args.max_seq_length, training_args.seed, stats, truncate, sources)
+    stats.log()
+    lines = []
+    for store in prepared.stores:
+        size = directory_size(store.path)
+        lines.append(f"store {store.path}: {store.documents:,} documents, {store.num_tokens:,} tokens, "
+                     f"{size / 1e6:,.1f} MB ({size / max(store.num_tokens, 1):.2f} bytes/token)")
+    for split, summary in prepared.meta["splits"].items():
+        lines.append(f"plan {prepared.plan}: {split} {summary['rows']:,} rows of {data_args.max_seq_length} "
+                     f"({summary['tokens']:,} tokens, packing efficiency {100 * summary['efficiency']:.2f}%)")
+    total = sum(directory_size(s.path) for s in prepared.stores) + directory_size(prepared.plan)
+    lines.append(f"prepared in {time.perf_counter() - start:.1f} s; {total / 1e6:,.1f} MB on disk in {spec.cache_dir}")
+    return lines

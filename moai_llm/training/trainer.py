@@ -60,6 +60,7 @@ class MoaiTrainer(Trainer):
     - `_save_checkpoint`: marks a checkpoint complete only after every rank finished writing it, and rotates old
       checkpoints only after that, so `--resume_from_checkpoint auto` never picks a half-written one.
     - `log`/`evaluate`: tokens/s, MFU, packing efficiency, loss components; eval perplexity.
+    - `_get_train_sampler`: packed rows are read in the packer's balanced steps, step order shuffled by seed.
     """
 
     def __init__(self, *args, throughput: ThroughputCallback | None = None, **kwargs):
@@ -95,6 +96,15 @@ class MoaiTrainer(Trainer):
             self._created_lr_scheduler = True
             return self.lr_scheduler
         return super().create_scheduler(num_training_steps, optimizer)
+
+    # ---- data order ----------------------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        """Packed rows (`moai_llm.data.PackedRows`) are read in balanced steps whose order is shuffled by seed."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if hasattr(dataset, "train_sampler"):
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return dataset.train_sampler(self._train_batch_size * self.args.world_size, seed)
+        return super()._get_train_sampler(train_dataset)
 
     # ---- loss ----------------------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):

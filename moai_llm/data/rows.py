@@ -1,0 +1,171 @@
+"""Packing plans on disk, rows gathered lazily from memory-mapped stores, and the order rows are trained in.
+
+A plan lists, for each row, its pieces: (source, first token, length) into the sources' token stores. It is built
+from the lengths alone (the packer never sees a token), sorted by attention cost (sum of squared piece lengths),
+and saved next to the stores. `PackedRows` reads a row's pieces from the memory maps when the DataLoader asks for
+it; `StepSampler` turns the cost-sorted rows into steps.
+"""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError, DataStats
+from .packing import HierarchicalBalancePacker, interleaved_order
+from .store import TokenStore, publish, temporary_directory
+
+logger = logging.getLogger(__name__)
+PACK_CHUNK = 1 << 20  # pieces packed together; bounds the packer's Python lists for corpora of any size
+ARRAYS = ("rows", "source", "start", "length")
+
+
+def pieces(stores: list[TokenStore], documents: list[np.ndarray], max_seq_length: int, truncate: bool,
+           stats: DataStats) -> dict[str, np.ndarray]:
+    """Pieces of the selected documents: each cut into max_seq_length pieces (pretraining) or truncated (SFT)."""
+    parts = []
+    for index, (store, docs) in enumerate(zip(stores, documents)):
+        start = np.asarray(store.offsets[docs], dtype=np.int64)
+        length = np.asarray(store.offsets[docs + 1], dtype=np.int64) - start
+        if truncate:
+            stats["sft_examples_truncated"] += int((length > max_seq_length).sum())
+            length = np.minimum(length, max_seq_length)
+        else:
+            count = -(-length // max_seq_length)
+            stats["documents_split"] += int((count > 1).sum())
+            stats["pieces_from_split_documents"] += int(count[count > 1].sum())
+            owner = np.repeat(np.arange(len(docs)), count)
+            first = np.repeat(np.cumsum(count) - count, count)
+            shift = (np.arange(len(owner)) - first) * max_seq_length
+            start, length = start[owner] + shift, np.minimum(max_seq_length, length[owner] - shift)
+        parts.append((np.full(len(start), index, dtype=np.int32), start, length))
+    return {"source": np.concatenate([p[0] for p in parts]), "start": np.concatenate([p[1] for p in parts]),
+            "length": np.concatenate([p[2] for p in parts]).astype(np.int32)}
+
+
+def pack(lengths: np.ndarray, max_seq_length: int, packing: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row offsets [rows + 1], piece order): row r is pieces order[rows[r]:rows[r + 1]], rows by cost, heaviest first."""
+    if not packing:
+        order, sizes = np.arange(len(lengths), dtype=np.int64), np.ones(len(lengths), dtype=np.int64)
+    else:
+        packer = HierarchicalBalancePacker(max_seq_length, seed=seed)
+        orders, sizes = [], []
+        for lo in range(0, len(lengths), PACK_CHUNK):
+            packs = packer.pack(lengths[lo : lo + PACK_CHUNK])
+            sizes.append(np.fromiter(map(len, packs), dtype=np.int64, count=len(packs)))
+            orders.append(lo + np.fromiter((i for p in packs for i in p), dtype=np.int64, count=int(sizes[-1].sum())))
+        order, sizes = np.concatenate(orders), np.concatenate(sizes)
+    starts = np.cumsum(sizes) - sizes
+    cost = np.add.reduceat(lengths[order].astype(np.int64) ** 2, starts) if len(order) else sizes
+    by_cost = np.argsort(-cost, kind="stable")
+    rows = np.concatenate([[0], np.cumsum(sizes[by_cost])]).astype(np.int64)
+    take = np.repeat(starts[by_cost] - rows[:-1], sizes[by_cost]) + np.arange(len(order))  # row by row, by cost
+    return rows, order[take]
+
+
+def build_plan(path: Path, splits: dict[str, dict[str, np.ndarray]], max_seq_length: int, packing: bool,
+               seed: int, meta: dict) -> None:
+    tmp = temporary_directory(path)
+    summary = {}
+    for split, arrays in splits.items():
+        rows, order = pack(arrays["length"], max_seq_length, packing, seed)
+        np.save(tmp / f"{split}_rows.npy", rows)
+        for name in ("source", "start", "length"):
+            np.save(tmp / f"{split}_{name}.npy", arrays[name][order])
+        tokens = int(arrays["length"].sum())
+        summary[split] = {"rows": len(rows) - 1, "pieces": len(order), "tokens": tokens,
+                          "efficiency": tokens / max((len(rows) - 1) * max_seq_length, 1)}
+        logger.info("%s: %d pieces packed into %d rows of %d tokens, efficiency %.2f%%", split, len(order),
+                    len(rows) - 1, max_seq_length, 100 * summary[split]["efficiency"])
+    publish(tmp, path, {**meta, "splits": summary})
+
+
+def balance(lengths: np.ndarray, rows: np.ndarray, step_rows: int, sample: int = 10_000) -> float:
+    """Mean max/min attention cost over steps of `step_rows` consecutive rows (1.0 = perfect), on up to `sample`
+    evenly spaced steps so that opening a plan of any size stays instant."""
+    steps = (len(rows) - 1) // step_rows
+    if not steps or step_rows < 2:
+        return 1.0
+    chosen = np.unique(np.linspace(0, steps - 1, min(steps, sample)).astype(np.int64))
+    picked = (chosen[:, None] * step_rows + np.arange(step_rows)).ravel()
+    starts, ends = np.asarray(rows[picked]), np.asarray(rows[picked + 1])
+    sizes = ends - starts
+    firsts = np.cumsum(sizes) - sizes
+    index = np.repeat(starts - firsts, sizes) + np.arange(int(sizes.sum()))
+    cost = np.add.reduceat(np.asarray(lengths[index], dtype=np.int64) ** 2, firsts).reshape(-1, step_rows)
+    return float(np.mean(cost.max(1) / np.maximum(cost.min(1), 1)))
+
+
+class PackedRows(torch.utils.data.Dataset):
+    """Map-style rows of a stored plan: `input_ids`, `seq_lengths` (and `labels` for SFT), read lazily."""
+
+    def __init__(self, plan: Path, split: str, stores: list[TokenStore], step_rows: int = 1, num_bins: int = 8):
+        self.plan, self.split, self.stores = Path(plan), split, stores
+        self.step_rows, self.num_bins = step_rows, num_bins
+        self._open()
+
+    def _open(self):
+        try:
+            arrays = {name: np.load(self.plan / f"{self.split}_{name}.npy", mmap_mode="r") for name in ARRAYS}
+        except (OSError, ValueError) as err:
+            raise DataError(f"packing plan {self.plan} is unreadable ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:120]}); delete it to plan again") from None
+        self.rows, self.source, self.start, self.length = (arrays[name] for name in ARRAYS)
+        self.with_labels = all(store.labels is not None for store in self.stores)
+
+    def __getstate__(self):  # DataLoader workers reopen the memory maps instead of pickling their pages
+        return {key: getattr(self, key) for key in ("plan", "split", "stores", "step_rows", "num_bins")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
+
+    def __len__(self) -> int:
+        return len(self.rows) - 1
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"row {index} of {len(self)}")
+        lo, hi = int(self.rows[index]), int(self.rows[index + 1])
+        spans = [(self.stores[s], int(b), int(n)) for s, b, n in zip(self.source[lo:hi], self.start[lo:hi],
+                                                                     self.length[lo:hi])]
+        input_ids = np.concatenate([store.tokens[b : b + n] for store, b, n in spans]).astype(np.int64)
+        row = {"input_ids": input_ids, "seq_lengths": [n for _, _, n in spans]}
+        if self.with_labels:
+            mask = np.concatenate([store.labels[b : b + n] for store, b, n in spans]).astype(bool)
+            row["labels"] = np.where(mask, input_ids, -100)
+        return row
+
+    def balance(self) -> float:
+        return balance(self.length, self.rows, self.step_rows)
+
+    def train_sampler(self, step_rows: int, seed: int) -> "StepSampler":
+        """The training order for steps of `step_rows` rows (processes x per-device batch)."""
+        return StepSampler(len(self), step_rows, self.num_bins, seed)
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Rows in steps: each block of `step_rows` consecutive (cost-sorted) rows is one micro-step of every rank,
+    so ranks that step together get similar attention work; the order of the blocks is `interleaved_order` over
+    `num_bins` cost groups, drawn again each epoch from (seed, epoch). A last partial block stays last, so every
+    other step is a whole block."""
+
+    def __init__(self, num_rows: int, step_rows: int, num_bins: int, seed: int):
+        self.num_rows, self.step_rows, self.num_bins, self.seed = num_rows, max(step_rows, 1), num_bins, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> np.ndarray:
+        full = self.num_rows // self.step_rows
+        blocks = interleaved_order(full, self.num_bins, np.random.default_rng([self.seed, self.epoch]))
+        inside = (blocks[:, None] * self.step_rows + np.arange(self.step_rows)).ravel()
+        return np.concatenate([inside, np.arange(full * self.step_rows, self.num_rows)])
+
+    def __iter__(self):
+        return iter(self.order().tolist())
+
+    def __len__(self) -> int:
+        return self.num_rows

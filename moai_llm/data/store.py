@@ -1,0 +1,212 @@
+"""Prepared data on disk: flat token arrays that every rank memory-maps, written once and atomically.
+
+One store directory holds one source tokenized by one tokenizer:
+
+    tokens.bin    token ids of every document back to back: uint16 when the vocabulary fits, else uint32
+    offsets.bin   int64 [documents + 1]: document i is tokens[offsets[i] : offsets[i + 1]]
+    labels.bin    uint8 per token, 1 where the token is trained (SFT: assistant turns); absent for pretraining
+    meta.json     what was prepared and from what (the key), counts, skipped records; written last
+
+Why flat arrays (nanoGPT's train.bin, Megatron's .bin/.idx) rather than Arrow tables: a packed row gathers pieces
+of several documents, which is one slice per piece of a numpy memmap but a Python-list round trip through Arrow;
+uint16 ids take 2 bytes per token where Arrow's list<int32> takes 4; and the file can be written by appending
+batches, so preparing a corpus never holds more than one batch in memory.
+
+Atomicity: a store is written in a hidden temporary directory beside its final path, fsynced, and renamed into
+place after meta.json; a directory at the final path without meta.json (or a temporary one) is never used.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META = "meta.json"
+WAIT_POLL_SECONDS = 1.0
+
+
+def key_of(fields: dict) -> str:
+    """A short stable hash of everything a store depends on (JSON with sorted keys)."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def directory_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def write_meta(directory: Path, meta: dict) -> None:
+    path = directory / META
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(meta, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_meta(directory: Path, what: str) -> dict:
+    try:
+        meta = json.loads((directory / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"{what}: data store {directory} is unreadable ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:120]}); delete it to prepare the data again") from None
+    if meta.get("version") != FORMAT_VERSION:
+        raise DataError(f"{what}: data store {directory} has format version {meta.get('version')}, expected "
+                        f"{FORMAT_VERSION}; delete it to prepare the data again")
+    return meta
+
+
+def temporary_directory(final: Path) -> Path:
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish(tmp: Path, final: Path, meta: dict) -> None:
+    """fsync every file, write meta.json last, rename into place. If another process won the race, keep theirs."""
+    for path in tmp.iterdir():
+        _fsync_file(path)
+    write_meta(tmp, {**meta, "version": FORMAT_VERSION})
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / META).is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("%s was prepared by another process meanwhile; using it", final)
+        return
+    dir_fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def is_complete(path: Path) -> bool:
+    return (path / META).is_file()
+
+
+def discard_incomplete(path: Path) -> None:
+    """A directory at a store's final path without meta.json: a copy or crash left it half-written; never use it."""
+    if path.exists() and not is_complete(path):
+        logger.warning("ignoring half-written data store %s (no %s); preparing it again", path, META)
+        shutil.rmtree(path)
+
+
+def prepare_once(path: Path, build, builder: bool, what: str) -> None:
+    """Run `build(path)` in the one process that prepares (`builder`); every other process waits for the store.
+
+    Waiting polls the file system for meta.json instead of a collective barrier, so preparation may take longer
+    than the process group's timeout; a builder that fails ends the job (torchrun stops every rank).
+    """
+    if builder:
+        discard_incomplete(path)
+        if not is_complete(path):
+            build(path)
+        return
+    waited, started = False, time.monotonic()
+    while not is_complete(path):
+        if not waited:
+            logger.info("waiting for %s to be prepared by the main process: %s", what, path)
+            waited = True
+        time.sleep(WAIT_POLL_SECONDS)
+    if waited:
+        logger.info("%s ready after %.0f s", what, time.monotonic() - started)
+
+
+class StoreWriter:
+    """Appends tokenized documents to a new store in a temporary directory; `finish` publishes it."""
+
+    def __init__(self, final: Path, dtype: np.dtype, with_labels: bool):
+        self.final, self.dtype = Path(final), np.dtype(dtype)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = temporary_directory(self.final)
+        self._tokens = open(self.tmp / "tokens.bin", "wb")
+        self._offsets = open(self.tmp / "offsets.bin", "wb")
+        self._labels = open(self.tmp / "labels.bin", "wb") if with_labels else None
+        self._offsets.write(np.zeros(1, dtype=np.int64).tobytes())
+        self.documents = 0
+        self.tokens = 0
+        self.limit = np.iinfo(self.dtype).max
+
+    def add(self, flat: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """One batch: `flat` ids of the documents back to back, their `lengths`, and the trained-token mask."""
+        if len(flat) and int(flat.max()) > self.limit:
+            raise DataError(f"token id {int(flat.max())} does not fit the store's {self.dtype} (vocab too large)")
+        self._tokens.write(flat.astype(self.dtype, copy=False).tobytes())
+        if self._labels is not None:
+            self._labels.write(mask.astype(np.uint8, copy=False).tobytes())
+        ends = self.tokens + np.cumsum(lengths, dtype=np.int64)
+        self._offsets.write(ends.tobytes())
+        self.documents += len(lengths)
+        self.tokens = int(ends[-1]) if len(ends) else self.tokens
+
+    def finish(self, meta: dict) -> None:
+        for handle in (self._tokens, self._offsets, self._labels):
+            if handle is not None:
+                handle.close()
+        meta = {**meta, "documents": self.documents, "tokens": self.tokens, "dtype": self.dtype.name,
+                "labels": self._labels is not None}
+        publish(self.tmp, self.final, meta)
+
+    def abort(self) -> None:
+        for handle in (self._tokens, self._offsets, self._labels):
+            if handle is not None and not handle.closed:
+                handle.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _memmap(path: Path, dtype, count: int, what: str):
+    expected = count * np.dtype(dtype).itemsize
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise DataError(f"{what}: data store file {path} is unreadable ({err.strerror}); delete {path.parent} "
+                        "to prepare the data again") from None
+    if size != expected:
+        raise DataError(f"{what}: data store file {path} has {size} bytes, expected {expected}; delete "
+                        f"{path.parent} to prepare the data again")
+    if count == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
+
+
+class TokenStore:
+    """A prepared source, memory-mapped: `tokens`, `offsets`, optional `labels` mask, and `meta`."""
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what = Path(path), what
+        self.meta = read_meta(self.path, what)
+        self.documents, self.num_tokens = int(self.meta["documents"]), int(self.meta["tokens"])
+        self.tokens = _memmap(self.path / "tokens.bin", self.meta["dtype"], self.num_tokens, what)
+        self.offsets = _memmap(self.path / "offsets.bin", np.int64, self.documents + 1, what)
+        self.labels = (_memmap(self.path / "labels.bin", np.uint8, self.num_tokens, what)
+                       if self.meta["labels"] else None)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __getstate__(self):  # DataLoader workers reopen the maps instead of pickling their pages
+        return {"path": self.path, "what": self.what}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"], state["what"])

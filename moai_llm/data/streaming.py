@@ -1,0 +1,155 @@
+"""Streamed data: nothing prepared in advance; each rank reads, tokenizes and packs its own shard on the fly.
+
+The train dataset is a `datasets.IterableDataset` with one shard per process. With `dispatch_batches=False`
+(set by train.py for streams) accelerate gives process r exactly shard r, so every rank reads a disjoint part of
+the stream (`split_dataset_by_node`) and no batch travels from rank 0. Packs are shuffled within each seeded
+buffer. A resumed run re-reads its shard from the start and skips the batches already trained (the Trainer's
+`skip_first_batches`), so it sees the same rows as an uninterrupted run with the same seed and world size.
+"""
+
+import logging
+
+import datasets
+import numpy as np
+from datasets.distributed import split_dataset_by_node
+
+from .errors import DataError, DataStats
+from .mixing import MixtureSource
+from .packing import pack_stream
+from .encode import batched, source_payloads
+from .sources import hub_dataset, is_local, local_files, read_file
+
+logger = logging.getLogger(__name__)
+STREAM_EVAL_DOCUMENTS = 1000  # at most, when --eval_fraction is a fraction (a stream has no known size)
+PACK_BUFFER = 10_000
+
+
+def _drawn(seed: int, index: int, shard: int, number: int, share: float) -> bool:
+    """A seeded draw with probability `share` for record `number` of a shard (ints hash alike in every process)."""
+    return hash((seed, index, shard, number)) % 1_000_000 < share * 1_000_000
+
+
+class _Source:
+    """One streamed source: its shards (files, or the Hub's), its records' payloads, its sample and eval holdout."""
+
+    def __init__(self, index: int, source: MixtureSource, encoder, seed: int, skip_bad_records: bool, stats):
+        self.index, self.source, self.encoder, self.seed = index, source, encoder, seed
+        self.skip_bad_records, self.stats = skip_bad_records, stats
+        if is_local(source.name):
+            self.files, self.hub = local_files(source.name), None
+        else:
+            self.files, self.hub = [], hub_dataset(source.name, source.subset, source.split, streaming=True)
+        self.shards = len(self.files) if self.hub is None else self.hub.n_shards
+        self.held: set[int] = set()
+
+    def payloads(self, shard: int, stats):
+        """(number, payload) of the shard's records kept by the `percentage` draw."""
+        if self.hub is None:
+            records = read_file(self.files[shard], self.encoder.text_column(self.source), self.skip_bad_records, stats)
+        else:
+            records = iter(self.hub.shard(num_shards=self.shards, index=shard))
+        share = self.source.percentage / 100
+        for number, payload in enumerate(source_payloads(self.source, self.encoder, self.skip_bad_records, stats,
+                                                         records=records)):
+            if share >= 1 or _drawn(self.seed, self.index, shard, number, share):
+                yield number, payload
+
+    def hold_out(self, count: int, fraction: float) -> list:
+        """Eval payloads from the start of shard 0: each record with probability `fraction` (else the first ones),
+        `count` at most; they are skipped by the train stream."""
+        held = []
+        if not count:
+            return held
+        for number, payload in self.payloads(0, DataStats()):
+            if fraction and not _drawn(self.seed, self.index, -1, number, fraction):
+                continue
+            held.append(payload)
+            self.held.add(number)
+            if len(held) == count:
+                return held
+        if not fraction and count:
+            raise DataError(f"streamed source {self.source.name}: its first file or shard has {len(held)} "
+                            f"documents, fewer than the {count} held out for eval; lower --eval_fraction")
+        return held
+
+    def stream(self) -> datasets.IterableDataset:
+        def generate(shards):
+            for shard in shards:
+                for number, payload in self.payloads(shard, self.stats):
+                    if not (shard == 0 and number in self.held):
+                        yield {"payload": payload}
+
+        return datasets.IterableDataset.from_generator(generate, gen_kwargs={"shards": list(range(self.shards))})
+
+
+def stream_mixture(sources: list[MixtureSource], encoder, seed: int, stopping_strategy: str, eval_fraction: float,
+                   skip_bad_records: bool, stats: DataStats):
+    """(stream of {"payload"}, eval payloads): concatenated, or interleaved with the ratios as probabilities."""
+    wanted = int(eval_fraction) if eval_fraction >= 1 else (STREAM_EVAL_DOCUMENTS if eval_fraction else 0)
+    per_source = -(-wanted // len(sources)) if wanted else 0
+    evaluation, parts = [], []
+    for index, source in enumerate(sources):
+        streamed = _Source(index, source, encoder, seed, skip_bad_records, stats)
+        evaluation.extend(streamed.hold_out(per_source, eval_fraction if eval_fraction < 1 else 0.0))
+        parts.append(streamed.stream())
+    if len(parts) == 1:
+        mixed = parts[0]
+    elif sources[0].ratio is None:
+        mixed = datasets.concatenate_datasets(parts)
+    else:
+        total = sum(s.ratio for s in sources)
+        mixed = datasets.interleave_datasets(parts, probabilities=[s.ratio / total for s in sources], seed=seed,
+                                             stopping_strategy=stopping_strategy)
+    logger.info("streaming mixture (%s): %s; %d eval documents held out near the start of each source",
+                "concatenated" if sources[0].ratio is None or len(parts) == 1 else stopping_strategy,
+                ", ".join(f"{s.name}" + (f" {s.ratio / sum(x.ratio for x in sources):.1%}" if s.ratio else "")
+                          for s in sources), len(evaluation))
+    return mixed, evaluation
+
+
+def streamed_rows(mixed: datasets.IterableDataset, encoder, max_seq_length: int, packing: bool, truncate: bool,
+                  seed: int, num_processes: int, stats: DataStats) -> datasets.IterableDataset:
+    """Rows from the stream, one shard per process: shard r tokenizes and packs `split_dataset_by_node(r)`."""
+
+    def documents(rank):
+        shard = split_dataset_by_node(mixed, rank=rank, world_size=num_processes)
+        for batch in batched(row["payload"] for row in shard):
+            flat, lengths, mask = encoder.encode(batch)
+            flat, ends = flat.astype(np.int64), np.cumsum(lengths)
+            for end, length in zip(ends.tolist(), lengths.tolist()):
+                ids = flat[end - length : end]
+                labels = None if mask is None else np.where(mask[end - length : end], ids, -100)
+                yield from _cut(ids, labels, max_seq_length, truncate, stats)
+
+    def rows(ranks):
+        for rank in ranks:
+            docs = documents(rank)
+            if not packing:
+                yield from (_row([doc]) for doc in docs)
+                continue
+            for pack in pack_stream(docs, max_seq_length, PACK_BUFFER, seed + rank, length=lambda d: len(d[0])):
+                yield _row(pack)
+
+    return datasets.IterableDataset.from_generator(rows, gen_kwargs={"ranks": list(range(num_processes))})
+
+
+def _cut(ids, labels, max_seq_length, truncate, stats):
+    """(ids, labels) pieces of one document: cut into max_seq_length pieces (pretraining) or truncated (SFT)."""
+    if len(ids) <= max_seq_length:
+        yield ids, labels
+    elif truncate:
+        stats["sft_examples_truncated"] += 1
+        yield ids[:max_seq_length], None if labels is None else labels[:max_seq_length]
+    else:
+        stats["documents_split"] += 1
+        for start in range(0, len(ids), max_seq_length):
+            stats["pieces_from_split_documents"] += 1
+            end = start + max_seq_length
+            yield ids[start:end], None if labels is None else labels[start:end]
+
+
+def _row(docs) -> dict:
+    row = {"input_ids": np.concatenate([d[0] for d in docs]).tolist(), "seq_lengths": [len(d[0]) for d in docs]}
+    if docs[0][1] is not None:
+        row["labels"] = np.concatenate([d[1] for d in docs]).tolist()
+    return row
