@@ -44,8 +44,8 @@ class EventQueue:
     def deliver(self, event) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
-    async def get(self, timeout: float | None = None):
-        return await asyncio.wait_for(self.queue.get(), timeout)
+    async def get(self):
+        return await self.queue.get()
 
 
 class GenerationStream(StreamingResponse):
@@ -147,18 +147,23 @@ async def stream_chunks(events: EventQueue, shape: ResponseShape, include_usage:
 
 async def complete(events: EventQueue, shape: ResponseShape, generation: GenerationRequest, request: Request):
     """The whole answer as one JSON object; a client that hangs up stops its generation all the same."""
+    watcher = asyncio.create_task(cancel_when_disconnected(request, generation))
     pieces = []
-    while True:
-        try:
-            event = await events.get(timeout=0.5)
-        except TimeoutError:
-            if await request.is_disconnected():
-                generation.cancel()
-            continue
-        if isinstance(event, TextDelta):
-            pieces.append(event.text)
-        elif isinstance(event, Failed):
-            raise APIError(500, event.message, code="generation_failed")
-        elif isinstance(event, Finished):
-            return shape.complete("".join(pieces), event.reason,
-                                  usage(event.prompt_tokens, event.completion_tokens))
+    try:
+        while True:
+            event = await events.get()
+            if isinstance(event, TextDelta):
+                pieces.append(event.text)
+            elif isinstance(event, Failed):
+                raise APIError(500, event.message, code="generation_failed")
+            elif isinstance(event, Finished):
+                return shape.complete("".join(pieces), event.reason,
+                                      usage(event.prompt_tokens, event.completion_tokens))
+    finally:
+        watcher.cancel()
+
+
+async def cancel_when_disconnected(request: Request, generation: GenerationRequest, every: float = 0.25) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(every)
+    generation.cancel()
