@@ -10,7 +10,9 @@ import openai
 import pytest
 import torch
 
+from moai_llm.chat import SamplingParams
 from moai_llm.serving import load_models
+from moai_llm.serving.sampling import RowSampler
 from moai_llm.serving.text import TextAssembler
 from moai_llm.tokenizer import load_tokenizer
 
@@ -253,3 +255,15 @@ def test_api_key(tmp_path):
         assert good.chat.completions.create(model="tiny", messages=body["messages"], max_tokens=2).usage
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{url}/v1", api_key="nope", max_retries=0).models.list()
+
+
+def test_row_sampler_draws_from_the_processed_distribution():
+    def sampler(seed):
+        return RowSampler(SamplingParams(temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0, seed=seed))
+
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.2])
+    first = sampler(0)
+    counts = torch.bincount(torch.tensor([first.sample(probs) for _ in range(20000)]), minlength=4) / 20000
+    assert counts[1] == 0 and torch.allclose(counts, probs, atol=0.02)
+    same, other = sampler(3), sampler(3)
+    assert [same.sample(probs) for _ in range(50)] == [other.sample(probs) for _ in range(50)]

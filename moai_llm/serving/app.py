@@ -90,7 +90,8 @@ def build_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": list(registry.models)}
+        stats = {name: getattr(m.engine, "stats", dict)() for name, m in registry.models.items()}
+        return {"status": "ok", "models": stats}
 
     @app.get("/v1/models")
     async def list_models():

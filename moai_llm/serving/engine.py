@@ -11,6 +11,7 @@ import torch
 
 from ..chat.generation import SamplingParams, stop_token_ids
 from .batch import DecodeBatch, batchable
+from .sampling import RowSampler, pick_tokens
 from .text import TextAssembler
 
 logger = logging.getLogger(__name__)
@@ -49,33 +50,14 @@ class GenerationRequest:
 
 
 class _Sequence:
-    """A request being generated: its tokens, its own sampler (seeded per request, so answers do not depend on
-    what else is in the batch) and its text so far."""
+    """A request being generated: its tokens, its sampler and its text so far."""
 
     def __init__(self, request: GenerationRequest, tokenizer):
         self.request = request
         self.tokens = list(request.prompt_ids)  # prompt + generated; the last one is not in the cache yet
         self.generated = 0
-        self.processors = request.params.logits_processors()
-        self.generator: torch.Generator | None = None
+        self.sampler = RowSampler(request.params)
         self.text = TextAssembler(tokenizer, request.stop)
-
-    @property
-    def plain_greedy(self) -> bool:
-        return self.request.params.greedy and not self.processors
-
-    def choose(self, logits: torch.Tensor) -> int:
-        """Next token from this row's logits [vocab], as `generate` would pick it with these params."""
-        scores = logits[None]  # [1, vocab]
-        if self.processors:
-            scores = self.processors(torch.tensor([self.tokens], device=logits.device), scores)
-        if self.request.params.greedy:
-            return int(scores.argmax(-1))
-        if self.generator is None:
-            self.generator = torch.Generator(device=logits.device)
-            seed = self.request.params.seed
-            self.generator.manual_seed(seed) if seed is not None else self.generator.seed()
-        return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator))
 
 
 class BatchEngine:
@@ -97,6 +79,11 @@ class BatchEngine:
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"moai-engine-{name}", daemon=True)
         self._thread.start()
+
+    def stats(self) -> dict:
+        """For /health: load now, and work done (tokens_generated / decode_steps is the mean batch size)."""
+        return {"running": len(self.running), "waiting": self.waiting.qsize(), "max_batch_size": self.max_batch_size,
+                "tokens_generated": self.tokens_generated, "decode_steps": self.decode_steps}
 
     def submit(self, request: GenerationRequest) -> None:
         if self._closing.is_set():
@@ -164,10 +151,9 @@ class BatchEngine:
 
     def _advance(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:
         """Pick each row's next token (logits [rows, vocab]), stream its text, retire the finished rows."""
-        greedy = logits.argmax(-1).tolist() if any(s.plain_greedy for s in sequences) else None
+        tokens = pick_tokens([s.sampler for s in sequences], [s.tokens for s in sequences], logits)
         finished = {}
-        for row, s in enumerate(sequences):
-            token = greedy[row] if s.plain_greedy else s.choose(logits[row])
+        for s, token in zip(sequences, tokens):
             s.generated += 1
             self.tokens_generated += 1
             request = s.request

@@ -1,0 +1,155 @@
+"""serve.py under load: aggregate generated tokens/s and time to first token with 1, 4, 8 and 16 concurrent
+streaming clients, batched (--max_batch_size 16) against the same server queueing requests (--max_batch_size 1).
+
+Random weights (speed does not depend on them), saved with the bundled tokenizer; the server is `serve.py` in its
+own process, the clients are asyncio streams in this one. Every answer is 64 tokens (`ignore_eos`), sampled with
+the chat page's defaults (temperature 0.7, top_p 0.9, top_k 50); each client sends its requests back to back.
+
+    python benchmarks/bench_serve.py [--configs tiny 50m] [--clients 1 4 8 16] [--threads 1]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from moai_llm import MoaiConfig, MoaiForCausalLM
+from moai_llm.tokenizer import load_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "tiny": json.loads((REPO / "configs" / "model_config_tiny.json").read_text()),
+    "50m": {**json.loads((REPO / "configs" / "model_config_tiny.json").read_text()), "hidden_size": 512,
+            "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 8, "num_key_value_heads": 4},
+}
+
+
+def save_model(name: str, root: Path) -> tuple[Path, int]:
+    torch.manual_seed(0)
+    model = MoaiForCausalLM(MoaiConfig(**CONFIGS[name]))
+    path = root / name
+    model.save_pretrained(path)
+    load_tokenizer().save_pretrained(path)
+    return path, sum(p.numel() for p in model.parameters())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(path: Path, max_batch_size: int, threads: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
+    process = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--model_path", f"m={path}", "--port",
+                                str(port), "--max_batch_size", str(max_batch_size), "--log_level", "warning"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("server did not start")
+
+
+async def one_request(client: httpx.AsyncClient, url: str, prompt: str, tokens: int) -> tuple[float, int]:
+    """(seconds to the first generated text, completion tokens) of one streamed chat completion."""
+    body = {"model": "m", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "stream": True,
+            "stream_options": {"include_usage": True}, "ignore_eos": True, "temperature": 0.7, "top_p": 0.9,
+            "top_k": 50}
+    start, first, generated = time.perf_counter(), None, 0
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                generated = chunk["usage"]["completion_tokens"]
+            elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                first = time.perf_counter() - start
+    return first, generated
+
+
+async def load_level(url: str, clients: int, per_client: int, tokens: int) -> dict:
+    async def client_loop(client, index):
+        return [await one_request(client, url, f"Client {index}, question {j}: tell me about Seoul.", tokens)
+                for j in range(per_client)]
+
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=None, limits=limits) as client:
+        await one_request(client, url, "warm up", 4)
+        stats = (await client.get(f"{url}/health")).json()["models"]["m"]
+        start = time.perf_counter()
+        results = [r for rs in await asyncio.gather(*(client_loop(client, i) for i in range(clients))) for r in rs]
+        seconds = time.perf_counter() - start
+        after = (await client.get(f"{url}/health")).json()["models"]["m"]
+    ttft = sorted(r[0] for r in results)
+    generated = sum(r[1] for r in results)
+    steps = after["decode_steps"] - stats["decode_steps"]
+    return {"requests": len(results), "tokens": generated, "seconds": seconds, "tps": generated / seconds,
+            "p50": statistics.median(ttft), "p95": ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))],
+            "batch": (after["tokens_generated"] - stats["tokens_generated"]) / max(steps, 1)}
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=["tiny", "50m"], choices=list(CONFIGS))
+    parser.add_argument("--clients", nargs="+", type=int, default=[1, 4, 8, 16])
+    parser.add_argument("--requests_per_client", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server process")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.configs:
+            path, parameters = save_model(name, Path(tmp))
+            for batch in (16, 1):
+                process, url = start_server(path, batch, args.threads)
+                try:
+                    for clients in args.clients:
+                        per_client = max(args.requests_per_client, 4 // clients)
+                        result = asyncio.run(load_level(url, clients, per_client, args.tokens))
+                        rows.append((name, parameters, batch, clients, result))
+                        print(f"{name} batch<={batch} clients={clients}: {result['tps']:.1f} tokens/s", flush=True,
+                              file=sys.stderr)
+                finally:
+                    stop(process)
+    print(f"\n{args.tokens}-token streamed answers, server on {args.threads} CPU thread(s)\n")
+    print("| model | server | clients | requests | aggregate tokens/s | x one client | p50 TTFT ms | p95 TTFT ms "
+          "| mean batch |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, parameters, batch, clients, r in rows:
+        single = next(x for n, _, b, c, x in rows if n == name and b == batch and c == min(args.clients))
+        server = "batched (16)" if batch > 1 else "queued (1)"
+        print(f"| {name} ({parameters / 1e6:.1f}M) | {server} | {clients} | {r['requests']} | {r['tps']:,.1f} | "
+              f"{r['tps'] / single['tps']:.2f}x | {r['p50'] * 1000:,.0f} | {r['p95'] * 1000:,.0f} | "
+              f"{r['batch']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
