@@ -1,5 +1,8 @@
 """serve.py under load: aggregate generated tokens/s and time to first token with 1, 4, 8 and 16 concurrent
 streaming clients, batched (--max_batch_size 16) against the same server queueing requests (--max_batch_size 1).
+A second table times the decode engines alone (no HTTP) on 8 sequences: our BatchEngine, transformers' continuous
+batching (`generate_batch`, on the Qwen3 export of the same weights: it does not run MoaiForCausalLM) with its
+default and a CPU-sized paged cache, and `generate` one sequence at a time.
 
 Random weights (speed does not depend on them), saved with the bundled tokenizer; the server is `serve.py` in its
 own process, the clients are asyncio streams in this one. Every answer is 64 tokens (`ignore_eos`), sampled with
@@ -23,8 +26,12 @@ from pathlib import Path
 
 import httpx
 import torch
+from transformers import ContinuousBatchingConfig, GenerationConfig, Qwen3ForCausalLM
 
 from moai_llm import MoaiConfig, MoaiForCausalLM
+from moai_llm.chat import SamplingParams
+from moai_llm.export import qwen3_config_from
+from moai_llm.serving import BatchEngine, Finished, GenerationRequest
 from moai_llm.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,6 +114,54 @@ async def load_level(url: str, clients: int, per_client: int, tokens: int) -> di
             "batch": (after["tokens_generated"] - stats["tokens_generated"]) / max(steps, 1)}
 
 
+def engine_rates(name: str, sequences: int, tokens: int) -> dict[str, float]:
+    """Greedy tokens/s of each decode engine on the same weights and prompts, in this process."""
+    torch.manual_seed(0)
+    moai = MoaiForCausalLM(MoaiConfig(**CONFIGS[name])).eval()
+    qwen3 = Qwen3ForCausalLM(qwen3_config_from(moai.config)).eval()
+    qwen3.load_state_dict(moai.state_dict(), strict=True)
+    tokenizer = load_tokenizer()
+    prompts = [tokenizer(f"Client {i}: tell me about Seoul.", add_special_tokens=False)["input_ids"]
+               for i in range(sequences)]
+    rates = {}
+
+    engine = BatchEngine(moai, tokenizer, max_batch_size=sequences)
+    params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=tokens)
+    finished = []
+
+    def deliver(event):
+        if isinstance(event, Finished):
+            finished.append(event)
+
+    for _ in range(2):  # the first round warms up
+        finished.clear()
+        start = time.perf_counter()
+        for prompt in prompts:
+            engine.submit(GenerationRequest(prompt, params, deliver, ignore_eos=True))
+        while len(finished) < sequences:
+            time.sleep(0.001)
+        rates["BatchEngine (serve.py)"] = sequences * tokens / (time.perf_counter() - start)
+    engine.close()
+
+    config = GenerationConfig(max_new_tokens=tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    for label, cb in [("transformers generate_batch, default paged cache", None),
+                      ("transformers generate_batch, 64 blocks x 64 tokens", ContinuousBatchingConfig(
+                          num_blocks=64, page_size=64, max_batch_tokens=256))]:
+        for _ in range(2):
+            start = time.perf_counter()
+            qwen3.generate_batch(prompts, generation_config=config, continuous_batching_config=cb)
+            rates[label] = sequences * tokens / (time.perf_counter() - start)
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = torch.tensor([prompt])
+            moai.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, min_new_tokens=tokens,
+                          do_sample=False, pad_token_id=0)
+    rates["generate, one sequence at a time"] = sequences * tokens / (time.perf_counter() - start)
+    return rates
+
+
 def stop(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGTERM)
     try:
@@ -123,6 +178,7 @@ def main() -> None:
     parser.add_argument("--requests_per_client", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server process")
+    parser.add_argument("--skip_engines", action="store_true", help="leave out the engines-alone table")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,6 +205,15 @@ def main() -> None:
         print(f"| {name} ({parameters / 1e6:.1f}M) | {server} | {clients} | {r['requests']} | {r['tps']:,.1f} | "
               f"{r['tps'] / single['tps']:.2f}x | {r['p50'] * 1000:,.0f} | {r['p95'] * 1000:,.0f} | "
               f"{r['batch']:.1f} |")
+    if args.skip_engines:
+        return
+    torch.set_num_threads(args.threads)
+    print(f"\nDecode engines alone, 8 sequences x {args.tokens} greedy tokens, {args.threads} CPU thread(s), tokens/s\n")
+    print("| engine | " + " | ".join(args.configs) + " |")
+    print("| --- |" + " ---: |" * len(args.configs))
+    table = {name: engine_rates(name, 8, args.tokens) for name in args.configs}
+    for label in table[args.configs[0]]:
+        print(f"| {label} | " + " | ".join(f"{table[name][label]:,.1f}" for name in args.configs) + " |")
 
 
 if __name__ == "__main__":
