@@ -26,8 +26,9 @@ class RowSampler:
                 self.generator.manual_seed(self.params.seed)
         # Inverse-CDF draw: the distribution torch.multinomial samples, at ~1/20 of its cost for one draw on CPU.
         # Searching for the first cdf value above u (u < total) never lands on a zero-probability token.
-        cdf = probs.double().cumsum(0)
-        u = torch.rand((1,), generator=self.generator, device=probs.device, dtype=torch.float64) * cdf[-1]
+        # float32 (MPS has no float64): a zero-probability token adds exactly 0, so its step of the cdf stays flat.
+        cdf = probs.float().cumsum(0)
+        u = torch.rand((1,), generator=self.generator, device=probs.device) * cdf[-1]
         return min(int(torch.searchsorted(cdf, u, right=True)), probs.shape[0] - 1)
 
 
