@@ -4,7 +4,7 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..chat.generation import SamplingParams
 
@@ -75,11 +75,11 @@ class _Generation(_Strict):
             raise ValueError("not supported (use repetition_penalty)")
         return value
 
-    @field_validator("logprobs")
+    @field_validator("logprobs", "echo", check_fields=False)
     @classmethod
-    def _no_logprobs(cls, value):
+    def _off_only(cls, value, info: ValidationInfo):
         if value:
-            raise ValueError("logprobs are not supported")
+            raise ValueError(f"{info.field_name} is not supported")
         return value
 
     def requested_max_tokens(self) -> int | None:
@@ -120,13 +120,6 @@ class CompletionRequest(_Generation):
     def _one_prompt(cls, value):
         if isinstance(value, list) and len(value) != 1:
             raise ValueError("send one prompt per request (a string, or a list of exactly one string)")
-        return value
-
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, value):
-        if value:
-            raise ValueError("echo is not supported")
         return value
 
     def prompt_text(self) -> str:
