@@ -29,7 +29,9 @@ def script(prompt_ids):
 def site(tmp_path_factory):
     real = load_models([("tiny", save_tiny_model(tmp_path_factory.mktemp("browser_model") / "tiny"))])
     scripted = scripted_model("scripted", script, piece=3, delay=0.04)
-    registry = ModelRegistry([real.models["tiny"], scripted])
+    cramped = scripted_model("cramped", script, piece=3, delay=0.01)
+    cramped.context_length = cramped.max_tokens_limit = 48
+    registry = ModelRegistry([real.models["tiny"], scripted, cramped])
     with running_server(registry) as url:
         yield url, registry
 
@@ -67,7 +69,7 @@ def test_chat_page(site, browser, tmp_path):
     url, registry = site
     scripted, real = registry.models["scripted"].engine, registry.models["tiny"].engine
     browser.open(url)
-    browser.wait("return document.querySelectorAll('#model option').length === 2 && "
+    browser.wait("return document.querySelectorAll('#model option').length === 3 && "
                  "!document.getElementById('model').hidden;")
 
     # a streamed answer grows in several steps and shows markup as characters
@@ -83,7 +85,7 @@ def test_chat_page(site, browser, tmp_path):
 
     # the thread is still there after a reload
     browser.open(url)
-    browser.wait("return document.querySelectorAll('#model option').length === 2;")
+    browser.wait("return document.querySelectorAll('#model option').length === 3;")
     assert browser.run("return [...document.querySelectorAll('#threads .title')].map(e => e.textContent);") == \
         ["hello there"]
     assert browser.run(LAST_ANSWER) == SHORT
@@ -122,6 +124,18 @@ def test_chat_page(site, browser, tmp_path):
     browser.click("#threads .thread:nth-child(1) .delete")  # the second click confirms
     assert browser.run("return [...document.querySelectorAll('#threads .title')].map(e => e.textContent);") == \
         ["Renamed thread"]
+
+    # a thread that outgrows the context: the page drops old exchanges, then lets the server size the answer
+    browser.click("#new-thread")
+    pick_model(browser, "cramped")
+    for question in ("first question", "second question"):
+        send(browser, question)
+        browser.wait(IDLE + " && [...document.querySelectorAll('#messages .msg.assistant')].pop()"
+                            ".firstChild.textContent.length > 0")
+    assert browser.run(LAST_ANSWER) == SHORT
+    assert "oldest exchange" in browser.run("return [...document.querySelectorAll('#messages .note')].pop()"
+                                            ".textContent;")
+    assert not browser.run("return document.querySelector('#messages .msg.error');")
 
     # settings, theme, phone width
     browser.click("#toggle-settings")
