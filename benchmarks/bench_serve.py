@@ -183,7 +183,7 @@ def measure_config(name: str, path: Path, args) -> list[dict]:
         for rep in range(args.reps):
             for clients in args.clients:
                 for batch, (_, url) in servers.items():
-                    per_client = max(args.requests_per_client, 4 // clients)
+                    per_client = max(args.requests_per_client, 8 // clients)
                     result = asyncio.run(load_level(url, clients, per_client, args.tokens))
                     runs.setdefault((batch, clients), []).append(result)
                     print(f"{name} rep {rep} batch<={batch} clients={clients}: {result['tps']:.1f} tokens/s",
@@ -202,7 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["tiny", "50m"], choices=list(CONFIGS))
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 4, 8, 16])
-    parser.add_argument("--requests_per_client", type=int, default=1, help="at least 4 requests per level")
+    parser.add_argument("--requests_per_client", type=int, default=2, help="at least 8 requests per level")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per level; the median one is shown")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each server process")

@@ -191,6 +191,30 @@ def test_stop_string_split_across_tokens_never_leaks():
     assert text == "Hello world, STOP here and more"
 
 
+def test_a_failing_forward_fails_its_requests_not_the_server(server, registry, monkeypatch):
+    engine = registry.models["tiny"].engine
+    step = engine.batch.step
+    calls = []
+
+    def broken_once(*args):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise RuntimeError("injected fault")
+        return step(*args)
+
+    monkeypatch.setattr(engine.batch, "step", broken_once)
+    response = post(server, "/v1/chat/completions", chat_body("hi", max_tokens=5, ignore_eos=True))
+    assert response.status_code == 500 and "injected fault" in response.json()["error"]["message"]
+    assert response.json()["error"]["type"] == "server_error"
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.APIError, match="injected fault"):  # a stream ends with an error event
+        list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=5, stream=True,
+                                            extra_body={"ignore_eos": True}))
+    answer = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5)
+    assert answer.usage.completion_tokens >= 1 and len(calls) > 2
+
+
 LONG = "word " * 4200
 BAD_REQUESTS = [
     ("/v1/chat/completions", b'{"model": "tiny", "messages": [', 400, None, "invalid_json"),

@@ -47,6 +47,13 @@ class EventQueue:
     async def get(self):
         return await self.queue.get()
 
+    async def get_all(self) -> list:
+        """The next event and any that queued up behind it (a slow client gets them in one write)."""
+        events = [await self.queue.get()]
+        while not self.queue.empty():
+            events.append(self.queue.get_nowait())
+        return events
+
 
 class GenerationStream(StreamingResponse):
     """Server-sent events that cancel their generation however the response ends: finished, or client gone (the
@@ -131,18 +138,21 @@ async def generate(served: ServedModel, body, prompt: list[int], prompt_param: s
 async def stream_chunks(events: EventQueue, shape: ResponseShape, include_usage: bool):
     if shape.chat:
         yield sse(shape.chunk(role=True))
-    while True:
-        event = await events.get()
-        if isinstance(event, TextDelta):
-            yield sse(shape.chunk(event.text))
-        elif isinstance(event, Finished):
-            yield sse(shape.chunk(finish_reason=event.reason))
-            if include_usage:
-                yield sse(shape.usage_chunk(usage(event.prompt_tokens, event.completion_tokens)))
-            break
-        elif isinstance(event, Failed):
-            yield sse(error_body(event.message, 500))
-            break
+    done = False
+    while not done:
+        chunks = []  # one SSE event per decoded piece; pieces that queued up together are written together
+        for event in await events.get_all():
+            if isinstance(event, TextDelta):
+                chunks.append(sse(shape.chunk(event.text)))
+            elif isinstance(event, Finished):
+                chunks.append(sse(shape.chunk(finish_reason=event.reason)))
+                if include_usage:
+                    chunks.append(sse(shape.usage_chunk(usage(event.prompt_tokens, event.completion_tokens))))
+                done = True
+            elif isinstance(event, Failed):
+                chunks.append(sse(error_body(event.message, 500)))
+                done = True
+        yield "".join(chunks)
     yield sse("[DONE]")
 
 
