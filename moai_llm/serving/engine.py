@@ -4,6 +4,7 @@ prompts prefilled together) and leave as soon as they finish or their client goe
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -76,6 +77,7 @@ class BatchEngine:
         self.waiting: queue.Queue[GenerationRequest | None] = queue.Queue()
         self.tokens_generated = 0  # every token sampled, for all requests (tests and benchmarks read it)
         self.decode_steps = 0
+        self._logged = (time.monotonic(), 0, 0)  # when throughput was last logged, tokens and steps then
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"moai-engine-{name}", daemon=True)
         self._thread.start()
@@ -148,6 +150,16 @@ class BatchEngine:
         logits = self.batch.step([s.tokens[-1] for s in self.running], [len(s.tokens) - 1 for s in self.running])
         self.decode_steps += 1
         self._advance(self.running, logits)
+        self._log_throughput()
+
+    def _log_throughput(self, every: float = 60.0) -> None:
+        then, tokens, steps = self._logged
+        now = time.monotonic()
+        if now - then >= every:
+            logger.info("%s: %.1f tokens/s over the last %.0fs, %.1f sequences per decode step, %d waiting",
+                        self.name, (self.tokens_generated - tokens) / (now - then), now - then,
+                        (self.tokens_generated - tokens) / max(self.decode_steps - steps, 1), self.waiting.qsize())
+            self._logged = (now, self.tokens_generated, self.decode_steps)
 
     def _advance(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:
         """Pick each row's next token (logits [rows, vocab]), stream its text, retire the finished rows."""
