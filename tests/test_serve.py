@@ -128,11 +128,16 @@ PROMPTS = ["What is Seoul?", "Tell me about Hamlet, prince of Denmark.", "안녕
            "To be, or not to be", "Count to ten.", "Why is the sky blue?"]
 
 
+TOKENS = 32
+
+
 @pytest.mark.parametrize("model", ["tiny", "moe"])
 def test_concurrent_clients_equal_answers_served_alone(server, registry, model):
-    def ask(i, prompt, results, sampled=False):
+    def ask(i, prompt, results, sampled=False, start=None):
         knobs = {"temperature": 0.8, "top_p": 0.9, "top_k": 30, "seed": i} if sampled else {"temperature": 0}
-        body = chat_body(prompt, model=model, max_tokens=20, ignore_eos=True, stream=i % 2 == 0, **knobs)
+        body = chat_body(prompt, model=model, max_tokens=TOKENS, ignore_eos=True, stream=i % 2 == 0, **knobs)
+        if start is not None:
+            start.wait(30)  # all clients send at once
         if body["stream"]:
             events = stream_events(server, body)
             results[i] = "".join(e["choices"][0]["delta"].get("content") or "" for _, e in events[:-1]
@@ -146,7 +151,8 @@ def test_concurrent_clients_equal_answers_served_alone(server, registry, model):
         for i, prompt in enumerate(PROMPTS):
             ask(i, prompt, alone, sampled)
         together, steps, tokens = {}, engine.decode_steps, engine.tokens_generated
-        threads = [threading.Thread(target=ask, args=(i, p, together, sampled)) for i, p in enumerate(PROMPTS)]
+        start = threading.Barrier(len(PROMPTS))
+        threads = [threading.Thread(target=ask, args=(i, p, together, sampled, start)) for i, p in enumerate(PROMPTS)]
         for t in threads:
             t.start()
         for t in threads:
@@ -158,7 +164,7 @@ def test_concurrent_clients_equal_answers_served_alone(server, registry, model):
     for i, prompt in enumerate(PROMPTS[:3]):  # the engine's greedy answers are transformers' generate answers
         ids = torch.tensor([served.chat_prompt([{"role": "user", "content": prompt}])])
         with torch.no_grad():
-            out = torch_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
+            out = torch_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=TOKENS, do_sample=False,
                                        eos_token_id=None, pad_token_id=tokenizer.pad_token_id)
         reference = {}
         ask(i, prompt, reference)
