@@ -13,13 +13,16 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["moai_llm", "moai_llm.*"]),
-    package_data={"moai_llm": ["assets/**/*"]},
+    package_data={"moai_llm": ["assets/**/*", "serving/static/*"]},
     include_package_data=True,
     install_requires=requirements,
     extras_require={
         "flash": ["flash-attn>=2.6"],
         "qlora": ["bitsandbytes>=0.45"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.1", "pexpect>=4.8", "psutil>=5.9"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.30"],
+        # transformers[serving]: fastapi, uvicorn and the openai client (tests also run `transformers serve`)
+        "dev": ["pytest>=8", "pytest-timeout>=2.1", "pexpect>=4.8", "psutil>=5.9", "transformers[serving]>=5.24,<6",
+                "httpx>=0.27"],
     },
     license="Apache-2.0",
 )

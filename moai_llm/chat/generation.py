@@ -1,11 +1,21 @@
-"""Generation for chat: streamed answers that Ctrl-C can stop, and batched one-shot answers."""
+"""Generation for chat: streamed answers that Ctrl-C can stop, batched one-shot answers, and the sampling
+processors that the server's decode loop shares with `generate`."""
 
 import threading
 import time
 from dataclasses import dataclass
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TextIteratorStreamer,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 
 @dataclass
@@ -23,6 +33,24 @@ class SamplingParams:
                     "max_new_tokens": self.max_new_tokens}
         return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
                 "repetition_penalty": self.repetition_penalty, "max_new_tokens": self.max_new_tokens}
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    def logits_processors(self) -> LogitsProcessorList:
+        """What `generate` applies for these params, in its order: for decode loops that pick tokens themselves."""
+        processors = LogitsProcessorList()
+        if self.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if not self.greedy:
+            if self.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(self.temperature))
+            if self.top_k:
+                processors.append(TopKLogitsWarper(self.top_k))
+            if self.top_p < 1.0:
+                processors.append(TopPLogitsWarper(self.top_p))
+        return processors
 
     def set(self, key: str, value: str) -> None:
         if key not in self.__dataclass_fields__:

@@ -16,6 +16,12 @@ HELP = """commands:
   /exit               leave (Ctrl-D too); Ctrl-C stops an answer"""
 
 
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of `messages` rendered with the tokenizer's chat template, ready for the assistant's answer."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 @dataclass
 class ChatSession:
     tokenizer: object
@@ -49,8 +55,7 @@ class ChatSession:
 
     def _render(self) -> torch.Tensor:
         system = [{"role": "system", "content": self.system}] if self.system else []
-        text = self.tokenizer.apply_chat_template(system + self.messages, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        return torch.tensor([chat_prompt_ids(self.tokenizer, system + self.messages)])
 
     def add_answer(self, text: str) -> None:
         if not self.raw:

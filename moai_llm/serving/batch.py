@@ -1,0 +1,92 @@
+"""The running sequences' KV cache as one left-padded batch that sequences join and leave between decode steps.
+
+Hand-written because transformers has no maintained way to do this on our models: `generate` cannot add or drop
+rows mid-flight, and its continuous batching (`generate_batch`, paged attention) fails on MoaiForCausalLM and is
+about 2x slower than this on CPU (ARCHITECTURE.md, Serving). Everything else is transformers': `DynamicCache`,
+the model's forward with a 2-D attention mask, and `generate`'s left-padding conventions.
+"""
+
+import torch
+from transformers import DynamicCache
+
+
+def batchable(config) -> bool:
+    """Left-padded rows of different ages can share a cache only when every layer attends to the whole past."""
+    return all(kind == "full_attention" for kind in getattr(config, "layer_types", None) or ["full_attention"])
+
+
+def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    if width == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = width
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+class DecodeBatch:
+    """KV cache ([rows, kv_heads, length, head_dim] per layer) and attention mask ([rows, length]) of the running
+    sequences; shorter rows are padded on the left, as `generate` pads a batch."""
+
+    def __init__(self, model):
+        self.model = model
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # [rows, length], 1 = real token
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[0]
+
+    @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
+        """One forward over the prompts, left-padded: (last-position logits [rows, vocab], cache, mask)."""
+        device = self.model.device
+        length = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad_id] * (length - len(p)) + p for p in prompts], device=device)  # [rows, length]
+        mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=device)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # generate's convention for left padding
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                         logits_to_keep=1)
+        return out.logits[:, -1].float(), cache, mask
+
+    def join(self, cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Append prefilled rows; the shorter side is padded on the left to the common length."""
+        if self.cache is None:
+            self.cache, self.mask = cache, mask
+            return
+        old, new = self.mask.shape[1], mask.shape[1]
+        length = max(old, new)
+        layers = [
+            (torch.cat([_pad_left(k0, length - old, 2), _pad_left(k1, length - new, 2)]),
+             torch.cat([_pad_left(v0, length - old, 2), _pad_left(v1, length - new, 2)]))
+            for (k0, v0, _), (k1, v1, _) in zip(self.cache, cache)
+        ]
+        self.cache = DynamicCache(ddp_cache_data=layers)
+        self.mask = torch.cat([_pad_left(self.mask, length - old, 1), _pad_left(mask, length - new, 1)])
+
+    @torch.inference_mode()
+    def step(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """Feed one token per row at its own position; logits of the next token [rows, vocab]."""
+        device = self.model.device
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.rows, 1)], dim=1)
+        out = self.model(input_ids=torch.tensor(tokens, device=device)[:, None], attention_mask=self.mask,
+                         position_ids=torch.tensor(positions, device=device)[:, None], cache=self.cache,
+                         use_cache=True)
+        return out.logits[:, -1].float()
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these rows, and drop the leading columns that are padding in all of them."""
+        if not rows:
+            self.cache = self.mask = None
+            return
+        if len(rows) < self.rows:
+            index = torch.tensor(rows, device=self.mask.device)
+            self.cache.batch_select_indices(index)
+            self.mask = self.mask[index]
+        unused = int((self.mask.sum(0) == 0).long().cumprod(0).sum())  # leading all-padding columns
+        if unused:
+            self.cache = DynamicCache(ddp_cache_data=[(k[:, :, unused:], v[:, :, unused:]) for k, v, _ in self.cache])
+            self.mask = self.mask[:, unused:]
+
+    def clear(self) -> None:
+        self.cache = self.mask = None

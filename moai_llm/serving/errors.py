@@ -1,0 +1,68 @@
+"""OpenAI-style errors: `{"error": {"message", "type", "param", "code"}}` with the matching HTTP status, for every
+failure the server can meet (bad JSON, validation, unknown routes, missing keys, crashes)."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+logger = logging.getLogger(__name__)
+
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict"}
+_TYPES = {500: "server_error", 503: "server_error"}  # everything else is "invalid_request_error", as OpenAI
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(error_body(self.message, self.status, self.param, self.code), status_code=self.status)
+
+
+def error_body(message: str, status: int = 400, param: str | None = None, code: str | None = None) -> dict:
+    kind = _TYPES.get(status, "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def validation_error(exc: RequestValidationError) -> APIError:
+    """The first problem pydantic found, named as OpenAI names it (the parameter path, e.g. `messages.0.role`)."""
+    error = exc.errors()[0]
+    kind = error["type"]
+    param = ".".join(str(part) for part in error["loc"] if part != "body" and str(part) not in _UNION_TAGS
+                     and "[" not in str(part)) or None  # pydantic names union branches in loc: not parameters
+    if kind == "json_invalid":
+        detail = (error.get("ctx") or {}).get("error", "")
+        return APIError(400, f"The request body is not valid JSON ({detail}).", code="invalid_json")
+    if kind == "missing":
+        if param is None:
+            return APIError(400, "The request has no body: send a JSON object.", code="missing_body")
+        return APIError(400, f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+    if kind == "extra_forbidden":
+        return APIError(400, f"Unrecognized request argument supplied: {param}", param, "unknown_parameter")
+    message = error["msg"].removeprefix("Value error, ")
+    code = "invalid_type" if kind.endswith("_type") else "invalid_value"
+    return APIError(400, f"Invalid '{param}': {message}." if param else f"Invalid request: {message}.", param, code)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_request: Request, exc: APIError):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError):
+        return validation_error(exc).response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse(error_body(message, exc.status_code), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def crash(_request: Request, exc: Exception):
+        logger.exception("unhandled error")
+        return JSONResponse(error_body(f"Internal server error ({type(exc).__name__}).", 500), status_code=500)

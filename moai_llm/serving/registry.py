@@ -1,0 +1,129 @@
+"""The models one server answers for: found from the command line, loaded once with chat.py's loader, each with
+its name, context length, token limit and batching engine."""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jinja2 import TemplateError
+
+from ..chat.loading import ChatLoadError, load_for_chat
+from ..chat.session import chat_prompt_ids
+from .engine import BatchEngine
+from .errors import APIError
+
+logger = logging.getLogger(__name__)
+
+
+def model_name(path: Path) -> str:
+    """`outputs/pretrain-tiny/final_model` is served as `pretrain-tiny`; any other directory by its own name."""
+    path = path.resolve()
+    return path.parent.name if path.name == "final_model" else path.name
+
+
+def model_entries(model_paths: list[str], models_dir: str | None) -> list[tuple[str, Path]]:
+    """(name, directory) for each `--model_path [NAME=]DIR` and each final_model under `--models_dir`."""
+    entries = []
+    for spec in model_paths:
+        name, sep, path = spec.partition("=")
+        if not sep or Path(spec).exists():
+            name, path = "", spec
+        entries.append((name or model_name(Path(path)), Path(path)))
+    if models_dir:
+        root = Path(models_dir)
+        if not root.is_dir():
+            raise ChatLoadError(f"--models_dir {models_dir}: no such directory")
+        found = sorted(p for p in root.rglob("final_model") if (p / "config.json").is_file())
+        if not found:
+            raise ChatLoadError(f"--models_dir {models_dir}: no final_model directory (with a config.json) under it")
+        for path in found:
+            relative = path.parent.relative_to(root).as_posix()
+            entries.append((root.resolve().name if relative == "." else relative, path))
+    if not entries:
+        raise ChatLoadError("no model to serve: pass --model_path DIR (repeatable) or --models_dir DIR")
+    seen = {}
+    for name, path in entries:
+        if name in seen:
+            raise ChatLoadError(f"two models are both named {name!r} ({seen[name]} and {path}): name one with "
+                                f"--model_path NAME=DIR")
+        seen[name] = path
+    return entries
+
+
+@dataclass
+class ServedModel:
+    """A model the server answers for. `engine` is anything with `submit(GenerationRequest)` and `close()`."""
+
+    name: str
+    tokenizer: object
+    engine: object
+    context_length: int
+    max_tokens_limit: int
+    path: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise APIError(400, f"Model '{self.name}' has no chat template: use /v1/completions.", "messages")
+        try:
+            return chat_prompt_ids(self.tokenizer, messages)
+        except TemplateError as err:
+            raise APIError(400, f"The messages do not fit the chat template: {err}.", "messages") from None
+
+    def text_prompt(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def max_new_tokens(self, prompt_tokens: int, requested: int | None, prompt_param: str) -> int:
+        """The tokens to generate; a 400 naming the parameter when the request cannot fit."""
+        if requested is not None and requested > self.max_tokens_limit:
+            raise APIError(400, f"max_tokens is {requested}, above this server's limit of {self.max_tokens_limit} "
+                                f"for '{self.name}'.", "max_tokens", "invalid_value")
+        if prompt_tokens == 0:
+            raise APIError(400, "The prompt is empty.", prompt_param, "invalid_value")
+        room = self.context_length - prompt_tokens
+        if room < 1 or (requested is not None and requested > room):
+            raise APIError(400, f"This model's maximum context length is {self.context_length} tokens. However, "
+                                f"you requested {prompt_tokens + (requested or 1)} tokens ({prompt_tokens} in the "
+                                f"prompt, {requested or 1} for the completion).", prompt_param,
+                           "context_length_exceeded")
+        return requested if requested is not None else min(room, self.max_tokens_limit)
+
+    def card(self) -> dict:
+        """The model's `/v1/models` entry (OpenAI's fields, plus vLLM's max_model_len)."""
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "moai-llm",
+                "max_model_len": self.context_length, "max_tokens_limit": self.max_tokens_limit}
+
+
+class ModelRegistry:
+    def __init__(self, models: list[ServedModel]):
+        self.models = {m.name: m for m in models}
+
+    def get(self, name: str | None) -> ServedModel:
+        if name is None:
+            if len(self.models) == 1:
+                return next(iter(self.models.values()))
+            raise APIError(400, f"Missing required parameter: 'model' (one of: {', '.join(self.models)}).", "model",
+                           "missing_required_parameter")
+        if name not in self.models:
+            raise APIError(404, f"The model '{name}' does not exist (served: {', '.join(self.models)}).", "model",
+                           "model_not_found")
+        return self.models[name]
+
+    def close(self) -> None:
+        for served in self.models.values():
+            served.engine.close()
+
+
+def load_models(entries: list[tuple[str, Path]], max_batch_size: int = 16, max_tokens: int = 4096,
+                device: str | None = None) -> ModelRegistry:
+    """Load every model (ChatLoadError names a bad directory) and start its engine."""
+    served = []
+    for name, path in entries:
+        model, tokenizer = load_for_chat(str(path), device=device)
+        engine = BatchEngine(model, tokenizer, max_batch_size=max_batch_size, name=name)
+        served.append(ServedModel(name, tokenizer, engine, engine.context_length,
+                                  min(max_tokens, engine.context_length), str(path)))
+        logger.info("serving %s from %s (context %d, batch up to %d)", name, path, engine.context_length,
+                    engine.max_batch_size)
+    return ModelRegistry(served)

@@ -1,0 +1,104 @@
+"""Helpers for the serving tests: tiny random models saved with the bundled tokenizer, an in-process server on a
+free 127.0.0.1 port (started and stopped by fixtures), and a scripted engine that stands in for a model."""
+
+import asyncio
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import torch
+import uvicorn
+
+from moai_llm import MoaiForCausalLM
+from moai_llm.serving import Finished, ServedModel, TextDelta, build_app
+from moai_llm.tokenizer import load_tokenizer
+
+from .conftest import tiny_config
+
+
+def save_tiny_model(path, seed: int = 0, **overrides):
+    """A random MOAI model (hidden 64, 2 layers unless overridden) with the bundled 8,192-token tokenizer."""
+    torch.manual_seed(seed)
+    config = tiny_config(**{"vocab_size": 8192, "max_position_embeddings": 4096, **overrides})
+    MoaiForCausalLM(config).save_pretrained(path)
+    load_tokenizer().save_pretrained(path)
+    return path
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def free_port() -> int:
+    with free_socket() as sock:
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_server(registry, api_key=None):
+    """The app served by uvicorn on a thread of this process; yields its base URL; stops it (and its engines)."""
+    sock = free_socket()
+    server = uvicorn.Server(uvicorn.Config(build_app(registry, api_key), log_level="warning"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    wait_until_up(url)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+        assert not thread.is_alive(), "the test server did not stop"
+
+
+def wait_until_up(url: str, timeout: float = 60.0, process=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not come up in {timeout}s")
+
+
+class ScriptedEngine:
+    """Stands in for a model (test hook, not product code): answers every request with `script(prompt)` split into
+    pieces of `piece` characters, one every `delay` seconds, on its own thread; records prompts and cancellations."""
+
+    def __init__(self, script, piece: int = 3, delay: float = 0.05):
+        self.script, self.piece, self.delay = script, piece, delay
+        self.prompts, self.cancelled = [], 0
+
+    def submit(self, request):
+        self.prompts.append(request.prompt_ids)
+        threading.Thread(target=self._answer, args=(request,), daemon=True).start()
+
+    def _answer(self, request):
+        text = self.script(request.prompt_ids)
+        for sent, start in enumerate(range(0, len(text), self.piece)):
+            if request.cancelled.is_set():
+                self.cancelled += 1
+                request.deliver(Finished("cancelled", len(request.prompt_ids), sent))
+                return
+            request.deliver(TextDelta(text[start:start + self.piece]))
+            time.sleep(self.delay)
+        request.deliver(Finished("stop", len(request.prompt_ids), len(text)))
+
+    def close(self):
+        pass
+
+
+def scripted_model(name: str, script, **engine_args) -> ServedModel:
+    return ServedModel(name, load_tokenizer(), ScriptedEngine(script, **engine_args), context_length=4096,
+                       max_tokens_limit=4096)
+
