@@ -1,7 +1,8 @@
 """Stages (pretrain -> mid-training -> sft): each a set of flag overrides, starting from the previous final_model.
 
-A stage whose final_model exists is skipped, and a stage in progress resumes from its latest complete checkpoint,
-so re-running the same command after an interruption continues where it stopped.
+A stage whose final_model is complete (its FINAL_MARKER, written after the final save) is skipped, and a stage in
+progress resumes from its latest complete checkpoint, so re-running the same command after an interruption
+continues where it stopped.
 """
 
 import copy
@@ -10,7 +11,7 @@ import logging
 import os
 
 from .cli import UsageError, build_parser
-from .run import RunResult, run_training
+from .run import FINAL_MARKER, RunResult, run_training
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,8 @@ def run_all(model_args, data_args, training_args) -> list[RunResult]:
             values["learning_rate"] = None
         training_stage = type(training_args)(**values)
         final_dir = os.path.join(training_stage.output_dir, "final_model")
-        if os.path.isfile(os.path.join(final_dir, "config.json")):
-            logger.info("stage %s: %s exists, skipping", name, final_dir)
+        if os.path.isfile(os.path.join(final_dir, FINAL_MARKER)):
+            logger.info("stage %s: %s is complete, skipping", name, final_dir)
             results.append(RunResult(training_stage.output_dir, final_dir, {}))
         else:
             logger.info("stage %s: mode %s from %s", name, training_stage.mode, previous or "scratch")
