@@ -58,6 +58,7 @@ class MoaiTrainer(Trainer):
       ranks instead of the stock world_size x GA-times sum.
     - `_save_checkpoint`: marks a checkpoint complete only after every rank finished writing it, and rotates old
       checkpoints only after that, so `--resume_from_checkpoint auto` never picks a half-written one.
+    - `_run_epoch`: no step past max_steps when resuming from a checkpoint already there.
     - `log`/`evaluate`: tokens/s, MFU, packing efficiency, loss components; eval perplexity.
     - evaluation measures plain cross-entropy whatever the training objective, so `eval_perplexity` is a perplexity.
     """
@@ -175,6 +176,14 @@ class MoaiTrainer(Trainer):
         return metrics
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
+    def _run_epoch(self, *args, **kwargs):
+        # transformers checks max_steps only after a step: resuming from a checkpoint already at max_steps (a run
+        # killed during its final save) would train one step past the end.
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _save_checkpoint(self, model, trial):
         limit = self.args.save_total_limit
         self.args.save_total_limit = None  # rotate only once the new checkpoint is complete
