@@ -36,11 +36,11 @@ def apply_lora(model, model_args):
 
 
 def quantization_config(compute_dtype: torch.dtype):
-    """BitsAndBytes NF4 config for --use_qlora (CUDA, or CPU with a bitsandbytes that has CPU kernels)."""
+    """BitsAndBytes NF4 config for --use_qlora (CUDA, or CPU with a bitsandbytes that has CPU 4-bit kernels)."""
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        hint = "" if torch.cuda.is_available() else " (bitsandbytes >= 0.48 runs 4-bit on CPU too; else use --use_lora)"
+        hint = "" if torch.cuda.is_available() else " (recent versions, e.g. 0.50, run 4-bit on CPU too; or use --use_lora)"
         raise UsageError(f"--use_qlora needs bitsandbytes: pip install -e '.[qlora]'{hint}") from None
     from transformers import BitsAndBytesConfig
 
@@ -63,5 +63,8 @@ def merge_adapters(model, adapter_dir: str):
     from peft import PeftModel
 
     base = model.unload()  # LoRA layers off, the quantized base layers back in place
+    # bitsandbytes' AVX512-BF16 CPU kernels repack NF4 weights in place at the first inference forward (evaluation)
+    # and only `state_dict()` packs them back; `dequantize` reads the raw data and would decode the repacked bytes.
+    base.state_dict()
     base = base.dequantize(dtype=torch.float32).float()
     return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
