@@ -160,3 +160,6 @@ class MoaiTrainingArguments(TrainingArguments):
         )
         self.lr_scheduler_type = SCHEDULER_ALIASES.get(self.lr_scheduler_type, self.lr_scheduler_type)
         super().__post_init__()
+        if self.save_on_each_node and (self.fsdp or self.deepspeed):
+            raise ValueError("--save_on_each_node works with DDP only: FSDP and DeepSpeed checkpoints are sharded "
+                             "over all ranks, so every node needs them all (use a shared filesystem)")

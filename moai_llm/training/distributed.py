@@ -43,7 +43,8 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _from_rank_zero(value):
+def from_rank_zero(value):
+    """Rank 0's `value` on every rank (picklable; the value itself when not distributed)."""
     if not _distributed():
         return value
     box = [value]
@@ -51,12 +52,21 @@ def _from_rank_zero(value):
     return box[0]
 
 
-def _gather(value) -> list:
-    if not _distributed():
-        return [value]
-    values = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    return values
+def require_on_every_rank(present: bool, path: str, what: str) -> None:
+    """Collective: unless `present` holds on every rank, every rank raises one UsageError naming each node (and its
+    path) where it does not, so no rank goes on alone into a collective the others never join."""
+    mine = None if present else (node_name(), path)
+    values = [mine]
+    if _distributed():
+        values = [None] * dist.get_world_size()
+        dist.all_gather_object(values, mine)
+    missing = [entry for entry in values if entry is not None]
+    if missing:
+        places = "; ".join(f"node {node}: {where}" for node, where in missing)
+        raise UsageError(
+            f"{what} is missing or incomplete on {places}; put output_dir on a shared filesystem, or save with "
+            "--save_on_each_node true (DDP) / copy it to every node"
+        )
 
 
 def resolve_resume(training_args) -> str | None:
@@ -71,25 +81,17 @@ def resolve_resume(training_args) -> str | None:
     is_main = training_args.process_index == 0  # also sets up the process group under torchrun
     if value == "auto":
         latest = latest_complete_checkpoint(training_args.output_dir) if is_main else None
-        name = _from_rank_zero(os.path.basename(latest) if latest else None)
+        name = from_rank_zero(os.path.basename(latest) if latest else None)
         if name is None:
             logger.info("resume auto: no complete checkpoint in %s, starting fresh", training_args.output_dir)
             return None
         path = os.path.join(training_args.output_dir, name)
-        readable = os.path.isfile(os.path.join(path, COMPLETE_MARKER))
-        what = f"--resume_from_checkpoint auto: {name} (the latest complete checkpoint on rank 0)"
+        require_on_every_rank(os.path.isfile(os.path.join(path, COMPLETE_MARKER)), path,
+                              f"--resume_from_checkpoint auto: {name} (the latest complete checkpoint on rank 0)")
     else:
         path = value
-        readable = os.path.isdir(path)
-        what = f"--resume_from_checkpoint {value}"
-    missing = [entry for entry in _gather(None if readable else (node_name(), path)) if entry is not None]
-    if missing:
-        if len(missing) == 1 and not _distributed():
-            raise UsageError(f"{what}: directory not found")
-        places = "; ".join(f"node {node}: {where}" for node, where in missing)
-        raise UsageError(
-            f"{what} is missing or incomplete on {places}; put output_dir on a shared filesystem, or save with "
-            "--save_on_each_node true / copy the checkpoint to every node"
-        )
+        if not _distributed() and not os.path.isdir(path):
+            raise UsageError(f"--resume_from_checkpoint {path}: directory not found")
+        require_on_every_rank(os.path.isdir(path), path, f"--resume_from_checkpoint {path}")
     logger.info("resuming from %s", path)
     return path

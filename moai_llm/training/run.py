@@ -16,7 +16,7 @@ from .callbacks import GracefulStopCallback, ThroughputCallback, detect_peak_tfl
 from .cli import UsageError
 from .data_setup import build_datasets
 from .distributed import data_parallel_error, resolve_resume
-from .trainer import MoaiTrainer
+from .trainer import MoaiTrainer, writes_on_this_node
 
 logger = logging.getLogger(__name__)
 DEFAULT_TOKENIZER = os.path.join(PACKAGE_DIR, "assets", "tokenizer")
@@ -153,7 +153,8 @@ def save_final_model(trainer, tokenizer, model_args, training_args) -> str:
         )
         target = model.base_model.model if hasattr(model, "peft_config") else model
         target.generation_config = generation
-        model.save_pretrained(final_dir)
+        with writes_on_this_node(model, training_args):
+            model.save_pretrained(final_dir)
         tokenizer.save_pretrained(final_dir)
         generation.save_pretrained(final_dir)
         logger.info("final model written to %s", final_dir)

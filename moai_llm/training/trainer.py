@@ -37,6 +37,23 @@ def latest_complete_checkpoint(output_dir: str) -> str | None:
     return max(found)[1] if found else None
 
 
+@contextlib.contextmanager
+def writes_on_this_node(model, args):
+    """With --save_on_each_node (DDP), let each node's writer rank save the model's weights.
+
+    transformers' `save_pretrained` writes only on global rank 0 once torch.distributed is up, whatever
+    `is_main_process` says, so the other nodes' checkpoints and final_model would lack their weights. Under DDP
+    every rank holds the whole model; FSDP and DeepSpeed shards are refused with --save_on_each_node."""
+    if not (args.save_on_each_node and args.should_save and args.process_index != 0):
+        yield
+        return
+    model.should_save_on_this_rank = lambda is_main_process: is_main_process
+    try:
+        yield
+    finally:
+        del model.should_save_on_this_rank
+
+
 def router_terms(outputs, config) -> dict[str, torch.Tensor]:
     """The per-micro-batch MoE terms the model added to `loss`, already multiplied by their coefficients."""
     terms = {}
@@ -59,6 +76,7 @@ class MoaiTrainer(Trainer):
     - `_save_checkpoint`: marks a checkpoint complete only after every rank finished writing it, and rotates old
       checkpoints only after that, so `--resume_from_checkpoint auto` never picks a half-written one.
     - `_run_epoch`: no step past max_steps when resuming from a checkpoint already there.
+    - `_save`: with --save_on_each_node every node's checkpoint holds the weights (see `writes_on_this_node`).
     - `log`/`evaluate`: tokens/s, MFU, packing efficiency, loss components; eval perplexity.
     - evaluation measures plain cross-entropy whatever the training objective, so `eval_perplexity` is a perplexity.
     """
@@ -176,6 +194,10 @@ class MoaiTrainer(Trainer):
         return metrics
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
+    def _save(self, output_dir=None, state_dict=None):
+        with writes_on_this_node(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), self.args):
+            super()._save(output_dir, state_dict)
+
     def _run_epoch(self, *args, **kwargs):
         # transformers checks max_steps only after a step: resuming from a checkpoint already at max_steps (a run
         # killed during its final save) would train one step past the end.
