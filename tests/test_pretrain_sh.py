@@ -151,7 +151,8 @@ def test_relative_paths_are_resolved_from_the_callers_directory(tmp_path):
 def test_shutdown_timeout_fits_a_save(tmp_path, tokenizer_dir):
     env = {"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "MODEL_SIZE": "16b"}
     assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=900" in run(env, tokenizer=tokenizer_dir).stdout
-    assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=1800" in run({**env, "SHUTDOWN_TIMEOUT": "1800"}, tokenizer=tokenizer_dir).stdout
+    longer = run({**env, "SHUTDOWN_TIMEOUT": "1800"}, tokenizer=tokenizer_dir)
+    assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=1800" in longer.stdout
     bad = run({**env, "SHUTDOWN_TIMEOUT": "soon"}, tokenizer=tokenizer_dir)
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "pretrain.sh: error: SHUTDOWN_TIMEOUT=soon is not a whole number of seconds"

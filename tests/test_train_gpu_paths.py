@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from moai_llm import MoaiForCausalLM
 from moai_llm.training.arguments import MoaiTrainingArguments, resolve_mixed_precision
-from moai_llm.training.cli import load_yaml_config, build_parser
+from moai_llm.training.cli import build_parser, load_yaml_config
 from moai_llm.training.distributed import data_parallel_error
 from moai_llm.training.run import load_dtype
 from moai_llm.training.trainer import MoaiTrainer
@@ -120,7 +120,8 @@ def test_several_gpus_without_torchrun_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["wsd", "warmup_stable_decay"])
 def test_wsd_alias_is_accepted(name, tmp_path):
     args = MoaiTrainingArguments(output_dir=str(tmp_path), lr_scheduler_type=name, learning_rate=1.0, warmup_steps=0,
-                                 wsd_decay_ratio=0.5, min_lr_ratio=0.0, use_cpu=True, report_to="none", eval_strategy="no")
+                                 wsd_decay_ratio=0.5, min_lr_ratio=0.0, use_cpu=True, report_to="none",
+                                 eval_strategy="no")
     trainer = MoaiTrainer(model=MoaiForCausalLM(tiny_config()), args=args)
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
     lrs = []

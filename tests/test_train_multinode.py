@@ -65,7 +65,8 @@ def test_resume_auto_across_nodes_without_a_shared_filesystem(tmp_path):
     for code, output in results:
         assert code != 0
         errors = [line for line in output.splitlines() if "train.py: error:" in line]
-        assert len(errors) == 1 and "checkpoint-2 (the latest complete checkpoint on rank 0)" in errors[0], output[-3000:]
+        assert len(errors) == 1, output[-3000:]
+        assert "checkpoint-2 (the latest complete checkpoint on rank 0)" in errors[0], errors[0]
         assert socket.gethostname() in errors[0] and missing in errors[0], errors[0]
     assert not (tmp_path / "node0" / "checkpoint-3").exists()
 

@@ -127,7 +127,7 @@ class MoaiTrainingArguments(TrainingArguments):
     report_to: None | str | list[str] = field(default="none", metadata={"help": "tensorboard, wandb, ... or none."})
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "bf16 mixed precision (default: on for CUDA GPUs that support it, else fp16 on CUDA; off on CPU)."},
+        metadata={"help": "bf16 mixed precision (default: on for CUDA GPUs that support it, else fp16; off on CPU)."},
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep dataset columns for the collator (it builds the model inputs)."}

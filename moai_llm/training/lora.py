@@ -40,7 +40,7 @@ def quantization_config(compute_dtype: torch.dtype):
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        hint = "" if torch.cuda.is_available() else " (recent versions, e.g. 0.50, run 4-bit on CPU too; or use --use_lora)"
+        hint = "" if torch.cuda.is_available() else " (recent versions, e.g. 0.50, run 4-bit on CPU; or use --use_lora)"
         raise UsageError(f"--use_qlora needs bitsandbytes: pip install -e '.[qlora]'{hint}") from None
     from transformers import BitsAndBytesConfig
 
