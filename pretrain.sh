@@ -16,8 +16,8 @@ PYTHON="${PYTHON:-python}"
 # reports 81,559 MiB = 79.6 GiB, a 24 GB L4 or A10G 23,028 MiB = 22.5 GiB), so take the smallest nominal size at
 # or above it when it is within 10%; otherwise whole GiB.
 nominal_gb() {
-  awk '{ gib = $1 / 1024; n = split("6 8 10 11 12 16 20 24 32 40 48 80 94 96 141 144 180 192 288", sizes, " ")
-         for (i = 1; i <= n; i++) if (sizes[i] >= gib) { if (sizes[i] <= gib * 1.1) { print sizes[i]; exit } break }
+  awk 'NR == 1 { gib = $1 / 1024; n = split("6 8 10 11 12 16 20 24 32 40 48 80 94 96 141 144 180 192 288", sizes, " ")
+         for (i = 1; i <= n; i++) if (sizes[i] >= gib) { if (sizes[i] <= gib * 1.1) { print sizes[i]; next } break }
          printf "%d\n", gib }'
 }
 
@@ -49,8 +49,8 @@ DETECTED_MEMORY=""
 DETECTED_NAME=""
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   GPUS_FOUND=$(nvidia-smi -L | grep -c '^GPU ' || true)
-  DETECTED_MEMORY=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n1 | nominal_gb)
-  DETECTED_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1)
+  DETECTED_MEMORY=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | nominal_gb)
+  DETECTED_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | awk 'NR == 1')  # all read: no SIGPIPE
 fi
 DRY_RUN="${DRY_RUN:-0}"
 ALLOW_CPU="${ALLOW_CPU:-0}"

@@ -126,8 +126,7 @@ class MoaiTrainingArguments(TrainingArguments):
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (oldest removed)."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "tensorboard, wandb, ... or none."})
     bf16: bool | None = field(
-        default=None,
-        metadata={"help": "bf16 mixed precision (default: on for CUDA GPUs that support it, else fp16; off on CPU)."},
+        default=None, metadata={"help": "bf16 mixed precision (default: on for CUDA GPUs that support it, off on CPU)."}
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep dataset columns for the collator (it builds the model inputs)."}
