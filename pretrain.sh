@@ -12,6 +12,29 @@ die() { echo "pretrain.sh: error: $*" >&2; exit 2; }
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON="${PYTHON:-python}"
 
+# nvidia-smi's memory.total in MiB -> the card's nominal GB: the usable size reads below the label (an 80 GB H100
+# reports 81,559 MiB = 79.6 GiB, a 24 GB L4 or A10G 23,028 MiB = 22.5 GiB), so take the smallest nominal size at
+# or above it when it is within 10%; otherwise whole GiB.
+nominal_gb() {
+  awk 'NR == 1 { gib = $1 / 1024; n = split("6 8 10 11 12 16 20 24 32 40 48 80 94 96 141 144 180 192 288", sizes, " ")
+         for (i = 1; i <= n; i++) if (sizes[i] >= gib) { if (sizes[i] <= gib * 1.1) { print sizes[i]; next } break }
+         printf "%d\n", gib }'
+}
+
+# A path the caller gave (relative to their directory) or a default (relative to the repo), made absolute once,
+# since torchrun starts from the repo directory. Prints it if the file "$1$2" exists there, else fails.
+absolute_path() {  # PATH [SUFFIX]
+  local candidate candidates=("$1")
+  [[ "$1" = /* ]] || candidates=("$PWD/$1" "$here/$1")
+  for candidate in "${candidates[@]}"; do
+    if [ -f "$candidate${2:-}" ]; then
+      printf '%s' "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+
 TRAIN_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -26,8 +49,8 @@ DETECTED_MEMORY=""
 DETECTED_NAME=""
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   GPUS_FOUND=$(nvidia-smi -L | grep -c '^GPU ' || true)
-  DETECTED_MEMORY=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n1 | awk '{printf "%d", $1/1024}')
-  DETECTED_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1)
+  DETECTED_MEMORY=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | nominal_gb)
+  DETECTED_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | awk 'NR == 1')  # all read: no SIGPIPE
 fi
 DRY_RUN="${DRY_RUN:-0}"
 ALLOW_CPU="${ALLOW_CPU:-0}"
@@ -97,15 +120,22 @@ SEQ_LEN="${SEQ_LEN:-$seq}"
 # ---- paths -----------------------------------------------------------------------------------------------
 MODEL_CONFIG="${MODEL_CONFIG:-$config}"
 TOKENIZER_PATH="${TOKENIZER_PATH:-moai_llm/assets/tokenizer}"
-OUTPUT_DIR="${OUTPUT_DIR:-outputs/pretrain-$MODEL_SIZE}"
+if [ -n "${OUTPUT_DIR:-}" ]; then
+  [[ "$OUTPUT_DIR" = /* ]] || OUTPUT_DIR="$PWD/$OUTPUT_DIR"
+else
+  OUTPUT_DIR="outputs/pretrain-$MODEL_SIZE"  # under the repo
+fi
 RESUME="${RESUME:-auto}"
 MAX_STEPS="${MAX_STEPS:-}"
 PARALLEL="${PARALLEL:-ddp}"
-( cd "$here" && [ -f "$MODEL_CONFIG" ] ) || [ -f "$MODEL_CONFIG" ] || die "MODEL_CONFIG=$MODEL_CONFIG: file not found"
-( cd "$here" && [ -f "$TOKENIZER_PATH/tokenizer.json" ] ) || [ -f "$TOKENIZER_PATH/tokenizer.json" ] \
+found=$(absolute_path "$MODEL_CONFIG") || die "MODEL_CONFIG=$MODEL_CONFIG: file not found"
+MODEL_CONFIG=$found
+found=$(absolute_path "$TOKENIZER_PATH" /tokenizer.json) \
   || die "TOKENIZER_PATH=$TOKENIZER_PATH: no tokenizer.json there (train one with train_tokenizer.py)"
+TOKENIZER_PATH=$found
 if [ -n "${DATA_CONFIG:-}" ]; then
-  ( cd "$here" && [ -f "$DATA_CONFIG" ] ) || [ -f "$DATA_CONFIG" ] || die "DATA_CONFIG=$DATA_CONFIG: file not found"
+  found=$(absolute_path "$DATA_CONFIG") || die "DATA_CONFIG=$DATA_CONFIG: file not found"
+  DATA_CONFIG=$found
 fi
 if [ -n "$MAX_STEPS" ]; then
   [[ "$MAX_STEPS" =~ ^[1-9][0-9]*$ ]] || die "MAX_STEPS=$MAX_STEPS is not a positive integer"
@@ -126,6 +156,12 @@ fi
 # tears the group down as soon as one worker exits non-zero, and NCCL's async error handling aborts collectives
 # that wait on a dead peer instead of hanging.
 DDP_TIMEOUT="${DDP_TIMEOUT:-5400}"
+# On SIGTERM/Ctrl-C torchrun forwards the signal, then SIGKILLs the workers after TORCH_ELASTIC_SHUTDOWN_TIMEOUT
+# (30 s by default): too short to finish a step and save a 2B-16B model with its optimizer. A second signal is
+# forwarded again and ignored by the workers while they save (a third aborts them).
+SHUTDOWN_TIMEOUT="${SHUTDOWN_TIMEOUT:-900}"
+[[ "$SHUTDOWN_TIMEOUT" =~ ^[0-9]+$ ]] || die "SHUTDOWN_TIMEOUT=$SHUTDOWN_TIMEOUT is not a whole number of seconds"
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="$SHUTDOWN_TIMEOUT"
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
@@ -145,7 +181,7 @@ ARGS=(--mode pretrain --model_config "$MODEL_CONFIG" --tokenizer_path "$TOKENIZE
 if [ "$DEVICE" = cpu ]; then
   ARGS+=(--use_cpu true --ddp_backend gloo)
 else
-  ARGS+=(--bf16 true --tf32 true --ddp_backend nccl)
+  ARGS+=(--ddp_backend nccl)  # precision is train.py's choice: bf16 where supported, else fp16; TF32 on Ampere+
 fi
 case "$PARALLEL" in
   ddp) ;;
@@ -166,7 +202,7 @@ cat <<EOF
 pretrain.sh: $NNODES node(s) x $NUM_GPUS $DEVICE process(es) = $WORLD_SIZE, parallel=$PARALLEL
   model: MODEL_SIZE=$MODEL_SIZE MODEL_CONFIG=$MODEL_CONFIG GPU_MEMORY=${GPU_MEMORY:-n/a} GPU_NAME=${GPU_NAME:-n/a}
   batch: per-device $BATCH_SIZE x processes $WORLD_SIZE x accumulation $GRADIENT_ACCUMULATION_STEPS = effective $EFFECTIVE_BATCH sequences of $SEQ_LEN tokens
-  env: NCCL_P2P_DISABLE=${NCCL_P2P_DISABLE:-n/a} TORCH_NCCL_ASYNC_ERROR_HANDLING=$TORCH_NCCL_ASYNC_ERROR_HANDLING PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_CUDA_ALLOC_CONF OMP_NUM_THREADS=$OMP_NUM_THREADS
+  env: NCCL_P2P_DISABLE=${NCCL_P2P_DISABLE:-n/a} TORCH_NCCL_ASYNC_ERROR_HANDLING=$TORCH_NCCL_ASYNC_ERROR_HANDLING PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_CUDA_ALLOC_CONF OMP_NUM_THREADS=$OMP_NUM_THREADS TORCH_ELASTIC_SHUTDOWN_TIMEOUT=$TORCH_ELASTIC_SHUTDOWN_TIMEOUT
 EOF
 printf 'command:'; printf ' %q' "${CMD[@]}"; printf '\n'
 if [ "$DRY_RUN" = 1 ]; then

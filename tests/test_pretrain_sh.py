@@ -46,7 +46,8 @@ def test_dry_run_two_nodes_of_eight(memory, micro, accumulation, tokenizer_dir):
     assert flag(out, "--batch_size") == micro and flag(out, "--gradient_accumulation_steps") == accumulation
     assert f"= effective 512 sequences" in out
     assert "--learning_rate 2e-4" in out and "NCCL_P2P_DISABLE=0" in out
-    assert "--bf16 true" in out and "--ddp_backend nccl" in out
+    assert "--ddp_backend nccl" in out
+    assert "--bf16" not in out and "--tf32" not in out  # train.py picks bf16, or fp16 where bf16 is unsupported
 
 
 def test_dry_run_consumer_gpu_disables_p2p(tokenizer_dir):
@@ -93,3 +94,66 @@ def test_bad_settings_fail_fast_with_one_line(env, message, tokenizer_dir):
 def test_missing_tokenizer_fails_fast(tmp_path):
     result = run({"DRY_RUN": "1", "NUM_GPUS": "1", "GPU_MEMORY": "80"}, tokenizer=tmp_path)
     assert result.returncode != 0 and "no tokenizer.json" in result.stderr
+
+
+def fake_nvidia_smi(directory, memory_mib: int, name: str = "NVIDIA H100 80GB HBM3", count: int = 8):
+    """An nvidia-smi on PATH that reports `count` GPUs of `memory_mib` MiB."""
+    script = directory / "nvidia-smi"
+    script.write_text(
+        "#!/usr/bin/env bash\n"
+        "case \"$*\" in\n"
+        f"  -L) for i in $(seq 0 {count - 1}); do echo \"GPU $i: {name} (UUID: GPU-$i)\"; done ;;\n"
+        f"  *memory.total*) for i in $(seq 1 {count}); do echo {memory_mib}; done ;;\n"
+        f"  *name*) for i in $(seq 1 {count}); do echo '{name}'; done ;;\n"
+        "esac\n"
+    )
+    script.chmod(0o755)
+    return {"PATH": f"{directory}:{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize(
+    "memory_mib, nominal, micro",
+    [(81559, "80", "4"), (24564, "24", "1"), (23028, "24", "1"), (40960, "40", "1"), (143771, "141", "8")],
+)
+def test_gpu_memory_is_rounded_to_the_nominal_size(memory_mib, nominal, micro, tmp_path, tokenizer_dir):
+    env = {"DRY_RUN": "1", "MODEL_SIZE": "3b", **fake_nvidia_smi(tmp_path, memory_mib)}
+    result = run(env, tokenizer=tokenizer_dir)
+    assert result.returncode == 0, result.stderr
+    assert f"GPU_MEMORY={nominal} " in result.stdout and flag(result.stdout, "--batch_size") == micro
+    assert flag(result.stdout, "--nproc_per_node") == "8"
+
+
+def test_relative_paths_are_resolved_from_the_callers_directory(tmp_path):
+    caller = tmp_path / "project"
+    (caller / "cfg").mkdir(parents=True)
+    (caller / "cfg" / "model.json").write_text("{}")
+    (caller / "cfg" / "data.yaml").write_text("{}")
+    (caller / "tok").mkdir()
+    (caller / "tok" / "tokenizer.json").write_text("{}")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUM_GPUS", "GPU_MEMORY", "MODEL_SIZE", "NNODES")}
+    env.update({"DRY_RUN": "1", "NUM_GPUS": "1", "GPU_MEMORY": "80", "MODEL_CONFIG": "cfg/model.json",
+                "TOKENIZER_PATH": "tok", "DATA_CONFIG": "cfg/data.yaml", "OUTPUT_DIR": "runs/a"})
+    result = subprocess.run(["bash", str(REPO / "pretrain.sh")], cwd=caller, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert flag(out, "--model_config") == str(caller / "cfg" / "model.json")
+    assert flag(out, "--tokenizer_path") == str(caller / "tok")
+    assert flag(out, "--config") == str(caller / "cfg" / "data.yaml")
+    assert flag(out, "--output_dir") == str(caller / "runs" / "a")
+    del env["MODEL_CONFIG"], env["TOKENIZER_PATH"]  # defaults stay relative to the repo, made absolute
+    result = subprocess.run(["bash", str(REPO / "pretrain.sh")], cwd=caller, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert flag(result.stdout, "--model_config") == str(REPO / "configs" / "model_config_tiny.json")
+    assert flag(result.stdout, "--tokenizer_path") == str(REPO / "moai_llm" / "assets" / "tokenizer")
+
+
+def test_shutdown_timeout_fits_a_save(tmp_path, tokenizer_dir):
+    env = {"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "MODEL_SIZE": "16b"}
+    assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=900" in run(env, tokenizer=tokenizer_dir).stdout
+    longer = run({**env, "SHUTDOWN_TIMEOUT": "1800"}, tokenizer=tokenizer_dir)
+    assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=1800" in longer.stdout
+    bad = run({**env, "SHUTDOWN_TIMEOUT": "soon"}, tokenizer=tokenizer_dir)
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "pretrain.sh: error: SHUTDOWN_TIMEOUT=soon is not a whole number of seconds"
+    )

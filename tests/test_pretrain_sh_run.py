@@ -1,12 +1,15 @@
 """pretrain.sh on CPU: 2 gloo processes match a single process at the same global batch; a dead rank ends the job."""
 
 import os
+import re
 import signal
 import subprocess
 import time
 
 import torch
 from safetensors.torch import load_file
+
+from moai_llm.training.trainer import COMPLETE_MARKER
 
 from .conftest import REPO
 from .train_helpers import run_cli, write_tiny_config
@@ -90,3 +93,59 @@ def _rank_one(output_dir) -> int | None:
         if b"RANK=1" in environ and marker in environ:
             return int(pid)
     return None
+
+
+SLOW_SAVE = '''
+import os, time
+if "LOCAL_RANK" in os.environ:  # torchrun workers only: the checkpoint save takes SAVE_SECONDS longer
+    from moai_llm.training import trainer
+
+    original = trainer.MoaiTrainer._save_checkpoint
+
+    def slow_save(self, *args, **kwargs):
+        open(os.environ["SAVE_STARTED"], "w").close()
+        time.sleep(float(os.environ["SAVE_SECONDS"]))
+        return original(self, *args, **kwargs)
+
+    trainer.MoaiTrainer._save_checkpoint = slow_save
+'''
+
+
+def test_second_signal_during_the_save_does_not_kill_it(tmp_path):
+    """SIGTERM to torchrun, then SIGTERM again while the checkpoint is being written (a test-only sitecustomize
+    makes the save last 4 s): torchrun forwards both, the workers ignore the second and finish the save."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SLOW_SAVE)
+    model_config, out, log = write_tiny_config(tmp_path), tmp_path / "run", tmp_path / "log.txt"
+    started = tmp_path / "save_started"
+    env = _env(tmp_path, NUM_GPUS="1", BATCH_SIZE="1", GRADIENT_ACCUMULATION_STEPS="1", MAX_STEPS="100000",
+               OUTPUT_DIR=str(out), SEQ_LEN="64", RESUME="no", SAVE_STARTED=str(started), SAVE_SECONDS="4",
+               PYTHONPATH=f"{hooks}:{REPO}")
+    flags = [*_common(model_config), "--save_steps", "1000000"]
+    flags[flags.index("--save_strategy") + 1] = "steps"  # only the signal saves
+    with open(log, "w") as handle:
+        process = subprocess.Popen(["bash", str(REPO / "pretrain.sh"), "--", *flags], cwd=REPO, env=env,
+                                   stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while "'loss'" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        environ = open(f"/proc/{process.pid}/environ", "rb").read().split(b"\0")  # pretrain.sh exec'd torchrun
+        assert b"TORCH_ELASTIC_SHUTDOWN_TIMEOUT=900" in environ
+        process.send_signal(signal.SIGTERM)
+        while not started.exists():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        time.sleep(1)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert "still saving, ignored" in output, output[-3000:]  # torchrun itself then exits 1, reporting the signal
+    step = int(re.search(r"stopped at step (\d+)", output).group(1))
+    assert (out / f"checkpoint-{step}" / COMPLETE_MARKER).is_file(), output[-3000:]
+    assert (out / f"checkpoint-{step}" / "model.safetensors").is_file()

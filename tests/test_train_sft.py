@@ -79,3 +79,38 @@ def test_lora_trains_only_adapters_and_merge_equals_base_plus_adapter(base_model
     reloaded = AutoModelForCausalLM.from_pretrained(result.final_model).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, adapted(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_qlora_merge_writes_a_full_precision_model(base_model, tmp_path):
+    """--use_qlora --merge_lora: final_model = dequantized NF4 base + B·A·α/r in fp32, a plain checkpoint that loads
+    on CPU (peft's own merge re-quantizes to NF4 and leaves a bitsandbytes checkpoint). The run evaluates, so on CPUs
+    with AVX512-BF16 bitsandbytes has repacked the weights in place before the merge."""
+    bnb = pytest.importorskip("bitsandbytes")  # with CPU 4-bit kernels (checked with 0.50.2); not in the dev extras
+    args = fast_args(tmp_path / "sft", "unused", "--mode", "sft", "--pretrained_model", base_model, "--train_file",
+                     SFT_FILE, "--max_steps", "2", "--use_qlora", "true", "--lora_r", "4", "--lora_alpha", "8",
+                     "--merge_lora", "true", "--learning_rate", "0.01")
+    args[args.index("--model_config"): args.index("--model_config") + 2] = []
+    result = run_inprocess(args)[0]
+    config = (tmp_path / "sft" / "final_model" / "config.json").read_text()
+    assert "quantization_config" not in config
+    merged = load_file(f"{result.final_model}/model.safetensors")
+    base = load_file(f"{base_model}/model.safetensors")
+    assert merged.keys() == base.keys() and all(value.dtype == torch.float32 for value in merged.values())
+    adapter = load_file(str(tmp_path / "sft" / "adapter" / "adapter_model.safetensors"))
+    checked = 0
+    for name, weight in base.items():
+        a_key = next((k for k in adapter if k.startswith(f"base_model.model.{name.removesuffix('.weight')}.lora_A")), None)
+        if a_key is None:
+            continue
+        quantized, state = bnb.functional.quantize_4bit(weight, blocksize=64, compress_statistics=True, quant_type="nf4")
+        dequantized = bnb.functional.dequantize_4bit(quantized, state)
+        delta = 2.0 * adapter[a_key.replace("lora_A", "lora_B")] @ adapter[a_key]
+        assert delta.abs().max() > 3e-3  # the adapter learned more than the tolerance below
+        # 1e-3: bitsandbytes' AVX512-BF16 CPU kernels keep absmax in bf16 once evaluation ran (exact to 1e-6 without)
+        torch.testing.assert_close(merged[name], dequantized + delta, rtol=0, atol=1e-3)
+        checked += 1
+    assert checked == 2 * 7
+    reloaded = AutoModelForCausalLM.from_pretrained(result.final_model).eval()
+    assert not getattr(reloaded, "is_loaded_in_4bit", False)
+    with torch.no_grad():
+        assert torch.isfinite(reloaded(torch.tensor([[5, 100, 200, 300, 6]])).logits).all()

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from moai_llm.training.cli import UsageError
+from moai_llm.training.run import FINAL_MARKER
 
 from .conftest import REPO
 from .train_helpers import fast_args, run_inprocess, write_tiny_config
@@ -34,6 +35,25 @@ def test_pretrain_then_sft_stages(tmp_path, caplog):
         again = run_inprocess(args)
     assert "stage base" in caplog.text and "skipping" in caplog.text
     assert [r.final_model for r in again] == [r.final_model for r in results]
+
+
+def test_stage_killed_during_its_final_save_runs_again(tmp_path, caplog):
+    """save_pretrained writes config.json before the weights: a kill there must not count the stage as done."""
+    config = write_tiny_config(tmp_path)
+    stages = tmp_path / "stages.yaml"
+    stages.write_text("stages:\n  - {name: base, mode: pretrain, max_steps: 2}\n")
+    args = fast_args(tmp_path / "out", config, "--config", str(stages), "--eval_fraction", "4")
+    run_inprocess(args)
+    final = tmp_path / "out" / "base" / "final_model"
+    assert json.loads((final / FINAL_MARKER).read_text())["global_step"] == 2
+    weights = (final / "model.safetensors").read_bytes()
+    for name in (FINAL_MARKER, "model.safetensors", "tokenizer.json"):  # what a kill after config.json leaves
+        (final / name).unlink()
+    with caplog.at_level("INFO"):
+        run_inprocess(args)
+    assert "skipping" not in caplog.text and "stage base: mode pretrain" in caplog.text
+    assert (final / FINAL_MARKER).is_file() and (final / "tokenizer.json").is_file()
+    assert (final / "model.safetensors").read_bytes() == weights  # resumed at its last step, no step more
 
 
 def test_stage_with_unknown_key_is_an_error(tmp_path):

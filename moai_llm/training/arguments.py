@@ -18,6 +18,18 @@ TINY_MODEL_CONFIG = os.path.join(REPO_DIR, "configs", "model_config_tiny.json")
 LORA_TARGET_MODULES = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 # Learning rates used when --learning_rate is not given: a tiny model from scratch, full SFT, adapters.
 DEFAULT_LEARNING_RATES = {"pretrain": 1e-3, "sft": 2e-5, "lora": 2e-4}
+# Schedule names transformers' SchedulerType does not know, mapped to the one it does.
+SCHEDULER_ALIASES = {"wsd": "warmup_stable_decay"}
+
+
+def resolve_mixed_precision(bf16: bool | None, fp16: bool, on_gpu: bool, bf16_supported: bool) -> tuple[bool, bool]:
+    """(bf16, fp16). bf16 unset: bf16 on GPUs that support it, fp16 on older GPUs (V100, T4), neither on CPU.
+    An explicit --bf16 or --fp16 is kept as given."""
+    if bf16 is not None or fp16:
+        return bool(bf16), bool(fp16)
+    if not on_gpu:
+        return False, False
+    return (True, False) if bf16_supported else (False, True)
 
 
 @dataclass
@@ -120,7 +132,8 @@ class MoaiTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Peak learning rate (default: 1e-3 pretrain, 2e-5 sft, 2e-4 LoRA)."}
     )
     lr_scheduler_type: str = field(
-        default="warmup_stable_decay", metadata={"help": "Schedule; warmup_stable_decay (WSD) or any transformers one."}
+        default="warmup_stable_decay",
+        metadata={"help": "Schedule: warmup_stable_decay (alias wsd) or any transformers one (cosine, linear, ...)."},
     )
     warmup_steps: float = field(default=0.05, metadata={"help": "Warmup steps (or fraction of all steps if < 1)."})
     wsd_decay_ratio: float = field(default=0.2, metadata={"help": "WSD: fraction of steps spent decaying."})
@@ -167,7 +180,12 @@ class MoaiTrainingArguments(TrainingArguments):
         if self.tf32 is None and on_gpu and torch.cuda.get_device_capability()[0] >= 8:
             self.tf32 = True  # Ampere and newer: TF32 matmuls for whatever still runs in fp32
         # the optimizer default is transformers' adamw_torch_fused already (the fused CUDA kernel)
-        if self.bf16 is None:  # resolved before TrainingArguments derives mixed_precision from it
-            self.bf16 = bool(not self.use_cpu and not self.fp16 and torch.cuda.is_available()
-                             and torch.cuda.is_bf16_supported())
+        # resolved before TrainingArguments derives mixed_precision from them
+        self.bf16, self.fp16 = resolve_mixed_precision(
+            self.bf16, self.fp16, on_gpu, on_gpu and torch.cuda.is_bf16_supported()
+        )
+        self.lr_scheduler_type = SCHEDULER_ALIASES.get(self.lr_scheduler_type, self.lr_scheduler_type)
         super().__post_init__()
+        if self.save_on_each_node and (self.fsdp or self.deepspeed):
+            raise ValueError("--save_on_each_node works with DDP only: FSDP and DeepSpeed checkpoints are sharded "
+                             "over all ranks, so every node needs them all (use a shared filesystem)")

@@ -93,28 +93,43 @@ class ThroughputCallback(TrainerCallback):
 class GracefulStopCallback(TrainerCallback):
     """SIGTERM / SIGINT: finish the current optimizer step, save a checkpoint, stop; the CLI then exits 0.
 
-    A second signal falls back to the default handler, so a stuck run can still be killed. Under DDP the flag is
-    all-reduced each step so every rank stops at the same step (torchrun forwards signals, but not always to all).
+    The second signal is ignored with a warning: under torchrun it is usually the agent forwarding the user's second
+    Ctrl-C (or a scheduler and the agent both sending SIGTERM), and it must not cut the save short. The third falls
+    back to the previous handler (kills, or KeyboardInterrupt for SIGINT); SIGKILL always works. The handlers stay
+    installed until `restore()`, so the run's final save is covered too. Under DDP the flag is all-reduced each step
+    so every rank stops at the same step (torchrun forwards signals, but not always to all).
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    ABORT_AFTER = 3
 
     def __init__(self):
         self.requested = False
+        self.received = 0
         self.stopped_at: int | None = None
         self._previous = {}
 
     def _handle(self, signum, frame):
-        logger.warning("received %s: saving a checkpoint after this step and stopping", signal.Signals(signum).name)
+        self.received += 1
+        name = signal.Signals(signum).name
+        if self.received >= self.ABORT_AFTER:
+            logger.warning("received %s a third time: aborting", name)
+            self.restore()
+            signal.raise_signal(signum)
+            return
+        if self.received == 1:
+            logger.warning("received %s: saving a checkpoint after this step and stopping", name)
+        else:
+            logger.warning("received %s again: still saving, ignored (a third signal or SIGKILL aborts)", name)
         self.requested = True
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+        if not self._previous:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def restore(self) -> None:
+        """Put back the handlers that were there before training."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}

@@ -1,4 +1,4 @@
-"""LoRA / QLoRA on MOAI models through peft."""
+"""LoRA / QLoRA on MOAI models through peft, and merging the adapters into a full-precision final model."""
 
 import logging
 
@@ -35,19 +35,18 @@ def apply_lora(model, model_args):
     return model
 
 
-def quantization_config(model_args):
-    """BitsAndBytes NF4 config for --use_qlora; a clear error where it cannot work."""
-    if not torch.cuda.is_available():
-        raise UsageError("--use_qlora needs a CUDA GPU (bitsandbytes 4-bit); use --use_lora on CPU")
+def quantization_config(compute_dtype: torch.dtype):
+    """BitsAndBytes NF4 config for --use_qlora (CUDA, or CPU with a bitsandbytes that has CPU 4-bit kernels)."""
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise UsageError("--use_qlora needs bitsandbytes: pip install -e '.[qlora]'") from None
+        hint = "" if torch.cuda.is_available() else " (recent versions, e.g. 0.50, run 4-bit on CPU; or use --use_lora)"
+        raise UsageError(f"--use_qlora needs bitsandbytes: pip install -e '.[qlora]'{hint}") from None
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=compute_dtype,
     )
 
 
@@ -69,4 +68,24 @@ def merge_into_float32_base(pretrained_model: str | None, adapter_dir: str, trai
     finally:
         if getattr(training_args, "hf_deepspeed_config", None) is not None:
             deepspeed.set_hf_deepspeed_config(training_args.hf_deepspeed_config)
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+
+
+def merge_adapters(model, adapter_dir: str):
+    """The adapters merged into a plain model whose `save_pretrained` writes ordinary full-precision safetensors.
+
+    peft merges QLoRA adapters into the NF4 weights and re-quantizes them, which rounds most of the LoRA delta away
+    and leaves a bitsandbytes checkpoint that CPU inference cannot load. Instead the 4-bit base is dequantized to
+    fp32 (the weights the adapters were trained against) and the adapters, reloaded from `adapter_dir` where they
+    were just saved, are merged there."""
+    base = model.get_base_model()
+    if not (getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)):
+        return model.merge_and_unload()
+    from peft import PeftModel
+
+    base = model.unload()  # LoRA layers off, the quantized base layers back in place
+    # bitsandbytes' AVX512-BF16 CPU kernels repack NF4 weights in place at the first inference forward (evaluation)
+    # and only `state_dict()` packs them back; `dequantize` reads the raw data and would decode the repacked bytes.
+    base.state_dict()
+    base = base.dequantize(dtype=torch.float32).float()
     return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()

@@ -16,11 +16,14 @@ from .arguments import DEFAULT_LEARNING_RATES, PACKAGE_DIR, TINY_MODEL_CONFIG
 from .callbacks import GracefulStopCallback, ThroughputCallback, detect_peak_tflops, flops_per_token
 from .cli import UsageError
 from .data_setup import build_datasets
-from .trainer import MoaiTrainer, latest_complete_checkpoint
+from .distributed import data_parallel_error, resolve_resume
+from .trainer import MoaiTrainer, writes_on_this_node
 
 logger = logging.getLogger(__name__)
 DEFAULT_TOKENIZER = os.path.join(PACKAGE_DIR, "assets", "tokenizer")
 CHAT_END_TOKEN = "<|im_end|>"
+# Written into final_model after everything else (and after every rank finished): a stage is done only with it.
+FINAL_MARKER = "training_complete.json"
 
 
 @dataclass
@@ -69,8 +72,21 @@ def configure_hardware(model_args, training_args) -> None:
             model_args.attn_implementation = "sdpa"
 
 
+def load_dtype(cuda: bool, bf16: bool, lora: bool, qlora: bool, fp16: bool = False) -> torch.dtype:
+    """The dtype to load --pretrained_model in.
+
+    Weights that train stay fp32: they are the optimizer's master copy while autocast computes in bf16/fp16. AdamW
+    on bf16 weights rounds a fine-tuning step away (bf16(0.02) - 2e-5 == bf16(0.02)), so most weights would never
+    move. A frozen base (LoRA, QLoRA) is only read: on a GPU it is loaded in the compute dtype to halve its memory.
+    """
+    if (lora or qlora) and cuda and (bf16 or fp16):
+        return torch.bfloat16 if bf16 else torch.float16
+    return torch.float32
+
+
 def build_model(model_args, training_args, tokenizer):
-    dtype = torch.bfloat16 if training_args.bf16 and torch.cuda.is_available() else None
+    on_gpu = torch.cuda.is_available() and not training_args.use_cpu
+    dtype = load_dtype(on_gpu, training_args.bf16, model_args.use_lora, model_args.use_qlora, training_args.fp16)
     if training_args.mode == "sft" and not model_args.pretrained_model:
         raise UsageError("--mode sft needs --pretrained_model (a pretrained model directory or hub id)")
     if model_args.use_qlora and not model_args.pretrained_model:
@@ -80,7 +96,7 @@ def build_model(model_args, training_args, tokenizer):
         if model_args.use_qlora:
             from .lora import quantization_config
 
-            quantization = quantization_config(model_args)
+            quantization = quantization_config(dtype)
         model = AutoModelForCausalLM.from_pretrained(
             model_args.pretrained_model, attn_implementation=model_args.attn_implementation, dtype=dtype,
             quantization_config=quantization,
@@ -119,19 +135,6 @@ def loss_config(model_args) -> dict:
     return spec
 
 
-def resolve_resume(training_args) -> str | None:
-    value = training_args.resume_from_checkpoint
-    if value in (None, "", "false", "False", "no"):
-        return None
-    if value == "auto":
-        path = latest_complete_checkpoint(training_args.output_dir)
-        logger.info("resume auto: %s", path or f"no complete checkpoint in {training_args.output_dir}, starting fresh")
-        return path
-    if not os.path.isdir(value):
-        raise UsageError(f"--resume_from_checkpoint {value}: directory not found")
-    return value
-
-
 def save_final_model(trainer, tokenizer, model_args, training_args) -> str:
     """final_model: weights (adapters merged when asked), tokenizer + chat template, generation config.
 
@@ -160,9 +163,12 @@ def save_final_model(trainer, tokenizer, model_args, training_args) -> str:
 
                 model = merge_into_float32_base(model_args.pretrained_model, adapter_dir, trainer.args)
             else:
-                model = model.merge_and_unload()
+                from .lora import merge_adapters
+
+                model = merge_adapters(model, adapter_dir)
             model.generation_config = generation
-            model.save_pretrained(final_dir)
+            with writes_on_this_node(model, training_args):
+                model.save_pretrained(final_dir)
     else:
         trainer.save_model(final_dir)
     if training_args.should_save:
@@ -198,6 +204,9 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
         training_args.output_dir = os.path.join("outputs", default_run_name(model_args, training_args))
     if model_args.use_lora and getattr(training_args, "default_learning_rate", False):
         training_args.learning_rate = DEFAULT_LEARNING_RATES["lora"]
+    error = data_parallel_error(training_args.n_gpu)
+    if error:
+        raise UsageError(error)
     resume = resolve_resume(training_args)
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args)
@@ -227,6 +236,13 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
         callbacks=[stopper, *extra_callbacks],
         throughput=throughput,
     )
+    try:
+        return _train_and_save(trainer, stopper, resume, tokenizer, model_args, training_args)
+    finally:
+        stopper.restore()
+
+
+def _train_and_save(trainer, stopper, resume, tokenizer, model_args, training_args) -> RunResult:
     train_output = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(train_output.metrics)
     if stopper.stopped_at is not None:
@@ -235,8 +251,26 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
             stopper.stopped_at, training_args.output_dir,
         )
         return RunResult(training_args.output_dir, None, metrics, stopper.stopped_at)
-    if eval_dataset is not None:
+    if trainer.eval_dataset is not None:
         metrics.update(final_evaluation(trainer))
     trainer.save_metrics("all", metrics)
-    final_dir = save_final_model(trainer, tokenizer, model_args, training_args)
+    with completion_marker(os.path.join(training_args.output_dir, "final_model"), trainer.state.global_step,
+                           training_args.should_save):
+        final_dir = save_final_model(trainer, tokenizer, model_args, training_args)
     return RunResult(training_args.output_dir, final_dir, metrics)
+
+
+@contextlib.contextmanager
+def completion_marker(final_dir: str, global_step: int, should_save: bool):
+    """Around the final save: drop a stale FINAL_MARKER, then write it (fsynced) once final_model is complete.
+    `save_pretrained` writes config.json before the weights, so only the marker tells a finished stage from one
+    killed in the middle of its final save."""
+    marker = os.path.join(final_dir, FINAL_MARKER)
+    if should_save and os.path.exists(marker):
+        os.remove(marker)
+    yield
+    if should_save:
+        with open(marker, "w") as handle:
+            json.dump({"global_step": global_step}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())

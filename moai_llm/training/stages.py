@@ -1,7 +1,8 @@
 """Stages (pretrain -> mid-training -> sft): each a set of flag overrides, starting from the previous final_model.
 
-A stage whose final_model exists is skipped, and a stage in progress resumes from its latest complete checkpoint,
-so re-running the same command after an interruption continues where it stopped.
+A stage whose final_model is complete (its FINAL_MARKER, written after the final save) is skipped, and a stage in
+progress resumes from its latest complete checkpoint, so re-running the same command after an interruption
+continues where it stopped. Rank 0 decides whether a stage is done, so every rank skips or runs it together.
 """
 
 import copy
@@ -10,7 +11,8 @@ import logging
 import os
 
 from .cli import UsageError, build_parser
-from .run import RunResult, run_training
+from .distributed import from_rank_zero, require_on_every_rank
+from .run import FINAL_MARKER, RunResult, run_training
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +60,15 @@ def run_all(model_args, data_args, training_args) -> list[RunResult]:
         )
         if "learning_rate" not in overrides["training"] and training_args.default_learning_rate:
             values["learning_rate"] = None
-        training_stage = type(training_args)(**values)
+        training_stage = type(training_args)(**values)  # under torchrun this also joins the process group
         final_dir = os.path.join(training_stage.output_dir, "final_model")
-        if os.path.isfile(os.path.join(final_dir, "config.json")):
-            logger.info("stage %s: %s exists, skipping", name, final_dir)
+        if from_rank_zero(os.path.isfile(os.path.join(final_dir, FINAL_MARKER))):  # every rank skips, or none
+            logger.info("stage %s: %s is complete, skipping", name, final_dir)
             results.append(RunResult(training_stage.output_dir, final_dir, {}))
         else:
+            if results:
+                require_on_every_rank(os.path.isfile(os.path.join(previous, FINAL_MARKER)), previous,
+                                      f"stage {name}: the previous stage's final_model")
             logger.info("stage %s: mode %s from %s", name, training_stage.mode, previous or "scratch")
             result = run_training(model_stage, data_stage, training_stage)
             results.append(result)

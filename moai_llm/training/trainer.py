@@ -1,5 +1,6 @@
 """MoaiTrainer: transformers.Trainer plus WSD, correctly scaled MoE terms, metering and complete-only checkpoints."""
 
+import contextlib
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ from .sharding import enable_fsdp_on_cpu, may_leave_parameters_unused
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "checkpoint_complete.json"
+PLAIN_CROSS_ENTROPY = {"type": "cross_entropy", "params": {}}
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
@@ -34,6 +36,23 @@ def latest_complete_checkpoint(output_dir: str) -> str | None:
             else:
                 logger.warning("ignoring %s: the save did not finish (no %s)", path, COMPLETE_MARKER)
     return max(found)[1] if found else None
+
+
+@contextlib.contextmanager
+def writes_on_this_node(model, args):
+    """With --save_on_each_node (DDP), let each node's writer rank save the model's weights.
+
+    transformers' `save_pretrained` writes only on global rank 0 once torch.distributed is up, whatever
+    `is_main_process` says, so the other nodes' checkpoints and final_model would lack their weights. Under DDP
+    every rank holds the whole model; FSDP and DeepSpeed shards are refused with --save_on_each_node."""
+    if not (args.save_on_each_node and args.should_save and args.process_index != 0):
+        yield
+        return
+    model.should_save_on_this_rank = lambda is_main_process: is_main_process
+    try:
+        yield
+    finally:
+        del model.should_save_on_this_rank
 
 
 def router_terms(outputs, config) -> dict[str, torch.Tensor]:
@@ -59,8 +78,11 @@ class MoaiTrainer(Trainer):
       ranks instead of the stock world_size x GA-times sum.
     - `_save_checkpoint`: marks a checkpoint complete only after every rank finished writing it, and rotates old
       checkpoints only after that, so `--resume_from_checkpoint auto` never picks a half-written one.
+    - `_run_epoch`: no step past max_steps when resuming from a checkpoint already there.
+    - `_save`: with --save_on_each_node every node's checkpoint holds the weights (see `writes_on_this_node`).
     - `log`/`evaluate`: tokens/s, MFU, packing efficiency, loss components; eval perplexity.
     - `_get_train_sampler`: packed rows are read in the packer's balanced steps, step order shuffled by seed.
+    - evaluation measures plain cross-entropy whatever the training objective, so `eval_perplexity` is a perplexity.
     """
 
     def __init__(self, *args, throughput: ThroughputCallback | None = None, **kwargs):
@@ -114,7 +136,10 @@ class MoaiTrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        with contextlib.nullcontext() if model.training else self._plain_cross_entropy(model):
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
         terms = router_terms(outputs, self.accelerator.unwrap_model(model).config)
         if terms:
             extra = sum(terms.values())
@@ -133,6 +158,23 @@ class MoaiTrainer(Trainer):
         if load is not None and model.training:
             self._expert_load = load.float() if self._expert_load is None else self._expert_load + load.float()
         return (loss, outputs) if return_outputs else loss
+
+    @contextlib.contextmanager
+    def _plain_cross_entropy(self, model):
+        """Inside: the model's loss is plain cross-entropy. Label smoothing, focal loss or z-loss shift the objective
+        (CE 2.5 with smoothing 0.1 at vocab 122K reads 3.75), so eval_loss and eval_perplexity would not be
+        cross-entropy and perplexity. Swaps the model's `loss_config` and the Trainer's label smoother out."""
+        config = self.accelerator.unwrap_model(model).config
+        objective, smoother = getattr(config, "loss_config", None), self.label_smoother
+        if objective is not None:
+            config.loss_config = PLAIN_CROSS_ENTROPY
+        self.label_smoother = None
+        try:
+            yield
+        finally:
+            self.label_smoother = smoother
+            if objective is not None:
+                config.loss_config = objective
 
     def _stock_loss_scale(self, num_items_in_batch) -> float | None:
         """The factor the stock `compute_loss` multiplied the model loss by; None if the loss is a plain mean."""
@@ -174,6 +216,18 @@ class MoaiTrainer(Trainer):
         return metrics
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
+    def _save(self, output_dir=None, state_dict=None):
+        with writes_on_this_node(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), self.args):
+            super()._save(output_dir, state_dict)
+
+    def _run_epoch(self, *args, **kwargs):
+        # transformers checks max_steps only after a step: resuming from a checkpoint already at max_steps (a run
+        # killed during its final save) would train one step past the end.
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _save_checkpoint(self, model, trial):
         limit = self.args.save_total_limit
         self.args.save_total_limit = None  # rotate only once the new checkpoint is complete

@@ -1,0 +1,63 @@
+"""Evaluation reports plain cross-entropy and its perplexity, whatever objective the model trains with."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moai_llm import MoaiForCausalLM
+from moai_llm.losses import causal_lm_loss
+from moai_llm.training.arguments import MoaiTrainingArguments
+from moai_llm.training.trainer import MoaiTrainer
+
+from .conftest import tiny_config
+
+LENGTH = 24
+OBJECTIVES = [
+    {"type": "label_smoothing", "params": {"label_smoothing": 0.1}},
+    {"type": "focal", "params": {"gamma": 2.0}},
+    {"type": "cross_entropy", "params": {"z_loss_coef": 0.01}},
+]
+
+
+def eval_rows(vocab: int) -> list[dict]:
+    """Rows with 23, 11 and 6 labels: a token-weighted mean differs from a mean of row means."""
+    generator = torch.Generator().manual_seed(1)
+    rows = []
+    for valid in (23, 11, 6):
+        input_ids = torch.randint(3, vocab, (LENGTH,), generator=generator)
+        labels = input_ids.clone()
+        labels[valid + 1 :] = -100
+        rows.append({"input_ids": input_ids, "labels": labels})
+    return rows
+
+
+def plain_cross_entropy(model, rows) -> float:
+    """Token-weighted CE over every label of `rows`, from full logits in float64 (independent of the fused loss)."""
+    input_ids = torch.stack([row["input_ids"] for row in rows])
+    labels = torch.stack([row["labels"] for row in rows])
+    with torch.no_grad():
+        logits = model(input_ids=input_ids).logits.double()  # [rows, length, vocab]
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100).item()
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda spec: spec["type"] + str(list(spec["params"])))
+def test_eval_perplexity_is_cross_entropy_perplexity(objective, tmp_path):
+    torch.manual_seed(0)
+    model = MoaiForCausalLM(tiny_config(loss_config=objective)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)  # confident predictions: at init they are near uniform, where smoothing ~ CE
+    rows = eval_rows(model.config.vocab_size)
+    args = MoaiTrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=len(rows), use_cpu=True,
+                                 report_to="none", eval_strategy="no", disable_tqdm=True)
+    metrics = MoaiTrainer(model=model, args=args, eval_dataset=rows).evaluate()
+    expected = plain_cross_entropy(model, rows)
+    assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(expected), rel=1e-5)
+    assert model.config.loss_config == objective  # training keeps its objective
+    ids, labels = torch.stack([r["input_ids"] for r in rows]), torch.stack([r["labels"] for r in rows])
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids).last_hidden_state
+        trained = causal_lm_loss(hidden, model.lm_head.weight, labels, loss_config=objective).item()
+    assert abs(trained - expected) > 0.01  # the objective itself is not CE: the test can tell them apart
