@@ -211,4 +211,8 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
         metrics.update(final_evaluation(trainer))
     trainer.save_metrics("all", metrics)
     final_dir = save_final_model(trainer, tokenizer, model_args, training_args)
+    if trainer.is_world_process_zero():
+        from ..evaluation.training_report import write_training_report
+
+        write_training_report(trainer, model_args, data_args)  # plots + training_report.md; never raises
     return RunResult(training_args.output_dir, final_dir, metrics)
