@@ -54,7 +54,7 @@ def options_from(args):
     limit = args.limit
     if limit is not None and limit >= 1:
         limit = int(limit)
-    suite = args.suite or (None if args.tasks else "quick")
+    suite = args.suite or (None if args.tasks or args.eval_file else "quick")
     return EvalOptions(
         model_path=args.model_path, tasks=resolve_tasks(args.tasks, suite, args.num_fewshot, limit),
         include_path=tuple(args.include_path), eval_files=args.eval_file, text_column=args.text_column,

@@ -19,7 +19,9 @@ setup(
     extras_require={
         "flash": ["flash-attn>=2.6"],
         "qlora": ["bitsandbytes>=0.45"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.1", "pexpect>=4.8", "psutil>=5.9"],
+        "eval": ["lm_eval>=0.4.13,<0.5", "matplotlib>=3.7"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.1", "pexpect>=4.8", "psutil>=5.9", "lm_eval>=0.4.13,<0.5",
+                "matplotlib>=3.7"],
     },
     license="Apache-2.0",
 )

@@ -128,7 +128,8 @@ def render_comparison(runs: dict[str, dict], plot: str | None = None) -> str:
         lines += ["## Training", "", table(["", *names], rows), ""]
     if plot:
         lines += [f"![loss by run]({plot})", ""]
-    lines += ["## Benchmarks", "", table(["task", "metric", *names, "random guess"], comparison_rows(runs)), ""]
+    rows = comparison_rows(runs)
+    lines += ["## Benchmarks", "", table(["task", "metric", *names, "random guess"], rows) if rows else "No tasks.", ""]
     for name, result in runs.items():
         if result.get("failed_tasks"):
             lines += [f"{name}: " + "; ".join(f"`{t}` failed ({why})" for t, why in result["failed_tasks"].items()), ""]
