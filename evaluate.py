@@ -15,8 +15,26 @@ import sys
 from moai_llm.evaluation import SUITES, EvalUsageError, resolve_tasks
 
 
+class Parser(argparse.ArgumentParser):
+    """Errors on one line (no usage dump), exit code 2, like every other user mistake."""
+
+    def error(self, message):
+        self.exit(2, f"evaluate.py: error: {message}\n")
+
+
+class Once(argparse.Action):
+    """The default action for one-value flags: a second value is an error, never a silent override."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(self, "given", False):
+            parser.error(f"{option_string} is given twice (it takes one value)")
+        self.given = True
+        setattr(namespace, self.dest, values)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.register("action", None, Once)
     p.add_argument("--model_path", help="final_model, a checkpoint-N, or a LoRA adapter directory")
     p.add_argument("--tasks", help="comma-separated lm-eval task/group names; NAME:N sets N shots for one task")
     p.add_argument("--suite", choices=sorted(SUITES),
@@ -48,9 +66,12 @@ def options_from(args):
 
     if not args.model_path:
         raise EvalUsageError("--model_path is required (or --compare DIR1 DIR2 ...)")
-    for flag in ("batch_size", "max_new_tokens"):
-        if getattr(args, flag) < 1:
-            raise EvalUsageError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    minimum = {"batch_size": 1, "max_new_tokens": 1, "max_length": 2, "num_fewshot": 0}
+    for flag, least in minimum.items():
+        if getattr(args, flag) is not None and getattr(args, flag) < least:
+            raise EvalUsageError(f"--{flag} must be at least {least}, got {getattr(args, flag)}")
+    if args.limit is not None and args.limit <= 0:
+        raise EvalUsageError(f"--limit must be positive, got {args.limit}")
     limit = args.limit
     if limit is not None and limit >= 1:
         limit = int(limit)

@@ -33,12 +33,12 @@ from moai_llm.evaluation.perplexity import (
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
-    "tiny (hidden 256, 4 layers, vocab 8,192)": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                                                    num_attention_heads=4, num_key_value_heads=2, head_dim=64,
-                                                    vocab_size=8192),
-    "wide vocab (hidden 512, 4 layers, vocab 32,768)": dict(hidden_size=512, intermediate_size=1536,
-                                                           num_hidden_layers=4, num_attention_heads=8,
-                                                           num_key_value_heads=4, head_dim=64, vocab_size=32768),
+    "tiny (hidden 256, 4 layers, vocab 8,192)": {
+        "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 8192},
+    "wide vocab (hidden 512, 4 layers, vocab 32,768)": {
+        "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 4, "num_attention_heads": 8,
+        "num_key_value_heads": 4, "head_dim": 64, "vocab_size": 32768},
 }
 
 

@@ -208,7 +208,7 @@ def test_lora_adapter_directory_evaluates(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing model", "unknown task", "empty eval file", "unreadable prompts",
-                                  "compare without results"])
+                                  "compare without results", "repeated flag"])
 def test_bad_inputs_are_one_line_errors(case, run_dir, tmp_path, capsys):
     model = str(run_dir / "final_model")
     empty = tmp_path / "empty.txt"
@@ -219,14 +219,20 @@ def test_bad_inputs_are_one_line_errors(case, run_dir, tmp_path, capsys):
         "empty eval file": ["--model_path", model, "--tasks", "hellaswag", "--eval_file", str(empty)],
         "unreadable prompts": ["--model_path", model, "--tasks", "hellaswag", "--prompts", str(tmp_path)],
         "compare without results": ["--compare", str(tmp_path), model, "--output_dir", str(tmp_path / "c")],
+        "repeated flag": ["--model_path", model, "--tasks", "hellaswag", "--tasks", "piqa"],
     }[case]
-    code, err = main_exit(argv, capsys)
+    if case == "repeated flag":
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.main(argv)
+        code, err = exit_info.value.code, capsys.readouterr().err
+    else:
+        code, err = main_exit(argv, capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("evaluate.py: error: ")
     expected = {"missing model": "nope: no such directory", "unknown task": "'hellaswagg' (did you mean hellaswag",
                 "empty eval file": "empty.txt: no records", "unreadable prompts": "cannot be read (Is a directory)",
-                "compare without results": "no results.json"}[case]
+                "compare without results": "no results.json", "repeated flag": "--tasks is given twice"}[case]
     assert expected in lines[0]
 
 
@@ -244,6 +250,6 @@ def test_hf_evaluate_library_is_not_shadowed_by_the_script(monkeypatch):
 
 def test_cli_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--model_path", str(tmp_path / "missing")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"evaluate.py: error: --model_path {tmp_path / 'missing'}: no such directory"

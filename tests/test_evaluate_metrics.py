@@ -115,7 +115,9 @@ def test_moe_model_card_and_perplexity(tokenizer):
 
 def test_baselines_from_scored_documents():
     """1/choices per multiple-choice document, mc2's share of true answers, 0 for generation; groups weighted."""
-    sample = lambda n, **doc: {"arguments": [("q", f" {i}") for i in range(n)], "doc": doc}  # noqa: E731
+    def sample(n, **doc):
+        return {"arguments": [("q", f" {i}") for i in range(n)], "doc": doc}
+
     out = {
         "results": {"grp": {"acc,none": 0.4}, "a": {"acc,none": 0.5, "acc_stderr,none": "N/A", "alias": "a"},
                     "b": {"acc,none": 0.3}, "tqa": {"acc,none": 0.2}, "gen": {"exact_match,strict-match": 0.0}},

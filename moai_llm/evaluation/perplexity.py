@@ -24,6 +24,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenizers.pre_tokenizers import ByteLevel
@@ -100,7 +101,7 @@ def first_token_bytes(tokenizer, token_id: int) -> int:
     return len(tokenizer.decode([token_id]).encode("utf-8"))
 
 
-def windows(ids: list[int], max_length: int) -> list[list[int]]:
+def windows(ids, max_length: int) -> list:
     """Pieces of at most max_length tokens, each starting with the previous one's last token."""
     if len(ids) <= max_length:
         return [ids]
@@ -109,25 +110,27 @@ def windows(ids: list[int], max_length: int) -> list[list[int]]:
 
 
 def tokenize_documents(documents: list[str], tokenizer, max_length: int, batch: int = 256):
-    """(windows, scored bytes): every document tokenized with EOS and cut to max_length windows."""
+    """(windows as int32 arrays, scored bytes): every document tokenized with EOS and cut to max_length windows.
+
+    int32 arrays keep the token ids at 4 bytes each (Python int lists take ~9x that)."""
     eos = tokenizer.eos_token_id
     pieces, scored_bytes = [], 0
     for start in tqdm(range(0, len(documents), batch), desc="tokenizing", unit="batch", leave=False):
         texts = documents[start : start + batch]
         for text, ids in zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"]):
-            ids = ids + [eos]
-            scored_bytes += len(text.encode("utf-8")) - first_token_bytes(tokenizer, ids[0])
-            pieces.extend(windows(ids, max_length))
+            first = first_token_bytes(tokenizer, ids[0]) if ids else 0
+            scored_bytes += len(text.encode("utf-8")) - first
+            pieces.extend(windows(np.asarray(ids + [eos], dtype=np.int32), max_length))
     return pieces, scored_bytes
 
 
-def packed_batches(pieces: list[list[int]], max_length: int, batch_size: int, collator: PackedCollator):
+def packed_batches(pieces: list, max_length: int, batch_size: int, collator: PackedCollator):
     """(batch, real tokens) of packed rows, fullest rows first so a batch pads (at its end) as little as possible."""
     packs = HierarchicalBalancePacker(max_length).pack([len(p) for p in pieces])
     packs.sort(key=lambda pack: -sum(len(pieces[i]) for i in pack))
     for start in range(0, len(packs), batch_size):
-        rows = [{"input_ids": [t for i in pack for t in pieces[i]], "seq_lengths": [len(pieces[i]) for i in pack]}
-                for pack in packs[start : start + batch_size]]
+        rows = [{"input_ids": np.concatenate([pieces[i] for i in pack]),
+                 "seq_lengths": [len(pieces[i]) for i in pack]} for pack in packs[start : start + batch_size]]
         yield collator(rows), sum(len(row["input_ids"]) for row in rows)
 
 
