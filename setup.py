@@ -20,9 +20,10 @@ setup(
         "flash": ["flash-attn>=2.6"],
         "qlora": ["bitsandbytes>=0.45"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.30"],
+        "eval": ["lm_eval>=0.4.13,<0.5", "matplotlib>=3.7"],
         # transformers[serving]: fastapi, uvicorn and the openai client (tests also run `transformers serve`)
         "dev": ["pytest>=8", "pytest-timeout>=2.1", "pexpect>=4.8", "psutil>=5.9", "transformers[serving]>=5.24,<6",
-                "httpx>=0.27"],
+                "httpx>=0.27", "lm_eval>=0.4.13,<0.5", "matplotlib>=3.7"],
     },
     license="Apache-2.0",
 )

@@ -55,6 +55,7 @@ class ThroughputCallback(TrainerCallback):
         self.flops_per_token = flops_per_token
         self.peak_tflops = peak_tflops
         self.world_size = world_size
+        self.tokens_seen = 0  # cumulative non-pad tokens, all ranks (this rank's count x world_size)
         self._reset()
 
     def _reset(self):
@@ -65,6 +66,8 @@ class ThroughputCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._reset()
+        # a resumed run continues the count logged up to its checkpoint
+        self.tokens_seen = next((e["tokens_seen"] for e in reversed(state.log_history) if "tokens_seen" in e), 0)
 
     def observe(self, input_ids: torch.Tensor, labels: torch.Tensor | None, pad_token_id: int | None) -> None:
         # tensors accumulate on the batch's device: no host sync per micro-batch, only in pop_logs
@@ -78,6 +81,8 @@ class ThroughputCallback(TrainerCallback):
         logs = {}
         self.tokens, self.useful = int(self.tokens), int(self.useful)
         if self.tokens:
+            self.tokens_seen += self.tokens * self.world_size
+            logs["tokens_seen"] = self.tokens_seen
             tokens_per_s = self.tokens * self.world_size / elapsed
             logs["tokens_per_second"] = round(tokens_per_s, 1)
             logs["useful_tokens_per_second"] = round(self.useful * self.world_size / elapsed, 1)

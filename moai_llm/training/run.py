@@ -237,12 +237,12 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
         throughput=throughput,
     )
     try:
-        return _train_and_save(trainer, stopper, resume, tokenizer, model_args, training_args)
+        return _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, training_args)
     finally:
         stopper.restore()
 
 
-def _train_and_save(trainer, stopper, resume, tokenizer, model_args, training_args) -> RunResult:
+def _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, training_args) -> RunResult:
     train_output = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(train_output.metrics)
     if stopper.stopped_at is not None:
@@ -257,6 +257,10 @@ def _train_and_save(trainer, stopper, resume, tokenizer, model_args, training_ar
     with completion_marker(os.path.join(training_args.output_dir, "final_model"), trainer.state.global_step,
                            training_args.should_save):
         final_dir = save_final_model(trainer, tokenizer, model_args, training_args)
+    if trainer.is_world_process_zero():
+        from ..evaluation.training_report import write_training_report
+
+        write_training_report(trainer, model_args, data_args)  # plots + training_report.md; never raises
     return RunResult(training_args.output_dir, final_dir, metrics)
 
 

@@ -1,0 +1,130 @@
+"""Evaluate a MOAI model: lm-eval benchmarks, perplexity on local text, generation samples, a Markdown report.
+
+    python evaluate.py --model_path outputs/pretrain-tiny/final_model --eval_file held_out.jsonl
+    python evaluate.py --model_path DIR --suite standard
+    python evaluate.py --model_path DIR --tasks mytask --include_path my_tasks/ --limit 100
+    python evaluate.py --compare outputs/base/final_model outputs/sft/final_model --output_dir outputs/compare
+
+See README, Evaluation.
+"""
+
+import argparse
+import logging
+import sys
+
+from moai_llm.evaluation import SUITES, EvalUsageError, resolve_tasks
+
+
+class Parser(argparse.ArgumentParser):
+    """Errors on one line (no usage dump), exit code 2, like every other user mistake."""
+
+    def error(self, message):
+        self.exit(2, f"evaluate.py: error: {message}\n")
+
+
+class Once(argparse.Action):
+    """The default action for one-value flags: a second value is an error, never a silent override."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(self, "given", False):
+            parser.error(f"{option_string} is given twice (it takes one value)")
+        self.given = True
+        setattr(namespace, self.dest, values)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.register("action", None, Once)
+    p.add_argument("--model_path", help="final_model, a checkpoint-N, or a LoRA adapter directory")
+    p.add_argument("--tasks", help="comma-separated lm-eval task/group names; NAME:N sets N shots for one task")
+    p.add_argument("--suite", choices=sorted(SUITES),
+                   help="; ".join(f"{name}: {suite.description}" for name, suite in SUITES.items()))
+    p.add_argument("--include_path", action="append", default=[],
+                   help="folder of extra lm-eval task YAMLs (repeatable)")
+    p.add_argument("--num_fewshot", type=int, help="shots for every task (default: each task's or suite's own)")
+    p.add_argument("--limit", type=float, help="documents per task (< 1: a fraction)")
+    p.add_argument("--batch_size", type=int, default=8, help="rows per forward pass (benchmarks and perplexity)")
+    p.add_argument("--eval_file", action="append", default=[],
+                   help="text for perplexity (repeatable): .txt = one document, .jsonl/.json/.parquet/.csv rows")
+    p.add_argument("--text_column", default="text", help="text column of --eval_file rows")
+    p.add_argument("--max_length", type=int, help="tokens per perplexity row (default: model context, at most 2048)")
+    p.add_argument("--prompts", help="file with one prompt per line for samples (default: 4 built-in prompts)")
+    p.add_argument("--no_samples", action="store_true", help="skip generation samples")
+    p.add_argument("--max_new_tokens", type=int, default=128, help="tokens per sample answer")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature for samples (0: greedy)")
+    p.add_argument("--device", help="cuda | mps | cpu (default: the best found)")
+    p.add_argument("--tokenizer_path", help="default: the model's own")
+    p.add_argument("--base_model", help="base of a LoRA adapter (default: from adapter_config.json)")
+    p.add_argument("--output_dir", help="default: MODEL_PATH/eval (required with --compare)")
+    p.add_argument("--compare", nargs="+", metavar="DIR",
+                   help="evaluation output dirs (or model dirs with eval/) to put side by side in one report")
+    return p.parse_args(argv)
+
+
+def options_from(args):
+    from moai_llm.evaluation.runner import EvalOptions
+
+    if not args.model_path:
+        raise EvalUsageError("--model_path is required (or --compare DIR1 DIR2 ...)")
+    minimum = {"batch_size": 1, "max_new_tokens": 1, "max_length": 2, "num_fewshot": 0}
+    for flag, least in minimum.items():
+        if getattr(args, flag) is not None and getattr(args, flag) < least:
+            raise EvalUsageError(f"--{flag} must be at least {least}, got {getattr(args, flag)}")
+    if args.limit is not None and args.limit <= 0:
+        raise EvalUsageError(f"--limit must be positive, got {args.limit}")
+    limit = args.limit
+    if limit is not None and limit >= 1:
+        limit = int(limit)
+    suite = args.suite or (None if args.tasks or args.eval_file else "quick")
+    return EvalOptions(
+        model_path=args.model_path, tasks=resolve_tasks(args.tasks, suite, args.num_fewshot, limit),
+        include_path=tuple(args.include_path), eval_files=args.eval_file, text_column=args.text_column,
+        prompts_file=args.prompts, samples=not args.no_samples, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, batch_size=args.batch_size, max_length=args.max_length, device=args.device,
+        output_dir=args.output_dir, tokenizer_path=args.tokenizer_path, base_model=args.base_model,
+    )
+
+
+def print_summary(results: dict, output_dir: str) -> None:
+    for name in results.get("summary_tasks", []):
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in results["tasks"][name].items()
+                            if isinstance(v, float) and "_stderr" not in k)
+        print(f"{name}: {metrics}")
+    for name, reason in results.get("failed_tasks", {}).items():
+        print(f"{name}: FAILED ({reason})")
+    for name, p in results["perplexity"].items():
+        print(f"{name}: perplexity {p['perplexity']:.4f}, {p['bits_per_byte']:.4f} bits/byte, token accuracy "
+              f"{p['token_accuracy']:.4f}, {p['tokens']:,} tokens, {p['tokens_per_second']:,.0f} tokens/s")
+    if results["samples"]:
+        tokens = sum(s["tokens"] for s in results["samples"])
+        seconds = sum(s["seconds"] for s in results["samples"])
+        print(f"samples: {len(results['samples'])} answers, {tokens / max(seconds, 1e-9):.1f} tokens/s")
+    print(f"results: {output_dir}/results.json, report: {output_dir}/report.md")
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        if args.compare:
+            from moai_llm.evaluation.runner import compare
+
+            if args.model_path:
+                raise EvalUsageError("--compare reads finished evaluations; it takes no --model_path")
+            if not args.output_dir:
+                raise EvalUsageError("--compare needs --output_dir (where the comparison report goes)")
+            print(f"report: {compare(args.compare, args.output_dir)}")
+            return 0
+        options = options_from(args)
+        from moai_llm.evaluation.runner import evaluate_model
+
+        results = evaluate_model(options)
+    except EvalUsageError as error:
+        print(f"evaluate.py: error: {error}", file=sys.stderr)
+        return 2
+    print_summary(results, options.output_dir or f"{options.model_path}/eval")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Benchmarks through lm-evaluation-harness's Python API on the model already in memory (one load, no subprocess).
+
+Each requested task runs in its own `simple_evaluate` call on the same `HFLM` wrapper, so a task whose data cannot
+be fetched (no Hub access, a broken YAML) fails alone with a one-line reason while the others still run.
+Random-guess baselines come from the documents lm-eval actually scored (its logged samples): 1/number of choices
+per document for multiple choice, the share of true answers for TruthfulQA mc2 (what uniform probabilities
+score), 0 for generated exact-match answers.
+"""
+
+import difflib
+import functools
+import importlib
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .suites import EvalUsageError, TaskSpec
+
+logger = logging.getLogger(__name__)
+ACCURACY_METRICS = ("acc", "acc_norm", "exact_match", "mc2")
+
+
+@dataclass
+class BenchmarkResults:
+    tasks: dict[str, dict[str, float | None]] = field(default_factory=dict)  # every task and group lm-eval reported
+    summary: list[str] = field(default_factory=list)  # top-level names (what was asked for), in order
+    details: dict[str, dict] = field(default_factory=dict)  # name -> {"num_fewshot", "documents", "output_type"}
+    baselines: dict[str, float] = field(default_factory=dict)  # name -> random-guess accuracy
+    failed: dict[str, str] = field(default_factory=dict)  # requested name -> one-line reason
+
+
+@functools.cache
+def task_manager(include_path: tuple[str, ...] = ()):
+    """lm-eval's task index (built-in tasks plus --include_path folders); indexing takes seconds, so once."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(include_path) or None)
+
+
+def check_tasks(specs: list[TaskSpec], include_path: tuple[str, ...] = ()) -> None:
+    """Every name must be a task, group or tag lm-eval knows (or a YAML file): else a one-line error, no model load."""
+    for path in include_path:
+        if not Path(path).exists():
+            raise EvalUsageError(f"--include_path {path}: no such file or directory")
+    known = set(task_manager(include_path).all_tasks)
+    for spec in specs:
+        if spec.name in known or (spec.name.endswith((".yaml", ".yml")) and Path(spec.name).is_file()):
+            continue
+        close = difflib.get_close_matches(spec.name, known, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise EvalUsageError(f"--tasks: unknown task {spec.name!r}{hint}; local task YAMLs go in --include_path")
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
+
+
+def import_hf_evaluate() -> None:
+    """lm-eval imports Hugging Face's `evaluate` library for some metrics (KoBEST's F1, SQuAD, ...). Our CLI is
+    called evaluate.py and its folder is first on sys.path when it runs, so that import would find the script;
+    import the library once from the other paths so that `sys.modules["evaluate"]` is the library."""
+    if hasattr(sys.modules.get("evaluate"), "load"):
+        return
+    script, saved = sys.modules.pop("evaluate", None), sys.path[:]
+    sys.path[:] = [p for p in sys.path if not os.path.isfile(os.path.join(p or os.curdir, "evaluate.py"))]
+    try:
+        importlib.import_module("evaluate")
+    except ImportError:  # not installed: lm-eval fails only the tasks that need it, with a one-line reason
+        if script is not None:
+            sys.modules["evaluate"] = script
+    finally:
+        sys.path[:] = saved
+
+
+def run_benchmarks(model, tokenizer, specs: list[TaskSpec], include_path: tuple[str, ...] = (),
+                   batch_size: int = 8) -> BenchmarkResults:
+    import_hf_evaluate()
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    manager = task_manager(include_path)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size)
+    results = BenchmarkResults()
+    for spec in specs:
+        logger.info("benchmark %s (%s shots, limit %s)", spec.name, spec.num_fewshot, spec.limit)
+        try:
+            out = simple_evaluate(model=lm, tasks=[spec.name], num_fewshot=spec.num_fewshot, limit=spec.limit,
+                                  task_manager=manager, log_samples=True)
+        # data not reachable, a broken task file: this task fails, the others still run
+        except Exception as error:  # noqa: BLE001
+            results.failed[spec.name] = one_line(error)
+            logger.error("task %s failed: %s", spec.name, results.failed[spec.name])
+            continue
+        merge_run(results, out)
+    return results
+
+
+def merge_run(results: BenchmarkResults, out: dict) -> None:
+    """Fold one simple_evaluate output into `results`: metrics, shots, document counts, baselines."""
+    group_subtasks = out.get("group_subtasks") or {}
+    children = {name for subtasks in group_subtasks.values() for name in subtasks}
+    leaf_baselines = {}
+    for name, samples in (out.get("samples") or {}).items():
+        output_type = out["configs"].get(name, {}).get("output_type")
+        per_doc = [doc_baseline(output_type, sample) for sample in samples]
+        if per_doc and None not in per_doc:
+            leaf_baselines[name] = (sum(per_doc) / len(per_doc), len(per_doc))
+        results.details[name] = {"output_type": output_type, "num_fewshot": out.get("n-shot", {}).get(name),
+                                 "documents": len(samples)}
+    for name, metrics in out["results"].items():
+        results.tasks[name] = metric_values(metrics)
+        baseline = group_baseline(name, group_subtasks, leaf_baselines)
+        if baseline is not None:
+            results.baselines[name] = baseline
+        if name in group_subtasks:
+            leaves = leaf_names(name, group_subtasks)
+            results.details[name] = {
+                "output_type": "group",
+                "num_fewshot": next((results.details[t]["num_fewshot"] for t in leaves if t in results.details), None),
+                "documents": sum(results.details.get(t, {}).get("documents", 0) for t in leaves),
+            }
+        if name not in children:
+            results.summary.append(name)
+
+
+def metric_values(metrics: dict) -> dict[str, float | None]:
+    """lm-eval's `"acc,none": 0.5` -> `"acc": 0.5`; a filter other than `none` stays in the key."""
+    values = {}
+    for key, value in metrics.items():
+        if "," not in key:
+            continue  # alias, name, sample_len
+        metric, _, filter_name = key.partition(",")
+        values[metric if filter_name == "none" else key] = value if isinstance(value, (int, float)) else None
+    return values
+
+
+def doc_baseline(output_type: str | None, sample: dict) -> float | None:
+    """Expected accuracy of a uniform random guess on one scored document; None when there is no such number."""
+    if output_type == "multiple_choice":
+        doc = sample.get("doc") or {}
+        if isinstance(doc.get("mc2_targets"), dict):  # TruthfulQA mc2: probability mass on the true answers
+            labels = doc["mc2_targets"]["labels"]
+            return sum(labels) / len(labels)
+        return 1.0 / len(sample["arguments"])
+    if output_type == "generate_until":
+        return 0.0
+    return None
+
+
+def leaf_names(name: str, group_subtasks: dict) -> list[str]:
+    if name not in group_subtasks:
+        return [name]
+    return [leaf for child in group_subtasks[name] for leaf in leaf_names(child, group_subtasks)]
+
+
+def group_baseline(name: str, group_subtasks: dict, leaf_baselines: dict) -> float | None:
+    """A task's baseline, or for a group the document-weighted mean over its tasks (lm-eval's weight_by_size)."""
+    leaves = leaf_names(name, group_subtasks)
+    if not leaves or any(leaf not in leaf_baselines for leaf in leaves):
+        return None
+    total = sum(leaf_baselines[leaf][1] for leaf in leaves)
+    return sum(value * count for value, count in (leaf_baselines[leaf] for leaf in leaves)) / max(total, 1)

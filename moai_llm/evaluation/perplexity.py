@@ -1,0 +1,203 @@
+"""Perplexity, bits per byte and token accuracy of local text: packed rows, plain cross-entropy, no full logits.
+
+- Documents: an --eval_file is read the way training reads data (`moai_llm.data.sources.load_local`): a .txt
+  file is one document, .jsonl/.json/.parquet/.csv rows are documents (`text_column`), a folder or glob reads
+  every such file. Each is tokenized as in pretraining: no special tokens, EOS appended.
+- What is scored: every token after a document's first, EOS included. The first token has no context (the
+  packed training collator never trains it either), so it is not scored and its bytes are not counted.
+  Documents longer than `max_length` are cut into windows of `max_length` tokens that overlap by one token (each
+  window starts with the previous window's last token), so every token but the first is still scored exactly
+  once, with up to `max_length - 1` tokens of context.
+- Rows: windows packed into rows of `max_length` (best-fit decreasing), `position_ids` restarting at every
+  window, so no token attends across documents (README, "Packed rows").
+- Loss: plain cross-entropy whatever `config.loss_config` trained with, from the final hidden states through the
+  output embedding one `[chunk, vocab]` block at a time, the fused linear cross-entropy of `losses.py` without
+  its gradient work: the row maximum that makes the in-place log-sum-exp stable is also the argmax of the token
+  accuracy, so one pass serves both. On CPU the block is 128 tokens (it stays in cache: ~1.4x faster than
+  1024-token blocks, benchmarks/bench_eval.py); on accelerators `config.loss_chunk_size`.
+- bits per byte = total NLL in nats / (ln 2 x UTF-8 bytes of the scored text), the scored text being each
+  document without its first token (EOS has no bytes; its NLL counts, it says where the document ends).
+"""
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers.pre_tokenizers import ByteLevel
+from tqdm.auto import tqdm
+
+from ..data.collator import IGNORE_INDEX, PackedCollator
+from ..data.errors import DataError
+from ..data.packing import HierarchicalBalancePacker
+from ..data.sources import load_local
+from .suites import EvalUsageError
+
+logger = logging.getLogger(__name__)
+BYTE_ALPHABET = frozenset(ByteLevel.alphabet())
+CPU_CHUNK = 128  # tokens per [chunk, vocab] logits block on CPU
+
+
+@dataclass
+class PerplexityResult:
+    documents: int
+    tokens: int  # scored tokens
+    nll: float  # summed over scored tokens, nats
+    correct: int  # scored tokens whose argmax prediction is the target
+    bytes: int  # UTF-8 bytes of the scored text
+    input_tokens: int  # tokens fed to the model (no padding)
+    seconds: float  # model time (forward + loss)
+    windows: int  # documents after cutting long ones into max_length windows
+    rows: int
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll / max(self.tokens, 1))
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll / (math.log(2) * max(self.bytes, 1))
+
+    @property
+    def token_accuracy(self) -> float:
+        return self.correct / max(self.tokens, 1)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.input_tokens / max(self.seconds, 1e-9)
+
+    def to_dict(self) -> dict:
+        """The results.json entry: the issue's four keys first, then the counts behind them."""
+        figures = {"perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte, "tokens": self.tokens,
+                   "token_accuracy": self.token_accuracy, "tokens_per_second": self.tokens_per_second}
+        return {**figures, **{k: v for k, v in asdict(self).items() if k != "tokens"}}
+
+
+def read_documents(spec: str, text_column: str = "text") -> list[str]:
+    """Non-empty documents of one --eval_file; a missing, unreadable or empty file is an EvalUsageError."""
+    try:
+        texts = load_local(spec, text_column)[text_column]
+    except DataError as error:
+        raise EvalUsageError(f"--eval_file {error}") from None
+    documents = [text for text in texts if isinstance(text, str) and text.strip()]
+    if not documents:
+        raise EvalUsageError(f"--eval_file {spec}: no non-empty documents")
+    if len(documents) < len(texts):
+        logger.info("%s: %d empty or non-text records skipped", spec, len(texts) - len(documents))
+    return documents
+
+
+def first_token_bytes(tokenizer, token_id: int) -> int:
+    """UTF-8 bytes of the text one token stands for (exact for byte-level BPE, also for partial characters)."""
+    added = tokenizer.added_tokens_decoder.get(token_id)
+    if added is not None:
+        return len(added.content.encode("utf-8"))
+    piece = tokenizer.convert_ids_to_tokens(token_id)
+    if piece and set(piece) <= BYTE_ALPHABET:
+        return len(piece)  # one alphabet symbol per byte
+    return len(tokenizer.decode([token_id]).encode("utf-8"))
+
+
+def windows(ids, max_length: int) -> list:
+    """Pieces of at most max_length tokens, each starting with the previous one's last token."""
+    if len(ids) <= max_length:
+        return [ids]
+    step = max_length - 1
+    return [ids[start : start + max_length] for start in range(0, len(ids) - 1, step)]
+
+
+def tokenize_documents(documents: list[str], tokenizer, max_length: int, batch: int = 256):
+    """(windows as int32 arrays, scored bytes): every document tokenized with EOS and cut to max_length windows.
+
+    int32 arrays keep the token ids at 4 bytes each (Python int lists take ~9x that)."""
+    eos = tokenizer.eos_token_id
+    pieces, scored_bytes = [], 0
+    for start in tqdm(range(0, len(documents), batch), desc="tokenizing", unit="batch", leave=False):
+        texts = documents[start : start + batch]
+        for text, ids in zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            first = first_token_bytes(tokenizer, ids[0]) if ids else 0
+            scored_bytes += len(text.encode("utf-8")) - first
+            pieces.extend(windows(np.asarray(ids + [eos], dtype=np.int32), max_length))
+    return pieces, scored_bytes
+
+
+def packed_batches(pieces: list, max_length: int, batch_size: int, collator: PackedCollator):
+    """(batch, real tokens) of packed rows, fullest rows first so a batch pads (at its end) as little as possible."""
+    packs = HierarchicalBalancePacker(max_length).pack([len(p) for p in pieces])
+    packs.sort(key=lambda pack: -sum(len(pieces[i]) for i in pack))
+    for start in range(0, len(packs), batch_size):
+        rows = [{"input_ids": np.concatenate([pieces[i] for i in pack]),
+                 "seq_lengths": [len(pieces[i]) for i in pack]} for pack in packs[start : start + batch_size]]
+        yield collator(rows), sum(len(row["input_ids"]) for row in rows)
+
+
+def causal_lm_parts(model):
+    """(decoder body, output embedding) of a causal LM, a peft wrapper's included."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    if getattr(model.config, "final_logit_softcapping", None):
+        raise EvalUsageError("perplexity: models that soft-cap their logits are not supported")
+    return model.base_model, model.get_output_embeddings()
+
+
+@torch.inference_mode()
+def score_batch(body, head, batch: dict, chunk_size: int, router_off: bool):
+    """(summed NLL [fp64], correct predictions, scored tokens) of one packed batch."""
+    device = head.weight.device
+    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}
+    if router_off:
+        inputs["output_router_logits"] = False
+    hidden = body(**inputs, use_cache=False).last_hidden_state  # [batch, seq, hidden]
+    target = batch["labels"][:, 1:]  # next-token targets on the host, [batch, seq - 1]
+    keep = (target != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)  # found on the host: no device sync
+    hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, keep.to(device))  # [scored, hidden]
+    target = target.reshape(-1)[keep].to(device)  # [scored]
+    nll = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for start in range(0, target.numel(), chunk_size):
+        logits = F.linear(hidden[start : start + chunk_size], head.weight, head.bias).float()  # [chunk, vocab]
+        goal = target[start : start + chunk_size]  # [chunk]
+        row_max, predicted = logits.max(dim=-1)  # [chunk] each
+        correct += (predicted == goal).sum()
+        target_logit = logits.gather(1, goal[:, None]).squeeze(1)  # [chunk]
+        log_sum_exp = row_max + logits.sub_(row_max[:, None]).exp_().sum(dim=-1).log()  # in place: one block
+        nll += (log_sum_exp - target_logit).sum(dtype=torch.float64)
+    return nll, correct, target.numel()
+
+
+def evaluate_perplexity(model, tokenizer, documents: list[str], max_length: int, batch_size: int = 8,
+                        name: str = "perplexity") -> PerplexityResult:
+    if max_length < 2:
+        raise EvalUsageError(f"--max_length {max_length}: at least 2 tokens are needed to score one")
+    pieces, scored_bytes = tokenize_documents(documents, tokenizer, max_length)
+    body, head = causal_lm_parts(model)
+    config = model.config
+    flash = "flash" in (getattr(config, "_attn_implementation", None) or "")
+    collator = PackedCollator(tokenizer.pad_token_id, return_flash_kwargs=flash)
+    chunk_size = CPU_CHUNK if head.weight.device.type == "cpu" else getattr(config, "loss_chunk_size", 0) or 1024
+    router_off = bool(getattr(config, "num_experts", 0))
+    input_tokens = sum(len(p) for p in pieces)
+    nll = torch.zeros((), dtype=torch.float64, device=head.weight.device)
+    correct = torch.zeros((), dtype=torch.long, device=head.weight.device)
+    scored = rows = 0
+    start = time.perf_counter()
+    with tqdm(total=input_tokens, desc=name, unit="tok", unit_scale=True) as progress:
+        for batch, real_tokens in packed_batches(pieces, max_length, batch_size, collator):
+            batch_nll, batch_correct, batch_scored = score_batch(body, head, batch, chunk_size, router_off)
+            nll += batch_nll  # stays on the device: no host sync per batch
+            correct += batch_correct
+            scored += batch_scored
+            rows += batch["input_ids"].shape[0]
+            progress.update(real_tokens)
+        nll, correct = float(nll), int(correct)
+    seconds = time.perf_counter() - start
+    result = PerplexityResult(documents=len(documents), tokens=scored, nll=nll, correct=correct,
+                              bytes=scored_bytes, input_tokens=input_tokens, seconds=seconds,
+                              windows=len(pieces), rows=rows)
+    logger.info("%s: perplexity %.4f, %.4f bits/byte, token accuracy %.4f, %d tokens, %.0f tokens/s", name,
+                result.perplexity, result.bits_per_byte, result.token_accuracy, result.tokens,
+                result.tokens_per_second)
+    return result

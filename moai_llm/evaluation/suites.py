@@ -1,0 +1,82 @@
+"""Benchmark presets and `--tasks` parsing: which lm-eval tasks, with how many shots, on how many documents.
+
+The names and shot counts were checked against lm-evaluation-harness 0.4.13's bundled registry
+(`lm_eval.tasks.TaskManager().all_tasks`): `mmlu` and `kmmlu` and `kobest` are groups, the others tasks.
+"""
+
+from dataclasses import dataclass
+
+
+class EvalUsageError(ValueError):
+    """A user mistake (bad flag, missing or empty file, unknown task): printed as one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str  # an lm-eval task, group or tag name (or a YAML path)
+    num_fewshot: int | None = None  # None: the task's own default
+    limit: int | None = None  # documents per task; None: all
+
+
+@dataclass(frozen=True)
+class Suite:
+    description: str
+    tasks: tuple[TaskSpec, ...]
+
+
+SUITES = {
+    # Small and fast: four 0-shot multiple-choice tasks, at most 500 documents each (a few minutes for a 2B model
+    # on one GPU). A sanity check that scores move above chance, not a leaderboard figure.
+    "quick": Suite(
+        "ARC-Easy, HellaSwag, PIQA, WinoGrande; 0-shot, 500 documents each",
+        tuple(TaskSpec(name, 0, 500) for name in ("arc_easy", "hellaswag", "piqa", "winogrande")),
+    ),
+    # The Open LLM Leaderboard (v1) table the old tool promised.
+    "standard": Suite(
+        "MMLU 5-shot, HellaSwag 10-shot, ARC-Challenge 25-shot, TruthfulQA 0-shot (mc2), GSM8K 8-shot CoT",
+        (
+            TaskSpec("mmlu", 5),
+            TaskSpec("hellaswag", 10),
+            TaskSpec("arc_challenge", 25),
+            TaskSpec("truthfulqa_mc2", 0),
+            TaskSpec("gsm8k_cot", 8),
+        ),
+    ),
+    # KoBEST as lm-eval runs it by default (0-shot); KMMLU 5-shot as in its paper.
+    "korean": Suite("KoBEST (5 tasks) 0-shot, KMMLU 5-shot", (TaskSpec("kobest", 0), TaskSpec("kmmlu", 5))),
+}
+
+
+def parse_task_list(text: str) -> list[TaskSpec]:
+    """`"mmlu:5,hellaswag"` -> specs; `name:N` sets N shots for that task."""
+    specs = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, _, shots = item.partition(":")
+        if shots and not shots.isdigit():
+            raise EvalUsageError(f"--tasks: {item!r}: shots after ':' must be a whole number")
+        specs.append(TaskSpec(name.strip(), int(shots) if shots else None))
+    if not specs:
+        raise EvalUsageError("--tasks: no task names given")
+    return specs
+
+
+def resolve_tasks(tasks: str | None, suite: str | None, num_fewshot: int | None, limit: float | None) -> list[TaskSpec]:
+    """The task list from --suite and --tasks (suite first); --num_fewshot and --limit override every task."""
+    specs: list[TaskSpec] = []
+    if suite:
+        if suite not in SUITES:
+            raise EvalUsageError(f"--suite {suite}: unknown suite (known: {', '.join(SUITES)})")
+        specs.extend(SUITES[suite].tasks)
+    if tasks:
+        specs.extend(parse_task_list(tasks))
+    seen = set()
+    resolved = []
+    for spec in specs:
+        if spec.name in seen:
+            raise EvalUsageError(f"--tasks: {spec.name} is asked for twice (check --tasks and --suite)")
+        seen.add(spec.name)
+        shots = num_fewshot if num_fewshot is not None else spec.num_fewshot
+        resolved.append(TaskSpec(spec.name, shots, limit if limit is not None else spec.limit))
+    return resolved

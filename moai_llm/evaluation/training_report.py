@@ -1,0 +1,50 @@
+"""The report train.py leaves in output_dir at the end of a run: trainer_state.json, run_arguments.json,
+plots/training.png and training_report.md. Called on rank 0 only; an error here is a warning, never a failed run."""
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from .history import RUN_ARGUMENTS, RunRecord, training_summary
+from .report import render_training_report
+
+logger = logging.getLogger(__name__)
+
+
+def write_training_report(trainer, model_args=None, data_args=None) -> Path | None:
+    """Write the run's report files; returns training_report.md's path, or None when it could not be written."""
+    try:
+        return _write(trainer, model_args, data_args)
+    except Exception as error:  # noqa: BLE001  (the model is saved: a plotting or disk error must not fail the run)
+        logger.warning("training report not written: %s: %s", type(error).__name__, error)
+        return None
+
+
+def _write(trainer, model_args, data_args) -> Path:
+    output_dir = Path(trainer.args.output_dir)
+    trainer.save_state()  # trainer_state.json in output_dir (the stock Trainer writes it only into checkpoints)
+    arguments = {
+        "training": json.loads(trainer.args.to_json_string()),
+        "data": dataclasses.asdict(data_args) if data_args is not None else {},
+        "model": dataclasses.asdict(model_args) if model_args is not None else {},
+        "world_size": trainer.args.world_size,
+    }
+    (output_dir / RUN_ARGUMENTS).write_text(json.dumps(arguments, indent=2, default=str), encoding="utf-8")
+    state = {"global_step": trainer.state.global_step, "max_steps": trainer.state.max_steps}
+    metrics_file = output_dir / "all_results.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    record = RunRecord(output_dir, list(trainer.state.log_history), state, metrics, arguments)
+    plot = None
+    try:
+        from .plots import plot_training
+    except ImportError:  # matplotlib comes with the `eval` extra
+        logger.info("matplotlib is not installed (pip install -e '.[eval]'): training report without plots")
+    else:
+        written = plot_training(record.log_history, arguments, output_dir / "plots" / "training.png",
+                                title=f"Training history: {output_dir}")
+        plot = "plots/training.png" if written else None
+    report = output_dir / "training_report.md"
+    report.write_text(render_training_report(training_summary(record), plot), encoding="utf-8")
+    logger.info("training report written to %s", report)
+    return report

@@ -1,0 +1,255 @@
+"""evaluate.py end to end on a tiny trained model: lm-eval parity, results.json, report.md, plots, bad inputs, LoRA
+adapters, --compare, and the report train.py writes at the end of a run. No Hub: local task YAMLs and data."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.image import imread
+
+from .conftest import REPO
+from .train_helpers import fast_args, run_inprocess, write_tiny_config
+
+# evaluate.py under another module name: `evaluate` is Hugging Face's library, which lm-eval imports
+_spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "evaluate.py")
+evaluate = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(evaluate)
+
+MC_TASK = """task: local_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: label
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
+HUB_TASK = """task: local_hub_only
+dataset_path: moai-test/not-on-this-machine
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{question}}"
+doc_to_choice: "{{choices}}"
+doc_to_target: label
+"""
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Nothing may wait for the Hub: the flags are read at import time, so set the module constants too."""
+    import datasets
+    import huggingface_hub
+
+    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny model trained for a few steps by train.py's code, with eval and checkpoints along the way."""
+    root = tmp_path_factory.mktemp("evaluate")
+    out = root / "run"
+    run_inprocess(fast_args(out, write_tiny_config(root), "--max_steps", "8", "--eval_strategy", "steps",
+                            "--eval_steps", "4", "--save_steps", "4"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tasks_dir(tmp_path_factory):
+    """A 3- and 4-choice local multiple-choice task, and a task whose data only the Hub has."""
+    folder = tmp_path_factory.mktemp("tasks")
+    rows = [{"question": f"Which word is number {i}?", "choices": [f"word {j}" for j in range(3 + i % 2)],
+             "label": i % (3 + i % 2)} for i in range(10)]
+    (folder / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "local_mc.yaml").write_text(MC_TASK.format(data=folder / "mc.jsonl"))
+    (folder / "local_hub_only.yaml").write_text(HUB_TASK)
+    return folder
+
+
+def png_ok(path) -> None:
+    image = imread(path)
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
+    assert float(np.var(image)) > 0
+
+
+def main_exit(argv, capsys) -> tuple[int, str]:
+    code = evaluate.main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_train_writes_report_and_plots(run_dir):
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    seen = [e["tokens_seen"] for e in state["log_history"] if "tokens_seen" in e]
+    assert len(seen) == 8 and seen == sorted(seen) and seen[0] > 0
+    arguments = json.loads((run_dir / "run_arguments.json").read_text())
+    assert arguments["data"]["max_seq_length"] == 64 and arguments["training"]["max_steps"] == 8
+    report = (run_dir / "training_report.md").read_text()
+    assert f"| tokens seen | {seen[-1]:,} |" in report
+    assert "| steps | 8 of 8 |" in report and "warmup_stable_decay" in report
+    assert "![training history](plots/training.png)" in report
+    png_ok(run_dir / "plots" / "training.png")
+
+
+def test_training_report_never_fails_the_run(caplog):
+    from moai_llm.evaluation.training_report import write_training_report
+
+    class Broken:
+        args = type("Args", (), {"output_dir": "/nonexistent/run"})()
+
+        def save_state(self):
+            raise OSError("disk full")
+
+    assert write_training_report(Broken()) is None
+    assert "training report not written: OSError: disk full" in caplog.text
+
+
+def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_path, capsys):
+    import lm_eval
+
+    from moai_llm.evaluation.benchmarks import task_manager
+
+    model_dir = run_dir / "final_model"
+    eval_file = tmp_path / "held_out.jsonl"
+    eval_file.write_text("".join(json.dumps({"text": f"To be, or not to be, that is question {i}."}) + "\n"
+                                 for i in range(5)))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\n\nThe king said\n")
+    out = tmp_path / "eval"
+    argv = ["--model_path", str(model_dir), "--tasks", "local_mc,local_hub_only", "--include_path", str(tasks_dir),
+            "--eval_file", str(eval_file), "--prompts", str(prompts), "--max_new_tokens", "8", "--batch_size", "4",
+            "--output_dir", str(out)]
+    assert evaluate.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "local_hub_only: FAILED (" in printed and "tokens/s" in printed
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"] == str(model_dir)
+    assert set(results) >= {"model", "tasks", "perplexity", "samples"}
+    # the same task through lm-eval on its own (it loads the model itself) gives the same scores
+    reference = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(model_dir), "device": "cpu"},
+                                        tasks=["local_mc"], batch_size=4, task_manager=task_manager((str(tasks_dir),)))
+    expected = reference["results"]["local_mc"]
+    assert results["tasks"]["local_mc"]["acc"] == pytest.approx(expected["acc,none"], abs=1e-9)
+    assert results["tasks"]["local_mc"]["acc_norm"] == pytest.approx(expected["acc_norm,none"], abs=1e-9)
+    assert results["baselines"]["local_mc"] == pytest.approx(np.mean([1 / (3 + i % 2) for i in range(10)]))
+    assert "ConnectionError" in results["failed_tasks"]["local_hub_only"]
+    assert "local_hub_only" not in results["tasks"]
+
+    ppl = results["perplexity"][str(eval_file)]
+    assert set(ppl) >= {"perplexity", "bits_per_byte", "tokens", "token_accuracy"}
+    assert ppl["documents"] == 5 and ppl["perplexity"] > 1 and 0 <= ppl["token_accuracy"] <= 1
+    assert [s["prompt"] for s in results["samples"]] == ["Once upon a time", "The king said"]
+    assert all(isinstance(s["text"], str) and s["tokens"] > 0 for s in results["samples"])
+
+    report = (out / "report.md").read_text()
+    assert "| total parameters |" in report and "| context (max_position_embeddings) | 256 |" in report
+    assert "| steps | 8 of 8 |" in report and "![training history](plots/training.png)" in report
+    baseline = f"{results['baselines']['local_mc']:.4f}"
+    assert f"| local_mc | acc | {results['tasks']['local_mc']['acc']:.4f} |" in report and baseline in report
+    assert "`local_hub_only`: ConnectionError" in report
+    assert f"| {eval_file} | 5 |" in report
+    assert "**Once upon a time**" in report
+    png_ok(out / "plots" / "training.png")
+
+
+def test_lora_adapter_directory_evaluates(run_dir, tmp_path):
+    """An adapter dir loads with its base, is merged, and scores what base + B·A scores; --compare sets it beside
+    the base model's evaluation."""
+    from peft import LoraConfig, get_peft_model
+
+    from moai_llm import MoaiForCausalLM
+    from moai_llm.evaluation.perplexity import evaluate_perplexity
+    from moai_llm.evaluation.runner import EvalOptions, evaluate_model
+
+    base_dir = run_dir / "final_model"
+    torch.manual_seed(0)
+    peft_model = get_peft_model(MoaiForCausalLM.from_pretrained(base_dir),
+                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False))
+    adapter_dir = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+    text = "Now is the winter of our discontent made glorious summer by this sun of York."
+    (tmp_path / "doc.txt").write_text(text)
+    results = {}
+    for name, path in (("base", base_dir), ("adapter", adapter_dir)):
+        results[name] = evaluate_model(EvalOptions(model_path=str(path), eval_files=[str(tmp_path / "doc.txt")],
+                                                   samples=False, output_dir=str(tmp_path / f"eval-{name}")))
+    from transformers import AutoTokenizer
+
+    merged = peft_model.merge_and_unload().eval()
+    expected = evaluate_perplexity(merged, AutoTokenizer.from_pretrained(base_dir), [text], max_length=256)
+    adapter_ppl = results["adapter"]["perplexity"][str(tmp_path / "doc.txt")]["perplexity"]
+    assert adapter_ppl == pytest.approx(expected.perplexity, rel=1e-5)
+    assert adapter_ppl != pytest.approx(results["base"]["perplexity"][str(tmp_path / "doc.txt")]["perplexity"])
+    assert "r=4, alpha=8" in results["adapter"]["model_card"]["LoRA adapter"]
+
+    assert evaluate.main(["--compare", str(tmp_path / "eval-base"), str(tmp_path / "eval-adapter"),
+                          "--output_dir", str(tmp_path / "compare")]) == 0
+    report = (tmp_path / "compare" / "report.md").read_text()
+    assert "| perplexity |" in report.replace(f"| {tmp_path / 'doc.txt'} ", "| ")
+    assert f"{adapter_ppl:.4f}" in report and "LoRA adapter" in report
+    png_ok(tmp_path / "compare" / "plots" / "loss_comparison.png")
+
+
+@pytest.mark.parametrize("case", ["missing model", "unknown task", "empty eval file", "unreadable prompts",
+                                  "compare without results", "repeated flag"])
+def test_bad_inputs_are_one_line_errors(case, run_dir, tmp_path, capsys):
+    model = str(run_dir / "final_model")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    argv = {
+        "missing model": ["--model_path", str(tmp_path / "nope"), "--tasks", "local_mc"],
+        "unknown task": ["--model_path", model, "--tasks", "hellaswagg"],
+        "empty eval file": ["--model_path", model, "--tasks", "hellaswag", "--eval_file", str(empty)],
+        "unreadable prompts": ["--model_path", model, "--tasks", "hellaswag", "--prompts", str(tmp_path)],
+        "compare without results": ["--compare", str(tmp_path), model, "--output_dir", str(tmp_path / "c")],
+        "repeated flag": ["--model_path", model, "--tasks", "hellaswag", "--tasks", "piqa"],
+    }[case]
+    if case == "repeated flag":
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.main(argv)
+        code, err = exit_info.value.code, capsys.readouterr().err
+    else:
+        code, err = main_exit(argv, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("evaluate.py: error: ")
+    expected = {"missing model": "nope: no such directory", "unknown task": "'hellaswagg' (did you mean hellaswag",
+                "empty eval file": "empty.txt: no records", "unreadable prompts": "cannot be read (Is a directory)",
+                "compare without results": "no results.json", "repeated flag": "--tasks is given twice"}[case]
+    assert expected in lines[0]
+
+
+def test_hf_evaluate_library_is_not_shadowed_by_the_script(monkeypatch):
+    """The repo root (evaluate.py's folder) is first on sys.path here, as when `python evaluate.py` runs."""
+    from moai_llm.evaluation.benchmarks import import_hf_evaluate
+
+    monkeypatch.delitem(sys.modules, "evaluate", raising=False)
+    monkeypatch.syspath_prepend(str(REPO))
+    import_hf_evaluate()
+    import evaluate as library
+
+    assert hasattr(library, "load") and "site-packages" in library.__file__
+
+
+def test_cli_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--model_path", str(tmp_path / "missing")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"evaluate.py: error: --model_path {tmp_path / 'missing'}: no such directory"
