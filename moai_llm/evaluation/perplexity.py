@@ -1,6 +1,6 @@
 """Perplexity, bits per byte and token accuracy of local text: packed rows, plain cross-entropy, no full logits.
 
-- Documents: an --eval_file is read the way training reads data (`moai_llm.data.sources.load_local`): a .txt
+- Documents: an --eval_file is read the way training reads data (`moai_llm.data.sources.iter_records`): a .txt
   file is one document, .jsonl/.json/.parquet/.csv rows are documents (`text_column`), a folder or glob reads
   every such file. Each is tokenized as in pretraining: no special tokens, EOS appended.
 - What is scored: every token after a document's first, EOS included. The first token has no context (the
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ..data.collator import IGNORE_INDEX, PackedCollator
 from ..data.errors import DataError
 from ..data.packing import HierarchicalBalancePacker
-from ..data.sources import load_local
+from ..data.sources import is_local, iter_records
 from .suites import EvalUsageError
 
 logger = logging.getLogger(__name__)
@@ -78,10 +78,14 @@ class PerplexityResult:
 
 def read_documents(spec: str, text_column: str = "text") -> list[str]:
     """Non-empty documents of one --eval_file; a missing, unreadable or empty file is an EvalUsageError."""
+    if not is_local(spec):
+        raise EvalUsageError(f"--eval_file {spec}: no such file")
     try:
-        texts = load_local(spec, text_column)[text_column]
+        texts = [record.get(text_column) for record in iter_records(spec, text_column=text_column)]
     except DataError as error:
         raise EvalUsageError(f"--eval_file {error}") from None
+    if not texts:
+        raise EvalUsageError(f"--eval_file {spec}: no records")
     documents = [text for text in texts if isinstance(text, str) and text.strip()]
     if not documents:
         raise EvalUsageError(f"--eval_file {spec}: no non-empty documents")
