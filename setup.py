@@ -12,8 +12,11 @@ setup(
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["moai_llm", "moai_llm.*"]),
-    package_data={"moai_llm": ["assets/**/*", "serving/static/*"]},
+    # configs/ (model configs, YAML examples) is installed as moai_llm/configs: the default model config of
+    # `python train.py` must exist in a non-editable install too.
+    packages=[*find_packages(include=["moai_llm", "moai_llm.*"]), "moai_llm.configs"],
+    package_dir={"moai_llm.configs": "configs"},
+    package_data={"moai_llm": ["assets/**/*", "serving/static/*"], "moai_llm.configs": ["*.json", "*.yaml"]},
     include_package_data=True,
     install_requires=requirements,
     extras_require={

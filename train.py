@@ -8,7 +8,8 @@ import sys
 
 from transformers.utils import logging as hf_logging
 
-from moai_llm.training.cli import UsageError, parse_args
+from moai_llm.errors import UsageError
+from moai_llm.training.cli import parse_args
 
 
 def main(argv=None) -> int:

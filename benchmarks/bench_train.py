@@ -84,7 +84,8 @@ def run_variant(variant: str, args) -> dict:
                   logging_steps=args.steps, save_strategy="no", eval_strategy="no", report_to="none", use_cpu=True,
                   disable_tqdm=True, dataloader_num_workers=0, seed=0, dataloader_pin_memory=False)
     if variant == "moai":
-        train = rows_from_documents(pieces, args.max_seq_length, True, 1, 0, DataStats())
+        train = rows_from_documents(pieces, max_seq_length=args.max_seq_length, packing=True, rows_per_step=1, seed=0,
+                                    stats=DataStats())
         collator = PackedCollator(tokenizer.pad_token_id)
         trainer = counting(MoaiTrainer)(model=MoaiForCausalLM(config), args=MoaiTrainingArguments(**common),
                               train_dataset=train, data_collator=collator, processing_class=tokenizer)

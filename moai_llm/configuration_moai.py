@@ -171,12 +171,17 @@ class MoaiConfig(Qwen3Config):
             )
 
     def is_moe_layer(self, layer_idx: int) -> bool:
-        """Qwen3-MoE's rule: MoE unless listed in mlp_only_layers or off the decoder_sparse_step grid."""
-        return (
-            self.num_experts > 0
-            and layer_idx not in self.mlp_only_layers
-            and (layer_idx + 1) % self.decoder_sparse_step == 0
-        )
+        return is_moe_layer(self, layer_idx)
+
+
+def is_moe_layer(config, layer_idx: int) -> bool:
+    """Qwen3-MoE's rule, for any config that has its fields (Qwen3-MoE's own too): MoE unless listed in
+    mlp_only_layers or off the decoder_sparse_step grid."""
+    return (
+        (getattr(config, "num_experts", 0) or 0) > 0
+        and layer_idx not in (getattr(config, "mlp_only_layers", None) or [])
+        and (layer_idx + 1) % max(1, getattr(config, "decoder_sparse_step", 1) or 1) == 0
+    )
 
 
 __all__ = ["MoaiConfig"]

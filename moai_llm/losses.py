@@ -8,16 +8,19 @@ idea as Liger-Kernel's fused linear cross-entropy, which is CUDA/Triton-only and
 
 Every objective is a per-token loss l(z) of the logits z of that token, whose gradient has the form
 `dl/dz = a * softmax(z) + b * onehot(target) + c` with per-token a, b and a constant c, so one buffer suffices.
-This file imports only torch (it ships next to the model as remote code).
+This file imports only torch and its sibling batching.py (both ship next to the model as remote code).
 """
 
+import functools
+import json
 from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-IGNORE_INDEX = -100
+from .batching import IGNORE_INDEX
+
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,20 @@ def objective_from_spec(spec: "dict | Objective | None" = None) -> Objective:
     if spec is not None and not isinstance(spec, dict):
         raise ValueError(f"loss config: expected a mapping {{'type': ..., 'params': {{...}}}}, "
                          f"got {type(spec).__name__}")
+    try:
+        key = json.dumps(spec, sort_keys=True)
+    except (TypeError, ValueError):
+        return _parse_spec(spec)
+    return _parse_spec_once(key)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_spec_once(key: str) -> Objective:
+    """Each distinct spec is parsed once: the model reads `config.loss_config` on every forward."""
+    return _parse_spec(json.loads(key))
+
+
+def _parse_spec(spec: dict | None) -> Objective:
     spec = dict(spec or {})
     kind = spec.pop("type", "cross_entropy")
     params = spec.pop("params", None) or {}

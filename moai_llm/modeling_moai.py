@@ -43,6 +43,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 from transformers.utils import can_return_tuple, logging
 from transformers.utils.output_capturing import OutputRecorder
 
+from .batching import flash_varlen_kwargs
 from .configuration_moai import MoaiConfig
 from .losses import causal_lm_loss
 from .moe import MoaiTopKRouter, init_moe_weights, moe_block, moe_causal_lm_output
@@ -162,26 +163,6 @@ def packed_document_ids(position_ids: torch.Tensor | None, cache: Cache | None, 
     if cache is not None and cache.get_seq_length() > 0:
         return None
     return find_packed_sequence_indices(position_ids.expand(batch_size, -1))
-
-
-def flash_varlen_kwargs(position_ids: torch.Tensor) -> dict:
-    """cu_seq_lens/max_length for flash varlen over the flattened batch ([batch, seq] -> [batch*seq]).
-
-    transformers' `prepare_fa_kwargs_from_position_ids` only cuts where positions restart; a row boundary is a
-    document boundary too (a left-padded row does not start at position 0), so both are cut here.
-    """
-    starts = position_ids == 0
-    starts[:, 0] = True
-    starts = starts.reshape(-1).nonzero().view(-1).to(torch.int32)
-    total = torch.tensor([position_ids.numel()], dtype=torch.int32, device=position_ids.device)
-    cu_seq_lens = torch.cat([starts, total])
-    max_length = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
-    return {
-        "cu_seq_lens_q": cu_seq_lens,
-        "cu_seq_lens_k": cu_seq_lens,
-        "max_length_q": max_length,
-        "max_length_k": max_length,
-    }
 
 
 class MoaiModel(MoaiPreTrainedModel, Qwen3Model):

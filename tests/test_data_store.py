@@ -94,7 +94,7 @@ def test_lazy_rows_equal_the_eager_rows(tmp_path, tokenizer):
     texts = write_docs(path, "d", 120, words=60)
     train, _ = pretraining_datasets(spec(tmp_path, train_files=[str(path)]), tokenizer, 64)
     docs = [ids + [tokenizer.eos_token_id] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    eager = rows_from_documents(docs, 64, True, 1, 0, DataStats())
+    eager = rows_from_documents(docs, max_seq_length=64, packing=True, rows_per_step=1, seed=0, stats=DataStats())
     as_tuples = lambda rows: sorted((tuple(int(t) for t in r["input_ids"]), tuple(r["seq_lengths"]))  # noqa: E731
                                     for r in (rows[i] for i in range(len(rows))))
     assert len(train) == len(eager) and as_tuples(train) == as_tuples(eager)
@@ -105,8 +105,8 @@ def test_lazy_rows_equal_the_eager_rows(tmp_path, tokenizer):
     sft_file.write_text("".join(json.dumps(r) + "\n" for r in records))
     train, _ = sft_datasets(spec(tmp_path, train_files=[str(sft_file)]), tokenizer, 96)
     encoded = [tokenize_dialogue(to_messages(r, "prompt_completion"), tokenizer, 96) for r in records]
-    eager = rows_from_documents([e["input_ids"] for e in encoded], 96, True, 1, 0, DataStats(),
-                                labels=[e["labels"] for e in encoded])
+    eager = rows_from_documents([e["input_ids"] for e in encoded], max_seq_length=96, packing=True, rows_per_step=1,
+                                seed=0, stats=DataStats(), labels=[e["labels"] for e in encoded])
     with_labels = lambda rows: sorted((tuple(map(int, r["input_ids"])), tuple(map(int, r["labels"])))  # noqa: E731
                                       for r in (rows[i] for i in range(len(rows))))
     assert with_labels(train) == with_labels(eager)

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from moai_llm import MoaiForCausalLM
 from moai_llm.training.arguments import MoaiTrainingArguments, resolve_mixed_precision
-from moai_llm.training.cli import build_parser, load_yaml_config
+from moai_llm.training.cli import build_parser, load_yaml_config, parse_args
 from moai_llm.training.distributed import data_parallel_error
 from moai_llm.training.run import load_dtype
 from moai_llm.training.trainer import MoaiTrainer
@@ -84,6 +84,30 @@ def test_mixed_precision_resolution():
     assert resolve_mixed_precision(None, False, on_gpu=False, bf16_supported=False) == (False, False)
     assert resolve_mixed_precision(False, False, on_gpu=True, bf16_supported=True) == (False, False)  # explicit off
     assert resolve_mixed_precision(None, True, on_gpu=True, bf16_supported=True) == (False, True)  # explicit fp16
+    assert resolve_mixed_precision(None, False, on_gpu=False, bf16_supported=True) == (True, False)  # AMX CPU
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_by_default_where_the_cpu_computes_it_natively(native, tmp_path):
+    """AMX / AVX512-BF16 CPUs get bf16 autocast by default (and use_cpu, which TrainingArguments requires for bf16
+    without a GPU); other CPUs stay fp32; --bf16 false wins either way."""
+    with mock.patch("torch.cuda.is_available", return_value=False), \
+            mock.patch("moai_llm.training.resolve.cpu_has_native_bf16", return_value=native):
+        default = parse_args(["--output_dir", str(tmp_path)])[2]
+        off = parse_args(["--output_dir", str(tmp_path), "--bf16", "false"])[2]
+    assert (default.bf16, default.fp16, default.use_cpu) == (native, False, native)
+    assert not off.bf16 and not off.fp16
+    assert not default.dataloader_pin_memory
+
+
+def test_bf16_true_alone_trains_on_a_cpu_machine(tmp_path):
+    """`--bf16 true` without `--use_cpu` on a machine without a GPU (transformers alone refuses it)."""
+    args = fast_args(tmp_path / "run", "unused", "--max_steps", "1", "--bf16", "true")
+    args[args.index("--use_cpu"): args.index("--use_cpu") + 2] = []
+    args[args.index("--model_config"): args.index("--model_config") + 2] = []
+    with mock.patch("torch.cuda.is_available", return_value=False):
+        result = run_inprocess(args)[0]
+    assert result.final_model is not None
 
 
 def test_fp16_fallback_on_a_gpu_without_bf16(tmp_path):
@@ -93,7 +117,7 @@ def test_fp16_fallback_on_a_gpu_without_bf16(tmp_path):
     for patch in patches:
         patch.start()
     try:
-        args = MoaiTrainingArguments(output_dir=str(tmp_path))
+        args = parse_args(["--output_dir", str(tmp_path)])[2]
     finally:
         for patch in patches:
             patch.stop()

@@ -24,6 +24,18 @@ def base_model(tmp_path_factory):
     return result[0].final_model
 
 
+@pytest.mark.parametrize("mode, data_file", [("sft", SFT_FILE), ("pretrain", None)])
+def test_packing_bins_reach_the_step_sampler(mode, data_file, tmp_path):
+    """--packing_bins sets the length groups the step order is shuffled within, for SFT as for pretraining."""
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
+    flags = ["--mode", mode, "--max_seq_length", "128", "--output_dir", str(tmp_path), "--use_cpu", "true",
+             "--packing_bins", "3"] + (["--train_file", data_file] if data_file else [])
+    _, data_args, training_args = parse_args(flags)
+    train, _, _ = build_datasets(data_args, tokenizer, training_args)
+    sampler = train.train_sampler(step_rows=2, seed=0)
+    assert train.num_bins == 3 and sampler.num_bins == 3
+
+
 def test_sft_labels_only_on_assistant_tokens(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
     _, data_args, training_args = parse_args(["--mode", "sft", "--train_file", SFT_FILE, "--max_seq_length", "128",

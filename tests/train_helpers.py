@@ -21,7 +21,7 @@ def fast_args(output_dir, model_config, *extra) -> list[str]:
     return [
         "--model_config", model_config, "--output_dir", str(output_dir), "--max_seq_length", "64",
         "--batch_size", "2", "--logging_steps", "1", "--eval_strategy", "no", "--save_steps", "1000",
-        "--use_cpu", "true", "--disable_tqdm", "true", "--dataloader_num_workers", "0", *extra,
+        "--use_cpu", "true", "--bf16", "false", "--disable_tqdm", "true", "--dataloader_num_workers", "0", *extra,
     ]
 
 

@@ -4,9 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..modeling_moai import flash_varlen_kwargs
-
-IGNORE_INDEX = -100
+from ..batching import IGNORE_INDEX, flash_varlen_kwargs
 
 
 @dataclass

@@ -18,6 +18,7 @@ from queue import Full, Queue
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..batching import IGNORE_INDEX
 from .errors import DataError, DataStats
 from .sft import FORMAT_ALIASES, detect_format, to_messages, tokenize_dialogue
 from .sources import fingerprint, iter_records
@@ -108,14 +109,14 @@ class DialogueEncoder:
         lengths = np.array([len(e["input_ids"]) for e in encoded], dtype=np.int64)
         flat = np.fromiter(chain.from_iterable(e["input_ids"] for e in encoded), self.dtype, int(lengths.sum()))
         labels = np.fromiter(chain.from_iterable(e["labels"] for e in encoded), np.int64, int(lengths.sum()))
-        return flat, lengths, labels != -100
+        return flat, lengths, labels != IGNORE_INDEX
 
 
 def source_payloads(source, encoder, skip_bad_records: bool, stats: DataStats, records=None) -> Iterator:
     """The encoder's input for every kept record of one mixture source (domain filter applied)."""
     if records is None:
-        records = iter_records(source.name, source.subset, source.split, encoder.text_column(source),
-                               skip_bad_records, stats)
+        records = iter_records(source.name, subset=source.subset, split=source.split,
+                               text_column=encoder.text_column(source), skip_bad_records=skip_bad_records, stats=stats)
     wanted = set(source.domains)
     for number, record in enumerate(records):
         where = f"{source.name} record {number}"

@@ -3,10 +3,12 @@
 import logging
 from collections import Counter
 
+from ..errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """Bad input data: the message is one line naming the file, line, column or flag."""
 
 

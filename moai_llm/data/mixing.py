@@ -39,12 +39,16 @@ class MixtureSource:
             raise DataError(f"mixture source {self.name}: percentage must be in (0, 100], got {self.percentage}")
 
 
-def parse_mixture(entries: list[dict]) -> list[MixtureSource]:
+def parse_mixture(entries: list) -> list[MixtureSource]:
+    """YAML mixture entries (mappings; already parsed sources pass through) as validated sources."""
     known = set(MixtureSource.__dataclass_fields__)
     if not isinstance(entries, list):
         raise DataError(f"data mixture: expected a list of sources, got {type(entries).__name__}")
     sources = []
     for i, entry in enumerate(entries):
+        if isinstance(entry, MixtureSource):
+            sources.append(entry)
+            continue
         if not isinstance(entry, dict):
             raise DataError(f"data mixture entry {i}: expected a mapping with 'name', got {entry!r}")
         unknown = sorted(set(entry) - known)

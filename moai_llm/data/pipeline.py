@@ -14,6 +14,7 @@ import datasets
 import numpy as np
 from accelerate import PartialState
 
+from ..batching import IGNORE_INDEX
 from .errors import DataError, DataStats
 from .mixing import MixtureSource, check_disjoint, check_ratios, parse_mixture, select_documents
 from .packing import HierarchicalBalancePacker, attention_balance_ratio, packing_efficiency, split_long_documents
@@ -82,7 +83,7 @@ class Prepared:
         return train, evaluation
 
 
-def prepare(spec: DataSpec, encoder, max_seq_length: int, seed: int = 0, stats: DataStats | None = None,
+def prepare(spec: DataSpec, encoder, max_seq_length: int, *, seed: int = 0, stats: DataStats | None = None,
             truncate: bool = False, sources: list[MixtureSource] | None = None) -> Prepared:
     """Stores for every source and the packing plan of the mixture, prepared once, memory-mapped by all."""
     stats = stats if stats is not None else DataStats()
@@ -131,51 +132,57 @@ def reading_plan(spec: DataSpec, tokenizer, sft: bool = False):
     return sources, DialogueEncoder(tokenizer, spec.sft_format), True
 
 
-def pretraining_datasets(spec: DataSpec, tokenizer, max_seq_length: int, seed: int = 0, step_rows: int = 1,
+def pretraining_datasets(spec: DataSpec, tokenizer, max_seq_length: int, *, seed: int = 0, step_rows: int = 1,
                          stats: DataStats | None = None):
-    """(train, eval) rows from the sources/mixture; eval documents never appear in train."""
-    return _datasets(spec, *reading_plan(spec, tokenizer), max_seq_length, seed, step_rows, stats)
+    """(train, eval) rows from the sources/mixture; eval documents never appear in train. `step_rows`: rows read
+    per micro-step by all ranks together (processes x per-device batch), the unit the packer balances."""
+    sources, encoder, truncate = reading_plan(spec, tokenizer)
+    return _datasets(spec, sources, encoder, truncate=truncate, max_seq_length=max_seq_length, seed=seed,
+                     step_rows=step_rows, stats=stats)
 
 
-def sft_datasets(spec: DataSpec, tokenizer, max_seq_length: int, seed: int = 0, step_rows: int = 1,
+def sft_datasets(spec: DataSpec, tokenizer, max_seq_length: int, *, seed: int = 0, step_rows: int = 1,
                  stats: DataStats | None = None):
     """(train, eval) rows of chat-formatted dialogues with labels only on assistant tokens."""
-    return _datasets(spec, *reading_plan(spec, tokenizer, sft=True), max_seq_length, seed, step_rows, stats)
+    sources, encoder, truncate = reading_plan(spec, tokenizer, sft=True)
+    return _datasets(spec, sources, encoder, truncate=truncate, max_seq_length=max_seq_length, seed=seed,
+                     step_rows=step_rows, stats=stats)
 
 
-def _datasets(spec, sources, encoder, truncate, max_seq_length, seed, step_rows, stats):
+def _datasets(spec, sources, encoder, *, truncate, max_seq_length, seed, step_rows, stats):
     stats = stats if stats is not None else DataStats()
     if spec.streaming or any(s.streaming for s in sources):
-        return _streamed(spec, encoder, sources, max_seq_length, seed, stats, truncate)
-    prepared = prepare(spec, encoder, max_seq_length, seed, stats, truncate, sources)
+        return _streamed(spec, encoder, sources, max_seq_length=max_seq_length, seed=seed, stats=stats,
+                         truncate=truncate)
+    prepared = prepare(spec, encoder, max_seq_length, seed=seed, stats=stats, truncate=truncate, sources=sources)
     train, evaluation = prepared.datasets(step_rows, spec.packing_bins)
     logger.info("%d train rows%s; attention balance over steps of %d rows: %.3f", len(train),
                 f", {len(evaluation)} eval rows" if evaluation is not None else "", step_rows, train.balance())
     return train, evaluation
 
 
-def _streamed(spec, encoder, sources, max_seq_length, seed, stats, truncate):
-    mixed, held = stream_mixture(sources, encoder, seed, spec.stopping_strategy, spec.eval_fraction,
-                                 spec.skip_bad_records, stats)
-    train = streamed_rows(mixed, encoder, max_seq_length, spec.packing, truncate, seed,
-                          PartialState().num_processes, stats)
+def _streamed(spec, encoder, sources, *, max_seq_length, seed, stats, truncate):
+    mixed, held = stream_mixture(sources, encoder, seed=seed, stopping_strategy=spec.stopping_strategy,
+                                 eval_fraction=spec.eval_fraction, skip_bad_records=spec.skip_bad_records, stats=stats)
+    train = streamed_rows(mixed, encoder, max_seq_length=max_seq_length, packing=spec.packing, truncate=truncate,
+                          seed=seed, num_processes=PartialState().num_processes, stats=stats)
     evaluation = None
     if held:
         flat, lengths, mask = encoder.encode(held)
         flat, ends = flat.astype(np.int64), np.cumsum(lengths)
         ids = [flat[e - n : e].tolist() for e, n in zip(ends, lengths)]
-        labels = None if mask is None else [np.where(mask[e - n : e], flat[e - n : e], -100).tolist()
+        labels = None if mask is None else [np.where(mask[e - n : e], flat[e - n : e], IGNORE_INDEX).tolist()
                                             for e, n in zip(ends, lengths)]
         if truncate:
             ids = [x[:max_seq_length] for x in ids]
             labels = [x[:max_seq_length] for x in labels]
-        evaluation = rows_from_documents(ids, max_seq_length, spec.packing, 1, seed, DataStats(),
-                                         spec.packing_bins, labels)
+        evaluation = rows_from_documents(ids, max_seq_length=max_seq_length, packing=spec.packing, rows_per_step=1,
+                                         seed=seed, stats=DataStats(), num_bins=spec.packing_bins, labels=labels)
     return train, evaluation
 
 
-def rows_from_documents(docs: list[list[int]], max_seq_length: int, packing: bool, world_size: int,
-                        seed: int, stats: DataStats, bins: int = 8, labels: list[list[int]] | None = None):
+def rows_from_documents(docs: list[list[int]], *, max_seq_length: int, packing: bool, rows_per_step: int, seed: int,
+                        stats: DataStats, num_bins: int = 8, labels: list[list[int]] | None = None):
     """Rows built in memory (small data: a stream's eval documents, benchmarks): packed or one per row."""
     if labels is None:
         docs = split_long_documents(docs, max_seq_length, stats)
@@ -186,13 +193,13 @@ def rows_from_documents(docs: list[list[int]], max_seq_length: int, packing: boo
         if labels is not None:
             columns["labels"] = labels
         return datasets.Dataset.from_dict(columns)
-    packer = HierarchicalBalancePacker(max_seq_length, num_bins=bins, seed=seed)
+    packer = HierarchicalBalancePacker(max_seq_length, num_bins=num_bins, seed=seed)
     lengths = [len(d) for d in docs]
-    packs = packer.order_for_ranks(packer.pack(lengths), lengths, world_size)
+    packs = packer.order_for_ranks(packer.pack(lengths), lengths, rows_per_step)
     stats["packs"] += len(packs)
-    logger.info("packed %d documents into %d rows of %d: efficiency %.2f%%, attention balance %.3f (world %d)",
+    logger.info("packed %d documents into %d rows of %d: efficiency %.2f%%, attention balance %.3f (steps of %d rows)",
                 len(docs), len(packs), max_seq_length, 100 * packing_efficiency(packs, lengths, max_seq_length),
-                attention_balance_ratio(packs, lengths, world_size), world_size)
+                attention_balance_ratio(packs, lengths, rows_per_step), rows_per_step)
     columns = {"input_ids": [[t for i in p for t in docs[i]] for p in packs],
                "seq_lengths": [[lengths[i] for i in p] for p in packs]}
     if labels is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..batching import IGNORE_INDEX
 from .errors import DataError, DataStats
 from .packing import HierarchicalBalancePacker, interleaved_order
 from .store import TokenStore, publish, temporary_directory
@@ -134,7 +135,7 @@ class PackedRows(torch.utils.data.Dataset):
         row = {"input_ids": input_ids, "seq_lengths": [n for _, _, n in spans]}
         if self.with_labels:
             mask = np.concatenate([store.labels[b : b + n] for store, b, n in spans]).astype(bool)
-            row["labels"] = np.where(mask, input_ids, -100)
+            row["labels"] = np.where(mask, input_ids, IGNORE_INDEX)
         return row
 
     def balance(self) -> float:

@@ -4,6 +4,7 @@ Formats: alpaca (instruction / input / output), sharegpt (conversations of from/
 prompt_completion (prompt / completion), question_answer (question / answer).
 """
 
+from ..batching import IGNORE_INDEX
 from .errors import DataError, DataStats
 
 FORMAT_KEYS = {
@@ -71,12 +72,12 @@ def assistant_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[in
 
 
 def tokenize_dialogue(messages: list[dict], tokenizer, max_seq_length: int, stats: DataStats | None = None) -> dict:
-    """input_ids and labels (-100 outside assistant spans), truncated to max_seq_length (counted)."""
+    """input_ids and labels (IGNORE_INDEX outside assistant spans), truncated to max_seq_length (counted)."""
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError("SFT: a dialogue has no assistant turn, so nothing would be trained")
     text, spans = assistant_spans(messages, tokenizer)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    labels = [-100] * len(encoded["input_ids"])
+    labels = [IGNORE_INDEX] * len(encoded["input_ids"])
     for i, (start, end) in enumerate(encoded["offset_mapping"]):
         if any(s <= start and end <= e for s, e in spans) and end > start:
             labels[i] = encoded["input_ids"][i]

@@ -143,7 +143,7 @@ def hub_dataset(name: str, subset: str | None, split: str, streaming: bool):
                         f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
 
 
-def iter_records(name: str, subset: str | None = None, split: str = "train", text_column: str | None = "text",
+def iter_records(name: str, *, subset: str | None = None, split: str = "train", text_column: str | None = "text",
                  skip_bad_records: bool = False, stats: DataStats | None = None) -> Iterator[dict]:
     """Every record of a source, one at a time, in a fixed order (files sorted, then line order)."""
     stats = stats if stats is not None else DataStats()
@@ -159,7 +159,7 @@ def iter_records(name: str, subset: str | None = None, split: str = "train", tex
         yield from (dict(zip(keys, values)) for values in zip(*batch.values()))
 
 
-def load_source(name: str, subset: str | None = None, split: str = "train", text_column: str | None = "text",
+def load_source(name: str, *, subset: str | None = None, split: str = "train", text_column: str | None = "text",
                 streaming: bool = False, skip_bad_records: bool = False, stats: DataStats | None = None):
     """One source as a `datasets.Dataset` (or a Hub `IterableDataset` when streaming); for small data."""
     if not is_local(name):
@@ -168,7 +168,8 @@ def load_source(name: str, subset: str | None = None, split: str = "train", text
         if text_column is not None and columns and text_column not in columns:
             raise DataError(f"--dataset {name}: no column {text_column!r}; columns: {columns}")
         return dataset
-    rows = list(iter_records(name, subset, split, text_column, skip_bad_records, stats))
+    rows = list(iter_records(name, subset=subset, split=split, text_column=text_column,
+                             skip_bad_records=skip_bad_records, stats=stats))
     if not rows:
         raise DataError(f"{name}: no records")
     dataset = datasets.Dataset.from_list(rows)

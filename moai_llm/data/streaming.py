@@ -13,6 +13,7 @@ import datasets
 import numpy as np
 from datasets.distributed import split_dataset_by_node
 
+from ..batching import IGNORE_INDEX
 from .errors import DataError, DataStats
 from .mixing import MixtureSource
 from .packing import pack_stream
@@ -82,7 +83,7 @@ class _Source:
         return datasets.IterableDataset.from_generator(generate, gen_kwargs={"shards": list(range(self.shards))})
 
 
-def stream_mixture(sources: list[MixtureSource], encoder, seed: int, stopping_strategy: str, eval_fraction: float,
+def stream_mixture(sources: list[MixtureSource], encoder, *, seed: int, stopping_strategy: str, eval_fraction: float,
                    skip_bad_records: bool, stats: DataStats):
     """(stream of {"payload"}, eval payloads): concatenated, or interleaved with the ratios as probabilities."""
     wanted = int(eval_fraction) if eval_fraction >= 1 else (STREAM_EVAL_DOCUMENTS if eval_fraction else 0)
@@ -107,7 +108,7 @@ def stream_mixture(sources: list[MixtureSource], encoder, seed: int, stopping_st
     return mixed, evaluation
 
 
-def streamed_rows(mixed: datasets.IterableDataset, encoder, max_seq_length: int, packing: bool, truncate: bool,
+def streamed_rows(mixed: datasets.IterableDataset, encoder, *, max_seq_length: int, packing: bool, truncate: bool,
                   seed: int, num_processes: int, stats: DataStats) -> datasets.IterableDataset:
     """Rows from the stream, one shard per process: shard r tokenizes and packs `split_dataset_by_node(r)`."""
 
@@ -118,7 +119,7 @@ def streamed_rows(mixed: datasets.IterableDataset, encoder, max_seq_length: int,
             flat, ends = flat.astype(np.int64), np.cumsum(lengths)
             for end, length in zip(ends.tolist(), lengths.tolist()):
                 ids = flat[end - length : end]
-                labels = None if mask is None else np.where(mask[end - length : end], ids, -100)
+                labels = None if mask is None else np.where(mask[end - length : end], ids, IGNORE_INDEX)
                 yield from _cut(ids, labels, max_seq_length, truncate, stats)
 
     def rows(ranks):

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from tokenizers.pre_tokenizers import ByteLevel
 from tqdm.auto import tqdm
 
-from ..data.collator import IGNORE_INDEX, PackedCollator
+from ..batching import IGNORE_INDEX
+from ..data.collator import PackedCollator
 from ..data.errors import DataError
 from ..data.packing import HierarchicalBalancePacker
 from ..data.sources import is_local, iter_records

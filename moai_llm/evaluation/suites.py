@@ -6,9 +6,11 @@ The names and shot counts were checked against lm-evaluation-harness 0.4.13's bu
 
 from dataclasses import dataclass
 
+from ..errors import UsageError
 
-class EvalUsageError(ValueError):
-    """A user mistake (bad flag, missing or empty file, unknown task): printed as one line, exit code 2."""
+
+class EvalUsageError(UsageError):
+    """A user mistake in evaluation (bad flag, missing or empty file, unknown task)."""
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
 from transformers import TrainingArguments
 
+from ..data.mixing import MixtureSource
+
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPO_DIR = os.path.dirname(PACKAGE_DIR)
-TINY_MODEL_CONFIG = os.path.join(REPO_DIR, "configs", "model_config_tiny.json")
+# configs/ is installed as the package moai_llm.configs (setup.py package_dir); a source checkout reads it in place.
+_INSTALLED_CONFIGS = os.path.join(PACKAGE_DIR, "configs")
+CONFIGS_DIR = (_INSTALLED_CONFIGS if os.path.isdir(_INSTALLED_CONFIGS)
+               else os.path.join(os.path.dirname(PACKAGE_DIR), "configs"))
+TINY_MODEL_CONFIG = os.path.join(CONFIGS_DIR, "model_config_tiny.json")
 LORA_TARGET_MODULES = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 # Learning rates used when --learning_rate is not given: a tiny model from scratch, full SFT, adapters.
 DEFAULT_LEARNING_RATES = {"pretrain": 1e-3, "sft": 2e-5, "lora": 2e-4}
@@ -23,13 +27,13 @@ SCHEDULER_ALIASES = {"wsd": "warmup_stable_decay"}
 
 
 def resolve_mixed_precision(bf16: bool | None, fp16: bool, on_gpu: bool, bf16_supported: bool) -> tuple[bool, bool]:
-    """(bf16, fp16). bf16 unset: bf16 on GPUs that support it, fp16 on older GPUs (V100, T4), neither on CPU.
-    An explicit --bf16 or --fp16 is kept as given."""
+    """(bf16, fp16). bf16 unset: bf16 where the device computes it natively (GPUs with bf16; CPUs with AMX or
+    AVX512-BF16), fp16 on older GPUs (V100, T4), neither on other CPUs. An explicit --bf16 or --fp16 is kept."""
     if bf16 is not None or fp16:
         return bool(bf16), bool(fp16)
-    if not on_gpu:
-        return False, False
-    return (True, False) if bf16_supported else (False, True)
+    if bf16_supported:
+        return True, False
+    return (False, True) if on_gpu else (False, False)
 
 
 @dataclass
@@ -100,7 +104,9 @@ class DataArguments:
     packing_bins: int = field(default=8, metadata={"help": "Length groups of the hierarchical balance packer."})
     streaming: bool = field(default=False, metadata={"help": "Stream sources instead of downloading (needs max_steps)."})
     skip_bad_records: bool = field(default=False, metadata={"help": "Skip (and count) malformed records."})
-    mixture: str | None = field(default=None, metadata={"help": "Data mixture (YAML only, see training_config.yaml)."})
+    mixture: list[MixtureSource] | None = field(
+        default=None, metadata={"help": "Data mixture (YAML only, see training_config.yaml)."}
+    )
     stopping_strategy: Literal["all_exhausted", "first_exhausted"] = field(
         default="all_exhausted", metadata={"help": "When a streamed mixture with ratios ends."}
     )
@@ -120,7 +126,7 @@ class MoaiTrainingArguments(TrainingArguments):
     config: str | None = field(
         default=None, metadata={"help": "YAML config (configs/training_config.yaml); command-line flags override it."}
     )
-    stages: str | None = field(default=None, metadata={"help": "Training stages (YAML only)."})
+    stages: "list[Stage] | None" = field(default=None, metadata={"help": "Training stages (YAML only)."})
     output_dir: str | None = field(
         default=None, metadata={"help": "Run directory (default: outputs/<mode>-<model config or model name>)."}
     )
@@ -163,29 +169,29 @@ class MoaiTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        # Defaults that depend on other arguments (the model name, LoRA) are filled in by the run; these flags
-        # remember that the user did not choose.
-        self.default_output_dir = self.output_dir is None
-        if self.default_output_dir:
+        """Validation only. train.py fills the defaults that depend on other arguments or on the machine before
+        constructing this (`resolve.resolve_training_values`); constructed directly, unset values get the plain
+        ones: outputs/<mode>, the mode's learning rate, fp32."""
+        if self.output_dir is None:
             self.output_dir = os.path.join("outputs", self.mode)
-        self.default_learning_rate = self.learning_rate is None
-        if self.default_learning_rate:
+        if self.learning_rate is None:
             self.learning_rate = DEFAULT_LEARNING_RATES[self.mode]
-        if isinstance(self.stages, str):
-            raise ValueError("stages are given in a YAML --config (see configs/training_config.yaml), not on the command line")
+        self.bf16 = bool(self.bf16)
         for name in ("wsd_decay_ratio", "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
-        on_gpu = not self.use_cpu and torch.cuda.is_available()
-        if self.tf32 is None and on_gpu and torch.cuda.get_device_capability()[0] >= 8:
-            self.tf32 = True  # Ampere and newer: TF32 matmuls for whatever still runs in fp32
-        # the optimizer default is transformers' adamw_torch_fused already (the fused CUDA kernel)
-        # resolved before TrainingArguments derives mixed_precision from them
-        self.bf16, self.fp16 = resolve_mixed_precision(
-            self.bf16, self.fp16, on_gpu, on_gpu and torch.cuda.is_bf16_supported()
-        )
         self.lr_scheduler_type = SCHEDULER_ALIASES.get(self.lr_scheduler_type, self.lr_scheduler_type)
         super().__post_init__()
         if self.save_on_each_node and (self.fsdp or self.deepspeed):
             raise ValueError("--save_on_each_node works with DDP only: FSDP and DeepSpeed checkpoints are sharded "
                              "over all ranks, so every node needs them all (use a shared filesystem)")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage, resolved when the YAML is read: its name and its own arguments (see stages.py)."""
+
+    name: str
+    model_args: ModelArguments
+    data_args: DataArguments
+    training_args: MoaiTrainingArguments

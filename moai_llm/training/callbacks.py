@@ -8,6 +8,9 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from ..batching import IGNORE_INDEX
+from ..configuration_moai import is_moe_layer
+
 logger = logging.getLogger(__name__)
 
 # Dense bf16 peak TFLOP/s per device, by substring of the CUDA device name (vendor data sheets, no sparsity).
@@ -32,10 +35,7 @@ def flops_per_token(config, seq_len: int) -> float:
     dense_mlp = 3 * hidden * config.intermediate_size
     params = 0
     for layer in range(config.num_hidden_layers):
-        sparse = num_experts > 0 and layer not in (getattr(config, "mlp_only_layers", None) or []) and (
-            (layer + 1) % max(1, getattr(config, "decoder_sparse_step", 1) or 1) == 0
-        )
-        if sparse:
+        if is_moe_layer(config, layer):
             mlp = config.num_experts_per_tok * 3 * hidden * config.moe_intermediate_size + hidden * num_experts
             mlp += 3 * hidden * (getattr(config, "shared_expert_intermediate_size", 0) or 0)
         else:
@@ -73,7 +73,7 @@ class ThroughputCallback(TrainerCallback):
         # tensors accumulate on the batch's device: no host sync per micro-batch, only in pop_logs
         real = input_ids.ne(pad_token_id).sum() if pad_token_id is not None else input_ids.numel()
         self.tokens = self.tokens + real
-        self.useful = self.useful + (labels[:, 1:].ne(-100).sum() if labels is not None else real)
+        self.useful = self.useful + (labels[:, 1:].ne(IGNORE_INDEX).sum() if labels is not None else real)
         self.slots += input_ids.numel()
 
     def pop_logs(self) -> dict[str, float]:

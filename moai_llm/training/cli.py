@@ -1,21 +1,22 @@
 """Command-line parsing for train.py: HfArgumentParser over the three dataclasses, YAML defaults under the CLI."""
 
 import argparse
+import dataclasses
 import os
 import sys
 
 import yaml
 from transformers import HfArgumentParser
 
+from ..errors import UsageError
 from ..losses import objective_from_spec
+from ..data.mixing import parse_mixture
 from .arguments import DataArguments, ModelArguments, MoaiTrainingArguments
+from .resolve import resolve
 
 # YAML sections only group keys for readers; every key inside them is a flag name.
 YAML_SECTIONS = ("model", "data", "loss", "schedule", "packing", "training")
-
-
-class UsageError(ValueError):
-    """A user mistake: train.py prints the message on one line and exits 2."""
+YAML_ONLY = ("mixture", "stages")  # structured values, parsed and validated when the YAML is read
 
 
 class _Parser(HfArgumentParser):
@@ -23,8 +24,20 @@ class _Parser(HfArgumentParser):
         raise UsageError(message)
 
 
+def _yaml_only(name: str):
+    def refuse(_value):
+        raise argparse.ArgumentTypeError(f"{name} is given in a YAML --config (see configs/training_config.yaml), "
+                                         "not on the command line")
+
+    return refuse
+
+
 def build_parser() -> _Parser:
-    return _Parser((ModelArguments, DataArguments, MoaiTrainingArguments), description="Pretrain or fine-tune MOAI.")
+    parser = _Parser((ModelArguments, DataArguments, MoaiTrainingArguments), description="Pretrain or fine-tune MOAI.")
+    for action in parser._actions:  # lists of mappings: HfArgumentParser would take them as strings
+        if action.dest in YAML_ONLY:
+            action.type, action.nargs = _yaml_only(action.dest), None
+    return parser
 
 
 def _dest_names(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -77,25 +90,21 @@ def load_yaml_config(path: str, parser: _Parser) -> dict:
             if name not in dests:
                 raise UsageError(f"--config {path}: unknown key '{name}'" + (f" in section '{key}'" if key != name else ""))
             flat[dests[name]] = item
+    if flat.get("mixture") is not None:
+        try:
+            flat["mixture"] = parse_mixture(flat["mixture"])
+        except ValueError as error:
+            raise UsageError(f"--config {path}: {error}") from None
+    if flat.get("stages") is not None:
+        from .stages import parse_stages
+
+        flat["stages"] = parse_stages(flat["stages"], parser, path)
     return flat
 
 
-def _legacy_loss_section(section: dict, path: str):
-    """The old tool's `loss: {type: ..., params: {...}}` as the flags loss_type / loss_params; else unchanged."""
-    if "type" not in section and "params" not in section:
-        return section.items()
-    extra = sorted(set(section) - {"type", "params"})
-    if extra or "type" not in section:
-        raise UsageError(f"--config {path}: section 'loss' mixes the old form (type, params) with {extra or ['no type']}; "
-                         "write either {type: ..., params: {...}} or the flags loss_type / loss_params")
-    params = section.get("params") or {}
-    if not isinstance(params, dict):
-        raise UsageError(f"--config {path}: loss.params must be a mapping, got {type(params).__name__}")
-    return [("loss_type", section["type"]), ("loss_params", params)]
-
-
 def parse_args(argv: list[str] | None = None):
-    """(model_args, data_args, training_args) from YAML (--config) then the command line on top."""
+    """(model_args, data_args, training_args) from YAML (--config) then the command line on top, every default
+    resolved (resolve.py); with stages, `training_args.stages` holds each stage's own resolved arguments."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     pre = argparse.ArgumentParser(add_help=False)
@@ -103,9 +112,16 @@ def parse_args(argv: list[str] | None = None):
     known, _ = pre.parse_known_args(argv)
     if known.config:
         parser.set_defaults(**load_yaml_config(known.config, parser))
+    namespace = vars(parser.parse_args(argv))
+    groups = [{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.init} for cls in parser.dataclass_types]
     try:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
-    except (TypeError, ValueError) as error:
-        raise UsageError(str(error).splitlines()[0]) from None
-    return model_args, data_args, training_args
+        model_args, data_args = ModelArguments(**groups[0]), DataArguments(**groups[1])
+        if groups[2].get("stages"):
+            from .stages import resolve_stages
 
+            return resolve_stages(model_args, data_args, groups[2])
+        return resolve(model_args, data_args, groups[2])
+    except (TypeError, ValueError) as error:
+        if isinstance(error, UsageError):
+            raise
+        raise UsageError(str(error).splitlines()[0]) from None

@@ -4,12 +4,10 @@ import logging
 import os
 import time
 
-from torch.utils.data import IterableDataset
-
 from ..data import DataSpec, DataStats, PackedCollator, PaddingCollator, prepare, pretraining_datasets, sft_datasets
 from ..data.pipeline import reading_plan
 from ..data.store import directory_size
-from .cli import UsageError
+from ..errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +47,6 @@ def build_datasets(data_args, tokenizer, training_args, flash: bool = False):
                               seed=training_args.seed, step_rows=step_rows, stats=stats)
     stats.log()
     logger.info("data ready in %.1f s", time.perf_counter() - start)
-    if isinstance(train, IterableDataset):
-        read_streams_on_every_rank(training_args)
     if data_args.packing:
         collator = PackedCollator(tokenizer.pad_token_id, return_flash_kwargs=flash)
     else:
@@ -58,32 +54,20 @@ def build_datasets(data_args, tokenizer, training_args, flash: bool = False):
     return train, evaluation, collator
 
 
-def read_streams_on_every_rank(training_args) -> None:
-    """accelerate's default for an IterableDataset reads it on rank 0 only and sends slices of each batch to the
-    others (which drops the other ranks' shards, breaks on flash-attn's int `max_length_q` and on batches of
-    different widths). Off, accelerate hands process r the stream's shard r (one shard per process)."""
-    config = training_args.accelerator_config
-    if config.dispatch_batches:
-        logger.warning("streaming: accelerator_config.dispatch_batches=True replaced by False (each rank reads its "
-                       "own shard)")
-    config.dispatch_batches = False
-
-
 def prepare_only(model_args, data_args, training_args) -> list[str]:
     """`train.py --prepare_only`: tokenize every source and plan the rows, as the training run will; no model."""
-    from .run import default_run_name, load_tokenizer
+    from .run import load_tokenizer
 
     if training_args.stages:
         raise UsageError("--prepare_only prepares one run's data: run it with each stage's data flags (and one "
                          "--data_cache_dir) instead of a stages config")
     if data_args.streaming:
         raise UsageError("--prepare_only: streamed data is read during training; there is nothing to prepare")
-    if getattr(training_args, "default_output_dir", False):
-        training_args.output_dir = os.path.join("outputs", default_run_name(model_args, training_args))
     spec = data_spec(data_args, training_args)
     sources, encoder, truncate = reading_plan(spec, load_tokenizer(model_args), sft=training_args.mode == "sft")
     start, stats = time.perf_counter(), DataStats()
-    prepared = prepare(spec, encoder, data_args.max_seq_length, training_args.seed, stats, truncate, sources)
+    prepared = prepare(spec, encoder, data_args.max_seq_length, seed=training_args.seed, stats=stats, truncate=truncate,
+                       sources=sources)
     stats.log()
     lines = []
     for store in prepared.stores:

@@ -11,7 +11,7 @@ import socket
 
 import torch.distributed as dist
 
-from .cli import UsageError
+from ..errors import UsageError
 from .trainer import COMPLETE_MARKER, latest_complete_checkpoint
 
 logger = logging.getLogger(__name__)

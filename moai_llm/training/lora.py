@@ -4,7 +4,7 @@ import logging
 
 import torch
 
-from .cli import UsageError
+from ..errors import UsageError
 
 logger = logging.getLogger(__name__)
 

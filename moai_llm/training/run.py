@@ -1,6 +1,7 @@
 """One training run (one stage): tokenizer, model, data, MoaiTrainer, final_model."""
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -12,9 +13,9 @@ from transformers.trainer import TRAINING_ARGS_NAME
 
 from .. import MoaiConfig, MoaiForCausalLM
 from ..losses import objective_from_spec
-from .arguments import DEFAULT_LEARNING_RATES, PACKAGE_DIR, TINY_MODEL_CONFIG
+from .arguments import PACKAGE_DIR, TINY_MODEL_CONFIG
 from .callbacks import GracefulStopCallback, ThroughputCallback, detect_peak_tflops, flops_per_token
-from .cli import UsageError
+from ..errors import UsageError
 from .data_setup import build_datasets
 from .distributed import data_parallel_error, resolve_resume
 from .trainer import MoaiTrainer, writes_on_this_node
@@ -34,15 +35,6 @@ class RunResult:
     stopped_at_step: int | None = None
 
 
-def default_run_name(model_args, training_args) -> str:
-    if model_args.pretrained_model:
-        base = os.path.basename(os.path.normpath(model_args.pretrained_model))
-    else:
-        base = os.path.splitext(os.path.basename(model_args.model_config or TINY_MODEL_CONFIG))[0]
-        base = base.removeprefix("model_config_").removeprefix("model_config") or "base"
-    return f"{training_args.mode}-{base}"
-
-
 def load_tokenizer(model_args):
     path = model_args.tokenizer_path
     if path is None and model_args.pretrained_model and os.path.isfile(
@@ -56,20 +48,6 @@ def load_tokenizer(model_args):
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise UsageError(f"--tokenizer_path {path}: the tokenizer needs pad and eos tokens")
     return tokenizer
-
-
-def configure_hardware(model_args, training_args) -> None:
-    """On CUDA: flash-attn when installed (bf16 and TF32 are chosen by the arguments); nothing changes on CPU."""
-    if not torch.cuda.is_available() or training_args.use_cpu:
-        training_args.dataloader_pin_memory = False
-        return
-    if model_args.attn_implementation is None:
-        try:
-            import flash_attn  # noqa: F401
-
-            model_args.attn_implementation = "flash_attention_2"
-        except ImportError:
-            model_args.attn_implementation = "sdpa"
 
 
 def load_dtype(cuda: bool, bf16: bool, lora: bool, qlora: bool, fp16: bool = False) -> torch.dtype:
@@ -199,11 +177,6 @@ def final_evaluation(trainer) -> dict:
 
 def run_training(model_args, data_args, training_args, extra_callbacks=()) -> RunResult:
     """Train one stage end to end; returns where final_model went (None if a signal stopped the run)."""
-    configure_hardware(model_args, training_args)
-    if getattr(training_args, "default_output_dir", False):
-        training_args.output_dir = os.path.join("outputs", default_run_name(model_args, training_args))
-    if model_args.use_lora and getattr(training_args, "default_learning_rate", False):
-        training_args.learning_rate = DEFAULT_LEARNING_RATES["lora"]
     error = data_parallel_error(training_args.n_gpu)
     if error:
         raise UsageError(error)
@@ -218,7 +191,8 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
     flash = model.config._attn_implementation == "flash_attention_2"
     train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, training_args, flash=flash)
     if eval_dataset is None and training_args.eval_strategy != "no":
-        training_args.eval_strategy = "no"
+        logger.warning("no documents were held out for evaluation: evaluation is off for this run")
+        training_args = dataclasses.replace(training_args, eval_strategy="no")  # a new, validated object
     config = model.config
     throughput = ThroughputCallback(
         flops_per_token(config, data_args.max_seq_length),

@@ -5,7 +5,7 @@ Both are decided once, right after the Trainer builds its `Accelerator` and befo
 
 import logging
 
-from .cli import UsageError
+from ..errors import UsageError
 
 logger = logging.getLogger(__name__)
 

@@ -1,78 +1,101 @@
 """Stages (pretrain -> mid-training -> sft): each a set of flag overrides, starting from the previous final_model.
 
-A stage whose final_model is complete (its FINAL_MARKER, written after the final save) is skipped, and a stage in
-progress resumes from its latest complete checkpoint, so re-running the same command after an interruption
-continues where it stopped. Rank 0 decides whether a stage is done, so every rank skips or runs it together.
+Every stage's arguments are resolved up front, when the YAML is read (`resolve_stages`), so a typo in the last
+stage fails before the first trains. A stage whose final_model is complete (its FINAL_MARKER, written after the
+final save) is skipped, and a stage in progress resumes from its latest complete checkpoint, so re-running the same
+command after an interruption continues where it stopped. Rank 0 decides whether a stage is done, so every rank
+skips or runs it together.
 """
 
-import copy
 import dataclasses
 import logging
 import os
 
-from .cli import UsageError, build_parser
+from ..data.mixing import parse_mixture
+from ..errors import UsageError
+from .arguments import Stage
 from .distributed import from_rank_zero, require_on_every_rank
+from .resolve import resolve
 from .run import FINAL_MARKER, RunResult, run_training
 
 logger = logging.getLogger(__name__)
+ALIASES = {"batch_size": "per_device_train_batch_size", "num_epochs": "num_train_epochs"}
 
 
-def _split_overrides(stage: dict, index: int, parser) -> tuple[str, dict[str, dict]]:
-    """Stage name and its overrides per args object ("model", "data", "training"), validated against the flags."""
-    if not isinstance(stage, dict):
-        raise UsageError(f"stages[{index}]: expected a mapping of flags, got {type(stage).__name__}")
-    stage = dict(stage)
-    name = str(stage.pop("name", f"stage{index + 1}"))
+@dataclasses.dataclass(frozen=True)
+class StageFlags:
+    """One stage as the YAML gives it: its name and its overrides per argument group (model, data, training)."""
+
+    name: str
+    model: dict
+    data: dict
+    training: dict
+
+
+def parse_stages(entries, parser, path: str) -> list[StageFlags]:
+    """The YAML `stages:` list, each key checked against the flags (one-line errors naming the stage and key)."""
+    if not isinstance(entries, list) or not entries:
+        raise UsageError(f"--config {path}: stages must be a non-empty list of mappings")
     owners = {}
-    for dataclass_type, key in zip(parser.dataclass_types, ("model", "data", "training")):
-        for field in dataclasses.fields(dataclass_type):
-            owners[field.name] = key
-    aliases = {"batch_size": "per_device_train_batch_size", "num_epochs": "num_train_epochs"}
-    overrides = {"model": {}, "data": {}, "training": {}}
-    for flag, value in stage.items():
-        flag = aliases.get(flag, flag)
-        if flag not in owners or flag in ("stages", "config", "output_dir"):
-            raise UsageError(f"stages[{index}] ({name}): unknown or not allowed key '{flag}'")
-        overrides[owners[flag]][flag] = value
-    return name, overrides
+    for dataclass_type, group in zip(parser.dataclass_types, ("model", "data", "training")):
+        owners.update({field.name: group for field in dataclasses.fields(dataclass_type)})
+    stages = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise UsageError(f"stages[{index}]: expected a mapping of flags, got {type(entry).__name__}")
+        entry = dict(entry)
+        name = str(entry.pop("name", f"stage{index + 1}"))
+        overrides = {"model": {}, "data": {}, "training": {}}
+        for flag, value in entry.items():
+            flag = ALIASES.get(flag, flag)
+            if flag not in owners or flag in ("stages", "config", "output_dir"):
+                raise UsageError(f"stages[{index}] ({name}): unknown or not allowed key '{flag}'")
+            if flag == "mixture":
+                value = parse_mixture(value)
+            overrides[owners[flag]][flag] = value
+        stages.append(StageFlags(name, **overrides))
+    return stages
+
+
+def resolve_stages(model_args, data_args, values: dict):
+    """(model_args, data_args, training_args) of the whole run, with `training_args.stages` as resolved Stages:
+    each stage's flags on top of the run's, output in <output_dir>/<name>, starting from the previous stage's
+    final_model, every default resolved for that stage (its mode's learning rate, say)."""
+    values = {**values, "output_dir": values.get("output_dir") or os.path.join("outputs", "stages")}
+    resolved, previous = [], model_args.pretrained_model
+    for stage in values["stages"]:
+        stage_model = dataclasses.replace(model_args, **stage.model)
+        if previous:
+            stage_model = dataclasses.replace(stage_model, pretrained_model=previous)
+        stage_values = {
+            **values, "stages": None, "output_dir": os.path.join(values["output_dir"], stage.name),
+            "resume_from_checkpoint": values.get("resume_from_checkpoint") or "auto", **stage.training,
+        }
+        stage_args = resolve(stage_model, dataclasses.replace(data_args, **stage.data), stage_values)
+        resolved.append(Stage(stage.name, *stage_args))
+        previous = os.path.join(stage_args[2].output_dir, "final_model")
+    model_args, data_args, training_args = resolve(model_args, data_args, {**values, "stages": resolved})
+    return model_args, data_args, training_args
 
 
 def run_all(model_args, data_args, training_args) -> list[RunResult]:
     """Run the single job, or every stage in order."""
     if not training_args.stages:
         return [run_training(model_args, data_args, training_args)]
-    parser = build_parser()
-    plans = [_split_overrides(stage, index, parser) for index, stage in enumerate(training_args.stages)]
-    if training_args.default_output_dir:
-        training_args.output_dir = os.path.join("outputs", "stages")
-    results, previous = [], model_args.pretrained_model
-    for name, overrides in plans:
-        model_stage = dataclasses.replace(copy.deepcopy(model_args), **overrides["model"])
-        data_stage = dataclasses.replace(copy.deepcopy(data_args), **overrides["data"])
-        if previous:
-            model_stage.pretrained_model = previous
-        values = {f.name: getattr(training_args, f.name) for f in dataclasses.fields(training_args) if f.init}
-        values.update(
-            stages=None,
-            output_dir=os.path.join(training_args.output_dir, name),
-            resume_from_checkpoint=training_args.resume_from_checkpoint or "auto",
-            **overrides["training"],
-        )
-        if "learning_rate" not in overrides["training"] and training_args.default_learning_rate:
-            values["learning_rate"] = None
-        training_stage = type(training_args)(**values)  # under torchrun this also joins the process group
-        final_dir = os.path.join(training_stage.output_dir, "final_model")
+    results = []
+    for index, stage in enumerate(training_args.stages):
+        final_dir = os.path.join(stage.training_args.output_dir, "final_model")
         if from_rank_zero(os.path.isfile(os.path.join(final_dir, FINAL_MARKER))):  # every rank skips, or none
-            logger.info("stage %s: %s is complete, skipping", name, final_dir)
-            results.append(RunResult(training_stage.output_dir, final_dir, {}))
-        else:
-            if results:
-                require_on_every_rank(os.path.isfile(os.path.join(previous, FINAL_MARKER)), previous,
-                                      f"stage {name}: the previous stage's final_model")
-            logger.info("stage %s: mode %s from %s", name, training_stage.mode, previous or "scratch")
-            result = run_training(model_stage, data_stage, training_stage)
-            results.append(result)
-            if result.final_model is None:
-                return results
-        previous = final_dir
+            logger.info("stage %s: %s is complete, skipping", stage.name, final_dir)
+            results.append(RunResult(stage.training_args.output_dir, final_dir, {}))
+            continue
+        previous = stage.model_args.pretrained_model
+        if index:
+            require_on_every_rank(os.path.isfile(os.path.join(previous, FINAL_MARKER)), previous,
+                                  f"stage {stage.name}: the previous stage's final_model")
+        logger.info("stage %s: mode %s from %s", stage.name, stage.training_args.mode, previous or "scratch")
+        result = run_training(stage.model_args, stage.data_args, stage.training_args)
+        results.append(result)
+        if result.final_model is None:
+            return results
     return results

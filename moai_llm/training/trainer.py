@@ -67,15 +67,35 @@ def router_terms(outputs, config) -> dict[str, torch.Tensor]:
     return terms
 
 
+@contextlib.contextmanager
+def router_terms_outside_loss(model):
+    """Inside: the model's `loss` leaves out the MoE router terms it added (`router_terms`), which are collected in
+    the yielded dict instead, so the Trainer scales the language-model loss alone."""
+    terms: dict[str, torch.Tensor] = {}
+
+    def take_out(module, args, output):
+        found = router_terms(output, module.config)
+        if found and output.get("loss") is not None:
+            output["loss"] = output["loss"] - sum(found.values())
+            terms.update(found)
+        return output
+
+    handle = model.register_forward_hook(take_out)
+    try:
+        yield terms
+    finally:
+        handle.remove()
+
+
 class MoaiTrainer(Trainer):
     """Trainer for MoaiForCausalLM (also works for any causal LM).
 
     - `create_accelerator_and_postprocess`: `--fsdp` shards on CPU processes too (FSDP2 over gloo), and DDP skips
       the unused-parameter search (an extra autograd traversal per step) for models that use every parameter.
     - `create_scheduler`: Warmup-Stable-Decay from `args.wsd_*` when `lr_scheduler_type` is WSD.
-    - `compute_loss`: the token loss is normalised by `num_items_in_batch` (stock behaviour: the sum over the
-      accumulated batch and all ranks); per-micro-batch MoE terms are rescaled to a mean over micro-batches and
-      ranks instead of the stock world_size x GA-times sum.
+    - `compute_loss`: the stock path scales the language-model loss alone (normalised by `num_items_in_batch`);
+      the MoE router terms the model folded into `loss` are taken out there and added once on top, as a mean over
+      micro-batches and ranks (the stock path would count them world_size x GA times).
     - `_save_checkpoint`: marks a checkpoint complete only after every rank finished writing it, and rotates old
       checkpoints only after that, so `--resume_from_checkpoint auto` never picks a half-written one.
     - `_run_epoch`: no step past max_steps when resuming from a checkpoint already there.
@@ -136,28 +156,38 @@ class MoaiTrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        with contextlib.nullcontext() if model.training else self._plain_cross_entropy(model):
+        """The stock loss on the language-model loss alone, then the MoE router terms added once on top (as TRL adds
+        its aux loss) as a mean over micro-batches and ranks. Evaluation reports plain cross-entropy."""
+        plain = contextlib.nullcontext() if model.training else self._plain_cross_entropy(model)
+        with plain, router_terms_outside_loss(self.accelerator.unwrap_model(model)) as terms:
             loss, outputs = super().compute_loss(
                 model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
             )
-        terms = router_terms(outputs, self.accelerator.unwrap_model(model).config)
-        if terms:
-            extra = sum(terms.values())
-            stock_scale = self._stock_loss_scale(num_items_in_batch)
-            if not model.training:
-                loss = loss - extra * stock_scale  # evaluation reports the language-model loss only
-            elif stock_scale is not None:
-                # Stock: loss = (token_sum / N + extra) * world_size per micro-batch, summed over GA micro-batches
-                # and averaged by DDP, i.e. extra x world_size x GA. Wanted: extra averaged over micro-batches.
-                loss = loss - extra * stock_scale + extra / self.current_gradient_accumulation_steps
-            if model.training:
-                for key, value in terms.items():
-                    self._component_sums[key] = self._component_sums.get(key, 0.0) + value.detach().float()
-                self._component_micro_batches += 1
-        load = outputs.get("expert_load") if hasattr(outputs, "get") else None
-        if load is not None and model.training:
-            self._expert_load = load.float() if self._expert_load is None else self._expert_load + load.float()
+        if model.training:
+            if terms:
+                loss = loss + sum(terms.values()) / self._micro_batches_in_loss(num_items_in_batch)
+            self._record_router_statistics(terms, outputs)
         return (loss, outputs) if return_outputs else loss
+
+    def _micro_batches_in_loss(self, num_items_in_batch) -> int:
+        """How many micro-batches' losses are summed before the optimizer step without being divided: all GA of
+        them when the loss was normalised by `num_items_in_batch` (transformers' contract for models that accept
+        loss kwargs: `training_step` then does not divide by GA), else 1 (`training_step` divides)."""
+        if self.loss_is_scaled_for_ga is not None:
+            scaled = self.loss_is_scaled_for_ga
+        else:
+            scaled = num_items_in_batch is not None and bool(self.model_accepts_loss_kwargs or self.compute_loss_func)
+        return self.current_gradient_accumulation_steps if scaled else 1
+
+    def _record_router_statistics(self, terms: dict, outputs) -> None:
+        """Router terms and expert load of one micro-batch, summed until the next log line."""
+        if terms:
+            for key, value in terms.items():
+                self._component_sums[key] = self._component_sums.get(key, 0.0) + value.detach().float()
+            self._component_micro_batches += 1
+        load = outputs.get("expert_load") if hasattr(outputs, "get") else None
+        if load is not None:
+            self._expert_load = load.float() if self._expert_load is None else self._expert_load + load.float()
 
     @contextlib.contextmanager
     def _plain_cross_entropy(self, model):
@@ -175,16 +205,6 @@ class MoaiTrainer(Trainer):
             self.label_smoother = smoother
             if objective is not None:
                 config.loss_config = objective
-
-    def _stock_loss_scale(self, num_items_in_batch) -> float | None:
-        """The factor the stock `compute_loss` multiplied the model loss by; None if the loss is a plain mean."""
-        if not (self.model_accepts_loss_kwargs or self.compute_loss_func) or num_items_in_batch is None:
-            return None if self.model.training else 1.0
-        if self.args.average_tokens_across_devices:
-            return float(self.accelerator.num_processes // self.get_tp_size()) if self.args.n_gpu <= 1 else float(
-                self.args.n_gpu
-            )
-        return 1.0
 
     # ---- logging -------------------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
