@@ -24,7 +24,8 @@ def _env(tmp_path, **extra):
 
 
 def _common(model_config):
-    return ["--max_seq_length", "64", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "1",
+    """fp32 (--bf16 false): the comparison is of the data split and gradient averaging, not of bf16 rounding."""
+    return ["--bf16", "false", "--max_seq_length", "64", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "1",
             "--disable_tqdm", "true", "--seed", "0", "--learning_rate", "1e-3", "--model_config", model_config]
 
 

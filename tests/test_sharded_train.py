@@ -69,7 +69,7 @@ def _args(output_dir, model_config, batch_size):
     return ["--model_config", model_config, "--output_dir", str(output_dir), "--max_seq_length", "64",
             "--batch_size", str(batch_size), "--max_steps", str(STEPS), "--learning_rate", "1e-3", "--seed", "0",
             "--logging_steps", "1", "--eval_strategy", "no", "--eval_fraction", "0", "--save_strategy", "no",
-            "--use_cpu", "true", "--disable_tqdm", "true", "--dataloader_num_workers", "0"]
+            "--use_cpu", "true", "--bf16", "false", "--disable_tqdm", "true", "--dataloader_num_workers", "0"]
 
 
 ENGINES = {
