@@ -9,12 +9,12 @@ import argparse
 import json
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
 from moai_llm.chat import ChatLoadError, ChatSession, SamplingParams, StopFlag, batch_answers, load_for_chat
-from moai_llm.chat.session import HELP
 
 
 def parse_args(argv=None):
@@ -58,15 +58,6 @@ def read_prompts(path: str) -> list:
     return prompts
 
 
-def encode(session: ChatSession, prompt) -> "torch.Tensor":
-    session.messages = []
-    if isinstance(prompt, list):
-        session.messages = prompt[:-1]
-        prompt = prompt[-1]["content"]
-    ids, _ = session.prompt_ids(prompt)
-    return ids[0]
-
-
 def log_prompt(args, tokenizer, ids) -> None:
     if args.log_prompts:
         with open(args.log_prompts, "a", encoding="utf-8") as f:
@@ -76,13 +67,13 @@ def log_prompt(args, tokenizer, ids) -> None:
 def answer(session, model, tokenizer, text, args, stop) -> None:
     from moai_llm.chat import stream_answer
 
-    ids, notice = session.prompt_ids(text)
-    if notice:
-        print(notice, flush=True)
-    log_prompt(args, tokenizer, ids)
+    prompt = session.add_user_turn(text)
+    if prompt.notice:
+        print(prompt.notice, flush=True)
+    log_prompt(args, tokenizer, prompt.ids)
     previous = signal.signal(signal.SIGINT, lambda *_: stop.event.set())
     try:
-        reply, tokens, seconds = stream_answer(model, tokenizer, ids, session.params, stop,
+        reply, tokens, seconds = stream_answer(model, tokenizer, prompt.ids, session.sampling(prompt), stop,
                                                lambda piece: print(piece, end="", flush=True))
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -90,7 +81,7 @@ def answer(session, model, tokenizer, text, args, stop) -> None:
     session.add_answer(reply)
     if args.verbose:
         print(f"[{tokens} tokens in {seconds:.2f}s, {tokens / max(seconds, 1e-9):.1f} tokens/s; "
-              f"prompt {ids.shape[1]} tokens]", flush=True)
+              f"prompt {prompt.ids.shape[1]} tokens]", flush=True)
 
 
 def interactive(session, model, tokenizer, args) -> None:
@@ -135,13 +126,14 @@ def main(argv=None) -> int:
     context = getattr(model.config, "max_position_embeddings", 2048)
     session = ChatSession(tokenizer, context, params, raw=args.raw, system=args.system)
     if args.prompt is not None:
-        ids, _ = session.prompt_ids(args.prompt)
-        log_prompt(args, tokenizer, ids)
-        print(batch_answers(model, tokenizer, [ids[0]], params, 1)[0])
+        prompt = session.one_shot_prompt(args.prompt)
+        log_prompt(args, tokenizer, prompt.ids)
+        print(batch_answers(model, tokenizer, [prompt.ids[0]], session.sampling(prompt), 1)[0])
         return 0
     if prompts is not None:
-        encoded = [encode(session, p) for p in prompts]
-        answers = batch_answers(model, tokenizer, encoded, params, args.batch_size)
+        encoded = [session.one_shot_prompt(p) for p in prompts]
+        sampling = replace(params, max_new_tokens=session.answer_budget())  # the same budget for every prompt
+        answers = batch_answers(model, tokenizer, [p.ids[0] for p in encoded], sampling, args.batch_size)
         out = open(args.output_file, "w", encoding="utf-8") if args.output_file else sys.stdout
         for prompt, text in zip(prompts, answers):
             out.write(json.dumps({"prompt": prompt, "answer": text}, ensure_ascii=False) + "\n")

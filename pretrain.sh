@@ -78,27 +78,16 @@ if [ "$DEVICE" = cuda ]; then
 fi
 
 # ---- batch table -----------------------------------------------------------------------------------------
-# Per-device micro-batch (sequences) by model size and GPU memory (GB, the largest row not above GPU_MEMORY),
-# and the effective (global) batch each size targets. Rows assume bf16, fused loss and packing at SEQ_LEN.
+# configs/batch_table.yaml (or BATCH_TABLE) holds, per MODEL_SIZE, the model config, sequence length, target
+# effective batch and per-device micro-batch by GPU memory (the largest row not above GPU_MEMORY); the helper reads
+# and checks it without importing torch.
 MODEL_SIZE="${MODEL_SIZE:-tiny}"
-case "$MODEL_SIZE" in
-  tiny)     rows="0:8";                           target=128;  seq=256;  config=configs/model_config_tiny.json ;;
-  moe_tiny) rows="0:8";                           target=128;  seq=256;  config=configs/model_config_moe_tiny.json ;;
-  2b)       rows="24:1 40:2 48:2 80:4 141:8";     target=512;  seq=4096; config=configs/model_config_2b.json ;;
-  3b)       rows="24:1 40:1 48:2 80:4 141:8";     target=512;  seq=4096; config=configs/model_config.json ;;
-  16b)      rows="40:1 80:2 141:4";               target=1024; seq=4096; config=configs/model_config_16b.json ;;
-  moe_a2b)  rows="24:1 40:2 48:2 80:4 141:8";     target=512;  seq=4096; config=configs/model_config_moe_a2b.json ;;
-  *) die "MODEL_SIZE=$MODEL_SIZE has no batch-table row (known: tiny moe_tiny 2b 3b 16b moe_a2b)" ;;
-esac
-micro=""
-if [ "$DEVICE" = cpu ]; then
-  micro=4
-else
-  for row in $rows; do
-    [ "${row%%:*}" -le "$GPU_MEMORY" ] && micro="${row##*:}"
-  done
-  [ -n "$micro" ] || die "MODEL_SIZE=$MODEL_SIZE has no batch-table row for GPU_MEMORY=$GPU_MEMORY GB (rows: $rows)"
-fi
+BATCH_TABLE="${BATCH_TABLE:-configs/batch_table.yaml}"
+found=$(absolute_path "$BATCH_TABLE") || die "BATCH_TABLE=$BATCH_TABLE: file not found"
+BATCH_TABLE=$found
+memory=$([ "$DEVICE" = cpu ] && echo cpu || echo "$GPU_MEMORY")
+plan=$("$PYTHON" "$here/moai_llm/training/batch_table.py" "$BATCH_TABLE" "$MODEL_SIZE" "$memory" 2>&1) || die "$plan"
+{ read -r config; read -r seq; read -r target; read -r micro; } <<< "$plan"
 NNODES="${NNODES:-1}"
 NODE_RANK="${NODE_RANK:-0}"
 [[ "$NNODES" =~ ^[1-9][0-9]*$ ]] || die "NNODES=$NNODES is not a positive integer"

@@ -60,7 +60,7 @@ def test_interactive_session(model_dir, tmp_path):
     child.expect("MOAI: (.*?)\\[")
     assert child.match.group(1) == answer_one  # greedy answers are deterministic
     child.expect("You: ")
-    child.sendline("/params max_new_tokens=2000")
+    child.sendline("/params max_new_tokens=5000")  # above half the 4096 context: each answer gets 2048 at most
     child.expect("You: ")
     child.sendline("a long answer please")
     child.expect("MOAI: ")
@@ -68,6 +68,10 @@ def test_interactive_session(model_dir, tmp_path):
     child.sendintr()
     child.expect(r"\[stopped\]")
     child.expect("You: ")  # the session goes on
+    child.sendline("/params")
+    child.expect(r"max_new_tokens=(\d+)")
+    assert child.match.group(1) == "5000"  # answering did not rewrite the setting
+    child.expect("You: ")
     child.sendline("/exit")
     child.expect(pexpect.EOF)
     child.close()
@@ -107,10 +111,10 @@ def test_context_overflow_drops_oldest_turns():
     tokenizer = load_tokenizer()
     session = ChatSession(tokenizer, max_context=80, params=SamplingParams(max_new_tokens=20))
     for i in range(6):
-        ids, notice = session.prompt_ids(f"question number {i} about the weather in Seoul today")
+        prompt = session.add_user_turn(f"question number {i} about the weather in Seoul today")
         session.add_answer(f"answer number {i} is sunny")
-    assert notice and "dropped" in notice
-    assert ids.shape[1] + 20 <= 80
+    assert prompt.notice and "dropped" in prompt.notice
+    assert prompt.ids.shape[1] + 20 <= 80
     assert session.messages[-1]["content"].startswith("answer number 5")
 
 
@@ -119,8 +123,7 @@ def test_raw_mode_without_chat_template(model_dir, tmp_path):
     tokenizer.chat_template = None
     session = ChatSession(tokenizer, 512)
     assert session.raw
-    ids, _ = session.prompt_ids("To be, or not")
-    assert tokenizer.decode(ids[0]) == "To be, or not"
+    assert tokenizer.decode(session.add_user_turn("To be, or not").ids[0]) == "To be, or not"
 
 
 def test_bad_model_dirs_are_one_line_errors(model_dir, tmp_path, capsys):

@@ -157,3 +157,45 @@ def test_shutdown_timeout_fits_a_save(tmp_path, tokenizer_dir):
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "pretrain.sh: error: SHUTDOWN_TIMEOUT=soon is not a whole number of seconds"
     )
+
+
+def test_dry_run_plan_is_read_from_the_batch_table(tmp_path, tokenizer_dir):
+    table = (REPO / "configs" / "batch_table.yaml").read_text()
+    edited = table.replace("micro_batch: {24: 1, 40: 1, 48: 2, 80: 4, 141: 8}", "micro_batch: {24: 1, 80: 2}")
+    edited = edited.replace("  3b:\n    model_config: configs/model_config.json\n    seq_len: 4096\n"
+                            "    effective_batch: 512\n", "  3b:\n    model_config: configs/model_config.json\n"
+                            "    seq_len: 2048\n    effective_batch: 256\n")
+    assert edited.count("seq_len: 2048") == 1 and "{24: 1, 80: 2}" in edited
+    (tmp_path / "table.yaml").write_text(edited + "  7b:\n    model_config: configs/model_config.json\n"
+                                         "    seq_len: 1024\n    effective_batch: 64\n    micro_batch: {80: 1}\n")
+    env = {"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "MODEL_SIZE": "3b"}
+    default = run(env, tokenizer=tokenizer_dir).stdout
+    assert flag(default, "--batch_size") == "4" and flag(default, "--max_seq_length") == "4096"
+    result = run({**env, "BATCH_TABLE": str(tmp_path / "table.yaml")}, tokenizer=tokenizer_dir)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert flag(out, "--batch_size") == "2" and flag(out, "--gradient_accumulation_steps") == "16"
+    assert flag(out, "--max_seq_length") == "2048" and "= effective 256 sequences" in out
+    added = run({**env, "MODEL_SIZE": "7b", "BATCH_TABLE": str(tmp_path / "table.yaml")}, tokenizer=tokenizer_dir)
+    assert added.returncode == 0, added.stderr
+    assert flag(added.stdout, "--batch_size") == "1" and flag(added.stdout, "--max_seq_length") == "1024"
+    assert flag(added.stdout, "--model_config") == str(REPO / "configs" / "model_config.json")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "BATCH_TABLE={path}: file not found"),
+        ("models: [\n  3b", "{path}: not valid YAML at line 2 (expected ',' or ']', but got '<stream end>')"),
+        ("cpu_micro_batch: 4\nmodels:\n  3b: {model_config: configs/model_config.json, seq_len: 4096}\n",
+         "{path}: models.3b: missing field(s) effective_batch, micro_batch"),
+    ],
+)
+def test_missing_or_malformed_batch_table_is_one_line(text, message, tmp_path, tokenizer_dir):
+    path = tmp_path / "table.yaml"
+    if text is not None:
+        path.write_text(text)
+    env = {"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "MODEL_SIZE": "3b", "BATCH_TABLE": str(path)}
+    result = run(env, tokenizer=tokenizer_dir)
+    assert result.returncode == 2 and "command:" not in result.stdout
+    assert result.stderr.strip() == "pretrain.sh: error: " + message.format(path=path)

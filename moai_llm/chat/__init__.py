@@ -2,7 +2,7 @@
 
 from .generation import SamplingParams, StopFlag, batch_answers, stream_answer
 from .loading import ChatLoadError, load_for_chat
-from .session import ChatSession
+from .session import ChatSession, Prompt
 
-__all__ = ["ChatLoadError", "ChatSession", "SamplingParams", "StopFlag", "batch_answers", "load_for_chat",
-           "stream_answer"]
+__all__ = ["ChatLoadError", "ChatSession", "Prompt", "SamplingParams", "StopFlag", "batch_answers",
+           "load_for_chat", "stream_answer"]

@@ -40,9 +40,9 @@ def generate_samples(model, tokenizer, prompts: list[str], params: SamplingParam
     session = ChatSession(tokenizer, context, params)
     samples = []
     for prompt in tqdm(prompts, desc="samples", unit="prompt"):
-        session.messages = []
-        ids, _ = session.prompt_ids(prompt)
-        text, tokens, seconds = stream_answer(model, tokenizer, ids, session.params, StopFlag(), lambda piece: None)
+        one_shot = session.one_shot_prompt(prompt)
+        text, tokens, seconds = stream_answer(model, tokenizer, one_shot.ids, session.sampling(one_shot), StopFlag(),
+                                              lambda piece: None)
         samples.append({"prompt": prompt, "text": text, "tokens": tokens, "seconds": round(seconds, 4),
                         "tokens_per_second": round(tokens / max(seconds, 1e-9), 2)})
     total_tokens = sum(s["tokens"] for s in samples)

@@ -1,0 +1,111 @@
+"""The batch table that pretrain.sh plans from, kept as data in configs/batch_table.yaml: per MODEL_SIZE the model
+config, sequence length, target effective batch and the per-device micro-batch by GPU memory.
+
+pretrain.sh runs this file by path, so planning imports neither torch nor the package:
+
+    python moai_llm/training/batch_table.py TABLE MODEL_SIZE GPU_MEMORY|cpu
+
+prints model_config, seq_len, effective_batch and micro_batch, one per line. A bad table, an unknown size or a GPU
+too small is one line on stderr and exit 2.
+"""
+
+import sys
+from dataclasses import dataclass
+
+import yaml
+
+FIELDS = ("model_config", "seq_len", "effective_batch", "micro_batch")
+
+
+class BatchTableError(ValueError):
+    """A user mistake in the table or the settings; the message is the whole one-line error."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    model_config: str
+    seq_len: int
+    effective_batch: int
+    micro_batch: int
+
+
+def _count(value, where: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BatchTableError(f"{where} must be an integer >= {minimum}, not {value!r}")
+    return value
+
+
+def _model_row(path: str, size: str, row) -> dict:
+    where = f"{path}: models.{size}"
+    if not isinstance(row, dict):
+        raise BatchTableError(f"{where} must be a mapping with {', '.join(FIELDS)}")
+    missing = [name for name in FIELDS if name not in row]
+    if missing:
+        raise BatchTableError(f"{where}: missing field(s) {', '.join(missing)}")
+    unknown = [str(name) for name in row if name not in FIELDS]
+    if unknown:
+        raise BatchTableError(f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(FIELDS)})")
+    if not isinstance(row["model_config"], str) or not row["model_config"].strip():
+        raise BatchTableError(f"{where}.model_config must be a file path")
+    micro = row["micro_batch"]
+    if not isinstance(micro, dict) or not micro:
+        raise BatchTableError(f"{where}.micro_batch must map GPU memory in GB to sequences per device, e.g. {{80: 4}}")
+    rows = {_count(gb, f"{where}.micro_batch GPU memory", 0): _count(n, f"{where}.micro_batch.{gb}")
+            for gb, n in micro.items()}
+    return {"model_config": row["model_config"], "seq_len": _count(row["seq_len"], f"{where}.seq_len"),
+            "effective_batch": _count(row["effective_batch"], f"{where}.effective_batch"),
+            "micro_batch": dict(sorted(rows.items()))}
+
+
+def load_table(path: str) -> dict:
+    """{"cpu_micro_batch": int, "models": {size: row}}, every field checked; BatchTableError names file and field."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            table = yaml.safe_load(f)
+    except OSError as err:
+        raise BatchTableError(f"{path}: cannot be read ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise BatchTableError(f"{path}: not valid YAML{line} ({getattr(err, 'problem', None) or err})") from None
+    if not isinstance(table, dict) or set(table) != {"cpu_micro_batch", "models"}:
+        raise BatchTableError(f"{path}: needs exactly the top-level keys cpu_micro_batch and models")
+    models = table["models"]
+    if not isinstance(models, dict) or not models:
+        raise BatchTableError(f"{path}: models must map each MODEL_SIZE to its row")
+    return {"cpu_micro_batch": _count(table["cpu_micro_batch"], f"{path}: cpu_micro_batch"),
+            "models": {str(size): _model_row(path, size, row) for size, row in models.items()}}
+
+
+def plan(table: dict, model_size: str, gpu_memory: int | None) -> Plan:
+    """The row for `model_size`; the micro-batch of the largest memory row not above `gpu_memory` (None: CPU)."""
+    row = table["models"].get(model_size)
+    if row is None:
+        raise BatchTableError(f"MODEL_SIZE={model_size} has no batch-table row (known: {' '.join(table['models'])})")
+    if gpu_memory is None:
+        micro = table["cpu_micro_batch"]
+    else:
+        fitting = [n for gb, n in row["micro_batch"].items() if gb <= gpu_memory]
+        if not fitting:
+            rows = " ".join(f"{gb}:{n}" for gb, n in row["micro_batch"].items())
+            raise BatchTableError(f"MODEL_SIZE={model_size} has no batch-table row for GPU_MEMORY={gpu_memory} GB "
+                                  f"(rows: {rows})")
+        micro = fitting[-1]
+    return Plan(row["model_config"], row["seq_len"], row["effective_batch"], micro)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or not (argv[2] == "cpu" or argv[2].isdigit()):
+        print("usage: batch_table.py TABLE MODEL_SIZE GPU_MEMORY|cpu", file=sys.stderr)
+        return 2
+    try:
+        chosen = plan(load_table(argv[0]), argv[1], None if argv[2] == "cpu" else int(argv[2]))
+    except BatchTableError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(chosen.model_config, chosen.seq_len, chosen.effective_batch, chosen.micro_batch, sep="\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

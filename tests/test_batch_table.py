@@ -1,0 +1,105 @@
+"""configs/batch_table.yaml and its reader: the numbers pretrain.sh plans from, the row choice, and bad tables as
+one-line errors that name the file and field (pretrain.sh's use of it is in test_pretrain_sh.py)."""
+
+import pytest
+import yaml
+
+from moai_llm.training.batch_table import BatchTableError, Plan, load_table, plan
+
+from .conftest import REPO
+
+TABLE = REPO / "configs" / "batch_table.yaml"
+LARGE = {24: 1, 40: 2, 48: 2, 80: 4, 141: 8}
+
+
+def test_table_holds_the_planned_numbers():
+    def row(config, seq_len, effective_batch, micro_batch):
+        return {"model_config": f"configs/{config}", "seq_len": seq_len, "effective_batch": effective_batch,
+                "micro_batch": micro_batch}
+
+    assert load_table(str(TABLE)) == {"cpu_micro_batch": 4, "models": {
+        "tiny": row("model_config_tiny.json", 256, 128, {0: 8}),
+        "moe_tiny": row("model_config_moe_tiny.json", 256, 128, {0: 8}),
+        "2b": row("model_config_2b.json", 4096, 512, LARGE),
+        "3b": row("model_config.json", 4096, 512, {24: 1, 40: 1, 48: 2, 80: 4, 141: 8}),
+        "16b": row("model_config_16b.json", 4096, 1024, {40: 1, 80: 2, 141: 4}),
+        "moe_a2b": row("model_config_moe_a2b.json", 4096, 512, LARGE),
+    }}
+    for size in ("tiny", "moe_tiny", "2b", "3b", "16b", "moe_a2b"):
+        assert (REPO / load_table(str(TABLE))["models"][size]["model_config"]).is_file()
+
+
+def test_plan_takes_the_largest_row_not_above_the_memory():
+    table = load_table(str(TABLE))
+    assert plan(table, "3b", 47) == Plan("configs/model_config.json", 4096, 512, 1)
+    assert [plan(table, "3b", gb).micro_batch for gb in (24, 48, 79, 80, 1000)] == [1, 2, 2, 4, 8]
+    assert plan(table, "16b", None).micro_batch == 4  # CPU processes
+    with pytest.raises(BatchTableError, match=r"^MODEL_SIZE=16b has no batch-table row for GPU_MEMORY=39 GB "
+                                              r"\(rows: 40:1 80:2 141:4\)$"):
+        plan(table, "16b", 39)
+    with pytest.raises(BatchTableError, match=r"MODEL_SIZE=70b has no batch-table row \(known: tiny moe_tiny 2b"):
+        plan(table, "70b", 80)
+
+
+def one_row(**changes) -> str:
+    """A table with one size, `tiny`, whose row has `changes` applied (None removes a field)."""
+    row = {"model_config": "c.json", "seq_len": 256, "effective_batch": 128, "micro_batch": {0: 8}, **changes}
+    return yaml.safe_dump({"cpu_micro_batch": 4, "models": {"tiny": {k: v for k, v in row.items() if v is not None}}})
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("models: [\n  tiny", "not valid YAML at line 2"),
+        ("- 1\n- 2\n", "needs exactly the top-level keys cpu_micro_batch and models"),
+        (one_row() + "extra: 1\n", "needs exactly the top-level keys"),
+        (one_row().replace("cpu_micro_batch: 4", "cpu_micro_batch: 0"), "cpu_micro_batch must be an integer >= 1, not 0"),
+        ("cpu_micro_batch: 4\nmodels: {}\n", "models must map each MODEL_SIZE"),
+        ("cpu_micro_batch: 4\nmodels: {tiny: 8}\n", "models.tiny must be a mapping"),
+        (one_row(seq_len=None, effective_batch=None), "models.tiny: missing field(s) seq_len, effective_batch"),
+        (one_row(seq=1), "models.tiny: unknown field(s) seq"),
+        (one_row(seq_len="long"), "models.tiny.seq_len must be an integer >= 1, not 'long'"),
+        (one_row(effective_batch=True), "models.tiny.effective_batch must be an integer >= 1, not True"),
+        (one_row(micro_batch={80: "four"}), "models.tiny.micro_batch.80 must be an integer >= 1, not 'four'"),
+        (one_row(micro_batch={"80GB": 4}), "models.tiny.micro_batch GPU memory must be an integer >= 0, not '80GB'"),
+        (one_row(micro_batch={}), "models.tiny.micro_batch must map GPU memory in GB"),
+        (one_row(model_config=3), "models.tiny.model_config must be a file path"),
+    ],
+)
+def test_bad_tables_name_file_and_field(text, message, tmp_path):
+    path = tmp_path / "table.yaml"
+    path.write_text(text)
+    with pytest.raises(BatchTableError) as caught:
+        load_table(str(path))
+    assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)
+    assert len(str(caught.value).splitlines()) == 1
+
+
+def test_unreadable_table(tmp_path):
+    with pytest.raises(BatchTableError, match="cannot be read"):
+        load_table(str(tmp_path / "missing.yaml"))
+
+
+def test_documented_table_matches_the_file():
+    """The micro-batch table in the docs (README today) shows what configs/batch_table.yaml holds."""
+    header = "| MODEL_SIZE | 24 GB | 40 GB | 48 GB | 80 GB | 141 GB |"
+    docs = [p for p in [REPO / "README.md", *sorted((REPO / "docs").glob("**/*.md"))] if p.is_file()]
+    text = next((p.read_text(encoding="utf-8") for p in docs if header in p.read_text(encoding="utf-8")), None)
+    assert text is not None, f"no doc holds the batch table ({header})"
+    lines = text.split(header, 1)[1].splitlines()[2:]
+    table = load_table(str(TABLE))
+    shown = set()
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        sizes, *cells = [cell.strip() for cell in line.strip("|").split("|")]
+        for size in sizes.split(", "):
+            shown.add(size)
+            expected = []
+            for gb in (24, 40, 48, 80, 141):
+                try:
+                    expected.append(str(plan(table, size, gb).micro_batch))
+                except BatchTableError:
+                    expected.append("—")
+            assert cells == expected, size
+    assert shown == set(table["models"])
