@@ -159,7 +159,7 @@ class MoaiTrainingArguments(TrainingArguments):
         # nargs/const: a bare `--bf16` (the old tool's spelling) means true; HfArgumentParser only does that for
         # bool fields whose default is not None.
         metadata={"nargs": "?", "const": True,
-                  "help": "bf16 mixed precision (default: on for CUDA GPUs that support it, off on CPU)."},
+                  "help": "bf16 mixed precision (default: on for GPUs and CPUs (AMX/AVX512-BF16) that compute it natively)."},
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep dataset columns for the collator (it builds the model inputs)."}
