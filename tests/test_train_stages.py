@@ -61,3 +61,12 @@ def test_stage_with_unknown_key_is_an_error(tmp_path):
     stages.write_text("stages:\n  - {name: base, learning_rat: 0.1}\n")
     with pytest.raises(UsageError, match=r"stages\[0\] \(base\): unknown or not allowed key 'learning_rat'"):
         run_inprocess(["--config", str(stages), "--output_dir", str(tmp_path / "o")])
+
+
+def test_stage_with_a_bad_mixture_names_the_file_and_stage(tmp_path):
+    """Stage mixtures are parsed when the YAML is read: a bad one fails before any stage trains."""
+    stages = tmp_path / "stages.yaml"
+    stages.write_text("stages:\n  - {name: base, max_steps: 1}\n  - {name: sft, mixture: [{name: a.jsonl, ratio: -1}]}\n")
+    with pytest.raises(UsageError, match=r"stages\.yaml: stages\[1\] \(sft\): .*ratio must be > 0"):
+        run_inprocess(["--config", str(stages), "--output_dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()

@@ -1,7 +1,6 @@
 """The one resolve step: every default that depends on other arguments or on the machine, computed before anything
 is built. train.py's arguments are read-only after this (torchtitan's rule: config resolved once, never mutated)."""
 
-import copy
 import dataclasses
 import json
 import logging
@@ -30,9 +29,9 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def attention_implementation(requested: str | None, on_cuda: bool) -> str | None:
+def attention_implementation(requested: str | None, cuda: bool) -> str | None:
     """flash-attn on CUDA when installed, else sdpa; on CPU the model config's choice (None) unless given."""
-    if requested is not None or not on_cuda:
+    if requested is not None or not cuda:
         return requested
     try:
         import flash_attn  # noqa: F401
@@ -42,27 +41,32 @@ def attention_implementation(requested: str | None, on_cuda: bool) -> str | None
         return "sdpa"
 
 
+def on_cuda(values: dict) -> bool:
+    """Whether this run trains on a CUDA GPU (one is visible and --use_cpu is off)."""
+    return not values.get("use_cpu") and torch.cuda.is_available()
+
+
 def resolve_training_values(model_args, data_args, values: dict) -> dict:
     """The TrainingArguments values with every derived default filled in; `values` holds what the user gave
     (YAML + command line), None where a field was left to its default."""
     values = dict(values)
     mode = values.get("mode", "pretrain")
-    on_cuda = not values.get("use_cpu") and torch.cuda.is_available()
-    on_cpu = values.get("use_cpu") or not (on_cuda or torch.backends.mps.is_available())
+    cuda = on_cuda(values)
+    on_cpu = values.get("use_cpu") or not (cuda or torch.backends.mps.is_available())
     if values.get("output_dir") is None:
         values["output_dir"] = os.path.join("outputs", default_run_name(model_args, mode))
     if values.get("learning_rate") is None:
         lora = model_args.use_lora or model_args.use_qlora
         values["learning_rate"] = DEFAULT_LEARNING_RATES["lora" if lora else mode]
-    bf16_supported = torch.cuda.is_bf16_supported() if on_cuda else on_cpu and cpu_has_native_bf16()
+    bf16_supported = torch.cuda.is_bf16_supported() if cuda else on_cpu and cpu_has_native_bf16()
     values["bf16"], values["fp16"] = resolve_mixed_precision(
-        values.get("bf16"), values.get("fp16", False), on_cuda, bf16_supported
+        values.get("bf16"), values.get("fp16", False), cuda, bf16_supported
     )
     if values["bf16"] and on_cpu:
         values["use_cpu"] = True  # TrainingArguments refuses bf16 without a GPU unless told it runs on the CPU
-    if values.get("tf32") is None and on_cuda and torch.cuda.get_device_capability()[0] >= 8:
+    if values.get("tf32") is None and cuda and torch.cuda.get_device_capability()[0] >= 8:
         values["tf32"] = True  # Ampere and newer: TF32 matmuls for whatever still runs in fp32
-    if not on_cuda:
+    if not cuda:
         values["dataloader_pin_memory"] = False
     if data_args.eval_fraction == 0 and values.get("eval_strategy", "steps") != "no":
         values["eval_strategy"] = "no"  # nothing is held out to evaluate
@@ -89,8 +93,6 @@ def streams_on_every_rank(accelerator_config) -> dict:
 def resolve(model_args, data_args, values: dict):
     """(model_args, data_args, MoaiTrainingArguments), all defaults resolved; the inputs are not changed."""
     training_values = resolve_training_values(model_args, data_args, values)
-    on_cuda = not training_values.get("use_cpu") and torch.cuda.is_available()
-    model_args = dataclasses.replace(
-        copy.deepcopy(model_args), attn_implementation=attention_implementation(model_args.attn_implementation, on_cuda)
-    )
+    attention = attention_implementation(model_args.attn_implementation, on_cuda(training_values))
+    model_args = dataclasses.replace(model_args, attn_implementation=attention)
     return model_args, data_args, MoaiTrainingArguments(**training_values)

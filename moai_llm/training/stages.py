@@ -51,7 +51,10 @@ def parse_stages(entries, parser, path: str) -> list[StageFlags]:
             if flag not in owners or flag in ("stages", "config", "output_dir"):
                 raise UsageError(f"stages[{index}] ({name}): unknown or not allowed key '{flag}'")
             if flag == "mixture":
-                value = parse_mixture(value)
+                try:
+                    value = parse_mixture(value)
+                except ValueError as error:
+                    raise UsageError(f"--config {path}: stages[{index}] ({name}): {error}") from None
             overrides[owners[flag]][flag] = value
         stages.append(StageFlags(name, **overrides))
     return stages
