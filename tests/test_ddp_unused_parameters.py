@@ -11,9 +11,8 @@ from moai_llm.training.arguments import MoaiTrainingArguments
 from moai_llm.training.sharding import may_leave_parameters_unused
 from moai_llm.training.trainer import MoaiTrainer
 
-from .conftest import tiny_config
+from .conftest import moe_config, tiny_config
 from .distributed_helpers import torchrun
-from .test_moe import moe_config
 
 
 def _find_unused(tmp_path, model, **flags) -> bool:
@@ -46,7 +45,7 @@ from transformers import TrainerCallback
 from moai_llm import MoaiForCausalLM
 from moai_llm.training.arguments import MoaiTrainingArguments
 from moai_llm.training.trainer import MoaiTrainer
-from tests.test_moe import moe_config
+from tests.conftest import moe_config
 
 
 class IdleExperts(TrainerCallback):
