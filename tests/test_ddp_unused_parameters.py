@@ -72,6 +72,7 @@ print(f"rank {args.process_index}: ddp ok, idle experts per layer and step {Idle
 """
 
 
+@pytest.mark.integration
 def test_moe_trains_under_ddp_without_the_search_while_experts_idle(tmp_path):
     result = torchrun(MOE_DDP, [tmp_path / "run"], tmp_path, timeout=180)
     assert result.returncode == 0, result.stdout[-4000:]
