@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny configs (hidden 64, 2 layers) and the reference Qwen3 model with the same weights."""
+"""Shared fixtures: tiny dense and MoE configs (hidden 64, 2 layers), the reference Qwen3 twin of a model."""
 
 import os
 from pathlib import Path
@@ -11,6 +11,7 @@ import moai_llm  # noqa: F401  (registers the Auto classes)
 from moai_llm import MoaiConfig, MoaiForCausalLM
 
 REPO = Path(__file__).resolve().parents[1]
+EXPERTS_IMPLEMENTATIONS = ["eager", "grouped_mm", "batched_mm"]  # transformers' experts backends
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
@@ -30,6 +31,16 @@ def tiny_config(**overrides) -> MoaiConfig:
     )
     values.update(overrides)
     return MoaiConfig(**values)
+
+
+def moe_config(**overrides) -> MoaiConfig:
+    """The tiny config with 4 experts, top-2, expert width 32."""
+    return tiny_config(**{"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, **overrides})
+
+
+def moe_model(**overrides) -> MoaiForCausalLM:
+    torch.manual_seed(0)
+    return MoaiForCausalLM(moe_config(**overrides)).eval()
 
 
 def qwen3_twin(model: MoaiForCausalLM) -> Qwen3ForCausalLM:

@@ -29,6 +29,7 @@ def _prompts(log):
     return [json.loads(line)["prompt"] for line in log.read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.mark.integration
 def test_interactive_session(model_dir, tmp_path):
     log = tmp_path / "prompts.jsonl"
     child = pexpect.spawn(sys.executable, ["chat.py", "--model_path", str(model_dir), "--log_prompts", str(log),
@@ -79,6 +80,7 @@ def test_interactive_session(model_dir, tmp_path):
     assert first_answer is not None
 
 
+@pytest.mark.integration
 def test_ctrl_d_leaves(model_dir):
     child = pexpect.spawn(sys.executable, ["chat.py", "--model_path", str(model_dir)], cwd=REPO, encoding="utf-8",
                           timeout=60)

@@ -241,6 +241,7 @@ def _dry_run(line):
             for name in ("--nproc_per_node", "--batch_size", "--gradient_accumulation_steps")}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "line, plan",
     [  # the old README's lines; MODEL_SIZE=2b because the old tool's pretrain.sh trained its 2B model

@@ -141,6 +141,7 @@ def test_missing_file_and_empty_dataset(tmp_path):
         load_source(str(tmp_path / "empty.jsonl"))
 
 
+@pytest.mark.integration  # three train.py runs
 def test_a_streamed_run_resumes_to_the_same_weights(tmp_path):
     """Resuming re-reads the rank's shard and skips the batches already trained (README, Data: streaming)."""
     import shutil

@@ -11,9 +11,8 @@ from moai_llm.training.arguments import MoaiTrainingArguments
 from moai_llm.training.sharding import may_leave_parameters_unused
 from moai_llm.training.trainer import MoaiTrainer
 
-from .conftest import tiny_config
+from .conftest import moe_config, tiny_config
 from .distributed_helpers import torchrun
-from .test_moe import moe_config
 
 
 def _find_unused(tmp_path, model, **flags) -> bool:
@@ -46,7 +45,7 @@ from transformers import TrainerCallback
 from moai_llm import MoaiForCausalLM
 from moai_llm.training.arguments import MoaiTrainingArguments
 from moai_llm.training.trainer import MoaiTrainer
-from tests.test_moe import moe_config
+from tests.conftest import moe_config
 
 
 class IdleExperts(TrainerCallback):
@@ -73,6 +72,7 @@ print(f"rank {args.process_index}: ddp ok, idle experts per layer and step {Idle
 """
 
 
+@pytest.mark.integration
 def test_moe_trains_under_ddp_without_the_search_while_experts_idle(tmp_path):
     result = torchrun(MOE_DDP, [tmp_path / "run"], tmp_path, timeout=180)
     assert result.returncode == 0, result.stdout[-4000:]

@@ -1,5 +1,6 @@
 """evaluate.py end to end on a tiny trained model: lm-eval parity, results.json, report.md, plots, bad inputs, LoRA
-adapters, --compare, and the report train.py writes at the end of a run. No Hub: local task YAMLs and data."""
+adapters, --compare, and the report train.py writes at the end of a run. No Hub: local task YAMLs and data.
+The pieces that need no trained model are in test_evaluate_pieces.py."""
 
 import importlib.util
 import json
@@ -13,6 +14,8 @@ from matplotlib.image import imread
 
 from .conftest import REPO
 from .train_helpers import fast_args, run_inprocess, write_tiny_config
+
+pytestmark = pytest.mark.integration  # a whole train.py run (module fixture), evaluate.py runs on it
 
 # evaluate.py under another module name: `evaluate` is Hugging Face's library, which lm-eval imports
 _spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "evaluate.py")
@@ -104,19 +107,6 @@ def test_train_writes_report_and_plots(run_dir):
     assert "| steps | 8 of 8 |" in report and "warmup_stable_decay" in report
     assert "![training history](plots/training.png)" in report
     png_ok(run_dir / "plots" / "training.png")
-
-
-def test_training_report_never_fails_the_run(caplog):
-    from moai_llm.evaluation.training_report import write_training_report
-
-    class Broken:
-        args = type("Args", (), {"output_dir": "/nonexistent/run"})()
-
-        def save_state(self):
-            raise OSError("disk full")
-
-    assert write_training_report(Broken()) is None
-    assert "training report not written: OSError: disk full" in caplog.text
 
 
 def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_path, capsys):
@@ -234,18 +224,6 @@ def test_bad_inputs_are_one_line_errors(case, run_dir, tmp_path, capsys):
                 "empty eval file": "empty.txt: no records", "unreadable prompts": "cannot be read (Is a directory)",
                 "compare without results": "no results.json", "repeated flag": "--tasks is given twice"}[case]
     assert expected in lines[0]
-
-
-def test_hf_evaluate_library_is_not_shadowed_by_the_script(monkeypatch):
-    """The repo root (evaluate.py's folder) is first on sys.path here, as when `python evaluate.py` runs."""
-    from moai_llm.evaluation.benchmarks import import_hf_evaluate
-
-    monkeypatch.delitem(sys.modules, "evaluate", raising=False)
-    monkeypatch.syspath_prepend(str(REPO))
-    import_hf_evaluate()
-    import evaluate as library
-
-    assert hasattr(library, "load") and "site-packages" in library.__file__
 
 
 def test_cli_exit_code(tmp_path):

@@ -141,6 +141,7 @@ def test_baselines_from_scored_documents():
     assert results.details["grp"] == {"output_type": "group", "num_fewshot": 5, "documents": 3}
 
 
+@pytest.mark.integration  # lm-eval indexes its thousands of task files (about 4 s)
 def test_suites_exist_in_lm_eval_registry():
     """Every suite task is a task or group of the installed lm-evaluation-harness, with the promised shots."""
     from moai_llm.evaluation.benchmarks import task_manager

@@ -1,6 +1,7 @@
 """The fused loss at the output projection: computed inside `lm_head`'s forward (so FSDP2 / ZeRO-3 gather a sharded
 weight for it), and without weight-gradient work when the weight is frozen."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -123,6 +124,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.integration
 def test_fused_loss_with_fsdp2_sharded_lm_head_equals_unsharded(tmp_path):
     result = torchrun(SHARDED_HEAD, [], tmp_path, timeout=180)
     assert result.returncode == 0, result.stdout[-4000:]

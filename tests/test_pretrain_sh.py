@@ -8,6 +8,8 @@ import pytest
 
 from .conftest import REPO
 
+pytestmark = pytest.mark.integration  # every test runs pretrain.sh (bash) in a subprocess
+
 
 def run(env_overrides, *args, tokenizer=None):
     env = {k: v for k, v in os.environ.items() if k not in ("NUM_GPUS", "GPU_MEMORY", "MODEL_SIZE", "NNODES")}

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -13,6 +14,8 @@ from moai_llm.training.trainer import COMPLETE_MARKER
 
 from .conftest import REPO
 from .train_helpers import run_cli, write_tiny_config
+
+pytestmark = pytest.mark.integration  # pretrain.sh launches torchrun
 
 STEPS = 4
 

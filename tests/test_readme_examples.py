@@ -213,17 +213,20 @@ def test_unrun_python_blocks_still_compile():
         compile("\n" * block.line + block.code, block.doc, "exec")  # a SyntaxError names the doc and line
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("block", PYTHON, ids=[b.id for b in PYTHON])
 def test_python_block_runs(block, python_results):
     result = python_results[block.id]
     assert result["error"] is None, f"{block.id} failed:\n{result['error']}"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("where, command", SHELL, ids=[where for where, _ in SHELL])
 def test_shell_line_exits_0(where, command, shell_results):
     code, output = shell_results[where]
     assert code == 0, f"{where}: `{command}` exited {code}:\n{output[-3000:]}"
 
 
+@pytest.mark.integration
 def test_examples_leave_the_checkout_untouched(workspace, python_results, shell_results):
     assert _repo_state() == workspace["before"]

@@ -38,6 +38,7 @@ MOE = dict(num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_s
            mlp_only_layers=[0])  # every kind of feed-forward: dense, routed experts, shared expert
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
 def test_remote_code_load_without_the_package(tmp_path, tiny_model, moe):
     if moe:

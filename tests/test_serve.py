@@ -1,5 +1,6 @@
 """The OpenAI-compatible server on tiny random models: the official client, real streaming, disconnects, concurrent
-clients against answers served alone and against `generate`, stop strings, seeds, and every kind of bad request."""
+clients against answers served alone and against `generate`, stop strings, seeds, and every kind of bad request (the
+server's text and sampling pieces alone are in test_serve_pieces.py)."""
 
 import json
 import threading
@@ -10,13 +11,11 @@ import openai
 import pytest
 import torch
 
-from moai_llm.chat import SamplingParams
 from moai_llm.serving import load_models
-from moai_llm.serving.sampling import RowSampler
-from moai_llm.serving.text import TextAssembler
-from moai_llm.tokenizer import load_tokenizer
 
 from .serve_helpers import running_server, save_tiny_model
+
+pytestmark = pytest.mark.integration  # every test here talks to a server over HTTP
 
 MAX_TOKENS = 2048  # the server's limit in these tests; the models' context is 4096
 
@@ -182,19 +181,6 @@ def test_stop_strings_end_the_answer_before_them(server):
     assert "".join(e["choices"][0]["delta"].get("content") or "" for _, e in streamed[:-1]) == full[: full.index(stop)]
 
 
-def test_stop_string_split_across_tokens_never_leaks():
-    tokenizer = load_tokenizer()
-    ids = tokenizer("Hello world, STOP here and more", add_special_tokens=False)["input_ids"]
-    assembler, sent, hit = TextAssembler(tokenizer, ["STOP", "zzz"]), "", False
-    for token in ids:
-        piece, hit = assembler.add(token)
-        sent += piece
-        if hit:
-            break
-    assert hit and sent == "Hello world, "
-    plain = TextAssembler(tokenizer, ["here!"])
-    text = "".join(plain.add(t)[0] for t in ids) + plain.flush()
-    assert text == "Hello world, STOP here and more"
 
 
 def test_a_failing_forward_fails_its_requests_not_the_server(server, registry, monkeypatch):
@@ -285,15 +271,3 @@ def test_api_key(tmp_path):
         assert good.chat.completions.create(model="tiny", messages=body["messages"], max_tokens=2).usage
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{url}/v1", api_key="nope", max_retries=0).models.list()
-
-
-def test_row_sampler_draws_from_the_processed_distribution():
-    def sampler(seed):
-        return RowSampler(SamplingParams(temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0, seed=seed))
-
-    probs = torch.tensor([0.5, 0.0, 0.3, 0.2])
-    first = sampler(0)
-    counts = torch.bincount(torch.tensor([first.sample(probs) for _ in range(20000)]), minlength=4) / 20000
-    assert counts[1] == 0 and torch.allclose(counts, probs, atol=0.02)
-    same, other = sampler(3), sampler(3)
-    assert [same.sample(probs) for _ in range(50)] == [other.sample(probs) for _ in range(50)]

@@ -11,6 +11,8 @@ from moai_llm.tokenizer import load_tokenizer
 from .serve_helpers import running_server, save_tiny_model, scripted_model
 from .serve_webdriver import CHROMEDRIVER, CHROMIUM, Browser
 
+pytestmark = pytest.mark.integration  # a server and a headless browser
+
 if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)) and not os.environ.get("CI"):
     pytest.skip("Debian's chromium and chromium-driver are not installed (CI installs them)",
                 allow_module_level=True)

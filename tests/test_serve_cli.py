@@ -44,6 +44,7 @@ def server_process(args, env=None, timeout=90):
                 process.wait(timeout=10)
 
 
+@pytest.mark.integration
 def test_serve_py_models_dir_and_key_from_the_environment(tmp_path):
     save_tiny_model(tmp_path / "runs" / "alpha" / "final_model")
     save_tiny_model(tmp_path / "runs" / "beta" / "sft" / "final_model", seed=1)
@@ -80,6 +81,7 @@ def test_serve_py_bad_arguments_are_one_line_errors(tmp_path, capsys, args, mess
     assert message in err and len(err.splitlines()) == 1 and err.startswith("serve.py: error:")
 
 
+@pytest.mark.integration
 def test_transformers_serve_answers_an_exported_model(tmp_path):
     moai = save_tiny_model(tmp_path / "run" / "final_model")
     exported = tmp_path / "qwen3"

@@ -12,6 +12,8 @@ from transformers import AutoModelForCausalLM
 from .distributed_helpers import torchrun
 from .train_helpers import run_inprocess, write_tiny_config
 
+pytestmark = pytest.mark.integration  # torchrun ranks and pretrain.sh
+
 STEPS = 4
 
 # run_training under torchrun, plus a callback that records each rank's parameters after the first step and the

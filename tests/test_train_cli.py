@@ -14,6 +14,7 @@ from .conftest import REPO
 from .train_helpers import run_cli
 
 
+@pytest.mark.integration
 def test_no_argument_run_learns_and_final_model_loads(tmp_path):
     result = run_cli(["--max_steps", "10", "--max_seq_length", "128", "--batch_size", "2", "--logging_steps", "2",
                       "--eval_steps", "10", "--output_dir", str(tmp_path / "run")])
@@ -77,6 +78,7 @@ def test_yaml_unknown_key_and_cli_override(tmp_path):
     assert training_args.learning_rate == 0.02
 
 
+@pytest.mark.integration
 def test_process_exit_code_without_traceback():
     result = run_cli(["--mode", "sft"], timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -60,6 +60,7 @@ def test_adamw_on_bf16_weights_loses_a_fine_tuning_step():
     assert moved[FP32] > 0.99 and moved[BF16] < 0.4, moved
 
 
+@pytest.mark.integration  # a whole train.py run
 def test_bf16_sft_from_a_bf16_checkpoint_trains_fp32_weights(tmp_path):
     """--bf16 (autocast) SFT from a checkpoint saved in bf16: the weights load in fp32 and move at lr 2e-5.
     (Before: dtype bf16 on CUDA, or transformers' dtype="auto" = the checkpoint's bf16 elsewhere.)"""

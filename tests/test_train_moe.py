@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from .train_helpers import fast_args, run_inprocess, write_tiny_config
+
+pytestmark = pytest.mark.integration  # a whole train.py run
 
 
 def test_moe_training_logs_router_terms(tmp_path):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -17,6 +18,8 @@ from moai_llm.training.trainer import COMPLETE_MARKER
 
 from .conftest import REPO
 from .train_helpers import fast_args, write_tiny_config
+
+pytestmark = pytest.mark.integration  # two torchrun agents
 
 
 def free_port() -> int:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -15,6 +16,8 @@ from moai_llm.training.trainer import COMPLETE_MARKER, latest_complete_checkpoin
 
 from .conftest import REPO
 from .train_helpers import fast_args, losses, run_inprocess, write_tiny_config
+
+pytestmark = pytest.mark.integration  # train.py subprocesses killed and resumed
 
 STEPS = "16"
 

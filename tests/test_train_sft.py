@@ -63,6 +63,7 @@ def test_sft_labels_only_on_assistant_tokens(tmp_path):
     assert checked > 50
 
 
+@pytest.mark.integration  # whole train.py runs
 def test_lora_trains_only_adapters_and_merge_equals_base_plus_adapter(base_model, tmp_path):
     args = fast_args(tmp_path / "sft", str(REPO / "configs" / "model_config_tiny.json"), "--mode", "sft",
                      "--pretrained_model", base_model, "--train_file", SFT_FILE, "--max_steps", "3", "--use_lora",
@@ -93,6 +94,7 @@ def test_lora_trains_only_adapters_and_merge_equals_base_plus_adapter(base_model
         torch.testing.assert_close(reloaded(ids).logits, adapted(ids).logits, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.integration  # whole train.py runs
 def test_qlora_merge_writes_a_full_precision_model(base_model, tmp_path):
     """--use_qlora --merge_lora: final_model = dequantized NF4 base + B·A·α/r in fp32, a plain checkpoint that loads
     on CPU (peft's own merge re-quantizes to NF4 and leaves a bitsandbytes checkpoint). The run evaluates, so on CPUs

@@ -13,6 +13,7 @@ from .train_helpers import fast_args, run_inprocess, write_tiny_config
 SFT_FILE = REPO / "moai_llm" / "assets" / "sample" / "sft_messages.jsonl"
 
 
+@pytest.mark.integration  # train.py's whole job, twice
 def test_pretrain_then_sft_stages(tmp_path, caplog):
     config = write_tiny_config(tmp_path)
     stages = tmp_path / "stages.yaml"
@@ -37,6 +38,7 @@ def test_pretrain_then_sft_stages(tmp_path, caplog):
     assert [r.final_model for r in again] == [r.final_model for r in results]
 
 
+@pytest.mark.integration  # train.py's whole job, twice
 def test_stage_killed_during_its_final_save_runs_again(tmp_path, caplog):
     """save_pretrained writes config.json before the weights: a kill there must not count the stage as done."""
     config = write_tiny_config(tmp_path)
