@@ -101,6 +101,7 @@ def test_cpu_bf16_by_default_where_the_cpu_computes_it_natively(native, tmp_path
     assert not default.dataloader_pin_memory
 
 
+@pytest.mark.integration  # a whole train.py run
 def test_bf16_true_alone_trains_on_a_cpu_machine(tmp_path):
     """`--bf16 true` without `--use_cpu` on a machine without a GPU (transformers alone refuses it)."""
     args = fast_args(tmp_path / "run", "unused", "--max_steps", "1", "--bf16", "true")
