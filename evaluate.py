@@ -5,7 +5,7 @@
     python evaluate.py --model_path DIR --tasks mytask --include_path my_tasks/ --limit 100
     python evaluate.py --compare outputs/base/final_model outputs/sft/final_model --output_dir outputs/compare
 
-See README, Evaluation.
+See docs/evaluation.md.
 """
 
 import argparse

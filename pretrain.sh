@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Launch pretraining with torchrun, from one GPU to many nodes (DDP, FSDP or DeepSpeed through the HF Trainer),
-# or as CPU processes over gloo on a machine with no GPU. Every setting is an environment variable (README lists
-# them with their defaults); anything after `--` goes to train.py unchanged.
+# or as CPU processes over gloo on a machine with no GPU. Every setting is an environment variable (docs/scaling.md
+# lists them with their defaults); anything after `--` goes to train.py unchanged.
 #
 #   NUM_GPUS=8 ./pretrain.sh
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 MODEL_SIZE=3b ./pretrain.sh -- --learning_rate 2e-4

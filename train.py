@@ -1,4 +1,4 @@
-"""Pretrain or fine-tune a MOAI model: `python train.py --mode pretrain|sft [flags]` (see README, Training).
+"""Pretrain or fine-tune a MOAI model: `python train.py --mode pretrain|sft [flags]` (see docs/training.md).
 
 With no arguments: the tiny model on the bundled sample corpus and tokenizer, a couple of minutes on a laptop CPU.
 """

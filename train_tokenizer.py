@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                        "tokenizer.json) instead of training anew")
     speed = model.add_mutually_exclusive_group()
     for name in ("fast", "turbo", "ultrafast"):
-        speed.add_argument(f"--{name}", action="store_true", help=f"speed mode '{name}' (see README)")
+        speed.add_argument(f"--{name}", action="store_true", help=f"speed mode '{name}' (see docs/tokenizer.md)")
     out = p.add_argument_group("output")
     out.add_argument("--output_dir", default="tokenizer_out")
     out.add_argument("--model_prefix", help="write to OUTPUT_DIR/PREFIX/ (and the raw tokenizers file to "

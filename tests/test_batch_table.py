@@ -81,7 +81,7 @@ def test_unreadable_table(tmp_path):
 
 
 def test_documented_table_matches_the_file():
-    """The micro-batch table in the docs (README today) shows what configs/batch_table.yaml holds."""
+    """The micro-batch table in the docs (docs/scaling.md) shows what configs/batch_table.yaml holds."""
     header = "| MODEL_SIZE | 24 GB | 40 GB | 48 GB | 80 GB | 141 GB |"
     docs = [p for p in [REPO / "README.md", *sorted((REPO / "docs").glob("**/*.md"))] if p.is_file()]
     text = next((p.read_text(encoding="utf-8") for p in docs if header in p.read_text(encoding="utf-8")), None)

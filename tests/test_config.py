@@ -63,9 +63,9 @@ def test_use_qk_norm_false_has_no_qk_norm_parameters():
     assert sum("q_norm" in n for n in names) == 2
 
 
-def _readme_param_counts() -> dict[str, int]:
+def _documented_param_counts() -> dict[str, int]:
     counts = {}
-    for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines():
+    for line in (REPO / "docs" / "model.md").read_text(encoding="utf-8").splitlines():  # its Configs table
         match = re.match(r"\|\s*`configs/(model_config[\w]*\.json)`\s*\|.*?\|\s*([\d,]+)\s*\|", line)
         if match:
             counts[match.group(1)] = int(match.group(2).replace(",", ""))
@@ -83,7 +83,7 @@ def _readme_param_counts() -> dict[str, int]:
         "model_config_moe_a2b.json",
     ],
 )
-def test_config_parameter_count_matches_readme(name):
+def test_config_parameter_count_matches_docs(name):
     data = json.loads((REPO / "configs" / name).read_text())
     config = MoaiConfig(**{k: v for k, v in data.items() if k != "model_type"})
     assert config.num_attention_heads % config.num_key_value_heads == 0
@@ -91,4 +91,4 @@ def test_config_parameter_count_matches_readme(name):
     with torch.device("meta"):
         model = MoaiForCausalLM(config)
     total = sum(p.numel() for p in model.parameters())
-    assert _readme_param_counts().get(name) == total, f"README's parameter count for {name} is not {total:,}"
+    assert _documented_param_counts().get(name) == total, f"docs/model.md: parameter count of {name} is not {total:,}"

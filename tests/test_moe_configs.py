@@ -1,4 +1,4 @@
-"""The shipped MoE configs: README's total and active parameter counts, layer layout, Qwen3-MoE compatibility."""
+"""The shipped MoE configs: docs/moe.md's total and active parameter counts, layer layout, Qwen3-MoE compatibility."""
 
 import json
 import re
@@ -19,10 +19,9 @@ def _load(name: str) -> MoaiConfig:
     return MoaiConfig(**{k: v for k, v in data.items() if k != "model_type"})
 
 
-def _readme_moe_counts() -> dict[str, tuple[int, int]]:
-    """`| configs/NAME | ... | total | active |` rows of README's Mixture of Experts section."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Mixture of Experts", 1)[1].split("\n## ", 1)[0]
+def _documented_moe_counts() -> dict[str, tuple[int, int]]:
+    """`| configs/NAME | ... | total | active |` rows of docs/moe.md (Mixture of Experts)."""
+    section = (REPO / "docs" / "moe.md").read_text(encoding="utf-8")
     counts = {}
     for line in section.splitlines():
         match = re.match(r"\|\s*`configs/(model_config_moe\w*\.json)`\s*\|[^|]*\|\s*([\d,]+)\s*\|\s*([\d,]+)\s*\|", line)
@@ -32,10 +31,10 @@ def _readme_moe_counts() -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.parametrize("name", MOE_CONFIGS)
-def test_readme_total_and_active_parameters(name):
+def test_documented_total_and_active_parameters(name):
     with torch.device("meta"):
         model = MoaiForCausalLM(_load(name))
-    assert _readme_moe_counts().get(name) == parameter_counts(model), f"README's MoE counts for {name}"
+    assert _documented_moe_counts().get(name) == parameter_counts(model), f"docs/moe.md's MoE counts for {name}"
 
 
 def test_active_count_is_total_minus_unused_experts():

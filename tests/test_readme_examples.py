@@ -1,5 +1,7 @@
-"""README.md and ARCHITECTURE.md examples are tests: every fenced python block runs, and so does every shell line
-that takes seconds (a line with `--help`, or starting with `DRY_RUN=1`). A docs example that is not run drifts.
+"""The docs' examples are tests: in README.md, ARCHITECTURE.md, docs/*.md and benchmarks/README.md every fenced
+python block runs, and so does every shell line that takes seconds (a line with `--help`, or starting with
+`DRY_RUN=1`). A docs example that is not run drifts, and so does a link: every relative link must name a file that
+exists and, with `#anchor`, a heading in it.
 
 A python block may stay unrun only when the last non-blank line before its fence is one of SKIP_MARKERS (it needs
 a GPU or the Hugging Face Hub); such blocks are still compiled. Examples run from a scratch copy of the repo
@@ -21,7 +23,8 @@ import pytest
 
 from .conftest import REPO
 
-DOCS = ("README.md", "ARCHITECTURE.md")
+DOCS = ("README.md", "ARCHITECTURE.md", *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md")),
+        "benchmarks/README.md")
 MARKER_PREFIX = "*Not run by the README test"
 SKIP_MARKERS = (
     "*Not run by the README test: needs a GPU.*",
@@ -205,7 +208,7 @@ def test_skip_markers_name_an_allowed_reason_next_to_a_python_block():
 
 
 def test_docs_have_python_examples():
-    assert PYTHON, "no runnable python block found in README.md / ARCHITECTURE.md"
+    assert PYTHON, f"no runnable python block found in {', '.join(DOCS)}"
 
 
 def test_unrun_python_blocks_still_compile():
@@ -230,3 +233,33 @@ def test_shell_line_exits_0(where, command, shell_results):
 @pytest.mark.integration
 def test_examples_leave_the_checkout_untouched(workspace, python_results, shell_results):
     assert _repo_state() == workspace["before"]
+
+
+def heading_anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _outside_code(text: str) -> str:
+    """The Markdown text without its fenced blocks (a `#` comment in code is not a heading, `](` in code no link)."""
+    return re.sub(r"^[ \t]*(`{3,}|~{3,}).*?^[ \t]*\1", "", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def _anchors(text: str) -> set[str]:
+    headings = re.findall(r"^#{1,6}\s+(.+?)\s*#*$", _outside_code(text), flags=re.MULTILINE)
+    return {heading_anchor(heading) for heading in headings}
+
+
+def test_relative_links_point_to_existing_files_and_headings():
+    problems = []
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", _outside_code((REPO / doc).read_text(encoding="utf-8"))):
+            if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            file = (REPO / doc).parent / path if path else REPO / doc
+            if not file.exists():
+                problems.append(f"{doc}: link {target!r}: {path} does not exist")
+            elif anchor and anchor not in _anchors(file.read_text(encoding="utf-8")):
+                problems.append(f"{doc}: link {target!r}: no heading with anchor #{anchor} in {path or doc}")
+    assert not problems, "\n".join(problems)

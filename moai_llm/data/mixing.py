@@ -1,6 +1,6 @@
 """Mixtures of sources: which documents of each prepared source an epoch reads, and how streams are mixed.
 
-Rules (README, Data):
+Rules (docs/data.md):
 - No ratios: the sources are concatenated; every document is read once per epoch, however the sources are spelled.
 - Ratios (on every source): each source gets that share of the epoch's tokens, where an epoch has as many tokens
   as all train documents together; a source with a larger share than its size is repeated (whole copies plus a

@@ -9,7 +9,7 @@
   window starts with the previous window's last token), so every token but the first is still scored exactly
   once, with up to `max_length - 1` tokens of context.
 - Rows: windows packed into rows of `max_length` (best-fit decreasing), `position_ids` restarting at every
-  window, so no token attends across documents (README, "Packed rows").
+  window, so no token attends across documents (docs/model.md, "Packed rows").
 - Loss: plain cross-entropy whatever `config.loss_config` trained with, from the final hidden states through the
   output embedding one `[chunk, vocab]` block at a time, the fused linear cross-entropy of `losses.py` without
   its gradient work: the row maximum that makes the in-place log-sum-exp stable is also the argmax of the token

@@ -111,7 +111,7 @@ def samples_section(samples: list[dict]) -> list[str]:
 def render_training_report(summary: dict, plot: str | None) -> str:
     """The short report train.py leaves in output_dir."""
     lines = ["# Training report", ""] + training_section(summary, plot, heading="## Summary")
-    lines += ["Next: `python evaluate.py --model_path <output_dir>/final_model` (README, Evaluation).", ""]
+    lines += ["Next: `python evaluate.py --model_path <output_dir>/final_model` (docs/evaluation.md).", ""]
     return "\n".join(lines)
 
 
