@@ -291,7 +291,7 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
         one from the hidden states (config.loss_chunk_size > 0) and `logits` is None unless `return_logits=True`.
 
         MoE models return `MoaiMoeCausalLMOutputWithPast`: with `output_router_logits` (the config's value when
-        unset) it carries router_logits, aux_loss, z_loss and expert_load, and `loss` includes the router losses."""
+        unset) it carries router_logits, aux_loss, router_z_loss and expert_load, and `loss` includes the router losses."""
         if "past_key_values" in kwargs:
             cache = kwargs.pop("past_key_values")
         if self.config.num_experts:

@@ -114,14 +114,15 @@ class MoaiMoeCausalLMOutputWithPast(MoeCausalLMOutputWithPast):
     MoeCausalLMOutputWithPast plus what training logs from the same forward pass.
 
     aux_loss: load-balancing loss (Switch Transformer, transformers' `load_balancing_loss_func`), real tokens only.
-    z_loss (`torch.FloatTensor`, *optional*):
-        Router z-loss (ST-MoE): mean over MoE layers and real tokens of logsumexp(router_logits)^2.
+    router_z_loss (`torch.FloatTensor`, *optional*):
+        Router z-loss (ST-MoE): mean over MoE layers and real tokens of logsumexp(router_logits)^2. Not the logit
+        z-loss of `--z_loss_coef` (`moai_llm.losses`), which acts on the LM head's logits.
     expert_load (`torch.FloatTensor` of shape `(moe_layers, num_experts)`, *optional*):
         Per MoE layer, the share of that layer's token-to-expert assignments each expert received (rows sum to 1;
         perfectly balanced = 1 / num_experts), real tokens only, no gradient.
     """
 
-    z_loss: torch.FloatTensor | None = None
+    router_z_loss: torch.FloatTensor | None = None
     expert_load: torch.FloatTensor | None = None
 
 
@@ -148,7 +149,7 @@ def routed_token_mask(
 def router_losses(
     router_logits: tuple[torch.Tensor, ...], config: MoaiConfig, token_mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(aux_loss, z_loss) from each MoE layer's router logits [tokens, experts], counting only masked-in tokens.
+    """(aux_loss, router_z_loss) from each MoE layer's router logits [tokens, experts], counting only masked-in tokens.
 
     aux_loss is transformers' `load_balancing_loss_func` (pooled over layers, fp32 softmax) with the token mask as
     its attention mask, so padding never changes the loss of the real tokens.
@@ -197,10 +198,10 @@ def moe_causal_lm_output(
 ) -> MoaiMoeCausalLMOutputWithPast:
     """The causal-LM output of a MoE model; with router logits, the router losses are added to `loss` (if any)."""
     router_logits = getattr(model_outputs, "router_logits", None)
-    aux_loss = z_loss = load = None
+    aux_loss = router_z_loss = load = None
     if router_logits:
         mask = routed_token_mask(config, input_ids, attention_mask, model_outputs.last_hidden_state.shape[1])
-        aux_loss, z_loss = router_losses(router_logits, config, mask)
+        aux_loss, router_z_loss = router_losses(router_logits, config, mask)
         load = expert_load(router_logits, config.num_experts_per_tok, mask)
         if torch.is_grad_enabled() and model_outputs.last_hidden_state.requires_grad and not aux_loss.requires_grad:
             logger.warning_once(
@@ -210,11 +211,11 @@ def moe_causal_lm_output(
         if loss is not None:
             loss = loss + config.router_aux_loss_coef * aux_loss.to(loss.device)
             if config.router_z_loss_coef > 0:
-                loss = loss + config.router_z_loss_coef * z_loss.to(loss.device)
+                loss = loss + config.router_z_loss_coef * router_z_loss.to(loss.device)
     return MoaiMoeCausalLMOutputWithPast(
         loss=loss,
         aux_loss=aux_loss,
-        z_loss=z_loss,
+        router_z_loss=router_z_loss,
         expert_load=load,
         logits=logits,
         cache=model_outputs.cache,

@@ -58,7 +58,7 @@ def test_tiny_moe_config_trains_a_step():
     assert all(isinstance(layer.mlp, MoaiSharedExpertMoeBlock) for layer in model.model.layers[1:])
     ids = torch.randint(3, 8192, (2, 32))
     out = model(ids, labels=ids)
-    assert out.aux_loss is not None and out.z_loss is not None and out.expert_load.shape == (3, 8)
+    assert out.aux_loss is not None and out.router_z_loss is not None and out.expert_load.shape == (3, 8)
     out.loss.backward()
     assert all(param.grad is not None for param in model.parameters())
 

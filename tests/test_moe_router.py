@@ -34,7 +34,7 @@ def _pooled_reference(model, docs):
 def _assert_router_outputs(out, reference):
     aux, z, load = reference
     assert abs(out.aux_loss.item() - aux.item()) <= 1e-6
-    assert abs(out.z_loss.item() - z.item()) <= 1e-6
+    assert abs(out.router_z_loss.item() - z.item()) <= 1e-6
     assert (out.expert_load - load).abs().max() <= 1e-6
 
 

@@ -61,7 +61,7 @@ def router_terms(outputs, config) -> dict[str, torch.Tensor]:
     aux = outputs.get("aux_loss") if hasattr(outputs, "get") else None
     if aux is not None and getattr(config, "router_aux_loss_coef", 0.0):
         terms["aux_loss"] = config.router_aux_loss_coef * aux
-    z_loss = outputs.get("z_loss") if hasattr(outputs, "get") else None
+    z_loss = outputs.get("router_z_loss") if hasattr(outputs, "get") else None
     if z_loss is not None and getattr(config, "router_z_loss_coef", 0.0):
         terms["router_z_loss"] = config.router_z_loss_coef * z_loss
     return terms
