@@ -1,8 +1,8 @@
 """Chat with a MOAI model: interactive streaming chat, one-shot --prompt, or batched --prompts_file.
 
-    python chat.py --model_path outputs/run/final_model
-    python chat.py --model_path outputs/run/final_model --prompt "What is the capital of Korea?"
-    python chat.py --model_path DIR --prompts_file prompts.jsonl --output_file answers.jsonl --temperature 0
+python chat.py --model_path outputs/run/final_model
+python chat.py --model_path outputs/run/final_model --prompt "What is the capital of Korea?"
+python chat.py --model_path DIR --prompts_file prompts.jsonl --output_file answers.jsonl --temperature 0
 """
 
 import argparse
@@ -73,15 +73,19 @@ def answer(session, model, tokenizer, text, args, stop) -> None:
     log_prompt(args, tokenizer, prompt.ids)
     previous = signal.signal(signal.SIGINT, lambda *_: stop.event.set())
     try:
-        reply, tokens, seconds = stream_answer(model, tokenizer, prompt.ids, session.sampling(prompt), stop,
-                                               lambda piece: print(piece, end="", flush=True))
+        reply, tokens, seconds = stream_answer(
+            model, tokenizer, prompt.ids, session.sampling(prompt), stop, lambda piece: print(piece, end="", flush=True)
+        )
     finally:
         signal.signal(signal.SIGINT, previous)
     print(" [stopped]" if stop.event.is_set() else "", flush=True)
     session.add_answer(reply)
     if args.verbose:
-        print(f"[{tokens} tokens in {seconds:.2f}s, {tokens / max(seconds, 1e-9):.1f} tokens/s; "
-              f"prompt {prompt.ids.shape[1]} tokens]", flush=True)
+        print(
+            f"[{tokens} tokens in {seconds:.2f}s, {tokens / max(seconds, 1e-9):.1f} tokens/s; "
+            f"prompt {prompt.ids.shape[1]} tokens]",
+            flush=True,
+        )
 
 
 def interactive(session, model, tokenizer, args) -> None:

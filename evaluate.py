@@ -37,15 +37,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.register("action", None, Once)
     p.add_argument("--model_path", help="final_model, a checkpoint-N, or a LoRA adapter directory")
     p.add_argument("--tasks", help="comma-separated lm-eval task/group names; NAME:N sets N shots for one task")
-    p.add_argument("--suite", choices=sorted(SUITES),
-                   help="; ".join(f"{name}: {suite.description}" for name, suite in SUITES.items()))
-    p.add_argument("--include_path", action="append", default=[],
-                   help="folder of extra lm-eval task YAMLs (repeatable)")
+    p.add_argument(
+        "--suite",
+        choices=sorted(SUITES),
+        help="; ".join(f"{name}: {suite.description}" for name, suite in SUITES.items()),
+    )
+    p.add_argument(
+        "--include_path", action="append", default=[], help="folder of extra lm-eval task YAMLs (repeatable)"
+    )
     p.add_argument("--num_fewshot", type=int, help="shots for every task (default: each task's or suite's own)")
     p.add_argument("--limit", type=float, help="documents per task (< 1: a fraction)")
     p.add_argument("--batch_size", type=int, default=8, help="rows per forward pass (benchmarks and perplexity)")
-    p.add_argument("--eval_file", action="append", default=[],
-                   help="text for perplexity (repeatable): .txt = one document, .jsonl/.json/.parquet/.csv rows")
+    p.add_argument(
+        "--eval_file",
+        action="append",
+        default=[],
+        help="text for perplexity (repeatable): .txt = one document, .jsonl/.json/.parquet/.csv rows",
+    )
     p.add_argument("--text_column", default="text", help="text column of --eval_file rows")
     p.add_argument("--max_length", type=int, help="tokens per perplexity row (default: model context, at most 2048)")
     p.add_argument("--prompts", help="file with one prompt per line for samples (default: 4 built-in prompts)")
@@ -56,8 +64,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokenizer_path", help="default: the model's own")
     p.add_argument("--base_model", help="base of a LoRA adapter (default: from adapter_config.json)")
     p.add_argument("--output_dir", help="default: MODEL_PATH/eval (required with --compare)")
-    p.add_argument("--compare", nargs="+", metavar="DIR",
-                   help="evaluation output dirs (or model dirs with eval/) to put side by side in one report")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="DIR",
+        help="evaluation output dirs (or model dirs with eval/) to put side by side in one report",
+    )
     return p.parse_args(argv)
 
 
@@ -77,24 +89,37 @@ def options_from(args):
         limit = int(limit)
     suite = args.suite or (None if args.tasks or args.eval_file else "quick")
     return EvalOptions(
-        model_path=args.model_path, tasks=resolve_tasks(args.tasks, suite, args.num_fewshot, limit),
-        include_path=tuple(args.include_path), eval_files=args.eval_file, text_column=args.text_column,
-        prompts_file=args.prompts, samples=not args.no_samples, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, batch_size=args.batch_size, max_length=args.max_length, device=args.device,
-        output_dir=args.output_dir, tokenizer_path=args.tokenizer_path, base_model=args.base_model,
+        model_path=args.model_path,
+        tasks=resolve_tasks(args.tasks, suite, args.num_fewshot, limit),
+        include_path=tuple(args.include_path),
+        eval_files=args.eval_file,
+        text_column=args.text_column,
+        prompts_file=args.prompts,
+        samples=not args.no_samples,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        device=args.device,
+        output_dir=args.output_dir,
+        tokenizer_path=args.tokenizer_path,
+        base_model=args.base_model,
     )
 
 
 def print_summary(results: dict, output_dir: str) -> None:
     for name in results.get("summary_tasks", []):
-        metrics = ", ".join(f"{k} {v:.4f}" for k, v in results["tasks"][name].items()
-                            if isinstance(v, float) and "_stderr" not in k)
+        metrics = ", ".join(
+            f"{k} {v:.4f}" for k, v in results["tasks"][name].items() if isinstance(v, float) and "_stderr" not in k
+        )
         print(f"{name}: {metrics}")
     for name, reason in results.get("failed_tasks", {}).items():
         print(f"{name}: FAILED ({reason})")
     for name, p in results["perplexity"].items():
-        print(f"{name}: perplexity {p['perplexity']:.4f}, {p['bits_per_byte']:.4f} bits/byte, token accuracy "
-              f"{p['token_accuracy']:.4f}, {p['tokens']:,} tokens, {p['tokens_per_second']:,.0f} tokens/s")
+        print(
+            f"{name}: perplexity {p['perplexity']:.4f}, {p['bits_per_byte']:.4f} bits/byte, token accuracy "
+            f"{p['token_accuracy']:.4f}, {p['tokens']:,} tokens, {p['tokens_per_second']:,.0f} tokens/s"
+        )
     if results["samples"]:
         tokens = sum(s["tokens"] for s in results["samples"])
         seconds = sum(s["seconds"] for s in results["samples"])

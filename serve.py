@@ -1,8 +1,8 @@
 """Serve MOAI models over the OpenAI API, with a web chat page at http://HOST:PORT/.
 
-    python serve.py --model_path outputs/pretrain-tiny/final_model
-    python serve.py --models_dir outputs --port 8080 --api_key secret
-    python serve.py --model_path tiny=outputs/pretrain-tiny/final_model --model_path sft=outputs/sft/final_model
+python serve.py --model_path outputs/pretrain-tiny/final_model
+python serve.py --models_dir outputs --port 8080 --api_key secret
+python serve.py --model_path tiny=outputs/pretrain-tiny/final_model --model_path sft=outputs/sft/final_model
 """
 
 import argparse
@@ -18,14 +18,22 @@ from moai_llm.serving import build_app, load_models, model_entries
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_path", action="append", default=[], metavar="[NAME=]DIR",
-                   help="a final_model, checkpoint or LoRA adapter directory; repeatable (default name: the run "
-                        "directory of a final_model, else the directory's own name)")
+    p.add_argument(
+        "--model_path",
+        action="append",
+        default=[],
+        metavar="[NAME=]DIR",
+        help="a final_model, checkpoint or LoRA adapter directory; repeatable (default name: the run "
+        "directory of a final_model, else the directory's own name)",
+    )
     p.add_argument("--models_dir", help="serve every final_model under this directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api_key", default=os.environ.get("MOAI_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1 (default: $MOAI_API_KEY; unset: no key)")
+    p.add_argument(
+        "--api_key",
+        default=os.environ.get("MOAI_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on /v1 (default: $MOAI_API_KEY; unset: no key)",
+    )
     p.add_argument("--max_batch_size", type=int, default=16, help="sequences decoded together per model")
     p.add_argument("--max_tokens", type=int, default=4096, help="largest max_tokens a request may ask for")
     p.add_argument("--device", help="cuda | mps | cpu (default: the best found)")
@@ -46,14 +54,20 @@ def main(argv=None) -> int:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     try:
-        registry = load_models(model_entries(args.model_path, args.models_dir), args.max_batch_size,
-                               args.max_tokens, args.device)
+        registry = load_models(
+            model_entries(args.model_path, args.models_dir), args.max_batch_size, args.max_tokens, args.device
+        )
     except ChatLoadError as err:
         print(f"serve.py: error: {err}", file=sys.stderr)
         return 2
     app = build_app(registry, args.api_key)
-    logging.getLogger("serve").info("chat page: http://%s:%d/  models: %s  API key: %s", args.host, args.port,
-                                    ", ".join(registry.models), "required" if args.api_key else "none")
+    logging.getLogger("serve").info(
+        "chat page: http://%s:%d/  models: %s  API key: %s",
+        args.host,
+        args.port,
+        ", ".join(registry.models),
+        "required" if args.api_key else "none",
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

@@ -25,8 +25,18 @@ setup(
         "serve": ["fastapi>=0.110", "uvicorn>=0.30"],
         "eval": ["lm_eval>=0.4.13,<0.5", "matplotlib>=3.7"],
         # transformers[serving]: fastapi, uvicorn and the openai client (tests also run `transformers serve`)
-        "dev": ["pytest>=8", "pytest-timeout>=2.1", "pexpect>=4.8", "psutil>=5.9", "transformers[serving]>=5.24,<6",
-                "httpx>=0.27", "lm_eval>=0.4.13,<0.5", "matplotlib>=3.7"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.1",
+            "pexpect>=4.8",
+            "psutil>=5.9",
+            "transformers[serving]>=5.24,<6",
+            "httpx>=0.27",
+            "lm_eval>=0.4.13,<0.5",
+            "matplotlib>=3.7",
+            # the formatter's style changes only between minor versions: CI checks with the one the code is formatted by
+            "ruff>=0.17,<0.18",
+        ],
     },
     license="Apache-2.0",
 )

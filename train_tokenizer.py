@@ -1,9 +1,9 @@
 """Train, extend or evaluate a MOAI tokenizer (byte-level BPE on HuggingFace `tokenizers`).
 
-    python train_tokenizer.py --input_files data/ --vocab_size 32000 --output_dir tokenizers/moai
-    python train_tokenizer.py --multilingual ko en --lang_files ko=ko.txt en=en.txt --max_samples_per_lang 50000 ...
-    python train_tokenizer.py --base_tokenizer tokenizers/moai --input_files finance/ --vocab_size 40000 ...
-    python train_tokenizer.py --evaluate tokenizers/moai --compare other/ --lang_files ko=ko.txt en=en.txt
+python train_tokenizer.py --input_files data/ --vocab_size 32000 --output_dir tokenizers/moai
+python train_tokenizer.py --multilingual ko en --lang_files ko=ko.txt en=en.txt --max_samples_per_lang 50000 ...
+python train_tokenizer.py --base_tokenizer tokenizers/moai --input_files finance/ --vocab_size 40000 ...
+python train_tokenizer.py --evaluate tokenizers/moai --compare other/ --lang_files ko=ko.txt en=en.txt
 """
 
 import argparse
@@ -18,7 +18,14 @@ from moai_llm.tokenizer import load_tokenizer
 from moai_llm.tokenizer.evaluate import score, table
 from moai_llm.tokenizer.extend import extend_tokenizer
 from moai_llm.tokenizer.inputs import (
-    InputError, balanced, file_texts, hub_texts, language_streams, read_texts, expand_paths, sample,
+    InputError,
+    balanced,
+    expand_paths,
+    file_texts,
+    hub_texts,
+    language_streams,
+    read_texts,
+    sample,
 )
 from moai_llm.tokenizer.specials import wrap
 from moai_llm.tokenizer.train import MODES, train_tokenizer
@@ -29,12 +36,19 @@ logger = logging.getLogger("train_tokenizer")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("inputs")
-    src.add_argument("--input_files", nargs="+", default=[], help="files, folders or globs (.txt .jsonl .json .parquet)")
+    src.add_argument(
+        "--input_files", nargs="+", default=[], help="files, folders or globs (.txt .jsonl .json .parquet)"
+    )
     src.add_argument("--text_column", default="text", help="text field of .jsonl/.json/.parquet rows")
     src.add_argument("--dataset", help="HuggingFace Hub dataset id (streamed; needs network)")
     src.add_argument("--dataset_config", help="config name of --dataset")
-    src.add_argument("--multilingual", nargs="+", default=[], metavar="LANG",
-                     help="languages to balance (ko en ja zh ...): --lang_files, else Hub Wikipedia")
+    src.add_argument(
+        "--multilingual",
+        nargs="+",
+        default=[],
+        metavar="LANG",
+        help="languages to balance (ko en ja zh ...): --lang_files, else Hub Wikipedia",
+    )
     src.add_argument("--lang_files", nargs="+", default=[], metavar="LANG=PATH", help="local files per language")
     src.add_argument("--max_samples", type=int, help="at most this many documents in all (a seeded sample)")
     src.add_argument("--max_samples_per_lang", type=int, help="at most this many documents per language")
@@ -43,15 +57,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--vocab_size", type=int, default=32000)
     model.add_argument("--min_frequency", type=int, help="minimum pair count for a merge (mode default otherwise)")
     model.add_argument("--normalization", default="none", choices=["none", "nfkc"])
-    model.add_argument("--base_tokenizer", help="extend this byte-level BPE tokenizer (a directory, or its "
-                       "tokenizer.json) instead of training anew")
+    model.add_argument(
+        "--base_tokenizer",
+        help="extend this byte-level BPE tokenizer (a directory, or its tokenizer.json) instead of training anew",
+    )
     speed = model.add_mutually_exclusive_group()
     for name in ("fast", "turbo", "ultrafast"):
         speed.add_argument(f"--{name}", action="store_true", help=f"speed mode '{name}' (see docs/tokenizer.md)")
     out = p.add_argument_group("output")
     out.add_argument("--output_dir", default="tokenizer_out")
-    out.add_argument("--model_prefix", help="write to OUTPUT_DIR/PREFIX/ (and the raw tokenizers file to "
-                     "OUTPUT_DIR/PREFIX.json), as the old tool did; default: straight into OUTPUT_DIR")
+    out.add_argument(
+        "--model_prefix",
+        help="write to OUTPUT_DIR/PREFIX/ (and the raw tokenizers file to "
+        "OUTPUT_DIR/PREFIX.json), as the old tool did; default: straight into OUTPUT_DIR",
+    )
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--evaluate", metavar="DIR", help="evaluate this tokenizer on --lang_files instead of training")
     ev.add_argument("--compare", nargs="+", default=[], metavar="DIR", help="more tokenizers to put in the table")
@@ -71,16 +90,19 @@ def lang_files(specs: list[str]) -> dict[str, list[str]]:
 def training_texts(args, mode: str):
     fraction = MODES[mode].sample_fraction
     if args.max_samples_per_lang is not None and not (args.multilingual or args.lang_files):
-        raise InputError("--max_samples_per_lang caps each language of --multilingual/--lang_files; "
-                         "for a single source use --max_samples")
+        raise InputError(
+            "--max_samples_per_lang caps each language of --multilingual/--lang_files; "
+            "for a single source use --max_samples"
+        )
     if args.multilingual or args.lang_files:
         per_lang = lang_files(args.lang_files)
         streams = language_streams(args.multilingual or list(per_lang), per_lang, args.text_column)
         texts = balanced(streams, args.max_samples_per_lang, fraction, args.seed)
         return sample(texts, 1.0, args.max_samples, args.seed)
     if args.dataset:
-        return sample(hub_texts(args.dataset, args.dataset_config, args.text_column), fraction, args.max_samples,
-                      args.seed)
+        return sample(
+            hub_texts(args.dataset, args.dataset_config, args.text_column), fraction, args.max_samples, args.seed
+        )
     if not args.input_files:
         raise InputError("no input: give --input_files, --dataset, or --multilingual/--lang_files")
     return sample(file_texts(args.input_files, args.text_column), fraction, args.max_samples, args.seed)
@@ -90,10 +112,13 @@ def evaluate(args) -> None:
     per_lang = lang_files(args.lang_files)
     if not per_lang:
         raise InputError("--evaluate needs --lang_files LANG=PATH ... to evaluate on")
-    texts = {lang: [t for path in expand_paths(paths) for t in read_texts(path, args.text_column)]
-             for lang, paths in per_lang.items()}
-    texts = {lang: docs[: args.max_samples_per_lang] if args.max_samples_per_lang else docs
-             for lang, docs in texts.items()}
+    texts = {
+        lang: [t for path in expand_paths(paths) for t in read_texts(path, args.text_column)]
+        for lang, paths in per_lang.items()
+    }
+    texts = {
+        lang: docs[: args.max_samples_per_lang] if args.max_samples_per_lang else docs for lang, docs in texts.items()
+    }
     results = {}
     for directory in [args.evaluate, *args.compare]:
         tokenizer = load_tokenizer(directory)

@@ -92,8 +92,7 @@ class Sampler(threading.Thread):
 def run(command: list[str], env: dict, workers_only: bool = False, marker: str | None = None) -> dict:
     """Run `command`; wall seconds, peak RSS (wait4) and sampled RSS/PSS/USS, seconds until a `marker` line."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sampler = Sampler(process.pid, workers_only)
     sampler.start()
     lines, first = [], None
@@ -107,8 +106,13 @@ def run(command: list[str], env: dict, workers_only: bool = False, marker: str |
     output = "".join(lines)
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"failed: {' '.join(command)}\n{output[-4000:]}")
-    return {"seconds": time.perf_counter() - start, "max_rss": usage.ru_maxrss * 1024, "first": first,
-            "output": output, **sampler.peak}
+    return {
+        "seconds": time.perf_counter() - start,
+        "max_rss": usage.ru_maxrss * 1024,
+        "first": first,
+        "output": output,
+        **sampler.peak,
+    }
 
 
 def throughput(corpus: Path, documents: int, repeats: int) -> dict:
@@ -151,8 +155,9 @@ for _ in range({repeats}):
 shutil.rmtree(sample.parent)
 print(json.dumps(runs))
 """
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=environment(), capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=environment(), capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -161,44 +166,97 @@ def environment() -> dict:
 
 
 def data_flags(corpus: Path, cache: Path) -> list[str]:
-    return ["--train_file", str(corpus), "--data_cache_dir", str(cache), "--max_seq_length", str(SEQ),
-            "--eval_fraction", "0", "--disable_tqdm", "true", "--seed", "0"]
+    return [
+        "--train_file",
+        str(corpus),
+        "--data_cache_dir",
+        str(cache),
+        "--max_seq_length",
+        str(SEQ),
+        "--eval_fraction",
+        "0",
+        "--disable_tqdm",
+        "true",
+        "--seed",
+        "0",
+    ]
 
 
 def train_flags(out: Path, steps: int) -> list[str]:
-    return ["--model_config", str(REPO / "configs" / "model_config_tiny.json"), "--output_dir", str(out),
-            "--batch_size", "1", "--max_steps", str(steps), "--logging_steps", "1", "--eval_strategy", "no",
-            "--save_strategy", "no", "--use_cpu", "true", "--report_to", "none"]
+    return [
+        "--model_config",
+        str(REPO / "configs" / "model_config_tiny.json"),
+        "--output_dir",
+        str(out),
+        "--batch_size",
+        "1",
+        "--max_steps",
+        str(steps),
+        "--logging_steps",
+        "1",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--use_cpu",
+        "true",
+        "--report_to",
+        "none",
+    ]
 
 
 def measure_size(size_m: int, work: Path, steps: int, launches: int) -> dict:
     corpus, cache = work / f"corpus-{size_m}M.jsonl", work / f"cache-{size_m}M"
     documents = round(size_m * 1e6 / TOKENS_PER_DOCUMENT)
     synthesize(corpus, documents)
-    prep = run([sys.executable, "train.py", "--prepare_only", *data_flags(corpus, cache), "--output_dir",
-                str(work / "prep")], environment())
+    prep = run(
+        [sys.executable, "train.py", "--prepare_only", *data_flags(corpus, cache), "--output_dir", str(work / "prep")],
+        environment(),
+    )
     tokens = int(re.search(r"prepared \S+: \d+ documents, (\d+) tokens", prep["output"]).group(1))
     rates = re.search(r"\(([\d.]+) tokens/s, ([\d.]+) per CPU-second\)", prep["output"])
     store = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
     ranks = []
     for _ in range(launches):  # start-up time is mostly imports: the machine's load moves it, so several launches
-        rank = run([sys.executable, "train.py", *data_flags(corpus, cache), *train_flags(work / "run", steps)],
-                   environment(), marker=r"'loss'")
+        rank = run(
+            [sys.executable, "train.py", *data_flags(corpus, cache), *train_flags(work / "run", steps)],
+            environment(),
+            marker=r"'loss'",
+        )
         rank["ready"] = float(re.search(r"data ready in ([\d.]+) s", rank["output"]).group(1))
         rank["load"] = os.getloadavg()[0]
         ranks.append(rank)
-    return {"size": size_m, "documents": documents, "tokens": tokens, "prep": prep,
-            "prep_rate": (float(rates.group(1)), float(rates.group(2))), "store": store, "ranks": ranks,
-            "corpus": corpus, "cache": cache}
+    return {
+        "size": size_m,
+        "documents": documents,
+        "tokens": tokens,
+        "prep": prep,
+        "prep_rate": (float(rates.group(1)), float(rates.group(2))),
+        "store": store,
+        "ranks": ranks,
+        "corpus": corpus,
+        "cache": cache,
+    }
 
 
 def measure_ranks(result: dict, work: Path, processes: int, steps: int) -> dict:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_port", str(port), "train.py", *data_flags(result["corpus"], result["cache"]),
-               *train_flags(work / "ranks", steps), "--ddp_backend", "gloo"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_port",
+        str(port),
+        "train.py",
+        *data_flags(result["corpus"], result["cache"]),
+        *train_flags(work / "ranks", steps),
+        "--ddp_backend",
+        "gloo",
+    ]
     return run(command, environment(), workers_only=True)
 
 
@@ -229,20 +287,26 @@ def main() -> None:
 
 
 def report(results: list[dict], speed: dict, ranks: dict | None, processes: int) -> None:
-    print(f"synthesized corpora (random runs of real paragraphs, ~{TOKENS_PER_DOCUMENT} tokens per document), rows "
-          f"of {SEQ}, bundled tokenizer; MB = 10^6 bytes; machine shared with other jobs (2 cores)")
-    print("| tokens | documents | prepare s | prepare tokens/s (per CPU-s) | prepare peak RSS MB | store MB | "
-          "bytes/token | launch to first step s, min / median (load) | data ready s | rank peak RSS MB | rank USS MB |")
+    print(
+        f"synthesized corpora (random runs of real paragraphs, ~{TOKENS_PER_DOCUMENT} tokens per document), rows "
+        f"of {SEQ}, bundled tokenizer; MB = 10^6 bytes; machine shared with other jobs (2 cores)"
+    )
+    print(
+        "| tokens | documents | prepare s | prepare tokens/s (per CPU-s) | prepare peak RSS MB | store MB | "
+        "bytes/token | launch to first step s, min / median (load) | data ready s | rank peak RSS MB | rank USS MB |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         wall, cpu = r["prep_rate"]
         firsts = sorted(x["first"] for x in r["ranks"])
         loads = " ".join(f"{x['load']:.1f}" for x in r["ranks"])
-        print(f"| {r['tokens'] / 1e6:.1f} M | {r['documents']:,} | {r['prep']['seconds']:.0f} | {wall:,.0f} "
-              f"({cpu:,.0f}) | {r['prep']['max_rss'] / MB:,.0f} | {r['store'] / MB:,.1f} | "
-              f"{r['store'] / r['tokens']:.2f} | {firsts[0]:.1f} / {firsts[len(firsts) // 2]:.1f} ({loads}) | "
-              f"{max(x['ready'] for x in r['ranks']):.1f} | {max(x['max_rss'] for x in r['ranks']) / MB:,.0f} | "
-              f"{max(x['uss'] for x in r['ranks']) / MB:,.0f} |")
+        print(
+            f"| {r['tokens'] / 1e6:.1f} M | {r['documents']:,} | {r['prep']['seconds']:.0f} | {wall:,.0f} "
+            f"({cpu:,.0f}) | {r['prep']['max_rss'] / MB:,.0f} | {r['store'] / MB:,.1f} | "
+            f"{r['store'] / r['tokens']:.2f} | {firsts[0]:.1f} / {firsts[len(firsts) // 2]:.1f} ({loads}) | "
+            f"{max(x['ready'] for x in r['ranks']):.1f} | {max(x['max_rss'] for x in r['ranks']) / MB:,.0f} | "
+            f"{max(x['uss'] for x in r['ranks']) / MB:,.0f} |"
+        )
 
     print("\npreparation vs the tokenizer alone on the same 25,000 documents, alternated in one process (tokens/s):")
     print("| run | tokenizer alone | preparation | ratio | tokenizer alone per CPU-s | preparation per CPU-s | ratio |")
@@ -251,22 +315,30 @@ def report(results: list[dict], speed: dict, ranks: dict | None, processes: int)
     for i, ((aw, ac), (pw, pc)) in enumerate(rows, 1):
         print(f"| {i} | {aw:,.0f} | {pw:,.0f} | {pw / aw:.2f} | {ac:,.0f} | {pc:,.0f} | {pc / ac:.2f} |")
     med = [float(np.median([r[k][j] for r in rows])) for k in (0, 1) for j in (0, 1)]
-    print(f"| median | {med[0]:,.0f} | {med[2]:,.0f} | {med[2] / med[0]:.2f} | {med[1]:,.0f} | {med[3]:,.0f} | "
-          f"{med[3] / med[1]:.2f} |")
+    print(
+        f"| median | {med[0]:,.0f} | {med[2]:,.0f} | {med[2] / med[0]:.2f} | {med[1]:,.0f} | {med[3]:,.0f} | "
+        f"{med[3] / med[1]:.2f} |"
+    )
     if ranks is None:
         return
     last = results[-1]
     one = max(x["max_rss"] for x in last["ranks"])
     bound = one * processes + last["store"]
-    print(f"\n{processes} CPU processes (gloo) training from the {last['tokens'] / 1e6:.0f} M-token store "
-          f"({last['store'] / MB:,.0f} MB), peaks of the sums over the workers, MB:")
-    print(f"| workers | sum RSS | sum PSS | sum USS | USS per worker | one process: RSS / USS | one process RSS x "
-          f"{processes} + store | sum RSS <= that |")
+    print(
+        f"\n{processes} CPU processes (gloo) training from the {last['tokens'] / 1e6:.0f} M-token store "
+        f"({last['store'] / MB:,.0f} MB), peaks of the sums over the workers, MB:"
+    )
+    print(
+        f"| workers | sum RSS | sum PSS | sum USS | USS per worker | one process: RSS / USS | one process RSS x "
+        f"{processes} + store | sum RSS <= that |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
-    print(f"| {ranks['processes']} | {ranks['rss'] / MB:,.0f} | {ranks['pss'] / MB:,.0f} | {ranks['uss'] / MB:,.0f} | "
-          f"{ranks['uss'] / max(ranks['processes'], 1) / MB:,.0f} | {one / MB:,.0f} / "
-          f"{max(x['uss'] for x in last['ranks']) / MB:,.0f} | {bound / MB:,.0f} | "
-          f"{'yes' if ranks['rss'] <= bound else 'no'} |")
+    print(
+        f"| {ranks['processes']} | {ranks['rss'] / MB:,.0f} | {ranks['pss'] / MB:,.0f} | {ranks['uss'] / MB:,.0f} | "
+        f"{ranks['uss'] / max(ranks['processes'], 1) / MB:,.0f} | {one / MB:,.0f} / "
+        f"{max(x['uss'] for x in last['ranks']) / MB:,.0f} | {bound / MB:,.0f} | "
+        f"{'yes' if ranks['rss'] <= bound else 'no'} |"
+    )
 
 
 if __name__ == "__main__":

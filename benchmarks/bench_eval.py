@@ -34,11 +34,23 @@ from moai_llm.evaluation.perplexity import (
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "tiny (hidden 256, 4 layers, vocab 8,192)": {
-        "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 8192},
+        "hidden_size": 256,
+        "intermediate_size": 768,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "vocab_size": 8192,
+    },
     "wide vocab (hidden 512, 4 layers, vocab 32,768)": {
-        "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 4, "num_attention_heads": 8,
-        "num_key_value_heads": 4, "head_dim": 64, "vocab_size": 32768},
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 64,
+        "vocab_size": 32768,
+    },
 }
 
 
@@ -95,11 +107,15 @@ def main() -> None:
     tokens = sum(n for _, n in batches)
     slots = sum(b["input_ids"].numel() for b, _ in batches)
     rows = sum(b["input_ids"].shape[0] for b, _ in batches)
-    print(f"{len(docs):,} documents, {tokens:,} tokens in {rows} rows of "
-          f"{args.max_length} (packing {tokens / slots:.1%}), batch {args.batch_size}, {args.reps} interleaved "
-          f"reps, {args.threads} threads, medians; CPU shared with other jobs")
-    print("| model | forward only tokens/s | evaluate.py scoring tokens/s | full logits + CE tokens/s "
-          "| ratio scoring / forward |")
+    print(
+        f"{len(docs):,} documents, {tokens:,} tokens in {rows} rows of "
+        f"{args.max_length} (packing {tokens / slots:.1%}), batch {args.batch_size}, {args.reps} interleaved "
+        f"reps, {args.threads} threads, medians; CPU shared with other jobs"
+    )
+    print(
+        "| model | forward only tokens/s | evaluate.py scoring tokens/s | full logits + CE tokens/s "
+        "| ratio scoring / forward |"
+    )
     print("| --- | ---: | ---: | ---: | ---: |")
     for label, sizes in CONFIGS.items():
         torch.manual_seed(0)
@@ -107,7 +123,7 @@ def main() -> None:
         paths = {"forward": forward_only, "scoring": fused_scoring, "full": full_logits_loss}
         speed = {name: [] for name in paths}
         order = list(paths.items())
-        for name, run in order:  # warm-up
+        for _name, run in order:  # warm-up
             run(model, batches[:2])
         for rep in range(args.reps):
             for name, run in order[rep % 3 :] + order[: rep % 3]:  # rotate who goes first

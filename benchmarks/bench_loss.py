@@ -56,22 +56,37 @@ def main() -> None:
         method, tokens = args.case.split(":")
         print(json.dumps(run_case(method, int(tokens), args.vocab, args.hidden, device)))
         return
-    print(f"vocab {args.vocab:,}, hidden {args.hidden:,}, device {device} ({torch.get_num_threads()} threads); "
-          "peak memory above inputs, forward+backward")
+    print(
+        f"vocab {args.vocab:,}, hidden {args.hidden:,}, device {device} ({torch.get_num_threads()} threads); "
+        "peak memory above inputs, forward+backward"
+    )
     print("| tokens | loss | default peak MB | fused peak MB | memory ratio | default s | fused s | time ratio |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for tokens in args.tokens:
         result = {}
         for method in ("default", "fused"):
             out = subprocess.run(
-                [sys.executable, __file__, "--case", f"{method}:{tokens}", "--vocab", str(args.vocab),
-                 "--hidden", str(args.hidden)], capture_output=True, text=True, check=True,
+                [
+                    sys.executable,
+                    __file__,
+                    "--case",
+                    f"{method}:{tokens}",
+                    "--vocab",
+                    str(args.vocab),
+                    "--hidden",
+                    str(args.hidden),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
             )
             result[method] = json.loads(out.stdout.strip().splitlines()[-1])
         d, f = result["default"], result["fused"]
-        print(f"| {tokens:,} | {d['loss']:.4f} / {f['loss']:.4f} | {d['peak_mb']:,.0f} | {f['peak_mb']:,.0f} | "
-              f"{f['peak_mb'] / d['peak_mb']:.3f} | {d['seconds']:.2f} | {f['seconds']:.2f} | "
-              f"{f['seconds'] / d['seconds']:.2f} |")
+        print(
+            f"| {tokens:,} | {d['loss']:.4f} / {f['loss']:.4f} | {d['peak_mb']:,.0f} | {f['peak_mb']:,.0f} | "
+            f"{f['peak_mb'] / d['peak_mb']:.3f} | {d['seconds']:.2f} | {f['seconds']:.2f} | "
+            f"{f['seconds'] / d['seconds']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

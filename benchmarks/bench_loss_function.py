@@ -33,8 +33,12 @@ def run_case(method: str, tokens: int, vocab: int, chunk_size: int, device: str)
     loss.backward()
     if device == "cuda":
         torch.cuda.synchronize()
-    return {"loss": loss.item(), "seconds": time.perf_counter() - start, "forward_mb": forward_peak / 2**20,
-            "peak_mb": (_peak(device) - base) / 2**20}
+    return {
+        "loss": loss.item(),
+        "seconds": time.perf_counter() - start,
+        "forward_mb": forward_peak / 2**20,
+        "peak_mb": (_peak(device) - base) / 2**20,
+    }
 
 
 def main() -> None:
@@ -50,23 +54,40 @@ def main() -> None:
         print(json.dumps(run_case(method, int(tokens), args.vocab, args.chunk_size, device)))
         return
     block_mb = args.chunk_size * args.vocab * 4 / 2**20
-    print(f"vocab {args.vocab:,}, chunk {args.chunk_size:,} (one fp32 block = {block_mb:,.0f} MB), device {device} "
-          f"({torch.get_num_threads()} threads), 1/8 of the tokens ignored; peak memory above the fp32 logits")
-    print("| tokens | logits MB | loss (F / callable) | F.cross_entropy forward MB | callable forward MB | "
-          "F.cross_entropy fwd+bwd MB | callable fwd+bwd MB | F.cross_entropy s | callable s |")
+    print(
+        f"vocab {args.vocab:,}, chunk {args.chunk_size:,} (one fp32 block = {block_mb:,.0f} MB), device {device} "
+        f"({torch.get_num_threads()} threads), 1/8 of the tokens ignored; peak memory above the fp32 logits"
+    )
+    print(
+        "| tokens | logits MB | loss (F / callable) | F.cross_entropy forward MB | callable forward MB | "
+        "F.cross_entropy fwd+bwd MB | callable fwd+bwd MB | F.cross_entropy s | callable s |"
+    )
     print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for tokens in args.tokens:
         result = {}
         for method in ("torch", "callable"):
             out = subprocess.run(
-                [sys.executable, __file__, "--case", f"{method}:{tokens}", "--vocab", str(args.vocab),
-                 "--chunk_size", str(args.chunk_size)], capture_output=True, text=True, check=True,
+                [
+                    sys.executable,
+                    __file__,
+                    "--case",
+                    f"{method}:{tokens}",
+                    "--vocab",
+                    str(args.vocab),
+                    "--chunk_size",
+                    str(args.chunk_size),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
             )
             result[method] = json.loads(out.stdout.strip().splitlines()[-1])
         t, c = result["torch"], result["callable"]
-        print(f"| {tokens:,} | {tokens * args.vocab * 4 / 2**20:,.0f} | {t['loss']:.5f} / {c['loss']:.5f} | "
-              f"{t['forward_mb']:,.0f} | {c['forward_mb']:,.0f} | {t['peak_mb']:,.0f} | {c['peak_mb']:,.0f} | "
-              f"{t['seconds']:.2f} | {c['seconds']:.2f} |")
+        print(
+            f"| {tokens:,} | {tokens * args.vocab * 4 / 2**20:,.0f} | {t['loss']:.5f} / {c['loss']:.5f} | "
+            f"{t['forward_mb']:,.0f} | {c['forward_mb']:,.0f} | {t['peak_mb']:,.0f} | {c['peak_mb']:,.0f} | "
+            f"{t['seconds']:.2f} | {c['seconds']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = MoaiConfig(
-        vocab_size=8192, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=64, max_position_embeddings=2048, tie_word_embeddings=True,
+        vocab_size=8192,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
     )
     moai = MoaiForCausalLM(config)
     qwen3 = Qwen3ForCausalLM(qwen3_config_from(config))
@@ -58,7 +65,7 @@ def main() -> None:
 
     train = {name: [] for name in models}
     gen = {name: [] for name in models}
-    for name, model in models.items():  # warm-up
+    for model in models.values():  # warm-up
         model.train()
         train_step_seconds(model, ids)
         model.eval()
@@ -72,11 +79,13 @@ def main() -> None:
 
     rows = [(name, statistics.median(train[name]), statistics.median(gen[name])) for name in models]
     ratio = lambda a, b, col: rows[a][col] / rows[b][col]  # noqa: E731
-    print(f"config: hidden {config.hidden_size}, layers {config.num_hidden_layers}, vocab {config.vocab_size}, "
-          f"batch {args.batch} x seq {args.seq}, greedy {args.new_tokens} tokens, {args.reps} interleaved reps, "
-          f"{args.threads} threads")
-    print(f"| model | fwd+bwd tokens/s | greedy generate tokens/s |")
-    print(f"| --- | ---: | ---: |")
+    print(
+        f"config: hidden {config.hidden_size}, layers {config.num_hidden_layers}, vocab {config.vocab_size}, "
+        f"batch {args.batch} x seq {args.seq}, greedy {args.new_tokens} tokens, {args.reps} interleaved reps, "
+        f"{args.threads} threads"
+    )
+    print("| model | fwd+bwd tokens/s | greedy generate tokens/s |")
+    print("| --- | ---: | ---: |")
     for name, tr, ge in rows:
         print(f"| {name} | {tr:,.0f} | {ge:,.1f} |")
     print(f"| ratio Moai / Qwen3 | {ratio(0, 1, 1):.3f} | {ratio(0, 1, 2):.3f} |")

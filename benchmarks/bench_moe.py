@@ -13,9 +13,9 @@ import argparse
 import statistics
 
 import torch
+from bench_model import generate_seconds, train_step_seconds  # same timing as the dense benchmark
 from transformers import Qwen3MoeForCausalLM
 
-from bench_model import generate_seconds, train_step_seconds  # same timing as the dense benchmark
 from moai_llm import MoaiConfig, MoaiForCausalLM
 from moai_llm.moe import parameter_counts, qwen3_moe_config_from
 
@@ -25,9 +25,18 @@ IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm")
 def build(args):
     torch.manual_seed(0)
     config = MoaiConfig(
-        vocab_size=8192, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=64, max_position_embeddings=2048, tie_word_embeddings=True,
-        num_experts=args.experts, num_experts_per_tok=args.top_k, moe_intermediate_size=256,
+        vocab_size=8192,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        num_experts=args.experts,
+        num_experts_per_tok=args.top_k,
+        moe_intermediate_size=256,
     )
     moai = MoaiForCausalLM(config)
     models = {"MoaiForCausalLM": moai}
@@ -72,8 +81,10 @@ def time_generation(models, prompt, new_tokens, reps) -> dict:
 
 def print_training_table(train, names, implementations, title) -> None:
     print(f"\n{title}\n")
-    print("| experts implementation | MoaiForCausalLM | Qwen3MoeForCausalLM | Qwen3-MoE A/A control "
-          "| ratio Moai / Qwen3-MoE | ratio A/A (noise floor) |")
+    print(
+        "| experts implementation | MoaiForCausalLM | Qwen3MoeForCausalLM | Qwen3-MoE A/A control "
+        "| ratio Moai / Qwen3-MoE | ratio A/A (noise floor) |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for impl in implementations:
         moai, qwen, control = (train[(name, impl)] for name in names)
@@ -103,13 +114,16 @@ def main() -> None:
     gen = time_generation(models, ids[:1, :16], args.new_tokens, args.reps)
 
     total, active = parameter_counts(models["MoaiForCausalLM"])
-    print(f"config: hidden {config.hidden_size}, layers {config.num_hidden_layers}, {config.num_experts} experts "
-          f"top-{config.num_experts_per_tok} (moe_intermediate {config.moe_intermediate_size}), vocab "
-          f"{config.vocab_size}, {total:,} parameters ({active:,} active per token); {args.reps} interleaved reps "
-          f"(medians), {args.threads} threads")
+    print(
+        f"config: hidden {config.hidden_size}, layers {config.num_hidden_layers}, {config.num_experts} experts "
+        f"top-{config.num_experts_per_tok} (moe_intermediate {config.moe_intermediate_size}), vocab "
+        f"{config.vocab_size}, {total:,} parameters ({active:,} active per token); {args.reps} interleaved reps "
+        f"(medians), {args.threads} threads"
+    )
     names = list(models)
-    print_training_table(train, names, ("eager", "grouped_mm"), f"forward+backward tokens/s, batch {args.batch} x "
-                         f"{args.seq}")
+    print_training_table(
+        train, names, ("eager", "grouped_mm"), f"forward+backward tokens/s, batch {args.batch} x {args.seq}"
+    )
     print_training_table(small, names, IMPLEMENTATIONS, f"forward+backward tokens/s, batch 1 x {args.small_seq}")
     print(f"\ngreedy generation tokens/s (prompt 16, {args.new_tokens} new tokens)\n")
     print("| experts implementation | MoaiForCausalLM | Qwen3MoeForCausalLM | ratio Moai / Qwen3-MoE |")

@@ -49,8 +49,10 @@ def main() -> None:
     cap = args.max_seq_length
     rng = np.random.default_rng(0)
     lengths = np.clip(rng.lognormal(5.5, 1.1, args.n).astype(np.int64), 1, cap)  # web-like document lengths
-    print(f"{args.n:,} documents, lognormal lengths (median {int(np.median(lengths))}, mean {lengths.mean():.0f}), "
-          f"rows of {cap}")
+    print(
+        f"{args.n:,} documents, lognormal lengths (median {int(np.median(lengths))}, mean {lengths.mean():.0f}), "
+        f"rows of {cap}"
+    )
     print("| method | seconds | rows | efficiency | documents cut | attention balance (world 8) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     packer = HierarchicalBalancePacker(cap)
@@ -58,13 +60,17 @@ def main() -> None:
     packs = packer.pack(lengths)
     seconds = time.perf_counter() - start
     ordered = packer.order_for_ranks(packs, lengths, args.world_size)
-    print(f"| HierarchicalBalancePacker | {seconds:.2f} | {len(packs):,} | "
-          f"{packing_efficiency(packs, lengths, cap):.2%} | 0 | {attention_balance_ratio(ordered, lengths, 8):.3f} |")
+    print(
+        f"| HierarchicalBalancePacker | {seconds:.2f} | {len(packs):,} | "
+        f"{packing_efficiency(packs, lengths, cap):.2%} | 0 | {attention_balance_ratio(ordered, lengths, 8):.3f} |"
+    )
     start = time.perf_counter()
     ff = first_fit(lengths, cap)
     seconds = time.perf_counter() - start
-    print(f"| first-fit (input order, look-back 64) | {seconds:.2f} | {len(ff):,} | "
-          f"{packing_efficiency(ff, lengths, cap):.2%} | 0 | {attention_balance_ratio(ff, lengths, 8):.3f} |")
+    print(
+        f"| first-fit (input order, look-back 64) | {seconds:.2f} | {len(ff):,} | "
+        f"{packing_efficiency(ff, lengths, cap):.2%} | 0 | {attention_balance_ratio(ff, lengths, 8):.3f} |"
+    )
     start = time.perf_counter()
     rows, cut = concat_and_chop(lengths, cap)
     seconds = time.perf_counter() - start
@@ -72,8 +78,10 @@ def main() -> None:
     batch = 8
     padded = [lengths[i : i + batch] for i in range(0, len(lengths), batch)]
     useful = sum(int(b.sum()) for b in padded) / sum(len(b) * int(b.max()) for b in padded)
-    print(f"\nuseful (non-pad) tokens per row slot: packed {packing_efficiency(packs, lengths, cap):.2%} vs "
-          f"pad-to-longest batches of {batch} (input order) {useful:.2%}")
+    print(
+        f"\nuseful (non-pad) tokens per row slot: packed {packing_efficiency(packs, lengths, cap):.2%} vs "
+        f"pad-to-longest batches of {batch} (input order) {useful:.2%}"
+    )
 
 
 if __name__ == "__main__":

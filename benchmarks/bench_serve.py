@@ -39,8 +39,14 @@ from moai_llm.tokenizer import load_tokenizer
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "tiny": json.loads((REPO / "configs" / "model_config_tiny.json").read_text()),
-    "50m": {**json.loads((REPO / "configs" / "model_config_tiny.json").read_text()), "hidden_size": 512,
-            "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 8, "num_key_value_heads": 4},
+    "50m": {
+        **json.loads((REPO / "configs" / "model_config_tiny.json").read_text()),
+        "hidden_size": 512,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+    },
 }
 
 
@@ -62,9 +68,23 @@ def free_port() -> int:
 def start_server(path: Path, max_batch_size: int, threads: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
-    process = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--model_path", f"m={path}", "--port",
-                                str(port), "--max_batch_size", str(max_batch_size), "--log_level", "warning"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "serve.py"),
+            "--model_path",
+            f"m={path}",
+            "--port",
+            str(port),
+            "--max_batch_size",
+            str(max_batch_size),
+            "--log_level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -78,9 +98,17 @@ def start_server(path: Path, max_batch_size: int, threads: int) -> tuple[subproc
 
 async def one_request(client: httpx.AsyncClient, url: str, prompt: str, tokens: int) -> tuple[float, int]:
     """(seconds to the first generated text, completion tokens) of one streamed chat completion."""
-    body = {"model": "m", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "stream": True,
-            "stream_options": {"include_usage": True}, "ignore_eos": True, "temperature": 0.7, "top_p": 0.9,
-            "top_k": 50}
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 50,
+    }
     start, first, generated = time.perf_counter(), None, 0
     async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
         response.raise_for_status()
@@ -97,8 +125,10 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: str, tokens: 
 
 async def load_level(url: str, clients: int, per_client: int, tokens: int) -> dict:
     async def client_loop(client, index):
-        return [await one_request(client, url, f"Client {index}, question {j}: tell me about Seoul.", tokens)
-                for j in range(per_client)]
+        return [
+            await one_request(client, url, f"Client {index}, question {j}: tell me about Seoul.", tokens)
+            for j in range(per_client)
+        ]
 
     limits = httpx.Limits(max_connections=clients + 4)
     async with httpx.AsyncClient(timeout=None, limits=limits) as client:
@@ -111,9 +141,15 @@ async def load_level(url: str, clients: int, per_client: int, tokens: int) -> di
     ttft = sorted(r[0] for r in results)
     generated = sum(r[1] for r in results)
     steps = after["decode_steps"] - stats["decode_steps"]
-    return {"requests": len(results), "tokens": generated, "seconds": seconds, "tps": generated / seconds,
-            "p50": statistics.median(ttft), "p95": ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))],
-            "mean_batch": (after["tokens_generated"] - stats["tokens_generated"]) / max(steps, 1)}
+    return {
+        "requests": len(results),
+        "tokens": generated,
+        "seconds": seconds,
+        "tps": generated / seconds,
+        "p50": statistics.median(ttft),
+        "p95": ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))],
+        "mean_batch": (after["tokens_generated"] - stats["tokens_generated"]) / max(steps, 1),
+    }
 
 
 def engine_rates(name: str, sequences: int, tokens: int) -> dict[str, float]:
@@ -123,8 +159,9 @@ def engine_rates(name: str, sequences: int, tokens: int) -> dict[str, float]:
     qwen3 = Qwen3ForCausalLM(qwen3_config_from(moai.config)).eval()
     qwen3.load_state_dict(moai.state_dict(), strict=True)
     tokenizer = load_tokenizer()
-    prompts = [tokenizer(f"Client {i}: tell me about Seoul.", add_special_tokens=False)["input_ids"]
-               for i in range(sequences)]
+    prompts = [
+        tokenizer(f"Client {i}: tell me about Seoul.", add_special_tokens=False)["input_ids"] for i in range(sequences)
+    ]
     rates = {}
 
     engine = BatchEngine(moai, tokenizer, max_batch_size=sequences)
@@ -146,9 +183,13 @@ def engine_rates(name: str, sequences: int, tokens: int) -> dict[str, float]:
     engine.close()
 
     config = GenerationConfig(max_new_tokens=tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)
-    for label, cb in [("transformers generate_batch, default paged cache", None),
-                      ("transformers generate_batch, 64 blocks x 64 tokens", ContinuousBatchingConfig(
-                          num_blocks=64, page_size=64, max_batch_tokens=256))]:
+    for label, cb in [
+        ("transformers generate_batch, default paged cache", None),
+        (
+            "transformers generate_batch, 64 blocks x 64 tokens",
+            ContinuousBatchingConfig(num_blocks=64, page_size=64, max_batch_tokens=256),
+        ),
+    ]:
         for _ in range(2):
             start = time.perf_counter()
             qwen3.generate_batch(prompts, generation_config=config, continuous_batching_config=cb)
@@ -158,8 +199,14 @@ def engine_rates(name: str, sequences: int, tokens: int) -> dict[str, float]:
     with torch.no_grad():
         for prompt in prompts:
             ids = torch.tensor([prompt])
-            moai.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, min_new_tokens=tokens,
-                          do_sample=False, pad_token_id=0)
+            moai.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
     rates["generate, one sequence at a time"] = sequences * tokens / (time.perf_counter() - start)
     return rates
 
@@ -186,8 +233,11 @@ def measure_config(name: str, path: Path, args) -> list[dict]:
                     per_client = max(args.requests_per_client, 8 // clients)
                     result = asyncio.run(load_level(url, clients, per_client, args.tokens))
                     runs.setdefault((batch, clients), []).append(result)
-                    print(f"{name} rep {rep} batch<={batch} clients={clients}: {result['tps']:.1f} tokens/s",
-                          flush=True, file=sys.stderr)
+                    print(
+                        f"{name} rep {rep} batch<={batch} clients={clients}: {result['tps']:.1f} tokens/s",
+                        flush=True,
+                        file=sys.stderr,
+                    )
     finally:
         for process, _ in servers.values():
             stop(process)
@@ -208,10 +258,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each server process")
     parser.add_argument("--skip_engines", action="store_true", help="leave out the engines-alone table")
     args = parser.parse_args()
-    print(f"\n{args.tokens}-token streamed answers, servers on {args.threads} CPU thread(s), median of {args.reps} "
-          "interleaved repetitions\n")
-    print("| model | server | clients | requests | aggregate tokens/s | x one client | p50 TTFT ms | p95 TTFT ms "
-          "| mean batch |")
+    print(
+        f"\n{args.tokens}-token streamed answers, servers on {args.threads} CPU thread(s), median of {args.reps} "
+        "interleaved repetitions\n"
+    )
+    print(
+        "| model | server | clients | requests | aggregate tokens/s | x one client | p50 TTFT ms | p95 TTFT ms "
+        "| mean batch |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs:
@@ -220,13 +274,18 @@ def main() -> None:
             for r in rows:
                 single = next(x for x in rows if x["batch"] == r["batch"] and x["clients"] == min(args.clients))
                 server = "batched (16)" if r["batch"] > 1 else "queued (1)"
-                print(f"| {name} ({parameters / 1e6:.1f}M) | {server} | {r['clients']} | {r['requests']} | "
-                      f"{r['tps']:,.1f} | {r['tps'] / single['tps']:.2f}x | {r['p50'] * 1000:,.0f} | "
-                      f"{r['p95'] * 1000:,.0f} | {r['mean_batch']:.1f} |", flush=True)
+                print(
+                    f"| {name} ({parameters / 1e6:.1f}M) | {server} | {r['clients']} | {r['requests']} | "
+                    f"{r['tps']:,.1f} | {r['tps'] / single['tps']:.2f}x | {r['p50'] * 1000:,.0f} | "
+                    f"{r['p95'] * 1000:,.0f} | {r['mean_batch']:.1f} |",
+                    flush=True,
+                )
     if args.skip_engines:
         return
     torch.set_num_threads(args.threads)
-    print(f"\nDecode engines alone, 8 sequences x {args.tokens} greedy tokens, {args.threads} CPU thread(s), tokens/s\n")
+    print(
+        f"\nDecode engines alone, 8 sequences x {args.tokens} greedy tokens, {args.threads} CPU thread(s), tokens/s\n"
+    )
     print("| engine | " + " | ".join(args.configs) + " |")
     print("| --- |" + " ---: |" * len(args.configs))
     table = {name: engine_rates(name, 8, args.tokens) for name in args.configs}

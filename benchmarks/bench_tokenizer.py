@@ -20,8 +20,7 @@ sys.path.insert(0, str(REPO))
 
 def corpus_files(corpora: Path) -> dict[str, list[Path]]:
     if corpora.is_dir():
-        return {"en": sorted((corpora / "en/shakespeare").glob("*.txt")),
-                "ko": sorted((corpora / "ko").rglob("*.txt"))}
+        return {"en": sorted((corpora / "en/shakespeare").glob("*.txt")), "ko": sorted((corpora / "ko").rglob("*.txt"))}
     return {"sample": [REPO / "moai_llm/assets/sample/pretrain.jsonl"]}
 
 
@@ -67,18 +66,34 @@ def main() -> None:
         return
     rows = []
     for mode in ("default", "fast", "turbo", "ultrafast"):
-        proc = subprocess.run([sys.executable, __file__, "--mode", mode, "--vocab_size", str(args.vocab_size),
-                               "--corpora", args.corpora, "--out", args.out], capture_output=True, text=True,
-                              check=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--mode",
+                mode,
+                "--vocab_size",
+                str(args.vocab_size),
+                "--corpora",
+                args.corpora,
+                "--out",
+                args.out,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append((mode, result, fertility(out / mode, corpora)))
     langs = list(rows[0][2])
-    print(f"input {rows[0][1]['input_mb']:.1f} MB, vocab {args.vocab_size:,}; fertility = tokens per character "
-          "on the first 5 files of each language (round trip exact: yes/no)")
-    print("| mode | seconds | MB/s | peak RSS MB | " + " | ".join(f"{l} tokens/char" for l in langs) + " |")
+    print(
+        f"input {rows[0][1]['input_mb']:.1f} MB, vocab {args.vocab_size:,}; fertility = tokens per character "
+        "on the first 5 files of each language (round trip exact: yes/no)"
+    )
+    print("| mode | seconds | MB/s | peak RSS MB | " + " | ".join(f"{lang} tokens/char" for lang in langs) + " |")
     print("| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in langs) + " |")
     for mode, r, fert in rows:
-        cells = " | ".join(f"{fert[l][0]:.3f} ({'yes' if fert[l][1] else 'NO'})" for l in langs)
+        cells = " | ".join(f"{fert[lang][0]:.3f} ({'yes' if fert[lang][1] else 'NO'})" for lang in langs)
         print(f"| {mode} | {r['seconds']:.1f} | {r['mb_per_s']:.2f} | {r['peak_mb']:.0f} | {cells} |")
 
 

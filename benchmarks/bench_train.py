@@ -61,13 +61,18 @@ def counting(trainer_class):
 def run_variant(variant: str, args) -> dict:
     import datasets
     import torch
-    from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Qwen3ForCausalLM, Trainer
-    from transformers import TrainingArguments
+    from transformers import (
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        Qwen3ForCausalLM,
+        Trainer,
+        TrainingArguments,
+    )
 
     from moai_llm import MoaiConfig, MoaiForCausalLM
     from moai_llm.data import PackedCollator, split_long_documents
-    from moai_llm.data.pipeline import rows_from_documents
     from moai_llm.data.errors import DataStats
+    from moai_llm.data.pipeline import rows_from_documents
     from moai_llm.export import qwen3_config_from
     from moai_llm.training.arguments import MoaiTrainingArguments
     from moai_llm.training.run import DEFAULT_TOKENIZER
@@ -75,32 +80,64 @@ def run_variant(variant: str, args) -> dict:
 
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
-    ids = [d + [tokenizer.eos_token_id] for d in tokenizer(documents(args.chars), add_special_tokens=False)["input_ids"]]
+    ids = [
+        d + [tokenizer.eos_token_id] for d in tokenizer(documents(args.chars), add_special_tokens=False)["input_ids"]
+    ]
     pieces = split_long_documents(ids, args.max_seq_length)
     config = MoaiConfig.from_json_file(str(REPO / "configs" / "model_config_tiny.json"))
     torch.manual_seed(0)
-    common = dict(output_dir=f"/tmp/bench_train_{variant}", per_device_train_batch_size=args.batch_size,
-                  max_steps=args.steps, learning_rate=1e-3, lr_scheduler_type="constant", warmup_steps=0,
-                  logging_steps=args.steps, save_strategy="no", eval_strategy="no", report_to="none", use_cpu=True,
-                  disable_tqdm=True, dataloader_num_workers=0, seed=0, dataloader_pin_memory=False)
+    common = dict(
+        output_dir=f"/tmp/bench_train_{variant}",
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        logging_steps=args.steps,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+        dataloader_pin_memory=False,
+    )
     if variant == "moai":
-        train = rows_from_documents(pieces, max_seq_length=args.max_seq_length, packing=True, rows_per_step=1, seed=0,
-                                    stats=DataStats())
+        train = rows_from_documents(
+            pieces, max_seq_length=args.max_seq_length, packing=True, rows_per_step=1, seed=0, stats=DataStats()
+        )
         collator = PackedCollator(tokenizer.pad_token_id)
-        trainer = counting(MoaiTrainer)(model=MoaiForCausalLM(config), args=MoaiTrainingArguments(**common),
-                              train_dataset=train, data_collator=collator, processing_class=tokenizer)
+        trainer = counting(MoaiTrainer)(
+            model=MoaiForCausalLM(config),
+            args=MoaiTrainingArguments(**common),
+            train_dataset=train,
+            data_collator=collator,
+            processing_class=tokenizer,
+        )
     else:
         train = datasets.Dataset.from_dict({"input_ids": pieces})
         collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
         model = Qwen3ForCausalLM(qwen3_config_from(config))
-        trainer = counting(Trainer)(model=model, args=TrainingArguments(**common), train_dataset=train, data_collator=collator,
-                          processing_class=tokenizer)
+        trainer = counting(Trainer)(
+            model=model,
+            args=TrainingArguments(**common),
+            train_dataset=train,
+            data_collator=collator,
+            processing_class=tokenizer,
+        )
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    return {"variant": variant, "seconds": seconds, "useful_tokens": trainer.useful,
-            "useful_tokens_per_s": trainer.useful / seconds, "useful_tokens_per_cpu_s": trainer.useful / cpu_seconds, "rows": len(train),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "variant": variant,
+        "seconds": seconds,
+        "useful_tokens": trainer.useful,
+        "useful_tokens_per_s": trainer.useful / seconds,
+        "useful_tokens_per_cpu_s": trainer.useful / cpu_seconds,
+        "rows": len(train),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main():
@@ -122,25 +159,45 @@ def main():
             command = [sys.executable, __file__, "--variant", variant] + [
                 f"--{k}={v}" for k, v in vars(args).items() if k not in ("variant", "repeats")
             ]
-            out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO,
-                                 env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+            out = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=REPO,
+                env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
+            )
             results[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    med = {v: {k: statistics.median(r[k] for r in rs) for k in ("useful_tokens_per_s", "peak_rss_mb", "seconds",
-                                                                   "useful_tokens", "useful_tokens_per_cpu_s")} for v, rs in results.items()}
-    print(f"tiny config (hidden 256, 4 layers, vocab 8192), batch {args.batch_size} x {args.max_seq_length}, "
-          f"{args.steps} steps, {args.threads} threads, median of {args.repeats}")
+    med = {
+        v: {
+            k: statistics.median(r[k] for r in rs)
+            for k in ("useful_tokens_per_s", "peak_rss_mb", "seconds", "useful_tokens", "useful_tokens_per_cpu_s")
+        }
+        for v, rs in results.items()
+    }
+    print(
+        f"tiny config (hidden 256, 4 layers, vocab 8192), batch {args.batch_size} x {args.max_seq_length}, "
+        f"{args.steps} steps, {args.threads} threads, median of {args.repeats}"
+    )
     print("| trainer | useful tokens/s | useful tokens / CPU-s | useful tokens | seconds | peak RSS (MB) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    names = {"moai": "MoaiTrainer + MoaiForCausalLM (packing, fused loss)",
-             "stock": "Trainer + Qwen3ForCausalLM + DataCollatorForLanguageModeling (pad to longest)"}
+    names = {
+        "moai": "MoaiTrainer + MoaiForCausalLM (packing, fused loss)",
+        "stock": "Trainer + Qwen3ForCausalLM + DataCollatorForLanguageModeling (pad to longest)",
+    }
     for variant, m in med.items():
-        print(f"| {names[variant]} | {m['useful_tokens_per_s']:,.0f} | {m['useful_tokens_per_cpu_s']:,.0f} | "
-              f"{m['useful_tokens']:,.0f} | "
-              f"{m['seconds']:.1f} | {m['peak_rss_mb']:,.0f} |")
-    ratio = {k: med["moai"][k] / med["stock"][k] for k in ("useful_tokens_per_s", "useful_tokens_per_cpu_s",
-                                                            "peak_rss_mb")}
-    print(f"| ratio Moai/stock | {ratio['useful_tokens_per_s']:.2f}x | {ratio['useful_tokens_per_cpu_s']:.2f}x | | | "
-          f"{ratio['peak_rss_mb']:.2f}x |")
+        print(
+            f"| {names[variant]} | {m['useful_tokens_per_s']:,.0f} | {m['useful_tokens_per_cpu_s']:,.0f} | "
+            f"{m['useful_tokens']:,.0f} | "
+            f"{m['seconds']:.1f} | {m['peak_rss_mb']:,.0f} |"
+        )
+    ratio = {
+        k: med["moai"][k] / med["stock"][k] for k in ("useful_tokens_per_s", "useful_tokens_per_cpu_s", "peak_rss_mb")
+    }
+    print(
+        f"| ratio Moai/stock | {ratio['useful_tokens_per_s']:.2f}x | {ratio['useful_tokens_per_cpu_s']:.2f}x | | | "
+        f"{ratio['peak_rss_mb']:.2f}x |"
+    )
     for variant, runs in results.items():
         print(f"{variant} runs, useful tokens/s: " + ", ".join(f"{r['useful_tokens_per_s']:,.0f}" for r in runs))
 

@@ -154,7 +154,8 @@ class MoaiConfig(Qwen3Config):
             )
         if self.moe_intermediate_size is None or self.moe_intermediate_size <= 0:
             raise ValueError(
-                f"moe_intermediate_size must be a positive integer when num_experts > 0, got {self.moe_intermediate_size}"
+                "moe_intermediate_size must be a positive integer when num_experts > 0, "
+                f"got {self.moe_intermediate_size}"
             )
         if self.decoder_sparse_step is None or self.decoder_sparse_step < 1:
             raise ValueError(f"decoder_sparse_step must be >= 1, got {self.decoder_sparse_step}")

@@ -22,7 +22,6 @@ from torch.autograd.function import once_differentiable
 from .batching import IGNORE_INDEX
 
 
-
 @dataclass(frozen=True)
 class Objective:
     """Weights of the mixed objective: ce_weight*CE + focal_weight*focal + smooth_weight*smoothed CE (+ z-loss)."""
@@ -102,8 +101,9 @@ def objective_from_spec(spec: "dict | Objective | None" = None) -> Objective:
     if isinstance(spec, Objective):
         return spec
     if spec is not None and not isinstance(spec, dict):
-        raise ValueError(f"loss config: expected a mapping {{'type': ..., 'params': {{...}}}}, "
-                         f"got {type(spec).__name__}")
+        raise ValueError(
+            f"loss config: expected a mapping {{'type': ..., 'params': {{...}}}}, got {type(spec).__name__}"
+        )
     try:
         key = json.dumps(spec, sort_keys=True)
     except (TypeError, ValueError):
@@ -163,8 +163,14 @@ class LossFunction:
             raise ValueError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-        return chunked_cross_entropy_loss(logits, labels, self.chunk_size, self.ignore_index,
-                                          num_items_in_batch=num_items_in_batch, objective=self.objective)
+        return chunked_cross_entropy_loss(
+            logits,
+            labels,
+            self.chunk_size,
+            self.ignore_index,
+            num_items_in_batch=num_items_in_batch,
+            objective=self.objective,
+        )
 
 
 def create_loss_function(spec: dict | None = None, chunk_size: int = 2048, ignore_index: int = IGNORE_INDEX):
@@ -291,7 +297,12 @@ def _valid(labels: torch.Tensor, ignore_index: int):
 
 
 def chunked_cross_entropy_loss(
-    logits, labels, chunk_size=2048, ignore_index=IGNORE_INDEX, reduction="mean", num_items_in_batch=None,
+    logits,
+    labels,
+    chunk_size=2048,
+    ignore_index=IGNORE_INDEX,
+    reduction="mean",
+    num_items_in_batch=None,
     objective: Objective | None = None,
 ):
     """Loss of `logits` [..., vocab] against `labels` [...] already aligned with them (no shift here).
@@ -308,8 +319,10 @@ def chunked_cross_entropy_loss(
     if logits.dim() == 1:
         logits = logits[None]  # one token
     if labels.numel() != logits.numel() // max(logits.shape[-1], 1):
-        raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)} (one label per "
-                         "row of logits, already shifted for next-token prediction)")
+        raise ValueError(
+            f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)} (one label per "
+            "row of logits, already shifted for next-token prediction)"
+        )
     flat_labels = labels.to(logits.device).reshape(-1)
     rows = (flat_labels != ignore_index).nonzero().squeeze(1)  # [valid] flat positions of the valid tokens
     target = flat_labels[rows]  # [valid]
@@ -319,8 +332,10 @@ def chunked_cross_entropy_loss(
         pass  # a strided view such as logits[:, :-1]: rows are gathered per leading dim instead
     lowest, highest = (int(target.min()), int(target.max())) if target.numel() else (0, 0)
     if lowest < 0 or highest >= logits.shape[-1]:
-        raise ValueError(f"label {lowest if lowest < 0 else highest} is outside the vocabulary "
-                         f"[0, {logits.shape[-1]}) and is not ignore_index={ignore_index}")
+        raise ValueError(
+            f"label {lowest if lowest < 0 else highest} is outside the vocabulary "
+            f"[0, {logits.shape[-1]}) and is not ignore_index={ignore_index}"
+        )
     if reduction == "sum":
         denom = torch.ones((), device=logits.device)
     else:
@@ -329,7 +344,13 @@ def chunked_cross_entropy_loss(
 
 
 def fused_linear_cross_entropy(
-    hidden_states, weight, labels, bias=None, chunk_size=1024, ignore_index=IGNORE_INDEX, num_items_in_batch=None,
+    hidden_states,
+    weight,
+    labels,
+    bias=None,
+    chunk_size=1024,
+    ignore_index=IGNORE_INDEX,
+    num_items_in_batch=None,
     objective: Objective | None = None,
 ):
     """Loss of `hidden_states` [..., hidden] projected by `weight` [vocab, hidden] against aligned `labels` [...].
@@ -346,8 +367,17 @@ def fused_linear_cross_entropy(
 
 
 def causal_lm_loss(
-    hidden_states, lm_head_weight, labels, *, shift_labels=None, ignore_index=IGNORE_INDEX, num_items_in_batch=None,
-    chunk_size=1024, loss_config=None, z_loss_coef=None, lm_head_bias=None,
+    hidden_states,
+    lm_head_weight,
+    labels,
+    *,
+    shift_labels=None,
+    ignore_index=IGNORE_INDEX,
+    num_items_in_batch=None,
+    chunk_size=1024,
+    loss_config=None,
+    z_loss_coef=None,
+    lm_head_bias=None,
 ):
     """Next-token loss from the final hidden states [batch, seq, hidden] and unshifted labels [batch, seq].
 
@@ -361,8 +391,14 @@ def causal_lm_loss(
     if z_loss_coef is not None:
         objective = Objective(**{**objective.__dict__, "z_loss_coef": z_loss_coef})
     return fused_linear_cross_entropy(
-        hidden_states, lm_head_weight, shift_labels.to(hidden_states.device), bias=lm_head_bias,
-        chunk_size=chunk_size, ignore_index=ignore_index, num_items_in_batch=num_items_in_batch, objective=objective,
+        hidden_states,
+        lm_head_weight,
+        shift_labels.to(hidden_states.device),
+        bias=lm_head_bias,
+        chunk_size=chunk_size,
+        ignore_index=ignore_index,
+        num_items_in_batch=num_items_in_batch,
+        objective=objective,
     )
 
 

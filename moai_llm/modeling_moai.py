@@ -291,7 +291,8 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
         one from the hidden states (config.loss_chunk_size > 0) and `logits` is None unless `return_logits=True`.
 
         MoE models return `MoaiMoeCausalLMOutputWithPast`: with `output_router_logits` (the config's value when
-        unset) it carries router_logits, aux_loss, router_z_loss and expert_load, and `loss` includes the router losses."""
+        unset) it carries router_logits, aux_loss, router_z_loss and expert_load, and `loss` includes the router
+        losses."""
         if "past_key_values" in kwargs:
             cache = kwargs.pop("past_key_values")
         if self.config.num_experts:
@@ -303,14 +304,23 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
             shift_labels = kwargs.pop("shift_labels", None)
             num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         outputs = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-            inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # [batch, seq, hidden]
         if fused:
             loss = self.lm_head(
-                hidden_states, labels, shift_labels=shift_labels, num_items_in_batch=num_items_in_batch,
-                chunk_size=self.config.loss_chunk_size, loss_config=self.config.loss_config,
+                hidden_states,
+                labels,
+                shift_labels=shift_labels,
+                num_items_in_batch=num_items_in_batch,
+                chunk_size=self.config.loss_chunk_size,
+                loss_config=self.config.loss_config,
             )
             logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep)) if return_logits else None
         else:
@@ -321,7 +331,10 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
         if self.config.num_experts:
             return moe_causal_lm_output(self.config, loss, logits, outputs, input_ids, attention_mask)
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
 

@@ -42,15 +42,37 @@ def main(out: Path, corpus: str, stream_folder: str) -> None:
     collect = Collect()
     logging.getLogger("moai_llm.data").addHandler(collect)
     logging.getLogger("moai_llm.data").setLevel(logging.INFO)
-    common = ["--use_cpu", "true", "--ddp_backend", "gloo", "--batch_size", "2", "--max_seq_length", "64",
-              "--seed", "3", "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true",
-              "--packing_bins", "4", "--eval_fraction", "0", "--logging_steps", "1"]
+    common = [
+        "--use_cpu",
+        "true",
+        "--ddp_backend",
+        "gloo",
+        "--batch_size",
+        "2",
+        "--max_seq_length",
+        "64",
+        "--seed",
+        "3",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        "--packing_bins",
+        "4",
+        "--eval_fraction",
+        "0",
+        "--logging_steps",
+        "1",
+    ]
     model_args, data_args, args = parse_args([*common, "--output_dir", str(out / "packed"), "--train_file", corpus])
     tokenizer = load_tokenizer(model_args)
     train, _, collator = build_datasets(data_args, tokenizer, args)
     model = MoaiForCausalLM(tiny_config(vocab_size=8192))
-    trainer = MoaiTrainer(model=model, args=args, train_dataset=train, data_collator=collator,
-                          processing_class=tokenizer)
+    trainer = MoaiTrainer(
+        model=model, args=args, train_dataset=train, data_collator=collator, processing_class=tokenizer
+    )
     lookup = {tuple(train[i]["input_ids"].tolist()): i for i in range(len(train))}
     loader = trainer.get_train_dataloader()
     epochs = []
@@ -59,11 +81,23 @@ def main(out: Path, corpus: str, stream_folder: str) -> None:
         epochs.append([[lookup[tuple(ids)] for ids in row_ids(batch)] for batch in loader])
     lengths = [list(train[i]["seq_lengths"]) for i in range(len(train))]
 
-    model_args, data_args, args = parse_args([*common, "--output_dir", str(out / "stream"), "--train_file",
-                                              stream_folder, "--streaming", "true", "--max_steps", "2"])
+    model_args, data_args, args = parse_args(
+        [
+            *common,
+            "--output_dir",
+            str(out / "stream"),
+            "--train_file",
+            stream_folder,
+            "--streaming",
+            "true",
+            "--max_steps",
+            "2",
+        ]
+    )
     stream, _, flash_collator = build_datasets(data_args, tokenizer, args, flash=True)
-    trainer = MoaiTrainer(model=model, args=args, train_dataset=stream, data_collator=flash_collator,
-                          processing_class=tokenizer)
+    trainer = MoaiTrainer(
+        model=model, args=args, train_dataset=stream, data_collator=flash_collator, processing_class=tokenizer
+    )
     documents, widths, max_length_types = [], [], set()
     for batch in trainer.get_train_dataloader():  # this rank's whole shard, once
         widths.append(batch["input_ids"].shape[1])
@@ -72,17 +106,27 @@ def main(out: Path, corpus: str, stream_folder: str) -> None:
             text = tokenizer.decode(ids)
             documents.extend(doc for doc in text.split(tokenizer.eos_token) if doc)
     _, _, plain_collator = build_datasets(data_args, tokenizer, args)
-    trainer = MoaiTrainer(model=model, args=args, train_dataset=stream, data_collator=plain_collator,
-                          processing_class=tokenizer)
+    trainer = MoaiTrainer(
+        model=model, args=args, train_dataset=stream, data_collator=plain_collator, processing_class=tokenizer
+    )
     result = trainer.train()
 
-    (out / f"rank{rank}.json").write_text(json.dumps({
-        "prepared": [m for m in collect.messages if m.startswith("prepared ")],
-        "rows": len(train), "epochs": epochs, "lengths": lengths,
-        "stream_documents": documents, "widths": widths, "max_length_types": sorted(max_length_types),
-        "dispatch_batches": args.accelerator_config.dispatch_batches, "train_loss": result.training_loss,
-        "steps": result.global_step,
-    }))
+    (out / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "prepared": [m for m in collect.messages if m.startswith("prepared ")],
+                "rows": len(train),
+                "epochs": epochs,
+                "lengths": lengths,
+                "stream_documents": documents,
+                "widths": widths,
+                "max_length_types": sorted(max_length_types),
+                "dispatch_batches": args.accelerator_config.dispatch_batches,
+                "train_loss": result.training_loss,
+                "steps": result.global_step,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

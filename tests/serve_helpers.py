@@ -90,7 +90,7 @@ class ScriptedEngine:
                 self.cancelled += 1
                 request.deliver(Finished("cancelled", len(request.prompt_ids), sent))
                 return
-            request.deliver(TextDelta(text[start:start + self.piece]))
+            request.deliver(TextDelta(text[start : start + self.piece]))
             time.sleep(self.delay)
         request.deliver(Finished("stop", len(request.prompt_ids), len(text)))
 
@@ -99,6 +99,6 @@ class ScriptedEngine:
 
 
 def scripted_model(name: str, script, **engine_args) -> ServedModel:
-    return ServedModel(name, load_tokenizer(), ScriptedEngine(script, **engine_args), context_length=4096,
-                       max_tokens_limit=4096)
-
+    return ServedModel(
+        name, load_tokenizer(), ScriptedEngine(script, **engine_args), context_length=4096, max_tokens_limit=4096
+    )

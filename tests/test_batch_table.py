@@ -14,17 +14,24 @@ LARGE = {24: 1, 40: 2, 48: 2, 80: 4, 141: 8}
 
 def test_table_holds_the_planned_numbers():
     def row(config, seq_len, effective_batch, micro_batch):
-        return {"model_config": f"configs/{config}", "seq_len": seq_len, "effective_batch": effective_batch,
-                "micro_batch": micro_batch}
+        return {
+            "model_config": f"configs/{config}",
+            "seq_len": seq_len,
+            "effective_batch": effective_batch,
+            "micro_batch": micro_batch,
+        }
 
-    assert load_table(str(TABLE)) == {"cpu_micro_batch": 4, "models": {
-        "tiny": row("model_config_tiny.json", 256, 128, {0: 8}),
-        "moe_tiny": row("model_config_moe_tiny.json", 256, 128, {0: 8}),
-        "2b": row("model_config_2b.json", 4096, 512, LARGE),
-        "3b": row("model_config.json", 4096, 512, {24: 1, 40: 1, 48: 2, 80: 4, 141: 8}),
-        "16b": row("model_config_16b.json", 4096, 1024, {40: 1, 80: 2, 141: 4}),
-        "moe_a2b": row("model_config_moe_a2b.json", 4096, 512, LARGE),
-    }}
+    assert load_table(str(TABLE)) == {
+        "cpu_micro_batch": 4,
+        "models": {
+            "tiny": row("model_config_tiny.json", 256, 128, {0: 8}),
+            "moe_tiny": row("model_config_moe_tiny.json", 256, 128, {0: 8}),
+            "2b": row("model_config_2b.json", 4096, 512, LARGE),
+            "3b": row("model_config.json", 4096, 512, {24: 1, 40: 1, 48: 2, 80: 4, 141: 8}),
+            "16b": row("model_config_16b.json", 4096, 1024, {40: 1, 80: 2, 141: 4}),
+            "moe_a2b": row("model_config_moe_a2b.json", 4096, 512, LARGE),
+        },
+    }
     for size in ("tiny", "moe_tiny", "2b", "3b", "16b", "moe_a2b"):
         assert (REPO / load_table(str(TABLE))["models"][size]["model_config"]).is_file()
 
@@ -34,8 +41,11 @@ def test_plan_takes_the_largest_row_not_above_the_memory():
     assert plan(table, "3b", 47) == Plan("configs/model_config.json", 4096, 512, 1)
     assert [plan(table, "3b", gb).micro_batch for gb in (24, 48, 79, 80, 1000)] == [1, 2, 2, 4, 8]
     assert plan(table, "16b", None).micro_batch == 4  # CPU processes
-    with pytest.raises(BatchTableError, match=r"^MODEL_SIZE=16b has no batch-table row for GPU_MEMORY=39 GB "
-                                              r"\(rows: 40:1 80:2 141:4\)$"):
+    with pytest.raises(
+        BatchTableError,
+        match=r"^MODEL_SIZE=16b has no batch-table row for GPU_MEMORY=39 GB "
+        r"\(rows: 40:1 80:2 141:4\)$",
+    ):
         plan(table, "16b", 39)
     with pytest.raises(BatchTableError, match=r"MODEL_SIZE=70b has no batch-table row \(known: tiny moe_tiny 2b"):
         plan(table, "70b", 80)
@@ -53,7 +63,10 @@ def one_row(**changes) -> str:
         ("models: [\n  tiny", "not valid YAML at line 2"),
         ("- 1\n- 2\n", "needs exactly the top-level keys cpu_micro_batch and models"),
         (one_row() + "extra: 1\n", "needs exactly the top-level keys"),
-        (one_row().replace("cpu_micro_batch: 4", "cpu_micro_batch: 0"), "cpu_micro_batch must be an integer >= 1, not 0"),
+        (
+            one_row().replace("cpu_micro_batch: 4", "cpu_micro_batch: 0"),
+            "cpu_micro_batch must be an integer >= 1, not 0",
+        ),
         ("cpu_micro_batch: 4\nmodels: {}\n", "models must map each MODEL_SIZE"),
         ("cpu_micro_batch: 4\nmodels: {tiny: 8}\n", "models.tiny must be a mapping"),
         (one_row(seq_len=None, effective_batch=None), "models.tiny: missing field(s) seq_len, effective_batch"),

@@ -7,13 +7,12 @@ import pexpect
 import pytest
 import torch
 
+import chat as chat_cli
 from moai_llm import MoaiForCausalLM
 from moai_llm.chat import ChatSession, SamplingParams
 from moai_llm.tokenizer import load_tokenizer
 
 from .conftest import REPO, tiny_config
-
-import chat as chat_cli
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +31,24 @@ def _prompts(log):
 @pytest.mark.integration
 def test_interactive_session(model_dir, tmp_path):
     log = tmp_path / "prompts.jsonl"
-    child = pexpect.spawn(sys.executable, ["chat.py", "--model_path", str(model_dir), "--log_prompts", str(log),
-                                           "--max_new_tokens", "6", "--temperature", "0", "--verbose"],
-                          cwd=REPO, encoding="utf-8", timeout=60)
+    child = pexpect.spawn(
+        sys.executable,
+        [
+            "chat.py",
+            "--model_path",
+            str(model_dir),
+            "--log_prompts",
+            str(log),
+            "--max_new_tokens",
+            "6",
+            "--temperature",
+            "0",
+            "--verbose",
+        ],
+        cwd=REPO,
+        encoding="utf-8",
+        timeout=60,
+    )
     child.expect("You: ")
     child.sendline("hello there")
     child.expect(r"tokens/s")
@@ -82,8 +96,9 @@ def test_interactive_session(model_dir, tmp_path):
 
 @pytest.mark.integration
 def test_ctrl_d_leaves(model_dir):
-    child = pexpect.spawn(sys.executable, ["chat.py", "--model_path", str(model_dir)], cwd=REPO, encoding="utf-8",
-                          timeout=60)
+    child = pexpect.spawn(
+        sys.executable, ["chat.py", "--model_path", str(model_dir)], cwd=REPO, encoding="utf-8", timeout=60
+    )
     child.expect("You: ")
     child.sendeof()
     child.expect(pexpect.EOF)
@@ -92,20 +107,46 @@ def test_ctrl_d_leaves(model_dir):
 
 
 def test_prompts_file_batched_equals_one_by_one(model_dir, tmp_path, capsys):
-    prompts = ["What is Seoul?", "Tell me about Hamlet, prince of Denmark.", "안녕하세요", "x",
-               "A longer prompt that will need more left padding than the others in its batch."]
+    prompts = [
+        "What is Seoul?",
+        "Tell me about Hamlet, prince of Denmark.",
+        "안녕하세요",
+        "x",
+        "A longer prompt that will need more left padding than the others in its batch.",
+    ]
     src = tmp_path / "p.jsonl"
     src.write_text("\n".join(json.dumps({"prompt": p}, ensure_ascii=False) for p in prompts), encoding="utf-8")
     outputs = {}
     for batch in (1, 3):
         out = tmp_path / f"a{batch}.jsonl"
-        assert chat_cli.main(["--model_path", str(model_dir), "--prompts_file", str(src), "--output_file", str(out),
-                              "--batch_size", str(batch), "--temperature", "0", "--max_new_tokens", "8"]) == 0
+        assert (
+            chat_cli.main(
+                [
+                    "--model_path",
+                    str(model_dir),
+                    "--prompts_file",
+                    str(src),
+                    "--output_file",
+                    str(out),
+                    "--batch_size",
+                    str(batch),
+                    "--temperature",
+                    "0",
+                    "--max_new_tokens",
+                    "8",
+                ]
+            )
+            == 0
+        )
         outputs[batch] = [json.loads(line)["answer"] for line in out.read_text(encoding="utf-8").splitlines()]
     assert outputs[1] == outputs[3] and len(outputs[1]) == 5
     capsys.readouterr()
-    assert chat_cli.main(["--model_path", str(model_dir), "--prompt", prompts[1], "--temperature", "0",
-                          "--max_new_tokens", "8"]) == 0
+    assert (
+        chat_cli.main(
+            ["--model_path", str(model_dir), "--prompt", prompts[1], "--temperature", "0", "--max_new_tokens", "8"]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == outputs[1][1].strip()
 
 
@@ -135,8 +176,12 @@ def test_bad_model_dirs_are_one_line_errors(model_dir, tmp_path, capsys):
     small = tmp_path / "small"
     MoaiForCausalLM(tiny_config(vocab_size=1000)).save_pretrained(small)
     load_tokenizer().save_pretrained(small)
-    cases = [(tmp_path / "missing", "no such directory"), (tmp_path / "empty", "no config.json"),
-             (tmp_path / "noweights", "no model.safetensors"), (small, "8192 tokens but the model has 1000")]
+    cases = [
+        (tmp_path / "missing", "no such directory"),
+        (tmp_path / "empty", "no config.json"),
+        (tmp_path / "noweights", "no model.safetensors"),
+        (small, "8192 tokens but the model has 1000"),
+    ]
     capsys.readouterr()
     for path, message in cases:
         assert chat_cli.main(["--model_path", str(path), "--prompt", "hi"]) == 2

@@ -38,8 +38,11 @@ def test_one_shot_prompt_leaves_the_conversation_alone(tokenizer):
     session.add_answer("The capital of Korea.")
     conversation = [dict(m) for m in session.messages]
     alone = session.one_shot_prompt("Who wrote Hamlet?")
-    given = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-             {"role": "user", "content": "Who wrote Hamlet?"}]
+    given = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Who wrote Hamlet?"},
+    ]
     history = session.one_shot_prompt(given)
     assert session.messages == conversation
     system = {"role": "system", "content": "Be brief."}

@@ -21,6 +21,7 @@ SAMPLE = REPO / "moai_llm" / "assets" / "sample" / "pretrain.jsonl"
 
 # ---- the three failures of issue 12 ------------------------------------------------------------------------
 
+
 def test_issue_focal_loss_fn_is_callable():
     from moai_llm.losses import create_loss_function
 
@@ -29,7 +30,7 @@ def test_issue_focal_loss_fn_is_callable():
     labels = torch.randint(0, 50, (10,))
     loss = loss_fn(logits, labels)
     log_p = F.log_softmax(logits.double(), -1).gather(1, labels[:, None]).squeeze(1)
-    assert loss.item() == pytest.approx((-(1 - log_p.exp()) ** 2 * log_p).mean().item(), rel=1e-6)
+    assert loss.item() == pytest.approx((-((1 - log_p.exp()) ** 2) * log_p).mean().item(), rel=1e-6)
     loss.backward()
     assert logits.grad is not None and loss_fn.objective.focal_weight == 1.0
 
@@ -38,10 +39,13 @@ def test_issue_old_multi_objective_config_is_accepted():
     from moai_llm import MoaiForCausalLM
     from moai_llm.losses import Objective, create_loss_function
 
-    spec = {"type": "multi_objective", "params": {"ce_weight": 0.6, "focal_weight": 0.3, "smooth_weight": 0.1,
-                                                  "focal_gamma": 2.0, "smoothing": 0.1}}
+    spec = {
+        "type": "multi_objective",
+        "params": {"ce_weight": 0.6, "focal_weight": 0.3, "smooth_weight": 0.1, "focal_gamma": 2.0, "smoothing": 0.1},
+    }
     assert create_loss_function(spec).objective == Objective(
-        ce_weight=0.6, focal_weight=0.3, smooth_weight=0.1, focal_gamma=2.0, label_smoothing=0.1)
+        ce_weight=0.6, focal_weight=0.3, smooth_weight=0.1, focal_gamma=2.0, label_smoothing=0.1
+    )
     model = MoaiForCausalLM(tiny_config(loss_config=spec))
     ids = torch.randint(3, 128, (1, 8))
     assert torch.isfinite(model(ids, labels=ids).loss)
@@ -54,8 +58,13 @@ def test_issue_moai_llm_config_import_path():
     assert MoaiConfig is moai_llm.MoaiConfig
     config = MoaiConfig(
         max_position_embeddings=131072,
-        rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768, "alpha": 1.0,
-                      "beta": 32.0},
+        rope_scaling={
+            "type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": 32768,
+            "alpha": 1.0,
+            "beta": 32.0,
+        },
     )
     rope = config.rope_parameters
     assert (rope["rope_type"], rope["factor"], rope["beta_slow"], rope["beta_fast"]) == ("yarn", 4.0, 1.0, 32.0)
@@ -64,11 +73,14 @@ def test_issue_moai_llm_config_import_path():
 
 # ---- train.py flags (parsed in-process, nothing is trained) ------------------------------------------------
 
+
 def _fake_hub(calls, texts):
     """datasets.load_dataset for Hub ids: records (name, config) and returns local rows instead of downloading."""
+
     def load_dataset(name, config=None, split="train", streaming=False, **kwargs):
         calls.append((name, config))
         return datasets.Dataset.from_dict({"text": texts})
+
     return load_dataset
 
 
@@ -77,9 +89,20 @@ def test_train_dataset_and_dataset_config(monkeypatch, tmp_path):
     from moai_llm.training.data_setup import data_spec
     from moai_llm.training.run import load_tokenizer
 
-    model_args, data_args, training_args = parse_args([
-        "--dataset", "wikitext", "--dataset_config", "wikitext-2-raw-v1", "--eval_fraction", "0", "--use_cpu", "true",
-        "--output_dir", str(tmp_path)])
+    model_args, data_args, training_args = parse_args(
+        [
+            "--dataset",
+            "wikitext",
+            "--dataset_config",
+            "wikitext-2-raw-v1",
+            "--eval_fraction",
+            "0",
+            "--use_cpu",
+            "true",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", _fake_hub(calls, [f"document {i}" for i in range(5)]))
     train, _ = pretraining_datasets(data_spec(data_args, training_args), load_tokenizer(model_args), 64)
@@ -93,8 +116,9 @@ def test_train_pretrained_model(tmp_path):
 
     torch.manual_seed(0)
     MoaiForCausalLM(tiny_config(vocab_size=8192)).save_pretrained(tmp_path / "final_model")
-    model_args, _, training_args = parse_args(["--mode", "sft", "--pretrained_model", str(tmp_path / "final_model"),
-                                               "--use_cpu", "true"])
+    model_args, _, training_args = parse_args(
+        ["--mode", "sft", "--pretrained_model", str(tmp_path / "final_model"), "--use_cpu", "true"]
+    )
     model = build_model(model_args, training_args, load_tokenizer(model_args))
     reference = MoaiForCausalLM.from_pretrained(tmp_path / "final_model")
     assert torch.equal(model.lm_head.weight, reference.lm_head.weight)
@@ -110,6 +134,7 @@ def test_train_gradient_checkpointing_and_bf16_bare_flags():
 
 # ---- the YAML loss: section ---------------------------------------------------------------------------------
 
+
 def _yaml_loss(tmp_path, body):
     from moai_llm.training.run import loss_config
 
@@ -120,7 +145,9 @@ def _yaml_loss(tmp_path, body):
 
 
 def test_yaml_loss_section_old_shape(tmp_path):
-    spec = _yaml_loss(tmp_path, """
+    spec = _yaml_loss(
+        tmp_path,
+        """
 loss:
   type: "multi_objective"
   params:
@@ -129,9 +156,12 @@ loss:
     smooth_weight: 0.1    # Label smoothing weight
     focal_gamma: 2.0      # Focal loss gamma
     smoothing: 0.1        # Smoothing factor
-""")
-    assert spec == {"type": "multi_objective", "params": {"ce_weight": 0.6, "focal_weight": 0.3,
-                                                          "smooth_weight": 0.1, "focal_gamma": 2.0, "smoothing": 0.1}}
+""",
+    )
+    assert spec == {
+        "type": "multi_objective",
+        "params": {"ce_weight": 0.6, "focal_weight": 0.3, "smooth_weight": 0.1, "focal_gamma": 2.0, "smoothing": 0.1},
+    }
 
 
 def test_yaml_loss_section_flag_shape(tmp_path):
@@ -142,8 +172,10 @@ def test_yaml_loss_section_flag_shape(tmp_path):
 @pytest.mark.parametrize(
     "body, message",
     [
-        ("loss:\n  type: focal\n  loss_params: {gamma: 2}\n",
-         "section 'loss' mixes the old keys type/params with ['loss_params']"),
+        (
+            "loss:\n  type: focal\n  loss_params: {gamma: 2}\n",
+            "section 'loss' mixes the old keys type/params with ['loss_params']",
+        ),
         ("loss:\n  type: dice\n", "section 'loss': loss config: type='dice' is not one of"),
         ("loss:\n  type: focal\n  params: {gama: 2}\n", "unknown params ['gama']; known:"),
         ("loss: focal\n", "section 'loss' must be a mapping"),
@@ -159,6 +191,7 @@ def test_yaml_loss_section_errors_are_one_line(tmp_path, body, message):
 
 
 # ---- train_tokenizer.py flags -------------------------------------------------------------------------------
+
 
 def _sample_texts(lang):
     rows = [json.loads(line) for line in SAMPLE.open(encoding="utf-8")]
@@ -179,8 +212,20 @@ def _summary(capsys):
 
 @pytest.mark.parametrize("mode", ["fast", "turbo", "ultrafast"])
 def test_tokenizer_speed_modes(mode, lang_dir, tmp_path, capsys):
-    assert tokenizer_cli(["--input_files", str(lang_dir / "en.txt"), "--vocab_size", "400", f"--{mode}",
-                          "--output_dir", str(tmp_path)]) == 0
+    assert (
+        tokenizer_cli(
+            [
+                "--input_files",
+                str(lang_dir / "en.txt"),
+                "--vocab_size",
+                "400",
+                f"--{mode}",
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert _summary(capsys)["mode"] == mode and (tmp_path / "tokenizer.json").is_file()
 
 
@@ -189,15 +234,34 @@ def test_tokenizer_multilingual_from_the_hub_and_max_samples_per_lang(monkeypatc
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", _fake_hub(calls, _sample_texts("en")[:400]))
     caplog.set_level("INFO", logger="moai_llm.tokenizer.inputs")
-    assert tokenizer_cli(["--multilingual", "ko", "en", "--vocab_size", "400", "--max_samples_per_lang", "50",
-                          "--turbo", "--output_dir", str(tmp_path)]) == 0
+    assert (
+        tokenizer_cli(
+            [
+                "--multilingual",
+                "ko",
+                "en",
+                "--vocab_size",
+                "400",
+                "--max_samples_per_lang",
+                "50",
+                "--turbo",
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert calls == [("wikimedia/wikipedia", "20231101.ko"), ("wikimedia/wikipedia", "20231101.en")]
     assert "samples per language: {'ko': 50, 'en': 50}" in caplog.text
 
 
 def test_tokenizer_max_samples_per_lang_without_languages_is_refused(lang_dir, tmp_path, capsys):
-    assert tokenizer_cli(["--input_files", str(lang_dir / "en.txt"), "--max_samples_per_lang", "10",
-                          "--output_dir", str(tmp_path)]) == 2
+    assert (
+        tokenizer_cli(
+            ["--input_files", str(lang_dir / "en.txt"), "--max_samples_per_lang", "10", "--output_dir", str(tmp_path)]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "for a single source use --max_samples" in err and len(err.splitlines()) == 1
 
@@ -205,26 +269,74 @@ def test_tokenizer_max_samples_per_lang_without_languages_is_refused(lang_dir, t
 def test_tokenizer_dataset_and_dataset_config(monkeypatch, tmp_path, capsys):
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", _fake_hub(calls, _sample_texts("en")[:400]))
-    assert tokenizer_cli(["--dataset", "wikimedia/wikipedia", "--dataset_config", "20231101.ko", "--vocab_size",
-                          "400", "--output_dir", str(tmp_path)]) == 0
+    assert (
+        tokenizer_cli(
+            [
+                "--dataset",
+                "wikimedia/wikipedia",
+                "--dataset_config",
+                "20231101.ko",
+                "--vocab_size",
+                "400",
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert calls == [("wikimedia/wikipedia", "20231101.ko")]
 
 
 def test_tokenizer_model_prefix_and_base_tokenizer_chain(lang_dir, tmp_path, capsys):
-    """The old README's two steps: --output_dir tokenizers/ --model_prefix NAME, then --base_tokenizer tokenizers/NAME."""
+    """The old README's two steps: --output_dir tokenizers/ --model_prefix NAME, then --base_tokenizer
+    tokenizers/NAME."""
     from moai_llm.tokenizer import load_tokenizer
 
     out = tmp_path / "tokenizers"
-    assert tokenizer_cli(["--multilingual", "ko", "en", "--lang_files", f"ko={lang_dir / 'ko.txt'}",
-                          f"en={lang_dir / 'en.txt'}", "--vocab_size", "500", "--max_samples_per_lang", "300",
-                          "--turbo", "--output_dir", str(out), "--model_prefix", "moai_multilingual"]) == 0
+    assert (
+        tokenizer_cli(
+            [
+                "--multilingual",
+                "ko",
+                "en",
+                "--lang_files",
+                f"ko={lang_dir / 'ko.txt'}",
+                f"en={lang_dir / 'en.txt'}",
+                "--vocab_size",
+                "500",
+                "--max_samples_per_lang",
+                "300",
+                "--turbo",
+                "--output_dir",
+                str(out),
+                "--model_prefix",
+                "moai_multilingual",
+            ]
+        )
+        == 0
+    )
     assert _summary(capsys)["output_dir"] == str(out / "moai_multilingual")
     assert (out / "moai_multilingual.json").is_file() and (out / "moai_multilingual" / "tokenizer.json").is_file()
     base = load_tokenizer(str(out / "moai_multilingual"))
     for given in (out / "moai_multilingual", out / "moai_multilingual.json"):
-        assert tokenizer_cli(["--base_tokenizer", str(given), "--input_files", str(lang_dir / "ko.txt"),
-                              "--vocab_size", "700", "--turbo", "--output_dir", str(out),
-                              "--model_prefix", "moai_alpaca"]) == 0
+        assert (
+            tokenizer_cli(
+                [
+                    "--base_tokenizer",
+                    str(given),
+                    "--input_files",
+                    str(lang_dir / "ko.txt"),
+                    "--vocab_size",
+                    "700",
+                    "--turbo",
+                    "--output_dir",
+                    str(out),
+                    "--model_prefix",
+                    "moai_alpaca",
+                ]
+            )
+            == 0
+        )
         extended = load_tokenizer(str(out / "moai_alpaca"))
         assert len(extended) == 700
         assert all(extended.convert_tokens_to_ids(token) == i for token, i in base.get_vocab().items())
@@ -232,13 +344,17 @@ def test_tokenizer_model_prefix_and_base_tokenizer_chain(lang_dir, tmp_path, cap
 
 # ---- pretrain.sh environment variables (DRY_RUN=1: the plan only) -------------------------------------------
 
+
 def _dry_run(line):
     env = {k: v for k, v in os.environ.items() if k not in ("NUM_GPUS", "GPU_MEMORY", "MODEL_SIZE", "NNODES")}
-    result = subprocess.run(["bash", "-c", f"DRY_RUN=1 {line}"], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        ["bash", "-c", f"DRY_RUN=1 {line}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
-    return {name: re.search(rf"{name} (\S+)", result.stdout).group(1)
-            for name in ("--nproc_per_node", "--batch_size", "--gradient_accumulation_steps")}
+    return {
+        name: re.search(rf"{name} (\S+)", result.stdout).group(1)
+        for name in ("--nproc_per_node", "--batch_size", "--gradient_accumulation_steps")
+    }
 
 
 @pytest.mark.integration
@@ -257,6 +373,7 @@ def test_pretrain_sh_num_gpus_gpu_memory_gradient_accumulation_steps(line, plan)
 
 
 # ---- library calls ------------------------------------------------------------------------------------------
+
 
 def test_hierarchical_balance_packer_old_call():
     from moai_llm.data import HierarchicalBalancePacker

@@ -20,7 +20,10 @@ def test_num_key_value_heads_defaults_to_heads():
 @pytest.mark.parametrize(
     "overrides, words",
     [
-        (dict(hidden_size=3840, num_attention_heads=28, num_key_value_heads=4, head_dim=None), ["hidden_size=3840", "28"]),
+        (
+            dict(hidden_size=3840, num_attention_heads=28, num_key_value_heads=4, head_dim=None),
+            ["hidden_size=3840", "28"],
+        ),
         (dict(num_attention_heads=4, num_key_value_heads=3), ["num_attention_heads=4", "num_key_value_heads=3"]),
         (dict(rope_parameters={"rope_type": "nope"}), ["rope_type='nope'"]),
         (dict(vocab_size=0), ["vocab_size", "0"]),

@@ -2,13 +2,21 @@
 
 import json
 
+import numpy as np
 import pytest
 
-import numpy as np
-
 from moai_llm.data import (
-    DataError, DataSpec, DataStats, MixtureSource, detect_format, load_source, pretraining_datasets, select_documents,
-    sft_datasets, to_messages, tokenize_dialogue,
+    DataError,
+    DataSpec,
+    DataStats,
+    MixtureSource,
+    detect_format,
+    load_source,
+    pretraining_datasets,
+    select_documents,
+    sft_datasets,
+    to_messages,
+    tokenize_dialogue,
 )
 from moai_llm.tokenizer import load_tokenizer
 
@@ -30,7 +38,9 @@ def _write_jsonl(path, rows):
 def test_every_sft_format_renders_the_same_chat(tokenizer):
     rendered = {}
     for fmt in ("alpaca", "prompt_completion", "question_answer", "messages", "sharegpt"):
-        rows = [json.loads(line) for line in open(SAMPLE / f"sft_{fmt.split('_')[0] if fmt == 'alpaca' else fmt}.jsonl")]
+        rows = [
+            json.loads(line) for line in open(SAMPLE / f"sft_{fmt.split('_')[0] if fmt == 'alpaca' else fmt}.jsonl")
+        ]
         assert detect_format(rows[0].keys()) == fmt
         rendered[fmt] = [tokenizer.apply_chat_template(to_messages(r, fmt), tokenize=False) for r in rows[:6]]
     first = rendered["alpaca"]
@@ -43,15 +53,16 @@ def test_labels_cover_exactly_the_assistant_spans(tokenizer):
     row = json.loads(open(SAMPLE / "sft_messages.jsonl").readlines()[6])  # system + two user/assistant turns
     messages = to_messages(row, "messages")
     encoded = tokenize_dialogue(messages, tokenizer, 512)
-    trained = [t for t, l in zip(encoded["input_ids"], encoded["labels"]) if l != -100]
+    trained = [t for t, label in zip(encoded["input_ids"], encoded["labels"]) if label != -100]
     text = tokenizer.decode(trained)
     assert text == "William Shakespeare.<|im_end|>\nAround 1606.<|im_end|>\n"
-    assert all(l in (-100, t) for t, l in zip(encoded["input_ids"], encoded["labels"]))
+    assert all(label in (-100, t) for t, label in zip(encoded["input_ids"], encoded["labels"]))
 
 
 def test_sft_datasets_and_ambiguous_or_unknown_formats(tmp_path, tokenizer):
-    spec = DataSpec(train_files=[str(SAMPLE / "sft_sharegpt.jsonl")], eval_fraction=0, packing=False,
-                    cache_dir=str(tmp_path))
+    spec = DataSpec(
+        train_files=[str(SAMPLE / "sft_sharegpt.jsonl")], eval_fraction=0, packing=False, cache_dir=str(tmp_path)
+    )
     train, _ = sft_datasets(spec, tokenizer, 256)
     assert len(train) == 8 and all(-100 in r["labels"] for r in train)
     with pytest.raises(DataError, match="fit several formats"):
@@ -99,7 +110,7 @@ def test_streaming_reads_every_document_in_shuffled_packs(tmp_path, tokenizer):
     spec.eval_fraction = 0.1  # a seeded tenth of the first documents, at most 1,000, never in the train stream
     train, evaluation = pretraining_datasets(spec, tokenizer, 64)
     held = {tokenizer.decode(r["input_ids"][:-1]) for r in evaluation if len(r["seq_lengths"]) == 1}
-    streamed = [tokenizer.decode(r["input_ids"][:n - 1]) for r in train for n in r["seq_lengths"][:1]]
+    streamed = [tokenizer.decode(r["input_ids"][: n - 1]) for r in train for n in r["seq_lengths"][:1]]
     assert 10 <= sum(len(r["seq_lengths"]) for r in evaluation) <= 60 and not held & set(streamed)
     spec.eval_fraction = 400
     with pytest.raises(DataError, match="fewer than the 400 held out for eval"):

@@ -43,9 +43,24 @@ def test_two_ranks_prepare_once_step_in_balanced_blocks_and_stream_disjoint_shar
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-         str(REPO / "tests" / "data_ranks_worker.py"), str(out), str(corpus), str(stream)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=280,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            str(REPO / "tests" / "data_ranks_worker.py"),
+            str(out),
+            str(corpus),
+            str(stream),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
@@ -65,8 +80,7 @@ def test_two_ranks_prepare_once_step_in_balanced_blocks_and_stream_disjoint_shar
             assert step == list(range(4 * block, 4 * block + 4))
         assert sorted(blocks) == list(range(full)) and blocks != sorted(blocks)  # every block once, shuffled
         assert sorted({i for step in steps for i in step}) == list(range(rows))  # every row read this epoch
-        print(f"epoch {epoch}: first steps (rank 0 rows | rank 1 rows):",
-              [(s[:2], s[2:]) for s in steps[:4]])
+        print(f"epoch {epoch}: first steps (rank 0 rows | rank 1 rows):", [(s[:2], s[2:]) for s in steps[:4]])
         balanced = np.mean([cost[s].max() / cost[s].min() for s in steps[:full]])
         shuffled = np.random.default_rng(1).permutation(4 * full).reshape(-1, 4)
         unbalanced = np.mean([cost[s].max() / cost[s].min() for s in shuffled])

@@ -95,20 +95,38 @@ def test_lazy_rows_equal_the_eager_rows(tmp_path, tokenizer):
     train, _ = pretraining_datasets(spec(tmp_path, train_files=[str(path)]), tokenizer, 64)
     docs = [ids + [tokenizer.eos_token_id] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     eager = rows_from_documents(docs, max_seq_length=64, packing=True, rows_per_step=1, seed=0, stats=DataStats())
-    as_tuples = lambda rows: sorted((tuple(int(t) for t in r["input_ids"]), tuple(r["seq_lengths"]))  # noqa: E731
-                                    for r in (rows[i] for i in range(len(rows))))
+
+    def as_tuples(rows):
+        return sorted(
+            (tuple(int(t) for t in r["input_ids"]), tuple(r["seq_lengths"]))
+            for r in map(rows.__getitem__, range(len(rows)))
+        )
+
     assert len(train) == len(eager) and as_tuples(train) == as_tuples(eager)
 
     sft_file = tmp_path / "sft.jsonl"
-    records = [{"prompt": f"question {i} " + " ".join(WORDS[: i % 9 + 1]), "completion": f"answer {i}"}
-               for i in range(30)]
+    records = [
+        {"prompt": f"question {i} " + " ".join(WORDS[: i % 9 + 1]), "completion": f"answer {i}"} for i in range(30)
+    ]
     sft_file.write_text("".join(json.dumps(r) + "\n" for r in records))
     train, _ = sft_datasets(spec(tmp_path, train_files=[str(sft_file)]), tokenizer, 96)
     encoded = [tokenize_dialogue(to_messages(r, "prompt_completion"), tokenizer, 96) for r in records]
-    eager = rows_from_documents([e["input_ids"] for e in encoded], max_seq_length=96, packing=True, rows_per_step=1,
-                                seed=0, stats=DataStats(), labels=[e["labels"] for e in encoded])
-    with_labels = lambda rows: sorted((tuple(map(int, r["input_ids"])), tuple(map(int, r["labels"])))  # noqa: E731
-                                      for r in (rows[i] for i in range(len(rows))))
+    eager = rows_from_documents(
+        [e["input_ids"] for e in encoded],
+        max_seq_length=96,
+        packing=True,
+        rows_per_step=1,
+        seed=0,
+        stats=DataStats(),
+        labels=[e["labels"] for e in encoded],
+    )
+
+    def with_labels(rows):
+        return sorted(
+            (tuple(map(int, r["input_ids"])), tuple(map(int, r["labels"])))
+            for r in map(rows.__getitem__, range(len(rows)))
+        )
+
     assert with_labels(train) == with_labels(eager)
 
 
@@ -181,8 +199,9 @@ def test_bad_inputs_are_one_line_errors_naming_the_source(tmp_path, tokenizer):
 
 
 def _sft_file(path, tag, count):
-    rows = [{"instruction": f"{tag}{i} " + " ".join(WORDS[: i % 7 + 1]), "output": f"reply {tag}{i}"}
-            for i in range(count)]
+    rows = [
+        {"instruction": f"{tag}{i} " + " ".join(WORDS[: i % 7 + 1]), "output": f"reply {tag}{i}"} for i in range(count)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -194,12 +213,14 @@ def test_sft_honours_ratio_percentage_and_packing_bins(tmp_path, tokenizer):
     def user_turns(rows):
         return [t.split("user\n")[1].split(" ")[0] for t in texts_of(rows, tokenizer) for _ in [0]]
 
-    train, _ = sft_datasets(spec(tmp_path, mixture=[{"name": str(a), "percentage": 25}, {"name": str(b)}]),
-                            tokenizer, 128)
+    train, _ = sft_datasets(
+        spec(tmp_path, mixture=[{"name": str(a), "percentage": 25}, {"name": str(b)}]), tokenizer, 128
+    )
     seen = Counter(x[0] for x in user_turns(train))
     assert seen == {"a": 10, "b": 200}  # 25% of a (a seeded sample), all of b
-    mixed, _ = sft_datasets(spec(tmp_path, mixture=[{"name": str(a), "ratio": 1}, {"name": str(b), "ratio": 1}]),
-                            tokenizer, 128)
+    mixed, _ = sft_datasets(
+        spec(tmp_path, mixture=[{"name": str(a), "ratio": 1}, {"name": str(b), "ratio": 1}]), tokenizer, 128
+    )
     tokens = Counter()
     for i in range(len(mixed)):
         row = mixed[i]
@@ -231,7 +252,9 @@ def test_repeating_a_source_flag_adds_sources(tmp_path):
     config.write_text("data:\n  train_file: [from_yaml.jsonl]\n")
     assert parse_args(base + ["--config", str(config)])[1].train_file == ["from_yaml.jsonl"]
     assert parse_args(base + ["--config", str(config), "--train_file", "a", "--train_file", "b"])[1].train_file == [
-        "a", "b"]  # the command line replaces the YAML list, then each use adds
+        "a",
+        "b",
+    ]  # the command line replaces the YAML list, then each use adds
 
 
 def test_sft_streams_with_ratios_and_assistant_labels(tmp_path, tokenizer):
@@ -239,8 +262,9 @@ def test_sft_streams_with_ratios_and_assistant_labels(tmp_path, tokenizer):
     _sft_file(a, "a", 40)
     _sft_file(b, "b", 40)
     mixture = [{"name": str(a), "ratio": 3, "streaming": True}, {"name": str(b), "ratio": 1, "streaming": True}]
-    train, evaluation = sft_datasets(spec(tmp_path, mixture=mixture, eval_fraction=4, stopping_strategy="first_exhausted"),
-                                     tokenizer, 128)
+    train, evaluation = sft_datasets(
+        spec(tmp_path, mixture=mixture, eval_fraction=4, stopping_strategy="first_exhausted"), tokenizer, 128
+    )
     rows = list(train)
     labels = [t for row in rows for t in row["labels"]]
     assert -100 in labels and min(t for t in labels if t != -100) >= 0  # assistant tokens only, no wrapped ids
@@ -262,9 +286,20 @@ def test_dataset_flag_with_its_config_reaches_the_hub_loader(tmp_path, tokenizer
         return datasets.Dataset.from_dict({"text": [f"hub document {i}" for i in range(5)]})
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    _, data_args, training_args = parse_args(["--dataset", "wikitext", "--dataset_config", "wikitext-2-raw-v1",
-                                              "--eval_fraction", "0", "--use_cpu", "true", "--output_dir",
-                                              str(tmp_path)])
+    _, data_args, training_args = parse_args(
+        [
+            "--dataset",
+            "wikitext",
+            "--dataset_config",
+            "wikitext-2-raw-v1",
+            "--eval_fraction",
+            "0",
+            "--use_cpu",
+            "true",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     train, _ = pretraining_datasets(data_spec(data_args, training_args), tokenizer, 64)
     assert calls == [("wikitext", "wikitext-2-raw-v1", "train", False)]
     assert sorted(texts_of(train, tokenizer)) == [f"hub document {i}" for i in range(5)]

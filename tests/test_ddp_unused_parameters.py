@@ -20,8 +20,9 @@ def _find_unused(tmp_path, model, **flags) -> bool:
     return MoaiTrainer(model=model, args=args).accelerator.ddp_handler.find_unused_parameters
 
 
-@pytest.mark.parametrize("config", [tiny_config(), moe_config(shared_expert_intermediate_size=48)],
-                         ids=["dense", "moe"])
+@pytest.mark.parametrize(
+    "config", [tiny_config(), moe_config(shared_expert_intermediate_size=48)], ids=["dense", "moe"]
+)
 def test_moai_models_skip_the_search_unless_the_user_asks(tmp_path, config):
     model = MoaiForCausalLM(config)
     assert _find_unused(tmp_path, model) is False

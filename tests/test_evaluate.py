@@ -68,8 +68,20 @@ def run_dir(tmp_path_factory):
     """A tiny model trained for a few steps by train.py's code, with eval and checkpoints along the way."""
     root = tmp_path_factory.mktemp("evaluate")
     out = root / "run"
-    run_inprocess(fast_args(out, write_tiny_config(root), "--max_steps", "8", "--eval_strategy", "steps",
-                            "--eval_steps", "4", "--save_steps", "4"))
+    run_inprocess(
+        fast_args(
+            out,
+            write_tiny_config(root),
+            "--max_steps",
+            "8",
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "4",
+            "--save_steps",
+            "4",
+        )
+    )
     return out
 
 
@@ -77,8 +89,14 @@ def run_dir(tmp_path_factory):
 def tasks_dir(tmp_path_factory):
     """A 3- and 4-choice local multiple-choice task, and a task whose data only the Hub has."""
     folder = tmp_path_factory.mktemp("tasks")
-    rows = [{"question": f"Which word is number {i}?", "choices": [f"word {j}" for j in range(3 + i % 2)],
-             "label": i % (3 + i % 2)} for i in range(10)]
+    rows = [
+        {
+            "question": f"Which word is number {i}?",
+            "choices": [f"word {j}" for j in range(3 + i % 2)],
+            "label": i % (3 + i % 2),
+        }
+        for i in range(10)
+    ]
     (folder / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "local_mc.yaml").write_text(MC_TASK.format(data=folder / "mc.jsonl"))
     (folder / "local_hub_only.yaml").write_text(HUB_TASK)
@@ -116,14 +134,30 @@ def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_p
 
     model_dir = run_dir / "final_model"
     eval_file = tmp_path / "held_out.jsonl"
-    eval_file.write_text("".join(json.dumps({"text": f"To be, or not to be, that is question {i}."}) + "\n"
-                                 for i in range(5)))
+    eval_file.write_text(
+        "".join(json.dumps({"text": f"To be, or not to be, that is question {i}."}) + "\n" for i in range(5))
+    )
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Once upon a time\n\nThe king said\n")
     out = tmp_path / "eval"
-    argv = ["--model_path", str(model_dir), "--tasks", "local_mc,local_hub_only", "--include_path", str(tasks_dir),
-            "--eval_file", str(eval_file), "--prompts", str(prompts), "--max_new_tokens", "8", "--batch_size", "4",
-            "--output_dir", str(out)]
+    argv = [
+        "--model_path",
+        str(model_dir),
+        "--tasks",
+        "local_mc,local_hub_only",
+        "--include_path",
+        str(tasks_dir),
+        "--eval_file",
+        str(eval_file),
+        "--prompts",
+        str(prompts),
+        "--max_new_tokens",
+        "8",
+        "--batch_size",
+        "4",
+        "--output_dir",
+        str(out),
+    ]
     assert evaluate.main(argv) == 0
     printed = capsys.readouterr().out
     assert "local_hub_only: FAILED (" in printed and "tokens/s" in printed
@@ -132,8 +166,13 @@ def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_p
     assert results["model"] == str(model_dir)
     assert set(results) >= {"model", "tasks", "perplexity", "samples"}
     # the same task through lm-eval on its own (it loads the model itself) gives the same scores
-    reference = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(model_dir), "device": "cpu"},
-                                        tasks=["local_mc"], batch_size=4, task_manager=task_manager((str(tasks_dir),)))
+    reference = lm_eval.simple_evaluate(
+        model="hf",
+        model_args={"pretrained": str(model_dir), "device": "cpu"},
+        tasks=["local_mc"],
+        batch_size=4,
+        task_manager=task_manager((str(tasks_dir),)),
+    )
     expected = reference["results"]["local_mc"]
     assert results["tasks"]["local_mc"]["acc"] == pytest.approx(expected["acc,none"], abs=1e-9)
     assert results["tasks"]["local_mc"]["acc_norm"] == pytest.approx(expected["acc_norm,none"], abs=1e-9)
@@ -169,17 +208,24 @@ def test_lora_adapter_directory_evaluates(run_dir, tmp_path):
 
     base_dir = run_dir / "final_model"
     torch.manual_seed(0)
-    peft_model = get_peft_model(MoaiForCausalLM.from_pretrained(base_dir),
-                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                           init_lora_weights=False))
+    peft_model = get_peft_model(
+        MoaiForCausalLM.from_pretrained(base_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     adapter_dir = tmp_path / "adapter"
     peft_model.save_pretrained(adapter_dir)
     text = "Now is the winter of our discontent made glorious summer by this sun of York."
     (tmp_path / "doc.txt").write_text(text)
     results = {}
     for name, path in (("base", base_dir), ("adapter", adapter_dir)):
-        results[name] = evaluate_model(EvalOptions(model_path=str(path), eval_files=[str(tmp_path / "doc.txt")],
-                                                   samples=False, output_dir=str(tmp_path / f"eval-{name}")))
+        results[name] = evaluate_model(
+            EvalOptions(
+                model_path=str(path),
+                eval_files=[str(tmp_path / "doc.txt")],
+                samples=False,
+                output_dir=str(tmp_path / f"eval-{name}"),
+            )
+        )
     from transformers import AutoTokenizer
 
     merged = peft_model.merge_and_unload().eval()
@@ -189,16 +235,35 @@ def test_lora_adapter_directory_evaluates(run_dir, tmp_path):
     assert adapter_ppl != pytest.approx(results["base"]["perplexity"][str(tmp_path / "doc.txt")]["perplexity"])
     assert "r=4, alpha=8" in results["adapter"]["model_card"]["LoRA adapter"]
 
-    assert evaluate.main(["--compare", str(tmp_path / "eval-base"), str(tmp_path / "eval-adapter"),
-                          "--output_dir", str(tmp_path / "compare")]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--compare",
+                str(tmp_path / "eval-base"),
+                str(tmp_path / "eval-adapter"),
+                "--output_dir",
+                str(tmp_path / "compare"),
+            ]
+        )
+        == 0
+    )
     report = (tmp_path / "compare" / "report.md").read_text()
     assert "| perplexity |" in report.replace(f"| {tmp_path / 'doc.txt'} ", "| ")
     assert f"{adapter_ppl:.4f}" in report and "LoRA adapter" in report
     png_ok(tmp_path / "compare" / "plots" / "loss_comparison.png")
 
 
-@pytest.mark.parametrize("case", ["missing model", "unknown task", "empty eval file", "unreadable prompts",
-                                  "compare without results", "repeated flag"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing model",
+        "unknown task",
+        "empty eval file",
+        "unreadable prompts",
+        "compare without results",
+        "repeated flag",
+    ],
+)
 def test_bad_inputs_are_one_line_errors(case, run_dir, tmp_path, capsys):
     model = str(run_dir / "final_model")
     empty = tmp_path / "empty.txt"
@@ -220,14 +285,25 @@ def test_bad_inputs_are_one_line_errors(case, run_dir, tmp_path, capsys):
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("evaluate.py: error: ")
-    expected = {"missing model": "nope: no such directory", "unknown task": "'hellaswagg' (did you mean hellaswag",
-                "empty eval file": "empty.txt: no records", "unreadable prompts": "cannot be read (Is a directory)",
-                "compare without results": "no results.json", "repeated flag": "--tasks is given twice"}[case]
+    expected = {
+        "missing model": "nope: no such directory",
+        "unknown task": "'hellaswagg' (did you mean hellaswag",
+        "empty eval file": "empty.txt: no records",
+        "unreadable prompts": "cannot be read (Is a directory)",
+        "compare without results": "no results.json",
+        "repeated flag": "--tasks is given twice",
+    }[case]
     assert expected in lines[0]
 
 
 def test_cli_exit_code(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--model_path", str(tmp_path / "missing")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "evaluate.py"), "--model_path", str(tmp_path / "missing")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"evaluate.py: error: --model_path {tmp_path / 'missing'}: no such directory"

@@ -96,8 +96,9 @@ def test_windows_score_every_token_but_the_first_once():
 
 def test_moe_model_card_and_perplexity(tokenizer):
     torch.manual_seed(0)
-    config = tiny_config(vocab_size=8192, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                         mlp_only_layers=[0])
+    config = tiny_config(
+        vocab_size=8192, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[0]
+    )
     model = MoaiForCausalLM(config).eval()
     card = model_card(model, "unused")
     assert "4 routed experts, top-2" in card["Mixture of Experts"]
@@ -115,18 +116,31 @@ def test_moe_model_card_and_perplexity(tokenizer):
 
 def test_baselines_from_scored_documents():
     """1/choices per multiple-choice document, mc2's share of true answers, 0 for generation; groups weighted."""
+
     def sample(n, **doc):
         return {"arguments": [("q", f" {i}") for i in range(n)], "doc": doc}
 
     out = {
-        "results": {"grp": {"acc,none": 0.4}, "a": {"acc,none": 0.5, "acc_stderr,none": "N/A", "alias": "a"},
-                    "b": {"acc,none": 0.3}, "tqa": {"acc,none": 0.2}, "gen": {"exact_match,strict-match": 0.0}},
+        "results": {
+            "grp": {"acc,none": 0.4},
+            "a": {"acc,none": 0.5, "acc_stderr,none": "N/A", "alias": "a"},
+            "b": {"acc,none": 0.3},
+            "tqa": {"acc,none": 0.2},
+            "gen": {"exact_match,strict-match": 0.0},
+        },
         "group_subtasks": {"grp": ["a", "b"]},
-        "configs": {"a": {"output_type": "multiple_choice"}, "b": {"output_type": "multiple_choice"},
-                    "tqa": {"output_type": "multiple_choice"}, "gen": {"output_type": "generate_until"}},
-        "samples": {"a": [sample(2), sample(4)], "b": [sample(5)],
-                    "tqa": [sample(4, mc2_targets={"labels": [1, 1, 0, 0]}), sample(3, mc2_targets={"labels": [1, 0, 0]})],
-                    "gen": [sample(1)]},
+        "configs": {
+            "a": {"output_type": "multiple_choice"},
+            "b": {"output_type": "multiple_choice"},
+            "tqa": {"output_type": "multiple_choice"},
+            "gen": {"output_type": "generate_until"},
+        },
+        "samples": {
+            "a": [sample(2), sample(4)],
+            "b": [sample(5)],
+            "tqa": [sample(4, mc2_targets={"labels": [1, 1, 0, 0]}), sample(3, mc2_targets={"labels": [1, 0, 0]})],
+            "gen": [sample(1)],
+        },
         "n-shot": {"a": 5, "b": 5, "tqa": 0, "gen": 8},
     }
     results = SimpleNamespace(tasks={}, summary=[], details={}, baselines={}, failed={})
@@ -159,7 +173,11 @@ def test_suites_exist_in_lm_eval_registry():
 def test_task_lists():
     specs = resolve_tasks("mytask:3,other", "korean", None, 50)
     assert [(s.name, s.num_fewshot, s.limit) for s in specs] == [
-        ("kobest", 0, 50), ("kmmlu", 5, 50), ("mytask", 3, 50), ("other", None, 50)]
+        ("kobest", 0, 50),
+        ("kmmlu", 5, 50),
+        ("mytask", 3, 50),
+        ("other", None, 50),
+    ]
     assert all(s.num_fewshot == 1 for s in resolve_tasks(None, "standard", 1, None))
     for bad in ("mmlu:x", ",", "kobest"):
         with pytest.raises(EvalUsageError):

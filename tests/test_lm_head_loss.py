@@ -58,9 +58,9 @@ def test_the_loss_runs_inside_the_lm_head_call():
     model = MoaiForCausalLM(tiny_config(loss_chunk_size=8))
     assert type(model.lm_head) is MoaiLMHead and list(model.state_dict())[-1] == "lm_head.weight"
     seen = []
-    model.lm_head.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs.get("labels") is not None
-                                                                                      or len(args) > 1),
-                                            with_kwargs=True)
+    model.lm_head.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("labels") is not None or len(args) > 1), with_kwargs=True
+    )
     ids = torch.randint(3, 128, (2, 10))
     out = model(ids, labels=ids)
     assert seen == [True] and out.logits is None  # the loss, from one call of the module, no logits

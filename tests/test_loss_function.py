@@ -17,8 +17,10 @@ SPECS = {
     "cross_entropy": {"type": "cross_entropy"},
     "focal": {"type": "focal", "params": {"gamma": 2.0}},
     "label_smoothing": {"type": "label_smoothing", "params": {"smoothing": 0.15}},
-    "multi_objective": {"type": "multi_objective", "params": {
-        "ce_weight": 0.6, "focal_weight": 0.3, "smooth_weight": 0.1, "focal_gamma": 1.5, "smoothing": 0.1}},
+    "multi_objective": {
+        "type": "multi_objective",
+        "params": {"ce_weight": 0.6, "focal_weight": 0.3, "smooth_weight": 0.1, "focal_gamma": 1.5, "smoothing": 0.1},
+    },
 }
 
 
@@ -30,9 +32,10 @@ def reference(logits, labels, spec, num_items=None):
     ce = F.cross_entropy(z, t, reduction="sum")
     smooth = F.cross_entropy(z, t, reduction="sum", label_smoothing=params.get("smoothing", 0.1))
     log_p = F.log_softmax(z, dim=-1).gather(1, t[:, None]).squeeze(1)
-    focal = (-(1 - log_p.exp()) ** params.get("gamma", params.get("focal_gamma", 2.0)) * log_p).sum()
+    focal = (-((1 - log_p.exp()) ** params.get("gamma", params.get("focal_gamma", 2.0))) * log_p).sum()
     weights = {"cross_entropy": (1, 0, 0), "focal": (0, 1, 0), "label_smoothing": (0, 0, 1)}.get(
-        spec["type"], (params.get("ce_weight"), params.get("focal_weight"), params.get("smooth_weight")))
+        spec["type"], (params.get("ce_weight"), params.get("focal_weight"), params.get("smooth_weight"))
+    )
     total = weights[0] * ce + weights[1] * focal + weights[2] * smooth
     return total / (num_items if num_items is not None else max(int(keep.sum()), 1))
 
@@ -92,8 +95,9 @@ def test_aligned_labels_on_a_non_contiguous_view():
     logits, labels = batch(2)
     loss_fn = create_loss_function(SPECS["label_smoothing"], chunk_size=6)
     ours, grad = value_and_grad(lambda x: loss_fn(x[:, :-1], labels[:, 1:]), logits)
-    ref, ref_grad = value_and_grad(lambda x: reference(x[:, :-1], labels[:, 1:], SPECS["label_smoothing"]),
-                                   logits.double())
+    ref, ref_grad = value_and_grad(
+        lambda x: reference(x[:, :-1], labels[:, 1:], SPECS["label_smoothing"]), logits.double()
+    )
     assert rel(ours, ref) <= 1e-6 and rel(grad, ref_grad) <= 1e-6
     assert torch.all(grad[:, -1] == 0)
 
@@ -155,8 +159,13 @@ def test_param_spellings_are_the_same_parameter(spellings):
     [
         ({"gamma": 2.0, "focal_gamma": 3.0}, "params ['focal_gamma', 'gamma'] are the same parameter (focal_gamma)"),
         ({"smoothing": 0.1, "epsilon": 0.1}, "are the same parameter (label_smoothing)"),
-        ({"alpha": 0.25}, ("unknown params ['alpha']; known: ['ce_weight', 'epsilon', 'focal_gamma', 'focal_weight', "
-                           "'gamma', 'label_smoothing', 'smooth_weight', 'smoothing', 'z_loss_coef']")),
+        (
+            {"alpha": 0.25},
+            (
+                "unknown params ['alpha']; known: ['ce_weight', 'epsilon', 'focal_gamma', 'focal_weight', "
+                "'gamma', 'label_smoothing', 'smooth_weight', 'smoothing', 'z_loss_coef']"
+            ),
+        ),
         ({"gamma": "2"}, "gamma must be a number, got '2'"),
     ],
 )
@@ -192,6 +201,7 @@ def test_objective_reaches_the_fused_path():
     hidden = torch.randn(2, 12, 64)
     weight = model.lm_head.weight.detach()
     assert causal_lm_loss(hidden, weight, labels, loss_config=loss_fn).item() == pytest.approx(
-        causal_lm_loss(hidden, weight, labels, loss_config=spec).item(), rel=1e-7)
+        causal_lm_loss(hidden, weight, labels, loss_config=spec).item(), rel=1e-7
+    )
     assert isinstance(loss_fn, LossFunction)
     assert create_loss_function(model.config.loss_config).objective == loss_fn.objective

@@ -38,8 +38,12 @@ def _reference(hidden, weight, labels, objective: Objective, denom=None):
     smooth = F.cross_entropy(logits, target, label_smoothing=objective.label_smoothing, reduction="none")
     focal = (1 - torch.exp(-nll)) ** objective.focal_gamma * nll
     z = torch.logsumexp(logits, -1) ** 2
-    per_token = (objective.ce_weight * nll + objective.smooth_weight * smooth + objective.focal_weight * focal
-                 + objective.z_loss_coef * z)
+    per_token = (
+        objective.ce_weight * nll
+        + objective.smooth_weight * smooth
+        + objective.focal_weight * focal
+        + objective.z_loss_coef * z
+    )
     return per_token.sum() / (denom if denom is not None else max(int(keep.sum()), 1))
 
 
@@ -72,7 +76,8 @@ def test_fused_loss_and_grads_match_float64(name, chunk_size, vocab):
     ref = _grads(lambda h, w: _reference(h, w, labels, objective), hidden, weight)
     ours = _grads(
         lambda h, w: fused_linear_cross_entropy(h, w, labels, chunk_size=chunk_size, objective=objective),
-        hidden.float(), weight.float(),
+        hidden.float(),
+        weight.float(),
     )
     for a, b in zip(ours, ref):
         assert _rel(a, b) <= 1e-6
@@ -124,8 +129,9 @@ def test_num_items_in_batch_divides_the_sum():
 def test_bf16_inputs_within_bf16_tolerance():
     hidden, weight, labels = _data(128)
     ref = _grads(lambda h, w: _reference(h, w, labels, Objective()), hidden, weight)
-    ours = _grads(lambda h, w: fused_linear_cross_entropy(h, w, labels, chunk_size=16), hidden.bfloat16(),
-                  weight.bfloat16())
+    ours = _grads(
+        lambda h, w: fused_linear_cross_entropy(h, w, labels, chunk_size=16), hidden.bfloat16(), weight.bfloat16()
+    )
     assert _rel(ours[0], ref[0]) <= 2e-2
     assert _rel(ours[1], ref[1]) <= 3e-2 and _rel(ours[2], ref[2]) <= 3e-2
 
@@ -160,7 +166,8 @@ def test_create_loss_function_validates(spec, message):
 
 def test_create_loss_function_presets():
     assert create_loss_function({"type": "focal", "params": {"gamma": 1.0}}).objective == Objective(
-        ce_weight=0, focal_weight=1, focal_gamma=1.0)
+        ce_weight=0, focal_weight=1, focal_gamma=1.0
+    )
     assert create_loss_function(None).objective == Objective()
 
 

@@ -54,8 +54,12 @@ def test_shared_expert_block_is_qwen2_moes():
     block = MoaiForCausalLM(config).model.layers[0].mlp
     reference = Qwen2MoeSparseMoeBlock(
         Qwen2MoeConfig(
-            hidden_size=64, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-            shared_expert_intermediate_size=48, norm_topk_prob=True,
+            hidden_size=64,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            norm_topk_prob=True,
         )
     )
     reference.load_state_dict(block.state_dict(), strict=True)

@@ -24,7 +24,9 @@ def _documented_moe_counts() -> dict[str, tuple[int, int]]:
     section = (REPO / "docs" / "moe.md").read_text(encoding="utf-8")
     counts = {}
     for line in section.splitlines():
-        match = re.match(r"\|\s*`configs/(model_config_moe\w*\.json)`\s*\|[^|]*\|\s*([\d,]+)\s*\|\s*([\d,]+)\s*\|", line)
+        match = re.match(
+            r"\|\s*`configs/(model_config_moe\w*\.json)`\s*\|[^|]*\|\s*([\d,]+)\s*\|\s*([\d,]+)\s*\|", line
+        )
         if match:
             counts[match.group(1)] = (int(match.group(2).replace(",", "")), int(match.group(3).replace(",", "")))
     return counts

@@ -33,6 +33,11 @@ print("ddp-ok")
 def test_ddp_without_unused_parameters(tmp_path):
     """Two DDP steps (gloo, 1 process, find_unused_parameters=False) with idle experts: DDP errors if a parameter
     was left out of the graph. In a subprocess with a timeout, so a gloo teardown problem cannot hang the suite."""
-    result = subprocess.run([sys.executable, "-c", DDP_SCRIPT, str(tmp_path / "store")], cwd=REPO,
-                            capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [sys.executable, "-c", DDP_SCRIPT, str(tmp_path / "store")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert "ddp-ok" in result.stdout, result.stderr[-3000:]

@@ -34,8 +34,10 @@ def test_logits_aux_loss_and_loss_match_qwen3_moe(layout):
     assert (ours.logits - theirs.logits).abs().max() <= 1e-5
     assert torch.equal(ours.aux_loss, load_balancing_loss_func(theirs.router_logits, 4, 2))
     assert torch.equal(ours.aux_loss, theirs.aux_loss)
-    assert len(ours.router_logits) == len(theirs.router_logits) == model.config.num_hidden_layers - len(
-        model.config.mlp_only_layers
+    assert (
+        len(ours.router_logits)
+        == len(theirs.router_logits)
+        == model.config.num_hidden_layers - len(model.config.mlp_only_layers)
     )
     fused, ref = model(ids, labels=ids), reference(ids, labels=ids)
     assert fused.logits is None

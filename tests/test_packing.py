@@ -8,7 +8,12 @@ import torch
 
 from moai_llm import MoaiForCausalLM
 from moai_llm.data import (
-    DataError, DataStats, HierarchicalBalancePacker, PackedCollator, attention_balance_ratio, packing_efficiency,
+    DataError,
+    DataStats,
+    HierarchicalBalancePacker,
+    PackedCollator,
+    attention_balance_ratio,
+    packing_efficiency,
     split_long_documents,
 )
 from moai_llm.data.packing import pack_stream
@@ -20,8 +25,10 @@ def paragraph_lengths() -> np.ndarray:
     """Token-ish lengths (words * 1.3) of the paragraphs of real plays (bundled sample when no corpora)."""
     corpora = shared_corpora()
     if corpora:
-        text = "\n\n".join((corpora / "en/shakespeare" / n).read_text(encoding="utf-8")
-                           for n in ("hamlet.txt", "lear.txt", "othello.txt", "tempest.txt"))
+        text = "\n\n".join(
+            (corpora / "en/shakespeare" / n).read_text(encoding="utf-8")
+            for n in ("hamlet.txt", "lear.txt", "othello.txt", "tempest.txt")
+        )
     else:
         rows = (REPO / "moai_llm/assets/sample/pretrain.jsonl").read_text(encoding="utf-8").splitlines()
         text = "\n\n".join(json.loads(row)["text"] for row in rows)
@@ -71,10 +78,12 @@ def test_streaming_packs_keep_every_document():
 
 
 def test_collator_restarts_positions_and_masks_document_starts():
-    batch = PackedCollator(pad_token_id=0)([
-        {"input_ids": [5, 6, 7, 8, 9], "seq_lengths": [3, 2]},
-        {"input_ids": [10, 11], "seq_lengths": [2]},
-    ])
+    batch = PackedCollator(pad_token_id=0)(
+        [
+            {"input_ids": [5, 6, 7, 8, 9], "seq_lengths": [3, 2]},
+            {"input_ids": [10, 11], "seq_lengths": [2]},
+        ]
+    )
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]
     assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9], [-100, 11, -100, -100, -100]]
     assert batch["input_ids"].tolist()[1] == [10, 11, 0, 0, 0]

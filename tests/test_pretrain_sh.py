@@ -38,23 +38,36 @@ def flag(output, name):
     [("24", "1", "32"), ("40", "1", "32"), ("48", "2", "16"), ("80", "4", "8"), ("141", "8", "4")],
 )
 def test_dry_run_two_nodes_of_eight(memory, micro, accumulation, tokenizer_dir):
-    env = {"DRY_RUN": "1", "NUM_GPUS": "8", "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1",
-           "GPU_MEMORY": memory, "MODEL_SIZE": "3b", "GPU_NAME": "NVIDIA H100 80GB HBM3"}
+    env = {
+        "DRY_RUN": "1",
+        "NUM_GPUS": "8",
+        "NNODES": "2",
+        "NODE_RANK": "1",
+        "MASTER_ADDR": "10.0.0.1",
+        "GPU_MEMORY": memory,
+        "MODEL_SIZE": "3b",
+        "GPU_NAME": "NVIDIA H100 80GB HBM3",
+    }
     result = run(env, "--", "--learning_rate", "2e-4", tokenizer=tokenizer_dir)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert flag(out, "--nnodes") == "2" and flag(out, "--node_rank") == "1" and flag(out, "--nproc_per_node") == "8"
     assert flag(out, "--master_addr") == "10.0.0.1" and flag(out, "--master_port") == "29500"
     assert flag(out, "--batch_size") == micro and flag(out, "--gradient_accumulation_steps") == accumulation
-    assert f"= effective 512 sequences" in out
+    assert "= effective 512 sequences" in out
     assert "--learning_rate 2e-4" in out and "NCCL_P2P_DISABLE=0" in out
     assert "--ddp_backend nccl" in out
     assert "--bf16" not in out and "--tf32" not in out  # train.py picks bf16, or fp16 where bf16 is unsupported
 
 
 def test_dry_run_consumer_gpu_disables_p2p(tokenizer_dir):
-    env = {"DRY_RUN": "1", "NUM_GPUS": "2", "GPU_MEMORY": "24", "MODEL_SIZE": "2b",
-           "GPU_NAME": "NVIDIA GeForce RTX 4090"}
+    env = {
+        "DRY_RUN": "1",
+        "NUM_GPUS": "2",
+        "GPU_MEMORY": "24",
+        "MODEL_SIZE": "2b",
+        "GPU_NAME": "NVIDIA GeForce RTX 4090",
+    }
     result = run(env, tokenizer=tokenizer_dir)
     assert result.returncode == 0, result.stderr
     assert "NCCL_P2P_DISABLE=1" in result.stdout
@@ -62,8 +75,15 @@ def test_dry_run_consumer_gpu_disables_p2p(tokenizer_dir):
 
 
 def test_overrides_and_parallel_engines(tokenizer_dir):
-    env = {"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "MODEL_SIZE": "16b", "BATCH_SIZE": "1",
-           "GRADIENT_ACCUMULATION_STEPS": "3", "PARALLEL": "fsdp"}
+    env = {
+        "DRY_RUN": "1",
+        "NUM_GPUS": "8",
+        "GPU_MEMORY": "80",
+        "MODEL_SIZE": "16b",
+        "BATCH_SIZE": "1",
+        "GRADIENT_ACCUMULATION_STEPS": "3",
+        "PARALLEL": "fsdp",
+    }
     result = run(env, tokenizer=tokenizer_dir)
     assert result.returncode == 0, result.stderr
     assert "= effective 24 sequences" in result.stdout and "configs/fsdp_config.json" in result.stdout
@@ -76,11 +96,20 @@ def test_overrides_and_parallel_engines(tokenizer_dir):
     [
         ({"NUM_GPUS": "8"}, "no GPU was found"),
         ({"DRY_RUN": "1", "NUM_GPUS": "3", "GPU_MEMORY": "80", "MODEL_SIZE": "3b"}, "does not divide"),
-        ({"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "24", "MODEL_SIZE": "16b"}, "no batch-table row for GPU_MEMORY=24"),
-        ({"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "MODEL_SIZE": "70b"}, "MODEL_SIZE=70b has no batch-table row"),
+        (
+            {"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "24", "MODEL_SIZE": "16b"},
+            "no batch-table row for GPU_MEMORY=24",
+        ),
+        (
+            {"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "MODEL_SIZE": "70b"},
+            "MODEL_SIZE=70b has no batch-table row",
+        ),
         ({"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "NNODES": "2"}, "needs MASTER_ADDR"),
         ({"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "MODEL_CONFIG": "nope.json"}, "MODEL_CONFIG=nope.json"),
-        ({"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "DATA_CONFIG": "missing.yaml"}, "DATA_CONFIG=missing.yaml"),
+        (
+            {"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "DATA_CONFIG": "missing.yaml"},
+            "DATA_CONFIG=missing.yaml",
+        ),
         ({"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "PARALLEL": "tp"}, "PARALLEL=tp"),
         ({"DRY_RUN": "1", "NUM_GPUS": "two"}, "NUM_GPUS=two"),
     ],
@@ -103,8 +132,8 @@ def fake_nvidia_smi(directory, memory_mib: int, name: str = "NVIDIA H100 80GB HB
     script = directory / "nvidia-smi"
     script.write_text(
         "#!/usr/bin/env bash\n"
-        "case \"$*\" in\n"
-        f"  -L) for i in $(seq 0 {count - 1}); do echo \"GPU $i: {name} (UUID: GPU-$i)\"; done ;;\n"
+        'case "$*" in\n'
+        f'  -L) for i in $(seq 0 {count - 1}); do echo "GPU $i: {name} (UUID: GPU-$i)"; done ;;\n'
         f"  *memory.total*) for i in $(seq 1 {count}); do echo {memory_mib}; done ;;\n"
         f"  *name*) for i in $(seq 1 {count}); do echo '{name}'; done ;;\n"
         "esac\n"
@@ -133,10 +162,20 @@ def test_relative_paths_are_resolved_from_the_callers_directory(tmp_path):
     (caller / "tok").mkdir()
     (caller / "tok" / "tokenizer.json").write_text("{}")
     env = {k: v for k, v in os.environ.items() if k not in ("NUM_GPUS", "GPU_MEMORY", "MODEL_SIZE", "NNODES")}
-    env.update({"DRY_RUN": "1", "NUM_GPUS": "1", "GPU_MEMORY": "80", "MODEL_CONFIG": "cfg/model.json",
-                "TOKENIZER_PATH": "tok", "DATA_CONFIG": "cfg/data.yaml", "OUTPUT_DIR": "runs/a"})
-    result = subprocess.run(["bash", str(REPO / "pretrain.sh")], cwd=caller, env=env, capture_output=True, text=True,
-                            timeout=60)
+    env.update(
+        {
+            "DRY_RUN": "1",
+            "NUM_GPUS": "1",
+            "GPU_MEMORY": "80",
+            "MODEL_CONFIG": "cfg/model.json",
+            "TOKENIZER_PATH": "tok",
+            "DATA_CONFIG": "cfg/data.yaml",
+            "OUTPUT_DIR": "runs/a",
+        }
+    )
+    result = subprocess.run(
+        ["bash", str(REPO / "pretrain.sh")], cwd=caller, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert flag(out, "--model_config") == str(caller / "cfg" / "model.json")
@@ -144,8 +183,9 @@ def test_relative_paths_are_resolved_from_the_callers_directory(tmp_path):
     assert flag(out, "--config") == str(caller / "cfg" / "data.yaml")
     assert flag(out, "--output_dir") == str(caller / "runs" / "a")
     del env["MODEL_CONFIG"], env["TOKENIZER_PATH"]  # defaults stay relative to the repo, made absolute
-    result = subprocess.run(["bash", str(REPO / "pretrain.sh")], cwd=caller, env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        ["bash", str(REPO / "pretrain.sh")], cwd=caller, env=env, capture_output=True, text=True, timeout=60
+    )
     assert flag(result.stdout, "--model_config") == str(REPO / "configs" / "model_config_tiny.json")
     assert flag(result.stdout, "--tokenizer_path") == str(REPO / "moai_llm" / "assets" / "tokenizer")
 
@@ -164,12 +204,15 @@ def test_shutdown_timeout_fits_a_save(tmp_path, tokenizer_dir):
 def test_dry_run_plan_is_read_from_the_batch_table(tmp_path, tokenizer_dir):
     table = (REPO / "configs" / "batch_table.yaml").read_text()
     edited = table.replace("micro_batch: {24: 1, 40: 1, 48: 2, 80: 4, 141: 8}", "micro_batch: {24: 1, 80: 2}")
-    edited = edited.replace("  3b:\n    model_config: configs/model_config.json\n    seq_len: 4096\n"
-                            "    effective_batch: 512\n", "  3b:\n    model_config: configs/model_config.json\n"
-                            "    seq_len: 2048\n    effective_batch: 256\n")
+    edited = edited.replace(
+        "  3b:\n    model_config: configs/model_config.json\n    seq_len: 4096\n    effective_batch: 512\n",
+        "  3b:\n    model_config: configs/model_config.json\n    seq_len: 2048\n    effective_batch: 256\n",
+    )
     assert edited.count("seq_len: 2048") == 1 and "{24: 1, 80: 2}" in edited
-    (tmp_path / "table.yaml").write_text(edited + "  7b:\n    model_config: configs/model_config.json\n"
-                                         "    seq_len: 1024\n    effective_batch: 64\n    micro_batch: {80: 1}\n")
+    (tmp_path / "table.yaml").write_text(
+        edited + "  7b:\n    model_config: configs/model_config.json\n"
+        "    seq_len: 1024\n    effective_batch: 64\n    micro_batch: {80: 1}\n"
+    )
     env = {"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80", "MODEL_SIZE": "3b"}
     default = run(env, tokenizer=tokenizer_dir).stdout
     assert flag(default, "--batch_size") == "4" and flag(default, "--max_seq_length") == "4096"
@@ -189,8 +232,10 @@ def test_dry_run_plan_is_read_from_the_batch_table(tmp_path, tokenizer_dir):
     [
         (None, "BATCH_TABLE={path}: file not found"),
         ("models: [\n  3b", "{path}: not valid YAML at line 2 (expected ',' or ']', but got '<stream end>')"),
-        ("cpu_micro_batch: 4\nmodels:\n  3b: {model_config: configs/model_config.json, seq_len: 4096}\n",
-         "{path}: models.3b: missing field(s) effective_batch, micro_batch"),
+        (
+            "cpu_micro_batch: 4\nmodels:\n  3b: {model_config: configs/model_config.json, seq_len: 4096}\n",
+            "{path}: models.3b: missing field(s) effective_batch, micro_batch",
+        ),
     ],
 )
 def test_missing_or_malformed_batch_table_is_one_line(text, message, tmp_path, tokenizer_dir):

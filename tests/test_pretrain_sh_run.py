@@ -7,7 +7,6 @@ import subprocess
 import time
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from moai_llm.training.trainer import COMPLETE_MARKER
@@ -28,25 +27,67 @@ def _env(tmp_path, **extra):
 
 def _common(model_config):
     """fp32 (--bf16 false): the comparison is of the data split and gradient averaging, not of bf16 rounding."""
-    return ["--bf16", "false", "--max_seq_length", "64", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "1",
-            "--disable_tqdm", "true", "--seed", "0", "--learning_rate", "1e-3", "--model_config", model_config]
+    return [
+        "--bf16",
+        "false",
+        "--max_seq_length",
+        "64",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+        "--seed",
+        "0",
+        "--learning_rate",
+        "1e-3",
+        "--model_config",
+        model_config,
+    ]
 
 
 def test_two_cpu_processes_match_one_process(tmp_path):
     model_config = write_tiny_config(tmp_path)
     two = tmp_path / "two"
     result = subprocess.run(
-        ["bash", str(REPO / "pretrain.sh"), "--", *_common(model_config)], cwd=REPO, capture_output=True, text=True,
-        timeout=420, env=_env(tmp_path, NUM_GPUS="2", BATCH_SIZE="2", GRADIENT_ACCUMULATION_STEPS="1",
-                              MAX_STEPS=str(STEPS), OUTPUT_DIR=str(two), SEQ_LEN="64", RESUME="no"),
+        ["bash", str(REPO / "pretrain.sh"), "--", *_common(model_config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=420,
+        env=_env(
+            tmp_path,
+            NUM_GPUS="2",
+            BATCH_SIZE="2",
+            GRADIENT_ACCUMULATION_STEPS="1",
+            MAX_STEPS=str(STEPS),
+            OUTPUT_DIR=str(two),
+            SEQ_LEN="64",
+            RESUME="no",
+        ),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 cpu process(es)" in result.stdout and "--ddp_backend gloo" in result.stdout
     assert (two / "final_model" / "model.safetensors").is_file()
     assert not list(two.glob("final_model*/rank*"))  # one final_model, written by rank 0 only
     one = tmp_path / "one"
-    single = run_cli(["--output_dir", str(one), "--batch_size", "4", "--max_steps", str(STEPS), "--use_cpu", "true",
-                      *_common(model_config)], timeout=300)
+    single = run_cli(
+        [
+            "--output_dir",
+            str(one),
+            "--batch_size",
+            "4",
+            "--max_steps",
+            str(STEPS),
+            "--use_cpu",
+            "true",
+            *_common(model_config),
+        ],
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     a, b = load_file(str(two / "final_model/model.safetensors")), load_file(str(one / "final_model/model.safetensors"))
     diffs = {name: (a[name] - b[name]).abs().max().item() for name in a}
@@ -57,10 +98,22 @@ def test_a_dead_rank_ends_the_job(tmp_path):
     model_config = write_tiny_config(tmp_path)
     out = tmp_path / "dead"
     process = subprocess.Popen(
-        ["bash", str(REPO / "pretrain.sh"), "--", *_common(model_config)], cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        env=_env(tmp_path, NUM_GPUS="2", BATCH_SIZE="1", GRADIENT_ACCUMULATION_STEPS="1", MAX_STEPS="100000",
-                 OUTPUT_DIR=str(out), SEQ_LEN="64", RESUME="no"),
+        ["bash", str(REPO / "pretrain.sh"), "--", *_common(model_config)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env=_env(
+            tmp_path,
+            NUM_GPUS="2",
+            BATCH_SIZE="1",
+            GRADIENT_ACCUMULATION_STEPS="1",
+            MAX_STEPS="100000",
+            OUTPUT_DIR=str(out),
+            SEQ_LEN="64",
+            RESUME="no",
+        ),
     )
     try:
         deadline = time.monotonic() + 240
@@ -99,7 +152,7 @@ def _rank_one(output_dir) -> int | None:
     return None
 
 
-SLOW_SAVE = '''
+SLOW_SAVE = """
 import os, time
 if "LOCAL_RANK" in os.environ:  # torchrun workers only: the checkpoint save takes SAVE_SECONDS longer
     from moai_llm.training import trainer
@@ -112,7 +165,7 @@ if "LOCAL_RANK" in os.environ:  # torchrun workers only: the checkpoint save tak
         return original(self, *args, **kwargs)
 
     trainer.MoaiTrainer._save_checkpoint = slow_save
-'''
+"""
 
 
 def test_second_signal_during_the_save_does_not_kill_it(tmp_path):
@@ -123,14 +176,30 @@ def test_second_signal_during_the_save_does_not_kill_it(tmp_path):
     (hooks / "sitecustomize.py").write_text(SLOW_SAVE)
     model_config, out, log = write_tiny_config(tmp_path), tmp_path / "run", tmp_path / "log.txt"
     started = tmp_path / "save_started"
-    env = _env(tmp_path, NUM_GPUS="1", BATCH_SIZE="1", GRADIENT_ACCUMULATION_STEPS="1", MAX_STEPS="100000",
-               OUTPUT_DIR=str(out), SEQ_LEN="64", RESUME="no", SAVE_STARTED=str(started), SAVE_SECONDS="4",
-               PYTHONPATH=f"{hooks}:{REPO}")
+    env = _env(
+        tmp_path,
+        NUM_GPUS="1",
+        BATCH_SIZE="1",
+        GRADIENT_ACCUMULATION_STEPS="1",
+        MAX_STEPS="100000",
+        OUTPUT_DIR=str(out),
+        SEQ_LEN="64",
+        RESUME="no",
+        SAVE_STARTED=str(started),
+        SAVE_SECONDS="4",
+        PYTHONPATH=f"{hooks}:{REPO}",
+    )
     flags = [*_common(model_config), "--save_steps", "1000000"]
     flags[flags.index("--save_strategy") + 1] = "steps"  # only the signal saves
     with open(log, "w") as handle:
-        process = subprocess.Popen(["bash", str(REPO / "pretrain.sh"), "--", *flags], cwd=REPO, env=env,
-                                   stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            ["bash", str(REPO / "pretrain.sh"), "--", *flags],
+            cwd=REPO,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 240
         while "'loss'" not in log.read_text():

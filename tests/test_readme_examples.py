@@ -23,17 +23,34 @@ import pytest
 
 from .conftest import REPO
 
-DOCS = ("README.md", "ARCHITECTURE.md", *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md")),
-        "benchmarks/README.md")
+DOCS = (
+    "README.md",
+    "ARCHITECTURE.md",
+    *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md")),
+    "benchmarks/README.md",
+)
 MARKER_PREFIX = "*Not run by the README test"
 SKIP_MARKERS = (
     "*Not run by the README test: needs a GPU.*",
     "*Not run by the README test: needs the Hugging Face Hub.*",
 )
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
-QUICKSTART_RUN = ["train.py", "--max_steps", "1", "--batch_size", "1", "--max_seq_length", "64", "--eval_fraction",
-                  "0", "--save_strategy", "no", "--output_dir", "outputs/pretrain-tiny"]
-RUNNER = '''
+QUICKSTART_RUN = [
+    "train.py",
+    "--max_steps",
+    "1",
+    "--batch_size",
+    "1",
+    "--max_seq_length",
+    "64",
+    "--eval_fraction",
+    "0",
+    "--save_strategy",
+    "no",
+    "--output_dir",
+    "outputs/pretrain-tiny",
+]
+RUNNER = """
 import json, os, sys, time, traceback
 blocks, results, start = json.load(open(sys.argv[1])), open(sys.argv[2], "a"), int(sys.argv[3])
 workspace = os.getcwd()
@@ -48,7 +65,7 @@ for block in blocks[start:]:
         error = traceback.format_exc()[-3000:]
     results.write(json.dumps({"id": block["id"], "error": error, "seconds": time.time() - began}) + "\\n")
     results.flush()
-'''
+"""
 
 
 @dataclass
@@ -119,8 +136,13 @@ def _repo_state():
     """What the examples could leave behind in the checkout: git's view and the (git-ignored) outputs/."""
     status = ""
     if (REPO / ".git").exists():
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO,
-                                capture_output=True, text=True, check=False).stdout
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
     outputs = sorted(str(p) for p in (REPO / "outputs").rglob("*")) if (REPO / "outputs").is_dir() else []
     return status, outputs
 
@@ -172,16 +194,30 @@ def python_results(workspace):
     (logs / "runner.py").write_text(RUNNER)
     results, start = {}, 0
     while start < len(payload):
-        run = subprocess.run([sys.executable, str(logs / "runner.py"), str(logs / "blocks.json"),
-                              str(logs / "results.jsonl"), str(start)], cwd=workspace["root"], env=_env(),
-                             capture_output=True, text=True, timeout=280, check=False)
+        run = subprocess.run(
+            [
+                sys.executable,
+                str(logs / "runner.py"),
+                str(logs / "blocks.json"),
+                str(logs / "results.jsonl"),
+                str(start),
+            ],
+            cwd=workspace["root"],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=280,
+            check=False,
+        )
         for line in (logs / "results.jsonl").read_text().splitlines():
             entry = json.loads(line)
             results[entry["id"]] = entry
         done = sum(1 for block in payload if block["id"] in results)
         if done < len(payload):  # the interpreter died inside block `done`: blame it, go on after it
-            results[payload[done]["id"]] = {"error": f"the interpreter died (exit {run.returncode}):\n"
-                                                     f"{(run.stdout + run.stderr)[-3000:]}", "seconds": None}
+            results[payload[done]["id"]] = {
+                "error": f"the interpreter died (exit {run.returncode}):\n{(run.stdout + run.stderr)[-3000:]}",
+                "seconds": None,
+            }
             done += 1
         start = done
     return results

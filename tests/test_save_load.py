@@ -34,8 +34,13 @@ def test_round_trip_with_auto_classes(tmp_path, tiny_model):
     assert isinstance(AutoModel.from_pretrained(tmp_path), MoaiModel)
 
 
-MOE = dict(num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=48, num_hidden_layers=3,
-           mlp_only_layers=[0])  # every kind of feed-forward: dense, routed experts, shared expert
+MOE = dict(
+    num_experts=4,
+    moe_intermediate_size=32,
+    shared_expert_intermediate_size=48,
+    num_hidden_layers=3,
+    mlp_only_layers=[0],
+)  # every kind of feed-forward: dense, routed experts, shared expert
 
 
 @pytest.mark.integration
@@ -60,8 +65,8 @@ def test_remote_code_load_without_the_package(tmp_path, tiny_model, moe):
             pass
         import torch
         from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained(r"{tmp_path / 'model'}", trust_remote_code=True).eval()
-        expected = torch.load(r"{tmp_path / 'expected.pt'}")
+        model = AutoModelForCausalLM.from_pretrained(r"{tmp_path / "model"}", trust_remote_code=True).eval()
+        expected = torch.load(r"{tmp_path / "expected.pt"}")
         diff = (model(expected["ids"]).logits - expected["logits"]).abs().max().item()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         assert diff == 0.0, diff

@@ -25,8 +25,10 @@ def registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve_models")
     entries = [
         ("tiny", save_tiny_model(root / "tiny")),
-        ("small", save_tiny_model(root / "small", hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                                  head_dim=64)),
+        (
+            "small",
+            save_tiny_model(root / "small", hidden_size=256, intermediate_size=768, num_hidden_layers=4, head_dim=64),
+        ),
         ("moe", save_tiny_model(root / "moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)),
     ]
     return load_models(entries, max_batch_size=16, max_tokens=MAX_TOKENS)
@@ -65,28 +67,49 @@ def test_openai_client_streaming_and_not(server):
     whole = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=12)
     assert whole.object == "chat.completion" and whole.choices[0].message.role == "assistant"
     assert whole.usage.completion_tokens == 12 and whole.usage.prompt_tokens > 5
-    chunks = list(client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=12,
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny",
+            messages=messages,
+            temperature=0,
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(pieces) > 1 and "".join(pieces) == whole.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == 12 and chunks[-1].choices == []
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
 
     text = client.completions.create(model="tiny", prompt="To be, or not to be", temperature=0, max_tokens=8)
-    streamed = client.completions.create(model="tiny", prompt="To be, or not to be", temperature=0, max_tokens=8,
-                                         stream=True)
+    streamed = client.completions.create(
+        model="tiny", prompt="To be, or not to be", temperature=0, max_tokens=8, stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed) == text.choices[0].text and text.usage.completion_tokens == 8
-    seeded = [client.chat.completions.create(model="tiny", messages=messages, temperature=1.0, seed=7,
-                                             max_tokens=10, extra_body={"top_k": 40}).choices[0].message.content
-              for _ in range(2)]
+    seeded = [
+        client.chat.completions.create(
+            model="tiny", messages=messages, temperature=1.0, seed=7, max_tokens=10, extra_body={"top_k": 40}
+        )
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    ]
     assert seeded[0] == seeded[1]
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=messages)
 
 
 def test_streaming_sends_tokens_as_they_are_generated(server):
-    body = chat_body("Tell me a long story.", model="small", max_tokens=64, temperature=0, ignore_eos=True,
-                     stream=True, stream_options={"include_usage": True})
+    body = chat_body(
+        "Tell me a long story.",
+        model="small",
+        max_tokens=64,
+        temperature=0,
+        ignore_eos=True,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     events = stream_events(server, body)
     content = [(t, e) for t, e in events if e != "[DONE]" and e["choices"] and e["choices"][0]["delta"].get("content")]
     total = events[-1][0]
@@ -106,8 +129,9 @@ def test_disconnect_stops_generation_and_server_goes_on(server, registry):
     _wait_for_idle(engine)
     assert engine.tokens_generated - before < 1000, "generation went on after the client left"
     with pytest.raises(httpx.ReadTimeout):  # a non-streaming client that gives up stops its generation too
-        httpx.post(f"{server}/v1/chat/completions", json=chat_body("Again.", max_tokens=2000, ignore_eos=True),
-                   timeout=0.5)
+        httpx.post(
+            f"{server}/v1/chat/completions", json=chat_body("Again.", max_tokens=2000, ignore_eos=True), timeout=0.5
+        )
     before = engine.tokens_generated
     _wait_for_idle(engine)
     assert engine.tokens_generated - before < 1000
@@ -122,9 +146,16 @@ def _wait_for_idle(engine, timeout=20.0):
         time.sleep(0.05)
 
 
-PROMPTS = ["What is Seoul?", "Tell me about Hamlet, prince of Denmark.", "안녕하세요, 오늘 날씨는 어떤가요?", "x",
-           "A longer prompt that needs more left padding than the others when it shares a batch with them.",
-           "To be, or not to be", "Count to ten.", "Why is the sky blue?"]
+PROMPTS = [
+    "What is Seoul?",
+    "Tell me about Hamlet, prince of Denmark.",
+    "안녕하세요, 오늘 날씨는 어떤가요?",
+    "x",
+    "A longer prompt that needs more left padding than the others when it shares a batch with them.",
+    "To be, or not to be",
+    "Count to ten.",
+    "Why is the sky blue?",
+]
 
 
 TOKENS = 32
@@ -139,8 +170,7 @@ def test_concurrent_clients_equal_answers_served_alone(server, registry, model):
             start.wait(30)  # all clients send at once
         if body["stream"]:
             events = stream_events(server, body)
-            results[i] = "".join(e["choices"][0]["delta"].get("content") or "" for _, e in events[:-1]
-                                 if e["choices"])
+            results[i] = "".join(e["choices"][0]["delta"].get("content") or "" for _, e in events[:-1] if e["choices"])
         else:
             results[i] = post(server, "/v1/chat/completions", body).json()["choices"][0]["message"]["content"]
 
@@ -163,24 +193,29 @@ def test_concurrent_clients_equal_answers_served_alone(server, registry, model):
     for i, prompt in enumerate(PROMPTS[:3]):  # the engine's greedy answers are transformers' generate answers
         ids = torch.tensor([served.chat_prompt([{"role": "user", "content": prompt}])])
         with torch.no_grad():
-            out = torch_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=TOKENS, do_sample=False,
-                                       eos_token_id=None, pad_token_id=tokenizer.pad_token_id)
+            out = torch_model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=TOKENS,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         reference = {}
         ask(i, prompt, reference)
-        assert reference[i] == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        assert reference[i] == tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def test_stop_strings_end_the_answer_before_them(server):
-    full = post(server, "/v1/chat/completions", chat_body("Say something.", max_tokens=24, temperature=0,
-                                                          ignore_eos=True)).json()["choices"][0]["message"]["content"]
+    full = post(
+        server, "/v1/chat/completions", chat_body("Say something.", max_tokens=24, temperature=0, ignore_eos=True)
+    ).json()["choices"][0]["message"]["content"]
     stop = full[10:13]
     body = chat_body("Say something.", max_tokens=24, temperature=0, ignore_eos=True, stop=[stop, "never-seen"])
     answer = post(server, "/v1/chat/completions", body).json()["choices"][0]
     assert answer["message"]["content"] == full[: full.index(stop)] and answer["finish_reason"] == "stop"
     streamed = stream_events(server, {**body, "stream": True})
     assert "".join(e["choices"][0]["delta"].get("content") or "" for _, e in streamed[:-1]) == full[: full.index(stop)]
-
-
 
 
 def test_a_failing_forward_fails_its_requests_not_the_server(server, registry, monkeypatch):
@@ -201,8 +236,11 @@ def test_a_failing_forward_fails_its_requests_not_the_server(server, registry, m
     client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
     messages = [{"role": "user", "content": "hi"}]
     with pytest.raises(openai.APIError, match="injected fault"):  # a stream ends with an error event
-        list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=5, stream=True,
-                                            extra_body={"ignore_eos": True}))
+        list(
+            client.chat.completions.create(
+                model="tiny", messages=messages, max_tokens=5, stream=True, extra_body={"ignore_eos": True}
+            )
+        )
     answer = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5)
     assert answer.usage.completion_tokens >= 1 and len(calls) > 2
 
@@ -215,10 +253,20 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", {"model": "tiny"}, 400, "messages", "missing_required_parameter"),
     ("/v1/chat/completions", {"model": "tiny", "messages": []}, 400, "messages", "invalid_value"),
     ("/v1/chat/completions", {"model": "tiny", "messages": "hi"}, 400, "messages", "invalid_type"),
-    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "robot", "content": "hi"}]}, 400,
-     "messages.0.role", "invalid_value"),
-    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": 5}]}, 400,
-     "messages.0.content", "invalid_type"),
+    (
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": [{"role": "robot", "content": "hi"}]},
+        400,
+        "messages.0.role",
+        "invalid_value",
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": [{"role": "user", "content": 5}]},
+        400,
+        "messages.0.content",
+        "invalid_type",
+    ),
     ("/v1/chat/completions", chat_body("hi", temperature="hot"), 400, "temperature", "invalid_type"),
     ("/v1/chat/completions", chat_body("hi", temperature=3), 400, "temperature", "invalid_value"),
     ("/v1/chat/completions", chat_body("hi", max_tokens=2.5), 400, "max_tokens", "invalid_type"),
@@ -231,8 +279,13 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", chat_body("hi", n=2), 400, "n", "invalid_value"),
     ("/v1/chat/completions", chat_body("hi", best_of=2), 400, "best_of", "unknown_parameter"),
     ("/v1/chat/completions", chat_body("hi", model="gpt-4"), 404, "model", "model_not_found"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, 400, "model",
-     "missing_required_parameter"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "hi"}]},
+        400,
+        "model",
+        "missing_required_parameter",
+    ),
     ("/v1/completions", {"model": "tiny", "prompt": ["a", "b"]}, 400, "prompt", "invalid_value"),
     ("/v1/completions", {"model": "tiny", "prompt": ""}, 400, "prompt", "invalid_value"),
     ("/v1/completions", {"model": "tiny", "prompt": LONG}, 400, "prompt", "context_length_exceeded"),
@@ -244,8 +297,9 @@ BAD_REQUESTS = [
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
     for path, body, status, param, code in BAD_REQUESTS:
         if isinstance(body, bytes):
-            response = httpx.post(f"{server}{path}", content=body, headers={"Content-Type": "application/json"},
-                                  timeout=60)
+            response = httpx.post(
+                f"{server}{path}", content=body, headers={"Content-Type": "application/json"}, timeout=60
+            )
         else:
             response = post(server, path, body)
         error = response.json()["error"]

@@ -14,8 +14,7 @@ from .serve_webdriver import CHROMEDRIVER, CHROMIUM, Browser
 pytestmark = pytest.mark.integration  # a server and a headless browser
 
 if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)) and not os.environ.get("CI"):
-    pytest.skip("Debian's chromium and chromium-driver are not installed (CI installs them)",
-                allow_module_level=True)
+    pytest.skip("Debian's chromium and chromium-driver are not installed (CI installs them)", allow_module_level=True)
 
 XSS = "<img src=x onerror=alert(1)>"
 SHORT = f"Here is {XSS} shown as text, not as an image."
@@ -45,8 +44,10 @@ def browser(tmp_path):
     browser.quit()
 
 
-LAST_ANSWER = "const m = [...document.querySelectorAll('#messages .msg.assistant')].pop(); " \
-              "return m && m.firstChild ? m.firstChild.textContent : null;"
+LAST_ANSWER = (
+    "const m = [...document.querySelectorAll('#messages .msg.assistant')].pop(); "
+    "return m && m.firstChild ? m.firstChild.textContent : null;"
+)
 IDLE = "return !document.body.classList.contains('busy')"
 RECORD_GROWTH = """
 window.lengths = [];
@@ -71,8 +72,9 @@ def test_chat_page(site, browser, tmp_path):
     url, registry = site
     scripted, real = registry.models["scripted"].engine, registry.models["tiny"].engine
     browser.open(url)
-    browser.wait("return document.querySelectorAll('#model option').length === 3 && "
-                 "!document.getElementById('model').hidden;")
+    browser.wait(
+        "return document.querySelectorAll('#model option').length === 3 && !document.getElementById('model').hidden;"
+    )
 
     # a streamed answer grows in several steps and shows markup as characters
     browser.run(RECORD_GROWTH)
@@ -88,8 +90,9 @@ def test_chat_page(site, browser, tmp_path):
     # the thread is still there after a reload
     browser.open(url)
     browser.wait("return document.querySelectorAll('#model option').length === 3;")
-    assert browser.run("return [...document.querySelectorAll('#threads .title')].map(e => e.textContent);") == \
-        ["hello there"]
+    assert browser.run("return [...document.querySelectorAll('#threads .title')].map(e => e.textContent);") == [
+        "hello there"
+    ]
     assert browser.run(LAST_ANSWER) == SHORT
 
     # switching models sends the next question to the other model
@@ -103,8 +106,10 @@ def test_chat_page(site, browser, tmp_path):
     # Stop ends a generation: the page says so and the server stops generating
     pick_model(browser, "scripted")
     send(browser, "write a long essay")
-    browser.wait("const m = [...document.querySelectorAll('#messages .msg.assistant')].pop(); "
-                 "return m.firstChild.textContent.length > 30;")
+    browser.wait(
+        "const m = [...document.querySelectorAll('#messages .msg.assistant')].pop(); "
+        "return m.firstChild.textContent.length > 30;"
+    )
     browser.click("#stop")
     browser.wait(IDLE + ";")
     assert browser.run("return [...document.querySelectorAll('#messages .note')].pop().textContent;") == "[stopped]"
@@ -118,25 +123,31 @@ def test_chat_page(site, browser, tmp_path):
     browser.click("#threads .thread:nth-child(2) .rename")
     browser.run("document.querySelector('#threads .rename-input').value = '';")
     browser.type("#threads .rename-input", "Renamed thread\ue007")  # \ue007: Enter
-    assert browser.run("return document.querySelector('#threads .thread:nth-child(2) .title').textContent;") == \
-        "Renamed thread"
+    assert (
+        browser.run("return document.querySelector('#threads .thread:nth-child(2) .title').textContent;")
+        == "Renamed thread"
+    )
     browser.click("#threads .thread:nth-child(2) .title")
     assert browser.run("return document.querySelectorAll('#messages .msg').length;") == 6
     browser.click("#threads .thread:nth-child(1) .delete")
     browser.click("#threads .thread:nth-child(1) .delete")  # the second click confirms
-    assert browser.run("return [...document.querySelectorAll('#threads .title')].map(e => e.textContent);") == \
-        ["Renamed thread"]
+    assert browser.run("return [...document.querySelectorAll('#threads .title')].map(e => e.textContent);") == [
+        "Renamed thread"
+    ]
 
     # a thread that outgrows the context: the page drops old exchanges, then lets the server size the answer
     browser.click("#new-thread")
     pick_model(browser, "cramped")
     for question in ("first question", "second question"):
         send(browser, question)
-        browser.wait(IDLE + " && [...document.querySelectorAll('#messages .msg.assistant')].pop()"
-                            ".firstChild.textContent.length > 0")
+        browser.wait(
+            IDLE + " && [...document.querySelectorAll('#messages .msg.assistant')].pop()"
+            ".firstChild.textContent.length > 0"
+        )
     assert browser.run(LAST_ANSWER) == SHORT
-    assert "oldest exchange" in browser.run("return [...document.querySelectorAll('#messages .note')].pop()"
-                                            ".textContent;")
+    assert "oldest exchange" in browser.run(
+        "return [...document.querySelectorAll('#messages .note')].pop().textContent;"
+    )
     assert not browser.run("return document.querySelector('#messages .msg.error');")
 
     # settings, theme, phone width

@@ -23,10 +23,21 @@ from .serve_helpers import free_port, running_server, save_tiny_model, wait_unti
 def server_process(args, env=None, timeout=90):
     """A server subprocess on a free port: yields (url, process); always stopped (SIGTERM, then SIGKILL)."""
     port = free_port()
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1",
-                   **(env or {})}
-    process = subprocess.Popen([*args, "--port", str(port)], cwd=REPO, env=environment, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+        **(env or {}),
+    }
+    process = subprocess.Popen(
+        [*args, "--port", str(port)],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(url, timeout, process)
@@ -66,13 +77,16 @@ def test_serve_py_models_dir_and_key_from_the_environment(tmp_path):
         assert "Application shutdown complete" in process.stdout.read()
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "no model to serve"),
-    (["--model_path", "/nonexistent/run"], "no such directory"),
-    (["--models_dir", "/nonexistent"], "no such directory"),
-    (["--models_dir", "EMPTY"], "no final_model directory"),
-    (["--model_path", "a=X", "--model_path", "a=Y"], "two models are both named 'a'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "no model to serve"),
+        (["--model_path", "/nonexistent/run"], "no such directory"),
+        (["--models_dir", "/nonexistent"], "no such directory"),
+        (["--models_dir", "EMPTY"], "no final_model directory"),
+        (["--model_path", "a=X", "--model_path", "a=Y"], "two models are both named 'a'"),
+    ],
+)
 def test_serve_py_bad_arguments_are_one_line_errors(tmp_path, capsys, args, message):
     (tmp_path / "empty").mkdir()
     args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in args]

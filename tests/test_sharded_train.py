@@ -68,18 +68,48 @@ run_training(*parse_args(sys.argv[2:]), extra_callbacks=[Probe()])
 
 
 def _args(output_dir, model_config, batch_size):
-    return ["--model_config", model_config, "--output_dir", str(output_dir), "--max_seq_length", "64",
-            "--batch_size", str(batch_size), "--max_steps", str(STEPS), "--learning_rate", "1e-3", "--seed", "0",
-            "--logging_steps", "1", "--eval_strategy", "no", "--eval_fraction", "0", "--save_strategy", "no",
-            "--use_cpu", "true", "--bf16", "false", "--disable_tqdm", "true", "--dataloader_num_workers", "0"]
+    return [
+        "--model_config",
+        model_config,
+        "--output_dir",
+        str(output_dir),
+        "--max_seq_length",
+        "64",
+        "--batch_size",
+        str(batch_size),
+        "--max_steps",
+        str(STEPS),
+        "--learning_rate",
+        "1e-3",
+        "--seed",
+        "0",
+        "--logging_steps",
+        "1",
+        "--eval_strategy",
+        "no",
+        "--eval_fraction",
+        "0",
+        "--save_strategy",
+        "no",
+        "--use_cpu",
+        "true",
+        "--bf16",
+        "false",
+        "--disable_tqdm",
+        "true",
+        "--dataloader_num_workers",
+        "0",
+    ]
 
 
 ENGINES = {
     "fsdp": ["--fsdp", "--fsdp_config", "configs/fsdp_config.json"],  # as pretrain.sh PARALLEL=fsdp
     "zero3": ["--deepspeed", "configs/deepspeed_zero3.json"],
 }
-NEEDS_DEEPSPEED = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
-                                     reason="DeepSpeed is not installed (with it, ZeRO-3 runs on CPU over gloo)")
+NEEDS_DEEPSPEED = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="DeepSpeed is not installed (with it, ZeRO-3 runs on CPU over gloo)",
+)
 
 
 @pytest.mark.parametrize("engine", ["fsdp", pytest.param("zero3", marks=NEEDS_DEEPSPEED)])
@@ -137,16 +167,27 @@ def test_lora_under_fsdp2_merges_on_rank_zero_like_one_process(tmp_path):
     torch.manual_seed(0)
     MoaiForCausalLM(tiny_config(vocab_size=8192)).save_pretrained(base)
     AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER).save_pretrained(base)
-    lora = ["--pretrained_model", str(base), "--use_lora", "true", "--merge_lora", "true", "--lora_r", "4",
-            "--lora_dropout", "0"]  # dropout masks would differ between 2 ranks and 1 process
+    lora = [
+        "--pretrained_model",
+        str(base),
+        "--use_lora",
+        "true",
+        "--merge_lora",
+        "true",
+        "--lora_r",
+        "4",
+        "--lora_dropout",
+        "0",
+    ]  # dropout masks would differ between 2 ranks and 1 process
 
     def args(output_dir, batch_size):
         flags = _args(output_dir, str(base / "config.json"), batch_size)
         flags[flags.index("--learning_rate") + 1] = "1e-2"
         return [*flags[2:], *lora]  # the model comes from --pretrained_model
 
-    result = torchrun(PROBE, [tmp_path, *args(tmp_path / "fsdp", 2), "--ddp_backend", "gloo", *ENGINES["fsdp"]],
-                      tmp_path, timeout=300)
+    result = torchrun(
+        PROBE, [tmp_path, *args(tmp_path / "fsdp", 2), "--ddp_backend", "gloo", *ENGINES["fsdp"]], tmp_path, timeout=300
+    )
     assert result.returncode == 0, result.stdout[-4000:]
     shards = json.loads((tmp_path / "shards-0.json").read_text())
     assert all(entry["sharded"] for name, entry in shards.items() if "lora_" in name)

@@ -72,12 +72,19 @@ def test_bundled_tokenizer_and_chat_template():
     assert [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == list(range(7))
     assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
     text = tokenizer.apply_chat_template(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "안녕?"},
-         {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "More"}],
-        tokenize=False, add_generation_prompt=True,
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "안녕?"},
+            {"role": "assistant", "content": "Hi."},
+            {"role": "user", "content": "More"},
+        ],
+        tokenize=False,
+        add_generation_prompt=True,
     )
-    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n안녕?<|im_end|>\n"
-                    "<|im_start|>assistant\nHi.<|im_end|>\n<|im_start|>user\nMore<|im_end|>\n<|im_start|>assistant\n")
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n안녕?<|im_end|>\n"
+        "<|im_start|>assistant\nHi.<|im_end|>\n<|im_start|>user\nMore<|im_end|>\n<|im_start|>assistant\n"
+    )
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=True)
     ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
     assert ids[0] == 5 and 6 in ids
@@ -100,8 +107,15 @@ def test_extension_keeps_ids_and_merges_and_lowers_korean_fertility(english_toke
     assert after < 0.8 * before
     assert extended.decode(extended.encode(text).ids) == text
     # a model trained with the base grows its embeddings and keeps working
-    config = Qwen3Config(vocab_size=english_tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    config = Qwen3Config(
+        vocab_size=english_tokenizer.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
     model = Qwen3ForCausalLM(config).eval()
     old_ids = torch.tensor([english_tokenizer.encode("the king is dead").ids])
     before_logits = model(old_ids).logits
@@ -117,8 +131,21 @@ def test_cli_trains_and_extends(tmp_path):
     assert cli(["--input_files", str(corpus), "--vocab_size", "400", "--output_dir", str(tmp_path / "base")]) == 0
     ko = tmp_path / "ko.txt"
     ko.write_text("\n".join(_korean()), encoding="utf-8")
-    assert cli(["--base_tokenizer", str(tmp_path / "base"), "--input_files", str(ko), "--vocab_size", "600",
-                "--output_dir", str(tmp_path / "ext")]) == 0
+    assert (
+        cli(
+            [
+                "--base_tokenizer",
+                str(tmp_path / "base"),
+                "--input_files",
+                str(ko),
+                "--vocab_size",
+                "600",
+                "--output_dir",
+                str(tmp_path / "ext"),
+            ]
+        )
+        == 0
+    )
     tokenizer = load_tokenizer(str(tmp_path / "ext"))
     assert len(tokenizer) == 600 and tokenizer.chat_template
 
@@ -127,11 +154,42 @@ def test_cli_multilingual_local_files_and_evaluate(tmp_path, capsys):
     en, ko = tmp_path / "en.txt", tmp_path / "ko.txt"
     en.write_text("\n".join(_english()[:3000]), encoding="utf-8")
     ko.write_text("\n".join(_korean()), encoding="utf-8")
-    assert cli(["--multilingual", "ko", "en", "--lang_files", f"ko={ko}", f"en={en}", "--max_samples_per_lang", "300",
-                "--vocab_size", "500", "--output_dir", str(tmp_path / "multi")]) == 0
+    assert (
+        cli(
+            [
+                "--multilingual",
+                "ko",
+                "en",
+                "--lang_files",
+                f"ko={ko}",
+                f"en={en}",
+                "--max_samples_per_lang",
+                "300",
+                "--vocab_size",
+                "500",
+                "--output_dir",
+                str(tmp_path / "multi"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert cli(["--evaluate", str(tmp_path / "multi"), "--compare", default_tokenizer_path(),
-                "--lang_files", f"ko={ko}", f"en={en}", "--max_samples_per_lang", "50"]) == 0
+    assert (
+        cli(
+            [
+                "--evaluate",
+                str(tmp_path / "multi"),
+                "--compare",
+                default_tokenizer_path(),
+                "--lang_files",
+                f"ko={ko}",
+                f"en={en}",
+                "--max_samples_per_lang",
+                "50",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| ko |" in out and "| en |" in out and "50/50" in out
 
@@ -143,8 +201,10 @@ def test_cli_multilingual_local_files_and_evaluate(tmp_path, capsys):
         (lambda p: ["--input_files", str(p / "empty.txt")], "empty.txt: file has no text"),
         (lambda p: ["--input_files", str(p / "ok.txt"), "--vocab_size", "100"], "smaller than 263"),
         (lambda p: ["--multilingual", "xx", "--lang_files", f"xx={p / 'ok.txt'}"], "unknown language code 'xx'"),
-        (lambda p: ["--base_tokenizer", str(p / "unigram"), "--input_files", str(p / "ok.txt")],
-         "not a byte-level BPE"),
+        (
+            lambda p: ["--base_tokenizer", str(p / "unigram"), "--input_files", str(p / "ok.txt")],
+            "not a byte-level BPE",
+        ),
         (lambda p: ["--input_files", str(p / "bad.jsonl")], "bad.jsonl:1: no field 'text'"),
         (lambda p: ["--lang_files", "ko"], "expected LANG=PATH"),
     ],

@@ -16,8 +16,22 @@ from .train_helpers import run_cli
 
 @pytest.mark.integration
 def test_no_argument_run_learns_and_final_model_loads(tmp_path):
-    result = run_cli(["--max_steps", "10", "--max_seq_length", "128", "--batch_size", "2", "--logging_steps", "2",
-                      "--eval_steps", "10", "--output_dir", str(tmp_path / "run")])
+    result = run_cli(
+        [
+            "--max_steps",
+            "10",
+            "--max_seq_length",
+            "128",
+            "--batch_size",
+            "2",
+            "--logging_steps",
+            "2",
+            "--eval_steps",
+            "10",
+            "--output_dir",
+            str(tmp_path / "run"),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     final = tmp_path / "run" / "final_model"
     history = json.loads((tmp_path / "run" / "checkpoint-10" / "trainer_state.json").read_text())["log_history"]
@@ -48,14 +62,18 @@ def test_no_argument_run_learns_and_final_model_loads(tmp_path):
         (["--mode", "finetune"], "invalid choice: 'finetune'"),
         (["--mode", "sft"], "--mode sft needs --pretrained_model"),
         (["--train_file", "missing.jsonl"], "missing.jsonl: no such file"),
-        (["--loss_type", "focal", "--loss_params", "{\"gamma\": -1}"], "focal_gamma must be >= 0"),
+        (["--loss_type", "focal", "--loss_params", '{"gamma": -1}'], "focal_gamma must be >= 0"),
         (["--model_config", "nope.json"], "--model_config nope.json: file not found"),
         (["--config", "nope.yaml"], "--config nope.yaml: file not found"),
         (["--wsd_decay_ratio", "1.5"], "--wsd_decay_ratio must be in [0, 1]"),
         (["--resume_from_checkpoint", "no/such/dir"], "--resume_from_checkpoint no/such/dir: directory not found"),
-        pytest.param(["--use_qlora", "true", "--pretrained_model", "x"], "--use_qlora needs bitsandbytes",
-                     marks=pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None,
-                                              reason="bitsandbytes is installed")),
+        pytest.param(
+            ["--use_qlora", "true", "--pretrained_model", "x"],
+            "--use_qlora needs bitsandbytes",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed"
+            ),
+        ),
     ],
 )
 def test_bad_input_is_one_line(args, message, capsys, tmp_path):

@@ -49,8 +49,14 @@ def test_eval_perplexity_is_cross_entropy_perplexity(objective, tmp_path):
     with torch.no_grad():
         model.lm_head.weight.mul_(20)  # confident predictions: at init they are near uniform, where smoothing ~ CE
     rows = eval_rows(model.config.vocab_size)
-    args = MoaiTrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=len(rows), use_cpu=True,
-                                 report_to="none", eval_strategy="no", disable_tqdm=True)
+    args = MoaiTrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_eval_batch_size=len(rows),
+        use_cpu=True,
+        report_to="none",
+        eval_strategy="no",
+        disable_tqdm=True,
+    )
     metrics = MoaiTrainer(model=model, args=args, eval_dataset=rows).evaluate()
     expected = plain_cross_entropy(model, rows)
     assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-5)

@@ -67,10 +67,29 @@ def test_bf16_sft_from_a_bf16_checkpoint_trains_fp32_weights(tmp_path):
     torch.manual_seed(0)
     base_dir = tmp_path / "base"
     MoaiForCausalLM(tiny_config(vocab_size=8192)).to(BF16).save_pretrained(base_dir)
-    args = fast_args(tmp_path / "sft", "unused", "--mode", "sft", "--pretrained_model", str(base_dir),
-                     "--train_file", SFT_FILE, "--max_steps", "2", "--bf16", "true", "--learning_rate", "2e-5",
-                     "--warmup_steps", "0", "--lr_scheduler_type", "constant", "--max_seq_length", "128")
-    args[args.index("--model_config"): args.index("--model_config") + 2] = []
+    args = fast_args(
+        tmp_path / "sft",
+        "unused",
+        "--mode",
+        "sft",
+        "--pretrained_model",
+        str(base_dir),
+        "--train_file",
+        SFT_FILE,
+        "--max_steps",
+        "2",
+        "--bf16",
+        "true",
+        "--learning_rate",
+        "2e-5",
+        "--warmup_steps",
+        "0",
+        "--lr_scheduler_type",
+        "constant",
+        "--max_seq_length",
+        "128",
+    )
+    args[args.index("--model_config") : args.index("--model_config") + 2] = []
     result = run_inprocess(args)[0]
     before, after = load_file(str(base_dir / "model.safetensors")), load_file(f"{result.final_model}/model.safetensors")
     layers = [name for name in after if ".layers." in name and name.endswith("proj.weight")]
@@ -92,8 +111,10 @@ def test_mixed_precision_resolution():
 def test_cpu_bf16_by_default_where_the_cpu_computes_it_natively(native, tmp_path):
     """AMX / AVX512-BF16 CPUs get bf16 autocast by default (and use_cpu, which TrainingArguments requires for bf16
     without a GPU); other CPUs stay fp32; --bf16 false wins either way."""
-    with mock.patch("torch.cuda.is_available", return_value=False), \
-            mock.patch("moai_llm.training.resolve.cpu_has_native_bf16", return_value=native):
+    with (
+        mock.patch("torch.cuda.is_available", return_value=False),
+        mock.patch("moai_llm.training.resolve.cpu_has_native_bf16", return_value=native),
+    ):
         default = parse_args(["--output_dir", str(tmp_path)])[2]
         off = parse_args(["--output_dir", str(tmp_path), "--bf16", "false"])[2]
     assert (default.bf16, default.fp16, default.use_cpu) == (native, False, native)
@@ -105,8 +126,8 @@ def test_cpu_bf16_by_default_where_the_cpu_computes_it_natively(native, tmp_path
 def test_bf16_true_alone_trains_on_a_cpu_machine(tmp_path):
     """`--bf16 true` without `--use_cpu` on a machine without a GPU (transformers alone refuses it)."""
     args = fast_args(tmp_path / "run", "unused", "--max_steps", "1", "--bf16", "true")
-    args[args.index("--use_cpu"): args.index("--use_cpu") + 2] = []
-    args[args.index("--model_config"): args.index("--model_config") + 2] = []
+    args[args.index("--use_cpu") : args.index("--use_cpu") + 2] = []
+    args[args.index("--model_config") : args.index("--model_config") + 2] = []
     with mock.patch("torch.cuda.is_available", return_value=False):
         result = run_inprocess(args)[0]
     assert result.final_model is not None
@@ -145,9 +166,17 @@ def test_several_gpus_without_torchrun_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["wsd", "warmup_stable_decay"])
 def test_wsd_alias_is_accepted(name, tmp_path):
-    args = MoaiTrainingArguments(output_dir=str(tmp_path), lr_scheduler_type=name, learning_rate=1.0, warmup_steps=0,
-                                 wsd_decay_ratio=0.5, min_lr_ratio=0.0, use_cpu=True, report_to="none",
-                                 eval_strategy="no")
+    args = MoaiTrainingArguments(
+        output_dir=str(tmp_path),
+        lr_scheduler_type=name,
+        learning_rate=1.0,
+        warmup_steps=0,
+        wsd_decay_ratio=0.5,
+        min_lr_ratio=0.0,
+        use_cpu=True,
+        report_to="none",
+        eval_strategy="no",
+    )
     trainer = MoaiTrainer(model=MoaiForCausalLM(tiny_config()), args=args)
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
     lrs = []

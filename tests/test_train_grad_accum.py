@@ -29,10 +29,22 @@ def rows(vocab: int) -> list[dict]:
 def sgd_step(trainer_class, model, data, batch, accumulation, tmp_path):
     """Parameters after one SGD(lr=1) step taken by the trainer: exactly `params - grad`."""
     args = MoaiTrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-        max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", warmup_steps=0,
-        max_grad_norm=0.0, weight_decay=0.0, use_cpu=True, report_to="none", eval_strategy="no", save_strategy="no",
-        disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        learning_rate=1.0,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        use_cpu=True,
+        report_to="none",
+        eval_strategy="no",
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
     trainer = trainer_class(model=model, args=args, train_dataset=data)
     trainer.train()
@@ -56,9 +68,19 @@ def test_dense_accumulation_equals_big_batch(tmp_path):
 
 def moe_model():
     config = Qwen3MoeConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
-        output_router_logits=True, router_aux_loss_coef=0.5, max_position_embeddings=64,
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_experts=4,
+        num_experts_per_tok=2,
+        output_router_logits=True,
+        router_aux_loss_coef=0.5,
+        max_position_embeddings=64,
     )
     torch.manual_seed(0)
     return Qwen3MoeForCausalLM(config)

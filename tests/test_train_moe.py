@@ -10,10 +10,10 @@ pytestmark = pytest.mark.integration  # a whole train.py run
 
 
 def test_moe_training_logs_router_terms(tmp_path):
-    config = write_tiny_config(tmp_path, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                               router_z_loss_coef=1e-3)
-    run_inprocess(fast_args(tmp_path / "run", config, "--max_steps", "4", "--logging_steps", "2",
-                            "--save_steps", "4"))
+    config = write_tiny_config(
+        tmp_path, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, router_z_loss_coef=1e-3
+    )
+    run_inprocess(fast_args(tmp_path / "run", config, "--max_steps", "4", "--logging_steps", "2", "--save_steps", "4"))
     state = json.loads((tmp_path / "run" / "checkpoint-4" / "trainer_state.json").read_text())
     logged = [entry for entry in state["log_history"] if "loss" in entry]
     assert logged and all("aux_loss" in e and "router_z_loss" in e and "moe/max_min_load_ratio" in e for e in logged)

@@ -33,12 +33,36 @@ def run_two_nodes(tmp_path, model_config, *flags, timeout=240) -> list[tuple[int
     port, env = free_port(), {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     nodes = []
     for rank in (0, 1):
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
-                   "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
-                   "--max_restarts", "0", str(REPO / "train.py"),
-                   *fast_args(tmp_path / f"node{rank}", model_config, "--ddp_backend", "gloo", *flags)]
-        nodes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, start_new_session=True))
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--node_rank",
+            str(rank),
+            "--nproc_per_node",
+            "1",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            "--max_restarts",
+            "0",
+            str(REPO / "train.py"),
+            *fast_args(tmp_path / f"node{rank}", model_config, "--ddp_backend", "gloo", *flags),
+        ]
+        nodes.append(
+            subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        )
     deadline, results = time.monotonic() + timeout, []
     try:
         for process in nodes:

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
+from moai_llm import MoaiForCausalLM
 from moai_llm.training.arguments import MoaiTrainingArguments
 from moai_llm.training.schedule import create_wsd_schedule, wsd_phase_steps
 from moai_llm.training.trainer import MoaiTrainer
 
 from .conftest import tiny_config
-from moai_llm import MoaiForCausalLM
 
 
 def trace(scheduler, optimizer, steps):
@@ -33,14 +33,26 @@ def test_wsd_segments(decay_type):
     assert all(value == 1.0 for value in flat)
     assert decay[0] == 1.0 and all(a > b for a, b in zip(decay, decay[1:])) and decay[-1] > 0.1
     progress = 10 / 20
-    expected = {"linear": 1 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress)),
-                "1-sqrt": 1 - math.sqrt(progress)}[decay_type]
+    expected = {
+        "linear": 1 - progress,
+        "cosine": 0.5 * (1 + math.cos(math.pi * progress)),
+        "1-sqrt": 1 - math.sqrt(progress),
+    }[decay_type]
     assert decay[10] == pytest.approx(0.1 + 0.9 * expected)
 
 
 def test_trainer_uses_wsd_from_arguments(tmp_path):
-    args = MoaiTrainingArguments(output_dir=str(tmp_path), learning_rate=2e-3, warmup_steps=0.1, wsd_decay_ratio=0.3,
-                                 wsd_decay_type="linear", min_lr_ratio=0.0, use_cpu=True, report_to="none", eval_strategy="no")
+    args = MoaiTrainingArguments(
+        output_dir=str(tmp_path),
+        learning_rate=2e-3,
+        warmup_steps=0.1,
+        wsd_decay_ratio=0.3,
+        wsd_decay_type="linear",
+        min_lr_ratio=0.0,
+        use_cpu=True,
+        report_to="none",
+        eval_strategy="no",
+    )
     trainer = MoaiTrainer(model=MoaiForCausalLM(tiny_config()), args=args)
     trainer.create_optimizer_and_scheduler(num_training_steps=50)
     lr = trace(trainer.lr_scheduler, trainer.optimizer, 50)
@@ -49,8 +61,15 @@ def test_trainer_uses_wsd_from_arguments(tmp_path):
 
 
 def test_other_schedules_still_work(tmp_path):
-    args = MoaiTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, lr_scheduler_type="cosine",
-                                 warmup_steps=0, use_cpu=True, report_to="none", eval_strategy="no")
+    args = MoaiTrainingArguments(
+        output_dir=str(tmp_path),
+        learning_rate=1e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        use_cpu=True,
+        report_to="none",
+        eval_strategy="no",
+    )
     trainer = MoaiTrainer(model=MoaiForCausalLM(tiny_config()), args=args)
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
     lr = trace(trainer.lr_scheduler, trainer.optimizer, 10)

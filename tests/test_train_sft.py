@@ -28,8 +28,18 @@ def base_model(tmp_path_factory):
 def test_packing_bins_reach_the_step_sampler(mode, data_file, tmp_path):
     """--packing_bins sets the length groups the step order is shuffled within, for SFT as for pretraining."""
     tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
-    flags = ["--mode", mode, "--max_seq_length", "128", "--output_dir", str(tmp_path), "--use_cpu", "true",
-             "--packing_bins", "3"] + (["--train_file", data_file] if data_file else [])
+    flags = [
+        "--mode",
+        mode,
+        "--max_seq_length",
+        "128",
+        "--output_dir",
+        str(tmp_path),
+        "--use_cpu",
+        "true",
+        "--packing_bins",
+        "3",
+    ] + (["--train_file", data_file] if data_file else [])
     _, data_args, training_args = parse_args(flags)
     train, _, _ = build_datasets(data_args, tokenizer, training_args)
     sampler = train.train_sampler(step_rows=2, seed=0)
@@ -38,8 +48,20 @@ def test_packing_bins_reach_the_step_sampler(mode, data_file, tmp_path):
 
 def test_sft_labels_only_on_assistant_tokens(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
-    _, data_args, training_args = parse_args(["--mode", "sft", "--train_file", SFT_FILE, "--max_seq_length", "128",
-                                              "--output_dir", str(tmp_path), "--use_cpu", "true"])
+    _, data_args, training_args = parse_args(
+        [
+            "--mode",
+            "sft",
+            "--train_file",
+            SFT_FILE,
+            "--max_seq_length",
+            "128",
+            "--output_dir",
+            str(tmp_path),
+            "--use_cpu",
+            "true",
+        ]
+    )
     train, _, collator = build_datasets(data_args, tokenizer, training_args)
     batch = collator([train[i] for i in range(len(train))])
     im_start, im_end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
@@ -65,9 +87,28 @@ def test_sft_labels_only_on_assistant_tokens(tmp_path):
 
 @pytest.mark.integration  # whole train.py runs
 def test_lora_trains_only_adapters_and_merge_equals_base_plus_adapter(base_model, tmp_path):
-    args = fast_args(tmp_path / "sft", str(REPO / "configs" / "model_config_tiny.json"), "--mode", "sft",
-                     "--pretrained_model", base_model, "--train_file", SFT_FILE, "--max_steps", "3", "--use_lora",
-                     "true", "--lora_r", "4", "--lora_alpha", "8", "--merge_lora", "true", "--learning_rate", "0.01")
+    args = fast_args(
+        tmp_path / "sft",
+        str(REPO / "configs" / "model_config_tiny.json"),
+        "--mode",
+        "sft",
+        "--pretrained_model",
+        base_model,
+        "--train_file",
+        SFT_FILE,
+        "--max_steps",
+        "3",
+        "--use_lora",
+        "true",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--merge_lora",
+        "true",
+        "--learning_rate",
+        "0.01",
+    )
     args.remove("--model_config")
     args.remove(str(REPO / "configs" / "model_config_tiny.json"))
     result = run_inprocess(args)[0]
@@ -100,10 +141,29 @@ def test_qlora_merge_writes_a_full_precision_model(base_model, tmp_path):
     on CPU (peft's own merge re-quantizes to NF4 and leaves a bitsandbytes checkpoint). The run evaluates, so on CPUs
     with AVX512-BF16 bitsandbytes has repacked the weights in place before the merge."""
     bnb = pytest.importorskip("bitsandbytes")  # with CPU 4-bit kernels (checked with 0.50.2); not in the dev extras
-    args = fast_args(tmp_path / "sft", "unused", "--mode", "sft", "--pretrained_model", base_model, "--train_file",
-                     SFT_FILE, "--max_steps", "2", "--use_qlora", "true", "--lora_r", "4", "--lora_alpha", "8",
-                     "--merge_lora", "true", "--learning_rate", "0.01")
-    args[args.index("--model_config"): args.index("--model_config") + 2] = []
+    args = fast_args(
+        tmp_path / "sft",
+        "unused",
+        "--mode",
+        "sft",
+        "--pretrained_model",
+        base_model,
+        "--train_file",
+        SFT_FILE,
+        "--max_steps",
+        "2",
+        "--use_qlora",
+        "true",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--merge_lora",
+        "true",
+        "--learning_rate",
+        "0.01",
+    )
+    args[args.index("--model_config") : args.index("--model_config") + 2] = []
     result = run_inprocess(args)[0]
     config = (tmp_path / "sft" / "final_model" / "config.json").read_text()
     assert "quantization_config" not in config
@@ -113,10 +173,14 @@ def test_qlora_merge_writes_a_full_precision_model(base_model, tmp_path):
     adapter = load_file(str(tmp_path / "sft" / "adapter" / "adapter_model.safetensors"))
     checked = 0
     for name, weight in base.items():
-        a_key = next((k for k in adapter if k.startswith(f"base_model.model.{name.removesuffix('.weight')}.lora_A")), None)
+        a_key = next(
+            (k for k in adapter if k.startswith(f"base_model.model.{name.removesuffix('.weight')}.lora_A")), None
+        )
         if a_key is None:
             continue
-        quantized, state = bnb.functional.quantize_4bit(weight, blocksize=64, compress_statistics=True, quant_type="nf4")
+        quantized, state = bnb.functional.quantize_4bit(
+            weight, blocksize=64, compress_statistics=True, quant_type="nf4"
+        )
         dequantized = bnb.functional.dequantize_4bit(quantized, state)
         delta = 2.0 * adapter[a_key.replace("lora_A", "lora_B")] @ adapter[a_key]
         assert delta.abs().max() > 3e-3  # the adapter learned more than the tolerance below

@@ -27,7 +27,9 @@ def test_pretrain_then_sft_stages(tmp_path, caplog):
         results = run_inprocess(args)
     assert f"stage chat: mode sft from {tmp_path / 'out' / 'base' / 'final_model'}" in caplog.text
     caplog.clear()
-    assert [r.final_model for r in results] == [str(tmp_path / "out" / name / "final_model") for name in ("base", "chat")]
+    assert [r.final_model for r in results] == [
+        str(tmp_path / "out" / name / "final_model") for name in ("base", "chat")
+    ]
     chat_args = json.loads((tmp_path / "out" / "chat" / "checkpoint-2" / "trainer_state.json").read_text())
     assert chat_args["global_step"] == 2
     base_lr = json.loads((tmp_path / "out" / "base" / "all_results.json").read_text())
@@ -68,7 +70,9 @@ def test_stage_with_unknown_key_is_an_error(tmp_path):
 def test_stage_with_a_bad_mixture_names_the_file_and_stage(tmp_path):
     """Stage mixtures are parsed when the YAML is read: a bad one fails before any stage trains."""
     stages = tmp_path / "stages.yaml"
-    stages.write_text("stages:\n  - {name: base, max_steps: 1}\n  - {name: sft, mixture: [{name: a.jsonl, ratio: -1}]}\n")
+    stages.write_text(
+        "stages:\n  - {name: base, max_steps: 1}\n  - {name: sft, mixture: [{name: a.jsonl, ratio: -1}]}\n"
+    )
     with pytest.raises(UsageError, match=r"stages\.yaml: stages\[1\] \(sft\): .*ratio must be > 0"):
         run_inprocess(["--config", str(stages), "--output_dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()

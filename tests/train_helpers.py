@@ -19,16 +19,43 @@ def write_tiny_config(directory: Path, **overrides) -> str:
 def fast_args(output_dir, model_config, *extra) -> list[str]:
     """train.py flags for a few-second CPU run of the tiny config on the bundled corpus."""
     return [
-        "--model_config", model_config, "--output_dir", str(output_dir), "--max_seq_length", "64",
-        "--batch_size", "2", "--logging_steps", "1", "--eval_strategy", "no", "--save_steps", "1000",
-        "--use_cpu", "true", "--bf16", "false", "--disable_tqdm", "true", "--dataloader_num_workers", "0", *extra,
+        "--model_config",
+        model_config,
+        "--output_dir",
+        str(output_dir),
+        "--max_seq_length",
+        "64",
+        "--batch_size",
+        "2",
+        "--logging_steps",
+        "1",
+        "--eval_strategy",
+        "no",
+        "--save_steps",
+        "1000",
+        "--use_cpu",
+        "true",
+        "--bf16",
+        "false",
+        "--disable_tqdm",
+        "true",
+        "--dataloader_num_workers",
+        "0",
+        *extra,
     ]
 
 
 def run_cli(args, timeout=240, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 def losses(run_dir: Path) -> list[float]:

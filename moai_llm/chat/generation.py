@@ -29,10 +29,19 @@ class SamplingParams:
 
     def generate_kwargs(self) -> dict:
         if self.temperature <= 0:
-            return {"do_sample": False, "repetition_penalty": self.repetition_penalty,
-                    "max_new_tokens": self.max_new_tokens}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-                "repetition_penalty": self.repetition_penalty, "max_new_tokens": self.max_new_tokens}
+            return {
+                "do_sample": False,
+                "repetition_penalty": self.repetition_penalty,
+                "max_new_tokens": self.max_new_tokens,
+            }
+        return {
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty,
+            "max_new_tokens": self.max_new_tokens,
+        }
 
     @property
     def greedy(self) -> bool:
@@ -82,9 +91,15 @@ def stream_answer(model, tokenizer, prompt_ids: torch.Tensor, params: SamplingPa
         torch.manual_seed(params.seed)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     stop.event.clear()
-    kwargs = dict(input_ids=prompt_ids.to(model.device), attention_mask=torch.ones_like(prompt_ids).to(model.device),
-                  streamer=streamer, eos_token_id=stop_token_ids(tokenizer, model), pad_token_id=tokenizer.pad_token_id,
-                  stopping_criteria=StoppingCriteriaList([stop]), **params.generate_kwargs())
+    kwargs = dict(
+        input_ids=prompt_ids.to(model.device),
+        attention_mask=torch.ones_like(prompt_ids).to(model.device),
+        streamer=streamer,
+        eos_token_id=stop_token_ids(tokenizer, model),
+        pad_token_id=tokenizer.pad_token_id,
+        stopping_criteria=StoppingCriteriaList([stop]),
+        **params.generate_kwargs(),
+    )
     result = {}
 
     def run():
@@ -114,9 +129,12 @@ def batch_answers(model, tokenizer, prompts: list[torch.Tensor], params: Samplin
         chunk = prompts[start : start + batch_size]
         batch = tokenizer.pad({"input_ids": [p.tolist() for p in chunk]}, return_tensors="pt")
         with torch.no_grad():
-            out = model.generate(**{k: v.to(model.device) for k, v in batch.items()},
-                                 eos_token_id=stop_token_ids(tokenizer, model), pad_token_id=tokenizer.pad_token_id,
-                                 **params.generate_kwargs())
-        new = out[:, batch["input_ids"].shape[1]:]
+            out = model.generate(
+                **{k: v.to(model.device) for k, v in batch.items()},
+                eos_token_id=stop_token_ids(tokenizer, model),
+                pad_token_id=tokenizer.pad_token_id,
+                **params.generate_kwargs(),
+            )
+        new = out[:, batch["input_ids"].shape[1] :]
         answers.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     return answers

@@ -21,8 +21,9 @@ def best_device_and_dtype() -> tuple[str, torch.dtype]:
     return "cpu", torch.float32
 
 
-def load_for_chat(model_path: str, tokenizer_path: str | None = None, base_model: str | None = None,
-                  device: str | None = None):
+def load_for_chat(
+    model_path: str, tokenizer_path: str | None = None, base_model: str | None = None, device: str | None = None
+):
     """(model in eval mode on the best device, tokenizer); ChatLoadError names what is wrong."""
     import moai_llm  # noqa: F401  (registers the MOAI Auto classes)
 
@@ -52,12 +53,15 @@ def load_for_chat(model_path: str, tokenizer_path: str | None = None, base_model
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     except (OSError, ValueError) as err:
-        raise ChatLoadError(f"tokenizer {tokenizer_dir}: cannot be loaded ({str(err).splitlines()[0][:120]}); "
-                            "pass --tokenizer_path") from None
+        raise ChatLoadError(
+            f"tokenizer {tokenizer_dir}: cannot be loaded ({str(err).splitlines()[0][:120]}); pass --tokenizer_path"
+        ) from None
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
-        raise ChatLoadError(f"tokenizer {tokenizer_dir} has {len(tokenizer)} tokens but the model has {rows} "
-                            "embedding rows: they do not belong together")
+        raise ChatLoadError(
+            f"tokenizer {tokenizer_dir} has {len(tokenizer)} tokens but the model has {rows} "
+            "embedding rows: they do not belong together"
+        )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer

@@ -78,7 +78,7 @@ class ChatSession:
         budget = self.answer_budget()
         if self.raw:
             ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            return Prompt(ids[:, -max(1, self.max_context - budget):], budget)
+            return Prompt(ids[:, -max(1, self.max_context - budget) :], budget)
         prompt, _ = self._fit([*history, {"role": "user", "content": text}])
         return prompt
 
@@ -94,7 +94,7 @@ class ChatSession:
             messages = messages[2:] if len(messages) > 2 else messages[1:]
             dropped += 1
         if ids.shape[1] + budget > self.max_context:
-            ids = ids[:, -(self.max_context - budget):]
+            ids = ids[:, -(self.max_context - budget) :]
         return Prompt(ids, budget, dropped), messages
 
     def _render(self, messages: list[dict]) -> torch.Tensor:

@@ -11,9 +11,9 @@ from ..batching import IGNORE_INDEX, flash_varlen_kwargs
 class PackedCollator:
     """Rows are `input_ids` (documents concatenated) with `seq_lengths`; no padding inside a row.
 
-    labels: the row's `labels` (SFT) or the tokens themselves, -100 on each document's first token (it would be predicted from the previous
-    document); rows shorter than the longest in the batch are padded at the end as one more "document" whose
-    labels are -100. No attention_mask: the model isolates documents from position_ids.
+    labels: the row's `labels` (SFT) or the tokens themselves, -100 on each document's first token (it would be
+    predicted from the previous document); rows shorter than the longest in the batch are padded at the end as one
+    more "document" whose labels are -100. No attention_mask: the model isolates documents from position_ids.
     """
 
     pad_token_id: int

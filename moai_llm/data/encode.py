@@ -91,9 +91,12 @@ class DialogueEncoder:
 
     @functools.cached_property
     def fingerprint(self) -> dict:
-        return {"kind": "dialogue", "tokenizer": tokenizer_hash(self.tokenizer),
-                "chat_template": hashlib.sha256(str(self.tokenizer.chat_template).encode()).hexdigest()[:16],
-                "sft_format": self.sft_format}
+        return {
+            "kind": "dialogue",
+            "tokenizer": tokenizer_hash(self.tokenizer),
+            "chat_template": hashlib.sha256(str(self.tokenizer.chat_template).encode()).hexdigest()[:16],
+            "sft_format": self.sft_format,
+        }
 
     def payload(self, record: dict, source, where: str):
         fmt = self.formats.get(source.name)
@@ -115,15 +118,23 @@ class DialogueEncoder:
 def source_payloads(source, encoder, skip_bad_records: bool, stats: DataStats, records=None) -> Iterator:
     """The encoder's input for every kept record of one mixture source (domain filter applied)."""
     if records is None:
-        records = iter_records(source.name, subset=source.subset, split=source.split,
-                               text_column=encoder.text_column(source), skip_bad_records=skip_bad_records, stats=stats)
+        records = iter_records(
+            source.name,
+            subset=source.subset,
+            split=source.split,
+            text_column=encoder.text_column(source),
+            skip_bad_records=skip_bad_records,
+            stats=stats,
+        )
     wanted = set(source.domains)
     for number, record in enumerate(records):
         where = f"{source.name} record {number}"
         if wanted:
             if "domain" not in record:
-                raise DataError(f"mixture source {source.name}: domains given but {where} has no 'domain' "
-                                f"column (columns: {sorted(record)})")
+                raise DataError(
+                    f"mixture source {source.name}: domains given but {where} has no 'domain' "
+                    f"column (columns: {sorted(record)})"
+                )
             if record["domain"] not in wanted:
                 stats["records_outside_domains"] += 1
                 continue
@@ -185,10 +196,16 @@ def _slug(name: str) -> str:
 
 
 def store_path(source, encoder, cache_dir: Path, skip_bad_records: bool) -> Path:
-    fields = {"content": fingerprint(source.name, source.subset, source.split), "name": source.name,
-              "subset": source.subset, "split": source.split, "text_field": source.text_field,
-              "domains": sorted(source.domains), "encoder": encoder.fingerprint,
-              "skip_bad_records": skip_bad_records}
+    fields = {
+        "content": fingerprint(source.name, source.subset, source.split),
+        "name": source.name,
+        "subset": source.subset,
+        "split": source.split,
+        "text_field": source.text_field,
+        "domains": sorted(source.domains),
+        "encoder": encoder.fingerprint,
+        "skip_bad_records": skip_bad_records,
+    }
     return Path(cache_dir) / f"{_slug(source.name)}-{key_of(fields)}"
 
 
@@ -203,8 +220,10 @@ def build_store(path: Path, source, encoder, skip_bad_records: bool, progress: b
             writer.add(flat, lengths, mask)
             bar.update(len(flat))
         if writer.documents == 0:
-            raise DataError(f"{source.name}: no documents" + (" left after the domain filter" if source.domains
-                                                              else " (empty source)"))
+            raise DataError(
+                f"{source.name}: no documents"
+                + (" left after the domain filter" if source.domains else " (empty source)")
+            )
         writer.finish({"source": source.name, "stats": dict(stats)})
     except BaseException:
         writer.abort()
@@ -212,17 +231,33 @@ def build_store(path: Path, source, encoder, skip_bad_records: bool, progress: b
     finally:
         bar.close()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    logger.info("prepared %s: %d documents, %d tokens in %.1f s (%.0f tokens/s, %.0f per CPU-second), %.1f MB on "
-                "disk in %s", source.name, writer.documents, writer.tokens, seconds, writer.tokens / max(seconds, 1e-9),
-                writer.tokens / max(cpu, 1e-9), directory_size(path) / 1e6, path)
+    logger.info(
+        "prepared %s: %d documents, %d tokens in %.1f s (%.0f tokens/s, %.0f per CPU-second), %.1f MB on disk in %s",
+        source.name,
+        writer.documents,
+        writer.tokens,
+        seconds,
+        writer.tokens / max(seconds, 1e-9),
+        writer.tokens / max(cpu, 1e-9),
+        directory_size(path) / 1e6,
+        path,
+    )
 
 
-def prepare_source(source, encoder, cache_dir: Path, builder: bool, skip_bad_records: bool = False,
-                   stats: DataStats | None = None, progress: bool = False) -> TokenStore:
+def prepare_source(
+    source,
+    encoder,
+    cache_dir: Path,
+    builder: bool,
+    skip_bad_records: bool = False,
+    stats: DataStats | None = None,
+    progress: bool = False,
+) -> TokenStore:
     """The source's store: built by the `builder` process if missing, awaited by the others, memory-mapped."""
     path = store_path(source, encoder, cache_dir, skip_bad_records)
-    prepare_once(path, lambda p: build_store(p, source, encoder, skip_bad_records, progress), builder,
-                 f"data for {source.name}")
+    prepare_once(
+        path, lambda p: build_store(p, source, encoder, skip_bad_records, progress), builder, f"data for {source.name}"
+    )
     store = TokenStore(path, source.name)
     if stats is not None:
         stats.update(store.meta.get("stats", {}))  # skips counted at preparation are reported by every run

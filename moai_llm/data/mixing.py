@@ -78,8 +78,10 @@ def check_disjoint(sources: list[MixtureSource]) -> None:
         for item in items:
             key = (item, tuple(sorted(source.domains)), source.text_field)
             if key in seen:
-                raise DataError(f"{item} is in two sources ({seen[key]} and {source.name}); give it once "
-                                "(ratios read a source more often)")
+                raise DataError(
+                    f"{item} is in two sources ({seen[key]} and {source.name}); give it once "
+                    "(ratios read a source more often)"
+                )
             seen[key] = source.name
 
 
@@ -131,8 +133,9 @@ class Selection:
     summary: list[str]  # one line per source, logged by every run
 
 
-def select_documents(sources: list[MixtureSource], lengths: list[np.ndarray], eval_fraction: float,
-                     seed: int) -> Selection:
+def select_documents(
+    sources: list[MixtureSource], lengths: list[np.ndarray], eval_fraction: float, seed: int
+) -> Selection:
     """Apply percentage, eval holdout and ratios to prepared sources (`lengths`: tokens of each document)."""
     kept = []
     for index, (source, n) in enumerate(zip(sources, lengths)):
@@ -152,12 +155,16 @@ def select_documents(sources: list[MixtureSource], lengths: list[np.ndarray], ev
     if sources[0].ratio is not None:
         shares = np.array([s.ratio for s in sources], dtype=np.float64)
         factors = shares / shares.sum() * own.sum() / np.maximum(own, 1)
-        train = [_repeat(np.random.default_rng([seed, i, 2]), d, n, f)
-                 for i, (d, n, f) in enumerate(zip(train, lengths, factors))]
+        train = [
+            _repeat(np.random.default_rng([seed, i, 2]), d, n, f)
+            for i, (d, n, f) in enumerate(zip(train, lengths, factors))
+        ]
     read = np.array([int(n[d].sum()) for n, d in zip(lengths, train)], dtype=np.float64)
     repetition = (read / np.maximum(own, 1)).tolist()
     how = "concatenated" if sources[0].ratio is None else "ratios"
-    summary = [f"{s.name}: {r:.2f}x ({how}), {len(d):,} documents, {int(t):,} tokens "
-               f"({100 * t / max(read.sum(), 1):.1f}%), {len(e):,} eval documents"
-               for s, d, t, r, e in zip(sources, train, read, repetition, evaluation)]
+    summary = [
+        f"{s.name}: {r:.2f}x ({how}), {len(d):,} documents, {int(t):,} tokens "
+        f"({100 * t / max(read.sum(), 1):.1f}%), {len(e):,} eval documents"
+        for s, d, t, r, e in zip(sources, train, read, repetition, evaluation)
+    ]
     return Selection(train, evaluation, repetition, summary)

@@ -105,8 +105,10 @@ class HierarchicalBalancePacker:
             lengths = np.array([x if isinstance(x, (int, np.integer)) else len(x) for x in items], dtype=np.int64)
         if len(lengths) and lengths.max() > self.max_seq_length:
             i = int(lengths.argmax())
-            raise DataError(f"document {i} has {lengths[i]} tokens > max_seq_length={self.max_seq_length}; "
-                            "cut it with split_long_documents first")
+            raise DataError(
+                f"document {i} has {lengths[i]} tokens > max_seq_length={self.max_seq_length}; "
+                "cut it with split_long_documents first"
+            )
         if len(lengths) and lengths.min() <= 0:
             raise DataError(f"document {int(lengths.argmin())} is empty")
         return lengths
@@ -154,13 +156,16 @@ def attention_balance_ratio(packs: list[list[int]], lengths, world_size: int) ->
     """Mean over steps (consecutive `world_size` packs) of max/min attention cost; 1.0 is perfect balance."""
     lengths = np.asarray(lengths)
     cost = [int((lengths[p] ** 2).sum()) for p in packs]
-    ratios = [max(cost[i : i + world_size]) / max(min(cost[i : i + world_size]), 1)
-              for i in range(0, len(cost) - world_size + 1, world_size)]
+    ratios = [
+        max(cost[i : i + world_size]) / max(min(cost[i : i + world_size]), 1)
+        for i in range(0, len(cost) - world_size + 1, world_size)
+    ]
     return float(np.mean(ratios)) if ratios else 1.0
 
 
-def pack_stream(docs: Iterable, max_seq_length: int, buffer_size: int = 10_000, seed: int = 0,
-                length=len) -> Iterator[list]:
+def pack_stream(
+    docs: Iterable, max_seq_length: int, buffer_size: int = 10_000, seed: int = 0, length=len
+) -> Iterator[list]:
     """Packs of documents from a stream, holding at most `buffer_size` documents in memory.
 
     The packer emits a buffer's packs sorted by length; they are shuffled (seeded per buffer) before leaving.

@@ -15,10 +15,10 @@ import numpy as np
 from accelerate import PartialState
 
 from ..batching import IGNORE_INDEX
+from .encode import DialogueEncoder, TextEncoder, prepare_source
 from .errors import DataError, DataStats
 from .mixing import MixtureSource, check_disjoint, check_ratios, parse_mixture, select_documents
 from .packing import HierarchicalBalancePacker, attention_balance_ratio, packing_efficiency, split_long_documents
-from .encode import DialogueEncoder, TextEncoder, prepare_source
 from .rows import PackedRows, build_plan, pieces
 from .store import key_of, prepare_once, read_meta
 from .streaming import stream_mixture, streamed_rows
@@ -64,8 +64,15 @@ def _flag_sources(spec: DataSpec) -> list[MixtureSource]:
     sources = [MixtureSource(name=f, text_field=spec.text_column, streaming=spec.streaming) for f in spec.train_files]
     for entry in spec.datasets:
         name, _, subset = entry.partition(":")
-        sources.append(MixtureSource(name=name, subset=subset or None, split=spec.split,
-                                     text_field=spec.text_column, streaming=spec.streaming))
+        sources.append(
+            MixtureSource(
+                name=name,
+                subset=subset or None,
+                split=spec.split,
+                text_field=spec.text_column,
+                streaming=spec.streaming,
+            )
+        )
     return sources or [MixtureSource(name="sample")]
 
 
@@ -83,20 +90,34 @@ class Prepared:
         return train, evaluation
 
 
-def prepare(spec: DataSpec, encoder, max_seq_length: int, *, seed: int = 0, stats: DataStats | None = None,
-            truncate: bool = False, sources: list[MixtureSource] | None = None) -> Prepared:
+def prepare(
+    spec: DataSpec,
+    encoder,
+    max_seq_length: int,
+    *,
+    seed: int = 0,
+    stats: DataStats | None = None,
+    truncate: bool = False,
+    sources: list[MixtureSource] | None = None,
+) -> Prepared:
     """Stores for every source and the packing plan of the mixture, prepared once, memory-mapped by all."""
     stats = stats if stats is not None else DataStats()
     sources = sources or mixture_sources(spec)
     state = PartialState()
     builder = state.is_main_process if spec.shared_cache else state.is_local_main_process
     cache = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
-    stores = [prepare_source(s, encoder, cache, builder, spec.skip_bad_records, stats, spec.progress)
-              for s in sources]
-    fields = {"version": PLAN_VERSION, "stores": [s.path.name for s in stores], "seed": seed,
-              "ratios": [s.ratio for s in sources], "percentages": [s.percentage for s in sources],
-              "eval_fraction": spec.eval_fraction, "max_seq_length": max_seq_length, "packing": spec.packing,
-              "truncate": truncate}
+    stores = [prepare_source(s, encoder, cache, builder, spec.skip_bad_records, stats, spec.progress) for s in sources]
+    fields = {
+        "version": PLAN_VERSION,
+        "stores": [s.path.name for s in stores],
+        "seed": seed,
+        "ratios": [s.ratio for s in sources],
+        "percentages": [s.percentage for s in sources],
+        "eval_fraction": spec.eval_fraction,
+        "max_seq_length": max_seq_length,
+        "packing": spec.packing,
+        "truncate": truncate,
+    }
     path = cache / f"plan-{key_of(fields)}"
 
     def build(path: Path) -> None:
@@ -107,8 +128,14 @@ def prepare(spec: DataSpec, encoder, max_seq_length: int, *, seed: int = 0, stat
             raise DataError("no documents left to train on")
         if any(len(e) for e in selection.eval):
             splits["eval"] = pieces(stores, selection.eval, max_seq_length, truncate, DataStats())
-        build_plan(path, splits, max_seq_length, spec.packing, seed,
-                   {**fields, "stats": dict(plan_stats), "mixture": selection.summary})
+        build_plan(
+            path,
+            splits,
+            max_seq_length,
+            spec.packing,
+            seed,
+            {**fields, "stats": dict(plan_stats), "mixture": selection.summary},
+        )
 
     prepare_once(path, build, builder, "packing plan")
     meta = read_meta(path, "packing plan")
@@ -123,66 +150,128 @@ def reading_plan(spec: DataSpec, tokenizer, sft: bool = False):
     if not sft:
         return sources, TextEncoder(tokenizer), False
     if sources[0].name == "sample" and len(sources) == 1:
-        raise DataError("SFT needs data: give --train_file or --dataset (bundled examples: "
-                        "moai_llm/assets/sample/sft_*.jsonl)")
+        raise DataError(
+            "SFT needs data: give --train_file or --dataset (bundled examples: moai_llm/assets/sample/sft_*.jsonl)"
+        )
     for source in sources:
         if source.text_field != "text":
-            raise DataError(f"mixture source {source.name}: text_field is for pretraining; SFT records are "
-                            "recognised by their columns (set --sft_format to choose)")
+            raise DataError(
+                f"mixture source {source.name}: text_field is for pretraining; SFT records are "
+                "recognised by their columns (set --sft_format to choose)"
+            )
     return sources, DialogueEncoder(tokenizer, spec.sft_format), True
 
 
-def pretraining_datasets(spec: DataSpec, tokenizer, max_seq_length: int, *, seed: int = 0, step_rows: int = 1,
-                         stats: DataStats | None = None):
+def pretraining_datasets(
+    spec: DataSpec, tokenizer, max_seq_length: int, *, seed: int = 0, step_rows: int = 1, stats: DataStats | None = None
+):
     """(train, eval) rows from the sources/mixture; eval documents never appear in train. `step_rows`: rows read
     per micro-step by all ranks together (processes x per-device batch), the unit the packer balances."""
     sources, encoder, truncate = reading_plan(spec, tokenizer)
-    return _datasets(spec, sources, encoder, truncate=truncate, max_seq_length=max_seq_length, seed=seed,
-                     step_rows=step_rows, stats=stats)
+    return _datasets(
+        spec,
+        sources,
+        encoder,
+        truncate=truncate,
+        max_seq_length=max_seq_length,
+        seed=seed,
+        step_rows=step_rows,
+        stats=stats,
+    )
 
 
-def sft_datasets(spec: DataSpec, tokenizer, max_seq_length: int, *, seed: int = 0, step_rows: int = 1,
-                 stats: DataStats | None = None):
+def sft_datasets(
+    spec: DataSpec, tokenizer, max_seq_length: int, *, seed: int = 0, step_rows: int = 1, stats: DataStats | None = None
+):
     """(train, eval) rows of chat-formatted dialogues with labels only on assistant tokens."""
     sources, encoder, truncate = reading_plan(spec, tokenizer, sft=True)
-    return _datasets(spec, sources, encoder, truncate=truncate, max_seq_length=max_seq_length, seed=seed,
-                     step_rows=step_rows, stats=stats)
+    return _datasets(
+        spec,
+        sources,
+        encoder,
+        truncate=truncate,
+        max_seq_length=max_seq_length,
+        seed=seed,
+        step_rows=step_rows,
+        stats=stats,
+    )
 
 
 def _datasets(spec, sources, encoder, *, truncate, max_seq_length, seed, step_rows, stats):
     stats = stats if stats is not None else DataStats()
     if spec.streaming or any(s.streaming for s in sources):
-        return _streamed(spec, encoder, sources, max_seq_length=max_seq_length, seed=seed, stats=stats,
-                         truncate=truncate)
+        return _streamed(
+            spec, encoder, sources, max_seq_length=max_seq_length, seed=seed, stats=stats, truncate=truncate
+        )
     prepared = prepare(spec, encoder, max_seq_length, seed=seed, stats=stats, truncate=truncate, sources=sources)
     train, evaluation = prepared.datasets(step_rows, spec.packing_bins)
-    logger.info("%d train rows%s; attention balance over steps of %d rows: %.3f", len(train),
-                f", {len(evaluation)} eval rows" if evaluation is not None else "", step_rows, train.balance())
+    logger.info(
+        "%d train rows%s; attention balance over steps of %d rows: %.3f",
+        len(train),
+        f", {len(evaluation)} eval rows" if evaluation is not None else "",
+        step_rows,
+        train.balance(),
+    )
     return train, evaluation
 
 
 def _streamed(spec, encoder, sources, *, max_seq_length, seed, stats, truncate):
-    mixed, held = stream_mixture(sources, encoder, seed=seed, stopping_strategy=spec.stopping_strategy,
-                                 eval_fraction=spec.eval_fraction, skip_bad_records=spec.skip_bad_records, stats=stats)
-    train = streamed_rows(mixed, encoder, max_seq_length=max_seq_length, packing=spec.packing, truncate=truncate,
-                          seed=seed, num_processes=PartialState().num_processes, stats=stats)
+    mixed, held = stream_mixture(
+        sources,
+        encoder,
+        seed=seed,
+        stopping_strategy=spec.stopping_strategy,
+        eval_fraction=spec.eval_fraction,
+        skip_bad_records=spec.skip_bad_records,
+        stats=stats,
+    )
+    train = streamed_rows(
+        mixed,
+        encoder,
+        max_seq_length=max_seq_length,
+        packing=spec.packing,
+        truncate=truncate,
+        seed=seed,
+        num_processes=PartialState().num_processes,
+        stats=stats,
+    )
     evaluation = None
     if held:
         flat, lengths, mask = encoder.encode(held)
         flat, ends = flat.astype(np.int64), np.cumsum(lengths)
         ids = [flat[e - n : e].tolist() for e, n in zip(ends, lengths)]
-        labels = None if mask is None else [np.where(mask[e - n : e], flat[e - n : e], IGNORE_INDEX).tolist()
-                                            for e, n in zip(ends, lengths)]
+        labels = (
+            None
+            if mask is None
+            else [np.where(mask[e - n : e], flat[e - n : e], IGNORE_INDEX).tolist() for e, n in zip(ends, lengths)]
+        )
         if truncate:
             ids = [x[:max_seq_length] for x in ids]
             labels = [x[:max_seq_length] for x in labels]
-        evaluation = rows_from_documents(ids, max_seq_length=max_seq_length, packing=spec.packing, rows_per_step=1,
-                                         seed=seed, stats=DataStats(), num_bins=spec.packing_bins, labels=labels)
+        evaluation = rows_from_documents(
+            ids,
+            max_seq_length=max_seq_length,
+            packing=spec.packing,
+            rows_per_step=1,
+            seed=seed,
+            stats=DataStats(),
+            num_bins=spec.packing_bins,
+            labels=labels,
+        )
     return train, evaluation
 
 
-def rows_from_documents(docs: list[list[int]], *, max_seq_length: int, packing: bool, rows_per_step: int, seed: int,
-                        stats: DataStats, num_bins: int = 8, labels: list[list[int]] | None = None):
+def rows_from_documents(
+    docs: list[list[int]],
+    *,
+    max_seq_length: int,
+    packing: bool,
+    rows_per_step: int,
+    seed: int,
+    stats: DataStats,
+    num_bins: int = 8,
+    labels: list[list[int]] | None = None,
+):
     """Rows built in memory (small data: a stream's eval documents, benchmarks): packed or one per row."""
     if labels is None:
         docs = split_long_documents(docs, max_seq_length, stats)
@@ -197,11 +286,19 @@ def rows_from_documents(docs: list[list[int]], *, max_seq_length: int, packing: 
     lengths = [len(d) for d in docs]
     packs = packer.order_for_ranks(packer.pack(lengths), lengths, rows_per_step)
     stats["packs"] += len(packs)
-    logger.info("packed %d documents into %d rows of %d: efficiency %.2f%%, attention balance %.3f (steps of %d rows)",
-                len(docs), len(packs), max_seq_length, 100 * packing_efficiency(packs, lengths, max_seq_length),
-                attention_balance_ratio(packs, lengths, rows_per_step), rows_per_step)
-    columns = {"input_ids": [[t for i in p for t in docs[i]] for p in packs],
-               "seq_lengths": [[lengths[i] for i in p] for p in packs]}
+    logger.info(
+        "packed %d documents into %d rows of %d: efficiency %.2f%%, attention balance %.3f (steps of %d rows)",
+        len(docs),
+        len(packs),
+        max_seq_length,
+        100 * packing_efficiency(packs, lengths, max_seq_length),
+        attention_balance_ratio(packs, lengths, rows_per_step),
+        rows_per_step,
+    )
+    columns = {
+        "input_ids": [[t for i in p for t in docs[i]] for p in packs],
+        "seq_lengths": [[lengths[i] for i in p] for p in packs],
+    }
     if labels is not None:
         columns["labels"] = [[t for i in p for t in labels[i]] for p in packs]
     return datasets.Dataset.from_dict(columns)

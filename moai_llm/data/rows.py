@@ -22,8 +22,9 @@ PACK_CHUNK = 1 << 20  # pieces packed together; bounds the packer's Python lists
 ARRAYS = ("rows", "source", "start", "length")
 
 
-def pieces(stores: list[TokenStore], documents: list[np.ndarray], max_seq_length: int, truncate: bool,
-           stats: DataStats) -> dict[str, np.ndarray]:
+def pieces(
+    stores: list[TokenStore], documents: list[np.ndarray], max_seq_length: int, truncate: bool, stats: DataStats
+) -> dict[str, np.ndarray]:
     """Pieces of the selected documents: each cut into max_seq_length pieces (pretraining) or truncated (SFT)."""
     parts = []
     for index, (store, docs) in enumerate(zip(stores, documents)):
@@ -41,12 +42,16 @@ def pieces(stores: list[TokenStore], documents: list[np.ndarray], max_seq_length
             shift = (np.arange(len(owner)) - first) * max_seq_length
             start, length = start[owner] + shift, np.minimum(max_seq_length, length[owner] - shift)
         parts.append((np.full(len(start), index, dtype=np.int32), start, length))
-    return {"source": np.concatenate([p[0] for p in parts]), "start": np.concatenate([p[1] for p in parts]),
-            "length": np.concatenate([p[2] for p in parts]).astype(np.int32)}
+    return {
+        "source": np.concatenate([p[0] for p in parts]),
+        "start": np.concatenate([p[1] for p in parts]),
+        "length": np.concatenate([p[2] for p in parts]).astype(np.int32),
+    }
 
 
 def pack(lengths: np.ndarray, max_seq_length: int, packing: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row offsets [rows + 1], piece order): row r is pieces order[rows[r]:rows[r + 1]], rows by cost, heaviest first."""
+    """(row offsets [rows + 1], piece order): row r is pieces order[rows[r]:rows[r + 1]]; rows by cost, heaviest
+    first."""
     if not packing:
         order, sizes = np.arange(len(lengths), dtype=np.int64), np.ones(len(lengths), dtype=np.int64)
     else:
@@ -65,8 +70,9 @@ def pack(lengths: np.ndarray, max_seq_length: int, packing: bool, seed: int) -> 
     return rows, order[take]
 
 
-def build_plan(path: Path, splits: dict[str, dict[str, np.ndarray]], max_seq_length: int, packing: bool,
-               seed: int, meta: dict) -> None:
+def build_plan(
+    path: Path, splits: dict[str, dict[str, np.ndarray]], max_seq_length: int, packing: bool, seed: int, meta: dict
+) -> None:
     tmp = temporary_directory(path)
     summary = {}
     for split, arrays in splits.items():
@@ -75,10 +81,20 @@ def build_plan(path: Path, splits: dict[str, dict[str, np.ndarray]], max_seq_len
         for name in ("source", "start", "length"):
             np.save(tmp / f"{split}_{name}.npy", arrays[name][order])
         tokens = int(arrays["length"].sum())
-        summary[split] = {"rows": len(rows) - 1, "pieces": len(order), "tokens": tokens,
-                          "efficiency": tokens / max((len(rows) - 1) * max_seq_length, 1)}
-        logger.info("%s: %d pieces packed into %d rows of %d tokens, efficiency %.2f%%", split, len(order),
-                    len(rows) - 1, max_seq_length, 100 * summary[split]["efficiency"])
+        summary[split] = {
+            "rows": len(rows) - 1,
+            "pieces": len(order),
+            "tokens": tokens,
+            "efficiency": tokens / max((len(rows) - 1) * max_seq_length, 1),
+        }
+        logger.info(
+            "%s: %d pieces packed into %d rows of %d tokens, efficiency %.2f%%",
+            split,
+            len(order),
+            len(rows) - 1,
+            max_seq_length,
+            100 * summary[split]["efficiency"],
+        )
     publish(tmp, path, {**meta, "splits": summary})
 
 
@@ -110,8 +126,10 @@ class PackedRows(torch.utils.data.Dataset):
         try:
             arrays = {name: np.load(self.plan / f"{self.split}_{name}.npy", mmap_mode="r") for name in ARRAYS}
         except (OSError, ValueError) as err:
-            raise DataError(f"packing plan {self.plan} is unreadable ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0][:120]}); delete it to plan again") from None
+            raise DataError(
+                f"packing plan {self.plan} is unreadable ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:120]}); delete it to plan again"
+            ) from None
         self.rows, self.source, self.start, self.length = (arrays[name] for name in ARRAYS)
         self.with_labels = all(store.labels is not None for store in self.stores)
 
@@ -129,8 +147,10 @@ class PackedRows(torch.utils.data.Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"row {index} of {len(self)}")
         lo, hi = int(self.rows[index]), int(self.rows[index + 1])
-        spans = [(self.stores[s], int(b), int(n)) for s, b, n in zip(self.source[lo:hi], self.start[lo:hi],
-                                                                     self.length[lo:hi])]
+        spans = [
+            (self.stores[s], int(b), int(n))
+            for s, b, n in zip(self.source[lo:hi], self.start[lo:hi], self.length[lo:hi])
+        ]
         input_ids = np.concatenate([store.tokens[b : b + n] for store, b, n in spans]).astype(np.int64)
         row = {"input_ids": input_ids, "seq_lengths": [n for _, _, n in spans]}
         if self.with_labels:

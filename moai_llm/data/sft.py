@@ -15,8 +15,14 @@ FORMAT_KEYS = {
     "question_answer": {"question", "answer"},
 }
 FORMAT_ALIASES = {"qa": "question_answer"}
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "bot": "assistant"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "bot": "assistant",
+}
 
 
 def detect_format(columns) -> str:
@@ -24,8 +30,10 @@ def detect_format(columns) -> str:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise DataError(f"SFT data: no known format in columns {sorted(columns)}; expected one of "
-                        + ", ".join(f"{n} ({'/'.join(sorted(k))})" for n, k in FORMAT_KEYS.items()))
+        raise DataError(
+            f"SFT data: no known format in columns {sorted(columns)}; expected one of "
+            + ", ".join(f"{n} ({'/'.join(sorted(k))})" for n, k in FORMAT_KEYS.items())
+        )
     raise DataError(f"SFT data: columns {sorted(columns)} fit several formats {matches}; set --sft_format")
 
 

@@ -78,8 +78,9 @@ def read_jsonl(path: Path, text_column: str | None, skip_bad_records: bool, stat
                     if skipped <= WARN_SKIPS_PER_FILE:
                         logger.warning("%s:%d: malformed JSON line skipped (%s)", path, number, err)
                     continue
-                raise DataError(f"{path}:{number}: malformed JSON line ({err}); "
-                                "fix it or pass --skip_bad_records") from None
+                raise DataError(
+                    f"{path}:{number}: malformed JSON line ({err}); fix it or pass --skip_bad_records"
+                ) from None
             if text_column is not None and text_column not in row:
                 raise DataError(f"{path}:{number}: no column {text_column!r}; columns: {sorted(row)}")
             yield row
@@ -139,12 +140,21 @@ def hub_dataset(name: str, subset: str | None, split: str, streaming: bool):
     try:
         return datasets.load_dataset(name, subset, split=split, streaming=streaming)
     except Exception as err:  # offline, unknown id, bad config: one line instead of the datasets traceback
-        raise DataError(f"--dataset {name}{':' + subset if subset else ''}: could not be loaded "
-                        f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
+        raise DataError(
+            f"--dataset {name}{':' + subset if subset else ''}: could not be loaded "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:160]})"
+        ) from None
 
 
-def iter_records(name: str, *, subset: str | None = None, split: str = "train", text_column: str | None = "text",
-                 skip_bad_records: bool = False, stats: DataStats | None = None) -> Iterator[dict]:
+def iter_records(
+    name: str,
+    *,
+    subset: str | None = None,
+    split: str = "train",
+    text_column: str | None = "text",
+    skip_bad_records: bool = False,
+    stats: DataStats | None = None,
+) -> Iterator[dict]:
     """Every record of a source, one at a time, in a fixed order (files sorted, then line order)."""
     stats = stats if stats is not None else DataStats()
     if is_local(name):
@@ -159,8 +169,16 @@ def iter_records(name: str, *, subset: str | None = None, split: str = "train", 
         yield from (dict(zip(keys, values)) for values in zip(*batch.values()))
 
 
-def load_source(name: str, *, subset: str | None = None, split: str = "train", text_column: str | None = "text",
-                streaming: bool = False, skip_bad_records: bool = False, stats: DataStats | None = None):
+def load_source(
+    name: str,
+    *,
+    subset: str | None = None,
+    split: str = "train",
+    text_column: str | None = "text",
+    streaming: bool = False,
+    skip_bad_records: bool = False,
+    stats: DataStats | None = None,
+):
     """One source as a `datasets.Dataset` (or a Hub `IterableDataset` when streaming); for small data."""
     if not is_local(name):
         dataset = hub_dataset(name, subset, split, streaming)
@@ -168,8 +186,11 @@ def load_source(name: str, *, subset: str | None = None, split: str = "train", t
         if text_column is not None and columns and text_column not in columns:
             raise DataError(f"--dataset {name}: no column {text_column!r}; columns: {columns}")
         return dataset
-    rows = list(iter_records(name, subset=subset, split=split, text_column=text_column,
-                             skip_bad_records=skip_bad_records, stats=stats))
+    rows = list(
+        iter_records(
+            name, subset=subset, split=split, text_column=text_column, skip_bad_records=skip_bad_records, stats=stats
+        )
+    )
     if not rows:
         raise DataError(f"{name}: no records")
     dataset = datasets.Dataset.from_list(rows)

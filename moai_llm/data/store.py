@@ -66,11 +66,15 @@ def read_meta(directory: Path, what: str) -> dict:
     try:
         meta = json.loads((directory / META).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise DataError(f"{what}: data store {directory} is unreadable ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:120]}); delete it to prepare the data again") from None
+        raise DataError(
+            f"{what}: data store {directory} is unreadable ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:120]}); delete it to prepare the data again"
+        ) from None
     if meta.get("version") != FORMAT_VERSION:
-        raise DataError(f"{what}: data store {directory} has format version {meta.get('version')}, expected "
-                        f"{FORMAT_VERSION}; delete it to prepare the data again")
+        raise DataError(
+            f"{what}: data store {directory} has format version {meta.get('version')}, expected "
+            f"{FORMAT_VERSION}; delete it to prepare the data again"
+        )
     return meta
 
 
@@ -163,8 +167,13 @@ class StoreWriter:
         for handle in (self._tokens, self._offsets, self._labels):
             if handle is not None:
                 handle.close()
-        meta = {**meta, "documents": self.documents, "tokens": self.tokens, "dtype": self.dtype.name,
-                "labels": self._labels is not None}
+        meta = {
+            **meta,
+            "documents": self.documents,
+            "tokens": self.tokens,
+            "dtype": self.dtype.name,
+            "labels": self._labels is not None,
+        }
         publish(self.tmp, self.final, meta)
 
     def abort(self) -> None:
@@ -179,11 +188,15 @@ def _memmap(path: Path, dtype, count: int, what: str):
     try:
         size = path.stat().st_size
     except OSError as err:
-        raise DataError(f"{what}: data store file {path} is unreadable ({err.strerror}); delete {path.parent} "
-                        "to prepare the data again") from None
+        raise DataError(
+            f"{what}: data store file {path} is unreadable ({err.strerror}); delete {path.parent} "
+            "to prepare the data again"
+        ) from None
     if size != expected:
-        raise DataError(f"{what}: data store file {path} has {size} bytes, expected {expected}; delete "
-                        f"{path.parent} to prepare the data again")
+        raise DataError(
+            f"{what}: data store file {path} has {size} bytes, expected {expected}; delete "
+            f"{path.parent} to prepare the data again"
+        )
     if count == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
@@ -198,8 +211,9 @@ class TokenStore:
         self.documents, self.num_tokens = int(self.meta["documents"]), int(self.meta["tokens"])
         self.tokens = _memmap(self.path / "tokens.bin", self.meta["dtype"], self.num_tokens, what)
         self.offsets = _memmap(self.path / "offsets.bin", np.int64, self.documents + 1, what)
-        self.labels = (_memmap(self.path / "labels.bin", np.uint8, self.num_tokens, what)
-                       if self.meta["labels"] else None)
+        self.labels = (
+            _memmap(self.path / "labels.bin", np.uint8, self.num_tokens, what) if self.meta["labels"] else None
+        )
 
     @property
     def lengths(self) -> np.ndarray:

@@ -14,10 +14,10 @@ import numpy as np
 from datasets.distributed import split_dataset_by_node
 
 from ..batching import IGNORE_INDEX
+from .encode import batched, source_payloads
 from .errors import DataError, DataStats
 from .mixing import MixtureSource
 from .packing import pack_stream
-from .encode import batched, source_payloads
 from .sources import hub_dataset, is_local, local_files, read_file
 
 logger = logging.getLogger(__name__)
@@ -50,8 +50,9 @@ class _Source:
         else:
             records = iter(self.hub.shard(num_shards=self.shards, index=shard))
         share = self.source.percentage / 100
-        for number, payload in enumerate(source_payloads(self.source, self.encoder, self.skip_bad_records, stats,
-                                                         records=records)):
+        for number, payload in enumerate(
+            source_payloads(self.source, self.encoder, self.skip_bad_records, stats, records=records)
+        ):
             if share >= 1 or _drawn(self.seed, self.index, shard, number, share):
                 yield number, payload
 
@@ -69,8 +70,10 @@ class _Source:
             if len(held) == count:
                 return held
         if not fraction and count:
-            raise DataError(f"streamed source {self.source.name}: its first file or shard has {len(held)} "
-                            f"documents, fewer than the {count} held out for eval; lower --eval_fraction")
+            raise DataError(
+                f"streamed source {self.source.name}: its first file or shard has {len(held)} "
+                f"documents, fewer than the {count} held out for eval; lower --eval_fraction"
+            )
         return held
 
     def stream(self) -> datasets.IterableDataset:
@@ -83,8 +86,16 @@ class _Source:
         return datasets.IterableDataset.from_generator(generate, gen_kwargs={"shards": list(range(self.shards))})
 
 
-def stream_mixture(sources: list[MixtureSource], encoder, *, seed: int, stopping_strategy: str, eval_fraction: float,
-                   skip_bad_records: bool, stats: DataStats):
+def stream_mixture(
+    sources: list[MixtureSource],
+    encoder,
+    *,
+    seed: int,
+    stopping_strategy: str,
+    eval_fraction: float,
+    skip_bad_records: bool,
+    stats: DataStats,
+):
     """(stream of {"payload"}, eval payloads): concatenated, or interleaved with the ratios as probabilities."""
     wanted = int(eval_fraction) if eval_fraction >= 1 else (STREAM_EVAL_DOCUMENTS if eval_fraction else 0)
     per_source = -(-wanted // len(sources)) if wanted else 0
@@ -99,17 +110,31 @@ def stream_mixture(sources: list[MixtureSource], encoder, *, seed: int, stopping
         mixed = datasets.concatenate_datasets(parts)
     else:
         total = sum(s.ratio for s in sources)
-        mixed = datasets.interleave_datasets(parts, probabilities=[s.ratio / total for s in sources], seed=seed,
-                                             stopping_strategy=stopping_strategy)
-    logger.info("streaming mixture (%s): %s; %d eval documents held out near the start of each source",
-                "concatenated" if sources[0].ratio is None or len(parts) == 1 else stopping_strategy,
-                ", ".join(f"{s.name}" + (f" {s.ratio / sum(x.ratio for x in sources):.1%}" if s.ratio else "")
-                          for s in sources), len(evaluation))
+        mixed = datasets.interleave_datasets(
+            parts, probabilities=[s.ratio / total for s in sources], seed=seed, stopping_strategy=stopping_strategy
+        )
+    logger.info(
+        "streaming mixture (%s): %s; %d eval documents held out near the start of each source",
+        "concatenated" if sources[0].ratio is None or len(parts) == 1 else stopping_strategy,
+        ", ".join(
+            f"{s.name}" + (f" {s.ratio / sum(x.ratio for x in sources):.1%}" if s.ratio else "") for s in sources
+        ),
+        len(evaluation),
+    )
     return mixed, evaluation
 
 
-def streamed_rows(mixed: datasets.IterableDataset, encoder, *, max_seq_length: int, packing: bool, truncate: bool,
-                  seed: int, num_processes: int, stats: DataStats) -> datasets.IterableDataset:
+def streamed_rows(
+    mixed: datasets.IterableDataset,
+    encoder,
+    *,
+    max_seq_length: int,
+    packing: bool,
+    truncate: bool,
+    seed: int,
+    num_processes: int,
+    stats: DataStats,
+) -> datasets.IterableDataset:
     """Rows from the stream, one shard per process: shard r tokenizes and packs `split_dataset_by_node(r)`."""
 
     def documents(rank):

@@ -75,8 +75,9 @@ def import_hf_evaluate() -> None:
         sys.path[:] = saved
 
 
-def run_benchmarks(model, tokenizer, specs: list[TaskSpec], include_path: tuple[str, ...] = (),
-                   batch_size: int = 8) -> BenchmarkResults:
+def run_benchmarks(
+    model, tokenizer, specs: list[TaskSpec], include_path: tuple[str, ...] = (), batch_size: int = 8
+) -> BenchmarkResults:
     import_hf_evaluate()
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -87,8 +88,14 @@ def run_benchmarks(model, tokenizer, specs: list[TaskSpec], include_path: tuple[
     for spec in specs:
         logger.info("benchmark %s (%s shots, limit %s)", spec.name, spec.num_fewshot, spec.limit)
         try:
-            out = simple_evaluate(model=lm, tasks=[spec.name], num_fewshot=spec.num_fewshot, limit=spec.limit,
-                                  task_manager=manager, log_samples=True)
+            out = simple_evaluate(
+                model=lm,
+                tasks=[spec.name],
+                num_fewshot=spec.num_fewshot,
+                limit=spec.limit,
+                task_manager=manager,
+                log_samples=True,
+            )
         # data not reachable, a broken task file: this task fails, the others still run
         except Exception as error:  # noqa: BLE001
             results.failed[spec.name] = one_line(error)
@@ -108,8 +115,11 @@ def merge_run(results: BenchmarkResults, out: dict) -> None:
         per_doc = [doc_baseline(output_type, sample) for sample in samples]
         if per_doc and None not in per_doc:
             leaf_baselines[name] = (sum(per_doc) / len(per_doc), len(per_doc))
-        results.details[name] = {"output_type": output_type, "num_fewshot": out.get("n-shot", {}).get(name),
-                                 "documents": len(samples)}
+        results.details[name] = {
+            "output_type": output_type,
+            "num_fewshot": out.get("n-shot", {}).get(name),
+            "documents": len(samples),
+        }
     for name, metrics in out["results"].items():
         results.tasks[name] = metric_values(metrics)
         baseline = group_baseline(name, group_subtasks, leaf_baselines)

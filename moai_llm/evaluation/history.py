@@ -37,16 +37,22 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _latest_checkpoint_state(directory: Path) -> Path | None:
-    states = [(int(m.group(1)), p / "trainer_state.json") for p in directory.glob("checkpoint-*")
-              if (m := _CHECKPOINT.match(p.name)) and (p / "trainer_state.json").is_file()]
+    states = [
+        (int(m.group(1)), p / "trainer_state.json")
+        for p in directory.glob("checkpoint-*")
+        if (m := _CHECKPOINT.match(p.name)) and (p / "trainer_state.json").is_file()
+    ]
     return max(states)[1] if states else None
 
 
 def load_run(model_path: str | Path) -> RunRecord | None:
     """The run record around a model directory, or None when no training files are found."""
     path = Path(model_path).resolve()
-    state_file = next((p for p in (path / "trainer_state.json", path.parent / "trainer_state.json") if p.is_file()),
-                      None) or _latest_checkpoint_state(path.parent) or _latest_checkpoint_state(path)
+    state_file = (
+        next((p for p in (path / "trainer_state.json", path.parent / "trainer_state.json") if p.is_file()), None)
+        or _latest_checkpoint_state(path.parent)
+        or _latest_checkpoint_state(path)
+    )
     directory = path if (path / "trainer_state.json").is_file() and _CHECKPOINT.match(path.name) else path.parent
     record = RunRecord(directory=directory)
     for folder in (path, path.parent):
@@ -65,8 +71,12 @@ def tokens_per_step(arguments: dict) -> int | None:
     """Token slots per optimizer step from the run's arguments (an upper bound: rows may not be full)."""
     training, data = arguments.get("training", {}), arguments.get("data", {})
     try:
-        return int(training["per_device_train_batch_size"] * training["gradient_accumulation_steps"]
-                   * arguments.get("world_size", 1) * data["max_seq_length"])
+        return int(
+            training["per_device_train_batch_size"]
+            * training["gradient_accumulation_steps"]
+            * arguments.get("world_size", 1)
+            * data["max_seq_length"]
+        )
     except (KeyError, TypeError):
         return None
 
@@ -122,11 +132,13 @@ def training_summary(record: RunRecord) -> dict:
         "data": (", ".join(map(str, sources)) if isinstance(sources, list) else sources)
         or ("bundled sample corpus" if data else None),
         "sequence length / packing": f"{data['max_seq_length']} / {'on' if data.get('packing', True) else 'off'}"
-        if "max_seq_length" in data else None,
+        if "max_seq_length" in data
+        else None,
         "steps": f"{step} of {record.state.get('max_steps')}" if step and record.state.get("max_steps") else step,
         "epochs": round(e, 3) if isinstance(e := _last(history, "epoch"), float) else e,
         "tokens seen": f"{int(axis(step)):,}" + ("" if label == "tokens seen" else " (estimate)")
-        if step and label != "optimizer step" else None,
+        if step and label != "optimizer step"
+        else None,
         "tokens per step": f"{per_step:,} slots" if per_step else None,
         "schedule": _schedule(training),
         "optimizer": training.get("optim"),
@@ -141,11 +153,15 @@ def training_summary(record: RunRecord) -> dict:
 def _schedule(training: dict) -> str | None:
     if "lr_scheduler_type" not in training:
         return None
-    text = (f"{training['lr_scheduler_type']}, peak lr {training.get('learning_rate')}, "
-            f"warmup {training.get('warmup_steps')}")
+    text = (
+        f"{training['lr_scheduler_type']}, peak lr {training.get('learning_rate')}, "
+        f"warmup {training.get('warmup_steps')}"
+    )
     if "stable_decay" in str(training["lr_scheduler_type"]) or str(training["lr_scheduler_type"]) == "wsd":
-        text += (f", decay {training.get('wsd_decay_ratio')} of steps ({training.get('wsd_decay_type')}), "
-                 f"final lr ratio {training.get('min_lr_ratio')}")
+        text += (
+            f", decay {training.get('wsd_decay_ratio')} of steps ({training.get('wsd_decay_type')}), "
+            f"final lr ratio {training.get('min_lr_ratio')}"
+        )
     return text
 
 

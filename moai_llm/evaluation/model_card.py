@@ -35,8 +35,7 @@ def moe_layout(config) -> str | None:
     layers = list(range(config.num_hidden_layers))
     is_moe = getattr(config, "is_moe_layer", None)
     moe_layers = [i for i in layers if is_moe(i)] if is_moe else layers
-    text = (f"{experts} routed experts, top-{config.num_experts_per_tok}, expert width "
-            f"{config.moe_intermediate_size}")
+    text = f"{experts} routed experts, top-{config.num_experts_per_tok}, expert width {config.moe_intermediate_size}"
     shared = getattr(config, "shared_expert_intermediate_size", 0) or 0
     if shared:
         text += f", shared expert width {shared}"
@@ -51,8 +50,10 @@ def adapter_facts(model_path: str) -> str | None:
     config = json.loads(path.read_text())
     targets = config.get("target_modules")
     targets = ", ".join(sorted(targets)) if isinstance(targets, list) else targets
-    return (f"{config.get('peft_type', 'LORA')} r={config.get('r')}, alpha={config.get('lora_alpha')} on {targets}; "
-            f"base {config.get('base_model_name_or_path')} (merged for evaluation)")
+    return (
+        f"{config.get('peft_type', 'LORA')} r={config.get('r')}, alpha={config.get('lora_alpha')} on {targets}; "
+        f"base {config.get('base_model_name_or_path')} (merged for evaluation)"
+    )
 
 
 def model_card(model, model_path: str) -> dict[str, str]:

@@ -72,8 +72,13 @@ class PerplexityResult:
 
     def to_dict(self) -> dict:
         """The results.json entry: the issue's four keys first, then the counts behind them."""
-        figures = {"perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte, "tokens": self.tokens,
-                   "token_accuracy": self.token_accuracy, "tokens_per_second": self.tokens_per_second}
+        figures = {
+            "perplexity": self.perplexity,
+            "bits_per_byte": self.bits_per_byte,
+            "tokens": self.tokens,
+            "token_accuracy": self.token_accuracy,
+            "tokens_per_second": self.tokens_per_second,
+        }
         return {**figures, **{k: v for k, v in asdict(self).items() if k != "tokens"}}
 
 
@@ -134,8 +139,10 @@ def packed_batches(pieces: list, max_length: int, batch_size: int, collator: Pac
     packs = HierarchicalBalancePacker(max_length).pack([len(p) for p in pieces])
     packs.sort(key=lambda pack: -sum(len(pieces[i]) for i in pack))
     for start in range(0, len(packs), batch_size):
-        rows = [{"input_ids": np.concatenate([pieces[i] for i in pack]),
-                 "seq_lengths": [len(pieces[i]) for i in pack]} for pack in packs[start : start + batch_size]]
+        rows = [
+            {"input_ids": np.concatenate([pieces[i] for i in pack]), "seq_lengths": [len(pieces[i]) for i in pack]}
+            for pack in packs[start : start + batch_size]
+        ]
         yield collator(rows), sum(len(row["input_ids"]) for row in rows)
 
 
@@ -173,8 +180,9 @@ def score_batch(body, head, batch: dict, chunk_size: int, router_off: bool):
     return nll, correct, target.numel()
 
 
-def evaluate_perplexity(model, tokenizer, documents: list[str], max_length: int, batch_size: int = 8,
-                        name: str = "perplexity") -> PerplexityResult:
+def evaluate_perplexity(
+    model, tokenizer, documents: list[str], max_length: int, batch_size: int = 8, name: str = "perplexity"
+) -> PerplexityResult:
     if max_length < 2:
         raise EvalUsageError(f"--max_length {max_length}: at least 2 tokens are needed to score one")
     pieces, scored_bytes = tokenize_documents(documents, tokenizer, max_length)
@@ -199,10 +207,24 @@ def evaluate_perplexity(model, tokenizer, documents: list[str], max_length: int,
             progress.update(real_tokens)
         nll, correct = float(nll), int(correct)
     seconds = time.perf_counter() - start
-    result = PerplexityResult(documents=len(documents), tokens=scored, nll=nll, correct=correct,
-                              bytes=scored_bytes, input_tokens=input_tokens, seconds=seconds,
-                              windows=len(pieces), rows=rows)
-    logger.info("%s: perplexity %.4f, %.4f bits/byte, token accuracy %.4f, %d tokens, %.0f tokens/s", name,
-                result.perplexity, result.bits_per_byte, result.token_accuracy, result.tokens,
-                result.tokens_per_second)
+    result = PerplexityResult(
+        documents=len(documents),
+        tokens=scored,
+        nll=nll,
+        correct=correct,
+        bytes=scored_bytes,
+        input_tokens=input_tokens,
+        seconds=seconds,
+        windows=len(pieces),
+        rows=rows,
+    )
+    logger.info(
+        "%s: perplexity %.4f, %.4f bits/byte, token accuracy %.4f, %d tokens, %.0f tokens/s",
+        name,
+        result.perplexity,
+        result.bits_per_byte,
+        result.token_accuracy,
+        result.tokens,
+        result.tokens_per_second,
+    )
     return result

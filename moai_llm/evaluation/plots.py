@@ -22,16 +22,20 @@ PANELS = (
     ("Learning rate", [("learning_rate", "learning rate")], "learning rate"),
     ("Gradient norm", [("grad_norm", "grad norm")], "L2 norm before clipping"),
     ("Throughput", [("tokens_per_second", "tokens/s (all ranks)")], "tokens per second"),
-    ("MoE expert load (worst layer)", [("moe/max_load_over_mean", "max expert load / mean"),
-                                       ("moe/min_load_over_mean", "min expert load / mean")], "load / mean load"),
+    (
+        "MoE expert load (worst layer)",
+        [("moe/max_load_over_mean", "max expert load / mean"), ("moe/min_load_over_mean", "min expert load / mean")],
+        "load / mean load",
+    ),
 )
 
 
 def plot_training(history: list[dict], arguments: dict, path: str | Path, title: str = "Training") -> Path | None:
     """Write the dashboard PNG; None (nothing written) when the history has none of the plotted keys."""
     axis, xlabel = token_axis(history, arguments)
-    panels = [(name, [(series(history, key, axis), label) for key, label in keys], ylabel)
-              for name, keys, ylabel in PANELS]
+    panels = [
+        (name, [(series(history, key, axis), label) for key, label in keys], ylabel) for name, keys, ylabel in PANELS
+    ]
     panels = [(name, [(xy, label) for xy, label in lines if len(xy[0])], ylabel) for name, lines, ylabel in panels]
     panels = [panel for panel in panels if panel[1]]
     if not panels:
@@ -52,7 +56,7 @@ def plot_training(history: list[dict], arguments: dict, path: str | Path, title:
         ax.grid(alpha=0.3)
         if len(lines) > 1 or name.startswith("MoE"):
             ax.legend()
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(title)
     return _save(fig, path)

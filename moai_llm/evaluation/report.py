@@ -3,10 +3,14 @@
 from pathlib import Path
 
 BASELINE_METRICS = ("acc", "acc_norm", "exact_match")
-RANDOM_GUESS_NOTE = ("Random guess: the expected score of a uniform guess on the same documents (1 / number of choices "
-                     "per document; TruthfulQA mc2: the share of true answers; 0 for generated answers).")
-PERPLEXITY_NOTE = ("Plain cross-entropy over every token after each document's first (EOS included), packed rows "
-                   "without cross-document attention; bits per byte over the UTF-8 bytes of the scored text.")
+RANDOM_GUESS_NOTE = (
+    "Random guess: the expected score of a uniform guess on the same documents (1 / number of choices "
+    "per document; TruthfulQA mc2: the share of true answers; 0 for generated answers)."
+)
+PERPLEXITY_NOTE = (
+    "Plain cross-entropy over every token after each document's first (EOS included), packed rows "
+    "without cross-document attention; bits per byte over the UTF-8 bytes of the scored text."
+)
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -48,9 +52,17 @@ def benchmark_rows(results: dict) -> list[list]:
             stderr_key = metric.replace(",", "_stderr,", 1) if "," in metric else f"{metric}_stderr"
             baseline = baselines.get(name) if metric.split(",")[0] in BASELINE_METRICS else None
             info = details.get(name, {})
-            rows.append([name if first else "", metric, _number(value), _number(metrics.get(stderr_key)),
-                         _number(baseline), info.get("num_fewshot") if first else "",
-                         info.get("documents") if first else ""])
+            rows.append(
+                [
+                    name if first else "",
+                    metric,
+                    _number(value),
+                    _number(metrics.get(stderr_key)),
+                    _number(baseline),
+                    info.get("num_fewshot") if first else "",
+                    info.get("documents") if first else "",
+                ]
+            )
             first = False
     return rows
 
@@ -71,16 +83,26 @@ def render_report(results: dict, plot: str | None = None) -> str:
     lines += ["## Benchmarks", ""]
     rows = benchmark_rows(results)
     if rows:
-        lines += [table(["task", "metric", "score", "± stderr", "random guess", "shots", "documents"], rows), "",
-                  RANDOM_GUESS_NOTE, ""]
+        lines += [
+            table(["task", "metric", "score", "± stderr", "random guess", "shots", "documents"], rows),
+            "",
+            RANDOM_GUESS_NOTE,
+            "",
+        ]
     elif not results.get("failed_tasks"):
         lines += ["No benchmark tasks were run (`--tasks` / `--suite`).", ""]
     lines += failed_lines(results.get("failed_tasks", {}))
     lines += ["## Perplexity", ""]
     if results.get("perplexity"):
-        lines += [table(["file", "documents", "scored tokens", "perplexity", "bits per byte", "token accuracy",
-                         "tokens/s"], perplexity_rows(results["perplexity"])), "",
-                  PERPLEXITY_NOTE, ""]
+        lines += [
+            table(
+                ["file", "documents", "scored tokens", "perplexity", "bits per byte", "token accuracy", "tokens/s"],
+                perplexity_rows(results["perplexity"]),
+            ),
+            "",
+            PERPLEXITY_NOTE,
+            "",
+        ]
     else:
         lines += ["No `--eval_file` given.", ""]
     lines += samples_section(results.get("samples", []))
@@ -88,8 +110,18 @@ def render_report(results: dict, plot: str | None = None) -> str:
 
 
 def perplexity_rows(perplexity: dict) -> list[list]:
-    return [[name, v.get("documents"), f"{v['tokens']:,}", _number(v["perplexity"], 3), _number(v["bits_per_byte"]),
-             _number(v["token_accuracy"]), _number(v.get("tokens_per_second"), 0)] for name, v in perplexity.items()]
+    return [
+        [
+            name,
+            v.get("documents"),
+            f"{v['tokens']:,}",
+            _number(v["perplexity"], 3),
+            _number(v["bits_per_byte"]),
+            _number(v["token_accuracy"]),
+            _number(v.get("tokens_per_second"), 0),
+        ]
+        for name, v in perplexity.items()
+    ]
 
 
 def _quote(text: str) -> str:
@@ -120,8 +152,12 @@ def render_comparison(runs: dict[str, dict], plot: str | None = None) -> str:
     names = list(runs)
     lines = ["# Comparison", "", table(["", *names], [["model", *[f"`{r['model']}`" for r in runs.values()]]]), ""]
     card_keys = list(dict.fromkeys(k for r in runs.values() for k in r.get("model_card", {})))
-    lines += ["## Models", "", table(["", *names], [[k, *[r.get("model_card", {}).get(k) for r in runs.values()]]
-                                                    for k in card_keys]), ""]
+    lines += [
+        "## Models",
+        "",
+        table(["", *names], [[k, *[r.get("model_card", {}).get(k) for r in runs.values()]] for k in card_keys]),
+        "",
+    ]
     summary_keys = list(dict.fromkeys(k for r in runs.values() for k in (r.get("training") or {})))
     if summary_keys:
         rows = [[k, *[(r.get("training") or {}).get(k) for r in runs.values()]] for k in summary_keys]
@@ -135,8 +171,11 @@ def render_comparison(runs: dict[str, dict], plot: str | None = None) -> str:
             lines += [f"{name}: " + "; ".join(f"`{t}` failed ({why})" for t, why in result["failed_tasks"].items()), ""]
     files = list(dict.fromkeys(f for r in runs.values() for f in r.get("perplexity", {})))
     if files:
-        rows = [[f, metric, *[_number(r.get("perplexity", {}).get(f, {}).get(metric)) for r in runs.values()]]
-                for f in files for metric in ("perplexity", "bits_per_byte", "token_accuracy")]
+        rows = [
+            [f, metric, *[_number(r.get("perplexity", {}).get(f, {}).get(metric)) for r in runs.values()]]
+            for f in files
+            for metric in ("perplexity", "bits_per_byte", "token_accuracy")
+        ]
         lines += ["## Perplexity", "", table(["file", "metric", *names], rows), ""]
     prompts = list(dict.fromkeys(s["prompt"] for r in runs.values() for s in r.get("samples", [])))
     if prompts:
@@ -154,8 +193,11 @@ def comparison_rows(runs: dict[str, dict]) -> list[list]:
     tasks = list(dict.fromkeys(t for r in runs.values() for t in r.get("summary_tasks", [])))
     rows = []
     for task in tasks:
-        metrics = list(dict.fromkeys(m for r in runs.values() for m in r["tasks"].get(task, {})
-                                     if not m.split(",")[0].endswith("_stderr")))
+        metrics = list(
+            dict.fromkeys(
+                m for r in runs.values() for m in r["tasks"].get(task, {}) if not m.split(",")[0].endswith("_stderr")
+            )
+        )
         baseline = next((r["baselines"][task] for r in runs.values() if task in r.get("baselines", {})), None)
         for metric in metrics:
             values = [_number(r["tasks"].get(task, {}).get(metric)) for r in runs.values()]

@@ -57,8 +57,7 @@ def load_inputs(options: EvalOptions) -> tuple[dict[str, list[str]], list[str]]:
 def load_model(options: EvalOptions):
     """(model, tokenizer) through chat's loader (final_model, checkpoint or LoRA adapter); adapters are merged."""
     try:
-        model, tokenizer = load_for_chat(options.model_path, options.tokenizer_path, options.base_model,
-                                         options.device)
+        model, tokenizer = load_for_chat(options.model_path, options.tokenizer_path, options.base_model, options.device)
     except ChatLoadError as error:
         raise EvalUsageError(str(error)) from None
     if hasattr(model, "merge_and_unload") and not getattr(model, "is_loaded_in_4bit", False):
@@ -72,18 +71,31 @@ def evaluate_model(options: EvalOptions) -> dict:
     documents, prompts = load_inputs(options)
     output_dir = Path(options.output_dir or Path(options.model_path) / "eval")
     model, tokenizer = load_model(options)
-    results = {"model": options.model_path, "tasks": {}, "perplexity": {}, "samples": [],
-               "model_card": model_card(model, options.model_path),
-               "settings": {"device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
-                            "batch_size": options.batch_size,
-                            "date": datetime.datetime.now().isoformat(timespec="seconds")}}
+    results = {
+        "model": options.model_path,
+        "tasks": {},
+        "perplexity": {},
+        "samples": [],
+        "model_card": model_card(model, options.model_path),
+        "settings": {
+            "device": str(model.device),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "batch_size": options.batch_size,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        },
+    }
     if options.tasks:
         import lm_eval
 
         bench = run_benchmarks(model, tokenizer, options.tasks, options.include_path, options.batch_size)
         results["settings"]["lm_eval"] = lm_eval.__version__
-        results.update(tasks=bench.tasks, summary_tasks=bench.summary, task_details=bench.details,
-                       baselines=bench.baselines, failed_tasks=bench.failed)
+        results.update(
+            tasks=bench.tasks,
+            summary_tasks=bench.summary,
+            task_details=bench.details,
+            baselines=bench.baselines,
+            failed_tasks=bench.failed,
+        )
     if documents:
         context = getattr(model.config, "max_position_embeddings", 2048)
         max_length = options.max_length or min(context, 2048)
@@ -107,8 +119,12 @@ def training_plot(model_path: str, output_dir: Path) -> tuple[dict | None, str |
     if record.log_history:
         from .plots import plot_training
 
-        written = plot_training(record.log_history, record.arguments, output_dir / "plots" / "training.png",
-                                title=f"Training history: {record.directory}")
+        written = plot_training(
+            record.log_history,
+            record.arguments,
+            output_dir / "plots" / "training.png",
+            title=f"Training history: {record.directory}",
+        )
         plot = "plots/training.png" if written else None
     return training_summary(record), plot
 

@@ -41,12 +41,25 @@ def generate_samples(model, tokenizer, prompts: list[str], params: SamplingParam
     samples = []
     for prompt in tqdm(prompts, desc="samples", unit="prompt"):
         one_shot = session.one_shot_prompt(prompt)
-        text, tokens, seconds = stream_answer(model, tokenizer, one_shot.ids, session.sampling(one_shot), StopFlag(),
-                                              lambda piece: None)
-        samples.append({"prompt": prompt, "text": text, "tokens": tokens, "seconds": round(seconds, 4),
-                        "tokens_per_second": round(tokens / max(seconds, 1e-9), 2)})
+        text, tokens, seconds = stream_answer(
+            model, tokenizer, one_shot.ids, session.sampling(one_shot), StopFlag(), lambda piece: None
+        )
+        samples.append(
+            {
+                "prompt": prompt,
+                "text": text,
+                "tokens": tokens,
+                "seconds": round(seconds, 4),
+                "tokens_per_second": round(tokens / max(seconds, 1e-9), 2),
+            }
+        )
     total_tokens = sum(s["tokens"] for s in samples)
     total_seconds = sum(s["seconds"] for s in samples)
-    logger.info("samples: %d answers, %d tokens, %.1f tokens/s (%s)", len(samples), total_tokens,
-                total_tokens / max(total_seconds, 1e-9), "chat template" if not session.raw else "plain continuation")
+    logger.info(
+        "samples: %d answers, %d tokens, %.1f tokens/s (%s)",
+        len(samples),
+        total_tokens,
+        total_tokens / max(total_seconds, 1e-9),
+        "chat template" if not session.raw else "plain continuation",
+    )
     return samples

@@ -41,8 +41,12 @@ def _write(trainer, model_args, data_args) -> Path:
     except ImportError:  # matplotlib comes with the `eval` extra
         logger.info("matplotlib is not installed (pip install -e '.[eval]'): training report without plots")
     else:
-        written = plot_training(record.log_history, arguments, output_dir / "plots" / "training.png",
-                                title=f"Training history: {output_dir}")
+        written = plot_training(
+            record.log_history,
+            arguments,
+            output_dir / "plots" / "training.png",
+            title=f"Training history: {output_dir}",
+        )
         plot = "plots/training.png" if written else None
     report = output_dir / "training_report.md"
     report.write_text(render_training_report(training_summary(record), plot), encoding="utf-8")

@@ -1,11 +1,21 @@
 """Serve models over the OpenAI API, with a web chat page: a FastAPI app over a continuous-batching engine.
 
-    python serve.py --model_path outputs/pretrain-tiny/final_model     # then open http://127.0.0.1:8000/
+python serve.py --model_path outputs/pretrain-tiny/final_model     # then open http://127.0.0.1:8000/
 """
 
 from .app import build_app
 from .engine import BatchEngine, Failed, Finished, GenerationRequest, TextDelta
 from .registry import ModelRegistry, ServedModel, load_models, model_entries
 
-__all__ = ["BatchEngine", "Failed", "Finished", "GenerationRequest", "ModelRegistry", "ServedModel", "TextDelta",
-           "build_app", "load_models", "model_entries"]
+__all__ = [
+    "BatchEngine",
+    "Failed",
+    "Finished",
+    "GenerationRequest",
+    "ModelRegistry",
+    "ServedModel",
+    "TextDelta",
+    "build_app",
+    "load_models",
+    "model_entries",
+]

@@ -27,9 +27,14 @@ class APIKeyCheck:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not secrets.compare_digest(given, self.expected):
-                message = "Incorrect API key provided." if given else "Missing API key: send 'Authorization: Bearer KEY'."
-                await JSONResponse(error_body(message, 401, code="invalid_api_key"), status_code=401,
-                                   headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                message = (
+                    "Incorrect API key provided." if given else "Missing API key: send 'Authorization: Bearer KEY'."
+                )
+                await JSONResponse(
+                    error_body(message, 401, code="invalid_api_key"),
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -60,8 +65,9 @@ class GenerationStream(StreamingResponse):
     engine then drops the sequence at its next step)."""
 
     def __init__(self, chunks, generation: GenerationRequest):
-        super().__init__(chunks, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(
+            chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         self.generation = generation
 
     async def __call__(self, scope, receive, send):
@@ -123,12 +129,14 @@ def build_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
     return app
 
 
-async def generate(served: ServedModel, body, prompt: list[int], prompt_param: str, shape: ResponseShape,
-                   request: Request):
+async def generate(
+    served: ServedModel, body, prompt: list[int], prompt_param: str, shape: ResponseShape, request: Request
+):
     max_new_tokens = served.max_new_tokens(len(prompt), body.requested_max_tokens(), prompt_param)
     events = EventQueue()
-    generation = GenerationRequest(prompt, body.sampling(max_new_tokens), events.deliver, body.stop_list(),
-                                   bool(body.ignore_eos))
+    generation = GenerationRequest(
+        prompt, body.sampling(max_new_tokens), events.deliver, body.stop_list(), bool(body.ignore_eos)
+    )
     served.engine.submit(generation)
     if body.stream:
         return GenerationStream(stream_chunks(events, shape, body.include_usage()), generation)
@@ -168,8 +176,9 @@ async def complete(events: EventQueue, shape: ResponseShape, generation: Generat
             elif isinstance(event, Failed):
                 raise APIError(500, event.message, code="generation_failed")
             elif isinstance(event, Finished):
-                return shape.complete("".join(pieces), event.reason,
-                                      usage(event.prompt_tokens, event.completion_tokens))
+                return shape.complete(
+                    "".join(pieces), event.reason, usage(event.prompt_tokens, event.completion_tokens)
+                )
     finally:
         watcher.cancel()
 

@@ -45,8 +45,9 @@ class DecodeBatch:
         mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=device)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # generate's convention for left padding
         cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                         logits_to_keep=1)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+        )
         return out.logits[:, -1].float(), cache, mask
 
     def join(self, cache: DynamicCache, mask: torch.Tensor) -> None:
@@ -57,8 +58,10 @@ class DecodeBatch:
         old, new = self.mask.shape[1], mask.shape[1]
         length = max(old, new)
         layers = [
-            (torch.cat([_pad_left(k0, length - old, 2), _pad_left(k1, length - new, 2)]),
-             torch.cat([_pad_left(v0, length - old, 2), _pad_left(v1, length - new, 2)]))
+            (
+                torch.cat([_pad_left(k0, length - old, 2), _pad_left(k1, length - new, 2)]),
+                torch.cat([_pad_left(v0, length - old, 2), _pad_left(v1, length - new, 2)]),
+            )
             for (k0, v0, _), (k1, v1, _) in zip(self.cache, cache)
         ]
         self.cache = DynamicCache(ddp_cache_data=layers)
@@ -69,9 +72,13 @@ class DecodeBatch:
         """Feed one token per row at its own position; logits of the next token [rows, vocab]."""
         device = self.model.device
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.rows, 1)], dim=1)
-        out = self.model(input_ids=torch.tensor(tokens, device=device)[:, None], attention_mask=self.mask,
-                         position_ids=torch.tensor(positions, device=device)[:, None], cache=self.cache,
-                         use_cache=True)
+        out = self.model(
+            input_ids=torch.tensor(tokens, device=device)[:, None],
+            attention_mask=self.mask,
+            position_ids=torch.tensor(positions, device=device)[:, None],
+            cache=self.cache,
+            use_cache=True,
+        )
         return out.logits[:, -1].float()
 
     def keep(self, rows: list[int]) -> None:

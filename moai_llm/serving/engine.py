@@ -84,8 +84,13 @@ class BatchEngine:
 
     def stats(self) -> dict:
         """For /health: load now, and work done (tokens_generated / decode_steps is the mean batch size)."""
-        return {"running": len(self.running), "waiting": self.waiting.qsize(), "max_batch_size": self.max_batch_size,
-                "tokens_generated": self.tokens_generated, "decode_steps": self.decode_steps}
+        return {
+            "running": len(self.running),
+            "waiting": self.waiting.qsize(),
+            "max_batch_size": self.max_batch_size,
+            "tokens_generated": self.tokens_generated,
+            "decode_steps": self.decode_steps,
+        }
 
     def submit(self, request: GenerationRequest) -> None:
         if self._closing.is_set():
@@ -143,8 +148,13 @@ class BatchEngine:
         self._advance(sequences, logits)
 
     def _decode(self) -> None:
-        self._retire({id(s): Finished("cancelled", len(s.request.prompt_ids), s.generated)
-                      for s in self.running if s.request.cancelled.is_set()})
+        self._retire(
+            {
+                id(s): Finished("cancelled", len(s.request.prompt_ids), s.generated)
+                for s in self.running
+                if s.request.cancelled.is_set()
+            }
+        )
         if not self.running:
             return
         logits = self.batch.step([s.tokens[-1] for s in self.running], [len(s.tokens) - 1 for s in self.running])
@@ -156,9 +166,14 @@ class BatchEngine:
         then, tokens, steps = self._logged
         now = time.monotonic()
         if now - then >= every:
-            logger.info("%s: %.1f tokens/s over the last %.0fs, %.1f sequences per decode step, %d waiting",
-                        self.name, (self.tokens_generated - tokens) / (now - then), now - then,
-                        (self.tokens_generated - tokens) / max(self.decode_steps - steps, 1), self.waiting.qsize())
+            logger.info(
+                "%s: %.1f tokens/s over the last %.0fs, %.1f sequences per decode step, %d waiting",
+                self.name,
+                (self.tokens_generated - tokens) / (now - then),
+                now - then,
+                (self.tokens_generated - tokens) / max(self.decode_steps - steps, 1),
+                self.waiting.qsize(),
+            )
             self._logged = (now, self.tokens_generated, self.decode_steps)
 
     def _advance(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:

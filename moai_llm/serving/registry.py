@@ -45,8 +45,9 @@ def model_entries(model_paths: list[str], models_dir: str | None) -> list[tuple[
     seen = {}
     for name, path in entries:
         if name in seen:
-            raise ChatLoadError(f"two models are both named {name!r} ({seen[name]} and {path}): name one with "
-                                f"--model_path NAME=DIR")
+            raise ChatLoadError(
+                f"two models are both named {name!r} ({seen[name]} and {path}): name one with --model_path NAME=DIR"
+            )
         seen[name] = path
     return entries
 
@@ -77,22 +78,36 @@ class ServedModel:
     def max_new_tokens(self, prompt_tokens: int, requested: int | None, prompt_param: str) -> int:
         """The tokens to generate; a 400 naming the parameter when the request cannot fit."""
         if requested is not None and requested > self.max_tokens_limit:
-            raise APIError(400, f"max_tokens is {requested}, above this server's limit of {self.max_tokens_limit} "
-                                f"for '{self.name}'.", "max_tokens", "invalid_value")
+            raise APIError(
+                400,
+                f"max_tokens is {requested}, above this server's limit of {self.max_tokens_limit} for '{self.name}'.",
+                "max_tokens",
+                "invalid_value",
+            )
         if prompt_tokens == 0:
             raise APIError(400, "The prompt is empty.", prompt_param, "invalid_value")
         room = self.context_length - prompt_tokens
         if room < 1 or (requested is not None and requested > room):
-            raise APIError(400, f"This model's maximum context length is {self.context_length} tokens. However, "
-                                f"you requested {prompt_tokens + (requested or 1)} tokens ({prompt_tokens} in the "
-                                f"prompt, {requested or 1} for the completion).", prompt_param,
-                           "context_length_exceeded")
+            raise APIError(
+                400,
+                f"This model's maximum context length is {self.context_length} tokens. However, "
+                f"you requested {prompt_tokens + (requested or 1)} tokens ({prompt_tokens} in the "
+                f"prompt, {requested or 1} for the completion).",
+                prompt_param,
+                "context_length_exceeded",
+            )
         return requested if requested is not None else min(room, self.max_tokens_limit)
 
     def card(self) -> dict:
         """The model's `/v1/models` entry (OpenAI's fields, plus vLLM's max_model_len)."""
-        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "moai-llm",
-                "max_model_len": self.context_length, "max_tokens_limit": self.max_tokens_limit}
+        return {
+            "id": self.name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "moai-llm",
+            "max_model_len": self.context_length,
+            "max_tokens_limit": self.max_tokens_limit,
+        }
 
 
 class ModelRegistry:
@@ -103,11 +118,19 @@ class ModelRegistry:
         if name is None:
             if len(self.models) == 1:
                 return next(iter(self.models.values()))
-            raise APIError(400, f"Missing required parameter: 'model' (one of: {', '.join(self.models)}).", "model",
-                           "missing_required_parameter")
+            raise APIError(
+                400,
+                f"Missing required parameter: 'model' (one of: {', '.join(self.models)}).",
+                "model",
+                "missing_required_parameter",
+            )
         if name not in self.models:
-            raise APIError(404, f"The model '{name}' does not exist (served: {', '.join(self.models)}).", "model",
-                           "model_not_found")
+            raise APIError(
+                404,
+                f"The model '{name}' does not exist (served: {', '.join(self.models)}).",
+                "model",
+                "model_not_found",
+            )
         return self.models[name]
 
     def close(self) -> None:
@@ -115,15 +138,20 @@ class ModelRegistry:
             served.engine.close()
 
 
-def load_models(entries: list[tuple[str, Path]], max_batch_size: int = 16, max_tokens: int = 4096,
-                device: str | None = None) -> ModelRegistry:
+def load_models(
+    entries: list[tuple[str, Path]], max_batch_size: int = 16, max_tokens: int = 4096, device: str | None = None
+) -> ModelRegistry:
     """Load every model (ChatLoadError names a bad directory) and start its engine."""
     served = []
     for name, path in entries:
         model, tokenizer = load_for_chat(str(path), device=device)
         engine = BatchEngine(model, tokenizer, max_batch_size=max_batch_size, name=name)
-        served.append(ServedModel(name, tokenizer, engine, engine.context_length,
-                                  min(max_tokens, engine.context_length), str(path)))
-        logger.info("serving %s from %s (context %d, batch up to %d)", name, path, engine.context_length,
-                    engine.max_batch_size)
+        served.append(
+            ServedModel(
+                name, tokenizer, engine, engine.context_length, min(max_tokens, engine.context_length), str(path)
+            )
+        )
+        logger.info(
+            "serving %s from %s (context %d, batch up to %d)", name, path, engine.context_length, engine.max_batch_size
+        )
     return ModelRegistry(served)

@@ -13,8 +13,11 @@ class RowSampler:
         self.generator: torch.Generator | None = None
         # Rows with equal keys are processed in one call: temperature, top-k and top-p do not read the tokens so
         # far. A repetition penalty does, so such a row is processed alone.
-        self.key = None if params.repetition_penalty != 1.0 else (
-            params.greedy, params.temperature, params.top_p, params.top_k)
+        self.key = (
+            None
+            if params.repetition_penalty != 1.0
+            else (params.greedy, params.temperature, params.top_p, params.top_k)
+        )
 
     def sample(self, probs: torch.Tensor) -> int:
         """One draw from probs [vocab] with this request's generator (seeded by `seed`, else at random)."""
@@ -42,8 +45,9 @@ def pick_tokens(samplers: list[RowSampler], histories: list[list[int]], logits: 
         first = samplers[rows[0]]
         scores = logits[rows]  # [group rows, vocab]
         if first.processors:
-            seen = torch.tensor([histories[rows[0]]] if first.key is None else [[]] * len(rows),
-                                dtype=torch.long, device=logits.device)
+            seen = torch.tensor(
+                [histories[rows[0]]] if first.key is None else [[]] * len(rows), dtype=torch.long, device=logits.device
+            )
             scores = first.processors(seen, scores)
         if first.params.greedy:
             picked = scores.argmax(-1).tolist()

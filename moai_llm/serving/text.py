@@ -25,11 +25,11 @@ class TextAssembler:
         hits = [i for i in (self.text.find(s, self.sent) for s in self.stop) if i >= 0]
         if hits:
             end = min(hits)
-            out, self.sent = self.text[self.sent:end], end
+            out, self.sent = self.text[self.sent : end], end
             self.text = self.text[:end]
             return out, True
         end = len(self.text) - self._held_back()
-        out, self.sent = self.text[self.sent:end], max(self.sent, end)
+        out, self.sent = self.text[self.sent : end], max(self.sent, end)
         return out, False
 
     def flush(self) -> str:
@@ -38,12 +38,12 @@ class TextAssembler:
         full = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if full.startswith(self.text):
             self.text = full
-        out, self.sent = self.text[self.sent:], len(self.text)
+        out, self.sent = self.text[self.sent :], len(self.text)
         return out
 
     def _held_back(self) -> int:
         """Length of the longest unsent tail that is a proper prefix of some stop string."""
-        tail = self.text[self.sent:]
+        tail = self.text[self.sent :]
         for size in range(min(len(tail), max((len(s) for s in self.stop), default=1) - 1), 0, -1):
             if any(s.startswith(tail[-size:]) for s in self.stop):
                 return size

@@ -17,9 +17,11 @@ def default_tokenizer_path() -> str:
 def load_tokenizer(path: str | None = None) -> PreTrainedTokenizerFast:
     """AutoTokenizer from `path` (default: the bundled one); a clear error when the directory has none."""
     path = path or default_tokenizer_path()
-    if Path(path).is_dir() and not (Path(path) / "tokenizer.json").exists() and not (
-        Path(path) / "tokenizer_config.json"
-    ).exists():
+    if (
+        Path(path).is_dir()
+        and not (Path(path) / "tokenizer.json").exists()
+        and not (Path(path) / "tokenizer_config.json").exists()
+    ):
         raise FileNotFoundError(f"tokenizer: {path} has no tokenizer.json")
     return AutoTokenizer.from_pretrained(path)
 

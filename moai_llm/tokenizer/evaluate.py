@@ -39,10 +39,14 @@ def score(tokenizer, language: str, texts: list[str]) -> LanguageScore:
 
 def table(results: dict[str, list[LanguageScore]]) -> str:
     """Markdown table, one row per tokenizer and language."""
-    lines = ["| tokenizer | language | tokens/char | tokens/word | round trip | vocab used |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| tokenizer | language | tokens/char | tokens/word | round trip | vocab used |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for name, scores in results.items():
         for s in scores:
-            lines.append(f"| {name} | {s.language} | {s.per_char:.3f} | {s.per_word:.2f} | "
-                         f"{s.exact}/{s.documents} | {s.used_ids / s.vocab_size:.1%} |")
+            lines.append(
+                f"| {name} | {s.language} | {s.per_char:.3f} | {s.per_word:.2f} | "
+                f"{s.exact}/{s.documents} | {s.used_ids / s.vocab_size:.1%} |"
+            )
     return "\n".join(lines)

@@ -22,8 +22,10 @@ def check_byte_level_bpe(data: dict, where: str) -> None:
     model = data.get("model", {})
     pre = json.dumps(data.get("pre_tokenizer"))
     if model.get("type") != "BPE" or "ByteLevel" not in pre:
-        raise InputError(f"--base_tokenizer {where}: not a byte-level BPE tokenizer "
-                         f"(model {model.get('type')}, pre_tokenizer {data.get('pre_tokenizer', {}) and 'other'})")
+        raise InputError(
+            f"--base_tokenizer {where}: not a byte-level BPE tokenizer "
+            f"(model {model.get('type')}, pre_tokenizer {data.get('pre_tokenizer', {}) and 'other'})"
+        )
 
 
 def _pair(merge) -> tuple[str, str]:

@@ -105,8 +105,10 @@ def hub_texts(dataset: str, config: str | None, text_column: str) -> Iterator[st
     except InputError:
         raise
     except Exception as err:  # no network, unknown dataset: one line, not the datasets traceback
-        raise InputError(f"--dataset {dataset}: could not be streamed from the Hub ({type(err).__name__}); "
-                         "use local files (--input_files / --lang_files)") from err
+        raise InputError(
+            f"--dataset {dataset}: could not be streamed from the Hub ({type(err).__name__}); "
+            "use local files (--input_files / --lang_files)"
+        ) from err
 
 
 def language_streams(languages, lang_files: dict[str, list[str]], text_column: str) -> dict[str, Iterator[str]]:

@@ -46,24 +46,38 @@ def new_tokenizer(model: str, normalization: str | None) -> Tokenizer:
 
 
 def train_tokenizer(
-    texts: Iterable[str], vocab_size: int, mode: str = "default", min_frequency: int | None = None,
-    normalization: str | None = None, show_progress: bool = True,
+    texts: Iterable[str],
+    vocab_size: int,
+    mode: str = "default",
+    min_frequency: int | None = None,
+    normalization: str | None = None,
+    show_progress: bool = True,
 ) -> Tokenizer:
     """Byte-level: every UTF-8 string round-trips and no token is unknown. Specials get ids 0..6."""
     if vocab_size < MIN_VOCAB:
-        raise InputError(f"--vocab_size {vocab_size} is smaller than {MIN_VOCAB} "
-                         f"({len(SPECIAL_TOKENS)} special tokens + {len(BYTE_ALPHABET)} byte symbols)")
+        raise InputError(
+            f"--vocab_size {vocab_size} is smaller than {MIN_VOCAB} "
+            f"({len(SPECIAL_TOKENS)} special tokens + {len(BYTE_ALPHABET)} byte symbols)"
+        )
     spec = MODES[mode]
     tokenizer = new_tokenizer(spec.model, normalization)
     if spec.model == "bpe":
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency or spec.min_frequency, special_tokens=SPECIAL_TOKENS,
-            initial_alphabet=BYTE_ALPHABET, max_token_length=spec.max_token_length, show_progress=show_progress,
+            vocab_size=vocab_size,
+            min_frequency=min_frequency or spec.min_frequency,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=BYTE_ALPHABET,
+            max_token_length=spec.max_token_length,
+            show_progress=show_progress,
         )
     else:
         trainer = trainers.UnigramTrainer(
-            vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token="<unk>", initial_alphabet=BYTE_ALPHABET,
-            max_piece_length=spec.max_token_length or 16, show_progress=show_progress,
+            vocab_size=vocab_size,
+            special_tokens=SPECIAL_TOKENS,
+            unk_token="<unk>",
+            initial_alphabet=BYTE_ALPHABET,
+            max_piece_length=spec.max_token_length or 16,
+            show_progress=show_progress,
         )
     counted = _Counter(texts)
     start = time.perf_counter()
@@ -71,9 +85,16 @@ def train_tokenizer(
     if counted.documents == 0:
         raise InputError("no training text: the inputs are empty after sampling")
     seconds = time.perf_counter() - start
-    logger.info("trained %s tokenizer (%s mode): %d tokens from %d documents, %.1f MB in %.1fs (%.2f MB/s)",
-                spec.model, mode, tokenizer.get_vocab_size(), counted.documents, counted.bytes / 1e6, seconds,
-                counted.bytes / 1e6 / max(seconds, 1e-9))
+    logger.info(
+        "trained %s tokenizer (%s mode): %d tokens from %d documents, %.1f MB in %.1fs (%.2f MB/s)",
+        spec.model,
+        mode,
+        tokenizer.get_vocab_size(),
+        counted.documents,
+        counted.bytes / 1e6,
+        seconds,
+        counted.bytes / 1e6 / max(seconds, 1e-9),
+    )
     return tokenizer
 
 

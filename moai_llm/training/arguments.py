@@ -16,8 +16,9 @@ from ..data.mixing import MixtureSource
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # configs/ is installed as the package moai_llm.configs (setup.py package_dir); a source checkout reads it in place.
 _INSTALLED_CONFIGS = os.path.join(PACKAGE_DIR, "configs")
-CONFIGS_DIR = (_INSTALLED_CONFIGS if os.path.isdir(_INSTALLED_CONFIGS)
-               else os.path.join(os.path.dirname(PACKAGE_DIR), "configs"))
+CONFIGS_DIR = (
+    _INSTALLED_CONFIGS if os.path.isdir(_INSTALLED_CONFIGS) else os.path.join(os.path.dirname(PACKAGE_DIR), "configs")
+)
 TINY_MODEL_CONFIG = os.path.join(CONFIGS_DIR, "model_config_tiny.json")
 LORA_TARGET_MODULES = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 # Learning rates used when --learning_rate is not given: a tiny model from scratch, full SFT, adapters.
@@ -54,7 +55,7 @@ class ModelArguments:
         default="cross_entropy", metadata={"help": "Training loss, always computed fused from hidden states."}
     )
     loss_params: str | None = field(
-        default=None, metadata={"help": 'Loss parameters as JSON, e.g. \'{"gamma": 2.0}\' or ce/focal/smooth weights.'}
+        default=None, metadata={"help": "Loss parameters as JSON, e.g. '{\"gamma\": 2.0}' or ce/focal/smooth weights."}
     )
     loss_chunk_size: int | None = field(default=None, metadata={"help": "Tokens per fused-loss chunk (0: plain loss)."})
     z_loss_coef: float = field(default=0.0, metadata={"help": "Logit z-loss coefficient (PaLM), 0 = off."})
@@ -83,14 +84,18 @@ class AddSources(argparse.Action):
 class DataArguments:
     dataset: list[str] | None = field(
         default=None,
-        metadata={"action": AddSources,
-                  "help": "Hub datasets, `name` or `name:config`; repeatable, each use adds (default: bundled sample)."},
+        metadata={
+            "action": AddSources,
+            "help": "Hub datasets, `name` or `name:config`; repeatable, each use adds (default: bundled sample).",
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Config name for every --dataset."})
     train_file: list[str] | None = field(
         default=None,
-        metadata={"action": AddSources,
-                  "help": "Local files, folders or globs (.txt .jsonl .json .parquet .csv); repeatable, each use adds."},
+        metadata={
+            "action": AddSources,
+            "help": "Local files, folders or globs (.txt .jsonl .json .parquet .csv); repeatable, each use adds.",
+        },
     )
     text_column: str = field(default="text", metadata={"help": "Text column for pretraining data."})
     sft_format: str | None = field(
@@ -102,7 +107,9 @@ class DataArguments:
         default=0.05, metadata={"help": "Documents held out for evaluation: a fraction (< 1) or a count (0 = none)."}
     )
     packing_bins: int = field(default=8, metadata={"help": "Length groups of the hierarchical balance packer."})
-    streaming: bool = field(default=False, metadata={"help": "Stream sources instead of downloading (needs max_steps)."})
+    streaming: bool = field(
+        default=False, metadata={"help": "Stream sources instead of downloading (needs max_steps)."}
+    )
     skip_bad_records: bool = field(default=False, metadata={"help": "Skip (and count) malformed records."})
     mixture: list[MixtureSource] | None = field(
         default=None, metadata={"help": "Data mixture (YAML only, see training_config.yaml)."}
@@ -112,8 +119,10 @@ class DataArguments:
     )
     data_cache_dir: str | None = field(
         default=None,
-        metadata={"help": "Prepared data (token stores, packing plans). Given: treated as shared by every node, "
-                          "prepared once by the main process. Default: <output_dir>/data_cache, once per node."},
+        metadata={
+            "help": "Prepared data (token stores, packing plans). Given: treated as shared by every node, "
+            "prepared once by the main process. Default: <output_dir>/data_cache, once per node."
+        },
     )
     prepare_only: bool = field(
         default=False, metadata={"help": "Tokenize and plan the data into the data cache, print its size, and exit."}
@@ -158,8 +167,11 @@ class MoaiTrainingArguments(TrainingArguments):
         default=None,
         # nargs/const: a bare `--bf16` (the old tool's spelling) means true; HfArgumentParser only does that for
         # bool fields whose default is not None.
-        metadata={"nargs": "?", "const": True,
-                  "help": "bf16 mixed precision (default: on for GPUs and CPUs (AMX/AVX512-BF16) that compute it natively)."},
+        metadata={
+            "nargs": "?",
+            "const": True,
+            "help": "bf16 mixed precision (default: on for GPUs and CPUs (AMX/AVX512-BF16) that compute it natively).",
+        },
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep dataset columns for the collator (it builds the model inputs)."}
@@ -183,8 +195,10 @@ class MoaiTrainingArguments(TrainingArguments):
         self.lr_scheduler_type = SCHEDULER_ALIASES.get(self.lr_scheduler_type, self.lr_scheduler_type)
         super().__post_init__()
         if self.save_on_each_node and (self.fsdp or self.deepspeed):
-            raise ValueError("--save_on_each_node works with DDP only: FSDP and DeepSpeed checkpoints are sharded "
-                             "over all ranks, so every node needs them all (use a shared filesystem)")
+            raise ValueError(
+                "--save_on_each_node works with DDP only: FSDP and DeepSpeed checkpoints are sharded "
+                "over all ranks, so every node needs them all (use a shared filesystem)"
+            )
 
 
 @dataclass(frozen=True)

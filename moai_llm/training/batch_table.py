@@ -50,11 +50,16 @@ def _model_row(path: str, size: str, row) -> dict:
     micro = row["micro_batch"]
     if not isinstance(micro, dict) or not micro:
         raise BatchTableError(f"{where}.micro_batch must map GPU memory in GB to sequences per device, e.g. {{80: 4}}")
-    rows = {_count(gb, f"{where}.micro_batch GPU memory", 0): _count(n, f"{where}.micro_batch.{gb}")
-            for gb, n in micro.items()}
-    return {"model_config": row["model_config"], "seq_len": _count(row["seq_len"], f"{where}.seq_len"),
-            "effective_batch": _count(row["effective_batch"], f"{where}.effective_batch"),
-            "micro_batch": dict(sorted(rows.items()))}
+    rows = {
+        _count(gb, f"{where}.micro_batch GPU memory", 0): _count(n, f"{where}.micro_batch.{gb}")
+        for gb, n in micro.items()
+    }
+    return {
+        "model_config": row["model_config"],
+        "seq_len": _count(row["seq_len"], f"{where}.seq_len"),
+        "effective_batch": _count(row["effective_batch"], f"{where}.effective_batch"),
+        "micro_batch": dict(sorted(rows.items())),
+    }
 
 
 def load_table(path: str) -> dict:
@@ -73,8 +78,10 @@ def load_table(path: str) -> dict:
     models = table["models"]
     if not isinstance(models, dict) or not models:
         raise BatchTableError(f"{path}: models must map each MODEL_SIZE to its row")
-    return {"cpu_micro_batch": _count(table["cpu_micro_batch"], f"{path}: cpu_micro_batch"),
-            "models": {str(size): _model_row(path, size, row) for size, row in models.items()}}
+    return {
+        "cpu_micro_batch": _count(table["cpu_micro_batch"], f"{path}: cpu_micro_batch"),
+        "models": {str(size): _model_row(path, size, row) for size, row in models.items()},
+    }
 
 
 def plan(table: dict, model_size: str, gpu_memory: int | None) -> Plan:
@@ -88,8 +95,9 @@ def plan(table: dict, model_size: str, gpu_memory: int | None) -> Plan:
         fitting = [n for gb, n in row["micro_batch"].items() if gb <= gpu_memory]
         if not fitting:
             rows = " ".join(f"{gb}:{n}" for gb, n in row["micro_batch"].items())
-            raise BatchTableError(f"MODEL_SIZE={model_size} has no batch-table row for GPU_MEMORY={gpu_memory} GB "
-                                  f"(rows: {rows})")
+            raise BatchTableError(
+                f"MODEL_SIZE={model_size} has no batch-table row for GPU_MEMORY={gpu_memory} GB (rows: {rows})"
+            )
         micro = fitting[-1]
     return Plan(row["model_config"], row["seq_len"], row["effective_batch"], micro)
 

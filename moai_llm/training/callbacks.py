@@ -14,8 +14,17 @@ from ..configuration_moai import is_moe_layer
 logger = logging.getLogger(__name__)
 
 # Dense bf16 peak TFLOP/s per device, by substring of the CUDA device name (vendor data sheets, no sparsity).
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0,
-               "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0}
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 125.0,
+    "L4": 121.0,
+    "RTX 4090": 165.0,
+    "RTX 3090": 71.0,
+    "V100": 125.0,
+}
 
 
 def detect_peak_tflops() -> float | None:

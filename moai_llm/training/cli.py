@@ -8,10 +8,10 @@ import sys
 import yaml
 from transformers import HfArgumentParser
 
+from ..data.mixing import parse_mixture
 from ..errors import UsageError
 from ..losses import objective_from_spec
-from ..data.mixing import parse_mixture
-from .arguments import DataArguments, ModelArguments, MoaiTrainingArguments
+from .arguments import DataArguments, MoaiTrainingArguments, ModelArguments
 from .resolve import resolve
 
 # YAML sections only group keys for readers; every key inside them is a flag name.
@@ -26,8 +26,9 @@ class _Parser(HfArgumentParser):
 
 def _yaml_only(name: str):
     def refuse(_value):
-        raise argparse.ArgumentTypeError(f"{name} is given in a YAML --config (see configs/training_config.yaml), "
-                                         "not on the command line")
+        raise argparse.ArgumentTypeError(
+            f"{name} is given in a YAML --config (see configs/training_config.yaml), not on the command line"
+        )
 
     return refuse
 
@@ -55,8 +56,10 @@ def old_loss_section(path: str, section: dict) -> dict:
     if not old & set(section):
         return section
     if set(section) - old:
-        raise UsageError(f"--config {path}: section 'loss' mixes the old keys type/params with "
-                         f"{sorted(set(section) - old)}; use either type/params or loss_type/loss_params")
+        raise UsageError(
+            f"--config {path}: section 'loss' mixes the old keys type/params with "
+            f"{sorted(set(section) - old)}; use either type/params or loss_type/loss_params"
+        )
     try:
         objective_from_spec(section)
     except ValueError as error:
@@ -88,7 +91,9 @@ def load_yaml_config(path: str, parser: _Parser) -> dict:
             items = [(key, value)]
         for name, item in items:
             if name not in dests:
-                raise UsageError(f"--config {path}: unknown key '{name}'" + (f" in section '{key}'" if key != name else ""))
+                raise UsageError(
+                    f"--config {path}: unknown key '{name}'" + (f" in section '{key}'" if key != name else "")
+                )
             flat[dests[name]] = item
     if flat.get("mixture") is not None:
         try:

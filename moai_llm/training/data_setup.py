@@ -29,8 +29,8 @@ def data_spec(data_args, training_args=None) -> DataSpec:
         packing_bins=data_args.packing_bins,
         sft_format=data_args.sft_format,
         skip_bad_records=data_args.skip_bad_records,
-        cache_dir=data_args.data_cache_dir or (os.path.join(training_args.output_dir, "data_cache")
-                                               if training_args is not None else None),
+        cache_dir=data_args.data_cache_dir
+        or (os.path.join(training_args.output_dir, "data_cache") if training_args is not None else None),
         shared_cache=data_args.data_cache_dir is not None,
         progress=training_args is not None and not training_args.disable_tqdm,
     )
@@ -43,8 +43,14 @@ def build_datasets(data_args, tokenizer, training_args, flash: bool = False):
     # One micro-step reads world_size x per-device batch consecutive rows of the sampler's order (see
     # MoaiTrainer._get_train_sampler); the balance is logged for that step size.
     step_rows = training_args.world_size * training_args.per_device_train_batch_size
-    train, evaluation = build(data_spec(data_args, training_args), tokenizer, data_args.max_seq_length,
-                              seed=training_args.seed, step_rows=step_rows, stats=stats)
+    train, evaluation = build(
+        data_spec(data_args, training_args),
+        tokenizer,
+        data_args.max_seq_length,
+        seed=training_args.seed,
+        step_rows=step_rows,
+        stats=stats,
+    )
     stats.log()
     logger.info("data ready in %.1f s", time.perf_counter() - start)
     if data_args.packing:
@@ -59,24 +65,37 @@ def prepare_only(model_args, data_args, training_args) -> list[str]:
     from .run import load_tokenizer
 
     if training_args.stages:
-        raise UsageError("--prepare_only prepares one run's data: run it with each stage's data flags (and one "
-                         "--data_cache_dir) instead of a stages config")
+        raise UsageError(
+            "--prepare_only prepares one run's data: run it with each stage's data flags (and one "
+            "--data_cache_dir) instead of a stages config"
+        )
     if data_args.streaming:
         raise UsageError("--prepare_only: streamed data is read during training; there is nothing to prepare")
     spec = data_spec(data_args, training_args)
     sources, encoder, truncate = reading_plan(spec, load_tokenizer(model_args), sft=training_args.mode == "sft")
     start, stats = time.perf_counter(), DataStats()
-    prepared = prepare(spec, encoder, data_args.max_seq_length, seed=training_args.seed, stats=stats, truncate=truncate,
-                       sources=sources)
+    prepared = prepare(
+        spec,
+        encoder,
+        data_args.max_seq_length,
+        seed=training_args.seed,
+        stats=stats,
+        truncate=truncate,
+        sources=sources,
+    )
     stats.log()
     lines = []
     for store in prepared.stores:
         size = directory_size(store.path)
-        lines.append(f"store {store.path}: {store.documents:,} documents, {store.num_tokens:,} tokens, "
-                     f"{size / 1e6:,.1f} MB ({size / max(store.num_tokens, 1):.2f} bytes/token)")
+        lines.append(
+            f"store {store.path}: {store.documents:,} documents, {store.num_tokens:,} tokens, "
+            f"{size / 1e6:,.1f} MB ({size / max(store.num_tokens, 1):.2f} bytes/token)"
+        )
     for split, summary in prepared.meta["splits"].items():
-        lines.append(f"plan {prepared.plan}: {split} {summary['rows']:,} rows of {data_args.max_seq_length} "
-                     f"({summary['tokens']:,} tokens, packing efficiency {100 * summary['efficiency']:.2f}%)")
+        lines.append(
+            f"plan {prepared.plan}: {split} {summary['rows']:,} rows of {data_args.max_seq_length} "
+            f"({summary['tokens']:,} tokens, packing efficiency {100 * summary['efficiency']:.2f}%)"
+        )
     total = sum(directory_size(s.path) for s in prepared.stores) + directory_size(prepared.plan)
     lines.append(f"prepared in {time.perf_counter() - start:.1f} s; {total / 1e6:,.1f} MB on disk in {spec.cache_dir}")
     return lines

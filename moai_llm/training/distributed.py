@@ -86,8 +86,11 @@ def resolve_resume(training_args) -> str | None:
             logger.info("resume auto: no complete checkpoint in %s, starting fresh", training_args.output_dir)
             return None
         path = os.path.join(training_args.output_dir, name)
-        require_on_every_rank(os.path.isfile(os.path.join(path, COMPLETE_MARKER)), path,
-                              f"--resume_from_checkpoint auto: {name} (the latest complete checkpoint on rank 0)")
+        require_on_every_rank(
+            os.path.isfile(os.path.join(path, COMPLETE_MARKER)),
+            path,
+            f"--resume_from_checkpoint auto: {name} (the latest complete checkpoint on rank 0)",
+        )
     else:
         path = value
         if not _distributed() and not os.path.isdir(path):

@@ -84,8 +84,9 @@ def streams_on_every_rank(accelerator_config) -> dict:
             accelerator_config = json.load(handle)
     config = dict(accelerator_config or {})
     if config.get("dispatch_batches"):
-        logger.warning("streaming: accelerator_config dispatch_batches replaced by False (each rank reads its own "
-                       "shard)")
+        logger.warning(
+            "streaming: accelerator_config dispatch_batches replaced by False (each rank reads its own shard)"
+        )
     config["dispatch_batches"] = False
     return config
 

@@ -12,10 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .. import MoaiConfig, MoaiForCausalLM
+from ..errors import UsageError
 from ..losses import objective_from_spec
 from .arguments import PACKAGE_DIR, TINY_MODEL_CONFIG
 from .callbacks import GracefulStopCallback, ThroughputCallback, detect_peak_tflops, flops_per_token
-from ..errors import UsageError
 from .data_setup import build_datasets
 from .distributed import data_parallel_error, resolve_resume
 from .trainer import MoaiTrainer, writes_on_this_node
@@ -37,8 +37,10 @@ class RunResult:
 
 def load_tokenizer(model_args):
     path = model_args.tokenizer_path
-    if path is None and model_args.pretrained_model and os.path.isfile(
-        os.path.join(model_args.pretrained_model, "tokenizer_config.json")
+    if (
+        path is None
+        and model_args.pretrained_model
+        and os.path.isfile(os.path.join(model_args.pretrained_model, "tokenizer_config.json"))
     ):
         path = model_args.pretrained_model
     path = path or DEFAULT_TOKENIZER
@@ -76,7 +78,9 @@ def build_model(model_args, training_args, tokenizer):
 
             quantization = quantization_config(dtype)
         model = AutoModelForCausalLM.from_pretrained(
-            model_args.pretrained_model, attn_implementation=model_args.attn_implementation, dtype=dtype,
+            model_args.pretrained_model,
+            attn_implementation=model_args.attn_implementation,
+            dtype=dtype,
             quantization_config=quantization,
         )
     else:
@@ -222,14 +226,16 @@ def _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, 
     if stopper.stopped_at is not None:
         logger.warning(
             "stopped by signal at step %d; checkpoint saved in %s (resume with --resume_from_checkpoint auto)",
-            stopper.stopped_at, training_args.output_dir,
+            stopper.stopped_at,
+            training_args.output_dir,
         )
         return RunResult(training_args.output_dir, None, metrics, stopper.stopped_at)
     if trainer.eval_dataset is not None:
         metrics.update(final_evaluation(trainer))
     trainer.save_metrics("all", metrics)
-    with completion_marker(os.path.join(training_args.output_dir, "final_model"), trainer.state.global_step,
-                           training_args.should_save):
+    with completion_marker(
+        os.path.join(training_args.output_dir, "final_model"), trainer.state.global_step, training_args.should_save
+    ):
         final_dir = save_final_model(trainer, tokenizer, model_args, training_args)
     if trainer.is_world_process_zero():
         from ..evaluation.training_report import write_training_report

@@ -17,8 +17,8 @@ def may_leave_parameters_unused(model) -> bool:
     """Whether a training step can leave a trainable parameter without a gradient (then DDP must search for it).
 
     MOAI models never do, dense or MoE: the experts are fused parameters that get a (zero) gradient when idle, and the
-    router and the shared-expert gate see every token (tests/test_moe_gradients.py, tests/test_moe_ddp.py). Another model is
-    assumed to when its config counts experts; a dense one does not.
+    router and the shared-expert gate see every token (tests/test_moe_gradients.py, tests/test_moe_ddp.py). Another
+    model is assumed to when its config counts experts; a dense one does not.
     """
     config = getattr(model, "config", None)
     if config is None:
@@ -42,7 +42,7 @@ def enable_fsdp_on_cpu(accelerator, plugin_args: dict) -> bool:
     if state.distributed_type != DistributedType.MULTI_CPU:
         return False
     if plugin_args.get("fsdp_version") != 2:
-        raise UsageError("--fsdp on CPU needs FSDP2: set \"version\": 2 in --fsdp_config (FSDP1 needs a GPU)")
+        raise UsageError('--fsdp on CPU needs FSDP2: set "version": 2 in --fsdp_config (FSDP1 needs a GPU)')
     state.fsdp_plugin = FullyShardedDataParallelPlugin(**plugin_args)
     state.distributed_type = DistributedType.FSDP
     # As AcceleratorState.__init__ does: every later AcceleratorState() copies its distributed type from here.

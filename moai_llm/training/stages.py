@@ -71,8 +71,11 @@ def resolve_stages(model_args, data_args, values: dict):
         if previous:
             stage_model = dataclasses.replace(stage_model, pretrained_model=previous)
         stage_values = {
-            **values, "stages": None, "output_dir": os.path.join(values["output_dir"], stage.name),
-            "resume_from_checkpoint": values.get("resume_from_checkpoint") or "auto", **stage.training,
+            **values,
+            "stages": None,
+            "output_dir": os.path.join(values["output_dir"], stage.name),
+            "resume_from_checkpoint": values.get("resume_from_checkpoint") or "auto",
+            **stage.training,
         }
         stage_args = resolve(stage_model, dataclasses.replace(data_args, **stage.data), stage_values)
         resolved.append(Stage(stage.name, *stage_args))
@@ -94,8 +97,11 @@ def run_all(model_args, data_args, training_args) -> list[RunResult]:
             continue
         previous = stage.model_args.pretrained_model
         if index:
-            require_on_every_rank(os.path.isfile(os.path.join(previous, FINAL_MARKER)), previous,
-                                  f"stage {stage.name}: the previous stage's final_model")
+            require_on_every_rank(
+                os.path.isfile(os.path.join(previous, FINAL_MARKER)),
+                previous,
+                f"stage {stage.name}: the previous stage's final_model",
+            )
         logger.info("stage %s: mode %s from %s", stage.name, stage.training_args.mode, previous or "scratch")
         result = run_training(stage.model_args, stage.data_args, stage.training_args)
         results.append(result)
