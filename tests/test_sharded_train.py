@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from .distributed_helpers import torchrun
-from .train_helpers import run_inprocess, write_tiny_config
+from .train_helpers import EQUAL_STEPS, run_inprocess, write_tiny_config
 
 pytestmark = pytest.mark.integration  # torchrun ranks and pretrain.sh
 
@@ -79,8 +79,7 @@ def _args(output_dir, model_config, batch_size):
         str(batch_size),
         "--max_steps",
         str(STEPS),
-        "--learning_rate",
-        "1e-3",
+        *EQUAL_STEPS,
         "--seed",
         "0",
         "--logging_steps",
@@ -93,8 +92,6 @@ def _args(output_dir, model_config, batch_size):
         "no",
         "--use_cpu",
         "true",
-        "--bf16",
-        "false",
         "--disable_tqdm",
         "true",
         "--dataloader_num_workers",
@@ -182,7 +179,6 @@ def test_lora_under_fsdp2_merges_on_rank_zero_like_one_process(tmp_path):
 
     def args(output_dir, batch_size):
         flags = _args(output_dir, str(base / "config.json"), batch_size)
-        flags[flags.index("--learning_rate") + 1] = "1e-2"
         return [*flags[2:], *lora]  # the model comes from --pretrained_model
 
     result = torchrun(

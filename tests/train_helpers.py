@@ -8,6 +8,13 @@ from pathlib import Path
 
 from .conftest import REPO, tiny_config
 
+# Flags for runs that must take equal steps (N ranks against one process). fp32 (--bf16 false): not bf16 rounding.
+# Plain SGD, not AdamW: Adam's step ignores the gradient's scale (ranks that summed instead of averaging would still
+# match) and turns reduction-order noise in a near-zero gradient into a full lr-sized step (one embedding weight
+# 3.3e-3 apart from one process in 2 of 5 runs). With SGD the two runs agree to 3e-8, and one process on half the
+# batch, or at twice the learning rate (a sum over 2 ranks), is 0.07 / 0.19 apart.
+EQUAL_STEPS = ["--bf16", "false", "--optim", "sgd", "--learning_rate", "0.5"]
+
 
 def write_tiny_config(directory: Path, **overrides) -> str:
     """A 2-layer hidden-64 MoaiConfig JSON with the bundled tokenizer's vocabulary (8192)."""
@@ -56,6 +63,12 @@ def run_cli(args, timeout=240, **kwargs) -> subprocess.CompletedProcess:
         timeout=timeout,
         **kwargs,
     )
+
+
+def final_losses(run_dir: Path) -> list[float]:
+    """Training losses by step, from the trainer_state.json train.py writes into output_dir at the end of a run."""
+    history = json.loads((Path(run_dir) / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
 
 
 def losses(run_dir: Path) -> list[float]:
