@@ -11,7 +11,7 @@ from .conftest import REPO, tiny_config
 # Flags for runs that must take equal steps (N ranks against one process). fp32 (--bf16 false): not bf16 rounding.
 # Plain SGD, not AdamW: Adam's step ignores the gradient's scale (ranks that summed instead of averaging would still
 # match) and turns reduction-order noise in a near-zero gradient into a full lr-sized step (one embedding weight
-# 3.3e-3 apart from one process in 2 of 5 runs). With SGD the two runs agree to 3e-8, and one process on half the
+# 3.3e-3 apart from one process in 2 of 8 runs). With SGD the two runs agree to 3e-8, and one process on half the
 # batch, or at twice the learning rate (a sum over 2 ranks), is 0.07 / 0.19 apart.
 EQUAL_STEPS = ["--bf16", "false", "--optim", "sgd", "--learning_rate", "0.5"]
 
