@@ -37,7 +37,33 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def prompt_from_row(row, where: str):
+    """A jsonl line's prompt: a non-empty 'prompt' string, or a non-empty 'messages' list of {role, content}."""
+    if not isinstance(row, dict):
+        raise ChatLoadError(f"{where}: expected a JSON object with a 'prompt' or 'messages' field")
+    if "prompt" in row and "messages" in row:
+        raise ChatLoadError(f"{where}: has both 'prompt' and 'messages'; give one")
+    if "messages" in row:
+        messages = row["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise ChatLoadError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict) or message.get("role") not in ROLES:
+                raise ChatLoadError(f"{where}: messages[{index}] needs a 'role' ({', '.join(ROLES)})")
+            if not isinstance(message.get("content"), str):
+                raise ChatLoadError(f"{where}: messages[{index}] needs a string 'content'")
+        return messages
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ChatLoadError(f"{where}: needs a non-empty 'prompt' string or a 'messages' list")
+    return prompt
+
+
 def read_prompts(path: str) -> list:
+    """The prompts of a .txt (one a line) or .jsonl file; blank lines are skipped, an empty file is an error."""
     file = Path(path)
     if not file.is_file():
         raise ChatLoadError(f"--prompts_file {path}: no such file")
@@ -50,11 +76,11 @@ def read_prompts(path: str) -> list:
                 row = json.loads(line)
             except ValueError:
                 raise ChatLoadError(f"{path}:{number}: malformed JSON line") from None
-            if "messages" not in row and "prompt" not in row:
-                raise ChatLoadError(f"{path}:{number}: needs a 'prompt' or 'messages' field")
-            prompts.append(row.get("messages") or row["prompt"])
+            prompts.append(prompt_from_row(row, f"{path}:{number}"))
         else:
             prompts.append(line)
+    if not prompts:
+        raise ChatLoadError(f"--prompts_file {path}: no prompts in the file")
     return prompts
 
 
@@ -122,8 +148,8 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     params = SamplingParams(**{k: getattr(args, k) for k in SamplingParams.__dataclass_fields__})
     try:
+        prompts = read_prompts(args.prompts_file) if args.prompts_file else None  # before the model: fail fast
         model, tokenizer = load_for_chat(args.model_path, args.tokenizer_path, args.base_model, args.device)
-        prompts = read_prompts(args.prompts_file) if args.prompts_file else None
     except ChatLoadError as err:
         print(f"chat.py: error: {err}", file=sys.stderr)
         return 2
