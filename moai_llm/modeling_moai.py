@@ -156,11 +156,12 @@ class MoaiPreTrainedModel(Qwen3PreTrainedModel):
 def packed_document_ids(position_ids: torch.Tensor | None, cache: Cache | None, batch_size: int):
     """Document index of every token when `position_ids` restart inside a row ([batch, seq]); else None.
 
-    Only for a fresh forward (nothing in the cache yet): decoding steps extend one sequence.
+    Only for a fresh forward (nothing in the cache yet): decoding steps extend one sequence. Never with
+    continuous batching's paged cache (not a `Cache`): its flat row of requests comes with its own masks.
     """
     if position_ids is None or position_ids.shape[-1] < 2:
         return None
-    if cache is not None and cache.get_seq_length() > 0:
+    if cache is not None and (not isinstance(cache, Cache) or cache.get_seq_length() > 0):
         return None
     return find_packed_sequence_indices(position_ids.expand(batch_size, -1))
 
