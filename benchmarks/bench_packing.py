@@ -44,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--max_seq_length", type=int, default=4096)
-    parser.add_argument("--world_size", type=int, default=8)
+    parser.add_argument("--rows_per_step", type=int, default=8, help="ranks x per-device batch")
     args = parser.parse_args()
     cap = args.max_seq_length
     rng = np.random.default_rng(0)
@@ -53,23 +53,24 @@ def main() -> None:
         f"{args.n:,} documents, lognormal lengths (median {int(np.median(lengths))}, mean {lengths.mean():.0f}), "
         f"rows of {cap}"
     )
-    print("| method | seconds | rows | efficiency | documents cut | attention balance (world 8) |")
+    step = args.rows_per_step
+    print(f"| method | seconds | rows | efficiency | documents cut | attention balance ({step} rows a step) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     packer = HierarchicalBalancePacker(cap)
     start = time.perf_counter()
     packs = packer.pack(lengths)
     seconds = time.perf_counter() - start
-    ordered = packer.order_for_ranks(packs, lengths, args.world_size)
+    ordered = packer.order_in_steps(packs, lengths, step)
     print(
         f"| HierarchicalBalancePacker | {seconds:.2f} | {len(packs):,} | "
-        f"{packing_efficiency(packs, lengths, cap):.2%} | 0 | {attention_balance_ratio(ordered, lengths, 8):.3f} |"
+        f"{packing_efficiency(packs, lengths, cap):.2%} | 0 | {attention_balance_ratio(ordered, lengths, step):.3f} |"
     )
     start = time.perf_counter()
     ff = first_fit(lengths, cap)
     seconds = time.perf_counter() - start
     print(
         f"| first-fit (input order, look-back 64) | {seconds:.2f} | {len(ff):,} | "
-        f"{packing_efficiency(ff, lengths, cap):.2%} | 0 | {attention_balance_ratio(ff, lengths, 8):.3f} |"
+        f"{packing_efficiency(ff, lengths, cap):.2%} | 0 | {attention_balance_ratio(ff, lengths, step):.3f} |"
     )
     start = time.perf_counter()
     rows, cut = concat_and_chop(lengths, cap)

@@ -53,8 +53,8 @@ def test_deterministic_and_balanced_for_a_seed():
     a, b = HierarchicalBalancePacker(1024, seed=3), HierarchicalBalancePacker(1024, seed=3)
     packs = a.pack(lengths)
     assert packs == b.pack(lengths)
-    ordered = a.order_for_ranks(packs, lengths, world_size=4)
-    assert ordered == b.order_for_ranks(packs, lengths, world_size=4)
+    ordered = a.order_in_steps(packs, lengths, rows_per_step=4)
+    assert ordered == b.order_in_steps(packs, lengths, rows_per_step=4)
     assert sorted(map(sorted, ordered)) == sorted(map(sorted, packs))
     shuffled = [packs[i] for i in np.random.default_rng(0).permutation(len(packs))]
     balanced, random = attention_balance_ratio(ordered, lengths, 4), attention_balance_ratio(shuffled, lengths, 4)

@@ -6,8 +6,9 @@ DataCollatorWithFlattening only concatenates a batch. Two stages:
 1. Space: best-fit decreasing over length classes. Documents are taken longest first; each goes to the open row
    with the least room that still fits it (rows are kept in buckets by remaining room, so a million documents
    pack in about a second), else a new row.
-2. Work (`order_for_ranks`): steps of `world_size` packs are cut from the packs sorted by attention cost (sum
-   of squared document lengths), so ranks that step together do similar work; the steps are shuffled within
+2. Work (`order_in_steps`): steps of `rows_per_step` packs (ranks x per-device batch: the rows one micro-step
+   reads across all ranks) are cut from the packs sorted by attention cost (sum of squared document lengths), so
+   ranks that step together do similar work; the steps are shuffled within
    `num_bins` cost groups and interleaved across them. `attention_balance_ratio` reports the mean over steps of
    max/min cost.
 
@@ -113,8 +114,8 @@ class HierarchicalBalancePacker:
             raise DataError(f"document {int(lengths.argmin())} is empty")
         return lengths
 
-    def order_for_ranks(self, packs: list[list[int]], lengths, world_size: int = 1) -> list[list[int]]:
-        """Packs reordered so each run of `world_size` consecutive packs (one step across ranks) is balanced.
+    def order_in_steps(self, packs: list[list[int]], lengths, rows_per_step: int = 1) -> list[list[int]]:
+        """Packs reordered so each run of `rows_per_step` consecutive packs (one micro-step across ranks) is balanced.
 
         Steps are cut from the packs sorted by attention cost, so the packs of a step are cost neighbours; the
         steps are then ordered by `interleaved_order` (shuffled within `num_bins` cost groups, groups taken
@@ -123,8 +124,8 @@ class HierarchicalBalancePacker:
         lengths = self._lengths(lengths)
         cost = np.array([int((lengths[p] ** 2).sum()) for p in packs])
         by_cost = np.argsort(-cost, kind="stable")
-        full = len(packs) // world_size * world_size
-        steps = list(by_cost[:full].reshape(-1, world_size))
+        full = len(packs) // rows_per_step * rows_per_step
+        steps = list(by_cost[:full].reshape(-1, rows_per_step))
         order = interleaved_order(len(steps), self.num_bins, np.random.default_rng(self.seed))
         ordered = [steps[i] for i in order]
         if full < len(packs):
@@ -152,13 +153,13 @@ def packing_efficiency(packs: list[list[int]], lengths, max_seq_length: int) -> 
     return float(sum(int(lengths[p].sum()) for p in packs) / (len(packs) * max_seq_length)) if packs else 0.0
 
 
-def attention_balance_ratio(packs: list[list[int]], lengths, world_size: int) -> float:
-    """Mean over steps (consecutive `world_size` packs) of max/min attention cost; 1.0 is perfect balance."""
+def attention_balance_ratio(packs: list[list[int]], lengths, rows_per_step: int) -> float:
+    """Mean over steps (consecutive `rows_per_step` packs) of max/min attention cost; 1.0 is perfect balance."""
     lengths = np.asarray(lengths)
     cost = [int((lengths[p] ** 2).sum()) for p in packs]
     ratios = [
-        max(cost[i : i + world_size]) / max(min(cost[i : i + world_size]), 1)
-        for i in range(0, len(cost) - world_size + 1, world_size)
+        max(cost[i : i + rows_per_step]) / max(min(cost[i : i + rows_per_step]), 1)
+        for i in range(0, len(cost) - rows_per_step + 1, rows_per_step)
     ]
     return float(np.mean(ratios)) if ratios else 1.0
 

@@ -284,7 +284,7 @@ def rows_from_documents(
         return datasets.Dataset.from_dict(columns)
     packer = HierarchicalBalancePacker(max_seq_length, num_bins=num_bins, seed=seed)
     lengths = [len(d) for d in docs]
-    packs = packer.order_for_ranks(packer.pack(lengths), lengths, rows_per_step)
+    packs = packer.order_in_steps(packer.pack(lengths), lengths, rows_per_step)
     stats["packs"] += len(packs)
     logger.info(
         "packed %d documents into %d rows of %d: efficiency %.2f%%, attention balance %.3f (steps of %d rows)",
