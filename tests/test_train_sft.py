@@ -42,7 +42,7 @@ def test_packing_bins_reach_the_step_sampler(mode, data_file, tmp_path):
     ] + (["--train_file", data_file] if data_file else [])
     _, data_args, training_args = parse_args(flags)
     train, _, _ = build_datasets(data_args, tokenizer, training_args)
-    sampler = train.train_sampler(step_rows=2, seed=0)
+    sampler = train.train_sampler(rows_per_step=2, seed=0)
     assert train.num_bins == 3 and sampler.num_bins == 3
 
 

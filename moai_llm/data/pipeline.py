@@ -84,8 +84,8 @@ class Prepared:
     stores: list
     meta: dict
 
-    def datasets(self, step_rows: int, num_bins: int):
-        train = PackedRows(self.plan, "train", self.stores, step_rows, num_bins)
+    def datasets(self, rows_per_step: int, num_bins: int):
+        train = PackedRows(self.plan, "train", self.stores, rows_per_step, num_bins)
         evaluation = PackedRows(self.plan, "eval", self.stores) if "eval" in self.meta["splits"] else None
         return train, evaluation
 
@@ -163,9 +163,15 @@ def reading_plan(spec: DataSpec, tokenizer, sft: bool = False):
 
 
 def pretraining_datasets(
-    spec: DataSpec, tokenizer, max_seq_length: int, *, seed: int = 0, step_rows: int = 1, stats: DataStats | None = None
+    spec: DataSpec,
+    tokenizer,
+    max_seq_length: int,
+    *,
+    seed: int = 0,
+    rows_per_step: int = 1,
+    stats: DataStats | None = None,
 ):
-    """(train, eval) rows from the sources/mixture; eval documents never appear in train. `step_rows`: rows read
+    """(train, eval) rows from the sources/mixture; eval documents never appear in train. `rows_per_step`: rows read
     per micro-step by all ranks together (processes x per-device batch), the unit the packer balances."""
     sources, encoder, truncate = reading_plan(spec, tokenizer)
     return _datasets(
@@ -175,13 +181,19 @@ def pretraining_datasets(
         truncate=truncate,
         max_seq_length=max_seq_length,
         seed=seed,
-        step_rows=step_rows,
+        rows_per_step=rows_per_step,
         stats=stats,
     )
 
 
 def sft_datasets(
-    spec: DataSpec, tokenizer, max_seq_length: int, *, seed: int = 0, step_rows: int = 1, stats: DataStats | None = None
+    spec: DataSpec,
+    tokenizer,
+    max_seq_length: int,
+    *,
+    seed: int = 0,
+    rows_per_step: int = 1,
+    stats: DataStats | None = None,
 ):
     """(train, eval) rows of chat-formatted dialogues with labels only on assistant tokens."""
     sources, encoder, truncate = reading_plan(spec, tokenizer, sft=True)
@@ -192,24 +204,24 @@ def sft_datasets(
         truncate=truncate,
         max_seq_length=max_seq_length,
         seed=seed,
-        step_rows=step_rows,
+        rows_per_step=rows_per_step,
         stats=stats,
     )
 
 
-def _datasets(spec, sources, encoder, *, truncate, max_seq_length, seed, step_rows, stats):
+def _datasets(spec, sources, encoder, *, truncate, max_seq_length, seed, rows_per_step, stats):
     stats = stats if stats is not None else DataStats()
     if spec.streaming or any(s.streaming for s in sources):
         return _streamed(
             spec, encoder, sources, max_seq_length=max_seq_length, seed=seed, stats=stats, truncate=truncate
         )
     prepared = prepare(spec, encoder, max_seq_length, seed=seed, stats=stats, truncate=truncate, sources=sources)
-    train, evaluation = prepared.datasets(step_rows, spec.packing_bins)
+    train, evaluation = prepared.datasets(rows_per_step, spec.packing_bins)
     logger.info(
         "%d train rows%s; attention balance over steps of %d rows: %.3f",
         len(train),
         f", {len(evaluation)} eval rows" if evaluation is not None else "",
-        step_rows,
+        rows_per_step,
         train.balance(),
     )
     return train, evaluation

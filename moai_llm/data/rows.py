@@ -98,28 +98,28 @@ def build_plan(
     publish(tmp, path, {**meta, "splits": summary})
 
 
-def balance(lengths: np.ndarray, rows: np.ndarray, step_rows: int, sample: int = 10_000) -> float:
-    """Mean max/min attention cost over steps of `step_rows` consecutive rows (1.0 = perfect), on up to `sample`
+def balance(lengths: np.ndarray, rows: np.ndarray, rows_per_step: int, sample: int = 10_000) -> float:
+    """Mean max/min attention cost over steps of `rows_per_step` consecutive rows (1.0 = perfect), on up to `sample`
     evenly spaced steps so that opening a plan of any size stays instant."""
-    steps = (len(rows) - 1) // step_rows
-    if not steps or step_rows < 2:
+    steps = (len(rows) - 1) // rows_per_step
+    if not steps or rows_per_step < 2:
         return 1.0
     chosen = np.unique(np.linspace(0, steps - 1, min(steps, sample)).astype(np.int64))
-    picked = (chosen[:, None] * step_rows + np.arange(step_rows)).ravel()
+    picked = (chosen[:, None] * rows_per_step + np.arange(rows_per_step)).ravel()
     starts, ends = np.asarray(rows[picked]), np.asarray(rows[picked + 1])
     sizes = ends - starts
     firsts = np.cumsum(sizes) - sizes
     index = np.repeat(starts - firsts, sizes) + np.arange(int(sizes.sum()))
-    cost = np.add.reduceat(np.asarray(lengths[index], dtype=np.int64) ** 2, firsts).reshape(-1, step_rows)
+    cost = np.add.reduceat(np.asarray(lengths[index], dtype=np.int64) ** 2, firsts).reshape(-1, rows_per_step)
     return float(np.mean(cost.max(1) / np.maximum(cost.min(1), 1)))
 
 
 class PackedRows(torch.utils.data.Dataset):
     """Map-style rows of a stored plan: `input_ids`, `seq_lengths` (and `labels` for SFT), read lazily."""
 
-    def __init__(self, plan: Path, split: str, stores: list[TokenStore], step_rows: int = 1, num_bins: int = 8):
+    def __init__(self, plan: Path, split: str, stores: list[TokenStore], rows_per_step: int = 1, num_bins: int = 8):
         self.plan, self.split, self.stores = Path(plan), split, stores
-        self.step_rows, self.num_bins = step_rows, num_bins
+        self.rows_per_step, self.num_bins = rows_per_step, num_bins
         self._open()
 
     def _open(self):
@@ -134,7 +134,7 @@ class PackedRows(torch.utils.data.Dataset):
         self.with_labels = all(store.labels is not None for store in self.stores)
 
     def __getstate__(self):  # DataLoader workers reopen the memory maps instead of pickling their pages
-        return {key: getattr(self, key) for key in ("plan", "split", "stores", "step_rows", "num_bins")}
+        return {key: getattr(self, key) for key in ("plan", "split", "stores", "rows_per_step", "num_bins")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -159,31 +159,31 @@ class PackedRows(torch.utils.data.Dataset):
         return row
 
     def balance(self) -> float:
-        return balance(self.length, self.rows, self.step_rows)
+        return balance(self.length, self.rows, self.rows_per_step)
 
-    def train_sampler(self, step_rows: int, seed: int) -> "StepSampler":
-        """The training order for steps of `step_rows` rows (processes x per-device batch)."""
-        return StepSampler(len(self), step_rows, self.num_bins, seed)
+    def train_sampler(self, rows_per_step: int, seed: int) -> "StepSampler":
+        """The training order for steps of `rows_per_step` rows (processes x per-device batch)."""
+        return StepSampler(len(self), rows_per_step, self.num_bins, seed)
 
 
 class StepSampler(torch.utils.data.Sampler):
-    """Rows in steps: each block of `step_rows` consecutive (cost-sorted) rows is one micro-step of every rank,
+    """Rows in steps: each block of `rows_per_step` consecutive (cost-sorted) rows is one micro-step of every rank,
     so ranks that step together get similar attention work; the order of the blocks is `interleaved_order` over
     `num_bins` cost groups, drawn again each epoch from (seed, epoch). A last partial block stays last, so every
     other step is a whole block."""
 
-    def __init__(self, num_rows: int, step_rows: int, num_bins: int, seed: int):
-        self.num_rows, self.step_rows, self.num_bins, self.seed = num_rows, max(step_rows, 1), num_bins, seed
+    def __init__(self, num_rows: int, rows_per_step: int, num_bins: int, seed: int):
+        self.num_rows, self.rows_per_step, self.num_bins, self.seed = num_rows, max(rows_per_step, 1), num_bins, seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def order(self) -> np.ndarray:
-        full = self.num_rows // self.step_rows
+        full = self.num_rows // self.rows_per_step
         blocks = interleaved_order(full, self.num_bins, np.random.default_rng([self.seed, self.epoch]))
-        inside = (blocks[:, None] * self.step_rows + np.arange(self.step_rows)).ravel()
-        return np.concatenate([inside, np.arange(full * self.step_rows, self.num_rows)])
+        inside = (blocks[:, None] * self.rows_per_step + np.arange(self.rows_per_step)).ravel()
+        return np.concatenate([inside, np.arange(full * self.rows_per_step, self.num_rows)])
 
     def __iter__(self):
         return iter(self.order().tolist())

@@ -42,13 +42,13 @@ def build_datasets(data_args, tokenizer, training_args, flash: bool = False):
     build = sft_datasets if training_args.mode == "sft" else pretraining_datasets
     # One micro-step reads world_size x per-device batch consecutive rows of the sampler's order (see
     # MoaiTrainer._get_train_sampler); the balance is logged for that step size.
-    step_rows = training_args.world_size * training_args.per_device_train_batch_size
+    rows_per_step = training_args.world_size * training_args.per_device_train_batch_size
     train, evaluation = build(
         data_spec(data_args, training_args),
         tokenizer,
         data_args.max_seq_length,
         seed=training_args.seed,
-        step_rows=step_rows,
+        rows_per_step=rows_per_step,
         stats=stats,
     )
     stats.log()
