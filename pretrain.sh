@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Launch pretraining with torchrun, from one GPU to many nodes (DDP, FSDP or DeepSpeed through the HF Trainer),
 # or as CPU processes over gloo on a machine with no GPU. Every setting is an environment variable (docs/scaling.md
-# lists them with their defaults); anything after `--` goes to train.py unchanged.
+# lists them with their defaults); anything after `--` goes to train.py unchanged, except a flag this script passes
+# itself (refused, naming the variable that sets it).
 #
 #   NUM_GPUS=8 ./pretrain.sh
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 MODEL_SIZE=3b ./pretrain.sh -- --learning_rate 2e-4
@@ -182,6 +183,34 @@ case "$PARALLEL" in
     ARGS+=(--deepspeed "$DEEPSPEED_CONFIG") ;;
   *) die "PARALLEL=$PARALLEL is not one of ddp fsdp deepspeed" ;;
 esac
+
+# A flag after `--` that pretrain.sh passes too would reach train.py twice (train.py refuses that): name the
+# setting that controls it instead. BATCH_SIZE and GRADIENT_ACCUMULATION_STEPS also enter the effective batch.
+instead_of() {
+  case "$1" in
+    --model_config) echo "set MODEL_CONFIG instead" ;;
+    --tokenizer_path) echo "set TOKENIZER_PATH instead" ;;
+    --output_dir) echo "set OUTPUT_DIR instead" ;;
+    --batch_size) echo "set BATCH_SIZE instead" ;;
+    --gradient_accumulation_steps) echo "set GRADIENT_ACCUMULATION_STEPS instead" ;;
+    --max_seq_length) echo "set SEQ_LEN instead" ;;
+    --resume_from_checkpoint) echo "set RESUME instead" ;;
+    --ddp_timeout) echo "set DDP_TIMEOUT instead" ;;
+    --max_steps) echo "set MAX_STEPS instead" ;;
+    --config) echo "set DATA_CONFIG instead" ;;
+    --fsdp | --fsdp_config | --deepspeed) echo "set PARALLEL (and DEEPSPEED_CONFIG) instead" ;;
+    --use_cpu | --ddp_backend) echo "it follows the device (ALLOW_CPU=1 without a GPU)" ;;
+    --mode) echo "it only pretrains (fine-tune with python train.py --mode sft)" ;;
+  esac
+}
+for arg in "${TRAIN_ARGS[@]}"; do
+  flag=${arg%%=*}
+  [[ "$flag" == --* ]] || continue  # a value, not a flag
+  [ "$flag" = --per_device_train_batch_size ] && own=--batch_size || own=$flag
+  for passed in "${ARGS[@]}"; do
+    [ "$passed" = "$own" ] && die "$flag after --: pretrain.sh passes $own itself; $(instead_of "$own")"
+  done
+done
 
 CMD=(torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NUM_GPUS"
      --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --max_restarts 0 --monitor_interval 1

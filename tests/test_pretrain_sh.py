@@ -122,6 +122,35 @@ def test_bad_settings_fail_fast_with_one_line(env, message, tokenizer_dir):
     assert "command:" not in result.stdout
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch_size", "4"], "--batch_size after --: pretrain.sh passes --batch_size itself; set BATCH_SIZE"),
+        (["--per_device_train_batch_size=4"], "pretrain.sh passes --batch_size itself; set BATCH_SIZE"),
+        (["--output_dir", "elsewhere"], "set OUTPUT_DIR instead"),
+        (["--max_seq_length", "512"], "set SEQ_LEN instead"),
+        (["--mode", "sft"], "it only pretrains"),
+    ],
+)
+def test_a_flag_pretrain_sh_passes_is_refused_after_the_separator(flags, message, tokenizer_dir):
+    """train.py would get it twice; the variable that sets it is named instead."""
+    result = run({"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80"}, "--", *flags, tokenizer=tokenizer_dir)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "command:" not in result.stdout
+
+
+def test_flags_pretrain_sh_does_not_pass_go_through(tokenizer_dir):
+    """A value equal to one of pretrain.sh's (RESUME's `auto`) is not a flag; --max_steps is free without MAX_STEPS."""
+    plan = {"DRY_RUN": "1", "NUM_GPUS": "8", "GPU_MEMORY": "80"}
+    result = run(plan, "--", "--run_name", "auto", "--max_steps", "5", tokenizer=tokenizer_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("--run_name auto --max_steps 5")
+    refused = run({**plan, "MAX_STEPS": "7"}, "--", "--max_steps", "5", tokenizer=tokenizer_dir)
+    assert refused.returncode == 2 and "set MAX_STEPS instead" in refused.stderr
+
+
 def test_missing_tokenizer_fails_fast(tmp_path):
     result = run({"DRY_RUN": "1", "NUM_GPUS": "1", "GPU_MEMORY": "80"}, tokenizer=tmp_path)
     assert result.returncode != 0 and "no tokenizer.json" in result.stderr

@@ -25,12 +25,11 @@ def _env(tmp_path, **extra):
     return env
 
 
-def _common(model_config):
-    """fp32 and plain SGD: the comparison is of the data split and gradient averaging (see `EQUAL_STEPS`)."""
+def _common():
+    """train.py flags after pretrain.sh's `--`: fp32 and plain SGD, since the comparison is of the data split and
+    gradient averaging (see `EQUAL_STEPS`). The model config and sequence length go in MODEL_CONFIG and SEQ_LEN."""
     return [
         *EQUAL_STEPS,
-        "--max_seq_length",
-        "64",
         "--eval_strategy",
         "no",
         "--save_strategy",
@@ -41,8 +40,6 @@ def _common(model_config):
         "true",
         "--seed",
         "0",
-        "--model_config",
-        model_config,
     ]
 
 
@@ -50,7 +47,7 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     model_config = write_tiny_config(tmp_path)
     two = tmp_path / "two"
     result = subprocess.run(
-        ["bash", str(REPO / "pretrain.sh"), "--", *_common(model_config)],
+        ["bash", str(REPO / "pretrain.sh"), "--", *_common()],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -63,6 +60,7 @@ def test_two_cpu_processes_match_one_process(tmp_path):
             MAX_STEPS=str(STEPS),
             OUTPUT_DIR=str(two),
             SEQ_LEN="64",
+            MODEL_CONFIG=model_config,
             RESUME="no",
         ),
     )
@@ -81,7 +79,11 @@ def test_two_cpu_processes_match_one_process(tmp_path):
             str(STEPS),
             "--use_cpu",
             "true",
-            *_common(model_config),
+            "--model_config",
+            model_config,
+            "--max_seq_length",
+            "64",
+            *_common(),
         ],
         timeout=300,
     )
@@ -98,7 +100,7 @@ def test_a_dead_rank_ends_the_job(tmp_path):
     model_config = write_tiny_config(tmp_path)
     out = tmp_path / "dead"
     process = subprocess.Popen(
-        ["bash", str(REPO / "pretrain.sh"), "--", *_common(model_config)],
+        ["bash", str(REPO / "pretrain.sh"), "--", *_common()],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -112,6 +114,7 @@ def test_a_dead_rank_ends_the_job(tmp_path):
             MAX_STEPS="100000",
             OUTPUT_DIR=str(out),
             SEQ_LEN="64",
+            MODEL_CONFIG=model_config,
             RESUME="no",
         ),
     )
@@ -184,12 +187,13 @@ def test_second_signal_during_the_save_does_not_kill_it(tmp_path):
         MAX_STEPS="100000",
         OUTPUT_DIR=str(out),
         SEQ_LEN="64",
+        MODEL_CONFIG=model_config,
         RESUME="no",
         SAVE_STARTED=str(started),
         SAVE_SECONDS="4",
         PYTHONPATH=f"{hooks}:{REPO}",
     )
-    flags = [*_common(model_config), "--save_steps", "1000000"]
+    flags = [*_common(), "--save_steps", "1000000"]
     flags[flags.index("--save_strategy") + 1] = "steps"  # only the signal saves
     with open(log, "w") as handle:
         process = subprocess.Popen(

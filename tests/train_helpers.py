@@ -24,32 +24,23 @@ def write_tiny_config(directory: Path, **overrides) -> str:
 
 
 def fast_args(output_dir, model_config, *extra) -> list[str]:
-    """train.py flags for a few-second CPU run of the tiny config on the bundled corpus."""
-    return [
-        "--model_config",
-        model_config,
-        "--output_dir",
-        str(output_dir),
-        "--max_seq_length",
-        "64",
-        "--batch_size",
-        "2",
-        "--logging_steps",
-        "1",
-        "--eval_strategy",
-        "no",
-        "--save_steps",
-        "1000",
-        "--use_cpu",
-        "true",
-        "--bf16",
-        "false",
-        "--disable_tqdm",
-        "true",
-        "--dataloader_num_workers",
-        "0",
-        *extra,
-    ]
+    """train.py flags for a few-second CPU run of the tiny config on the bundled corpus. A flag in `extra` replaces
+    the default of the same name (train.py refuses a flag given twice)."""
+    defaults = {
+        "--model_config": model_config,
+        "--output_dir": str(output_dir),
+        "--max_seq_length": "64",
+        "--batch_size": "2",
+        "--logging_steps": "1",
+        "--eval_strategy": "no",
+        "--save_steps": "1000",
+        "--use_cpu": "true",
+        "--bf16": "false",
+        "--disable_tqdm": "true",
+        "--dataloader_num_workers": "0",
+    }
+    given = {token.split("=", 1)[0] for token in extra if token.startswith("--")}
+    return [*(part for flag, value in defaults.items() if flag not in given for part in (flag, value)), *extra]
 
 
 def run_cli(args, timeout=240, **kwargs) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ from transformers import HfArgumentParser
 from ..data.mixing import parse_mixture
 from ..errors import UsageError
 from ..losses import objective_from_spec
-from .arguments import DataArguments, MoaiTrainingArguments, ModelArguments
+from .arguments import AddSources, DataArguments, MoaiTrainingArguments, ModelArguments
 from .resolve import resolve
 
 # YAML sections only group keys for readers; every key inside them is a flag name.
@@ -48,6 +48,24 @@ def _dest_names(parser: argparse.ArgumentParser) -> dict[str, str]:
         for option in action.option_strings:
             names[option.lstrip("-")] = action.dest
     return names
+
+
+def refuse_repeated_flags(argv: list[str], parser: argparse.ArgumentParser) -> None:
+    """A flag given twice, or under two of its names (--batch_size and --per_device_train_batch_size, --packing and
+    --no_packing), is an error: argparse would keep the last value without a word. Source flags (--train_file,
+    --dataset) add up instead, so they may repeat."""
+    repeatable = {action.dest for action in parser._actions if isinstance(action, AddSources)}
+    dests, seen = _dest_names(parser), {}
+    for token in argv:
+        name = token[2:].split("=", 1)[0] if token.startswith("--") else None
+        dest = dests.get(name)
+        if dest is None or dest in repeatable:
+            continue
+        if dest in seen and seen[dest] == name:
+            raise UsageError(f"--{name} is given twice; give it once")
+        if dest in seen:
+            raise UsageError(f"--{seen[dest]} and --{name} set the same argument ({dest}); give one of them")
+        seen[dest] = name
 
 
 def old_loss_section(path: str, section: dict) -> dict:
@@ -112,6 +130,7 @@ def parse_args(argv: list[str] | None = None):
     resolved (resolve.py); with stages, `training_args.stages` holds each stage's own resolved arguments."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    refuse_repeated_flags(argv, parser)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
