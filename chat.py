@@ -15,10 +15,11 @@ from pathlib import Path
 from transformers.utils import logging as hf_logging
 
 from moai_llm.chat import ChatLoadError, ChatSession, SamplingParams, StopFlag, batch_answers, load_for_chat
+from moai_llm.flags import Parser
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser("chat.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", required=True, help="final_model, a checkpoint, or a LoRA adapter directory")
     p.add_argument("--tokenizer_path", help="default: the model's own")
     p.add_argument("--base_model", help="base model of a LoRA adapter (default: from adapter_config.json)")

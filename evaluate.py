@@ -13,28 +13,11 @@ import logging
 import sys
 
 from moai_llm.evaluation import SUITES, EvalUsageError, resolve_tasks
-
-
-class Parser(argparse.ArgumentParser):
-    """Errors on one line (no usage dump), exit code 2, like every other user mistake."""
-
-    def error(self, message):
-        self.exit(2, f"evaluate.py: error: {message}\n")
-
-
-class Once(argparse.Action):
-    """The default action for one-value flags: a second value is an error, never a silent override."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if getattr(self, "given", False):
-            parser.error(f"{option_string} is given twice (it takes one value)")
-        self.given = True
-        setattr(namespace, self.dest, values)
+from moai_llm.flags import Parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.register("action", None, Once)
+    p = Parser("evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", help="final_model, a checkpoint-N, or a LoRA adapter directory")
     p.add_argument("--tasks", help="comma-separated lm-eval task/group names; NAME:N sets N shots for one task")
     p.add_argument(

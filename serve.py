@@ -13,11 +13,12 @@ import sys
 from transformers.utils import logging as hf_logging
 
 from moai_llm.chat import ChatLoadError
+from moai_llm.flags import Parser
 from moai_llm.serving import build_app, load_models, model_entries
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser("serve.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--model_path",
         action="append",

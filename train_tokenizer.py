@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from moai_llm.flags import Parser
 from moai_llm.tokenizer import load_tokenizer
 from moai_llm.tokenizer.evaluate import score, table
 from moai_llm.tokenizer.extend import extend_tokenizer
@@ -34,7 +35,7 @@ logger = logging.getLogger("train_tokenizer")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser("train_tokenizer.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("inputs")
     src.add_argument(
         "--input_files", nargs="+", default=[], help="files, folders or globs (.txt .jsonl .json .parquet)"
