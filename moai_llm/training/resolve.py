@@ -42,9 +42,9 @@ def attention_implementation(requested: str | None, cuda: bool) -> str | None:
         return "sdpa"
 
 
-def on_cuda(values: dict) -> bool:
+def on_cuda(use_cpu: bool | None) -> bool:
     """Whether this run trains on a CUDA GPU (one is visible and --use_cpu is off)."""
-    return not values.get("use_cpu") and torch.cuda.is_available()
+    return not use_cpu and torch.cuda.is_available()
 
 
 def resolve_training_values(model_args, data_args, values: dict) -> dict:
@@ -52,7 +52,7 @@ def resolve_training_values(model_args, data_args, values: dict) -> dict:
     (YAML + command line), None where a field was left to its default."""
     values = dict(values)
     mode = values.get("mode", "pretrain")
-    cuda = on_cuda(values)
+    cuda = on_cuda(values.get("use_cpu"))
     on_cpu = values.get("use_cpu") or not (cuda or torch.backends.mps.is_available())
     if values.get("output_dir") is None:
         values["output_dir"] = os.path.join("outputs", default_run_name(model_args, mode))
@@ -95,6 +95,6 @@ def streams_on_every_rank(accelerator_config) -> dict:
 def resolve(model_args, data_args, values: dict):
     """(model_args, data_args, MoaiTrainingArguments), all defaults resolved; the inputs are not changed."""
     training_values = resolve_training_values(model_args, data_args, values)
-    attention = attention_implementation(model_args.attn_implementation, on_cuda(training_values))
+    attention = attention_implementation(model_args.attn_implementation, on_cuda(training_values.get("use_cpu")))
     model_args = dataclasses.replace(model_args, attn_implementation=attention)
     return model_args, data_args, MoaiTrainingArguments(**training_values)

@@ -18,6 +18,7 @@ from .arguments import PACKAGE_DIR, TINY_MODEL_CONFIG
 from .callbacks import GracefulStopCallback, ThroughputCallback, detect_peak_tflops, flops_per_token
 from .data_setup import build_datasets
 from .distributed import data_parallel_error, resolve_resume
+from .resolve import on_cuda
 from .trainer import MoaiTrainer, writes_on_this_node
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,13 @@ def load_dtype(cuda: bool, bf16: bool, lora: bool, qlora: bool, fp16: bool = Fal
 
 
 def build_model(model_args, training_args, tokenizer):
-    on_gpu = torch.cuda.is_available() and not training_args.use_cpu
-    dtype = load_dtype(on_gpu, training_args.bf16, model_args.use_lora, model_args.use_qlora, training_args.fp16)
+    dtype = load_dtype(
+        on_cuda(training_args.use_cpu),
+        training_args.bf16,
+        model_args.use_lora,
+        model_args.use_qlora,
+        training_args.fp16,
+    )
     if training_args.mode == "sft" and not model_args.pretrained_model:
         raise UsageError("--mode sft needs --pretrained_model (a pretrained model directory or hub id)")
     if model_args.use_qlora and not model_args.pretrained_model:
