@@ -13,6 +13,11 @@ import train_tokenizer
     "tool, argv, message",
     [
         (chat, ["--model_path", "a", "--temperature", "0", "--temperature=1"], "--temperature is given twice"),
+        (
+            chat,
+            ["--model_path", "a", "--temp", "0", "--temperature", "1"],
+            "--temperature is given twice",
+        ),  # abbreviated
         (serve, ["--port", "1", "--port", "2"], "--port is given twice (it takes one value)"),
         (evaluate, ["--tasks", "piqa", "--tasks", "arc_easy"], "--tasks is given twice"),
         (

@@ -67,7 +67,8 @@ def test_no_argument_run_learns_and_final_model_loads(tmp_path):
         (["--config", "nope.yaml"], "--config nope.yaml: file not found"),
         (["--wsd_decay_ratio", "1.5"], "--wsd_decay_ratio must be in [0, 1]"),
         (["--resume_from_checkpoint", "no/such/dir"], "--resume_from_checkpoint no/such/dir: directory not found"),
-        (["--max_steps", "1", "--max_steps=2"], "--max_steps is given twice; give it once"),
+        (["--max_steps", "1", "--max_steps=2"], "--max_steps is given twice (it takes one value)"),
+        (["--max_step", "1", "--max_steps", "2"], "--max_steps is given twice"),  # argparse's abbreviation
         (["--batch_size", "2", "--per_device_train_batch_size", "4"], "--batch_size and --per_device_train_batch_size"),
         (["--packing", "true", "--no_packing"], "--packing and --no_packing set the same argument (packing)"),
         pytest.param(

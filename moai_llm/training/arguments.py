@@ -74,6 +74,8 @@ class AddSources(argparse.Action):
     """`--train_file a --train_file b` adds both (argparse's nargs="+" would keep only the last); the first use on
     the command line replaces a list from the YAML config, so the command line still wins over the file."""
 
+    repeats = True  # each use adds sources (moai_llm.flags.refuse_repeated_flags lets it repeat)
+
     def __call__(self, parser, namespace, values, option_string=None):
         current = getattr(namespace, self.dest, None)
         first = current is None or current is self.default

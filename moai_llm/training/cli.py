@@ -10,8 +10,9 @@ from transformers import HfArgumentParser
 
 from ..data.mixing import parse_mixture
 from ..errors import UsageError
+from ..flags import dest_names, refuse_repeated_flags
 from ..losses import objective_from_spec
-from .arguments import AddSources, DataArguments, MoaiTrainingArguments, ModelArguments
+from .arguments import DataArguments, MoaiTrainingArguments, ModelArguments
 from .resolve import resolve
 
 # YAML sections only group keys for readers; every key inside them is a flag name.
@@ -39,33 +40,6 @@ def build_parser() -> _Parser:
         if action.dest in YAML_ONLY:
             action.type, action.nargs = _yaml_only(action.dest), None
     return parser
-
-
-def _dest_names(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """Every accepted option spelling (without dashes) -> argparse dest, aliases included."""
-    names = {}
-    for action in parser._actions:
-        for option in action.option_strings:
-            names[option.lstrip("-")] = action.dest
-    return names
-
-
-def refuse_repeated_flags(argv: list[str], parser: argparse.ArgumentParser) -> None:
-    """A flag given twice, or under two of its names (--batch_size and --per_device_train_batch_size, --packing and
-    --no_packing), is an error: argparse would keep the last value without a word. Source flags (--train_file,
-    --dataset) add up instead, so they may repeat."""
-    repeatable = {action.dest for action in parser._actions if isinstance(action, AddSources)}
-    dests, seen = _dest_names(parser), {}
-    for token in argv:
-        name = token[2:].split("=", 1)[0] if token.startswith("--") else None
-        dest = dests.get(name)
-        if dest is None or dest in repeatable:
-            continue
-        if dest in seen and seen[dest] == name:
-            raise UsageError(f"--{name} is given twice; give it once")
-        if dest in seen:
-            raise UsageError(f"--{seen[dest]} and --{name} set the same argument ({dest}); give one of them")
-        seen[dest] = name
 
 
 def old_loss_section(path: str, section: dict) -> dict:
@@ -98,7 +72,7 @@ def load_yaml_config(path: str, parser: _Parser) -> dict:
         raise UsageError(f"--config {path}{where}: invalid YAML ({getattr(error, 'problem', error)})") from None
     if not isinstance(raw, dict):
         raise UsageError(f"--config {path}: expected a mapping of sections/keys, got {type(raw).__name__}")
-    dests = _dest_names(parser)
+    dests = dest_names(parser)
     flat = {}
     for key, value in raw.items():
         if key in YAML_SECTIONS:
