@@ -42,7 +42,7 @@ def image_packages() -> set[str]:
 def problems(folder: Path) -> list[str]:
     carried, found = {}, []
     metadata = {path: wheel_metadata(path) for path in sorted(folder.glob("*.whl"))}
-    for path, meta in metadata.items():
+    for meta in metadata.values():
         name = canonicalize_name(meta["Name"])
         if name in carried:
             found.append(f"{name}: two versions carried ({carried[name]} and {meta['Version']})")
