@@ -21,9 +21,16 @@ def part_arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--md", required=True, help="where the part writes its markdown table")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU")
     parser.add_argument("--workdir", required=True, help="scratch folder (models, runs)")
+    parser.add_argument("--budget_s", type=float, default=600.0, help="the part's time budget (then it is killed)")
     args = parser.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    args.deadline = time.monotonic() + args.budget_s
     return args
+
+
+def time_left(args) -> float:
+    """Seconds until the suite stops this part: a step that needs more is skipped and says so."""
+    return args.deadline - time.monotonic()
 
 
 def device_name() -> str:

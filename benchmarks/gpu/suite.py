@@ -47,7 +47,7 @@ def run_part(part: Part, budget: float, workdir: Path, smoke: bool, log) -> dict
     """Run one part's script in a new process group; kill the group when the budget is spent."""
     json_path, md_path = workdir / f"{part.number}_{part.name}.json", workdir / f"{part.number}_{part.name}.md"
     command = [sys.executable, str(HERE / part.script), "--json", str(json_path), "--md", str(md_path)]
-    command += ["--workdir", str(workdir / part.name)] + (["--cpu-smoke"] if smoke else [])
+    command += ["--workdir", str(workdir / part.name), "--budget_s", str(budget)] + (["--cpu-smoke"] if smoke else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(":")}
     env["PYTHONUNBUFFERED"] = "1"
     output_path = workdir / f"{part.number}_{part.name}.log"
