@@ -9,7 +9,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 SITE="${SITE:-/tmp/moai-site}"
-if compgen -G "$repo/.whl/*.whl" >/dev/null; then
+version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [ "$version" != 3.12 ]; then
+  echo "run.sh: the wheels are for CPython 3.12 (the GPU image's), this is $version: using the installed packages"
+elif compgen -G "$repo/.whl/*.whl" >/dev/null; then
   start=$(date +%s)
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$repo"/.whl/*.whl
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
