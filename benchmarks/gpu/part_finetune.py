@@ -32,8 +32,9 @@ def save_base(path: Path, cuda: bool) -> None:
 def sft(base: Path, run_dir: Path, cuda: bool, *extra: str) -> Path:
     import train
 
+    steps = "10" if cuda else "3"
     argv = ["--mode", "sft", "--pretrained_model", str(base), "--train_file", str(SFT_FILE)]
-    argv += ["--output_dir", str(run_dir), "--max_steps", "10", "--logging_steps", "5", "--eval_strategy", "no"]
+    argv += ["--output_dir", str(run_dir), "--max_steps", steps, "--logging_steps", "1", "--eval_strategy", "no"]
     argv += ["--save_steps", "100000", "--warmup_steps", "0", "--lr_scheduler_type", "constant"]
     argv += ["--max_seq_length", "512", "--disable_tqdm", "true", "--report_to", "none"]
     argv += ["--dataloader_num_workers", "0"]
@@ -54,7 +55,9 @@ def main() -> int:
     workdir = Path(args.workdir)
     columns = {"run": "run", "check": "check", "value": "value", "ok": "holds", "peak_gib": "peak GiB"}
     columns |= {"seconds": "s", "note": "note"}
-    report = Report(args, "Fine-tuning from a bf16 checkpoint, train.py --mode sft, 10 steps", columns)
+    report = Report(
+        args, f"Fine-tuning from a bf16 checkpoint, train.py --mode sft, {10 if cuda else 3} steps", columns
+    )
     base = workdir / "base"
     save_base(base, cuda)
     before = load_file(str(base / "model.safetensors"))

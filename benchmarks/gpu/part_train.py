@@ -128,7 +128,7 @@ def run_stock(config: Path, run_dir: Path, shape: dict, attention: str, compile_
 def main() -> int:
     args = part_arguments(__doc__)
     cuda = torch.cuda.is_available() and not args.cpu_smoke
-    shape = dict(seq=4096, batch=8, steps=15, log=5) if cuda else dict(seq=128, batch=2, steps=4, log=2)
+    shape = dict(seq=4096, batch=8, steps=15, log=5) if cuda else dict(seq=128, batch=2, steps=2, log=1)
     workdir = Path(args.workdir)
     configs = {name: write_config(workdir, name, not cuda) for name in ("dense", "moe")}
     columns = {"model": "model", "trainer": "trainer", "attention": "attention", "compile": "torch_compile"}

@@ -32,5 +32,6 @@ for name in ("torch", "transformers", "accelerate", "peft", "datasets", "orjson"
 import torch
 print(f"run.sh: CUDA {torch.version.cuda}, devices: {[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}")
 PY
+nvidia-smi -L 2>/dev/null || echo "run.sh: no nvidia-smi"
 cd "$repo"
 exec "$PYTHON" "$here/suite.py" "$@"
