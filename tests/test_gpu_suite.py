@@ -88,12 +88,13 @@ def test_check_wheels_finds_missing_wrong_and_duplicate_requirements(tmp_path):
     make_wheel(tmp_path, "alpha", "1.0", "beta>=2", "torch", "gamma; python_version < '3.10'", "delta; extra == 'x'")
     make_wheel(tmp_path, "beta", "2.1")
     assert check_wheels.problems(tmp_path) == []  # torch is on the image; the marker and extra do not apply
-    make_wheel(tmp_path, "omega", "1.0", "beta>=3", "not-on-the-image")
+    make_wheel(tmp_path, "omega", "1.0", "beta>=3", "not-on-the-image", "torch>=2.12")  # the image has 2.11
     make_wheel(tmp_path, "omega", "1.1")
     found = check_wheels.problems(tmp_path)
     assert any("two versions" in line and "omega" in line for line in found)
     assert any("beta>=3, carried 2.1" in line for line in found)
     assert any("not-on-the-image" in line for line in found)
+    assert any("torch>=2.12, the image has 2.11.0" in line for line in found)
 
 
 def test_plan_estimate_reads_the_first_size_on_an_estimate_line():

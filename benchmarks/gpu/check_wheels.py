@@ -1,6 +1,6 @@
 """Check a folder of wheels against itself and the GPU image: one version per package, and every requirement of
 every wheel (no extras, markers evaluated for CPython 3.12 on x86-64 Linux) met by a carried wheel of a matching
-version or by a package the image has (image_packages.txt: names only, so any version counts).
+version or by a package the image has (image_packages.txt: its version where known, else any version counts).
 
     python benchmarks/gpu/check_wheels.py .whl
 """
@@ -34,9 +34,14 @@ def wheel_metadata(path: Path):
         return Parser().parsestr(archive.read(name).decode("utf-8"))
 
 
-def image_packages() -> set[str]:
-    lines = (HERE / "image_packages.txt").read_text().splitlines()
-    return {canonicalize_name(line) for line in lines if line and not line.startswith("#")}
+def image_packages() -> dict[str, Version | None]:
+    """The image's packages: name -> version where known, else None."""
+    packages = {}
+    for line in (HERE / "image_packages.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            packages[canonicalize_name(name)] = Version(version) if version else None
+    return packages
 
 
 def problems(folder: Path) -> list[str]:
@@ -59,6 +64,8 @@ def problems(folder: Path) -> list[str]:
                     found.append(f"{path.name} needs {requirement}, carried {carried[name]}")
             elif name not in image:
                 found.append(f"{path.name} needs {requirement}: neither carried nor on the image")
+            elif image[name] is not None and not requirement.specifier.contains(image[name], prereleases=True):
+                found.append(f"{path.name} needs {requirement}, the image has {image[name]}")
     return found
 
 
