@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -60,6 +61,7 @@ def main() -> int:
     size = os.environ.get("GPU_SUITE_MODEL_SIZE", "2b" if cuda else "tiny")
     env = {**os.environ, "NUM_GPUS": "1", "MODEL_SIZE": size, "MAX_STEPS": "20" if cuda else "2"}
     env |= {"GRADIENT_ACCUMULATION_STEPS": "1", "OUTPUT_DIR": str(workdir / "run"), "PYTHON": sys.executable}
+    env["SHUTDOWN_TIMEOUT"] = "5"  # stopped at the budget: no checkpoint of a 2B model, the workers go at once
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])  # torchrun of this python
     if not cuda:
         env |= {"ALLOW_CPU": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -84,11 +86,17 @@ def main() -> int:
     if poller:
         poller.start()
     start = time.perf_counter()
+    run = subprocess.Popen(["bash", "pretrain.sh", *flags], cwd=REPO, env=env)
     try:
-        run = subprocess.run(["bash", "pretrain.sh", *flags], cwd=REPO, env=env, timeout=max(time_left(args) - 5, 10))
-        returncode = run.returncode
-    except subprocess.TimeoutExpired:
-        returncode = "timeout"
+        returncode = run.wait(timeout=max(time_left(args) - 20, 10))
+    except subprocess.TimeoutExpired:  # torchrun forwards SIGTERM, then kills the workers after SHUTDOWN_TIMEOUT
+        run.send_signal(signal.SIGTERM)
+        try:
+            run.wait(timeout=12)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.wait()
+        returncode = "stopped at the part's budget"
     seconds = time.perf_counter() - start
     if poller:
         poller.stopped.set()
