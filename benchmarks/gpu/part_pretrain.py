@@ -103,7 +103,7 @@ def main() -> int:
         poller.join()
     report.add(what="pretrain.sh exit status", value=returncode, note=f"{seconds:.0f} s")
     if returncode != 0:
-        report.fail(f"pretrain.sh exited {returncode}")
+        report.fail(f"pretrain.sh: {'exit ' if isinstance(returncode, int) else ''}{returncode}")
     state = workdir / "run" / "trainer_state.json"
     history = json.loads(state.read_text())["log_history"] if state.exists() else []
     logged = [entry for entry in history if "tokens_per_second" in entry]
