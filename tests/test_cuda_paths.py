@@ -154,7 +154,7 @@ def test_fused_loss_matches_float64(dtype):
     logits = (h64 @ w64.T)[0, :-1]
     expected = F.cross_entropy(logits, labels[0, 1:], ignore_index=-100)
     expected.backward()
-    tolerance = 5e-3 if dtype == torch.bfloat16 else 1e-5
+    tolerance = 5e-3 if dtype == torch.bfloat16 else 1e-4  # fp32: room for TF32 matmuls if a caller enables them
     assert abs(loss.item() - expected.item()) <= tolerance * expected.item()
     assert relative(hidden.grad, h64.grad) <= 10 * tolerance
     assert relative(weight.grad, w64.grad) <= 10 * tolerance
