@@ -30,8 +30,8 @@ VARIANTS = [
     ("dense", "stock", "sdpa", False, 20),
     ("dense", "moai", "flex_attention", False, 35),
     ("moe", "moai", "sdpa", False, 20),
+    ("dense", "moai", "sdpa", True, 50),
     ("moe", "stock", "sdpa", False, 20),
-    ("dense", "moai", "sdpa", True, 60),
     ("dense", "stock", "sdpa", True, 50),
 ]
 

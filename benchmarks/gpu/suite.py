@@ -34,12 +34,12 @@ class Part:
 
 
 PARTS = [
-    Part(1, "tests", "part_tests.py", 75, 120),
-    Part(2, "loss", "part_loss.py", 45, 60),
-    Part(3, "train", "part_train.py", 135, 120),
-    Part(4, "finetune", "part_finetune.py", 55, 90),
+    Part(1, "tests", "part_tests.py", 70, 120),
+    Part(2, "loss", "part_loss.py", 40, 60),
+    Part(3, "train", "part_train.py", 155, 120),
+    Part(4, "finetune", "part_finetune.py", 50, 90),
     Part(5, "pretrain", "part_pretrain.py", 90, 90),
-    Part(6, "serve", "part_serve.py", 45, 60),
+    Part(6, "serve", "part_serve.py", 40, 60),
 ]
 
 
