@@ -67,7 +67,8 @@ def free_port() -> int:
 
 def start_server(path: Path, max_batch_size: int, threads: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
+    pythonpath = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])  # keeps carried packages
+    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": str(threads)}
     process = subprocess.Popen(
         [
             sys.executable,

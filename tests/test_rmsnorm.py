@@ -16,7 +16,8 @@ def test_cpu_path_equals_qwen3_rmsnorm(dtype):
     assert torch.equal(ours.to(dtype)(x), reference.to(dtype)(x))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="fused kernel needs CUDA")
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
 def test_cuda_path_close_to_reference():
     ours, reference = MoaiRMSNorm(256).cuda(), Qwen3RMSNorm(256).cuda()
     x = torch.randn(4, 32, 256, device="cuda", dtype=torch.bfloat16)
