@@ -101,7 +101,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(REPO / "moai_llm" / "assets" / "tokenizer")
     docs = documents(args.chars)
-    pieces, _ = tokenize_documents(docs, tokenizer, args.max_length)
+    pieces, _, _ = tokenize_documents(docs, tokenizer, args.max_length)
     collator = PackedCollator(tokenizer.pad_token_id)
     batches = list(packed_batches(pieces, args.max_length, args.batch_size, collator))
     tokens = sum(n for _, n in batches)

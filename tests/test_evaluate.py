@@ -155,6 +155,8 @@ def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_p
         "8",
         "--batch_size",
         "4",
+        "--precision",
+        "fp32",  # lm-eval's own run below is fp32 on the CPU
         "--output_dir",
         str(out),
     ]
@@ -190,11 +192,24 @@ def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_p
     assert "| total parameters |" in report and "| context (max_position_embeddings) | 256 |" in report
     assert "| steps | 8 of 8 |" in report and "![training history](plots/training.png)" in report
     baseline = f"{results['baselines']['local_mc']:.4f}"
-    assert f"| local_mc | acc | {results['tasks']['local_mc']['acc']:.4f} |" in report and baseline in report
+    assert f"| local_mc | acc ★ | {results['tasks']['local_mc']['acc']:.4f} |" in report and baseline in report
     assert "`local_hub_only`: ConnectionError" in report
     assert f"| {eval_file} | 5 |" in report
     assert "**Once upon a time**" in report
     png_ok(out / "plots" / "training.png")
+
+    # how the numbers were produced: a pretraining run's samples are plain greedy continuations, without ChatML
+    assert results["sample_settings"]["chat_template"] == "off (auto: a pretrain run)"
+    assert results["sample_settings"]["decoding"] == "greedy" and results["sample_settings"]["repetition_penalty"] == 1
+    assert results["settings"]["precision"] == "fp32"
+    assert results["settings"]["lm_eval_options"]["fewshot_random_seed"] == 1234
+    assert results["task_details"]["local_mc"]["documents"] == 10
+    versions = results["provenance"]["versions"]
+    assert versions["lm_eval"] == lm_eval.__version__ and versions["torch"] == torch.__version__
+    assert results["provenance"]["weights"].startswith("model.safetensors:")
+    assert ppl["content_sha256"] and len(ppl["content_sha256"]) == 64
+    logged = [json.loads(line) for line in (out / "samples" / "local_mc.jsonl").read_text().splitlines()]
+    assert len(logged) == 10 and {"doc", "target", "acc"} <= set(logged[0])
 
 
 def test_lora_adapter_directory_evaluates(run_dir, tmp_path):
@@ -223,6 +238,7 @@ def test_lora_adapter_directory_evaluates(run_dir, tmp_path):
                 model_path=str(path),
                 eval_files=[str(tmp_path / "doc.txt")],
                 samples=False,
+                precision="fp32",  # compared below with an fp32 run of the merged model
                 output_dir=str(tmp_path / f"eval-{name}"),
             )
         )
