@@ -19,6 +19,12 @@ from moai_llm.flags import Parser
 def parse_args(argv=None) -> argparse.Namespace:
     p = Parser("evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", help="final_model, a checkpoint-N, or a LoRA adapter directory")
+    p.add_argument(
+        "--checkpoints",
+        metavar="RUN_DIR",
+        help="evaluate every checkpoint-N and the final_model of a training run, and plot each metric against "
+        "tokens seen (instead of --model_path)",
+    )
     p.add_argument("--tasks", help="comma-separated lm-eval task/group names; NAME:N sets N shots for one task")
     p.add_argument("--suite", help="; ".join(f"{name}: {suite.description}" for name, suite in SUITES.items()))
     p.add_argument(
@@ -92,8 +98,10 @@ def options_from(args):
     from moai_llm.evaluation.benchmarks import LmEvalOptions
     from moai_llm.evaluation.runner import EvalOptions
 
-    if not args.model_path:
-        raise EvalUsageError("--model_path is required (or --compare DIR1 DIR2 ...)")
+    if args.checkpoints and args.model_path:
+        raise EvalUsageError("--checkpoints evaluates every model of a run; it takes no --model_path")
+    if not args.model_path and not args.checkpoints:
+        raise EvalUsageError("--model_path is required (or --checkpoints RUN_DIR, or --compare DIR1 DIR2 ...)")
     minimum = {"batch_size": 1, "max_new_tokens": 1, "max_length": 2, "num_fewshot": 0, "stride": 1, "top_k": 0}
     for flag, least in minimum.items():
         if getattr(args, flag) is not None and getattr(args, flag) < least:
@@ -111,7 +119,7 @@ def options_from(args):
         limit = int(limit)
     suite = args.suite or (None if args.tasks or args.eval_file else "quick")
     return EvalOptions(
-        model_path=args.model_path,
+        model_path=args.model_path or "",
         tasks=resolve_tasks(args.tasks, suite, args.num_fewshot, limit),
         include_path=tuple(args.include_path),
         eval_files=args.eval_file,
@@ -175,8 +183,11 @@ def main(argv=None) -> int:
             print(f"report: {compare(args.compare, args.output_dir)}")
             return 0
         options = options_from(args)
-        from moai_llm.evaluation.runner import evaluate_model
+        from moai_llm.evaluation.runner import evaluate_checkpoints, evaluate_model
 
+        if args.checkpoints:
+            print(f"report: {evaluate_checkpoints(options, args.checkpoints)}")
+            return 0
         results = evaluate_model(options)
     except EvalUsageError as error:
         print(f"evaluate.py: error: {error}", file=sys.stderr)

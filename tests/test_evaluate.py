@@ -13,6 +13,7 @@ import torch
 from matplotlib.image import imread
 
 from .conftest import REPO
+from .eval_helpers import write_local_tasks
 from .train_helpers import fast_args, run_inprocess, write_tiny_config
 
 pytestmark = pytest.mark.integration  # a whole train.py run (module fixture), evaluate.py runs on it
@@ -21,33 +22,6 @@ pytestmark = pytest.mark.integration  # a whole train.py run (module fixture), e
 _spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "evaluate.py")
 evaluate = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(evaluate)
-
-MC_TASK = """task: local_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: label
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-"""
-HUB_TASK = """task: local_hub_only
-dataset_path: moai-test/not-on-this-machine
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{question}}"
-doc_to_choice: "{{choices}}"
-doc_to_target: label
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -64,8 +38,14 @@ def offline(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A tiny model trained for a few steps by train.py's code, with eval and checkpoints along the way."""
+def tasks_dir(tmp_path_factory):
+    return write_local_tasks(tmp_path_factory.mktemp("tasks"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tasks_dir):
+    """A tiny model trained for a few steps by train.py's code, with eval, a local benchmark and checkpoints along
+    the way."""
     root = tmp_path_factory.mktemp("evaluate")
     out = root / "run"
     run_inprocess(
@@ -80,27 +60,15 @@ def run_dir(tmp_path_factory):
             "4",
             "--save_steps",
             "4",
+            "--eval_tasks",
+            "local_mc",
+            "--eval_tasks_include_path",
+            str(tasks_dir),
+            "--eval_tasks_limit",
+            "6",
         )
     )
     return out
-
-
-@pytest.fixture(scope="module")
-def tasks_dir(tmp_path_factory):
-    """A 3- and 4-choice local multiple-choice task, and a task whose data only the Hub has."""
-    folder = tmp_path_factory.mktemp("tasks")
-    rows = [
-        {
-            "question": f"Which word is number {i}?",
-            "choices": [f"word {j}" for j in range(3 + i % 2)],
-            "label": i % (3 + i % 2),
-        }
-        for i in range(10)
-    ]
-    (folder / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "local_mc.yaml").write_text(MC_TASK.format(data=folder / "mc.jsonl"))
-    (folder / "local_hub_only.yaml").write_text(HUB_TASK)
-    return folder
 
 
 def png_ok(path) -> None:
@@ -116,7 +84,7 @@ def main_exit(argv, capsys) -> tuple[int, str]:
 
 def test_train_writes_report_and_plots(run_dir):
     state = json.loads((run_dir / "trainer_state.json").read_text())
-    seen = [e["tokens_seen"] for e in state["log_history"] if "tokens_seen" in e]
+    seen = [e["tokens_seen"] for e in state["log_history"] if "loss" in e]  # the training logs
     assert len(seen) == 8 and seen == sorted(seen) and seen[0] > 0
     arguments = json.loads((run_dir / "run_arguments.json").read_text())
     assert arguments["data"]["max_seq_length"] == 64 and arguments["training"]["max_steps"] == 8
@@ -125,6 +93,12 @@ def test_train_writes_report_and_plots(run_dir):
     assert "| steps | 8 of 8 |" in report and "warmup_stable_decay" in report
     assert "![training history](plots/training.png)" in report
     png_ok(run_dir / "plots" / "training.png")
+
+    # --eval_tasks: the benchmark scored on the model in memory at each evaluation, logged against tokens seen
+    bench = [e for e in state["log_history"] if "bench/local_mc/acc" in e]
+    assert [e["step"] for e in bench] == [4, 8]
+    assert all(0 <= e["bench/local_mc"] <= 1 and e["bench_seconds"] > 0 for e in bench)
+    assert bench[-1]["tokens_seen"] == seen[-1]  # logged at the last step: all its tokens counted
 
 
 def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_path, capsys):
@@ -323,3 +297,24 @@ def test_cli_exit_code(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"evaluate.py: error: --model_path {tmp_path / 'missing'}: no such directory"
+
+
+def test_checkpoints_are_evaluated_and_match_the_scores_logged_in_training(run_dir, tasks_dir, tmp_path, capsys):
+    """--checkpoints: each checkpoint scored again from disk gives the score --eval_tasks logged at its step, and
+    each metric is plotted against tokens seen."""
+    out = tmp_path / "checkpoints"
+    argv = ["--checkpoints", str(run_dir), "--tasks", "local_mc", "--include_path", str(tasks_dir)]
+    argv += ["--limit", "6", "--no_samples", "--precision", "fp32", "--output_dir", str(out)]
+    assert evaluate.main(argv) == 0
+    points = {p["label"]: p for p in json.loads((out / "checkpoints.json").read_text())}
+    assert list(points) == ["checkpoint-4", "checkpoint-8", "final_model"]
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    logged = {e["step"]: e for e in history if "bench/local_mc" in e}
+    assert points["checkpoint-4"]["metrics"]["local_mc"] == pytest.approx(logged[4]["bench/local_mc"], abs=1e-6)
+    assert points["checkpoint-8"]["metrics"]["local_mc"] == pytest.approx(logged[8]["bench/local_mc"], abs=1e-6)
+    assert points["checkpoint-4"]["tokens_seen"] < points["checkpoint-8"]["tokens_seen"]
+    assert points["final_model"]["tokens_seen"] == points["checkpoint-8"]["tokens_seen"] == logged[8]["tokens_seen"]
+    # each checkpoint's own report shows its own step, not the finished run's
+    assert "| steps | 4 of 8 |" in (out / "checkpoint-4" / "report.md").read_text()
+    assert "![metrics by checkpoint](plots/checkpoints.png)" in (out / "report.md").read_text()
+    png_ok(out / "plots" / "checkpoints.png")

@@ -94,8 +94,9 @@ def comparison_rows(runs: dict[str, dict]) -> list[list]:
     return rows
 
 
-def render_comparison(runs: dict[str, dict], plot: str | None = None) -> str:
+def render_comparison(runs: dict[str, dict], plot: str | None = None, figures: dict[str, str] | None = None) -> str:
     """Several results.json side by side: warnings, model facts, benchmark scores, perplexity, training, samples."""
+    figures = figures or {}
     names = list(runs)
     lines = ["# Comparison", "", table(["", *names], [["model", *[f"`{r['model']}`" for r in runs.values()]]]), ""]
     warnings = comparison_warnings(runs)
@@ -117,6 +118,8 @@ def render_comparison(runs: dict[str, dict], plot: str | None = None) -> str:
         lines += [f"![loss by run]({plot})", ""]
     rows = comparison_rows(runs)
     lines += ["## Benchmarks", "", table(["task", "metric", *names, "random guess"], rows) if rows else "No tasks.", ""]
+    if "benchmarks" in figures:
+        lines += [f"![benchmarks]({figures['benchmarks']})", ""]
     averages = list(dict.fromkeys(s for r in runs.values() for s in r.get("averages") or {}))
     for suite in averages:
         cells = ", ".join(f"{n} {_number((r.get('averages') or {}).get(suite))}" for n, r in runs.items())
@@ -125,6 +128,8 @@ def render_comparison(runs: dict[str, dict], plot: str | None = None) -> str:
         if result.get("failed_tasks"):
             lines += [f"{name}: " + "; ".join(f"`{t}` failed ({why})" for t, why in result["failed_tasks"].items()), ""]
     lines += perplexity_section(runs)
+    if "perplexity" in figures:
+        lines += [f"![bits per byte]({figures['perplexity']})", ""]
     lines += samples_side_by_side(runs)
     return "\n".join(lines)
 

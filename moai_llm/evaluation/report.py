@@ -106,7 +106,9 @@ def failed_lines(failed: dict) -> list[str]:
     return ["Tasks that did not run:", ""] + [f"- `{name}`: {reason}" for name, reason in failed.items()] + [""]
 
 
-def render_report(results: dict, plot: str | None = None) -> str:
+def render_report(results: dict, plot: str | None = None, figures: dict[str, str] | None = None) -> str:
+    """report.md; `plot` is the training dashboard, `figures` the benchmark and perplexity bar charts."""
+    figures = figures or {}
     settings = results.get("settings", {})
     lines = [f"# Evaluation of `{results['model']}`", ""]
     if settings:
@@ -124,6 +126,8 @@ def render_report(results: dict, plot: str | None = None) -> str:
         ]
         for suite, value in (results.get("averages") or {}).items():
             lines += [f"**{suite} average** (mean of the headline metrics): {value:.4f}", ""]
+        if "benchmarks" in figures:
+            lines += [f"![benchmarks]({figures['benchmarks']})", ""]
     elif not results.get("failed_tasks"):
         lines += ["No benchmark tasks were run (`--tasks` / `--suite`).", ""]
     lines += failed_lines(results.get("failed_tasks", {}))
@@ -138,6 +142,8 @@ def render_report(results: dict, plot: str | None = None) -> str:
             PERPLEXITY_NOTE + " " + LM_EVAL_PERPLEXITY_NOTE,
             "",
         ]
+        if "perplexity" in figures:
+            lines += [f"![bits per byte]({figures['perplexity']})", ""]
     else:
         lines += ["No `--eval_file` given.", ""]
     lines += samples_section(results.get("samples", []), results.get("sample_settings"))

@@ -212,9 +212,22 @@ def write_outputs(results: dict, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     write_task_logs(results.pop("_logs", {}), output_dir / "samples")
     results["training"], plot = training_plot(results["model"], output_dir)
+    figures = result_figures({"": results}, output_dir)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
-    (output_dir / "report.md").write_text(render_report(results, plot), encoding="utf-8")
+    (output_dir / "report.md").write_text(render_report(results, plot, figures), encoding="utf-8")
     logger.info("results in %s (results.json, report.md)", output_dir)
+
+
+def result_figures(runs: dict[str, dict], output_dir: Path) -> dict[str, str]:
+    """plots/benchmarks.png and plots/perplexity.png for one or several runs; paths relative to output_dir."""
+    plots = plotting()
+    if plots is None:
+        return {}
+    figures = {}
+    for name, draw in (("benchmarks", plots.plot_benchmarks), ("perplexity", plots.plot_perplexity)):
+        if draw(runs, output_dir / "plots" / f"{name}.png"):
+            figures[name] = f"plots/{name}.png"
+    return figures
 
 
 def write_task_logs(logs: dict[str, list[dict]], folder: Path) -> None:
@@ -228,6 +241,75 @@ def write_task_logs(logs: dict[str, list[dict]], folder: Path) -> None:
             for record in records:
                 out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
     logger.info("per-document logs of %d tasks in %s", len(logs), folder)
+
+
+def run_models(run_dir: str) -> list[tuple[str, Path, int | None]]:
+    """(name, directory, tokens seen) of every checkpoint-N of a run, by step, then its final_model."""
+    from .history import _CHECKPOINT
+
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise EvalUsageError(f"--checkpoints {run_dir}: no such directory")
+    found = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir())
+    models = [(p.name, p, tokens_seen(load_run(p))) for _, p in found]
+    if (root / "final_model").is_dir():
+        models.append(("final_model", root / "final_model", tokens_seen(load_run(root / "final_model"))))
+    if not models:
+        raise EvalUsageError(f"--checkpoints {run_dir}: no checkpoint-N or final_model directory in it")
+    return models
+
+
+def tokens_seen(record) -> int | None:
+    """Tokens a checkpoint had seen at its step (interpolated between logs), or None when the run did not say."""
+    from .history import token_axis
+
+    if record is None or not record.log_history:
+        return None
+    step = record.state.get("global_step") or max((e.get("step", 0) for e in record.log_history), default=0)
+    axis, label = token_axis(record.log_history, record.arguments)
+    return int(axis(step)) if label != "optimizer step" else None
+
+
+def evaluate_checkpoints(options: EvalOptions, run_dir: str) -> Path:
+    """Evaluate every checkpoint of a run the same way, then plot each metric against tokens seen; returns the
+    summary report's path. Each model's own results go to <output_dir>/<checkpoint>/."""
+    from dataclasses import replace
+
+    from .suites import headline_metric
+
+    models = run_models(run_dir)
+    out = Path(options.output_dir or Path(run_dir) / "eval-checkpoints")
+    points = []
+    for name, directory, seen in models:
+        logger.info("evaluating %s (%s tokens seen)", name, seen)
+        results = evaluate_model(replace(options, model_path=str(directory), output_dir=str(out / name)))
+        metrics = {
+            t: results["tasks"][t].get(headline_metric(t, results["tasks"][t]) or "")
+            for t in results.get("summary_tasks", [])
+        }
+        for file, entry in results["perplexity"].items():
+            metrics[f"{Path(file).name} bits/byte"] = entry["bits_per_byte"]
+        points.append({"label": name, "tokens_seen": seen, "metrics": metrics})
+    plot = None
+    plots = plotting()
+    if plots and all(p["tokens_seen"] is not None for p in points):
+        if plots.plot_metrics_over_tokens(points, out / "plots" / "checkpoints.png"):
+            plot = "plots/checkpoints.png"
+    (out / "checkpoints.json").write_text(json.dumps(points, indent=2), encoding="utf-8")
+    names = list(dict.fromkeys(m for p in points for m in p["metrics"]))
+    rows = [
+        [p["label"], f"{p['tokens_seen']:,}" if p["tokens_seen"] else None, *[p["metrics"].get(m) for m in names]]
+        for p in points
+    ]
+    from .report import _number, table
+
+    rows = [[*row[:2], *[_number(v) for v in row[2:]]] for row in rows]
+    lines = [f"# Checkpoints of `{run_dir}`", "", table(["model", "tokens seen", *names], rows), ""]
+    if plot:
+        lines += [f"![metrics by checkpoint]({plot})", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    return report
 
 
 def find_results(directory: str) -> Path:
@@ -260,6 +342,6 @@ def compare(directories: list[str], output_dir: str) -> Path:
         if plots.plot_loss_comparison(histories, out / "plots" / "loss_comparison.png"):
             plot = "plots/loss_comparison.png"
     report = out / "report.md"
-    report.write_text(render_comparison(runs, plot), encoding="utf-8")
+    report.write_text(render_comparison(runs, plot, result_figures(runs, out)), encoding="utf-8")
     (out / "comparison.json").write_text(json.dumps(runs, indent=2, ensure_ascii=False), encoding="utf-8")
     return report
