@@ -6,7 +6,9 @@ and under DDP the other ranks would only wait for it (with a collective's timeou
 everywhere keeps every rank busy the same time and no rank waits on another. Rank 0 logs. A `--eval_tasks_limit`
 of 100 documents per task keeps the cost to seconds on the tiny model (docs/evaluation.md gives figures)."""
 
+import contextlib
 import logging
+import os
 import time
 
 from transformers import TrainerCallback
@@ -25,6 +27,21 @@ def training_task_specs(tasks: str, limit: float | None) -> list[TaskSpec]:
     return [TaskSpec(spec.name, spec.num_fewshot, limit) for spec in parse_task_list(tasks)]
 
 
+@contextlib.contextmanager
+def scored_as_one_process():
+    """lm-eval treats a process whose LOCAL_RANK is not 0 as a tensor-parallel helper and returns no results there;
+    each rank here scores the whole task on its own, so it must see itself as the only process."""
+    saved = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["LOCAL_RANK"]
+        else:
+            os.environ["LOCAL_RANK"] = saved
+
+
 class BenchmarkCallback(TrainerCallback):
     """After the Trainer's own evaluation, score the tasks and log `bench/<task>/<metric>` and their time."""
 
@@ -38,14 +55,15 @@ class BenchmarkCallback(TrainerCallback):
         model.eval()
         start = time.perf_counter()
         try:
-            results = run_benchmarks(
-                model,
-                self.trainer.processing_class,
-                self.specs,
-                self.include_path,
-                self.batch_size,
-                LmEvalOptions(seed=args.seed),
-            )
+            with scored_as_one_process():
+                results = run_benchmarks(
+                    model,
+                    self.trainer.processing_class,
+                    self.specs,
+                    self.include_path,
+                    self.batch_size,
+                    LmEvalOptions(seed=args.seed),
+                )
         finally:
             model.train(was_training)
         logs = {}
