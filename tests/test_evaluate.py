@@ -94,6 +94,14 @@ def test_train_writes_report_and_plots(run_dir):
     assert "![training history](plots/training.png)" in report
     png_ok(run_dir / "plots" / "training.png")
 
+    # final_model/README.md: a Hub model card (metadata the Hub reads), language from the training text
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run_dir / "final_model" / "README.md")
+    assert card.data.library_name == "transformers" and "moai-llm" in card.data.tags and "pretrain" in card.data.tags
+    assert card.data.language == ["en"]  # the bundled corpus is English prose
+    assert "| total parameters |" in card.text and "Not evaluated yet." in card.text
+
     # --eval_tasks: the benchmark scored on the model in memory at each evaluation, logged against tokens seen
     bench = [e for e in state["log_history"] if "bench/local_mc/acc" in e]
     assert [e["step"] for e in bench] == [4, 8]
@@ -184,6 +192,15 @@ def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_p
     assert ppl["content_sha256"] and len(ppl["content_sha256"]) == 64
     logged = [json.loads(line) for line in (out / "samples" / "local_mc.jsonl").read_text().splitlines()]
     assert len(logged) == 10 and {"doc", "target", "acc"} <= set(logged[0])
+
+    # the model card train.py wrote now carries the scores: the Evaluation table and the model-index block
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(model_dir / "README.md")
+    entries = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert entries[("local_mc", "acc")] == pytest.approx(results["tasks"]["local_mc"]["acc"], abs=1e-6)
+    assert entries[("text", "bits_per_byte")] == pytest.approx(ppl["bits_per_byte"], abs=1e-6)
+    assert "| local_mc | acc |" in card.text and "Not evaluated yet." not in card.text
 
 
 def test_lora_adapter_directory_evaluates(run_dir, tmp_path):

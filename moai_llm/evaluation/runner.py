@@ -215,6 +215,9 @@ def write_outputs(results: dict, output_dir: Path) -> None:
     figures = result_figures({"": results}, output_dir)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     (output_dir / "report.md").write_text(render_report(results, plot, figures), encoding="utf-8")
+    from .hub_card import update_model_card
+
+    update_model_card(results["model"], results)  # the card train.py wrote gets the scores
     logger.info("results in %s (results.json, report.md)", output_dir)
 
 
