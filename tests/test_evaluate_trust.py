@@ -224,3 +224,26 @@ def test_precision_follows_training(monkeypatch):
     assert precision_context("auto", model)[1] == "fp32"
     assert precision_context("bf16", model)[1].startswith("bf16 autocast")
     assert precision_context("auto", model.to(torch.bfloat16))[1] == "model dtype bfloat16"
+
+
+def test_lm_eval_options_and_seeds_reach_simple_evaluate(monkeypatch):
+    """--seed, --apply_chat_template, --fewshot_as_multiturn and --gen_kwargs are passed to lm-eval as given."""
+    import lm_eval
+    import lm_eval.models.huggingface
+
+    from moai_llm.evaluation import benchmarks
+
+    calls = []
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kwargs: calls.append(kwargs) or None)
+    monkeypatch.setattr(lm_eval.models.huggingface, "HFLM", lambda **kwargs: "lm")
+    monkeypatch.setattr(benchmarks, "task_manager", lambda include_path=(): None)
+    monkeypatch.setattr(benchmarks, "merge_run", lambda results, out, limit=None: None)
+    options = benchmarks.LmEvalOptions(True, True, "temperature=0", seed=7)
+    benchmarks.run_benchmarks(None, None, resolve_tasks("t:2", None, None, 5), options=options)
+    assert calls[0]["apply_chat_template"] is True and calls[0]["fewshot_as_multiturn"] is True
+    assert calls[0]["gen_kwargs"] == "temperature=0" and (calls[0]["num_fewshot"], calls[0]["limit"]) == (2, 5)
+    assert {calls[0][k] for k in ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed")} == {
+        7
+    }
+    benchmarks.run_benchmarks(None, None, resolve_tasks("t", None, None, None))
+    assert (calls[1]["random_seed"], calls[1]["fewshot_random_seed"]) == (0, 1234)  # lm-eval's own defaults
