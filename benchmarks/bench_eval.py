@@ -1,14 +1,16 @@
-"""Perplexity evaluation throughput vs the model's plain forward pass, on the same packed rows.
+"""Perplexity evaluation throughput vs the model's plain forward pass and vs training, on the same packed rows.
 
-Three ways through the same batches (real text, packed into rows with `position_ids` restarting per document),
-interleaved repetitions, medians:
+Evaluation at training's speed or better: evaluate.py's scoring (bf16 autocast where training uses it, `--precision
+auto`) against one training step (forward, backward and AdamW, in the precision train.py picks on this machine);
+and what bf16 changes in the perplexity against fp32. Before that, three ways through the same batches (real
+text, packed into rows with `position_ids` restarting per document), interleaved repetitions, medians:
 - forward only: `model(input_ids, position_ids)`, the full `[rows, seq, vocab]` logits and nothing else;
 - evaluate.py's scoring (`moai_llm.evaluation.perplexity.score_batch`): the decoder, then cross-entropy and
   argmax from the hidden states one `[chunk, vocab]` block at a time (no full logits);
 - for reference, transformers' way to get a loss: full logits, then `F.cross_entropy` over them.
 Tokens/s counts non-padding tokens fed to the model.
 
-    python benchmarks/bench_eval.py [--reps 5] [--threads 2] [--max_length 256]
+    python benchmarks/bench_eval.py [--reps 5] [--threads 2] [--max_length 256] [--model_path DIR]
 """
 
 import argparse
@@ -84,10 +86,54 @@ def full_logits_loss(model, batches) -> None:
         F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), reduction="sum")
 
 
-def fused_scoring(model, batches) -> None:
+def fused_scoring(model, batches) -> float:
+    """evaluate.py's scoring; returns the summed NLL (nats) so precisions can be compared."""
     body, head = causal_lm_parts(model)
+    return sum(float(score_batch(body, head, batch, CPU_CHUNK, router_off=False)[0]) for batch, _ in batches)
+
+
+def training_steps(model, batches, bf16: bool) -> None:
+    """One optimizer step per batch as train.py takes it: fused loss, backward, AdamW (autocast when bf16)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    model.train()
     for batch, _ in batches:
-        score_batch(body, head, batch, CPU_CHUNK, router_off=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**{k: batch[k] for k in ("input_ids", "position_ids", "labels")}, use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+
+
+def precision_table(model, batches, tokens: int, reps: int, bf16: bool) -> None:
+    """Training step vs evaluate.py's scoring (fp32 and bf16 autocast), interleaved, medians; the bf16 NLL gap."""
+    import copy
+
+    trainee = copy.deepcopy(model)  # the training steps change weights: score the untouched model
+    runs = {
+        "train step": lambda: training_steps(trainee, batches, bf16),
+        "scoring fp32": lambda: fused_scoring(model, batches),
+        "scoring bf16 autocast": lambda: bf16_scoring(model, batches),
+    }
+    speed = {name: [] for name in runs}
+    for rep in range(reps):
+        order = list(runs.items())
+        for name, run in order[rep % 3 :] + order[: rep % 3]:
+            start = time.perf_counter()
+            run()
+            speed[name].append(tokens / (time.perf_counter() - start))
+    medians = {name: statistics.median(values) for name, values in speed.items()}
+    nll32, nll16 = fused_scoring(model, batches), bf16_scoring(model, batches)
+    print(
+        f"| {' | '.join(f'{v:,.0f}' for v in medians.values())} | "
+        f"{medians['scoring bf16 autocast'] / medians['train step']:.2f}x | "
+        f"{medians['scoring fp32'] / medians['train step']:.2f}x | {abs(nll16 - nll32) / nll32:.2e} |"
+    )
+
+
+def bf16_scoring(model, batches) -> float:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return fused_scoring(model, batches)
 
 
 def main() -> None:
@@ -97,11 +143,12 @@ def main() -> None:
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--chars", type=int, default=300_000, help="text to score per repetition")
+    parser.add_argument("--model_path", help="a trained model for the precision table (default: the tiny config)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(REPO / "moai_llm" / "assets" / "tokenizer")
     docs = documents(args.chars)
-    pieces, _ = tokenize_documents(docs, tokenizer, args.max_length)
+    pieces, _, _ = tokenize_documents(docs, tokenizer, args.max_length)
     collator = PackedCollator(tokenizer.pad_token_id)
     batches = list(packed_batches(pieces, args.max_length, args.batch_size, collator))
     tokens = sum(n for _, n in batches)
@@ -117,6 +164,7 @@ def main() -> None:
         "| ratio scoring / forward |"
     )
     print("| --- | ---: | ---: | ---: | ---: |")
+    rows = []
     for label, sizes in CONFIGS.items():
         torch.manual_seed(0)
         model = MoaiForCausalLM(MoaiConfig(max_position_embeddings=2048, tie_word_embeddings=True, **sizes)).eval()
@@ -131,7 +179,29 @@ def main() -> None:
                 run(model, batches)
                 speed[name].append(tokens / (time.perf_counter() - start))
         forward, scoring, full = (statistics.median(speed[name]) for name in paths)
-        print(f"| {label} | {forward:,.0f} | {scoring:,.0f} | {full:,.0f} | {scoring / forward:.3f} |")
+        rows.append(f"| {label} | {forward:,.0f} | {scoring:,.0f} | {full:,.0f} | {scoring / forward:.3f} |")
+        print(rows[-1])
+    precision_section(args, batches, tokens)
+
+
+def precision_section(args, batches, tokens: int) -> None:
+    from moai_llm.training.resolve import cpu_has_native_bf16
+
+    bf16 = cpu_has_native_bf16()
+    if args.model_path:
+        model, label = MoaiForCausalLM.from_pretrained(args.model_path).eval(), args.model_path
+    else:
+        torch.manual_seed(0)
+        label = next(iter(CONFIGS))
+        model = MoaiForCausalLM(MoaiConfig(max_position_embeddings=2048, **CONFIGS[label])).eval()
+    print()
+    print(f"{label}; training in {'bf16 autocast' if bf16 else 'fp32'} (what train.py picks on this CPU)")
+    print(
+        "| train step tokens/s | scoring fp32 tokens/s | scoring bf16 tokens/s | bf16 scoring / train | "
+        "fp32 scoring / train | bf16 NLL vs fp32 (relative) |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    precision_table(model, batches, tokens, args.reps, bf16)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,6 @@ def test_samples_keep_the_callers_params(tokenizer):
     torch.manual_seed(0)
     model = MoaiForCausalLM(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=64)).eval()
     params = SamplingParams(temperature=0, max_new_tokens=100)
-    samples = generate_samples(model, tokenizer, ["Once upon a time", "The king said"], params)
+    samples = generate_samples(model, tokenizer, ["Once upon a time", "The king said"], params, chat=True)
     assert [s["tokens"] for s in samples] == [32, 32]  # half the context, as chat.py answers
     assert params.max_new_tokens == 100

@@ -13,6 +13,7 @@ import torch
 from matplotlib.image import imread
 
 from .conftest import REPO
+from .eval_helpers import write_local_tasks
 from .train_helpers import fast_args, run_inprocess, write_tiny_config
 
 pytestmark = pytest.mark.integration  # a whole train.py run (module fixture), evaluate.py runs on it
@@ -21,33 +22,6 @@ pytestmark = pytest.mark.integration  # a whole train.py run (module fixture), e
 _spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "evaluate.py")
 evaluate = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(evaluate)
-
-MC_TASK = """task: local_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: label
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-"""
-HUB_TASK = """task: local_hub_only
-dataset_path: moai-test/not-on-this-machine
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{question}}"
-doc_to_choice: "{{choices}}"
-doc_to_target: label
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -64,8 +38,14 @@ def offline(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A tiny model trained for a few steps by train.py's code, with eval and checkpoints along the way."""
+def tasks_dir(tmp_path_factory):
+    return write_local_tasks(tmp_path_factory.mktemp("tasks"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tasks_dir):
+    """A tiny model trained for a few steps by train.py's code, with eval, a local benchmark and checkpoints along
+    the way."""
     root = tmp_path_factory.mktemp("evaluate")
     out = root / "run"
     run_inprocess(
@@ -80,27 +60,15 @@ def run_dir(tmp_path_factory):
             "4",
             "--save_steps",
             "4",
+            "--eval_tasks",
+            "local_mc",
+            "--eval_tasks_include_path",
+            str(tasks_dir),
+            "--eval_tasks_limit",
+            "6",
         )
     )
     return out
-
-
-@pytest.fixture(scope="module")
-def tasks_dir(tmp_path_factory):
-    """A 3- and 4-choice local multiple-choice task, and a task whose data only the Hub has."""
-    folder = tmp_path_factory.mktemp("tasks")
-    rows = [
-        {
-            "question": f"Which word is number {i}?",
-            "choices": [f"word {j}" for j in range(3 + i % 2)],
-            "label": i % (3 + i % 2),
-        }
-        for i in range(10)
-    ]
-    (folder / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "local_mc.yaml").write_text(MC_TASK.format(data=folder / "mc.jsonl"))
-    (folder / "local_hub_only.yaml").write_text(HUB_TASK)
-    return folder
 
 
 def png_ok(path) -> None:
@@ -116,7 +84,7 @@ def main_exit(argv, capsys) -> tuple[int, str]:
 
 def test_train_writes_report_and_plots(run_dir):
     state = json.loads((run_dir / "trainer_state.json").read_text())
-    seen = [e["tokens_seen"] for e in state["log_history"] if "tokens_seen" in e]
+    seen = [e["tokens_seen"] for e in state["log_history"] if "loss" in e]  # the training logs
     assert len(seen) == 8 and seen == sorted(seen) and seen[0] > 0
     arguments = json.loads((run_dir / "run_arguments.json").read_text())
     assert arguments["data"]["max_seq_length"] == 64 and arguments["training"]["max_steps"] == 8
@@ -125,6 +93,20 @@ def test_train_writes_report_and_plots(run_dir):
     assert "| steps | 8 of 8 |" in report and "warmup_stable_decay" in report
     assert "![training history](plots/training.png)" in report
     png_ok(run_dir / "plots" / "training.png")
+
+    # final_model/README.md: a Hub model card (metadata the Hub reads), language from the training text
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run_dir / "final_model" / "README.md")
+    assert card.data.library_name == "transformers" and "moai-llm" in card.data.tags and "pretrain" in card.data.tags
+    assert card.data.language == ["en"]  # the bundled corpus is English prose
+    assert "| total parameters |" in card.text and "Not evaluated yet." in card.text
+
+    # --eval_tasks: the benchmark scored on the model in memory at each evaluation, logged against tokens seen
+    bench = [e for e in state["log_history"] if "bench/local_mc/acc" in e]
+    assert [e["step"] for e in bench] == [4, 8]
+    assert all(0 <= e["bench/local_mc"] <= 1 and e["bench_seconds"] > 0 for e in bench)
+    assert bench[-1]["tokens_seen"] == seen[-1]  # logged at the last step: all its tokens counted
 
 
 def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_path, capsys):
@@ -155,6 +137,8 @@ def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_p
         "8",
         "--batch_size",
         "4",
+        "--precision",
+        "fp32",  # lm-eval's own run below is fp32 on the CPU
         "--output_dir",
         str(out),
     ]
@@ -190,11 +174,33 @@ def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_p
     assert "| total parameters |" in report and "| context (max_position_embeddings) | 256 |" in report
     assert "| steps | 8 of 8 |" in report and "![training history](plots/training.png)" in report
     baseline = f"{results['baselines']['local_mc']:.4f}"
-    assert f"| local_mc | acc | {results['tasks']['local_mc']['acc']:.4f} |" in report and baseline in report
+    assert f"| local_mc | acc ★ | {results['tasks']['local_mc']['acc']:.4f} |" in report and baseline in report
     assert "`local_hub_only`: ConnectionError" in report
     assert f"| {eval_file} | 5 |" in report
     assert "**Once upon a time**" in report
     png_ok(out / "plots" / "training.png")
+
+    # how the numbers were produced: a pretraining run's samples are plain greedy continuations, without ChatML
+    assert results["sample_settings"]["chat_template"] == "off (auto: a pretrain run)"
+    assert results["sample_settings"]["decoding"] == "greedy" and results["sample_settings"]["repetition_penalty"] == 1
+    assert results["settings"]["precision"] == "fp32"
+    assert results["settings"]["lm_eval_options"]["fewshot_random_seed"] == 1234
+    assert results["task_details"]["local_mc"]["documents"] == 10
+    versions = results["provenance"]["versions"]
+    assert versions["lm_eval"] == lm_eval.__version__ and versions["torch"] == torch.__version__
+    assert results["provenance"]["weights"].startswith("model.safetensors:")
+    assert ppl["content_sha256"] and len(ppl["content_sha256"]) == 64
+    logged = [json.loads(line) for line in (out / "samples" / "local_mc.jsonl").read_text().splitlines()]
+    assert len(logged) == 10 and {"doc", "target", "acc"} <= set(logged[0])
+
+    # the model card train.py wrote now carries the scores: the Evaluation table and the model-index block
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(model_dir / "README.md")
+    entries = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert entries[("local_mc", "acc")] == pytest.approx(results["tasks"]["local_mc"]["acc"], abs=1e-6)
+    assert entries[("text", "bits_per_byte")] == pytest.approx(ppl["bits_per_byte"], abs=1e-6)
+    assert "| local_mc | acc |" in card.text and "Not evaluated yet." not in card.text
 
 
 def test_lora_adapter_directory_evaluates(run_dir, tmp_path):
@@ -223,6 +229,7 @@ def test_lora_adapter_directory_evaluates(run_dir, tmp_path):
                 model_path=str(path),
                 eval_files=[str(tmp_path / "doc.txt")],
                 samples=False,
+                precision="fp32",  # compared below with an fp32 run of the merged model
                 output_dir=str(tmp_path / f"eval-{name}"),
             )
         )
@@ -307,3 +314,24 @@ def test_cli_exit_code(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"evaluate.py: error: --model_path {tmp_path / 'missing'}: no such directory"
+
+
+def test_checkpoints_are_evaluated_and_match_the_scores_logged_in_training(run_dir, tasks_dir, tmp_path, capsys):
+    """--checkpoints: each checkpoint scored again from disk gives the score --eval_tasks logged at its step, and
+    each metric is plotted against tokens seen."""
+    out = tmp_path / "checkpoints"
+    argv = ["--checkpoints", str(run_dir), "--tasks", "local_mc", "--include_path", str(tasks_dir)]
+    argv += ["--limit", "6", "--no_samples", "--precision", "fp32", "--output_dir", str(out)]
+    assert evaluate.main(argv) == 0
+    points = {p["label"]: p for p in json.loads((out / "checkpoints.json").read_text())}
+    assert list(points) == ["checkpoint-4", "checkpoint-8", "final_model"]
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    logged = {e["step"]: e for e in history if "bench/local_mc" in e}
+    assert points["checkpoint-4"]["metrics"]["local_mc"] == pytest.approx(logged[4]["bench/local_mc"], abs=1e-6)
+    assert points["checkpoint-8"]["metrics"]["local_mc"] == pytest.approx(logged[8]["bench/local_mc"], abs=1e-6)
+    assert points["checkpoint-4"]["tokens_seen"] < points["checkpoint-8"]["tokens_seen"]
+    assert points["final_model"]["tokens_seen"] == points["checkpoint-8"]["tokens_seen"] == logged[8]["tokens_seen"]
+    # each checkpoint's own report shows its own step, not the finished run's
+    assert "| steps | 4 of 8 |" in (out / "checkpoint-4" / "report.md").read_text()
+    assert "![metrics by checkpoint](plots/checkpoints.png)" in (out / "report.md").read_text()
+    png_ok(out / "plots" / "checkpoints.png")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from moai_llm import MoaiForCausalLM
-from moai_llm.evaluation.benchmarks import merge_run
+from moai_llm.evaluation.benchmarks import BenchmarkResults, merge_run
 from moai_llm.evaluation.model_card import model_card
 from moai_llm.evaluation.perplexity import evaluate_perplexity, windows
 from moai_llm.evaluation.suites import SUITES, EvalUsageError, resolve_tasks
@@ -143,7 +143,7 @@ def test_baselines_from_scored_documents():
         },
         "n-shot": {"a": 5, "b": 5, "tqa": 0, "gen": 8},
     }
-    results = SimpleNamespace(tasks={}, summary=[], details={}, baselines={}, failed={})
+    results = BenchmarkResults()
     merge_run(results, out)
     assert results.baselines["a"] == pytest.approx((1 / 2 + 1 / 4) / 2)
     assert results.baselines["grp"] == pytest.approx((1 / 2 + 1 / 4 + 1 / 5) / 3)
@@ -152,7 +152,13 @@ def test_baselines_from_scored_documents():
     assert results.summary == ["grp", "tqa", "gen"]
     assert results.tasks["a"] == {"acc": 0.5, "acc_stderr": None}
     assert results.tasks["gen"] == {"exact_match,strict-match": 0.0}
-    assert results.details["grp"] == {"output_type": "group", "num_fewshot": 5, "documents": 3}
+    assert results.details["grp"] == {
+        "output_type": "group",
+        "num_fewshot": 5,
+        "documents": 3,
+        "limit": None,
+        "version": None,
+    }
 
 
 @pytest.mark.integration  # lm-eval indexes its thousands of task files (about 4 s)
@@ -163,7 +169,7 @@ def test_suites_exist_in_lm_eval_registry():
     known = set(task_manager().all_tasks)
     for suite in SUITES.values():
         assert {spec.name for spec in suite.tasks} <= known
-    shots = {spec.name: spec.num_fewshot for spec in SUITES["standard"].tasks}
+    shots = {spec.name: spec.num_fewshot for spec in SUITES["moellama"].tasks}
     assert shots == {"mmlu": 5, "hellaswag": 10, "arc_challenge": 25, "truthfulqa_mc2": 0, "gsm8k_cot": 8}
     assert {spec.name for spec in SUITES["korean"].tasks} == {"kobest", "kmmlu"}
     groups = set(task_manager().all_groups)
@@ -178,7 +184,7 @@ def test_task_lists():
         ("mytask", 3, 50),
         ("other", None, 50),
     ]
-    assert all(s.num_fewshot == 1 for s in resolve_tasks(None, "standard", 1, None))
+    assert all(s.num_fewshot == 1 for s in resolve_tasks(None, "leaderboard_v1", 1, None))
     for bad in ("mmlu:x", ",", "kobest"):
         with pytest.raises(EvalUsageError):
             resolve_tasks(bad, "korean" if bad == "kobest" else None, None, None)

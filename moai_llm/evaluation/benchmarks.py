@@ -22,13 +22,29 @@ logger = logging.getLogger(__name__)
 ACCURACY_METRICS = ("acc", "acc_norm", "exact_match", "mc2")
 
 
+@dataclass(frozen=True)
+class LmEvalOptions:
+    """lm-eval's own prompt and generation settings, passed through and recorded with the results."""
+
+    apply_chat_template: bool = False
+    fewshot_as_multiturn: bool = False
+    gen_kwargs: str | None = None  # "temperature=0,max_gen_toks=256" for generate_until tasks
+    seed: int | None = None  # one seed for python, numpy, torch and few-shot draws; None: lm-eval's defaults
+
+    def seeds(self) -> dict[str, int]:
+        """simple_evaluate's four seeds; lm-eval's CLI defaults (0, 1234, 1234, 1234) unless one is given."""
+        names = ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed")
+        return dict(zip(names, (0, 1234, 1234, 1234))) if self.seed is None else dict.fromkeys(names, self.seed)
+
+
 @dataclass
 class BenchmarkResults:
     tasks: dict[str, dict[str, float | None]] = field(default_factory=dict)  # every task and group lm-eval reported
     summary: list[str] = field(default_factory=list)  # top-level names (what was asked for), in order
-    details: dict[str, dict] = field(default_factory=dict)  # name -> {"num_fewshot", "documents", "output_type"}
+    details: dict[str, dict] = field(default_factory=dict)  # name -> {"num_fewshot", "documents", "limit", ...}
     baselines: dict[str, float] = field(default_factory=dict)  # name -> random-guess accuracy
     failed: dict[str, str] = field(default_factory=dict)  # requested name -> one-line reason
+    logs: dict[str, list[dict]] = field(default_factory=dict)  # task -> lm-eval's per-document records
 
 
 @functools.cache
@@ -76,7 +92,12 @@ def import_hf_evaluate() -> None:
 
 
 def run_benchmarks(
-    model, tokenizer, specs: list[TaskSpec], include_path: tuple[str, ...] = (), batch_size: int = 8
+    model,
+    tokenizer,
+    specs: list[TaskSpec],
+    include_path: tuple[str, ...] = (),
+    batch_size: int = 8,
+    options: LmEvalOptions = LmEvalOptions(),
 ) -> BenchmarkResults:
     import_hf_evaluate()
     from lm_eval import simple_evaluate
@@ -95,18 +116,23 @@ def run_benchmarks(
                 limit=spec.limit,
                 task_manager=manager,
                 log_samples=True,
+                apply_chat_template=options.apply_chat_template,
+                fewshot_as_multiturn=options.fewshot_as_multiturn,
+                gen_kwargs=options.gen_kwargs,
+                **options.seeds(),
             )
         # data not reachable, a broken task file: this task fails, the others still run
         except Exception as error:  # noqa: BLE001
             results.failed[spec.name] = one_line(error)
             logger.error("task %s failed: %s", spec.name, results.failed[spec.name])
             continue
-        merge_run(results, out)
+        merge_run(results, out, spec.limit)
     return results
 
 
-def merge_run(results: BenchmarkResults, out: dict) -> None:
-    """Fold one simple_evaluate output into `results`: metrics, shots, document counts, baselines."""
+def merge_run(results: BenchmarkResults, out: dict, limit: int | float | None = None) -> None:
+    """Fold one simple_evaluate output into `results`: metrics, shots, document counts, limit, task versions,
+    baselines and the per-document logs."""
     group_subtasks = out.get("group_subtasks") or {}
     children = {name for subtasks in group_subtasks.values() for name in subtasks}
     leaf_baselines = {}
@@ -119,7 +145,10 @@ def merge_run(results: BenchmarkResults, out: dict) -> None:
             "output_type": output_type,
             "num_fewshot": out.get("n-shot", {}).get(name),
             "documents": len(samples),
+            "limit": limit,
+            "version": (out.get("versions") or {}).get(name),
         }
+        results.logs[name] = samples
     for name, metrics in out["results"].items():
         results.tasks[name] = metric_values(metrics)
         baseline = group_baseline(name, group_subtasks, leaf_baselines)
@@ -131,6 +160,8 @@ def merge_run(results: BenchmarkResults, out: dict) -> None:
                 "output_type": "group",
                 "num_fewshot": next((results.details[t]["num_fewshot"] for t in leaves if t in results.details), None),
                 "documents": sum(results.details.get(t, {}).get("documents", 0) for t in leaves),
+                "limit": limit,
+                "version": (out.get("versions") or {}).get(name),
             }
         if name not in children:
             results.summary.append(name)

@@ -53,10 +53,12 @@ def load_run(model_path: str | Path) -> RunRecord | None:
         or _latest_checkpoint_state(path.parent)
         or _latest_checkpoint_state(path)
     )
-    directory = path if (path / "trainer_state.json").is_file() and _CHECKPOINT.match(path.name) else path.parent
-    record = RunRecord(directory=directory)
+    checkpoint = (path / "trainer_state.json").is_file() and _CHECKPOINT.match(path.name)
+    record = RunRecord(directory=path if checkpoint else path.parent)
     for folder in (path, path.parent):
-        record.final_metrics = record.final_metrics or _read_json(folder / "all_results.json") or {}
+        # a checkpoint's own trainer_state.json is its history; the finished run's all_results.json is not its own
+        if not (checkpoint and folder == path.parent):
+            record.final_metrics = record.final_metrics or _read_json(folder / "all_results.json") or {}
         record.arguments = record.arguments or _read_json(folder / RUN_ARGUMENTS) or {}
     state = _read_json(state_file) if state_file else None
     if state:

@@ -15,6 +15,9 @@
   its gradient work: the row maximum that makes the in-place log-sum-exp stable is also the argmax of the token
   accuracy, so one pass serves both. On CPU the block is 128 tokens (it stays in cache: ~1.4x faster than
   1024-token blocks, benchmarks/bench_eval.py); on accelerators `config.loss_chunk_size`.
+- `stride` (the sliding-window variant): windows of `max_length` tokens that move by `stride`, each scoring only
+  the tokens the previous one did not, so every token gets up to `max_length - stride` more tokens of context
+  (and the cost grows by about `max_length / stride`).
 - bits per byte = total NLL in nats / (ln 2 x UTF-8 bytes of the scored text), the scored text being each
   document without its first token (EOS has no bytes; its NLL counts, it says where the document ends).
 """
@@ -119,30 +122,63 @@ def windows(ids, max_length: int) -> list:
     return [ids[start : start + max_length] for start in range(0, len(ids) - 1, step)]
 
 
-def tokenize_documents(documents: list[str], tokenizer, max_length: int, batch: int = 256):
-    """(windows as int32 arrays, scored bytes): every document tokenized with EOS and cut to max_length windows.
+def sliding_windows(ids, max_length: int, stride: int) -> tuple[list, list[int]]:
+    """(windows, context) for the sliding-window variant: window k ends at min(max_length + k * stride, len(ids))
+    and scores the targets after the previous window's end; `context[k]` leading tokens of window k are only read
+    (scoring starts after them). Unlike `windows`, the last window also reads a full `max_length`."""
+    pieces, contexts, end = [], [], 0
+    while True:
+        stop = min(len(ids), max_length + len(pieces) * stride)
+        begin = max(0, stop - max_length)
+        pieces.append(ids[begin:stop])
+        contexts.append(max(1, end - begin))
+        end = stop
+        if stop >= len(ids):
+            return pieces, contexts
+
+
+def tokenize_documents(documents: list[str], tokenizer, max_length: int, batch: int = 256, stride: int | None = None):
+    """(windows as int32 arrays, scored bytes, context per window): every document tokenized with EOS and cut to
+    max_length windows; a window's first `context` tokens are read, not scored (1 without `stride`).
 
     int32 arrays keep the token ids at 4 bytes each (Python int lists take ~9x that)."""
     eos = tokenizer.eos_token_id
-    pieces, scored_bytes = [], 0
+    pieces, scored_bytes, contexts = [], 0, []
     for start in tqdm(range(0, len(documents), batch), desc="tokenizing", unit="batch", leave=False):
         texts = documents[start : start + batch]
         for text, ids in zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"]):
             first = first_token_bytes(tokenizer, ids[0]) if ids else 0
             scored_bytes += len(text.encode("utf-8")) - first
-            pieces.extend(windows(np.asarray(ids + [eos], dtype=np.int32), max_length))
-    return pieces, scored_bytes
+            ids = np.asarray(ids + [eos], dtype=np.int32)
+            if stride is None:
+                cut = windows(ids, max_length)
+                pieces.extend(cut)
+                contexts.extend([1] * len(cut))
+            else:
+                cut, context = sliding_windows(ids, max_length, stride)
+                pieces.extend(cut)
+                contexts.extend(context)
+    return pieces, scored_bytes, contexts
 
 
-def packed_batches(pieces: list, max_length: int, batch_size: int, collator: PackedCollator):
-    """(batch, real tokens) of packed rows, fullest rows first so a batch pads (at its end) as little as possible."""
+def packed_batches(
+    pieces: list, max_length: int, batch_size: int, collator: PackedCollator, contexts: list[int] | None = None
+):
+    """(batch, real tokens) of packed rows, fullest rows first so a batch pads (at its end) as little as possible.
+    With `contexts`, a window's first context[i] tokens get no label (the collator masks only the first)."""
     packs = HierarchicalBalancePacker(max_length).pack([len(p) for p in pieces])
     packs.sort(key=lambda pack: -sum(len(pieces[i]) for i in pack))
     for start in range(0, len(packs), batch_size):
-        rows = [
-            {"input_ids": np.concatenate([pieces[i] for i in pack]), "seq_lengths": [len(pieces[i]) for i in pack]}
-            for pack in packs[start : start + batch_size]
-        ]
+        rows = []
+        for pack in packs[start : start + batch_size]:
+            row = {
+                "input_ids": np.concatenate([pieces[i] for i in pack]),
+                "seq_lengths": [len(pieces[i]) for i in pack],
+            }
+            if contexts is not None and any(contexts[i] > 1 for i in pack):
+                labels = [np.where(np.arange(len(pieces[i])) < contexts[i], IGNORE_INDEX, pieces[i]) for i in pack]
+                row["labels"] = np.concatenate(labels)
+            rows.append(row)
         yield collator(rows), sum(len(row["input_ids"]) for row in rows)
 
 
@@ -181,11 +217,19 @@ def score_batch(body, head, batch: dict, chunk_size: int, router_off: bool):
 
 
 def evaluate_perplexity(
-    model, tokenizer, documents: list[str], max_length: int, batch_size: int = 8, name: str = "perplexity"
+    model,
+    tokenizer,
+    documents: list[str],
+    max_length: int,
+    batch_size: int = 8,
+    name: str = "perplexity",
+    stride: int | None = None,
 ) -> PerplexityResult:
     if max_length < 2:
         raise EvalUsageError(f"--max_length {max_length}: at least 2 tokens are needed to score one")
-    pieces, scored_bytes = tokenize_documents(documents, tokenizer, max_length)
+    if stride is not None:
+        stride = min(stride, max_length - 1)  # a longer move would skip tokens
+    pieces, scored_bytes, contexts = tokenize_documents(documents, tokenizer, max_length, stride=stride)
     body, head = causal_lm_parts(model)
     config = model.config
     flash = "flash" in (getattr(config, "_attn_implementation", None) or "")
@@ -198,7 +242,7 @@ def evaluate_perplexity(
     scored = rows = 0
     start = time.perf_counter()
     with tqdm(total=input_tokens, desc=name, unit="tok", unit_scale=True) as progress:
-        for batch, real_tokens in packed_batches(pieces, max_length, batch_size, collator):
+        for batch, real_tokens in packed_batches(pieces, max_length, batch_size, collator, contexts):
             batch_nll, batch_correct, batch_scored = score_batch(body, head, batch, chunk_size, router_off)
             nll += batch_nll  # stays on the device: no host sync per batch
             correct += batch_correct

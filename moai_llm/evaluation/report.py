@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from .suites import headline_metric
+
 BASELINE_METRICS = ("acc", "acc_norm", "exact_match")
 RANDOM_GUESS_NOTE = (
     "Random guess: the expected score of a uniform guess on the same documents (1 / number of choices "
@@ -11,6 +13,12 @@ PERPLEXITY_NOTE = (
     "Plain cross-entropy over every token after each document's first (EOS included), packed rows "
     "without cross-document attention; bits per byte over the UTF-8 bytes of the scored text."
 )
+LM_EVAL_PERPLEXITY_NOTE = (
+    "Unlike lm-eval's rolling log-likelihood (wikitext's word_perplexity, bits_per_byte), which also scores each "
+    "document's first token after an end-of-text token and appends no EOS, this scores EOS and not the first "
+    "token; long documents are cut into windows that carry one token of context unless `--stride` is given."
+)
+HEADLINE_NOTE = "★ marks each task's headline metric, the one leaderboards compare (acc_norm for ARC and HellaSwag)."
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -39,8 +47,16 @@ def training_section(summary: dict | None, plot: str | None, heading: str = "## 
     return lines
 
 
+def stderr_of(metrics: dict, metric: str):
+    return metrics.get(metric.replace(",", "_stderr,", 1) if "," in metric else f"{metric}_stderr")
+
+
+def metric_label(task: str, metrics: dict, metric: str) -> str:
+    return f"{metric} ★" if metric == headline_metric(task, metrics) else metric
+
+
 def benchmark_rows(results: dict) -> list[list]:
-    """task | metric | score | stderr | random guess | shots | documents, for the top-level tasks."""
+    """task | metric | score | stderr | random guess | shots | documents | limit, for the top-level tasks."""
     rows = []
     details, baselines = results.get("task_details", {}), results.get("baselines", {})
     for name in results.get("summary_tasks", []):
@@ -49,22 +65,39 @@ def benchmark_rows(results: dict) -> list[list]:
         for metric, value in metrics.items():
             if metric.split(",")[0].endswith("_stderr"):
                 continue
-            stderr_key = metric.replace(",", "_stderr,", 1) if "," in metric else f"{metric}_stderr"
             baseline = baselines.get(name) if metric.split(",")[0] in BASELINE_METRICS else None
             info = details.get(name, {})
             rows.append(
                 [
                     name if first else "",
-                    metric,
+                    metric_label(name, metrics, metric),
                     _number(value),
-                    _number(metrics.get(stderr_key)),
+                    _number(stderr_of(metrics, metric)),
                     _number(baseline),
                     info.get("num_fewshot") if first else "",
                     info.get("documents") if first else "",
+                    (info.get("limit") or "all") if first else "",
                 ]
             )
             first = False
     return rows
+
+
+def provenance_lines(results: dict) -> list[str]:
+    """Versions, code commit, weights fingerprint, seeds and sample settings: what produced these numbers."""
+    facts = {}
+    prov = results.get("provenance") or {}
+    facts.update({k: v for k, v in (prov.get("versions") or {}).items() if v})
+    facts["code commit"] = prov.get("code_commit")
+    facts["weights"] = prov.get("weights")
+    lm_eval_options = (results.get("settings") or {}).get("lm_eval_options")
+    if lm_eval_options:
+        facts["lm-eval options"] = ", ".join(f"{k}={v}" for k, v in lm_eval_options.items())
+    if results.get("sample_settings"):
+        facts["samples"] = ", ".join(f"{k}={v}" for k, v in results["sample_settings"].items() if v is not None)
+    if not any(facts.values()):
+        return []
+    return ["## Provenance", "", facts_table(facts), ""]
 
 
 def failed_lines(failed: dict) -> list[str]:
@@ -73,7 +106,9 @@ def failed_lines(failed: dict) -> list[str]:
     return ["Tasks that did not run:", ""] + [f"- `{name}`: {reason}" for name, reason in failed.items()] + [""]
 
 
-def render_report(results: dict, plot: str | None = None) -> str:
+def render_report(results: dict, plot: str | None = None, figures: dict[str, str] | None = None) -> str:
+    """report.md; `plot` is the training dashboard, `figures` the benchmark and perplexity bar charts."""
+    figures = figures or {}
     settings = results.get("settings", {})
     lines = [f"# Evaluation of `{results['model']}`", ""]
     if settings:
@@ -84,11 +119,15 @@ def render_report(results: dict, plot: str | None = None) -> str:
     rows = benchmark_rows(results)
     if rows:
         lines += [
-            table(["task", "metric", "score", "± stderr", "random guess", "shots", "documents"], rows),
+            table(["task", "metric", "score", "± stderr", "random guess", "shots", "documents", "limit"], rows),
             "",
-            RANDOM_GUESS_NOTE,
+            HEADLINE_NOTE + " " + RANDOM_GUESS_NOTE,
             "",
         ]
+        for suite, value in (results.get("averages") or {}).items():
+            lines += [f"**{suite} average** (mean of the headline metrics): {value:.4f}", ""]
+        if "benchmarks" in figures:
+            lines += [f"![benchmarks]({figures['benchmarks']})", ""]
     elif not results.get("failed_tasks"):
         lines += ["No benchmark tasks were run (`--tasks` / `--suite`).", ""]
     lines += failed_lines(results.get("failed_tasks", {}))
@@ -100,12 +139,15 @@ def render_report(results: dict, plot: str | None = None) -> str:
                 perplexity_rows(results["perplexity"]),
             ),
             "",
-            PERPLEXITY_NOTE,
+            PERPLEXITY_NOTE + " " + LM_EVAL_PERPLEXITY_NOTE,
             "",
         ]
+        if "perplexity" in figures:
+            lines += [f"![bits per byte]({figures['perplexity']})", ""]
     else:
         lines += ["No `--eval_file` given.", ""]
-    lines += samples_section(results.get("samples", []))
+    lines += samples_section(results.get("samples", []), results.get("sample_settings"))
+    lines += provenance_lines(results)
     return "\n".join(lines)
 
 
@@ -128,10 +170,12 @@ def _quote(text: str) -> str:
     return "\n".join("> " + line for line in (text.strip() or "(empty)").splitlines())
 
 
-def samples_section(samples: list[dict]) -> list[str]:
+def samples_section(samples: list[dict], settings: dict | None = None) -> list[str]:
     lines = ["## Samples", ""]
     if not samples:
         return lines + ["No prompts.", ""]
+    if settings:
+        lines += ["Produced with " + ", ".join(f"{k} {v}" for k, v in settings.items() if v is not None) + ".", ""]
     for sample in samples:
         speed = ""
         if "tokens" in sample:
@@ -145,65 +189,6 @@ def render_training_report(summary: dict, plot: str | None) -> str:
     lines = ["# Training report", ""] + training_section(summary, plot, heading="## Summary")
     lines += ["Next: `python evaluate.py --model_path <output_dir>/final_model` (docs/evaluation.md).", ""]
     return "\n".join(lines)
-
-
-def render_comparison(runs: dict[str, dict], plot: str | None = None) -> str:
-    """Several results.json side by side: model facts, benchmark scores, perplexity, training, samples."""
-    names = list(runs)
-    lines = ["# Comparison", "", table(["", *names], [["model", *[f"`{r['model']}`" for r in runs.values()]]]), ""]
-    card_keys = list(dict.fromkeys(k for r in runs.values() for k in r.get("model_card", {})))
-    lines += [
-        "## Models",
-        "",
-        table(["", *names], [[k, *[r.get("model_card", {}).get(k) for r in runs.values()]] for k in card_keys]),
-        "",
-    ]
-    summary_keys = list(dict.fromkeys(k for r in runs.values() for k in (r.get("training") or {})))
-    if summary_keys:
-        rows = [[k, *[(r.get("training") or {}).get(k) for r in runs.values()]] for k in summary_keys]
-        lines += ["## Training", "", table(["", *names], rows), ""]
-    if plot:
-        lines += [f"![loss by run]({plot})", ""]
-    rows = comparison_rows(runs)
-    lines += ["## Benchmarks", "", table(["task", "metric", *names, "random guess"], rows) if rows else "No tasks.", ""]
-    for name, result in runs.items():
-        if result.get("failed_tasks"):
-            lines += [f"{name}: " + "; ".join(f"`{t}` failed ({why})" for t, why in result["failed_tasks"].items()), ""]
-    files = list(dict.fromkeys(f for r in runs.values() for f in r.get("perplexity", {})))
-    if files:
-        rows = [
-            [f, metric, *[_number(r.get("perplexity", {}).get(f, {}).get(metric)) for r in runs.values()]]
-            for f in files
-            for metric in ("perplexity", "bits_per_byte", "token_accuracy")
-        ]
-        lines += ["## Perplexity", "", table(["file", "metric", *names], rows), ""]
-    prompts = list(dict.fromkeys(s["prompt"] for r in runs.values() for s in r.get("samples", [])))
-    if prompts:
-        lines += ["## Samples", ""]
-        for prompt in prompts:
-            lines += [f"**{prompt}**", ""]
-            for name, result in runs.items():
-                answer = next((s["text"] for s in result.get("samples", []) if s["prompt"] == prompt), None)
-                if answer is not None:
-                    lines += [f"*{name}*:", "", _quote(answer), ""]
-    return "\n".join(lines)
-
-
-def comparison_rows(runs: dict[str, dict]) -> list[list]:
-    tasks = list(dict.fromkeys(t for r in runs.values() for t in r.get("summary_tasks", [])))
-    rows = []
-    for task in tasks:
-        metrics = list(
-            dict.fromkeys(
-                m for r in runs.values() for m in r["tasks"].get(task, {}) if not m.split(",")[0].endswith("_stderr")
-            )
-        )
-        baseline = next((r["baselines"][task] for r in runs.values() if task in r.get("baselines", {})), None)
-        for metric in metrics:
-            values = [_number(r["tasks"].get(task, {}).get(metric)) for r in runs.values()]
-            shown = baseline if metric.split(",")[0] in BASELINE_METRICS else None
-            rows.append([task, metric, *values, _number(shown)])
-    return rows
 
 
 def run_label(path: str, taken: set[str]) -> str:

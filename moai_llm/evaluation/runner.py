@@ -1,21 +1,26 @@
 """evaluate.py's work: check every input, load the model once, run benchmarks, perplexity and samples, write
 results.json and report.md (with the training plots when the model's run directory is found)."""
 
+import contextlib
 import datetime
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import torch
 
 from ..chat.generation import SamplingParams
 from ..chat.loading import ChatLoadError, load_for_chat
-from .benchmarks import check_tasks, run_benchmarks
+from .benchmarks import LmEvalOptions, check_tasks, run_benchmarks
+from .comparison import render_comparison
 from .history import load_run, training_summary
 from .model_card import model_card
 from .perplexity import evaluate_perplexity, read_documents
-from .report import render_comparison, render_report, run_label
-from .samples import DEFAULT_PROMPTS, generate_samples, read_prompts
-from .suites import EvalUsageError, TaskSpec
+from .provenance import provenance
+from .report import render_report, run_label
+from .samples import DEFAULT_PROMPTS, generate_samples, read_prompts, sample_settings, use_chat_template
+from .suites import SUITES, EvalUsageError, TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +34,15 @@ class EvalOptions:
     text_column: str = "text"
     prompts_file: str | None = None
     samples: bool = True
-    max_new_tokens: int = 128
-    temperature: float = 0.0
+    sampling: SamplingParams = field(
+        default_factory=lambda: SamplingParams(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, seed=0)
+    )
+    chat_template: str = "auto"  # samples: auto | on | off
     batch_size: int = 8
+    lm_eval_options: LmEvalOptions = field(default_factory=LmEvalOptions)
     max_length: int | None = None  # perplexity rows; default: the model's context, at most 2048
+    stride: int | None = None  # perplexity: sliding windows moving by this many tokens; None: disjoint windows
+    precision: str = "auto"  # auto | bf16 | fp32
     device: str | None = None
     output_dir: str | None = None  # default: <model_path>/eval
     tokenizer_path: str | None = None
@@ -67,10 +77,28 @@ def load_model(options: EvalOptions):
     return model, tokenizer
 
 
+def precision_context(choice: str, model) -> tuple[contextlib.AbstractContextManager, str]:
+    """(autocast context, label): --precision auto is bf16 autocast where train.py trains in it by default (a GPU
+    with bf16, a CPU with AMX/AVX512-BF16), so evaluation runs at training's speed; fp32 otherwise."""
+    from ..training.resolve import cpu_has_native_bf16
+
+    device = model.device.type
+    if model.dtype != torch.float32:
+        return contextlib.nullcontext(), f"model dtype {str(model.dtype).removeprefix('torch.')}"
+    if choice == "auto":
+        native = torch.cuda.is_bf16_supported() if device == "cuda" else device == "cpu" and cpu_has_native_bf16()
+        choice = "bf16" if native else "fp32"
+    if choice == "fp32":
+        return contextlib.nullcontext(), "fp32"
+    return torch.autocast(device, dtype=torch.bfloat16), "bf16 autocast (fp32 weights, fp32 loss)"
+
+
 def evaluate_model(options: EvalOptions) -> dict:
     documents, prompts = load_inputs(options)
     output_dir = Path(options.output_dir or Path(options.model_path) / "eval")
     model, tokenizer = load_model(options)
+    autocast, precision = precision_context(options.precision, model)
+    record = load_run(options.model_path)
     results = {
         "model": options.model_path,
         "tasks": {},
@@ -80,34 +108,87 @@ def evaluate_model(options: EvalOptions) -> dict:
         "settings": {
             "device": str(model.device),
             "dtype": str(model.dtype).removeprefix("torch."),
+            "precision": precision,
             "batch_size": options.batch_size,
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
         },
+        "provenance": provenance(options.model_path, with_lm_eval=bool(options.tasks)),
     }
-    if options.tasks:
-        import lm_eval
-
-        bench = run_benchmarks(model, tokenizer, options.tasks, options.include_path, options.batch_size)
-        results["settings"]["lm_eval"] = lm_eval.__version__
-        results.update(
-            tasks=bench.tasks,
-            summary_tasks=bench.summary,
-            task_details=bench.details,
-            baselines=bench.baselines,
-            failed_tasks=bench.failed,
-        )
-    if documents:
-        context = getattr(model.config, "max_position_embeddings", 2048)
-        max_length = options.max_length or min(context, 2048)
-        results["settings"]["max_length"] = max_length
-        for spec, docs in documents.items():
-            result = evaluate_perplexity(model, tokenizer, docs, max_length, options.batch_size, name=spec)
-            results["perplexity"][spec] = result.to_dict()
-    if prompts:
-        params = SamplingParams(temperature=options.temperature, max_new_tokens=options.max_new_tokens, seed=0)
-        results["samples"] = generate_samples(model, tokenizer, prompts, params)
+    with autocast:
+        if options.tasks:
+            run_tasks(model, tokenizer, options, results)
+        if documents:
+            context = getattr(model.config, "max_position_embeddings", 2048)
+            max_length = options.max_length or min(context, 2048)
+            results["settings"]["max_length"] = max_length
+            if options.stride:
+                results["settings"]["stride"] = min(options.stride, max_length - 1)
+            for spec, docs in documents.items():
+                result = evaluate_perplexity(
+                    model, tokenizer, docs, max_length, options.batch_size, name=spec, stride=options.stride
+                )
+                results["perplexity"][spec] = {**result.to_dict(), "content_sha256": content_hash(docs)}
+        if prompts:
+            mode = (record.arguments.get("training") or {}).get("mode") if record else None
+            chat, chat_label = use_chat_template(options.chat_template, mode, tokenizer)
+            results["sample_settings"] = sample_settings(options.sampling, chat_label)
+            results["samples"] = generate_samples(model, tokenizer, prompts, options.sampling, chat)
     write_outputs(results, output_dir)
     return results
+
+
+def run_tasks(model, tokenizer, options: EvalOptions, results: dict) -> None:
+    """lm-eval's benchmarks into `results`, with lm-eval's settings and per-document logs kept."""
+    bench = run_benchmarks(
+        model, tokenizer, options.tasks, options.include_path, options.batch_size, options.lm_eval_options
+    )
+    results["settings"]["lm_eval_options"] = {**asdict(options.lm_eval_options), **options.lm_eval_options.seeds()}
+    results.update(
+        tasks=bench.tasks,
+        summary_tasks=bench.summary,
+        task_details=bench.details,
+        baselines=bench.baselines,
+        failed_tasks=bench.failed,
+        averages=suite_averages(bench, options.tasks),
+    )
+    results["_logs"] = bench.logs
+
+
+def suite_averages(bench, specs: list[TaskSpec]) -> dict[str, float]:
+    """A leaderboard suite's single number: the mean of its tasks' headline metrics, when every task ran."""
+    from .suites import headline_metric
+
+    averages = {}
+    asked = {spec.name for spec in specs}
+    for name, suite in SUITES.items():
+        tasks = [spec.name for spec in suite.tasks]
+        if not suite.average or not set(tasks) <= asked:
+            continue
+        values = [bench.tasks.get(t, {}).get(headline_metric(t, bench.tasks.get(t, {})) or "") for t in tasks]
+        if all(isinstance(v, (int, float)) for v in values):
+            averages[name] = sum(values) / len(values)
+    return averages
+
+
+def content_hash(documents: list[str]) -> str:
+    """sha256 of the documents as scored: --compare keys perplexity rows by content, not by the path as typed."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for text in documents:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def plotting():
+    """The plots module, or None with one warning when matplotlib (the `eval` extra) is missing."""
+    try:
+        from . import plots
+    except ImportError as error:
+        logger.warning("plots skipped: %s (pip install -e '.[eval]')", error)
+        return None
+    return plots
 
 
 def training_plot(model_path: str, output_dir: Path) -> tuple[dict | None, str | None]:
@@ -116,10 +197,8 @@ def training_plot(model_path: str, output_dir: Path) -> tuple[dict | None, str |
     if record is None:
         return None, None
     plot = None
-    if record.log_history:
-        from .plots import plot_training
-
-        written = plot_training(
+    if record.log_history and (plots := plotting()):
+        written = plots.plot_training(
             record.log_history,
             record.arguments,
             output_dir / "plots" / "training.png",
@@ -131,10 +210,109 @@ def training_plot(model_path: str, output_dir: Path) -> tuple[dict | None, str |
 
 def write_outputs(results: dict, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
+    write_task_logs(results.pop("_logs", {}), output_dir / "samples")
     results["training"], plot = training_plot(results["model"], output_dir)
+    figures = result_figures({"": results}, output_dir)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
-    (output_dir / "report.md").write_text(render_report(results, plot), encoding="utf-8")
+    (output_dir / "report.md").write_text(render_report(results, plot, figures), encoding="utf-8")
+    from .hub_card import update_model_card
+
+    update_model_card(results["model"], results)  # the card train.py wrote gets the scores
     logger.info("results in %s (results.json, report.md)", output_dir)
+
+
+def result_figures(runs: dict[str, dict], output_dir: Path) -> dict[str, str]:
+    """plots/benchmarks.png and plots/perplexity.png for one or several runs; paths relative to output_dir."""
+    plots = plotting()
+    if plots is None:
+        return {}
+    figures = {}
+    for name, draw in (("benchmarks", plots.plot_benchmarks), ("perplexity", plots.plot_perplexity)):
+        if draw(runs, output_dir / "plots" / f"{name}.png"):
+            figures[name] = f"plots/{name}.png"
+    return figures
+
+
+def write_task_logs(logs: dict[str, list[dict]], folder: Path) -> None:
+    """lm-eval's per-document records (prompt, choices, model answer, filtered answer, target, metrics) as
+    samples/<task>.jsonl, so that a score can be audited document by document."""
+    if not logs:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for task, records in logs.items():
+        with open(folder / f"{task}.jsonl", "w", encoding="utf-8") as out:
+            for record in records:
+                out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+    logger.info("per-document logs of %d tasks in %s", len(logs), folder)
+
+
+def run_models(run_dir: str) -> list[tuple[str, Path, int | None]]:
+    """(name, directory, tokens seen) of every checkpoint-N of a run, by step, then its final_model."""
+    from .history import _CHECKPOINT
+
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise EvalUsageError(f"--checkpoints {run_dir}: no such directory")
+    found = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir())
+    models = [(p.name, p, tokens_seen(load_run(p))) for _, p in found]
+    if (root / "final_model").is_dir():
+        models.append(("final_model", root / "final_model", tokens_seen(load_run(root / "final_model"))))
+    if not models:
+        raise EvalUsageError(f"--checkpoints {run_dir}: no checkpoint-N or final_model directory in it")
+    return models
+
+
+def tokens_seen(record) -> int | None:
+    """Tokens a checkpoint had seen at its step (interpolated between logs), or None when the run did not say."""
+    from .history import token_axis
+
+    if record is None or not record.log_history:
+        return None
+    step = record.state.get("global_step") or max((e.get("step", 0) for e in record.log_history), default=0)
+    axis, label = token_axis(record.log_history, record.arguments)
+    return int(axis(step)) if label != "optimizer step" else None
+
+
+def evaluate_checkpoints(options: EvalOptions, run_dir: str) -> Path:
+    """Evaluate every checkpoint of a run the same way, then plot each metric against tokens seen; returns the
+    summary report's path. Each model's own results go to <output_dir>/<checkpoint>/."""
+    from dataclasses import replace
+
+    from .suites import headline_metric
+
+    models = run_models(run_dir)
+    out = Path(options.output_dir or Path(run_dir) / "eval-checkpoints")
+    points = []
+    for name, directory, seen in models:
+        logger.info("evaluating %s (%s tokens seen)", name, seen)
+        results = evaluate_model(replace(options, model_path=str(directory), output_dir=str(out / name)))
+        metrics = {
+            t: results["tasks"][t].get(headline_metric(t, results["tasks"][t]) or "")
+            for t in results.get("summary_tasks", [])
+        }
+        for file, entry in results["perplexity"].items():
+            metrics[f"{Path(file).name} bits/byte"] = entry["bits_per_byte"]
+        points.append({"label": name, "tokens_seen": seen, "metrics": metrics})
+    plot = None
+    plots = plotting()
+    if plots and all(p["tokens_seen"] is not None for p in points):
+        if plots.plot_metrics_over_tokens(points, out / "plots" / "checkpoints.png"):
+            plot = "plots/checkpoints.png"
+    (out / "checkpoints.json").write_text(json.dumps(points, indent=2), encoding="utf-8")
+    names = list(dict.fromkeys(m for p in points for m in p["metrics"]))
+    rows = [
+        [p["label"], f"{p['tokens_seen']:,}" if p["tokens_seen"] else None, *[p["metrics"].get(m) for m in names]]
+        for p in points
+    ]
+    from .report import _number, table
+
+    rows = [[*row[:2], *[_number(v) for v in row[2:]]] for row in rows]
+    lines = [f"# Checkpoints of `{run_dir}`", "", table(["model", "tokens seen", *names], rows), ""]
+    if plot:
+        lines += [f"![metrics by checkpoint]({plot})", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    return report
 
 
 def find_results(directory: str) -> Path:
@@ -163,12 +341,10 @@ def compare(directories: list[str], output_dir: str) -> Path:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot = None
-    if histories:
-        from .plots import plot_loss_comparison
-
-        if plot_loss_comparison(histories, out / "plots" / "loss_comparison.png"):
+    if histories and (plots := plotting()):
+        if plots.plot_loss_comparison(histories, out / "plots" / "loss_comparison.png"):
             plot = "plots/loss_comparison.png"
     report = out / "report.md"
-    report.write_text(render_comparison(runs, plot), encoding="utf-8")
+    report.write_text(render_comparison(runs, plot, result_figures(runs, out)), encoding="utf-8")
     (out / "comparison.json").write_text(json.dumps(runs, indent=2, ensure_ascii=False), encoding="utf-8")
     return report

@@ -1,4 +1,6 @@
-"""Generation samples: answers to a list of prompts with the chat code's generation (chat template when present)."""
+"""Generation samples: answers to a list of prompts with the chat code's generation, through the chat template
+only where the model was trained with it (a pretraining run never saw ChatML), with every decoding setting
+explicit and recorded: a sample is only comparable to another produced the same way."""
 
 import logging
 from pathlib import Path
@@ -31,13 +33,45 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def generate_samples(model, tokenizer, prompts: list[str], params: SamplingParams) -> list[dict]:
+def use_chat_template(choice: str, run_mode: str | None, tokenizer) -> tuple[bool, str]:
+    """(samples through the chat template?, why) for --chat_template auto|on|off.
+
+    auto follows the run that made the model: off for pretraining (it never saw the template), on for SFT; a
+    model without a training record uses its tokenizer's template when it has one (as chat.py does)."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if choice == "on" and not has_template:
+        raise EvalUsageError("--chat_template on: the tokenizer has no chat template")
+    if choice != "auto":
+        return choice == "on", f"{choice} (--chat_template {choice})"
+    if run_mode in ("pretrain", "sft"):
+        on = run_mode == "sft" and has_template
+        return on, f"{'on' if on else 'off'} (auto: a {run_mode} run)"
+    return has_template, f"{'on' if has_template else 'off'} (auto: no training record; tokenizer template: " + (
+        "yes)" if has_template else "no)"
+    )
+
+
+def sample_settings(params: SamplingParams, chat_template: str) -> dict:
+    """What produced the samples, as results.json records it (and --compare checks)."""
+    return {
+        "chat_template": chat_template,
+        "decoding": "greedy" if params.greedy else "sampling",
+        "temperature": params.temperature,
+        "top_k": params.top_k if not params.greedy else None,
+        "top_p": params.top_p if not params.greedy else None,
+        "repetition_penalty": params.repetition_penalty,
+        "max_new_tokens": params.max_new_tokens,
+        "seed": params.seed,
+    }
+
+
+def generate_samples(model, tokenizer, prompts: list[str], params: SamplingParams, chat: bool) -> list[dict]:
     """[{"prompt", "text", "tokens", "seconds", "tokens_per_second"}], one prompt at a time for exact counts.
 
-    With a chat template each prompt is one user turn (as chat.py sends it); without one, plain continuation.
+    With `chat` each prompt is one user turn (as chat.py sends it); without, plain continuation of the text.
     """
     context = getattr(model.config, "max_position_embeddings", 2048)
-    session = ChatSession(tokenizer, context, params)
+    session = ChatSession(tokenizer, context, params, raw=not chat)
     samples = []
     for prompt in tqdm(prompts, desc="samples", unit="prompt"):
         one_shot = session.one_shot_prompt(prompt)

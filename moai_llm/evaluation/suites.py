@@ -24,18 +24,38 @@ class TaskSpec:
 class Suite:
     description: str
     tasks: tuple[TaskSpec, ...]
+    average: bool = False  # report the mean of the tasks' headline metrics (a leaderboard's single number)
 
 
 SUITES = {
     # Small and fast: four 0-shot multiple-choice tasks, at most 500 documents each (a few minutes for a 2B model
-    # on one GPU). A sanity check that scores move above chance, not a leaderboard figure.
+    # on one GPU). A sanity check that scores move above chance, not a leaderboard figure: at 500 documents an
+    # accuracy's standard error is about 2.2 points.
     "quick": Suite(
         "ARC-Easy, HellaSwag, PIQA, WinoGrande; 0-shot, 500 documents each",
         tuple(TaskSpec(name, 0, 500) for name in ("arc_easy", "hellaswag", "piqa", "winogrande")),
     ),
-    # The Open LLM Leaderboard (v1) table the old tool promised.
-    "standard": Suite(
-        "MMLU 5-shot, HellaSwag 10-shot, ARC-Challenge 25-shot, TruthfulQA 0-shot (mc2), GSM8K 8-shot CoT",
+    # The Open LLM Leaderboard v1 table exactly: its six tasks and shots, each scored by its headline metric, and
+    # the leaderboard's average of the six.
+    "leaderboard_v1": Suite(
+        "Open LLM Leaderboard v1: ARC-Challenge 25-shot, HellaSwag 10, MMLU 5, TruthfulQA mc2 0, WinoGrande 5, "
+        "GSM8K 5; with their average",
+        (
+            TaskSpec("arc_challenge", 25),
+            TaskSpec("hellaswag", 10),
+            TaskSpec("mmlu", 5),
+            TaskSpec("truthfulqa_mc2", 0),
+            TaskSpec("winogrande", 5),
+            TaskSpec("gsm8k", 5),
+        ),
+        average=True,
+    ),
+    # The table the old moellama tool called "standard": close to the leaderboard but not it (GSM8K 8-shot with
+    # chain of thought, no WinoGrande), kept under its own name so that its numbers are never read as the
+    # leaderboard's.
+    "moellama": Suite(
+        "the old moellama tool's table: MMLU 5-shot, HellaSwag 10, ARC-Challenge 25, TruthfulQA mc2 0, "
+        "GSM8K CoT 8 (not the leaderboard)",
         (
             TaskSpec("mmlu", 5),
             TaskSpec("hellaswag", 10),
@@ -47,6 +67,30 @@ SUITES = {
     # KoBEST as lm-eval runs it by default (0-shot); KMMLU 5-shot as in its paper.
     "korean": Suite("KoBEST (5 tasks) 0-shot, KMMLU 5-shot", (TaskSpec("kobest", 0), TaskSpec("kmmlu", 5))),
 }
+RENAMED_SUITES = {
+    "standard": "it was not the leaderboard's table: use leaderboard_v1 (the Open LLM Leaderboard v1 exactly) or "
+    "moellama (the old tool's table)",
+}
+
+# The metric a task is read by (leaderboards and papers): normalised accuracy where answers differ in length.
+HEADLINE_METRICS = {
+    "arc_challenge": "acc_norm",
+    "arc_easy": "acc_norm",
+    "hellaswag": "acc_norm",
+    "piqa": "acc_norm",
+    "truthfulqa_mc2": "mc2",
+    "gsm8k": "exact_match,strict-match",
+    "gsm8k_cot": "exact_match,strict-match",
+}
+
+
+def headline_metric(task: str, metrics: dict) -> str | None:
+    """The one metric a task is compared by: the table above, else `acc`, else the first non-stderr metric."""
+    names = [m for m in metrics if not m.split(",")[0].endswith("_stderr")]
+    for candidate in (HEADLINE_METRICS.get(task), "acc"):
+        if candidate in names:
+            return candidate
+    return names[0] if names else None
 
 
 def parse_task_list(text: str) -> list[TaskSpec]:
@@ -68,6 +112,8 @@ def resolve_tasks(tasks: str | None, suite: str | None, num_fewshot: int | None,
     """The task list from --suite and --tasks (suite first); --num_fewshot and --limit override every task."""
     specs: list[TaskSpec] = []
     if suite:
+        if suite in RENAMED_SUITES:
+            raise EvalUsageError(f"--suite {suite}: renamed; {RENAMED_SUITES[suite]}")
         if suite not in SUITES:
             raise EvalUsageError(f"--suite {suite}: unknown suite (known: {', '.join(SUITES)})")
         specs.extend(SUITES[suite].tasks)

@@ -49,6 +49,25 @@ def _write(trainer, model_args, data_args) -> Path:
         )
         plot = "plots/training.png" if written else None
     report = output_dir / "training_report.md"
-    report.write_text(render_training_report(training_summary(record), plot), encoding="utf-8")
+    summary = training_summary(record)
+    report.write_text(render_training_report(summary, plot), encoding="utf-8")
     logger.info("training report written to %s", report)
+    final_dir = output_dir / "final_model"
+    if (final_dir / "config.json").is_file():
+        from .hub_card import detect_languages, write_model_card
+        from .model_card import model_card
+
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        facts = model_card(model, str(final_dir))
+        write_model_card(final_dir, arguments, facts, summary, detect_languages(sample_texts(trainer)))
     return report
+
+
+def sample_texts(trainer, rows: int = 8) -> list[str]:
+    """A few training rows decoded, for the model card's language; none when the data cannot be indexed."""
+    dataset = trainer.train_dataset
+    try:
+        picked = [dataset[i]["input_ids"] for i in range(min(rows, len(dataset)))]
+    except (TypeError, KeyError, IndexError, NotImplementedError):  # a streamed dataset has no len / indexing
+        return []
+    return [trainer.processing_class.decode(ids, skip_special_tokens=True) for ids in picked]

@@ -181,6 +181,16 @@ class MoaiTrainingArguments(TrainingArguments):
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "Checkpoint directory, or `auto` for the latest complete one in output_dir."}
     )
+    eval_tasks: str | None = field(
+        default=None,
+        metadata={"help": "lm-eval tasks scored at every evaluation on the model in memory, e.g. arc_easy,hellaswag."},
+    )
+    eval_tasks_limit: float | None = field(
+        default=100, metadata={"help": "Documents per --eval_tasks task at each evaluation (< 1: a fraction)."}
+    )
+    eval_tasks_include_path: str | None = field(
+        default=None, metadata={"help": "Folder of extra lm-eval task YAMLs for --eval_tasks."}
+    )
 
     def __post_init__(self):
         """Validation only. train.py fills the defaults that depend on other arguments or on the machine before

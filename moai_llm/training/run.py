@@ -220,6 +220,14 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
         callbacks=[stopper, *extra_callbacks],
         throughput=throughput,
     )
+    if training_args.eval_tasks and training_args.eval_strategy == "no":
+        logger.warning("--eval_tasks %s: not scored, evaluation is off for this run", training_args.eval_tasks)
+    elif training_args.eval_tasks:
+        from ..evaluation.during_training import BenchmarkCallback, training_task_specs
+
+        specs = training_task_specs(training_args.eval_tasks, training_args.eval_tasks_limit)
+        include = (training_args.eval_tasks_include_path,) if training_args.eval_tasks_include_path else ()
+        trainer.add_callback(BenchmarkCallback(trainer, specs, include, training_args.per_device_eval_batch_size))
     try:
         return _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, training_args)
     finally:

@@ -1,0 +1,84 @@
+"""Benchmarks during training: lm-eval tasks on the model in memory at every evaluation, logged with the step
+(and so against tokens seen), so a user sees a benchmark improve as training goes on.
+
+Every rank runs the same documents: under FSDP a forward needs every rank's shards, so rank 0 cannot score alone,
+and under DDP the other ranks would only wait for it (with a collective's timeout over their heads); running
+everywhere keeps every rank busy the same time and no rank waits on another. Rank 0 logs. A `--eval_tasks_limit`
+of 100 documents per task keeps the cost to seconds on the tiny model (docs/evaluation.md gives figures)."""
+
+import contextlib
+import logging
+import os
+import time
+
+from transformers import TrainerCallback
+
+from .benchmarks import LmEvalOptions, check_tasks, run_benchmarks
+from .suites import TaskSpec, headline_metric, parse_task_list
+
+logger = logging.getLogger(__name__)
+LOG_PREFIX = "bench/"  # log keys: bench/<task>/<metric>
+
+
+def training_task_specs(tasks: str, limit: float | None) -> list[TaskSpec]:
+    """`--eval_tasks "arc_easy,hellaswag:10"` with `--eval_tasks_limit` documents per task."""
+    if limit is not None and limit >= 1:
+        limit = int(limit)
+    return [TaskSpec(spec.name, spec.num_fewshot, limit) for spec in parse_task_list(tasks)]
+
+
+@contextlib.contextmanager
+def scored_as_one_process():
+    """lm-eval treats a process whose LOCAL_RANK is not 0 as a tensor-parallel helper and returns no results there;
+    each rank here scores the whole task on its own, so it must see itself as the only process."""
+    saved = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["LOCAL_RANK"]
+        else:
+            os.environ["LOCAL_RANK"] = saved
+
+
+class BenchmarkCallback(TrainerCallback):
+    """After the Trainer's own evaluation, score the tasks and log `bench/<task>/<metric>` and their time."""
+
+    def __init__(self, trainer, specs: list[TaskSpec], include_path: tuple[str, ...] = (), batch_size: int = 8):
+        check_tasks(specs, include_path)  # an unknown task is a one-line error before the first step
+        self.trainer, self.specs, self.include_path, self.batch_size = trainer, specs, include_path, batch_size
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        model = self.trainer.model
+        was_training = model.training
+        model.eval()
+        start = time.perf_counter()
+        try:
+            with scored_as_one_process():
+                results = run_benchmarks(
+                    model,
+                    self.trainer.processing_class,
+                    self.specs,
+                    self.include_path,
+                    self.batch_size,
+                    LmEvalOptions(seed=args.seed),
+                )
+        finally:
+            model.train(was_training)
+        logs = {}
+        for name in results.summary:
+            metrics = results.tasks[name]
+            for metric, value in metrics.items():
+                if isinstance(value, float) and not metric.split(",")[0].endswith("_stderr"):
+                    logs[f"{LOG_PREFIX}{name}/{metric}"] = round(value, 6)
+            headline = headline_metric(name, metrics)
+            if headline is not None and isinstance(metrics.get(headline), float):
+                logs[f"{LOG_PREFIX}{name}"] = round(metrics[headline], 6)  # the headline, for plots and reports
+        for name, reason in results.failed.items():
+            logger.warning("benchmark %s failed during training: %s", name, reason)
+        logs["bench_seconds"] = round(time.perf_counter() - start, 2)
+        throughput = getattr(self.trainer, "throughput", None)
+        if throughput is not None:
+            logs["tokens_seen"] = throughput.tokens_seen + int(throughput.tokens) * throughput.world_size
+        self.trainer.log(logs)
