@@ -148,6 +148,10 @@ class MoaiTrainingArguments(TrainingArguments):
         default=8, metadata={"aliases": ["--batch_size"], "help": "Sequences (packed rows) per device per step."}
     )
     num_train_epochs: float = field(default=2.0, metadata={"aliases": ["--num_epochs"], "help": "Epochs."})
+    optim: str = field(
+        default="adamw_torch_fused",
+        metadata={"help": "muon (Muon for hidden matrices, AdamW for the rest) or any transformers optimizer name."},
+    )
     learning_rate: float | None = field(
         default=None, metadata={"help": "Peak learning rate (default: 1e-3 pretrain, 2e-5 sft, 2e-4 LoRA)."}
     )
