@@ -93,6 +93,7 @@ class MoaiTrainer(Trainer):
 
     - `create_accelerator_and_postprocess`: `--fsdp` shards on CPU processes too (FSDP2 over gloo), and DDP skips
       the unused-parameter search (an extra autograd traversal per step) for models that use every parameter.
+    - `create_optimizer`: Muon + AdamW in one optimizer for `--optim muon` (muon.py).
     - `create_scheduler`: Warmup-Stable-Decay from `args.wsd_*` when `lr_scheduler_type` is WSD.
     - `compute_loss`: the stock path scales the language-model loss alone (normalised by `num_items_in_batch`);
       the MoE router terms the model folded into `loss` are taken out there and added once on top, as a mean over
