@@ -131,6 +131,9 @@ class DataArguments:
     )
 
 
+MUON = "muon"  # --optim muon: Muon for hidden matrices, AdamW for the rest (training/muon.py)
+
+
 @dataclass
 class MoaiTrainingArguments(TrainingArguments):
     mode: Literal["pretrain", "sft"] = field(default="pretrain", metadata={"help": "pretrain | sft."})
@@ -145,6 +148,10 @@ class MoaiTrainingArguments(TrainingArguments):
         default=8, metadata={"aliases": ["--batch_size"], "help": "Sequences (packed rows) per device per step."}
     )
     num_train_epochs: float = field(default=2.0, metadata={"aliases": ["--num_epochs"], "help": "Epochs."})
+    optim: str = field(
+        default="adamw_torch_fused",
+        metadata={"help": "muon (Muon for hidden matrices, AdamW for the rest) or any transformers optimizer name."},
+    )
     learning_rate: float | None = field(
         default=None, metadata={"help": "Peak learning rate (default: 1e-3 pretrain, 2e-5 sft, 2e-4 LoRA)."}
     )
@@ -205,7 +212,14 @@ class MoaiTrainingArguments(TrainingArguments):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
         self.lr_scheduler_type = SCHEDULER_ALIASES.get(self.lr_scheduler_type, self.lr_scheduler_type)
+        muon = str(self.optim) == MUON
+        if muon and self.deepspeed:
+            raise ValueError("--optim muon does not work with DeepSpeed (it shards the optimizer itself): use --fsdp")
+        if muon:
+            self.optim = "adamw_torch"  # TrainingArguments validates transformers' names; Muon's AdamW side
         super().__post_init__()
+        if muon:
+            self.optim = MUON  # MoaiTrainer.create_optimizer builds it (training/muon.py)
         if self.save_on_each_node and (self.fsdp or self.deepspeed):
             raise ValueError(
                 "--save_on_each_node works with DDP only: FSDP and DeepSpeed checkpoints are sharded "

@@ -11,6 +11,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from .arguments import MUON
 from .callbacks import ThroughputCallback
 from .schedule import WSD_NAMES, create_wsd_schedule
 from .sharding import enable_fsdp_on_cpu, may_leave_parameters_unused
@@ -92,6 +93,7 @@ class MoaiTrainer(Trainer):
 
     - `create_accelerator_and_postprocess`: `--fsdp` shards on CPU processes too (FSDP2 over gloo), and DDP skips
       the unused-parameter search (an extra autograd traversal per step) for models that use every parameter.
+    - `create_optimizer`: Muon + AdamW in one optimizer for `--optim muon` (muon.py).
     - `create_scheduler`: Warmup-Stable-Decay from `args.wsd_*` when `lr_scheduler_type` is WSD.
     - `compute_loss`: the stock path scales the language-model loss alone (normalised by `num_items_in_batch`);
       the MoE router terms the model folded into `loss` are taken out there and added once on top, as a mean over
@@ -122,6 +124,29 @@ class MoaiTrainer(Trainer):
         handler = self.accelerator.ddp_handler  # transformers' default, when the user did not choose: search
         if self.args.ddp_find_unused_parameters is None and not may_leave_parameters_unused(self.model):
             handler.find_unused_parameters = False
+
+    # ---- optimizer -----------------------------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        """--optim muon: Muon for the hidden matrices and AdamW for the rest, one optimizer (training/muon.py)."""
+        if str(self.args.optim) != MUON or self.optimizer is not None:
+            return super().create_optimizer(model)
+        from ..errors import UsageError
+        from .muon import MuonAdamW, muon_param_groups
+
+        model = self.model if model is None else model
+        if hasattr(model, "peft_config"):
+            raise UsageError("--optim muon trains whole matrices: it does not work with --use_lora / --use_qlora")
+        groups = muon_param_groups(model, self.args.weight_decay, set(self.get_decay_parameter_names(model)))
+        self.optimizer = MuonAdamW(
+            groups,
+            lr=self.args.learning_rate,
+            betas=(self.args.adam_beta1, self.args.adam_beta2),
+            eps=self.args.adam_epsilon,
+            weight_decay=self.args.weight_decay,
+        )
+        counts = [sum(p.numel() for p in g["params"]) for g in groups]
+        logger.info("Muon for %s parameters, AdamW for %s", f"{counts[0]:,}", f"{counts[1] + counts[2]:,}")
+        return self.optimizer
 
     # ---- schedule ------------------------------------------------------------------------------------------
     def create_scheduler(self, num_training_steps: int, optimizer=None):
