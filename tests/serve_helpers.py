@@ -79,9 +79,13 @@ class ScriptedEngine:
         self.script, self.piece, self.delay = script, piece, delay
         self.prompts, self.cancelled = [], 0
 
-    def submit(self, request):
-        self.prompts.append(request.prompt_ids)
-        threading.Thread(target=self._answer, args=(request,), daemon=True).start()
+    def submit_all(self, requests):
+        for request in requests:
+            self.prompts.append(request.prompt_ids)
+            threading.Thread(target=self._answer, args=(request,), daemon=True).start()
+
+    def retry_after(self):
+        return 1
 
     def _answer(self, request):
         text = self.script(request.prompt_ids)

@@ -18,6 +18,11 @@ from transformers import (
 )
 
 
+# Below this temperature sampling is greedy: dividing logits by 1e-300 overflows to inf and the softmax is NaN, and
+# long before that the distribution is one-hot in float32 anyway (vLLM's threshold).
+GREEDY_BELOW = 1e-5
+
+
 @dataclass
 class SamplingParams:
     temperature: float = 0.7
@@ -28,7 +33,7 @@ class SamplingParams:
     seed: int | None = None
 
     def generate_kwargs(self) -> dict:
-        if self.temperature <= 0:
+        if self.greedy:
             return {
                 "do_sample": False,
                 "repetition_penalty": self.repetition_penalty,
@@ -45,7 +50,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0
+        return self.temperature < GREEDY_BELOW
 
     def logits_processors(self) -> LogitsProcessorList:
         """What `generate` applies for these params, in its order: for decode loops that pick tokens themselves."""
