@@ -40,10 +40,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(registry, api_key=None):
+def running_server(registry, api_key=None, **app_args):
     """The app served by uvicorn on a thread of this process; yields its base URL; stops it (and its engines)."""
     sock = free_socket()
-    server = uvicorn.Server(uvicorn.Config(build_app(registry, api_key), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(build_app(registry, api_key, **app_args), log_level="warning"))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"

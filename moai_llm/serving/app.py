@@ -134,7 +134,7 @@ def build_app(
         )
         echoes = [None] * len(prompts)
         if body.echo:
-            echoes = [p if isinstance(p, str) else served.tokenizer.decode(p) for p in prompts]
+            echoes = [p if isinstance(p, str) else served.tokenizer.decode(p, skip_special_tokens=True) for p in prompts]
         shape = ResponseShape(False, served.name, served.tokenizer, body.logprobs_k(), len(prompts))
         return await generate(served, body, ids, echoes, "prompt", shape, request, metrics)
 

@@ -3,7 +3,7 @@ status, tokens, requests by finish reason, the engines' queues, request latency 
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 _ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/")
@@ -35,6 +35,7 @@ class _EngineCollector:
 
 class ServerMetrics:
     def __init__(self, models):
+        disable_created_metrics()  # the *_created series only double the output (vLLM turns them off too)
         self.registry = CollectorRegistry()
         self.http = Counter(
             "moai_http_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry

@@ -69,8 +69,11 @@ def run_mode(path: Path) -> str | None:
 
 
 def longest_token_bytes(tokenizer) -> int:
-    """The most UTF-8 bytes one token stands for (a prompt of B bytes has at least B / this many tokens)."""
-    return max((len(piece.encode("utf-8")) for piece in tokenizer.get_vocab()), default=1) or 1
+    """The most UTF-8 bytes one token stands for (a prompt of B bytes has at least B / this many tokens). A byte-level
+    BPE vocabulary writes each byte as one character."""
+    byte_level = type(tokenizer.backend_tokenizer.decoder).__name__ == "ByteLevel"
+    sizes = (len(piece) if byte_level else len(piece.encode("utf-8")) for piece in tokenizer.get_vocab())
+    return max(sizes, default=1) or 1
 
 
 @dataclass

@@ -20,9 +20,10 @@ class WaitingQueue:
         self.ready = threading.Condition()
 
     def put_all(self, requests: list) -> None:
-        """All or none: a request of several prompts is not half queued."""
+        """All or none: a request of several prompts is not half queued (it is let in while the line is below its
+        limit, so the line holds at most limit - 1 + one request's prompts)."""
         with self.ready:
-            if len(self.items) + len(requests) > self.limit:
+            if len(self.items) >= self.limit:
                 raise QueueFull(f"{len(self.items)} requests are waiting (the limit is {self.limit})")
             self.items.extend(requests)
             self.ready.notify()
