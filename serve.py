@@ -47,9 +47,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--max_waiting", type=int, default=256, help="requests waiting per model beyond the batch; more get 429"
     )
-    p.add_argument(
-        "--max_request_bytes", type=int, default=8 * 2**20, help="largest request body; larger ones get 413"
-    )
+    p.add_argument("--max_request_bytes", type=int, default=8 * 2**20, help="largest request body; larger ones get 413")
     p.add_argument(
         "--cors_origins",
         default="",

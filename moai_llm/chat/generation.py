@@ -17,7 +17,6 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-
 # Below this temperature sampling is greedy: dividing logits by 1e-300 overflows to inf and the softmax is NaN, and
 # long before that the distribution is one-hot in float32 anyway (vLLM's threshold).
 GREEDY_BELOW = 1e-5

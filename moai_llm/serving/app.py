@@ -134,7 +134,8 @@ def build_app(
         )
         echoes = [None] * len(prompts)
         if body.echo:
-            echoes = [p if isinstance(p, str) else served.tokenizer.decode(p, skip_special_tokens=True) for p in prompts]
+            decode = served.tokenizer.decode
+            echoes = [p if isinstance(p, str) else decode(p, skip_special_tokens=True) for p in prompts]
         shape = ResponseShape(False, served.name, served.tokenizer, body.logprobs_k(), len(prompts))
         return await generate(served, body, ids, echoes, "prompt", shape, request, metrics)
 
