@@ -48,7 +48,8 @@ def pick_tokens(samplers: list[RowSampler], histories: list[list[int]], logits: 
             seen = torch.tensor(
                 [histories[rows[0]]] if first.key is None else [[]] * len(rows), dtype=torch.long, device=logits.device
             )
-            scores = first.processors(seen, scores)
+            for processor in first.processors:  # LogitsProcessorList.__call__ would inspect each signature per step
+                scores = processor(seen, scores)
         if first.params.greedy:
             picked = scores.argmax(-1).tolist()
         else:
