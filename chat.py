@@ -33,6 +33,13 @@ def parse_args(argv=None):
     defaults = SamplingParams()
     for name, value in defaults.__dict__.items():
         p.add_argument(f"--{name}", type=type(value) if value is not None else int, default=value)
+    p.add_argument(
+        "--decoding",
+        default="dynamic",
+        choices=["dynamic", "static", "compiled"],
+        help="KV cache: dynamic (default), static, or static + torch.compile (on CPU the first answer waits for the "
+        "compilation; benchmarks/README.md, Decoding)",
+    )
     p.add_argument("--verbose", action="store_true", help="tokens/s and token counts after each answer")
     p.add_argument("--log_prompts", help="append every prompt sent to the model to this file (debugging)")
     return p.parse_args(argv)
@@ -101,7 +108,13 @@ def answer(session, model, tokenizer, text, args, stop) -> None:
     previous = signal.signal(signal.SIGINT, lambda *_: stop.event.set())
     try:
         reply, tokens, seconds = stream_answer(
-            model, tokenizer, prompt.ids, session.sampling(prompt), stop, lambda piece: print(piece, end="", flush=True)
+            model,
+            tokenizer,
+            prompt.ids,
+            session.sampling(prompt),
+            stop,
+            lambda piece: print(piece, end="", flush=True),
+            args.decoding,
         )
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -159,12 +172,12 @@ def main(argv=None) -> int:
     if args.prompt is not None:
         prompt = session.one_shot_prompt(args.prompt)
         log_prompt(args, tokenizer, prompt.ids)
-        print(batch_answers(model, tokenizer, [prompt.ids[0]], session.sampling(prompt), 1)[0])
+        print(batch_answers(model, tokenizer, [prompt.ids[0]], session.sampling(prompt), 1, args.decoding)[0])
         return 0
     if prompts is not None:
         encoded = [session.one_shot_prompt(p) for p in prompts]
         sampling = replace(params, max_new_tokens=session.answer_budget())  # the same budget for every prompt
-        answers = batch_answers(model, tokenizer, [p.ids[0] for p in encoded], sampling, args.batch_size)
+        answers = batch_answers(model, tokenizer, [p.ids[0] for p in encoded], sampling, args.batch_size, args.decoding)
         out = open(args.output_file, "w", encoding="utf-8") if args.output_file else sys.stdout
         for prompt, text in zip(prompts, answers):
             out.write(json.dumps({"prompt": prompt, "answer": text}, ensure_ascii=False) + "\n")

@@ -37,11 +37,30 @@ def parse_args(argv=None):
     )
     p.add_argument("--max_batch_size", type=int, default=16, help="sequences decoded together per model")
     p.add_argument("--max_tokens", type=int, default=4096, help="largest max_tokens a request may ask for")
+    p.add_argument(
+        "--max_prefill_tokens",
+        type=int,
+        default=4096,
+        help="prompt tokens prefilled per engine step: prompts join while they fit (rows x longest prompt), a longer "
+        "prompt is prefilled in chunks of this size between decode steps",
+    )
+    p.add_argument(
+        "--max_waiting", type=int, default=256, help="requests waiting per model beyond the batch; more get 429"
+    )
+    p.add_argument("--max_request_bytes", type=int, default=8 * 2**20, help="largest request body; larger ones get 413")
+    p.add_argument(
+        "--cors_origins",
+        default="",
+        metavar="ORIGIN[,ORIGIN...]",
+        help="browser origins allowed to call the API from their pages (comma-separated, or *; default: none)",
+    )
     p.add_argument("--device", help="cuda | mps | cpu (default: the best found)")
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     args = p.parse_args(argv)
-    if args.max_batch_size < 1 or args.max_tokens < 1:
-        p.error("--max_batch_size and --max_tokens must be at least 1")
+    for flag in ("max_batch_size", "max_tokens", "max_prefill_tokens", "max_waiting", "max_request_bytes"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be at least 1")
+    args.cors_origins = [origin.strip() for origin in args.cors_origins.split(",") if origin.strip()]
     if not 0 <= args.port <= 65535:
         p.error(f"--port {args.port}: not a port number")
     return args
@@ -56,12 +75,17 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     try:
         registry = load_models(
-            model_entries(args.model_path, args.models_dir), args.max_batch_size, args.max_tokens, args.device
+            model_entries(args.model_path, args.models_dir),
+            args.max_batch_size,
+            args.max_tokens,
+            args.device,
+            args.max_prefill_tokens,
+            args.max_waiting,
         )
     except ChatLoadError as err:
         print(f"serve.py: error: {err}", file=sys.stderr)
         return 2
-    app = build_app(registry, args.api_key)
+    app = build_app(registry, args.api_key, args.cors_origins, args.max_request_bytes)
     logging.getLogger("serve").info(
         "chat page: http://%s:%d/  models: %s  API key: %s",
         args.host,

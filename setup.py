@@ -22,7 +22,7 @@ setup(
     extras_require={
         "flash": ["flash-attn>=2.6"],
         "qlora": ["bitsandbytes>=0.45"],
-        "serve": ["fastapi>=0.110", "uvicorn>=0.30"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.30", "prometheus_client>=0.17"],
         "eval": ["lm_eval>=0.4.13,<0.5", "matplotlib>=3.7"],
         # transformers[serving]: fastapi, uvicorn and the openai client (tests also run `transformers serve`)
         "dev": [
@@ -32,7 +32,9 @@ setup(
             "psutil>=5.9",
             "transformers[serving]>=5.24,<6",
             "httpx>=0.27",
-            "lm_eval>=0.4.13,<0.5",
+            "prometheus_client>=0.17",
+            # [api]: lm-eval's local-completions client, run against serve.py by the tests
+            "lm_eval[api]>=0.4.13,<0.5",
             "matplotlib>=3.7",
             # the formatter's style changes only between minor versions: CI checks with the one the code is formatted by
             "ruff>=0.17,<0.18",

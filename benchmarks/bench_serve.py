@@ -1,8 +1,9 @@
 """serve.py under load: aggregate generated tokens/s and time to first token with 1, 4, 8 and 16 concurrent
 streaming clients, batched (--max_batch_size 16) against the same server queueing requests (--max_batch_size 1).
-A second table times the decode engines alone (no HTTP) on 8 sequences: our BatchEngine, transformers' continuous
-batching (`generate_batch`, on the Qwen3 export of the same weights: it does not run MoaiForCausalLM) with its
-default and a CPU-sized paged cache, and `generate` one sequence at a time.
+With --transformers_serve, `transformers serve --continuous-batching` on the Qwen3 export of the same weights
+takes the same load. A second table times the decode engines alone (no HTTP) on 8 sequences: our BatchEngine,
+transformers' continuous batching (`generate_batch`, on the Qwen3 export of the same weights: it does not run
+MoaiForCausalLM) with its default and a CPU-sized paged cache, and `generate` one sequence at a time.
 
 Random weights (speed does not depend on them), saved with the bundled tokenizer; the server is `serve.py` in its
 own process, the clients are asyncio streams in this one. Every answer is 64 tokens (`ignore_eos`), sampled with
@@ -32,7 +33,7 @@ from transformers import ContinuousBatchingConfig, GenerationConfig, Qwen3ForCau
 
 from moai_llm import MoaiConfig, MoaiForCausalLM
 from moai_llm.chat import SamplingParams
-from moai_llm.export import qwen3_config_from
+from moai_llm.export import export_qwen3, qwen3_config_from
 from moai_llm.serving import BatchEngine, Finished, GenerationRequest
 from moai_llm.tokenizer import load_tokenizer
 
@@ -97,19 +98,21 @@ def start_server(path: Path, max_batch_size: int, threads: int) -> tuple[subproc
     raise RuntimeError("server did not start")
 
 
-async def one_request(client: httpx.AsyncClient, url: str, prompt: str, tokens: int) -> tuple[float, int]:
-    """(seconds to the first generated text, completion tokens) of one streamed chat completion."""
+async def one_request(client: httpx.AsyncClient, url: str, prompt: str, tokens: int, model: str = "m"):
+    """(seconds to the first generated text, completion tokens) of one streamed chat completion. `transformers
+    serve` refuses vLLM's extensions (ignore_eos, top_k): it gets temperature and top_p only (random weights
+    rarely sample EOS; tokens are counted from the usage chunk either way)."""
     body = {
-        "model": "m",
+        "model": model,
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": tokens,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "ignore_eos": True,
         "temperature": 0.7,
         "top_p": 0.9,
-        "top_k": 50,
     }
+    if model == "m":
+        body.update(ignore_eos=True, top_k=50)
     start, first, generated = time.perf_counter(), None, 0
     async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
         response.raise_for_status()
@@ -119,29 +122,43 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: str, tokens: 
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 generated = chunk["usage"]["completion_tokens"]
-            elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            if first is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
                 first = time.perf_counter() - start
     return first, generated
 
 
-async def load_level(url: str, clients: int, per_client: int, tokens: int) -> dict:
+async def engine_counters(client: httpx.AsyncClient, url: str) -> dict[str, float]:
+    """Tokens generated and decode steps of model "m", from /metrics (None for a server without them)."""
+    response = await client.get(f"{url}/metrics")
+    if response.status_code != 200 or "moai_decode_steps_total" not in response.text:
+        return {}
+    counters = {}
+    for line in response.text.splitlines():
+        for name in ("moai_generation_tokens_total", "moai_decode_steps_total"):
+            if line.startswith(name + '{model="m"}'):
+                counters[name] = float(line.split()[-1])
+    return counters
+
+
+async def load_level(url: str, clients: int, per_client: int, tokens: int, model: str = "m") -> dict:
     async def client_loop(client, index):
         return [
-            await one_request(client, url, f"Client {index}, question {j}: tell me about Seoul.", tokens)
+            await one_request(client, url, f"Client {index}, question {j}: tell me about Seoul.", tokens, model)
             for j in range(per_client)
         ]
 
     limits = httpx.Limits(max_connections=clients + 4)
     async with httpx.AsyncClient(timeout=None, limits=limits) as client:
-        await one_request(client, url, "warm up", 4)
-        stats = (await client.get(f"{url}/health")).json()["models"]["m"]
+        await one_request(client, url, "warm up", 4, model)
+        before = await engine_counters(client, url)
         start = time.perf_counter()
         results = [r for rs in await asyncio.gather(*(client_loop(client, i) for i in range(clients))) for r in rs]
         seconds = time.perf_counter() - start
-        after = (await client.get(f"{url}/health")).json()["models"]["m"]
-    ttft = sorted(r[0] for r in results)
+        after = await engine_counters(client, url)
+    ttft = sorted(r[0] for r in results if r[0] is not None)
     generated = sum(r[1] for r in results)
-    steps = after["decode_steps"] - stats["decode_steps"]
+    steps = after.get("moai_decode_steps_total", 0) - before.get("moai_decode_steps_total", 0)
+    made = after.get("moai_generation_tokens_total", 0) - before.get("moai_generation_tokens_total", 0)
     return {
         "requests": len(results),
         "tokens": generated,
@@ -149,7 +166,7 @@ async def load_level(url: str, clients: int, per_client: int, tokens: int) -> di
         "tps": generated / seconds,
         "p50": statistics.median(ttft),
         "p95": ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))],
-        "mean_batch": (after["tokens_generated"] - stats["tokens_generated"]) / max(steps, 1),
+        "mean_batch": made / steps if steps else float("nan"),  # unknown for transformers serve
     }
 
 
@@ -221,18 +238,43 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def start_transformers_serve(path: Path, threads: int) -> tuple[subprocess.Popen, str]:
+    """`transformers serve --continuous-batching` on the Qwen3 export of the same weights (it cannot load MOAI's
+    directory), with a paged cache sized for CPU (64 blocks of 64 tokens)."""
+    export = path.parent / f"{path.name}-qwen3"
+    if not export.exists():
+        export_qwen3(str(path), str(export))
+    port = free_port()
+    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(export), "--continuous-batching"]
+    command += ["--device", "cpu", "--port", str(port), "--cb-num-blocks", "64", "--cb-block-size", "64"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(1200):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("transformers serve did not start")
+
+
 def measure_config(name: str, path: Path, args) -> list[dict]:
-    """Both servers up at once; levels interleaved batched/queued, repeated; the median repetition per level."""
-    servers = {}
+    """All servers up at once; levels interleaved between them, repeated; the median repetition per level."""
+    servers, models = {}, {16: "m", 1: "m"}
     try:
-        for batch in (16, 1):
+        for batch in (16,) if args.skip_queued else (16, 1):
             servers[batch] = start_server(path, batch, args.threads)
+        if args.transformers_serve:
+            servers[0] = start_transformers_serve(path, args.threads)
+            models[0] = str(path.parent / f"{path.name}-qwen3")
         runs = {}
         for rep in range(args.reps):
             for clients in args.clients:
                 for batch, (_, url) in servers.items():
                     per_client = max(args.requests_per_client, 8 // clients)
-                    result = asyncio.run(load_level(url, clients, per_client, args.tokens))
+                    result = asyncio.run(load_level(url, clients, per_client, args.tokens, models[batch]))
                     runs.setdefault((batch, clients), []).append(result)
                     print(
                         f"{name} rep {rep} batch<={batch} clients={clients}: {result['tps']:.1f} tokens/s",
@@ -246,7 +288,7 @@ def measure_config(name: str, path: Path, args) -> list[dict]:
     for (batch, clients), results in runs.items():
         middle = sorted(results, key=lambda r: r["tps"])[len(results) // 2]
         rows.append({"batch": batch, "clients": clients, **middle})
-    return sorted(rows, key=lambda r: (-r["batch"], r["clients"]))
+    return sorted(rows, key=lambda r: (-r["batch"] if r["batch"] else -0.5, r["clients"]))
 
 
 def main() -> None:
@@ -258,6 +300,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each server process")
     parser.add_argument("--skip_engines", action="store_true", help="leave out the engines-alone table")
+    parser.add_argument("--skip_queued", action="store_true", help="leave out the --max_batch_size 1 server")
+    parser.add_argument(
+        "--transformers_serve",
+        action="store_true",
+        help="also load `transformers serve --continuous-batching` on the Qwen3 export of the same weights",
+    )
     args = parser.parse_args()
     print(
         f"\n{args.tokens}-token streamed answers, servers on {args.threads} CPU thread(s), median of {args.reps} "
@@ -274,11 +322,11 @@ def main() -> None:
             rows = measure_config(name, path, args)
             for r in rows:
                 single = next(x for x in rows if x["batch"] == r["batch"] and x["clients"] == min(args.clients))
-                server = "batched (16)" if r["batch"] > 1 else "queued (1)"
+                server = {16: "batched (16)", 1: "queued (1)", 0: "transformers serve, continuous batching"}[r["batch"]]
                 print(
                     f"| {name} ({parameters / 1e6:.1f}M) | {server} | {r['clients']} | {r['requests']} | "
                     f"{r['tps']:,.1f} | {r['tps'] / single['tps']:.2f}x | {r['p50'] * 1000:,.0f} | "
-                    f"{r['p95'] * 1000:,.0f} | {r['mean_batch']:.1f} |",
+                    f"{r['p95'] * 1000:,.0f} | {r['mean_batch']:.1f} |".replace("| nan |", "| n/a |"),
                     flush=True,
                 )
     if args.skip_engines:

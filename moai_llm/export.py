@@ -1,17 +1,32 @@
-"""Write a dense MOAI checkpoint as a plain Qwen3 checkpoint, for serving stacks that know Qwen3.
+"""Write a MOAI checkpoint as a plain transformers checkpoint, for serving stacks that know Qwen3 models:
+
+- dense -> Qwen3 (`Qwen3ForCausalLM`),
+- MoE -> Qwen3-MoE (`Qwen3MoeForCausalLM`),
+- MoE with a shared expert -> Qwen2-MoE (`Qwen2MoeForCausalLM`), which has the shared expert but no QK-norm, so
+  only models trained with `use_qk_norm=False` (and no attention bias, head_dim = hidden / heads) export there.
 
     python -m moai_llm.export --model_path outputs/run/final_model --output_dir outputs/run/qwen3
 
-The weights are already named as Qwen3's, so this only rewrites the config (model_type qwen3, no auto_map)
-and copies the tokenizer files. MoE models and models without QK-norm have no Qwen3 equivalent.
+The weights are already named as the target's, so this builds the target config, loads the state dict strictly
+into the target class (any missing or extra tensor is an error), saves it (experts one tensor each, as Qwen-MoE
+checkpoints are laid out) and copies the tokenizer files. The directory needs no moai_llm to load.
 """
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
 
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    PreTrainedConfig,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+)
 
 from .configuration_moai import MoaiConfig
 from .modeling_moai import MoaiForCausalLM
@@ -19,28 +34,59 @@ from .modeling_moai import MoaiForCausalLM
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
+def _fields(config: MoaiConfig, target: type[PreTrainedConfig]) -> dict:
+    """The target's architecture fields, read from the MOAI config. PreTrainedConfig's own fields are class metadata
+    (model_type, attribute_map, parallel plans) or run options, and stay the target's, except the dtype."""
+    own = set(target.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__) | {"dtype"}
+    return {name: getattr(config, name) for name in sorted(own) if hasattr(config, name)}
+
+
 def qwen3_config_from(config: MoaiConfig) -> Qwen3Config:
-    """The Qwen3Config with the same architecture; ValueError when Qwen3 cannot express the model."""
+    """The dense Qwen3Config with the same architecture; ValueError when Qwen3 cannot express the model."""
     if not config.use_qk_norm:
         raise ValueError("export: use_qk_norm=False has no Qwen3 equivalent (Qwen3 always normalises q and k)")
     if getattr(config, "num_experts", 0):
-        raise ValueError("export: MoE models are not Qwen3 dense models; load them with MoaiForCausalLM")
-    skip = {"architectures", "auto_map", "transformers_version"}
-    fields = {
-        name: getattr(config, name)
-        for name in Qwen3Config.__dataclass_fields__
-        if hasattr(config, name) and not name.startswith("_") and name not in skip
-    }
-    return Qwen3Config(**fields, architectures=["Qwen3ForCausalLM"])
+        raise ValueError("export: an MoE model is not a dense Qwen3 model (export_config picks Qwen3-MoE)")
+    return Qwen3Config(**_fields(config, Qwen3Config), architectures=["Qwen3ForCausalLM"])
+
+
+def qwen_moe_config_from(config: MoaiConfig) -> Qwen3MoeConfig | Qwen2MoeConfig:
+    """Qwen3-MoE's config, or Qwen2-MoE's for a shared expert; ValueError naming what neither can express."""
+    if config.shared_expert_intermediate_size:
+        head_dim = config.hidden_size // config.num_attention_heads
+        if config.use_qk_norm or config.attention_bias or config.head_dim != head_dim:
+            raise ValueError(
+                "export: a shared expert exists only in Qwen2-MoE (Qwen3-MoE has none), and Qwen2-MoE has no QK-norm, "
+                f"no output-projection bias and head_dim = hidden_size / heads ({head_dim}); this model has "
+                f"use_qk_norm={config.use_qk_norm}, attention_bias={config.attention_bias}, head_dim={config.head_dim}"
+            )
+        fields = _fields(config, Qwen2MoeConfig)
+        return Qwen2MoeConfig(**fields, qkv_bias=False, architectures=["Qwen2MoeForCausalLM"])
+    if not config.use_qk_norm:
+        raise ValueError("export: use_qk_norm=False has no Qwen3-MoE equivalent (Qwen3-MoE always normalises q and k)")
+    fields = _fields(config, Qwen3MoeConfig)
+    return Qwen3MoeConfig(**fields, head_dim=config.head_dim, architectures=["Qwen3MoeForCausalLM"])
+
+
+def export_config(config: MoaiConfig):
+    """(target config, target model class) for a MOAI config."""
+    if getattr(config, "num_experts", 0):
+        if any(kind != "full_attention" for kind in config.layer_types or []):
+            raise ValueError("export: sliding-window layers in an MoE model are not exported (full attention only)")
+        target = qwen_moe_config_from(config)
+        return target, Qwen2MoeForCausalLM if isinstance(target, Qwen2MoeConfig) else Qwen3MoeForCausalLM
+    return qwen3_config_from(config), Qwen3ForCausalLM
 
 
 def export_qwen3(model_path: str, output_dir: str) -> Path:
+    """Export to the Qwen family checkpoint that expresses the model; returns the output directory."""
+    config, model_class = export_config(MoaiConfig.from_pretrained(model_path))  # refuse before loading weights
     model = MoaiForCausalLM.from_pretrained(model_path)
-    qwen3 = Qwen3ForCausalLM(qwen3_config_from(model.config)).to(model.dtype)
-    qwen3.load_state_dict(model.state_dict(), strict=True)
-    qwen3.generation_config = model.generation_config
+    exported = model_class(config).to(model.dtype)
+    exported.load_state_dict(model.state_dict(), strict=True)
+    exported.generation_config = model.generation_config
     out = Path(output_dir)
-    qwen3.save_pretrained(out)
+    exported.save_pretrained(out)
     for name in _TOKENIZER_FILES:
         if (Path(model_path) / name).exists():
             shutil.copy(Path(model_path) / name, out / name)
@@ -50,7 +96,7 @@ def export_qwen3(model_path: str, output_dir: str) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", required=True, help="a MOAI model directory (final_model or checkpoint)")
-    parser.add_argument("--output_dir", required=True, help="where the Qwen3 checkpoint is written")
+    parser.add_argument("--output_dir", required=True, help="where the Qwen3 / Qwen-MoE checkpoint is written")
     args = parser.parse_args(argv)
     if not Path(args.model_path, "config.json").is_file():
         print(f"error: --model_path {args.model_path}: no config.json there", file=sys.stderr)
@@ -60,7 +106,9 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote Qwen3 checkpoint to {out}")
+    kind = {"qwen3": "Qwen3", "qwen3_moe": "Qwen3-MoE", "qwen2_moe": "Qwen2-MoE"}
+    model_type = json.loads((out / "config.json").read_text())["model_type"]
+    print(f"wrote {kind.get(model_type, model_type)} checkpoint to {out}")
     return 0
 
 

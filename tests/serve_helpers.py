@@ -40,10 +40,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(registry, api_key=None):
-    """The app served by uvicorn on a thread of this process; yields its base URL; stops it (and its engines)."""
+def running_server(registry, api_key=None, wrap=None, **app_args):
+    """The app (wrapped in `wrap`'s middleware, if given) served by uvicorn on a thread of this process; yields its
+    base URL; stops it (and its engines)."""
     sock = free_socket()
-    server = uvicorn.Server(uvicorn.Config(build_app(registry, api_key), log_level="warning"))
+    app = build_app(registry, api_key, **app_args)
+    server = uvicorn.Server(uvicorn.Config(wrap(app) if wrap else app, log_level="warning"))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -79,9 +81,13 @@ class ScriptedEngine:
         self.script, self.piece, self.delay = script, piece, delay
         self.prompts, self.cancelled = [], 0
 
-    def submit(self, request):
-        self.prompts.append(request.prompt_ids)
-        threading.Thread(target=self._answer, args=(request,), daemon=True).start()
+    def submit_all(self, requests):
+        for request in requests:
+            self.prompts.append(request.prompt_ids)
+            threading.Thread(target=self._answer, args=(request,), daemon=True).start()
+
+    def retry_after(self):
+        return 1
 
     def _answer(self, request):
         text = self.script(request.prompt_ids)
@@ -98,7 +104,38 @@ class ScriptedEngine:
         pass
 
 
-def scripted_model(name: str, script, **engine_args) -> ServedModel:
-    return ServedModel(
-        name, load_tokenizer(), ScriptedEngine(script, **engine_args), context_length=4096, max_tokens_limit=4096
-    )
+def scripted_model(name: str, script, mode: str = "chat", **engine_args) -> ServedModel:
+    engine = ScriptedEngine(script, **engine_args)
+    return ServedModel(name, load_tokenizer(), engine, context_length=4096, max_tokens_limit=4096, mode=mode)
+
+
+class CutStreams:
+    """Test hook: ends the response to any request for `model` after `events` body writes, cleanly, as a proxy that
+    drops a connection does (no finish_reason, no [DONE])."""
+
+    def __init__(self, app, model: str, events: int = 3):
+        self.app, self.marker, self.events = app, f'"model":"{model}"'.encode(), events
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = {"cut": False, "writes": 0, "closed": False}
+
+        async def watch():
+            message = await receive()
+            if self.marker in message.get("body", b"").replace(b" ", b""):
+                seen["cut"] = True
+            return message
+
+        async def cut(message):
+            if seen["closed"]:
+                return
+            if seen["cut"] and message["type"] == "http.response.body":
+                seen["writes"] += 1
+                if seen["writes"] >= self.events:
+                    seen["closed"] = True
+                    message = {**message, "more_body": False}
+            await send(message)
+
+        await self.app(scope, watch, cut)

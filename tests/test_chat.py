@@ -117,7 +117,7 @@ def test_prompts_file_batched_equals_one_by_one(model_dir, tmp_path, capsys):
     src = tmp_path / "p.jsonl"
     src.write_text("\n".join(json.dumps({"prompt": p}, ensure_ascii=False) for p in prompts), encoding="utf-8")
     outputs = {}
-    for batch in (1, 3):
+    for batch, decoding in ((1, "dynamic"), (3, "dynamic"), ("static", "static")):
         out = tmp_path / f"a{batch}.jsonl"
         assert (
             chat_cli.main(
@@ -129,17 +129,19 @@ def test_prompts_file_batched_equals_one_by_one(model_dir, tmp_path, capsys):
                     "--output_file",
                     str(out),
                     "--batch_size",
-                    str(batch),
+                    str(3 if batch == "static" else batch),
                     "--temperature",
                     "0",
                     "--max_new_tokens",
                     "8",
+                    "--decoding",
+                    decoding,
                 ]
             )
             == 0
         )
         outputs[batch] = [json.loads(line)["answer"] for line in out.read_text(encoding="utf-8").splitlines()]
-    assert outputs[1] == outputs[3] and len(outputs[1]) == 5
+    assert outputs[1] == outputs[3] == outputs["static"] and len(outputs[1]) == 5  # a static KV cache changes nothing
     capsys.readouterr()
     assert (
         chat_cli.main(

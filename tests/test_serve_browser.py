@@ -8,7 +8,7 @@ import pytest
 from moai_llm.serving import ModelRegistry, load_models
 from moai_llm.tokenizer import load_tokenizer
 
-from .serve_helpers import running_server, save_tiny_model, scripted_model
+from .serve_helpers import CutStreams, running_server, save_tiny_model, scripted_model
 from .serve_webdriver import CHROMEDRIVER, CHROMIUM, Browser
 
 pytestmark = pytest.mark.integration  # a server and a headless browser
@@ -32,8 +32,10 @@ def site(tmp_path_factory):
     scripted = scripted_model("scripted", script, piece=3, delay=0.04)
     cramped = scripted_model("cramped", script, piece=3, delay=0.01)
     cramped.context_length = cramped.max_tokens_limit = 48
-    registry = ModelRegistry([real.models["tiny"], scripted, cramped])
-    with running_server(registry) as url:
+    base = scripted_model("base", script, mode="completion", piece=3, delay=0.02)  # a pretraining run
+    cut = scripted_model("cut", script, piece=3, delay=0.02)
+    registry = ModelRegistry([real.models["tiny"], scripted, cramped, base, cut])
+    with running_server(registry, wrap=lambda app: CutStreams(app, "cut")) as url:
         yield url, registry
 
 
@@ -73,7 +75,7 @@ def test_chat_page(site, browser, tmp_path):
     scripted, real = registry.models["scripted"].engine, registry.models["tiny"].engine
     browser.open(url)
     browser.wait(
-        "return document.querySelectorAll('#model option').length === 3 && !document.getElementById('model').hidden;"
+        "return document.querySelectorAll('#model option').length === 5 && !document.getElementById('model').hidden;"
     )
 
     # a streamed answer grows in several steps and shows markup as characters
@@ -89,7 +91,7 @@ def test_chat_page(site, browser, tmp_path):
 
     # the thread is still there after a reload
     browser.open(url)
-    browser.wait("return document.querySelectorAll('#model option').length === 3;")
+    browser.wait("return document.querySelectorAll('#model option').length === 5;")
     assert browser.run("return [...document.querySelectorAll('#threads .title')].map(e => e.textContent);") == [
         "hello there"
     ]
@@ -166,6 +168,50 @@ def test_chat_page(site, browser, tmp_path):
     browser.wait("return document.getElementById('sidebar').getBoundingClientRect().right <= 0;", 5)
     browser.screenshot(tmp_path / "chat-phone.png")
     assert (tmp_path / "chat-phone.png").stat().st_size > 1000
+
+
+def test_completion_mode_for_pretraining_runs_chat_for_fine_tuned_and_a_cut_stream(site, browser):
+    url, registry = site
+    base, scripted = registry.models["base"].engine, registry.models["scripted"].engine
+    browser.open(url)
+    browser.wait("return document.querySelectorAll('#model option').length === 5;")
+    mode = "return document.getElementById('mode').value;"
+
+    # a pretraining run opens in completion mode: the text goes to /v1/completions as written, no chat template
+    browser.click("#new-thread")
+    pick_model(browser, "base")
+    assert browser.run(mode) == "completion"
+    send(browser, "Once upon a time")
+    browser.wait(IDLE + " && document.querySelectorAll('#messages .msg.assistant').length === 1")
+    assert TOKENIZER.decode(base.prompts[-1]) == "Once upon a time"
+    assert browser.run(LAST_ANSWER) == SHORT
+    send(browser, " and then")  # the thread's text so far, continued
+    browser.wait(IDLE + " && document.querySelectorAll('#messages .msg.assistant').length === 2")
+    assert TOKENIZER.decode(base.prompts[-1]) == "Once upon a time" + SHORT + " and then"
+
+    # a fine-tuned model opens in chat mode: the messages go through its chat template
+    browser.click("#new-thread")
+    pick_model(browser, "scripted")
+    assert browser.run(mode) == "chat"
+    send(browser, "hello")
+    browser.wait(IDLE + " && document.querySelectorAll('#messages .msg.assistant').length === 1")
+    assert "<|im_start|>user\nhello" in TOKENIZER.decode(scripted.prompts[-1])
+    # the Mode picker overrides the model's own mode for a thread
+    browser.click("#new-thread")
+    browser.click("#mode option[value='completion']")
+    send(browser, "Plain text")
+    browser.wait(IDLE + " && document.querySelectorAll('#messages .msg.assistant').length === 1")
+    assert TOKENIZER.decode(scripted.prompts[-1]) == "Plain text"
+
+    # a stream that ends without a finish_reason and [DONE] is marked, not shown as complete
+    browser.click("#new-thread")
+    pick_model(browser, "cut")
+    send(browser, "hello")
+    browser.wait(IDLE + " && document.querySelectorAll('#messages .msg.assistant').length === 1")
+    note = browser.run("return [...document.querySelectorAll('#messages .note')].pop().textContent;")
+    assert "stopped early" in note
+    assert browser.run("return document.querySelector('#messages .msg.assistant').classList.contains('incomplete');")
+    assert len(browser.run(LAST_ANSWER)) < len(SHORT)
 
 
 def _eventually(condition, timeout=5.0):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import (
+    CompileConfig,
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
     StoppingCriteria,
@@ -16,6 +17,10 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+
+# Below this temperature sampling is greedy: dividing logits by 1e-300 overflows to inf and the softmax is NaN, and
+# long before that the distribution is one-hot in float32 anyway (vLLM's threshold).
+GREEDY_BELOW = 1e-5
 
 
 @dataclass
@@ -28,7 +33,7 @@ class SamplingParams:
     seed: int | None = None
 
     def generate_kwargs(self) -> dict:
-        if self.temperature <= 0:
+        if self.greedy:
             return {
                 "do_sample": False,
                 "repetition_penalty": self.repetition_penalty,
@@ -45,7 +50,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0
+        return self.temperature < GREEDY_BELOW
 
     def logits_processors(self) -> LogitsProcessorList:
         """What `generate` applies for these params, in its order: for decode loops that pick tokens themselves."""
@@ -68,6 +73,31 @@ class SamplingParams:
         setattr(self, key, None if value.lower() == "none" else kind(value))
 
 
+DECODINGS = ("dynamic", "static", "compiled")
+
+
+def decoding_kwargs(decoding: str, device: torch.device) -> dict:
+    """`generate`'s KV cache and compilation. "dynamic": transformers' DynamicCache (the default). "static": a
+    StaticCache sized for the prompt and the answer (on CUDA transformers then compiles the decode step by itself).
+    "compiled": a StaticCache and torch.compile on every device, CPU included, where transformers does not compile
+    unless told. Opt-in: on CPU the first answer of each new cache size waits ~40-50 s for the compilation, and
+    the gain is limited to models whose decode step is dominated by overhead rather than by reading the weights
+    (benchmarks/README.md, Decoding)."""
+    if decoding not in DECODINGS:
+        raise ValueError(f"decoding {decoding!r}: one of {', '.join(DECODINGS)}")
+    if decoding == "dynamic":
+        return {}
+    kwargs = {"cache_implementation": "static"}
+    if decoding == "compiled":
+        # CUDA graphs ("reduce-overhead", transformers' default) exist on CUDA only
+        config = CompileConfig(
+            fullgraph=False, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else "default"
+        )
+        config._compile_all_devices = True  # transformers compiles on accelerators only unless told
+        kwargs["compile_config"] = config
+    return kwargs
+
+
 class StopFlag(StoppingCriteria):
     """Set by the Ctrl-C handler: the generation thread stops at the next token."""
 
@@ -85,7 +115,15 @@ def stop_token_ids(tokenizer, model) -> list[int]:
     return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
 
 
-def stream_answer(model, tokenizer, prompt_ids: torch.Tensor, params: SamplingParams, stop: StopFlag, on_text):
+def stream_answer(
+    model,
+    tokenizer,
+    prompt_ids: torch.Tensor,
+    params: SamplingParams,
+    stop: StopFlag,
+    on_text,
+    decoding: str = "dynamic",
+):
     """Generate in a thread, call on_text for each decoded piece; returns (text, new tokens, seconds)."""
     if params.seed is not None:
         torch.manual_seed(params.seed)
@@ -99,6 +137,7 @@ def stream_answer(model, tokenizer, prompt_ids: torch.Tensor, params: SamplingPa
         pad_token_id=tokenizer.pad_token_id,
         stopping_criteria=StoppingCriteriaList([stop]),
         **params.generate_kwargs(),
+        **decoding_kwargs(decoding, model.device),
     )
     result = {}
 
@@ -119,7 +158,9 @@ def stream_answer(model, tokenizer, prompt_ids: torch.Tensor, params: SamplingPa
     return "".join(pieces), new_tokens, seconds
 
 
-def batch_answers(model, tokenizer, prompts: list[torch.Tensor], params: SamplingParams, batch_size: int):
+def batch_answers(
+    model, tokenizer, prompts: list[torch.Tensor], params: SamplingParams, batch_size: int, decoding: str = "dynamic"
+):
     """Answers for many prompts, `batch_size` at a time with left padding; texts in input order."""
     if params.seed is not None:
         torch.manual_seed(params.seed)
@@ -134,6 +175,7 @@ def batch_answers(model, tokenizer, prompts: list[torch.Tensor], params: Samplin
                 eos_token_id=stop_token_ids(tokenizer, model),
                 pad_token_id=tokenizer.pad_token_id,
                 **params.generate_kwargs(),
+                **decoding_kwargs(decoding, model.device),
             )
         new = out[:, batch["input_ids"].shape[1] :]
         answers.extend(tokenizer.batch_decode(new, skip_special_tokens=True))

@@ -4,7 +4,7 @@ python serve.py --model_path outputs/pretrain-tiny/final_model     # then open h
 """
 
 from .app import build_app
-from .engine import BatchEngine, Failed, Finished, GenerationRequest, TextDelta
+from .engine import BatchEngine, Failed, Finished, GenerationRequest, PromptLogprobs, TextDelta
 from .registry import ModelRegistry, ServedModel, load_models, model_entries
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Finished",
     "GenerationRequest",
     "ModelRegistry",
+    "PromptLogprobs",
     "ServedModel",
     "TextDelta",
     "build_app",

@@ -1,56 +1,39 @@
 """The FastAPI app: OpenAI routes (`/v1/models`, `/v1/chat/completions`, `/v1/completions`), the chat page at `/`,
-an API key check, and server-sent events that carry each token as the engine produces it."""
+`/health`, `/metrics`, and server-sent events that carry each token as the engine produces it."""
 
 import asyncio
 import json
-import secrets
 from contextlib import asynccontextmanager
 from importlib import resources
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
-from .engine import Failed, Finished, GenerationRequest, TextDelta
+from .engine import Failed, Finished, GenerationRequest, PromptLogprobs, TextDelta
 from .errors import APIError, error_body, install_error_handlers
+from .metrics import ServerMetrics
+from .middleware import APIKeyCheck, BodyLimit, CountRequests
 from .registry import ModelRegistry, ServedModel
-from .schemas import ChatCompletionRequest, CompletionRequest, ResponseShape, usage
+from .responses import ResponseShape, usage
+from .schemas import ChatCompletionRequest, CompletionRequest
+from .waiting import EngineClosed, QueueFull
 
-
-class APIKeyCheck:
-    """ASGI middleware: every /v1 request needs `Authorization: Bearer KEY`. It runs before the body is read, so a
-    request without the key gets 401 whatever its body holds."""
-
-    def __init__(self, app, api_key: str):
-        self.app, self.expected = app, f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not secrets.compare_digest(given, self.expected):
-                message = (
-                    "Incorrect API key provided." if given else "Missing API key: send 'Authorization: Bearer KEY'."
-                )
-                await JSONResponse(
-                    error_body(message, 401, code="invalid_api_key"),
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+MAX_BODY_BYTES = 8 * 2**20
 
 
 class EventQueue:
-    """One request's engine events, handed from the engine thread to the server's event loop."""
+    """The engine events of one request's generations (one per prompt), handed from the engine thread to the
+    server's event loop as (choice index, event)."""
 
     def __init__(self):
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
 
-    def deliver(self, event) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-
-    async def get(self):
-        return await self.queue.get()
+    def deliver_for(self, index: int):
+        return lambda event: self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
 
     async def get_all(self) -> list:
         """The next event and any that queued up behind it (a slow client gets them in one write)."""
@@ -61,20 +44,21 @@ class EventQueue:
 
 
 class GenerationStream(StreamingResponse):
-    """Server-sent events that cancel their generation however the response ends: finished, or client gone (the
-    engine then drops the sequence at its next step)."""
+    """Server-sent events that cancel their generations however the response ends: finished, or client gone (the
+    engine then drops the sequences at its next step)."""
 
-    def __init__(self, chunks, generation: GenerationRequest):
+    def __init__(self, chunks, generations: list[GenerationRequest]):
         super().__init__(
             chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
-        self.generation = generation
+        self.generations = generations
 
     async def __call__(self, scope, receive, send):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.generation.cancel()
+            for generation in self.generations:
+                generation.cancel()
 
 
 def sse(payload: dict | str) -> str:
@@ -85,7 +69,12 @@ def index_html() -> str:
     return (resources.files("moai_llm.serving") / "static" / "index.html").read_text(encoding="utf-8")
 
 
-def build_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
+def build_app(
+    registry: ModelRegistry,
+    api_key: str | None = None,
+    cors_origins: list[str] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app):
         yield
@@ -93,8 +82,13 @@ def build_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
 
     app = FastAPI(title="MOAI-LLM", lifespan=lifespan)
     install_error_handlers(app)
+    metrics = ServerMetrics(registry)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     if api_key:
         app.add_middleware(APIKeyCheck, api_key=api_key)
+    if cors_origins:  # outside the key check: a browser's preflight carries no key
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(CountRequests, metrics=metrics)
     page = index_html()
 
     @app.get("/", include_in_schema=False)
@@ -103,8 +97,11 @@ def build_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        stats = {name: getattr(m.engine, "stats", dict)() for name, m in registry.models.items()}
-        return {"status": "ok", "models": stats}
+        return {"status": "ok"}  # open to load balancers: says nothing about the models
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def list_models():
@@ -116,74 +113,162 @@ def build_app(registry: ModelRegistry, api_key: str | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
+        body.check()
         served = registry.get(body.model)
-        prompt = served.chat_prompt([m.as_template_input() for m in body.messages])
-        return await generate(served, body, prompt, "messages", ResponseShape(True, served.name), request)
+        served.check_max_tokens(body.requested_max_tokens())
+        messages = body.template_messages()
+        served.check_text_length([m["content"] for m in messages], "messages")
+        prompt = await run_in_threadpool(served.chat_prompt, messages)  # a long prompt never stalls other streams
+        shape = ResponseShape(True, served.name, served.tokenizer, body.logprobs_k())
+        return await generate(served, body, [prompt], [None], "messages", shape, request, metrics)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
+        body.check()
         served = registry.get(body.model)
-        prompt = served.text_prompt(body.prompt_text())
-        return await generate(served, body, prompt, "prompt", ResponseShape(False, served.name), request)
+        served.check_max_tokens(body.requested_max_tokens())
+        prompts = body.prompts()
+        served.check_text_length([p for p in prompts if isinstance(p, str)], "prompt")
+        ids = await run_in_threadpool(
+            lambda: [served.text_prompt(p) if isinstance(p, str) else served.token_prompt(p, "prompt") for p in prompts]
+        )
+        echoes = [None] * len(prompts)
+        if body.echo:
+            decode = served.tokenizer.decode
+            echoes = [p if isinstance(p, str) else decode(p, skip_special_tokens=True) for p in prompts]
+        shape = ResponseShape(False, served.name, served.tokenizer, body.logprobs_k(), len(prompts))
+        return await generate(served, body, ids, echoes, "prompt", shape, request, metrics)
 
     return app
 
 
-async def generate(
-    served: ServedModel, body, prompt: list[int], prompt_param: str, shape: ResponseShape, request: Request
-):
-    max_new_tokens = served.max_new_tokens(len(prompt), body.requested_max_tokens(), prompt_param)
+async def generate(served: ServedModel, body, prompts, echoes, param, shape, request, metrics):
+    """Submit one generation per prompt and answer with their choices, streamed or whole."""
+    budgets = [served.max_new_tokens(len(p), body.requested_max_tokens(), param) for p in prompts]
     events = EventQueue()
-    generation = GenerationRequest(
-        prompt, body.sampling(max_new_tokens), events.deliver, body.stop_list(), bool(body.ignore_eos)
-    )
-    served.engine.submit(generation)
-    if body.stream:
-        return GenerationStream(stream_chunks(events, shape, body.include_usage()), generation)
-    return await complete(events, shape, generation, request)
-
-
-async def stream_chunks(events: EventQueue, shape: ResponseShape, include_usage: bool):
-    if shape.chat:
-        yield sse(shape.chunk(role=True))
-    done = False
-    while not done:
-        chunks = []  # one SSE event per decoded piece; pieces that queued up together are written together
-        for event in await events.get_all():
-            if isinstance(event, TextDelta):
-                chunks.append(sse(shape.chunk(event.text)))
-            elif isinstance(event, Finished):
-                chunks.append(sse(shape.chunk(finish_reason=event.reason)))
-                if include_usage:
-                    chunks.append(sse(shape.usage_chunk(usage(event.prompt_tokens, event.completion_tokens))))
-                done = True
-            elif isinstance(event, Failed):
-                chunks.append(sse(error_body(event.message, 500)))
-                done = True
-        yield "".join(chunks)
-    yield sse("[DONE]")
-
-
-async def complete(events: EventQueue, shape: ResponseShape, generation: GenerationRequest, request: Request):
-    """The whole answer as one JSON object; a client that hangs up stops its generation all the same."""
-    watcher = asyncio.create_task(cancel_when_disconnected(request, generation))
-    pieces = []
+    k = body.logprobs_k()
+    generations = [
+        GenerationRequest(
+            prompt,
+            body.sampling(budget),
+            events.deliver_for(i),
+            body.stop_list(),
+            bool(body.ignore_eos),
+            logprobs=k,
+            prompt_logprobs=echoes[i] is not None and k is not None,
+        )
+        for i, (prompt, budget) in enumerate(zip(prompts, budgets))
+    ]
     try:
-        while True:
-            event = await events.get()
-            if isinstance(event, TextDelta):
-                pieces.append(event.text)
-            elif isinstance(event, Failed):
-                raise APIError(500, event.message, code="generation_failed")
-            elif isinstance(event, Finished):
-                return shape.complete(
-                    "".join(pieces), event.reason, usage(event.prompt_tokens, event.completion_tokens)
-                )
+        served.engine.submit_all(generations)
+    except QueueFull as err:
+        retry = str(served.engine.retry_after())
+        headers = {"Retry-After": retry}
+        raise APIError(429, f"The server is busy ({err}): retry later.", None, "rate_limit_exceeded", headers) from None
+    except EngineClosed:
+        raise APIError(503, "The server is shutting down.", None, "server_shutting_down") from None
+    run = Run(shape, prompts, echoes, [metrics.tracker(served.name) for _ in prompts])
+    if body.stream:
+        return GenerationStream(stream_chunks(events, run, body.include_usage()), generations)
+    watcher = asyncio.create_task(cancel_when_disconnected(request, generations))
+    try:
+        return await complete(events, run, generations)
     finally:
         watcher.cancel()
 
 
-async def cancel_when_disconnected(request: Request, generation: GenerationRequest, every: float = 0.25) -> None:
+class Run:
+    """What one request's choices have produced so far (echoed prompts first), and their token counts."""
+
+    def __init__(self, shape: ResponseShape, prompts, echoes, trackers):
+        self.shape, self.prompts, self.echoes, self.trackers = shape, prompts, echoes, trackers
+        self.texts = [e or "" for e in echoes]
+        self.logprobs: list[dict | None] = [None] * len(prompts)
+        self.finish: list[str | None] = [None] * len(prompts)
+        self.prompt_tokens = self.completion_tokens = 0
+
+    def add_logprobs(self, index: int, part: dict | None) -> None:
+        if part is None:
+            return
+        whole = self.logprobs[index]
+        if whole is None:
+            self.logprobs[index] = part
+        else:
+            for key, values in part.items():
+                if isinstance(values, list):
+                    whole[key].extend(values)
+
+    def on(self, index: int, event) -> dict | None:
+        """Record an event; returns the chunk that streams it (None: nothing to send)."""
+        shape = self.shape
+        if isinstance(event, PromptLogprobs):
+            part = shape.logprobs(index, event.entries, self.prompts[index])
+            self.add_logprobs(index, part)
+            return shape.chunk(index, self.echoes[index], logprobs=part)
+        if isinstance(event, TextDelta):
+            self.trackers[index].token()
+            part = shape.logprobs(index, event.logprobs) if event.logprobs else None
+            if part is None and shape.with_logprobs:
+                part = shape.logprobs(index, [])
+            self.add_logprobs(index, part)
+            self.texts[index] += event.text
+            return shape.chunk(index, event.text, logprobs=part)
+        if isinstance(event, Finished):
+            self.trackers[index].end(event.reason)
+            self.finish[index] = event.reason
+            self.prompt_tokens += event.prompt_tokens
+            self.completion_tokens += event.completion_tokens
+            return shape.chunk(index, finish_reason=event.reason)
+        raise TypeError(event)
+
+    def done(self) -> bool:
+        return all(reason is not None for reason in self.finish)
+
+    def usage(self) -> dict:
+        return usage(self.prompt_tokens, self.completion_tokens)
+
+
+async def stream_chunks(events: EventQueue, run: Run, include_usage: bool):
+    shape = run.shape
+    if shape.chat:
+        yield sse(shape.chunk(role=True))
+    first = [sse(shape.chunk(i, echo)) for i, echo in enumerate(run.echoes) if echo and not shape.with_logprobs]
+    if first:
+        yield "".join(first)
+    while not run.done():
+        chunks = []  # one SSE event per decoded piece; pieces that queued up together are written together
+        for index, event in await events.get_all():
+            if isinstance(event, Failed):
+                run.trackers[index].end("error")
+                yield "".join(chunks) + sse(error_body(event.message, event.status)) + sse("[DONE]")
+                return
+            chunks.append(sse(run.on(index, event)))
+        yield "".join(chunks)
+    if include_usage:
+        yield sse(shape.usage_chunk(run.usage()))
+    yield sse("[DONE]")
+
+
+async def complete(events: EventQueue, run: Run, generations: list[GenerationRequest]):
+    """The whole answer as one JSON object."""
+    while not run.done():
+        for index, event in await events.get_all():
+            if isinstance(event, Failed):
+                run.trackers[index].end("error")
+                for generation in generations:
+                    generation.cancel()
+                raise APIError(event.status, event.message, code="generation_failed")
+            run.on(index, event)
+    choices = [
+        {"text": text, "finish_reason": reason, "logprobs": logprobs}
+        for text, reason, logprobs in zip(run.texts, run.finish, run.logprobs)
+    ]
+    return run.shape.complete(choices, run.usage())
+
+
+async def cancel_when_disconnected(request: Request, generations, every: float = 0.25) -> None:
+    """A client that hangs up on a plain request stops its generations all the same."""
     while not await request.is_disconnected():
         await asyncio.sleep(every)
-    generation.cancel()
+    for generation in generations:
+        generation.cancel()

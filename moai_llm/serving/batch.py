@@ -44,11 +44,30 @@ class DecodeBatch:
         ids = torch.tensor([[pad_id] * (length - len(p)) + p for p in prompts], device=device)  # [rows, length]
         mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=device)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # generate's convention for left padding
-        cache = DynamicCache(config=self.model.config)
+        cache = self.new_cache()
         out = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
         )
         return out.logits[:, -1].float(), cache, mask
+
+    @torch.inference_mode()
+    def extend(self, cache: DynamicCache, tokens: list[int], start: int, all_logits: bool) -> torch.Tensor:
+        """Feed the next chunk of one prompt whose first `start` tokens are in `cache`: logits [chunk, vocab] (every
+        position, for prompt log-probabilities) or [1, vocab] (the last)."""
+        device = self.model.device
+        end = start + len(tokens)
+        out = self.model(
+            input_ids=torch.tensor([tokens], device=device),
+            attention_mask=torch.ones(1, end, dtype=torch.long, device=device),
+            position_ids=torch.arange(start, end, device=device)[None],
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=0 if all_logits else 1,
+        )
+        return out.logits[0].float()
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.model.config)
 
     def join(self, cache: DynamicCache, mask: torch.Tensor) -> None:
         """Append prefilled rows; the shorter side is padded on the left to the common length."""

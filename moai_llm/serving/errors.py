@@ -11,16 +11,25 @@ from starlette.exceptions import HTTPException
 logger = logging.getLogger(__name__)
 
 _UNION_TAGS = {"str", "int", "float", "bool", "list", "dict"}
-_TYPES = {500: "server_error", 503: "server_error"}  # everything else is "invalid_request_error", as OpenAI
+# everything else is "invalid_request_error", as OpenAI
+_TYPES = {429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
     def response(self) -> JSONResponse:
-        return JSONResponse(error_body(self.message, self.status, self.param, self.code), status_code=self.status)
+        body = error_body(self.message, self.status, self.param, self.code)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 def error_body(message: str, status: int = 400, param: str | None = None, code: str | None = None) -> dict:

@@ -1,6 +1,7 @@
 """The models one server answers for: found from the command line, loaded once with chat.py's loader, each with
 its name, context length, token limit and batching engine."""
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -52,9 +53,33 @@ def model_entries(model_paths: list[str], models_dir: str | None) -> list[tuple[
     return entries
 
 
+def run_mode(path: Path) -> str | None:
+    """ "pretrain" or "sft" for a directory train.py wrote (its run_arguments.json, in the run directory above a
+    final_model or checkpoint), "sft" for a LoRA adapter, None when unknown."""
+    if (path / "adapter_config.json").is_file():
+        return "sft"
+    for run_dir in (path, path.parent):
+        arguments = run_dir / "run_arguments.json"
+        if arguments.is_file():
+            try:
+                return json.loads(arguments.read_text(encoding="utf-8"))["training"]["mode"]
+            except (ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
+def longest_token_bytes(tokenizer) -> int:
+    """The most UTF-8 bytes one token stands for (a prompt of B bytes has at least B / this many tokens). A byte-level
+    BPE vocabulary writes each byte as one character."""
+    byte_level = type(tokenizer.backend_tokenizer.decoder).__name__ == "ByteLevel"
+    sizes = (len(piece) if byte_level else len(piece.encode("utf-8")) for piece in tokenizer.get_vocab())
+    return max(sizes, default=1) or 1
+
+
 @dataclass
 class ServedModel:
-    """A model the server answers for. `engine` is anything with `submit(GenerationRequest)` and `close()`."""
+    """A model the server answers for. `engine` is anything with `submit_all(list[GenerationRequest])`,
+    `retry_after()` and `close()`; `mode` is what the chat page opens it in: "chat" or "completion"."""
 
     name: str
     tokenizer: object
@@ -62,7 +87,31 @@ class ServedModel:
     context_length: int
     max_tokens_limit: int
     path: str = ""
+    mode: str = "chat"
     created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self):
+        self.bytes_per_token = longest_token_bytes(self.tokenizer)
+        self.vocab_size = len(self.tokenizer)
+
+    def check_text_length(self, texts: list[str], param: str) -> None:
+        """Before tokenizing: a prompt with more bytes than the context could hold even at the longest token is
+        refused at once (tokenizing megabytes would only confirm it)."""
+        size = sum(len(t.encode("utf-8")) for t in texts)
+        if size > self.context_length * self.bytes_per_token:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {self.context_length} tokens; the prompt has {size} bytes, "
+                f"at least {size // self.bytes_per_token} tokens.",
+                param,
+                "context_length_exceeded",
+            )
+
+    def token_prompt(self, ids: list[int], param: str) -> list[int]:
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise APIError(400, f"Token id {bad[0]} is not in the vocabulary (0..{self.vocab_size - 1}).", param)
+        return ids
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         if not getattr(self.tokenizer, "chat_template", None):
@@ -75,8 +124,7 @@ class ServedModel:
     def text_prompt(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def max_new_tokens(self, prompt_tokens: int, requested: int | None, prompt_param: str) -> int:
-        """The tokens to generate; a 400 naming the parameter when the request cannot fit."""
+    def check_max_tokens(self, requested: int | None) -> None:
         if requested is not None and requested > self.max_tokens_limit:
             raise APIError(
                 400,
@@ -84,6 +132,10 @@ class ServedModel:
                 "max_tokens",
                 "invalid_value",
             )
+
+    def max_new_tokens(self, prompt_tokens: int, requested: int | None, prompt_param: str) -> int:
+        """The tokens to generate; a 400 naming the parameter when the request cannot fit."""
+        self.check_max_tokens(requested)
         if prompt_tokens == 0:
             raise APIError(400, "The prompt is empty.", prompt_param, "invalid_value")
         room = self.context_length - prompt_tokens
@@ -107,6 +159,7 @@ class ServedModel:
             "owned_by": "moai-llm",
             "max_model_len": self.context_length,
             "max_tokens_limit": self.max_tokens_limit,
+            "mode": self.mode,
         }
 
 
@@ -139,16 +192,30 @@ class ModelRegistry:
 
 
 def load_models(
-    entries: list[tuple[str, Path]], max_batch_size: int = 16, max_tokens: int = 4096, device: str | None = None
+    entries: list[tuple[str, Path]],
+    max_batch_size: int = 16,
+    max_tokens: int = 4096,
+    device: str | None = None,
+    max_prefill_tokens: int = 4096,
+    max_waiting: int = 256,
 ) -> ModelRegistry:
     """Load every model (ChatLoadError names a bad directory) and start its engine."""
     served = []
     for name, path in entries:
         model, tokenizer = load_for_chat(str(path), device=device)
-        engine = BatchEngine(model, tokenizer, max_batch_size=max_batch_size, name=name)
+        engine = BatchEngine(model, tokenizer, max_batch_size, name, max_prefill_tokens, max_waiting)
+        mode = run_mode(Path(path))
+        if mode is None:
+            mode = "sft" if getattr(tokenizer, "chat_template", None) else "pretrain"
         served.append(
             ServedModel(
-                name, tokenizer, engine, engine.context_length, min(max_tokens, engine.context_length), str(path)
+                name,
+                tokenizer,
+                engine,
+                engine.context_length,
+                min(max_tokens, engine.context_length),
+                str(path),
+                "chat" if mode == "sft" else "completion",
             )
         )
         logger.info(

@@ -7,10 +7,16 @@ from ..chat.generation import SamplingParams
 
 
 class RowSampler:
-    def __init__(self, params: SamplingParams):
+    def __init__(self, params: SamplingParams, device: torch.device | str = "cpu"):
         self.params = params
         self.processors = params.logits_processors()
-        self.generator: torch.Generator | None = None
+        # this request's generator, seeded by `seed` (else at random); made here, so a seed torch refuses fails
+        # when the request is admitted, alone
+        self.generator = torch.Generator(device=device)
+        if params.seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(params.seed)
         # Rows with equal keys are processed in one call: temperature, top-k and top-p do not read the tokens so
         # far. A repetition penalty does, so such a row is processed alone.
         self.key = (
@@ -20,13 +26,7 @@ class RowSampler:
         )
 
     def sample(self, probs: torch.Tensor) -> int:
-        """One draw from probs [vocab] with this request's generator (seeded by `seed`, else at random)."""
-        if self.generator is None:
-            self.generator = torch.Generator(device=probs.device)
-            if self.params.seed is None:
-                self.generator.seed()
-            else:
-                self.generator.manual_seed(self.params.seed)
+        """One draw from probs [vocab] with this request's generator."""
         # Inverse-CDF draw: the distribution torch.multinomial samples, at ~1/20 of its cost for one draw on CPU.
         # Searching for the first cdf value above u (u < total) never lands on a zero-probability token.
         # float32 (MPS has no float64): a zero-probability token adds exactly 0, so its step of the cdf stays flat.
@@ -48,7 +48,8 @@ def pick_tokens(samplers: list[RowSampler], histories: list[list[int]], logits: 
             seen = torch.tensor(
                 [histories[rows[0]]] if first.key is None else [[]] * len(rows), dtype=torch.long, device=logits.device
             )
-            scores = first.processors(seen, scores)
+            for processor in first.processors:  # LogitsProcessorList.__call__ would inspect each signature per step
+                scores = processor(seen, scores)
         if first.params.greedy:
             picked = scores.argmax(-1).tolist()
         else:

@@ -1,16 +1,52 @@
-"""OpenAI request bodies (validated strictly: a wrong type is a 400, never coerced) and response objects."""
+"""OpenAI request bodies, validated strictly: a wrong type is a 400, never coerced. OpenAI's own fields are
+accepted at every value the server can honour (those it does not use are logged, once per field), and refused with
+a 400 naming the field at values it cannot honour; a field OpenAI does not have is refused."""
 
-import time
-import uuid
-from typing import Literal
+import logging
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..chat.generation import SamplingParams
+from .errors import APIError
+
+logger = logging.getLogger(__name__)
+
+MAX_STOP_CHARS = 256  # per stop string: the held-back check runs on the engine thread for every token
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat (its legacy completions allow 5)
+MAX_PROMPTS = 128  # prompts in one /v1/completions request
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+_logged_fields: set[str] = set()
+
+
+def log_ignored(fields: dict[str, Any]) -> None:
+    """Accepted fields the server does not use: logged at info the first time each is seen, then at debug."""
+    for name, value in fields.items():
+        level = logging.DEBUG if name in _logged_fields else logging.INFO
+        _logged_fields.add(name)
+        logger.log(level, "request field %s=%r accepted and ignored", name, value)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
+    IGNORED: ClassVar[tuple[str, ...]] = ()  # OpenAI fields accepted and not used
+
+    @model_validator(mode="after")
+    def _log_ignored(self):
+        log_ignored({name: getattr(self, name) for name in self.IGNORED if name in self.model_fields_set})
+        return self
+
+
+def _only(value, allowed: tuple, why: str):
+    if value not in allowed:
+        raise ValueError(why)
+    return value
+
+
+def _empty(value, why: str):
+    if value:
+        raise ValueError(why)
+    return value
 
 
 class TextPart(_Strict):
@@ -20,21 +56,43 @@ class TextPart(_Strict):
 
 class Message(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[dict] | None = None
+    function_call: dict | None = None
+    refusal: str | None = None
+    audio: dict | None = None
+    IGNORED = ("name", "refusal")
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _no_tool_calls(cls, value):
+        return _empty(value, "tool calls are not supported (only an empty list)")
+
+    @field_validator("function_call", "audio")
+    @classmethod
+    def _none(cls, value):
+        return _only(value, (None,), "not supported (only null)")
 
     def as_template_input(self) -> dict:
-        text = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        content = self.content or ""
+        text = content if isinstance(content, str) else "".join(part.text for part in content)
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+    continuous_usage_stats: bool | None = None  # vLLM's
+    include_obfuscation: bool | None = None  # OpenAI's padding against length side channels: nothing to pad here
+    IGNORED = ("continuous_usage_stats", "include_obfuscation")
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text"]  # json_object / json_schema would need constrained decoding
 
 
 class _Generation(_Strict):
-    """Fields shared by chat and text completions. Extensions (vLLM's names): top_k, repetition_penalty, ignore_eos.
-    Accepted only at their no-op values: n, presence_penalty, frequency_penalty, logprobs."""
+    """Fields shared by chat and text completions. Extensions (vLLM's names): top_k, repetition_penalty, ignore_eos."""
 
     model: str | None = None
     temperature: float | None = Field(None, ge=0, le=2)
@@ -42,16 +100,22 @@ class _Generation(_Strict):
     top_k: int | None = Field(None, ge=-1)
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = Field(None)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     repetition_penalty: float | None = Field(None, gt=0)
     ignore_eos: bool | None = False
-    user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, not used
     n: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    logprobs: bool | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None  # OpenAI's end-user id for abuse monitoring
+    store: bool | None = None  # nothing is stored
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    IGNORED = ("user", "store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier")
 
     @field_validator("stop")
     @classmethod
@@ -59,34 +123,37 @@ class _Generation(_Strict):
         stops = [value] if isinstance(value, str) else value or []
         if len(stops) > 4:
             raise ValueError("at most 4 stop sequences")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop sequence may have at most {MAX_STOP_CHARS} characters")
         return value
 
     @field_validator("n")
     @classmethod
     def _one_choice(cls, value):
-        if value not in (None, 1):
-            raise ValueError("only n=1 is supported")
-        return value
+        return _only(value, (None, 1), "only n=1 is supported")
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
     def _no_penalty(cls, value):
-        if value not in (None, 0):
-            raise ValueError("not supported (use repetition_penalty)")
-        return value
+        return _only(value, (None, 0), "not supported (use repetition_penalty)")
 
-    @field_validator("logprobs", "echo", check_fields=False)
+    @field_validator("logit_bias")
     @classmethod
-    def _off_only(cls, value, info: ValidationInfo):
-        if value:
-            raise ValueError(f"{info.field_name} is not supported")
-        return value
+    def _no_bias(cls, value):
+        return _empty(value, "not supported (only an empty object)")
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def check(self) -> None:
+        """Rules across fields (a 400 naming one of them)."""
+
+    def logprobs_k(self) -> int | None:
+        """None: no log-probabilities; k: the chosen token's and the k most likely ones per position."""
+        return None
 
     def sampling(self, max_new_tokens: int) -> SamplingParams:
         """OpenAI's defaults (temperature 1, top_p 1, no top-k, no repetition penalty); temperature 0 is greedy."""
@@ -106,76 +173,91 @@ class _Generation(_Strict):
 class ChatCompletionRequest(_Generation):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: ResponseFormat | None = None
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict] | None = None
+    function_call: str | dict | None = None
+    modalities: list[str] | None = None
+    IGNORED = (*_Generation.IGNORED, "parallel_tool_calls", "response_format")
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value):
+        return _empty(value, "tools are not supported (only an empty list)")
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_choice(cls, value):
+        return _only(value, (None, "none", "auto"), "only 'none' is supported (no tools)")
+
+    @field_validator("modalities")
+    @classmethod
+    def _text_only(cls, value):
+        return _only(value, (None, ["text"]), "only ['text'] is supported")
+
+    def check(self) -> None:
+        for i, message in enumerate(self.messages):
+            if message.content is None and message.role != "assistant":
+                raise APIError(
+                    400, f"A {message.role} message needs content.", f"messages.{i}.content", "invalid_value"
+                )
+        if self.top_logprobs and not self.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true.", "top_logprobs", "invalid_value")
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def logprobs_k(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def template_messages(self) -> list[dict]:
+        return [m.as_template_input() for m in self.messages]
+
+
+TokenIds = list[int]
+
 
 class CompletionRequest(_Generation):
-    prompt: str | list[str]
+    prompt: str | list[str] | TokenIds | list[TokenIds]
+    max_tokens: int | None = Field(None, ge=0)  # 0 with echo: score the prompt only
     echo: bool | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    best_of: int | None = None
+    suffix: str | None = None
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, value):
-        if isinstance(value, list) and len(value) != 1:
-            raise ValueError("send one prompt per request (a string, or a list of exactly one string)")
+    def _prompts(cls, value):
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("the prompt list is empty")
+            if len(value) > MAX_PROMPTS and not isinstance(value[0], int):
+                raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
         return value
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    @field_validator("best_of")
+    @classmethod
+    def _one_best(cls, value):
+        return _only(value, (None, 1), "only best_of=1 is supported")
 
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value):
+        return _empty(value, "not supported (no fill-in-the-middle)")
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    def check(self) -> None:
+        if self.max_tokens == 0 and not self.echo:
+            raise APIError(400, "max_tokens=0 needs echo: true.", "max_tokens", "invalid_value")
 
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: a string or token ids."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-class ResponseShape:
-    """Builds one request's response objects: `chat.completion` (+ chunks) or `text_completion`."""
-
-    def __init__(self, chat: bool, model: str):
-        self.chat, self.model = chat, model
-        self.id = new_id("chatcmpl" if chat else "cmpl")
-        self.created = int(time.time())
-
-    def _object(self, kind: str, choices: list, **extra) -> dict:
-        return {
-            "id": self.id,
-            "object": kind,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            **extra,
-        }
-
-    def complete(self, text: str, finish_reason: str, counts: dict) -> dict:
-        if self.chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish_reason,
-                "logprobs": None,
-            }
-            return self._object("chat.completion", [choice], usage=counts)
-        choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
-        return self._object("text_completion", [choice], usage=counts)
-
-    def chunk(self, text: str | None = None, finish_reason: str | None = None, role: bool = False) -> dict:
-        if self.chat:
-            delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text is not None else {})
-            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-            return self._object("chat.completion.chunk", [choice])
-        choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
-        return self._object("text_completion", [choice])
-
-    def usage_chunk(self, counts: dict) -> dict:
-        """The extra last chunk that `stream_options: {"include_usage": true}` asks for: no choices, the usage."""
-        return self._object("chat.completion.chunk" if self.chat else "text_completion", [], usage=counts)
+    def logprobs_k(self) -> int | None:
+        return self.logprobs

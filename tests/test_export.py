@@ -1,0 +1,66 @@
+"""MoE export: Qwen3-MoE for routed experts, Qwen2-MoE for a shared expert (QK-norm off), a one-line refusal when
+neither can express the model; the exported directory loads with AutoModelForCausalLM in a process without moai_llm
+and gives MOAI's logits."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from moai_llm import MoaiForCausalLM
+from moai_llm.export import main as export_main
+
+from .conftest import tiny_config
+
+ROUTED = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, num_hidden_layers=3, mlp_only_layers=[0])
+SHARED = dict(ROUTED, shared_expert_intermediate_size=48)
+
+
+@pytest.mark.integration
+def test_moe_exports_load_without_the_package_and_give_moais_logits(tmp_path):
+    cases = {"qwen3_moe": ROUTED, "qwen2_moe": dict(SHARED, use_qk_norm=False)}
+    ids = torch.randint(3, 128, (2, 12))
+    expected = {}
+    for model_type, fields in cases.items():
+        torch.manual_seed(0)
+        model = MoaiForCausalLM(tiny_config(**fields)).eval()
+        model.save_pretrained(tmp_path / model_type / "moai")
+        out = tmp_path / model_type / "export"
+        assert export_main(["--model_path", str(tmp_path / model_type / "moai"), "--output_dir", str(out)]) == 0
+        config = json.loads((out / "config.json").read_text())
+        assert config["model_type"] == model_type and "auto_map" not in config
+        assert not list(out.glob("*.py"))  # no remote code: transformers' own classes
+        with torch.no_grad():
+            expected[model_type] = model(ids).logits
+    torch.save({"ids": ids, "logits": expected}, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["moai_llm"] = None  # any `import moai_llm` now fails
+        import torch
+        from transformers import AutoModelForCausalLM
+        expected = torch.load(r"{tmp_path / "expected.pt"}")
+        for model_type, logits in expected["logits"].items():
+            model = AutoModelForCausalLM.from_pretrained(r"{tmp_path}" + "/" + model_type + "/export").eval()
+            assert type(model).__module__.startswith("transformers.models."), type(model).__module__
+            with torch.no_grad():
+                diff = (model(expected["ids"]).logits - logits).abs().max().item()
+            print(model_type, type(model).__name__, diff)
+            assert diff == 0.0, diff
+        print("exports-ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert "exports-ok" in result.stdout, result.stdout + result.stderr[-2000:]
+
+
+def test_shared_expert_with_qk_norm_is_refused_in_one_line(tmp_path, capsys):
+    MoaiForCausalLM(tiny_config(**SHARED)).save_pretrained(tmp_path / "moai")
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert export_main(["--model_path", str(tmp_path / "moai"), "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Qwen3-MoE has none" in err and "use_qk_norm=True" in err
+    assert not (tmp_path / "out").exists()
