@@ -1,5 +1,6 @@
 """Sources, mixing, SFT formats and bad input."""
 
+import itertools
 import json
 
 import numpy as np
@@ -91,26 +92,34 @@ def test_domains_filter_and_empty_after_filter(tmp_path, tokenizer):
         pretraining_datasets(spec, tokenizer, 64)
 
 
+def first_pass(train, tokenizer) -> tuple[list[dict], list[str]]:
+    """The rows of a stream's first pass and their documents' texts: up to the first row of known documents."""
+    rows, docs = [], []
+    for row in train:
+        starts = np.cumsum([0, *row["seq_lengths"]])
+        texts = [tokenizer.decode(row["input_ids"][a : b - 1]) for a, b in zip(starts[:-1], starts[1:])]
+        if set(texts) & set(docs):
+            return rows, docs
+        rows.append(row)
+        docs += texts
+    raise AssertionError("the stream ended")
+
+
 def test_streaming_reads_every_document_in_shuffled_packs(tmp_path, tokenizer):
     path = _write_jsonl(tmp_path / "s.jsonl", [{"text": f"doc {i} " + "word " * (i % 13)} for i in range(300)])
     spec = DataSpec(train_files=[str(path)], streaming=True, eval_fraction=0)
     train, _ = pretraining_datasets(spec, tokenizer, 64)
-    rows = list(train)
-    docs = []
-    for row in rows:
-        start = 0
-        for n in row["seq_lengths"]:
-            docs.append(tokenizer.decode(row["input_ids"][start : start + n - 1]))
-            start += n
+    rows, docs = first_pass(train, tokenizer)  # the stream then starts again, without end
     assert sorted(docs) == sorted(f"doc {i} " + "word " * (i % 13) for i in range(300))
     widths = [len(r["input_ids"]) for r in rows]
     assert widths != sorted(widths, reverse=True)  # packs leave each buffer shuffled, not by length
-    assert [r["input_ids"] for r in train] == [r["input_ids"] for r in rows]  # seeded: the same order again
+    again = [r["input_ids"] for r in itertools.islice(train, len(rows))]
+    assert again == [r["input_ids"] for r in rows]  # seeded: the same order again
 
     spec.eval_fraction = 0.1  # a seeded tenth of the first documents, at most 1,000, never in the train stream
     train, evaluation = pretraining_datasets(spec, tokenizer, 64)
     held = {tokenizer.decode(r["input_ids"][:-1]) for r in evaluation if len(r["seq_lengths"]) == 1}
-    streamed = [tokenizer.decode(r["input_ids"][: n - 1]) for r in train for n in r["seq_lengths"][:1]]
+    streamed = first_pass(train, tokenizer)[1]
     assert 10 <= sum(len(r["seq_lengths"]) for r in evaluation) <= 60 and not held & set(streamed)
     spec.eval_fraction = 400
     with pytest.raises(DataError, match="fewer than the 400 held out for eval"):

@@ -50,16 +50,17 @@ class TextEncoder:
 
     @staticmethod
     def text_column(source) -> str:
-        return source.text_field
+        return source.text_field or "text"
 
     @functools.cached_property
     def fingerprint(self) -> dict:
         return {"kind": "text", "tokenizer": tokenizer_hash(self.tokenizer), "eos": self.eos}
 
     def payload(self, record: dict, source, where: str):
-        text = record[source.text_field]
+        column = self.text_column(source)
+        text = record[column]
         if not isinstance(text, str):
-            raise DataError(f"{where}: {source.text_field!r} is {type(text).__name__}, not text")
+            raise DataError(f"{where}: {column!r} is {type(text).__name__}, not text")
         return text or None  # an empty document is skipped (and counted)
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, None]:
@@ -201,7 +202,7 @@ def store_path(source, encoder, cache_dir: Path, skip_bad_records: bool) -> Path
         "name": source.name,
         "subset": source.subset,
         "split": source.split,
-        "text_field": source.text_field,
+        "text_field": source.text_field or "text",
         "domains": sorted(source.domains),
         "encoder": encoder.fingerprint,
         "skip_bad_records": skip_bad_records,

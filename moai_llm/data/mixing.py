@@ -30,7 +30,7 @@ class MixtureSource:
     percentage: float = 100.0  # a seeded random sample of this share of the documents, never the first ones
     streaming: bool = False
     domains: list[str] = field(default_factory=list)  # keep records whose `domain` column is one of these
-    text_field: str = "text"
+    text_field: str | None = None  # None: --text_column (default "text")
 
     def __post_init__(self):
         if self.ratio is not None and not self.ratio > 0:
@@ -67,22 +67,26 @@ def check_ratios(sources: list[MixtureSource]) -> None:
 
 
 def check_disjoint(sources: list[MixtureSource]) -> None:
-    """A file (or Hub split) in two sources with the same filter would be read twice, and its documents could be
-    held out for eval by one source and trained on by the other: refused. Use ratios to read a source more."""
-    seen: dict[tuple, str] = {}
+    """A file (or Hub split) in two sources whose domain filters can keep the same record would be read twice, and
+    its documents could be held out for eval by one source and trained on by the other: refused. Filters overlap
+    when they share a domain, or when either has none (it keeps every record). Use ratios to read a source more."""
+    seen: dict[tuple, list[MixtureSource]] = {}
     for source in sources:
         if is_local(source.name):
             items = [str(path.resolve()) for path in local_files(source.name)]
         else:
             items = [f"{source.name}:{source.subset or ''}[{source.split}]"]
         for item in items:
-            key = (item, tuple(sorted(source.domains)), source.text_field)
-            if key in seen:
-                raise DataError(
-                    f"{item} is in two sources ({seen[key]} and {source.name}); give it once "
-                    "(ratios read a source more often)"
-                )
-            seen[key] = source.name
+            earlier = seen.setdefault((item, source.text_field), [])
+            for other in earlier:
+                shared = set(other.domains) & set(source.domains)
+                if shared or not other.domains or not source.domains:
+                    overlap = f" (both keep domain {sorted(shared)[0]!r})" if shared else ""
+                    raise DataError(
+                        f"{item} is in two sources ({other.name} and {source.name}){overlap}; give it once "
+                        "(ratios read a source more often; disjoint domains split a file)"
+                    )
+            earlier.append(source)
 
 
 def eval_counts(documents: list[int], eval_fraction: float) -> list[int]:

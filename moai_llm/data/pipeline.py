@@ -7,7 +7,7 @@ Streaming data: each rank reads, tokenizes and packs its own shard on the fly (`
 """
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import datasets
@@ -53,8 +53,18 @@ class DataSpec:
 
 
 def mixture_sources(spec: DataSpec) -> list[MixtureSource]:
-    """The sources to read: the YAML mixture, else every --train_file and --dataset (no ratios), else the sample."""
-    sources = parse_mixture(spec.mixture) if spec.mixture else _flag_sources(spec)
+    """The sources to read: the YAML mixture, else every --train_file and --dataset (no ratios), else the sample.
+    A mixture source without `text_field` reads --text_column. A mixture and files/datasets together: an error."""
+    if spec.mixture and (spec.train_files or spec.datasets):
+        given = ", ".join([*spec.train_files, *spec.datasets])
+        raise DataError(
+            f"data sources given twice: a mixture and --train_file/--dataset ({given}); give one of them "
+            "(a mixture can list those files)"
+        )
+    if spec.mixture:
+        sources = [replace(s, text_field=s.text_field or spec.text_column) for s in parse_mixture(spec.mixture)]
+    else:
+        sources = _flag_sources(spec)
     check_ratios(sources)
     check_disjoint(sources)
     return sources
@@ -73,7 +83,7 @@ def _flag_sources(spec: DataSpec) -> list[MixtureSource]:
                 streaming=spec.streaming,
             )
         )
-    return sources or [MixtureSource(name="sample")]
+    return sources or [MixtureSource(name="sample", text_field="text")]
 
 
 @dataclass
@@ -154,7 +164,7 @@ def reading_plan(spec: DataSpec, tokenizer, sft: bool = False):
             "SFT needs data: give --train_file or --dataset (bundled examples: moai_llm/assets/sample/sft_*.jsonl)"
         )
     for source in sources:
-        if source.text_field != "text":
+        if source.text_field not in (None, "text"):
             raise DataError(
                 f"mixture source {source.name}: text_field is for pretraining; SFT records are "
                 "recognised by their columns (set --sft_format to choose)"

@@ -3,8 +3,18 @@
 The train dataset is a `datasets.IterableDataset` with one shard per process. With `dispatch_batches=False`
 (set by train.py for streams) accelerate gives process r exactly shard r, so every rank reads a disjoint part of
 the stream (`split_dataset_by_node`) and no batch travels from rank 0. Packs are shuffled within each seeded
-buffer. A resumed run re-reads its shard from the start and skips the batches already trained (the Trainer's
-`skip_first_batches`), so it sees the same rows as an uninterrupted run with the same seed and world size.
+buffer.
+
+Each rank's rows never end: when its part of the stream runs out, the rank starts it again (pass 2, 3, ...: a new
+file order and pack shuffle, seeded by the pass), so every rank takes every step until `max_steps` whatever the
+lengths of the ranks' parts; a finite stream would end on one rank in the middle of a gradient-accumulation group
+while the others step (a collective mismatch). The Trainer therefore stays in its first epoch, and a resumed run
+re-reads its shard from the start and skips the batches already trained (`skip_first_batches`), passes included,
+so it sees the same rows as an uninterrupted run with the same seed and world size.
+
+The rank's part is read with `IterableDataset.iter`, which ignores DataLoader workers: iterating it (`__iter__`)
+inside a worker would keep only the shards `worker_id::num_workers`, 1/W of the rank's data. The rows dataset has
+one shard per process, so one worker per rank reads and packs (datasets stops the extra ones).
 """
 
 import logging
@@ -23,6 +33,7 @@ from .sources import hub_dataset, is_local, local_files, read_file
 logger = logging.getLogger(__name__)
 STREAM_EVAL_DOCUMENTS = 1000  # at most, when --eval_fraction is a fraction (a stream has no known size)
 PACK_BUFFER = 10_000
+READ_BATCH = 256  # records per `IterableDataset.iter` batch
 
 
 def _drawn(seed: int, index: int, shard: int, number: int, share: float) -> bool:
@@ -134,12 +145,19 @@ def streamed_rows(
     seed: int,
     num_processes: int,
     stats: DataStats,
+    passes: int | None = None,
 ) -> datasets.IterableDataset:
-    """Rows from the stream, one shard per process: shard r tokenizes and packs `split_dataset_by_node(r)`."""
+    """Rows from the stream, one shard per process: shard r tokenizes and packs `split_dataset_by_node(r)`, pass
+    after pass (`passes` of them; None: without end, the trainer stops at max_steps)."""
 
-    def documents(rank):
+    def payloads(rank, number):
         shard = split_dataset_by_node(mixed, rank=rank, world_size=num_processes)
-        for batch in batched(row["payload"] for row in shard):
+        shard.set_epoch(number)  # pass 0 reads the files in order; later passes in a seeded new order
+        for rows in shard.iter(batch_size=READ_BATCH):  # not __iter__: that splits the shard again per worker
+            yield from rows["payload"]
+
+    def documents(rank, number):
+        for batch in batched(payloads(rank, number)):
             flat, lengths, mask = encoder.encode(batch)
             flat, ends = flat.astype(np.int64), np.cumsum(lengths)
             for end, length in zip(ends.tolist(), lengths.tolist()):
@@ -147,14 +165,33 @@ def streamed_rows(
                 labels = None if mask is None else np.where(mask[end - length : end], ids, IGNORE_INDEX)
                 yield from _cut(ids, labels, max_seq_length, truncate, stats)
 
+    def one_pass(rank, number):
+        docs = documents(rank, number)
+        if not packing:
+            yield from (_row([doc]) for doc in docs)
+            return
+        pack_seed = seed + rank + 1_000_003 * number
+        for pack in pack_stream(docs, max_seq_length, PACK_BUFFER, pack_seed, length=lambda d: len(d[0])):
+            yield _row(pack)
+
     def rows(ranks):
         for rank in ranks:
-            docs = documents(rank)
-            if not packing:
-                yield from (_row([doc]) for doc in docs)
-                continue
-            for pack in pack_stream(docs, max_seq_length, PACK_BUFFER, seed + rank, length=lambda d: len(d[0])):
-                yield _row(pack)
+            number = 0
+            while passes is None or number < passes:
+                if number:
+                    logger.info(
+                        "streamed data of rank %d: pass %d starts (its part of the stream ran out)", rank, number + 1
+                    )
+                produced = 0
+                for row in one_pass(rank, number):
+                    produced += 1
+                    yield row
+                if not produced:
+                    raise DataError(
+                        f"streamed data: rank {rank} of {num_processes} got no documents from the stream; "
+                        "give more files (or records) than processes"
+                    )
+                number += 1
 
     return datasets.IterableDataset.from_generator(rows, gen_kwargs={"ranks": list(range(num_processes))})
 

@@ -5,11 +5,46 @@ import os
 import time
 
 from ..data import DataSpec, DataStats, PackedCollator, PaddingCollator, prepare, pretraining_datasets, sft_datasets
+from ..data.mixing import parse_mixture
 from ..data.pipeline import reading_plan
 from ..data.store import directory_size
 from ..errors import UsageError
 
 logger = logging.getLogger(__name__)
+
+
+SOURCE_FLAGS = ("train_file", "dataset")  # with `mixture`: the three ways to name the data
+
+
+def reads_a_stream(data_args) -> bool:
+    """--streaming, or `streaming: true` on a mixture source: then every rank reads its own shard of the stream."""
+    return bool(data_args.streaming or any(s.streaming for s in parse_mixture(list(data_args.mixture or []))))
+
+
+def command_line_sources(yaml_values: dict, values: dict, path: str) -> dict:
+    """The data flags after the command line went over a YAML --config: --train_file/--dataset on the command line
+    replace the YAML's mixture (and the YAML's own files); a YAML naming both a mixture and files is an error."""
+    if not yaml_values.get("mixture"):
+        return values
+    both = [flag for flag in SOURCE_FLAGS if yaml_values.get(flag)]
+    if both:
+        raise UsageError(f"--config {path}: gives both a mixture and {both[0]}; give the data one way")
+    given = [flag for flag in SOURCE_FLAGS if values.get(flag)]
+    if not given:
+        return values
+    logger.info("--%s on the command line replaces the mixture of %s", given[0], path)
+    return {**values, "mixture": None}
+
+
+def stage_sources(data_overrides: dict, stage: str) -> dict:
+    """A stage's data overrides: a stage that names its data (mixture, train_file or dataset) replaces all of the
+    run's sources, not only the key it gives; naming a mixture and files in one stage is an error."""
+    named = [flag for flag in ("mixture", *SOURCE_FLAGS) if data_overrides.get(flag)]
+    if not named:
+        return data_overrides
+    if "mixture" in named and len(named) > 1:
+        raise UsageError(f"stage {stage}: gives both a mixture and {named[1]}; give the data one way")
+    return {"mixture": None, "train_file": None, "dataset": None, **data_overrides}
 
 
 def data_spec(data_args, training_args=None) -> DataSpec:
@@ -69,7 +104,7 @@ def prepare_only(model_args, data_args, training_args) -> list[str]:
             "--prepare_only prepares one run's data: run it with each stage's data flags (and one "
             "--data_cache_dir) instead of a stages config"
         )
-    if data_args.streaming:
+    if reads_a_stream(data_args):
         raise UsageError("--prepare_only: streamed data is read during training; there is nothing to prepare")
     spec = data_spec(data_args, training_args)
     sources, encoder, truncate = reading_plan(spec, load_tokenizer(model_args), sft=training_args.mode == "sft")

@@ -1,0 +1,78 @@
+"""Where the data comes from: one place per run or stage, never a second one dropped without a word."""
+
+import json
+
+import pytest
+
+from moai_llm.data import DataError, DataSpec, MixtureSource
+from moai_llm.data.mixing import check_disjoint
+from moai_llm.data.pipeline import mixture_sources
+from moai_llm.errors import UsageError
+from moai_llm.training.cli import parse_args
+
+
+def corpus(path, rows=4):
+    path.write_text(
+        "".join(json.dumps({"text": f"doc {i}", "body": f"b {i}", "domain": "news"}) + "\n" for i in range(rows))
+    )
+    return str(path)
+
+
+def config(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_train_file_on_the_command_line_replaces_the_yaml_mixture(tmp_path, caplog):
+    mix, other = corpus(tmp_path / "mix.jsonl"), corpus(tmp_path / "other.jsonl")
+    yaml = config(tmp_path, f"mixture:\n  - {{name: {mix}, ratio: 1}}\n")
+    with caplog.at_level("INFO"):
+        _, data_args, _ = parse_args(["--config", yaml, "--train_file", other, "--output_dir", str(tmp_path / "o")])
+    assert data_args.train_file == [other] and not data_args.mixture
+    assert "--train_file on the command line replaces the mixture of" in caplog.text
+    _, data_args, _ = parse_args(["--config", yaml, "--output_dir", str(tmp_path / "o")])
+    assert [s.name for s in data_args.mixture] == [mix] and not data_args.train_file
+
+
+def test_a_yaml_or_a_spec_with_a_mixture_and_files_is_refused(tmp_path):
+    mix = corpus(tmp_path / "mix.jsonl")
+    yaml = config(tmp_path, f"train_file: [{mix}]\nmixture:\n  - {{name: {mix}}}\n")
+    with pytest.raises(UsageError, match="gives both a mixture and train_file"):
+        parse_args(["--config", yaml, "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(DataError, match="data sources given twice: a mixture and --train_file/--dataset"):
+        mixture_sources(DataSpec(train_files=[mix], mixture=[{"name": mix}]))
+
+
+def test_a_stage_naming_its_data_replaces_the_runs_mixture(tmp_path):
+    mix, mid = corpus(tmp_path / "mix.jsonl"), corpus(tmp_path / "mid.jsonl")
+    yaml = config(
+        tmp_path,
+        f"mixture:\n  - {{name: {mix}}}\nstages:\n  - {{name: base}}\n  - {{name: mid, train_file: [{mid}]}}\n",
+    )
+    _, _, args = parse_args(["--config", yaml, "--output_dir", str(tmp_path / "o")])
+    base, middle = args.stages
+    assert [s.name for s in base.data_args.mixture] == [mix]
+    assert middle.data_args.train_file == [mid] and not middle.data_args.mixture
+
+
+def test_text_column_reaches_mixture_sources_without_a_text_field(tmp_path):
+    a, b = corpus(tmp_path / "a.jsonl"), corpus(tmp_path / "b.jsonl")
+    spec = DataSpec(mixture=[{"name": a}, {"name": b, "text_field": "text"}], text_column="body")
+    assert [s.text_field for s in mixture_sources(spec)] == ["body", "text"]
+
+
+def test_streaming_on_a_mixture_source_reads_a_shard_on_every_rank(tmp_path):
+    mix = corpus(tmp_path / "mix.jsonl")
+    yaml = config(tmp_path, f"mixture:\n  - {{name: {mix}, streaming: true}}\n")
+    _, _, args = parse_args(["--config", yaml, "--output_dir", str(tmp_path / "o"), "--max_steps", "2"])
+    assert args.accelerator_config.dispatch_batches is False
+
+
+def test_one_file_in_two_sources_with_overlapping_domains_is_refused(tmp_path):
+    path = corpus(tmp_path / "c.jsonl")
+    with pytest.raises(DataError, match=r"c.jsonl is in two sources .*both keep domain 'news'"):
+        check_disjoint([MixtureSource(path, domains=["web", "news"]), MixtureSource(path, domains=["news"])])
+    with pytest.raises(DataError, match="c.jsonl is in two sources"):
+        check_disjoint([MixtureSource(path), MixtureSource(path, domains=["news"])])
+    check_disjoint([MixtureSource(path, domains=["web"]), MixtureSource(path, domains=["news", "blog"])])
