@@ -56,6 +56,16 @@ def test_a_stage_naming_its_data_replaces_the_runs_mixture(tmp_path):
     assert middle.data_args.train_file == [mid] and not middle.data_args.mixture
 
 
+def test_a_yaml_file_name_given_as_a_string_is_one_source(tmp_path):
+    from moai_llm.training.data_setup import data_spec
+
+    one, two = corpus(tmp_path / "one.jsonl"), corpus(tmp_path / "two.jsonl")
+    yaml = config(tmp_path, f"train_file: {one}\nstages:\n  - {{name: s, train_file: {two}}}\n")
+    _, data_args, args = parse_args(["--config", yaml, "--output_dir", str(tmp_path / "o")])
+    assert data_spec(data_args).train_files == [one]
+    assert data_spec(args.stages[0].data_args).train_files == [two]
+
+
 def test_text_column_reaches_mixture_sources_without_a_text_field(tmp_path):
     a, b = corpus(tmp_path / "a.jsonl"), corpus(tmp_path / "b.jsonl")
     spec = DataSpec(mixture=[{"name": a}, {"name": b, "text_field": "text"}], text_column="body")
@@ -76,3 +86,36 @@ def test_one_file_in_two_sources_with_overlapping_domains_is_refused(tmp_path):
     with pytest.raises(DataError, match="c.jsonl is in two sources"):
         check_disjoint([MixtureSource(path), MixtureSource(path, domains=["news"])])
     check_disjoint([MixtureSource(path, domains=["web"]), MixtureSource(path, domains=["news", "blog"])])
+
+
+def test_a_txt_file_is_cut_into_documents_by_sample_by(tmp_path):
+    from moai_llm.data.sources import iter_records
+
+    path = tmp_path / "lines.txt"
+    path.write_text("first doc\nsecond doc\n\nthird doc\n")
+    texts = {by: [r["text"] for r in iter_records(str(path), sample_by=by)] for by in ("document", "paragraph", "line")}
+    assert texts["document"] == ["first doc\nsecond doc\n\nthird doc\n"]
+    assert texts["paragraph"] == ["first doc\nsecond doc", "third doc"]
+    assert texts["line"] == ["first doc", "second doc", "third doc"]
+    (tmp_path / "book.txt").write_text("a book")
+    mixture = [{"name": str(path)}, {"name": str(tmp_path / "book.txt"), "sample_by": "document"}]
+    spec = DataSpec(mixture=mixture, sample_by="line")
+    assert [s.sample_by for s in mixture_sources(spec)] == ["line", "document"]
+
+
+def test_a_json_file_is_read_record_by_record(tmp_path, monkeypatch):
+    from moai_llm.data import sources
+
+    monkeypatch.setattr(sources, "JSON_CHUNK", 7)  # records cross chunk boundaries
+    rows = [{"text": f"record {i} é"} for i in range(5)]
+    array, lines = tmp_path / "array.json", tmp_path / "lines.json"
+    array.write_text(json.dumps(rows, ensure_ascii=False, indent=1))
+    lines.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    assert list(sources.iter_records(str(array))) == rows
+    assert list(sources.iter_records(str(lines))) == rows  # JSON Lines named .json: every line, not one value
+    (tmp_path / "bad.json").write_text('[{"text": "a"}, {"text": oops}]')
+    with pytest.raises(DataError, match=r"bad.json\[1\]: malformed JSON"):
+        list(sources.iter_records(str(tmp_path / "bad.json")))
+    (tmp_path / "col.json").write_text('[{"text": "a"}, {"body": "b"}]')
+    with pytest.raises(DataError, match=r"col.json\[1\]: no column 'text'; columns: \['body'\]"):
+        list(sources.iter_records(str(tmp_path / "col.json")))

@@ -126,6 +126,7 @@ def source_payloads(source, encoder, skip_bad_records: bool, stats: DataStats, r
             text_column=encoder.text_column(source),
             skip_bad_records=skip_bad_records,
             stats=stats,
+            sample_by=source.sample_by or "document",
         )
     wanted = set(source.domains)
     for number, record in enumerate(records):
@@ -207,6 +208,8 @@ def store_path(source, encoder, cache_dir: Path, skip_bad_records: bool) -> Path
         "encoder": encoder.fingerprint,
         "skip_bad_records": skip_bad_records,
     }
+    if (source.sample_by or "document") != "document":  # a key change only where it changes what is read
+        fields["sample_by"] = source.sample_by
     return Path(cache_dir) / f"{_slug(source.name)}-{key_of(fields)}"
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import DataError
-from .sources import is_local, local_files
+from .sources import SAMPLE_BY, is_local, local_files
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +31,15 @@ class MixtureSource:
     streaming: bool = False
     domains: list[str] = field(default_factory=list)  # keep records whose `domain` column is one of these
     text_field: str | None = None  # None: --text_column (default "text")
+    sample_by: str | None = None  # a .txt document: document | paragraph | line (None: --sample_by)
 
     def __post_init__(self):
         if self.ratio is not None and not self.ratio > 0:
             raise DataError(f"mixture source {self.name}: ratio must be > 0, got {self.ratio}")
         if not 0 < self.percentage <= 100:
             raise DataError(f"mixture source {self.name}: percentage must be in (0, 100], got {self.percentage}")
+        if self.sample_by not in (None, *SAMPLE_BY):
+            raise DataError(f"mixture source {self.name}: sample_by must be one of {', '.join(SAMPLE_BY)}")
 
 
 def parse_mixture(entries: list) -> list[MixtureSource]:

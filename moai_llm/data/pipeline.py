@@ -39,6 +39,7 @@ class DataSpec:
     train_files: list[str] = field(default_factory=list)
     mixture: list[dict] = field(default_factory=list)
     text_column: str = "text"
+    sample_by: str = "document"  # a .txt file is one document, or one per paragraph or line
     split: str = "train"
     streaming: bool = False
     stopping_strategy: str = "all_exhausted"
@@ -62,7 +63,10 @@ def mixture_sources(spec: DataSpec) -> list[MixtureSource]:
             "(a mixture can list those files)"
         )
     if spec.mixture:
-        sources = [replace(s, text_field=s.text_field or spec.text_column) for s in parse_mixture(spec.mixture)]
+        sources = [
+            replace(s, text_field=s.text_field or spec.text_column, sample_by=s.sample_by or spec.sample_by)
+            for s in parse_mixture(spec.mixture)
+        ]
     else:
         sources = _flag_sources(spec)
     check_ratios(sources)
@@ -71,7 +75,10 @@ def mixture_sources(spec: DataSpec) -> list[MixtureSource]:
 
 
 def _flag_sources(spec: DataSpec) -> list[MixtureSource]:
-    sources = [MixtureSource(name=f, text_field=spec.text_column, streaming=spec.streaming) for f in spec.train_files]
+    sources = [
+        MixtureSource(name=f, text_field=spec.text_column, streaming=spec.streaming, sample_by=spec.sample_by)
+        for f in spec.train_files
+    ]
     for entry in spec.datasets:
         name, _, subset = entry.partition(":")
         sources.append(

@@ -19,6 +19,9 @@ SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "assets" / "sample" / "pre
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv")
 TABULAR_SUFFIXES = (".parquet", ".csv")
 WARN_SKIPS_PER_FILE = 3
+SAMPLE_BY = ("document", "paragraph", "line")  # what a .txt document is (datasets' text loader: sample_by)
+JSON_CHUNK = 1 << 20  # characters of a .json file read at a time
+JSON_LARGEST_RECORD = 1 << 26  # characters: a longer element is taken to be malformed, not read to the file's end
 
 
 def expand_files(spec: str) -> list[Path]:
@@ -86,14 +89,96 @@ def read_jsonl(path: Path, text_column: str | None, skip_bad_records: bool, stat
             yield row
 
 
-def read_text_file(path: Path, text_column: str):
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: invalid UTF-8 at byte offset {err.start}") from None
-    if text.strip():
-        yield {text_column: text}
+def read_text_file(path: Path, text_column: str, sample_by: str = "document"):
+    """A .txt file as one document (`sample_by` "document"), one per line ("line"), or one per block of lines
+    between blank lines ("paragraph"), as datasets' text loader cuts them. Lines and paragraphs are read one at a
+    time; empty ones are not documents."""
+    if sample_by not in SAMPLE_BY:
+        raise DataError(f"sample_by {sample_by!r}: expected one of {', '.join(SAMPLE_BY)}")
+    if sample_by == "document":
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: invalid UTF-8 at byte offset {err.start}") from None
+        if text.strip():
+            yield {text_column: text}
+        return
+    offset, block = 0, []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}: invalid UTF-8 at byte offset {offset + err.start} (line {number})") from None
+            offset += len(raw)
+            if sample_by == "line":
+                if line.strip():
+                    yield {text_column: line}
+            elif line.strip():
+                block.append(line)
+            elif block:
+                yield {text_column: "\n".join(block)}
+                block = []
+    if block:
+        yield {text_column: "\n".join(block)}
+
+
+def read_json(path: Path, text_column: str | None) -> Iterator[dict]:
+    """Records of a .json file, one at a time: a JSON array of objects, or objects one after another (JSON Lines
+    named .json, or a single object). The file is read in chunks, never whole."""
+    decoder, buffer, position, done, number, array = json.JSONDecoder(), "", 0, False, 0, None
+    with open(path, encoding="utf-8") as handle:
+
+        def skip(characters: str) -> None:
+            nonlocal buffer, position, done
+            while True:
+                while position < len(buffer) and buffer[position] in characters:
+                    position += 1
+                if position < len(buffer) or done:
+                    return
+                buffer, position = handle.read(JSON_CHUNK), 0
+                done = not buffer
+
+        try:
+            while True:
+                skip(" \t\r\n")
+                if position == len(buffer):
+                    break
+                if array is None:
+                    array = buffer[position] == "["
+                    position += array
+                    continue
+                if array and buffer[position] == "]":
+                    position += 1
+                    skip(" \t\r\n")
+                    if position < len(buffer):
+                        raise DataError(f"{path}: text after the closing ] of its JSON array")
+                    return
+                while True:
+                    try:
+                        row, end = decoder.raw_decode(buffer, position)
+                        break
+                    except ValueError as err:
+                        more = handle.read(JSON_CHUNK)
+                        if not more or len(buffer) - position > JSON_LARGEST_RECORD:
+                            raise DataError(f"{path}[{number}]: malformed JSON ({err.msg})") from None
+                        buffer, position = buffer[position:] + more, 0
+                position = end
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}[{number}]: not a JSON object")
+                if text_column is not None and text_column not in row:
+                    raise DataError(f"{path}[{number}]: no column {text_column!r}; columns: {sorted(row)}")
+                yield row
+                number += 1
+                if array:
+                    skip(" \t\r\n")
+                    if position < len(buffer) and buffer[position] == ",":
+                        position += 1
+                    elif position < len(buffer) and buffer[position] != "]":
+                        raise DataError(f"{path}[{number}]: malformed JSON (expected , or ] between elements)")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: invalid UTF-8 ({err.reason})") from None
 
 
 def read_tabular(path: Path, text_column: str | None) -> Iterator[dict]:
@@ -118,22 +203,17 @@ def read_tabular(path: Path, text_column: str | None) -> Iterator[dict]:
         raise DataError(f"{path}: unreadable {path.suffix[1:]} ({str(err).splitlines()[0][:160]})") from None
 
 
-def read_file(path: Path, text_column: str | None, skip_bad_records: bool, stats: DataStats) -> Iterator[dict]:
+def read_file(
+    path: Path, text_column: str | None, skip_bad_records: bool, stats: DataStats, sample_by: str = "document"
+) -> Iterator[dict]:
     if path.suffix == ".jsonl":
         yield from read_jsonl(path, text_column, skip_bad_records, stats)
     elif path.suffix == ".txt":
-        yield from read_text_file(path, text_column or "text")
+        yield from read_text_file(path, text_column or "text", sample_by)
     elif path.suffix in TABULAR_SUFFIXES:
         yield from read_tabular(path, text_column)
     elif path.suffix == ".json":
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as err:
-            raise DataError(f"{path}: malformed JSON ({err})") from None
-        for number, row in enumerate(rows if isinstance(rows, list) else [rows]):
-            if text_column is not None and text_column not in row:
-                raise DataError(f"{path}[{number}]: no column {text_column!r}; columns: {sorted(row)}")
-            yield row
+        yield from read_json(path, text_column)
 
 
 def hub_dataset(name: str, subset: str | None, split: str, streaming: bool):
@@ -154,12 +234,13 @@ def iter_records(
     text_column: str | None = "text",
     skip_bad_records: bool = False,
     stats: DataStats | None = None,
+    sample_by: str = "document",
 ) -> Iterator[dict]:
     """Every record of a source, one at a time, in a fixed order (files sorted, then line order)."""
     stats = stats if stats is not None else DataStats()
     if is_local(name):
         for path in local_files(name):
-            yield from read_file(path, text_column, skip_bad_records, stats)
+            yield from read_file(path, text_column, skip_bad_records, stats, sample_by)
         return
     dataset = hub_dataset(name, subset, split, streaming=False)
     if text_column is not None and text_column not in dataset.column_names:

@@ -57,7 +57,8 @@ class _Source:
     def payloads(self, shard: int, stats):
         """(number, payload) of the shard's records kept by the `percentage` draw."""
         if self.hub is None:
-            records = read_file(self.files[shard], self.encoder.text_column(self.source), self.skip_bad_records, stats)
+            column, sample_by = self.encoder.text_column(self.source), self.source.sample_by or "document"
+            records = read_file(self.files[shard], column, self.skip_bad_records, stats, sample_by)
         else:
             records = iter(self.hub.shard(num_shards=self.shards, index=shard))
         share = self.source.percentage / 100

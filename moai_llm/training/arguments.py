@@ -100,6 +100,10 @@ class DataArguments:
         },
     )
     text_column: str = field(default="text", metadata={"help": "Text column for pretraining data."})
+    sample_by: Literal["document", "paragraph", "line"] = field(
+        default="document",
+        metadata={"help": "A .txt file is one document, or one per paragraph (blank-line separated) or per line."},
+    )
     sft_format: str | None = field(
         default=None, metadata={"help": "alpaca | sharegpt | messages | prompt_completion | qa (default: detected)."}
     )

@@ -47,16 +47,22 @@ def stage_sources(data_overrides: dict, stage: str) -> dict:
     return {"mixture": None, "train_file": None, "dataset": None, **data_overrides}
 
 
+def _names(value) -> list[str]:
+    """A YAML `train_file: a.jsonl` is one name (list() would split it into characters)."""
+    return [value] if isinstance(value, str) else list(value or [])
+
+
 def data_spec(data_args, training_args=None) -> DataSpec:
     """The data flags as a DataSpec; with `training_args`, the cache defaults to <output_dir>/data_cache."""
-    datasets = list(data_args.dataset or [])
+    datasets = _names(data_args.dataset)
     if data_args.dataset_config:
         datasets = [entry if ":" in entry else f"{entry}:{data_args.dataset_config}" for entry in datasets]
     return DataSpec(
         datasets=datasets,
-        train_files=list(data_args.train_file or []),
+        train_files=_names(data_args.train_file),
         mixture=list(data_args.mixture or []),
         text_column=data_args.text_column,
+        sample_by=data_args.sample_by,
         streaming=data_args.streaming,
         stopping_strategy=data_args.stopping_strategy,
         eval_fraction=data_args.eval_fraction,
