@@ -22,6 +22,7 @@ from moai_llm.data import (
 from moai_llm.tokenizer import load_tokenizer
 
 from .conftest import REPO
+from .data_helpers import first_pass
 
 SAMPLE = REPO / "moai_llm/assets/sample"
 
@@ -90,19 +91,6 @@ def test_domains_filter_and_empty_after_filter(tmp_path, tokenizer):
     spec.mixture = [{"name": str(path), "domains": ["finance"]}]
     with pytest.raises(DataError, match="no documents left after the domain filter"):
         pretraining_datasets(spec, tokenizer, 64)
-
-
-def first_pass(train, tokenizer) -> tuple[list[dict], list[str]]:
-    """The rows of a stream's first pass and their documents' texts: up to the first row of known documents."""
-    rows, docs = [], []
-    for row in train:
-        starts = np.cumsum([0, *row["seq_lengths"]])
-        texts = [tokenizer.decode(row["input_ids"][a : b - 1]) for a, b in zip(starts[:-1], starts[1:])]
-        if set(texts) & set(docs):
-            return rows, docs
-        rows.append(row)
-        docs += texts
-    raise AssertionError("the stream ended")
 
 
 def test_streaming_reads_every_document_in_shuffled_packs(tmp_path, tokenizer):

@@ -22,7 +22,7 @@ from ..batching import IGNORE_INDEX
 from .errors import DataError, DataStats
 from .sft import FORMAT_ALIASES, detect_format, to_messages, tokenize_dialogue
 from .sources import fingerprint, iter_records
-from .store import StoreWriter, TokenStore, directory_size, key_of, prepare_once, token_dtype
+from .store import WAIT_SECONDS, StoreWriter, TokenStore, directory_size, key_of, prepare_once, token_dtype
 
 logger = logging.getLogger(__name__)
 BATCH_DOCUMENTS = 1000
@@ -256,11 +256,18 @@ def prepare_source(
     skip_bad_records: bool = False,
     stats: DataStats | None = None,
     progress: bool = False,
+    path: Path | None = None,
+    wait_seconds: float = WAIT_SECONDS,
 ) -> TokenStore:
-    """The source's store: built by the `builder` process if missing, awaited by the others, memory-mapped."""
-    path = store_path(source, encoder, cache_dir, skip_bad_records)
+    """The source's store (at `path`, else its own key's): built by the `builder` process if missing, awaited by
+    the others, memory-mapped."""
+    path = path or store_path(source, encoder, cache_dir, skip_bad_records)
     prepare_once(
-        path, lambda p: build_store(p, source, encoder, skip_bad_records, progress), builder, f"data for {source.name}"
+        path,
+        lambda p: build_store(p, source, encoder, skip_bad_records, progress),
+        builder,
+        f"data for {source.name}",
+        wait_seconds,
     )
     store = TokenStore(path, source.name)
     if stats is not None:

@@ -13,14 +13,15 @@ from pathlib import Path
 import datasets
 import numpy as np
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 
 from ..batching import IGNORE_INDEX
-from .encode import DialogueEncoder, TextEncoder, prepare_source
+from .encode import DialogueEncoder, TextEncoder, prepare_source, store_path
 from .errors import DataError, DataStats
 from .mixing import MixtureSource, check_disjoint, check_ratios, parse_mixture, select_documents
 from .packing import HierarchicalBalancePacker, attention_balance_ratio, packing_efficiency, split_long_documents
 from .rows import PackedRows, build_plan, pieces
-from .store import key_of, prepare_once, read_meta
+from .store import WAIT_SECONDS, key_of, prepare_once, read_meta
 from .streaming import stream_mixture, streamed_rows
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class DataSpec:
     skip_bad_records: bool = False
     cache_dir: str | None = None  # stores and plans (default: <HF_DATASETS_CACHE>/moai_llm)
     shared_cache: bool = False  # cache_dir is seen by every node: the global main process prepares, once
+    wait_seconds: float = WAIT_SECONDS  # a waiting process stops when nothing changed at a store for this long
     progress: bool = False  # progress bars while tokenizing
 
 
@@ -123,7 +125,14 @@ def prepare(
     state = PartialState()
     builder = state.is_main_process if spec.shared_cache else state.is_local_main_process
     cache = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
-    stores = [prepare_source(s, encoder, cache, builder, spec.skip_bad_records, stats, spec.progress) for s in sources]
+    paths = [store_path(s, encoder, cache, spec.skip_bad_records) for s in sources]
+    if spec.shared_cache and state.num_processes > 1:
+        # keyed once, on the builder: other nodes may mount the files elsewhere or see other modification times
+        paths = broadcast_object_list([paths], from_process=0)[0]
+    stores = [
+        prepare_source(s, encoder, cache, builder, spec.skip_bad_records, stats, spec.progress, path, spec.wait_seconds)
+        for s, path in zip(sources, paths)
+    ]
     fields = {
         "version": PLAN_VERSION,
         "stores": [s.path.name for s in stores],
@@ -154,7 +163,7 @@ def prepare(
             {**fields, "stats": dict(plan_stats), "mixture": selection.summary},
         )
 
-    prepare_once(path, build, builder, "packing plan")
+    prepare_once(path, build, builder, "packing plan", spec.wait_seconds)
     meta = read_meta(path, "packing plan")
     stats.update(meta.get("stats", {}))
     logger.info("data mixture per epoch: %s", "; ".join(meta["mixture"]))

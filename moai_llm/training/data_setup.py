@@ -7,7 +7,7 @@ import time
 from ..data import DataSpec, DataStats, PackedCollator, PaddingCollator, prepare, pretraining_datasets, sft_datasets
 from ..data.mixing import parse_mixture
 from ..data.pipeline import reading_plan
-from ..data.store import directory_size
+from ..data.store import WAIT_SECONDS, directory_size
 from ..errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ def data_spec(data_args, training_args=None) -> DataSpec:
         cache_dir=data_args.data_cache_dir
         or (os.path.join(training_args.output_dir, "data_cache") if training_args is not None else None),
         shared_cache=data_args.data_cache_dir is not None,
+        wait_seconds=training_args.ddp_timeout if training_args is not None else WAIT_SECONDS,
         progress=training_args is not None and not training_args.disable_tqdm,
     )
 
