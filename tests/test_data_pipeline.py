@@ -157,7 +157,7 @@ def test_a_streamed_run_resumes_to_the_same_weights(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from .train_helpers import fast_args, run_inprocess, write_tiny_config
+    from .train_helpers import fast_args, recording_steps, run_inprocess, write_tiny_config
 
     config = write_tiny_config(tmp_path)
     flags = ["--max_steps", "6", "--save_steps", "3", "--streaming", "true", "--eval_fraction", "0"]
@@ -165,6 +165,8 @@ def test_a_streamed_run_resumes_to_the_same_weights(tmp_path):
         run_inprocess(fast_args(tmp_path / name, config, *flags))
     for leftover in ("final_model", "checkpoint-6"):  # as if killed right after checkpoint-3
         shutil.rmtree(tmp_path / "cut" / leftover)
-    run_inprocess(fast_args(tmp_path / "cut", config, *flags, "--resume_from_checkpoint", "auto"))
+    with recording_steps() as runs:
+        run_inprocess(fast_args(tmp_path / "cut", config, *flags, "--resume_from_checkpoint", "auto"))
+    assert runs[0].steps == [4, 5, 6]  # resumed at checkpoint-3, not a fresh run with the same seed
     whole, cut = (load_file(str(tmp_path / n / "final_model" / "model.safetensors")) for n in ("whole", "cut"))
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
