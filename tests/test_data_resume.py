@@ -46,3 +46,25 @@ def test_resumed_run_reads_the_rows_of_the_uninterrupted_run(tmp_path, streaming
         assert rank["resumed"]["steps"] == [5, 6, 7, 8]  # only the remaining steps, not a fresh run
     resumed = ranks[0]["resumed"]["losses"]
     assert resumed == {step: whole[step] for step in ("5", "6", "7", "8")}
+
+
+def test_tokens_seen_after_a_resume_equals_the_uninterrupted_count(tmp_path):
+    """Checkpoints at steps that are not logging steps: the count up to the checkpoint is in its log history."""
+    import shutil
+
+    from .train_helpers import fast_args, run_inprocess, write_tiny_config
+
+    config = write_tiny_config(tmp_path)
+    flags = ["--max_steps", "6", "--save_steps", "3", "--logging_steps", "2", "--eval_fraction", "0"]
+    for name in ("whole", "cut"):
+        run_inprocess(fast_args(tmp_path / name, config, *flags))
+    for leftover in ("final_model", "checkpoint-6"):  # as if killed right after checkpoint-3
+        shutil.rmtree(tmp_path / "cut" / leftover)
+    run_inprocess(fast_args(tmp_path / "cut", config, *flags, "--resume_from_checkpoint", "auto"))
+
+    def seen(name):
+        history = json.loads((tmp_path / name / "trainer_state.json").read_text())["log_history"]
+        return {e["step"]: e["tokens_seen"] for e in history if "tokens_seen" in e}
+
+    whole = seen("whole")
+    assert sorted(whole) == [2, 3, 4, 6] and seen("cut") == whole

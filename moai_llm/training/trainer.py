@@ -145,7 +145,8 @@ class MoaiTrainer(Trainer):
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if hasattr(dataset, "train_sampler"):
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return dataset.train_sampler(self._train_batch_size * self.args.world_size, seed)
+            strategy = str(getattr(self.args, "train_sampling_strategy", "random"))
+            return dataset.train_sampler(self._train_batch_size * self.args.world_size, seed, strategy)
         return super()._get_train_sampler(train_dataset)
 
     # ---- loss ----------------------------------------------------------------------------------------------
