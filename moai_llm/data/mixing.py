@@ -130,6 +130,30 @@ def _repeat(rng, documents: np.ndarray, lengths: np.ndarray, factor: float) -> n
     return np.concatenate(pieces) if pieces else documents[:0]
 
 
+def cap_tokens(held: list[np.ndarray], lengths: list[np.ndarray], budget: int, seed: int) -> list[np.ndarray]:
+    """Held-out documents per source cut to `budget` tokens in all, each source keeping its share of the tokens
+    (a seeded random part of its documents, at least one); logged."""
+    tokens = np.array([int(n[d].sum()) for n, d in zip(lengths, held)], dtype=np.float64)
+    if tokens.sum() <= budget:
+        return held
+    capped = []
+    for index, (documents, n, share) in enumerate(zip(held, lengths, tokens / tokens.sum())):
+        order = documents[np.random.default_rng([seed, index, 3]).permutation(len(documents))]
+        keep = int(np.searchsorted(np.cumsum(n[order]), share * budget, side="right"))
+        capped.append(np.sort(order[: max(keep, min(1, len(order)))]))
+    kept = sum(int(n[d].sum()) for n, d in zip(lengths, capped))
+    logger.info(
+        "eval documents capped at --eval_max_tokens %d: %d documents, %d tokens held out (of %d documents, %d tokens); "
+        "the others train",
+        budget,
+        sum(map(len, capped)),
+        kept,
+        sum(map(len, held)),
+        int(tokens.sum()),
+    )
+    return capped
+
+
 @dataclass
 class Selection:
     """Document indices into each source's store: train (repeats allowed) and held-out eval."""
@@ -141,9 +165,15 @@ class Selection:
 
 
 def select_documents(
-    sources: list[MixtureSource], lengths: list[np.ndarray], eval_fraction: float, seed: int
+    sources: list[MixtureSource],
+    lengths: list[np.ndarray],
+    eval_fraction: float,
+    seed: int,
+    eval_max_tokens: int = 0,
 ) -> Selection:
-    """Apply percentage, eval holdout and ratios to prepared sources (`lengths`: tokens of each document)."""
+    """Apply percentage, eval holdout and ratios to prepared sources (`lengths`: tokens of each document). A
+    fractional holdout larger than `eval_max_tokens` (0: no cap) is cut to it, each source keeping its share; the
+    documents cut stay in training."""
     kept = []
     for index, (source, n) in enumerate(zip(sources, lengths)):
         documents = np.arange(len(n), dtype=np.int64)
@@ -155,8 +185,10 @@ def select_documents(
     train, evaluation = [], []
     for index, (documents, count) in enumerate(zip(kept, held)):
         rng = np.random.default_rng([seed, index, 1])
-        chosen = _sample(rng, documents, count)
-        evaluation.append(chosen)
+        evaluation.append(_sample(rng, documents, count))
+    if 0 < eval_fraction < 1 and eval_max_tokens:
+        evaluation = cap_tokens(evaluation, lengths, eval_max_tokens, seed)
+    for documents, chosen in zip(kept, evaluation):
         train.append(np.setdiff1d(documents, chosen, assume_unique=True))
     own = np.array([int(n[d].sum()) for n, d in zip(lengths, train)], dtype=np.float64)
     if sources[0].ratio is not None:

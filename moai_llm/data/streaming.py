@@ -26,7 +26,7 @@ from datasets.distributed import split_dataset_by_node
 from ..batching import IGNORE_INDEX
 from .encode import batched, source_payloads
 from .errors import DataError, DataStats
-from .mixing import MixtureSource
+from .mixing import MixtureSource, cap_tokens
 from .packing import pack_stream
 from .sources import hub_dataset, is_local, local_files, read_file
 
@@ -69,15 +69,15 @@ class _Source:
                 yield number, payload
 
     def hold_out(self, count: int, fraction: float) -> list:
-        """Eval payloads from the start of shard 0: each record with probability `fraction` (else the first ones),
-        `count` at most; they are skipped by the train stream."""
+        """Eval (record number, payload) pairs from the start of shard 0: each record with probability `fraction`
+        (else the first ones), `count` at most; they are skipped by the train stream."""
         held = []
         if not count:
             return held
         for number, payload in self.payloads(0, DataStats()):
             if fraction and not _drawn(self.seed, self.index, -1, number, fraction):
                 continue
-            held.append(payload)
+            held.append((number, payload))
             self.held.add(number)
             if len(held) == count:
                 return held
@@ -107,15 +107,25 @@ def stream_mixture(
     eval_fraction: float,
     skip_bad_records: bool,
     stats: DataStats,
+    eval_max_tokens: int = 0,
 ):
-    """(stream of {"payload"}, eval payloads): concatenated, or interleaved with the ratios as probabilities."""
+    """(stream of {"payload"}, eval payloads): concatenated, or interleaved with the ratios as probabilities. A
+    fractional holdout is cut to `eval_max_tokens` (0: no cap) as prepared data's is; what is cut trains."""
     wanted = int(eval_fraction) if eval_fraction >= 1 else (STREAM_EVAL_DOCUMENTS if eval_fraction else 0)
     per_source = -(-wanted // len(sources)) if wanted else 0
-    evaluation, parts = [], []
+    held, streams, parts = [], [], []
     for index, source in enumerate(sources):
         streamed = _Source(index, source, encoder, seed, skip_bad_records, stats)
-        evaluation.extend(streamed.hold_out(per_source, eval_fraction if eval_fraction < 1 else 0.0))
+        held.append(streamed.hold_out(per_source, eval_fraction if eval_fraction < 1 else 0.0))
+        streams.append(streamed)
         parts.append(streamed.stream())
+    if 0 < eval_fraction < 1 and eval_max_tokens and any(held):
+        lengths = [encoder.encode([p for _, p in h])[1] if h else np.zeros(0, np.int64) for h in held]
+        chosen = cap_tokens([np.arange(len(h)) for h in held], lengths, eval_max_tokens, seed)
+        for streamed, h, keep in zip(streams, held, chosen):
+            streamed.held = {h[i][0] for i in keep.tolist()}  # the others go back to the train stream
+        held = [[h[i] for i in keep.tolist()] for h, keep in zip(held, chosen)]
+    evaluation = [payload for h in held for _, payload in h]
     if len(parts) == 1:
         mixed = parts[0]
     elif sources[0].ratio is None:

@@ -112,6 +112,12 @@ class DataArguments:
     eval_fraction: float = field(
         default=0.05, metadata={"help": "Documents held out for evaluation: a fraction (< 1) or a count (0 = none)."}
     )
+    eval_max_tokens: int = field(
+        default=1_000_000,
+        metadata={
+            "help": "A fractional --eval_fraction holds out at most this many tokens (0: no cap); the rest trains."
+        },
+    )
     packing_bins: int = field(default=8, metadata={"help": "Length groups of the hierarchical balance packer."})
     streaming: bool = field(
         default=False, metadata={"help": "Stream sources instead of downloading (needs max_steps)."}

@@ -66,6 +66,7 @@ def data_spec(data_args, training_args=None) -> DataSpec:
         streaming=data_args.streaming,
         stopping_strategy=data_args.stopping_strategy,
         eval_fraction=data_args.eval_fraction,
+        eval_max_tokens=data_args.eval_max_tokens,
         packing=data_args.packing,
         packing_bins=data_args.packing_bins,
         sft_format=data_args.sft_format,
