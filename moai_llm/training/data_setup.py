@@ -1,8 +1,12 @@
 """Datasets and collator for a run: the data arguments mapped onto moai_llm.data; `--prepare_only`."""
 
+import json
 import logging
 import os
 import time
+
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data import DataSpec, DataStats, PackedCollator, PaddingCollator, prepare, pretraining_datasets, sft_datasets
 from ..data.mixing import parse_mixture
@@ -52,6 +56,70 @@ def _names(value) -> list[str]:
     return [value] if isinstance(value, str) else list(value or [])
 
 
+DATA_POSITION = "data_position.json"  # in each checkpoint: what the data position of its step means
+
+
+def global_batch(training_args) -> int:
+    """Rows one optimizer step reads across all ranks: per-device batch x ranks x gradient accumulation. The
+    sampler's order is cut in blocks of this size, so it is the same for any split of one global batch into ranks
+    and accumulation steps, and a checkpoint resumes on another number of ranks at the same rows."""
+    args = training_args
+    return args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+
+
+class DataPositionCallback(TrainerCallback):
+    """Writes DATA_POSITION into every checkpoint (rank 0): the global batch and how it was split."""
+
+    def __init__(self, streaming: bool):
+        self.streaming = streaming
+
+    def on_save(self, args, state, control, **kwargs):
+        directory = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(directory):
+            with open(os.path.join(directory, DATA_POSITION), "w", encoding="utf-8") as handle:
+                json.dump({**_split(args), "streaming": self.streaming}, handle)
+
+
+def _split(args) -> dict:
+    return {
+        "global_batch": global_batch(args),
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "world_size": args.world_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+    }
+
+
+def check_data_position(checkpoint: str | None, training_args, streaming: bool) -> None:
+    """Resuming on another number of ranks (elastic resume): allowed for prepared data when the global batch is the
+    same (the sampler then reads the rows the checkpointed run would have read next); a changed global batch, or
+    streamed data on another number of ranks (each rank reads its own shard), is one line giving both."""
+    path = os.path.join(checkpoint, DATA_POSITION) if checkpoint else None
+    if path is None or not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        then = json.load(handle)
+    now = _split(training_args)
+
+    def describe(split):
+        return (
+            f"{split['global_batch']} rows ({split['per_device_train_batch_size']} per device x "
+            f"{split['world_size']} ranks x {split['gradient_accumulation_steps']} accumulation)"
+        )
+
+    if then["global_batch"] != now["global_batch"]:
+        raise UsageError(
+            f"--resume_from_checkpoint {checkpoint}: it was trained with a global batch of {describe(then)}, this "
+            f"run has {describe(now)}; keep the global batch to resume at its data position"
+        )
+    if then["world_size"] != now["world_size"]:
+        if streaming or then.get("streaming"):
+            raise UsageError(
+                f"--resume_from_checkpoint {checkpoint}: streamed data was read by {then['world_size']} ranks, each "
+                f"its own shard; resume it on {then['world_size']} ranks (this run has {now['world_size']})"
+            )
+        logger.info("elastic resume: %s, now %s: the same rows per step", describe(then), describe(now))
+
+
 def data_spec(data_args, training_args=None) -> DataSpec:
     """The data flags as a DataSpec; with `training_args`, the cache defaults to <output_dir>/data_cache."""
     datasets = _names(data_args.dataset)
@@ -83,9 +151,9 @@ def build_datasets(data_args, tokenizer, training_args, flash: bool = False):
     """(train_dataset, eval_dataset or None, collator) for `training_args.mode`."""
     stats, start = DataStats(), time.perf_counter()
     build = sft_datasets if training_args.mode == "sft" else pretraining_datasets
-    # One micro-step reads world_size x per-device batch consecutive rows of the sampler's order (see
+    # One optimizer step reads global_batch(training_args) consecutive rows of the sampler's order (see
     # MoaiTrainer._get_train_sampler); the balance is logged for that step size.
-    rows_per_step = training_args.world_size * training_args.per_device_train_batch_size
+    rows_per_step = global_batch(training_args)
     train, evaluation = build(
         data_spec(data_args, training_args),
         tokenizer,
