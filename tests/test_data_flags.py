@@ -119,3 +119,34 @@ def test_a_json_file_is_read_record_by_record(tmp_path, monkeypatch):
     (tmp_path / "col.json").write_text('[{"text": "a"}, {"body": "b"}]')
     with pytest.raises(DataError, match=r"col.json\[1\]: no column 'text'; columns: \['body'\]"):
         list(sources.iter_records(str(tmp_path / "col.json")))
+
+
+def test_a_hub_source_is_keyed_and_read_at_its_resolved_revision(tmp_path, monkeypatch):
+    import types
+
+    import datasets
+    import huggingface_hub
+
+    from moai_llm.data import pretraining_datasets
+    from moai_llm.tokenizer import load_tokenizer
+    from moai_llm.training.data_setup import data_spec
+
+    head, loads = {"sha": "1111"}, []
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "dataset_info", lambda self, name, revision=None: types.SimpleNamespace(sha=head["sha"])
+    )
+
+    def load_dataset(name, config=None, split="train", streaming=False, revision=None, **kwargs):  # offline Hub
+        loads.append((name, config, revision))
+        return datasets.Dataset.from_dict({"text": [f"{revision} document {i}" for i in range(5)]})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    flags = ["--dataset", "wiki@v2", "--dataset_config", "en", "--eval_fraction", "0", "--use_cpu", "true"]
+    _, data_args, args = parse_args([*flags, "--output_dir", str(tmp_path)])
+    tokenizer, spec = load_tokenizer(), data_spec(data_args, args)
+    pretraining_datasets(spec, tokenizer, 64)
+    head["sha"] = "2222"  # a new commit on the Hub: a new store, not the old one
+    pretraining_datasets(spec, tokenizer, 64)
+    assert loads == [("wiki", "en", "1111"), ("wiki", "en", "2222")]
+    assert len(list((tmp_path / "data_cache").glob("wiki-*"))) == 2

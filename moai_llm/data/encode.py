@@ -127,6 +127,7 @@ def source_payloads(source, encoder, skip_bad_records: bool, stats: DataStats, r
             skip_bad_records=skip_bad_records,
             stats=stats,
             sample_by=source.sample_by or "document",
+            revision=source.revision,
         )
     wanted = set(source.domains)
     for number, record in enumerate(records):
@@ -199,7 +200,7 @@ def _slug(name: str) -> str:
 
 def store_path(source, encoder, cache_dir: Path, skip_bad_records: bool) -> Path:
     fields = {
-        "content": fingerprint(source.name, source.subset, source.split),
+        "content": fingerprint(source.name, source.subset, source.split, source.revision),
         "name": source.name,
         "subset": source.subset,
         "split": source.split,

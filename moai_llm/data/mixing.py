@@ -32,6 +32,7 @@ class MixtureSource:
     domains: list[str] = field(default_factory=list)  # keep records whose `domain` column is one of these
     text_field: str | None = None  # None: --text_column (default "text")
     sample_by: str | None = None  # a .txt document: document | paragraph | line (None: --sample_by)
+    revision: str | None = None  # a Hub dataset's branch, tag or commit (pinned to its commit when read)
 
     def __post_init__(self):
         if self.ratio is not None and not self.ratio > 0:

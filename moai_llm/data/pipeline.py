@@ -21,6 +21,7 @@ from .errors import DataError, DataStats
 from .mixing import MixtureSource, check_disjoint, check_ratios, parse_mixture, select_documents
 from .packing import HierarchicalBalancePacker, attention_balance_ratio, packing_efficiency, split_long_documents
 from .rows import PackedRows, build_plan, pieces
+from .sources import is_local, resolve_revision
 from .store import WAIT_SECONDS, key_of, prepare_once, read_meta
 from .streaming import stream_mixture, streamed_rows
 
@@ -73,6 +74,7 @@ def mixture_sources(spec: DataSpec) -> list[MixtureSource]:
         ]
     else:
         sources = _flag_sources(spec)
+    sources = [s if is_local(s.name) else replace(s, revision=resolve_revision(s.name, s.revision)) for s in sources]
     check_ratios(sources)
     check_disjoint(sources)
     return sources
@@ -84,11 +86,13 @@ def _flag_sources(spec: DataSpec) -> list[MixtureSource]:
         for f in spec.train_files
     ]
     for entry in spec.datasets:
+        entry, _, revision = entry.partition("@")
         name, _, subset = entry.partition(":")
         sources.append(
             MixtureSource(
                 name=name,
                 subset=subset or None,
+                revision=revision or None,
                 split=spec.split,
                 text_field=spec.text_column,
                 streaming=spec.streaming,

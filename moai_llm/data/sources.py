@@ -51,10 +51,11 @@ def local_files(name: str) -> list[Path]:
     return files
 
 
-def fingerprint(name: str, subset: str | None, split: str) -> dict:
-    """What identifies a source's content: each local file's path, size and mtime; a Hub id, config and split."""
+def fingerprint(name: str, subset: str | None, split: str, revision: str | None = None) -> dict:
+    """What identifies a source's content: each local file's path, size and mtime; a Hub id, config, split and
+    revision (the commit `resolve_revision` pinned)."""
     if not is_local(name):
-        return {"hub": name, "subset": subset, "split": split}
+        return {"hub": name, "subset": subset, "split": split, "revision": revision}
     return {"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in local_files(name)]}
 
 
@@ -216,9 +217,31 @@ def read_file(
         yield from read_json(path, text_column)
 
 
-def hub_dataset(name: str, subset: str | None, split: str, streaming: bool):
+def resolve_revision(name: str, revision: str | None) -> str | None:
+    """The commit a Hub dataset's `revision` (None: its main branch) points to now, so a store is keyed by content
+    and a new revision prepares a new one. Offline, the revision as given (logged: a store may be reused)."""
+    import huggingface_hub
+
+    if not huggingface_hub.constants.HF_HUB_OFFLINE:
+        try:
+            return huggingface_hub.HfApi().dataset_info(name, revision=revision).sha
+        except Exception as err:  # offline, unknown id: load_dataset reports the id; here only the key is weaker
+            cause = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}" if str(err) else type(err).__name__
+    else:
+        cause = "HF_HUB_OFFLINE"
+    logger.warning(
+        "--dataset %s: its Hub revision could not be resolved (%s); keyed by %s, so a prepared store of an older "
+        "revision may be reused",
+        name,
+        cause,
+        revision or "the name alone",
+    )
+    return revision
+
+
+def hub_dataset(name: str, subset: str | None, split: str, streaming: bool, revision: str | None = None):
     try:
-        return datasets.load_dataset(name, subset, split=split, streaming=streaming)
+        return datasets.load_dataset(name, subset, split=split, streaming=streaming, revision=revision)
     except Exception as err:  # offline, unknown id, bad config: one line instead of the datasets traceback
         raise DataError(
             f"--dataset {name}{':' + subset if subset else ''}: could not be loaded "
@@ -235,6 +258,7 @@ def iter_records(
     skip_bad_records: bool = False,
     stats: DataStats | None = None,
     sample_by: str = "document",
+    revision: str | None = None,
 ) -> Iterator[dict]:
     """Every record of a source, one at a time, in a fixed order (files sorted, then line order)."""
     stats = stats if stats is not None else DataStats()
@@ -242,7 +266,7 @@ def iter_records(
         for path in local_files(name):
             yield from read_file(path, text_column, skip_bad_records, stats, sample_by)
         return
-    dataset = hub_dataset(name, subset, split, streaming=False)
+    dataset = hub_dataset(name, subset, split, streaming=False, revision=revision)
     if text_column is not None and text_column not in dataset.column_names:
         raise DataError(f"--dataset {name}: no column {text_column!r}; columns: {dataset.column_names}")
     for batch in dataset.iter(batch_size=1024):

@@ -50,7 +50,8 @@ class _Source:
         if is_local(source.name):
             self.files, self.hub = local_files(source.name), None
         else:
-            self.files, self.hub = [], hub_dataset(source.name, source.subset, source.split, streaming=True)
+            hub = hub_dataset(source.name, source.subset, source.split, streaming=True, revision=source.revision)
+            self.files, self.hub = [], hub
         self.shards = len(self.files) if self.hub is None else self.hub.n_shards
         self.held: set[int] = set()
 

@@ -51,6 +51,12 @@ def stage_sources(data_overrides: dict, stage: str) -> dict:
     return {"mixture": None, "train_file": None, "dataset": None, **data_overrides}
 
 
+def _with_config(entry: str, config: str) -> str:
+    """`name[@revision]` -> `name:config[@revision]`; an entry naming its own config keeps it."""
+    base, at, revision = entry.partition("@")
+    return (base if ":" in base else f"{base}:{config}") + at + revision
+
+
 def _names(value) -> list[str]:
     """A YAML `train_file: a.jsonl` is one name (list() would split it into characters)."""
     return [value] if isinstance(value, str) else list(value or [])
@@ -124,7 +130,7 @@ def data_spec(data_args, training_args=None) -> DataSpec:
     """The data flags as a DataSpec; with `training_args`, the cache defaults to <output_dir>/data_cache."""
     datasets = _names(data_args.dataset)
     if data_args.dataset_config:
-        datasets = [entry if ":" in entry else f"{entry}:{data_args.dataset_config}" for entry in datasets]
+        datasets = [_with_config(entry, data_args.dataset_config) for entry in datasets]
     return DataSpec(
         datasets=datasets,
         train_files=_names(data_args.train_file),
