@@ -1,6 +1,8 @@
 """Processes waiting for another to prepare a store: a bounded wait, and the builder's failure reported by name."""
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -66,3 +68,27 @@ def test_a_builder_killed_without_a_word_is_noticed(tmp_path):
     (tmp_path / ".store-abc.building").write_text("node7 pid 12\n")  # left by a builder that was SIGKILLed
     with pytest.raises(DataError, match=r"its builder \(node7 pid 12\) stopped updating .store-abc.building"):
         prepare_once(path, build_after(0), False, "data", wait_seconds=0.3)
+
+
+def test_a_killed_builders_temporary_directory_is_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path = tmp_path / "store-abc"
+    left = tmp_path / f".store-abc.tmp-{socket.gethostname()}-{dead.stdout.strip()}-0a1b2c3d"
+    left.mkdir()
+    (left / "tokens.bin").write_bytes(b"half")
+    ours = temporary_directory(path)  # a live builder's (this process): kept
+    prepare_once(path, build_after(0), True, "data", wait_seconds=30)
+    assert not left.exists() and ours.exists() and is_complete(path)
+
+
+def test_a_data_cache_inside_the_data_folder_is_not_read_as_data(tmp_path):
+    from moai_llm.data.sources import expand_files
+
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    store = tmp_path / "data_cache" / "a-1234"
+    store.mkdir(parents=True)
+    (store / "meta.json").write_text("{}")
+    (store / "tokens.bin").write_bytes(b"")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "b.jsonl").write_text('{"text": "y"}\n')
+    assert expand_files(str(tmp_path)) == [tmp_path / "a.jsonl"]

@@ -20,6 +20,7 @@ LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv")
 TABULAR_SUFFIXES = (".parquet", ".csv")
 WARN_SKIPS_PER_FILE = 3
 SAMPLE_BY = ("document", "paragraph", "line")  # what a .txt document is (datasets' text loader: sample_by)
+PREPARED_MARKERS = ("tokens.bin", "train_rows.npy")  # a store's or a plan's files
 JSON_CHUNK = 1 << 20  # characters of a .json file read at a time
 JSON_LARGEST_RECORD = 1 << 26  # characters: a longer element is taken to be malformed, not read to the file's end
 
@@ -28,7 +29,11 @@ def expand_files(spec: str) -> list[Path]:
     """A file, a folder (its files with known suffixes, recursively) or a glob; an error if nothing matches."""
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES)
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and p.suffix in LOCAL_SUFFIXES and not _prepared_or_hidden(p.relative_to(path), path)
+        )
     elif path.is_file():
         files = [path]
     else:
@@ -36,6 +41,15 @@ def expand_files(spec: str) -> list[Path]:
     if not files:
         raise DataError(f"{spec}: no such file, or no {'/'.join(LOCAL_SUFFIXES)} files there")
     return files
+
+
+def _prepared_or_hidden(relative: Path, root: Path) -> bool:
+    """A file under a hidden folder, or inside a prepared store or plan (a data cache kept in the data folder,
+    whose meta.json is not a document)."""
+    if any(part.startswith(".") for part in relative.parts):
+        return True
+    folder = root / relative.parent
+    return relative.parent != Path(".") and any((folder / name).exists() for name in PREPARED_MARKERS)
 
 
 def is_local(name: str) -> bool:

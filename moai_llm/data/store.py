@@ -17,6 +17,7 @@ place after meta.json; a directory at the final path without meta.json (or a tem
 """
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -83,9 +84,30 @@ def read_meta(directory: Path, what: str) -> dict:
 
 
 def temporary_directory(final: Path) -> Path:
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """A new hidden directory beside `final`, named after this host and process (see `discard_abandoned`)."""
+    tmp = final.parent / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     return tmp
+
+
+def discard_abandoned(final: Path) -> None:
+    """Temporary directories of `final` left by killed builders of this host (their process is gone)."""
+    prefix = f".{final.name}.tmp-{socket.gethostname()}-"
+    for tmp in final.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = tmp.name[len(prefix) :].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            logger.warning("removing %s, left by a killed preparation", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def publish(tmp: Path, final: Path, meta: dict) -> None:
@@ -159,6 +181,7 @@ def prepare_once(path: Path, build, builder: bool, what: str, wait_seconds: floa
     """
     failed = _marker(path, "failed")
     if builder:
+        discard_abandoned(path)
         discard_incomplete(path)
         if is_complete(path):
             return
