@@ -33,7 +33,8 @@ def run(tmp_path, tag, plan, data, *flags, nproc=2):
 
 
 STOP_AND_RESUME = [["whole", "whole", None, False], ["stopped", "cut", 4, False], ["resumed", "cut", None, True]]
-FLAGS = ["--dataloader_num_workers", "2", "--eval_fraction", "0", *EQUAL_STEPS]
+FLAGS = ["--eval_fraction", "0", *EQUAL_STEPS]
+WORKERS = ["--dataloader_num_workers", "2"]
 
 
 def check_resumed(ranks, whole):
@@ -48,7 +49,7 @@ def test_a_resumed_stream_reads_the_rows_of_the_uninterrupted_run(tmp_path):
     accumulation, before and after the checkpoint (before: the ranks desynchronised, a hang)."""
     data = tmp_path / "stream"
     write_stream(data, [70, 9])
-    flags = [*FLAGS, "--gradient_accumulation_steps", "2", "--streaming", "true"]
+    flags = [*FLAGS, *WORKERS, "--gradient_accumulation_steps", "2", "--streaming", "true"]
     ranks = run(tmp_path, "streamed", STOP_AND_RESUME, str(data), *flags)
     whole = ranks[0]["whole"]["losses"]
     assert sorted(map(int, whole)) == list(range(1, 9)) and ranks[1]["whole"]["steps"] == list(range(1, 9))
@@ -63,11 +64,11 @@ def test_prepared_rows_resume_exactly_on_the_same_and_on_another_number_of_ranks
     write_stream(data, [300, 40])
     two, one = [*FLAGS, "--gradient_accumulation_steps", "2"], [*FLAGS, "--gradient_accumulation_steps", "4"]
     plan = [*STOP_AND_RESUME, ["stopped21", "cut21", 4, False]]
-    ranks = run(tmp_path, "two", plan, str(data), *two)
+    ranks = run(tmp_path, "two", plan, str(data), *two, *WORKERS)
     whole = ranks[0]["whole"]["losses"]
     check_resumed(ranks, whole)
     plan = [["resumed21", "cut21", None, True], ["stopped12", "cut12", 4, False]]
-    alone = run(tmp_path, "one", plan, str(data), *one, nproc=1)[0]
+    alone = run(tmp_path, "one", plan, str(data), *one, nproc=1)[0]  # the elastic runs read without workers
     resumed = run(tmp_path, "back", [["resumed12", "cut12", None, True]], str(data), *two)[0]
     assert alone["resumed21"]["steps"] == [5, 6, 7, 8] and resumed["resumed12"]["steps"] == [5, 6, 7, 8]
     for losses in (alone["stopped12"]["losses"], alone["resumed21"]["losses"], resumed["resumed12"]["losses"]):
