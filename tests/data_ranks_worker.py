@@ -99,12 +99,16 @@ def main(out: Path, corpus: str, stream_folder: str) -> None:
         model=model, args=args, train_dataset=stream, data_collator=flash_collator, processing_class=tokenizer
     )
     documents, widths, max_length_types = [], [], set()
-    for batch in trainer.get_train_dataloader():  # this rank's whole shard, once
+    for batch in trainer.get_train_dataloader():  # this rank's whole shard, once: it starts again without end
         widths.append(batch["input_ids"].shape[1])
         max_length_types.add(type(batch["max_length_q"]).__name__)
-        for ids in row_ids(batch):
-            text = tokenizer.decode(ids)
-            documents.extend(doc for doc in text.split(tokenizer.eos_token) if doc)
+        rows = [[doc for doc in tokenizer.decode(ids).split(tokenizer.eos_token) if doc] for ids in row_ids(batch)]
+        again = [row for row in rows if set(row) & set(documents)]
+        if again:  # the second pass: its rows hold only documents of the first
+            assert all(set(row) <= set(documents) for row in again)
+            documents.extend(doc for row in rows[: rows.index(again[0])] for doc in row)
+            break
+        documents.extend(doc for row in rows for doc in row)
     _, _, plain_collator = build_datasets(data_args, tokenizer, args)
     trainer = MoaiTrainer(
         model=model, args=args, train_dataset=stream, data_collator=plain_collator, processing_class=tokenizer

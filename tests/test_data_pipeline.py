@@ -1,5 +1,6 @@
 """Sources, mixing, SFT formats and bad input."""
 
+import itertools
 import json
 
 import numpy as np
@@ -21,6 +22,7 @@ from moai_llm.data import (
 from moai_llm.tokenizer import load_tokenizer
 
 from .conftest import REPO
+from .data_helpers import first_pass
 
 SAMPLE = REPO / "moai_llm/assets/sample"
 
@@ -95,22 +97,17 @@ def test_streaming_reads_every_document_in_shuffled_packs(tmp_path, tokenizer):
     path = _write_jsonl(tmp_path / "s.jsonl", [{"text": f"doc {i} " + "word " * (i % 13)} for i in range(300)])
     spec = DataSpec(train_files=[str(path)], streaming=True, eval_fraction=0)
     train, _ = pretraining_datasets(spec, tokenizer, 64)
-    rows = list(train)
-    docs = []
-    for row in rows:
-        start = 0
-        for n in row["seq_lengths"]:
-            docs.append(tokenizer.decode(row["input_ids"][start : start + n - 1]))
-            start += n
+    rows, docs = first_pass(train, tokenizer)  # the stream then starts again, without end
     assert sorted(docs) == sorted(f"doc {i} " + "word " * (i % 13) for i in range(300))
     widths = [len(r["input_ids"]) for r in rows]
     assert widths != sorted(widths, reverse=True)  # packs leave each buffer shuffled, not by length
-    assert [r["input_ids"] for r in train] == [r["input_ids"] for r in rows]  # seeded: the same order again
+    again = [r["input_ids"] for r in itertools.islice(train, len(rows))]
+    assert again == [r["input_ids"] for r in rows]  # seeded: the same order again
 
     spec.eval_fraction = 0.1  # a seeded tenth of the first documents, at most 1,000, never in the train stream
     train, evaluation = pretraining_datasets(spec, tokenizer, 64)
     held = {tokenizer.decode(r["input_ids"][:-1]) for r in evaluation if len(r["seq_lengths"]) == 1}
-    streamed = [tokenizer.decode(r["input_ids"][: n - 1]) for r in train for n in r["seq_lengths"][:1]]
+    streamed = first_pass(train, tokenizer)[1]
     assert 10 <= sum(len(r["seq_lengths"]) for r in evaluation) <= 60 and not held & set(streamed)
     spec.eval_fraction = 400
     with pytest.raises(DataError, match="fewer than the 400 held out for eval"):
@@ -160,7 +157,7 @@ def test_a_streamed_run_resumes_to_the_same_weights(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from .train_helpers import fast_args, run_inprocess, write_tiny_config
+    from .train_helpers import fast_args, recording_steps, run_inprocess, write_tiny_config
 
     config = write_tiny_config(tmp_path)
     flags = ["--max_steps", "6", "--save_steps", "3", "--streaming", "true", "--eval_fraction", "0"]
@@ -168,6 +165,8 @@ def test_a_streamed_run_resumes_to_the_same_weights(tmp_path):
         run_inprocess(fast_args(tmp_path / name, config, *flags))
     for leftover in ("final_model", "checkpoint-6"):  # as if killed right after checkpoint-3
         shutil.rmtree(tmp_path / "cut" / leftover)
-    run_inprocess(fast_args(tmp_path / "cut", config, *flags, "--resume_from_checkpoint", "auto"))
+    with recording_steps() as runs:
+        run_inprocess(fast_args(tmp_path / "cut", config, *flags, "--resume_from_checkpoint", "auto"))
+    assert runs[0].steps == [4, 5, 6]  # resumed at checkpoint-3, not a fresh run with the same seed
     whole, cut = (load_file(str(tmp_path / n / "final_model" / "model.safetensors")) for n in ("whole", "cut"))
     assert all(torch.equal(whole[k], cut[k]) for k in whole)

@@ -12,6 +12,8 @@ from moai_llm.data.pipeline import prepare, rows_from_documents
 from moai_llm.data.sft import to_messages, tokenize_dialogue
 from moai_llm.tokenizer import load_tokenizer
 
+from .data_helpers import first_pass
+
 WORDS = "the quick brown fox jumps over a lazy dog while rain falls on quiet hills and rivers".split()
 
 
@@ -265,7 +267,7 @@ def test_sft_streams_with_ratios_and_assistant_labels(tmp_path, tokenizer):
     train, evaluation = sft_datasets(
         spec(tmp_path, mixture=mixture, eval_fraction=4, stopping_strategy="first_exhausted"), tokenizer, 128
     )
-    rows = list(train)
+    rows = first_pass(train, tokenizer)[0]  # the stream then starts again
     labels = [t for row in rows for t in row["labels"]]
     assert -100 in labels and min(t for t in labels if t != -100) >= 0  # assistant tokens only, no wrapped ids
     firsts = Counter(text.split("user\n")[1][0] for text in texts_of(rows, tokenizer))

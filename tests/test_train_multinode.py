@@ -103,6 +103,7 @@ def test_resume_auto_across_nodes_without_a_shared_filesystem(tmp_path):
     for rank, (code, output) in enumerate(run_two_nodes(tmp_path, config, *resumed, "--save_on_each_node", "true")):
         assert code == 0, output[-3000:]
         assert f"resuming from {tmp_path / f'node{rank}' / 'checkpoint-2'}" in output
+        assert output.count("{'loss': ") == 1, output[-3000:]  # only step 3 trained (logged every step)
         assert (tmp_path / f"node{rank}" / "checkpoint-3" / COMPLETE_MARKER).is_file()
     ours, theirs = (load_file(str(tmp_path / f"node{r}" / "final_model" / "model.safetensors")) for r in (0, 1))
     assert all(torch.equal(ours[name], theirs[name]) for name in ours)

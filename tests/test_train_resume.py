@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from moai_llm.training.trainer import COMPLETE_MARKER, latest_complete_checkpoint
 
 from .conftest import REPO
-from .train_helpers import fast_args, losses, run_inprocess, write_tiny_config
+from .train_helpers import fast_args, losses, recording_steps, run_inprocess, write_tiny_config
 
 pytestmark = pytest.mark.integration  # train.py subprocesses killed and resumed
 
@@ -62,9 +62,10 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, caplog):
     (half / "model.safetensors").write_bytes(b"truncated")
     assert not latest_complete_checkpoint(str(run_dir)).endswith("checkpoint-1000")
 
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING), recording_steps() as runs:
         run_inprocess(fast_args(run_dir, config, *flags, "--resume_from_checkpoint", "auto"))
     assert "checkpoint-1000" in caplog.text  # reported as ignored
+    assert runs[0].steps == list(range(5, 17))  # resumed at checkpoint-4: only the remaining steps
     assert losses(run_dir)[-1] == losses(tmp_path / "ref")[-1]
     ours, theirs = weights(run_dir), weights(tmp_path / "ref")
     assert all(torch.equal(ours[name], theirs[name]) for name in theirs)

@@ -8,7 +8,7 @@ from moai_llm.training.cli import UsageError
 from moai_llm.training.run import FINAL_MARKER
 
 from .conftest import REPO
-from .train_helpers import fast_args, run_inprocess, write_tiny_config
+from .train_helpers import fast_args, recording_steps, run_inprocess, write_tiny_config
 
 SFT_FILE = REPO / "moai_llm" / "assets" / "sample" / "sft_messages.jsonl"
 
@@ -53,9 +53,10 @@ def test_stage_killed_during_its_final_save_runs_again(tmp_path, caplog):
     weights = (final / "model.safetensors").read_bytes()
     for name in (FINAL_MARKER, "model.safetensors", "tokenizer.json"):  # what a kill after config.json leaves
         (final / name).unlink()
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO"), recording_steps() as runs:
         run_inprocess(args)
     assert "skipping" not in caplog.text and "stage base: mode pretrain" in caplog.text
+    assert runs[0].steps == []  # resumed from checkpoint-2 at max_steps: no step trained again
     assert (final / FINAL_MARKER).is_file() and (final / "tokenizer.json").is_file()
     assert (final / "model.safetensors").read_bytes() == weights  # resumed at its last step, no step more
 

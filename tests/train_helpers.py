@@ -1,10 +1,13 @@
 """Shared pieces of the training tests: a hidden-64 model config file, train.py argument lists, log readers."""
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from transformers import TrainerCallback
 
 from .conftest import REPO, tiny_config
 
@@ -75,3 +78,32 @@ def run_inprocess(args):
     from moai_llm.training.stages import run_all
 
     return run_all(*parse_args(args))
+
+
+class StepRecorder(TrainerCallback):
+    """The optimizer steps one process took (a resumed run takes only the remaining ones)."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+@contextlib.contextmanager
+def recording_steps():
+    """Inside: every run started by run_inprocess (run_all) records its optimizer steps; yields the list of
+    StepRecorders, one per run."""
+    from moai_llm.training import stages
+
+    recorders, run_training = [], stages.run_training
+
+    def recorded(*args, **kwargs):
+        recorders.append(StepRecorder())
+        return run_training(*args, extra_callbacks=[recorders[-1]], **kwargs)
+
+    stages.run_training = recorded
+    try:
+        yield recorders
+    finally:
+        stages.run_training = run_training

@@ -22,7 +22,7 @@ from ..batching import IGNORE_INDEX
 from .errors import DataError, DataStats
 from .sft import FORMAT_ALIASES, detect_format, to_messages, tokenize_dialogue
 from .sources import fingerprint, iter_records
-from .store import StoreWriter, TokenStore, directory_size, key_of, prepare_once, token_dtype
+from .store import WAIT_SECONDS, StoreWriter, TokenStore, directory_size, key_of, prepare_once, token_dtype
 
 logger = logging.getLogger(__name__)
 BATCH_DOCUMENTS = 1000
@@ -50,16 +50,17 @@ class TextEncoder:
 
     @staticmethod
     def text_column(source) -> str:
-        return source.text_field
+        return source.text_field or "text"
 
     @functools.cached_property
     def fingerprint(self) -> dict:
         return {"kind": "text", "tokenizer": tokenizer_hash(self.tokenizer), "eos": self.eos}
 
     def payload(self, record: dict, source, where: str):
-        text = record[source.text_field]
+        column = self.text_column(source)
+        text = record[column]
         if not isinstance(text, str):
-            raise DataError(f"{where}: {source.text_field!r} is {type(text).__name__}, not text")
+            raise DataError(f"{where}: {column!r} is {type(text).__name__}, not text")
         return text or None  # an empty document is skipped (and counted)
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, None]:
@@ -125,6 +126,8 @@ def source_payloads(source, encoder, skip_bad_records: bool, stats: DataStats, r
             text_column=encoder.text_column(source),
             skip_bad_records=skip_bad_records,
             stats=stats,
+            sample_by=source.sample_by or "document",
+            revision=source.revision,
         )
     wanted = set(source.domains)
     for number, record in enumerate(records):
@@ -197,15 +200,17 @@ def _slug(name: str) -> str:
 
 def store_path(source, encoder, cache_dir: Path, skip_bad_records: bool) -> Path:
     fields = {
-        "content": fingerprint(source.name, source.subset, source.split),
+        "content": fingerprint(source.name, source.subset, source.split, source.revision),
         "name": source.name,
         "subset": source.subset,
         "split": source.split,
-        "text_field": source.text_field,
+        "text_field": source.text_field or "text",
         "domains": sorted(source.domains),
         "encoder": encoder.fingerprint,
         "skip_bad_records": skip_bad_records,
     }
+    if (source.sample_by or "document") != "document":  # a key change only where it changes what is read
+        fields["sample_by"] = source.sample_by
     return Path(cache_dir) / f"{_slug(source.name)}-{key_of(fields)}"
 
 
@@ -252,11 +257,18 @@ def prepare_source(
     skip_bad_records: bool = False,
     stats: DataStats | None = None,
     progress: bool = False,
+    path: Path | None = None,
+    wait_seconds: float = WAIT_SECONDS,
 ) -> TokenStore:
-    """The source's store: built by the `builder` process if missing, awaited by the others, memory-mapped."""
-    path = store_path(source, encoder, cache_dir, skip_bad_records)
+    """The source's store (at `path`, else its own key's): built by the `builder` process if missing, awaited by
+    the others, memory-mapped."""
+    path = path or store_path(source, encoder, cache_dir, skip_bad_records)
     prepare_once(
-        path, lambda p: build_store(p, source, encoder, skip_bad_records, progress), builder, f"data for {source.name}"
+        path,
+        lambda p: build_store(p, source, encoder, skip_bad_records, progress),
+        builder,
+        f"data for {source.name}",
+        wait_seconds,
     )
     store = TokenStore(path, source.name)
     if stats is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import DataError
-from .sources import is_local, local_files
+from .sources import SAMPLE_BY, is_local, local_files
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +30,17 @@ class MixtureSource:
     percentage: float = 100.0  # a seeded random sample of this share of the documents, never the first ones
     streaming: bool = False
     domains: list[str] = field(default_factory=list)  # keep records whose `domain` column is one of these
-    text_field: str = "text"
+    text_field: str | None = None  # None: --text_column (default "text")
+    sample_by: str | None = None  # a .txt document: document | paragraph | line (None: --sample_by)
+    revision: str | None = None  # a Hub dataset's branch, tag or commit (pinned to its commit when read)
 
     def __post_init__(self):
         if self.ratio is not None and not self.ratio > 0:
             raise DataError(f"mixture source {self.name}: ratio must be > 0, got {self.ratio}")
         if not 0 < self.percentage <= 100:
             raise DataError(f"mixture source {self.name}: percentage must be in (0, 100], got {self.percentage}")
+        if self.sample_by not in (None, *SAMPLE_BY):
+            raise DataError(f"mixture source {self.name}: sample_by must be one of {', '.join(SAMPLE_BY)}")
 
 
 def parse_mixture(entries: list) -> list[MixtureSource]:
@@ -67,22 +71,26 @@ def check_ratios(sources: list[MixtureSource]) -> None:
 
 
 def check_disjoint(sources: list[MixtureSource]) -> None:
-    """A file (or Hub split) in two sources with the same filter would be read twice, and its documents could be
-    held out for eval by one source and trained on by the other: refused. Use ratios to read a source more."""
-    seen: dict[tuple, str] = {}
+    """A file (or Hub split) in two sources whose domain filters can keep the same record would be read twice, and
+    its documents could be held out for eval by one source and trained on by the other: refused. Filters overlap
+    when they share a domain, or when either has none (it keeps every record). Use ratios to read a source more."""
+    seen: dict[tuple, list[MixtureSource]] = {}
     for source in sources:
         if is_local(source.name):
             items = [str(path.resolve()) for path in local_files(source.name)]
         else:
             items = [f"{source.name}:{source.subset or ''}[{source.split}]"]
         for item in items:
-            key = (item, tuple(sorted(source.domains)), source.text_field)
-            if key in seen:
-                raise DataError(
-                    f"{item} is in two sources ({seen[key]} and {source.name}); give it once "
-                    "(ratios read a source more often)"
-                )
-            seen[key] = source.name
+            earlier = seen.setdefault((item, source.text_field), [])
+            for other in earlier:
+                shared = set(other.domains) & set(source.domains)
+                if shared or not other.domains or not source.domains:
+                    overlap = f" (both keep domain {sorted(shared)[0]!r})" if shared else ""
+                    raise DataError(
+                        f"{item} is in two sources ({other.name} and {source.name}){overlap}; give it once "
+                        "(ratios read a source more often; disjoint domains split a file)"
+                    )
+            earlier.append(source)
 
 
 def eval_counts(documents: list[int], eval_fraction: float) -> list[int]:
@@ -123,6 +131,30 @@ def _repeat(rng, documents: np.ndarray, lengths: np.ndarray, factor: float) -> n
     return np.concatenate(pieces) if pieces else documents[:0]
 
 
+def cap_tokens(held: list[np.ndarray], lengths: list[np.ndarray], budget: int, seed: int) -> list[np.ndarray]:
+    """Held-out documents per source cut to `budget` tokens in all, each source keeping its share of the tokens
+    (a seeded random part of its documents, at least one); logged."""
+    tokens = np.array([int(n[d].sum()) for n, d in zip(lengths, held)], dtype=np.float64)
+    if tokens.sum() <= budget:
+        return held
+    capped = []
+    for index, (documents, n, share) in enumerate(zip(held, lengths, tokens / tokens.sum())):
+        order = documents[np.random.default_rng([seed, index, 3]).permutation(len(documents))]
+        keep = int(np.searchsorted(np.cumsum(n[order]), share * budget, side="right"))
+        capped.append(np.sort(order[: max(keep, min(1, len(order)))]))
+    kept = sum(int(n[d].sum()) for n, d in zip(lengths, capped))
+    logger.info(
+        "eval documents capped at --eval_max_tokens %d: %d documents, %d tokens held out (of %d documents, %d tokens); "
+        "the others train",
+        budget,
+        sum(map(len, capped)),
+        kept,
+        sum(map(len, held)),
+        int(tokens.sum()),
+    )
+    return capped
+
+
 @dataclass
 class Selection:
     """Document indices into each source's store: train (repeats allowed) and held-out eval."""
@@ -134,9 +166,15 @@ class Selection:
 
 
 def select_documents(
-    sources: list[MixtureSource], lengths: list[np.ndarray], eval_fraction: float, seed: int
+    sources: list[MixtureSource],
+    lengths: list[np.ndarray],
+    eval_fraction: float,
+    seed: int,
+    eval_max_tokens: int = 0,
 ) -> Selection:
-    """Apply percentage, eval holdout and ratios to prepared sources (`lengths`: tokens of each document)."""
+    """Apply percentage, eval holdout and ratios to prepared sources (`lengths`: tokens of each document). A
+    fractional holdout larger than `eval_max_tokens` (0: no cap) is cut to it, each source keeping its share; the
+    documents cut stay in training."""
     kept = []
     for index, (source, n) in enumerate(zip(sources, lengths)):
         documents = np.arange(len(n), dtype=np.int64)
@@ -148,8 +186,10 @@ def select_documents(
     train, evaluation = [], []
     for index, (documents, count) in enumerate(zip(kept, held)):
         rng = np.random.default_rng([seed, index, 1])
-        chosen = _sample(rng, documents, count)
-        evaluation.append(chosen)
+        evaluation.append(_sample(rng, documents, count))
+    if 0 < eval_fraction < 1 and eval_max_tokens:
+        evaluation = cap_tokens(evaluation, lengths, eval_max_tokens, seed)
+    for documents, chosen in zip(kept, evaluation):
         train.append(np.setdiff1d(documents, chosen, assume_unique=True))
     own = np.array([int(n[d].sum()) for n, d in zip(lengths, train)], dtype=np.float64)
     if sources[0].ratio is not None:

@@ -7,24 +7,27 @@ Streaming data: each rank reads, tokenizes and packs its own shard on the fly (`
 """
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import datasets
 import numpy as np
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 
 from ..batching import IGNORE_INDEX
-from .encode import DialogueEncoder, TextEncoder, prepare_source
+from .encode import DialogueEncoder, TextEncoder, prepare_source, store_path
 from .errors import DataError, DataStats
 from .mixing import MixtureSource, check_disjoint, check_ratios, parse_mixture, select_documents
 from .packing import HierarchicalBalancePacker, attention_balance_ratio, packing_efficiency, split_long_documents
 from .rows import PackedRows, build_plan, pieces
-from .store import key_of, prepare_once, read_meta
+from .sources import is_local, resolve_revision
+from .store import WAIT_SECONDS, key_of, prepare_once, read_meta
 from .streaming import stream_mixture, streamed_rows
 
 logger = logging.getLogger(__name__)
 PLAN_VERSION = 1
+EVAL_MAX_TOKENS = 1_000_000  # the default cap on a fractional eval holdout: 5% of 1e10 tokens took ~45% of wall time
 
 
 def default_cache_dir() -> Path:
@@ -39,41 +42,63 @@ class DataSpec:
     train_files: list[str] = field(default_factory=list)
     mixture: list[dict] = field(default_factory=list)
     text_column: str = "text"
+    sample_by: str = "document"  # a .txt file is one document, or one per paragraph or line
     split: str = "train"
     streaming: bool = False
     stopping_strategy: str = "all_exhausted"
     eval_fraction: float = 0.05
+    eval_max_tokens: int = EVAL_MAX_TOKENS  # a fractional holdout is cut to this many tokens (0: no cap)
     packing: bool = True
     packing_bins: int = 8
     sft_format: str | None = None
     skip_bad_records: bool = False
     cache_dir: str | None = None  # stores and plans (default: <HF_DATASETS_CACHE>/moai_llm)
     shared_cache: bool = False  # cache_dir is seen by every node: the global main process prepares, once
+    wait_seconds: float = WAIT_SECONDS  # a waiting process stops when nothing changed at a store for this long
     progress: bool = False  # progress bars while tokenizing
 
 
 def mixture_sources(spec: DataSpec) -> list[MixtureSource]:
-    """The sources to read: the YAML mixture, else every --train_file and --dataset (no ratios), else the sample."""
-    sources = parse_mixture(spec.mixture) if spec.mixture else _flag_sources(spec)
+    """The sources to read: the YAML mixture, else every --train_file and --dataset (no ratios), else the sample.
+    A mixture source without `text_field` reads --text_column. A mixture and files/datasets together: an error."""
+    if spec.mixture and (spec.train_files or spec.datasets):
+        given = ", ".join([*spec.train_files, *spec.datasets])
+        raise DataError(
+            f"data sources given twice: a mixture and --train_file/--dataset ({given}); give one of them "
+            "(a mixture can list those files)"
+        )
+    if spec.mixture:
+        sources = [
+            replace(s, text_field=s.text_field or spec.text_column, sample_by=s.sample_by or spec.sample_by)
+            for s in parse_mixture(spec.mixture)
+        ]
+    else:
+        sources = _flag_sources(spec)
+    sources = [s if is_local(s.name) else replace(s, revision=resolve_revision(s.name, s.revision)) for s in sources]
     check_ratios(sources)
     check_disjoint(sources)
     return sources
 
 
 def _flag_sources(spec: DataSpec) -> list[MixtureSource]:
-    sources = [MixtureSource(name=f, text_field=spec.text_column, streaming=spec.streaming) for f in spec.train_files]
+    sources = [
+        MixtureSource(name=f, text_field=spec.text_column, streaming=spec.streaming, sample_by=spec.sample_by)
+        for f in spec.train_files
+    ]
     for entry in spec.datasets:
+        entry, _, revision = entry.partition("@")
         name, _, subset = entry.partition(":")
         sources.append(
             MixtureSource(
                 name=name,
                 subset=subset or None,
+                revision=revision or None,
                 split=spec.split,
                 text_field=spec.text_column,
                 streaming=spec.streaming,
             )
         )
-    return sources or [MixtureSource(name="sample")]
+    return sources or [MixtureSource(name="sample", text_field="text")]
 
 
 @dataclass
@@ -106,7 +131,14 @@ def prepare(
     state = PartialState()
     builder = state.is_main_process if spec.shared_cache else state.is_local_main_process
     cache = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
-    stores = [prepare_source(s, encoder, cache, builder, spec.skip_bad_records, stats, spec.progress) for s in sources]
+    paths = [store_path(s, encoder, cache, spec.skip_bad_records) for s in sources]
+    if spec.shared_cache and state.num_processes > 1:
+        # keyed once, on the builder: other nodes may mount the files elsewhere or see other modification times
+        paths = broadcast_object_list([paths], from_process=0)[0]
+    stores = [
+        prepare_source(s, encoder, cache, builder, spec.skip_bad_records, stats, spec.progress, path, spec.wait_seconds)
+        for s, path in zip(sources, paths)
+    ]
     fields = {
         "version": PLAN_VERSION,
         "stores": [s.path.name for s in stores],
@@ -114,6 +146,7 @@ def prepare(
         "ratios": [s.ratio for s in sources],
         "percentages": [s.percentage for s in sources],
         "eval_fraction": spec.eval_fraction,
+        "eval_max_tokens": spec.eval_max_tokens if 0 < spec.eval_fraction < 1 else 0,
         "max_seq_length": max_seq_length,
         "packing": spec.packing,
         "truncate": truncate,
@@ -122,7 +155,8 @@ def prepare(
 
     def build(path: Path) -> None:
         plan_stats = DataStats()
-        selection = select_documents(sources, [s.lengths for s in stores], spec.eval_fraction, seed)
+        lengths = [s.lengths for s in stores]
+        selection = select_documents(sources, lengths, spec.eval_fraction, seed, spec.eval_max_tokens)
         splits = {"train": pieces(stores, selection.train, max_seq_length, truncate, plan_stats)}
         if not len(splits["train"]["length"]):
             raise DataError("no documents left to train on")
@@ -137,7 +171,7 @@ def prepare(
             {**fields, "stats": dict(plan_stats), "mixture": selection.summary},
         )
 
-    prepare_once(path, build, builder, "packing plan")
+    prepare_once(path, build, builder, "packing plan", spec.wait_seconds)
     meta = read_meta(path, "packing plan")
     stats.update(meta.get("stats", {}))
     logger.info("data mixture per epoch: %s", "; ".join(meta["mixture"]))
@@ -154,7 +188,7 @@ def reading_plan(spec: DataSpec, tokenizer, sft: bool = False):
             "SFT needs data: give --train_file or --dataset (bundled examples: moai_llm/assets/sample/sft_*.jsonl)"
         )
     for source in sources:
-        if source.text_field != "text":
+        if source.text_field not in (None, "text"):
             raise DataError(
                 f"mixture source {source.name}: text_field is for pretraining; SFT records are "
                 "recognised by their columns (set --sft_format to choose)"
@@ -234,6 +268,7 @@ def _streamed(spec, encoder, sources, *, max_seq_length, seed, stats, truncate):
         seed=seed,
         stopping_strategy=spec.stopping_strategy,
         eval_fraction=spec.eval_fraction,
+        eval_max_tokens=spec.eval_max_tokens,
         skip_bad_records=spec.skip_bad_records,
         stats=stats,
     )

@@ -14,7 +14,7 @@ import torch
 
 from ..batching import IGNORE_INDEX
 from .errors import DataError, DataStats
-from .packing import HierarchicalBalancePacker, interleaved_order
+from .packing import HierarchicalBalancePacker, steps_at
 from .store import TokenStore, publish, temporary_directory
 
 logger = logging.getLogger(__name__)
@@ -161,16 +161,28 @@ class PackedRows(torch.utils.data.Dataset):
     def balance(self) -> float:
         return balance(self.length, self.rows, self.rows_per_step)
 
-    def train_sampler(self, rows_per_step: int, seed: int) -> "StepSampler":
-        """The training order for steps of `rows_per_step` rows (processes x per-device batch)."""
-        return StepSampler(len(self), rows_per_step, self.num_bins, seed)
+    def train_sampler(self, rows_per_step: int, seed: int, strategy: str = "random"):
+        """The training order for steps of `rows_per_step` rows (processes x per-device batch), by
+        --train_sampling_strategy: random (balanced steps in a seeded order; group_by_length is the same, the rows
+        of a step having similar cost) or sequential (the plan's order, heaviest rows first)."""
+        if strategy in ("random", "group_by_length"):
+            return StepSampler(len(self), rows_per_step, self.num_bins, seed)
+        if strategy == "sequential":
+            return torch.utils.data.SequentialSampler(self)
+        raise DataError(
+            f"--train_sampling_strategy {strategy}: packed rows are read random (the default), group_by_length "
+            "(the same order: each step's rows have similar cost) or sequential"
+        )
 
 
 class StepSampler(torch.utils.data.Sampler):
     """Rows in steps: each block of `rows_per_step` consecutive (cost-sorted) rows is one micro-step of every rank,
     so ranks that step together get similar attention work; the order of the blocks is `interleaved_order` over
     `num_bins` cost groups, drawn again each epoch from (seed, epoch). A last partial block stays last, so every
-    other step is a whole block."""
+    other step is a whole block. The order is computed a chunk of steps at a time (`steps_at`), so the sampler's
+    memory does not grow with the corpus."""
+
+    CHUNK = 1 << 14  # steps computed at a time
 
     def __init__(self, num_rows: int, rows_per_step: int, num_bins: int, seed: int):
         self.num_rows, self.rows_per_step, self.num_bins, self.seed = num_rows, max(rows_per_step, 1), num_bins, seed
@@ -179,14 +191,23 @@ class StepSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def order(self) -> np.ndarray:
+    def rows(self, first_step: int, last_step: int) -> np.ndarray:
+        """The rows of steps first_step..last_step - 1 of this epoch's order (the partial block is the last step)."""
         full = self.num_rows // self.rows_per_step
-        blocks = interleaved_order(full, self.num_bins, np.random.default_rng([self.seed, self.epoch]))
+        positions = np.arange(first_step, min(last_step, full), dtype=np.int64)
+        blocks = steps_at(positions, full, self.num_bins, [self.seed, self.epoch])
         inside = (blocks[:, None] * self.rows_per_step + np.arange(self.rows_per_step)).ravel()
-        return np.concatenate([inside, np.arange(full * self.rows_per_step, self.num_rows)])
+        if last_step > full >= first_step:
+            inside = np.concatenate([inside, np.arange(full * self.rows_per_step, self.num_rows)])
+        return inside
+
+    def order(self) -> np.ndarray:
+        return self.rows(0, self.num_rows // self.rows_per_step + 1)
 
     def __iter__(self):
-        return iter(self.order().tolist())
+        steps = self.num_rows // self.rows_per_step + 1
+        for first in range(0, steps, self.CHUNK):
+            yield from self.rows(first, first + self.CHUNK).tolist()
 
     def __len__(self) -> int:
         return self.num_rows

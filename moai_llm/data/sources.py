@@ -19,13 +19,21 @@ SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "assets" / "sample" / "pre
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv")
 TABULAR_SUFFIXES = (".parquet", ".csv")
 WARN_SKIPS_PER_FILE = 3
+SAMPLE_BY = ("document", "paragraph", "line")  # what a .txt document is (datasets' text loader: sample_by)
+PREPARED_MARKERS = ("tokens.bin", "train_rows.npy")  # a store's or a plan's files
+JSON_CHUNK = 1 << 20  # characters of a .json file read at a time
+JSON_LARGEST_RECORD = 1 << 26  # characters: a longer element is taken to be malformed, not read to the file's end
 
 
 def expand_files(spec: str) -> list[Path]:
     """A file, a folder (its files with known suffixes, recursively) or a glob; an error if nothing matches."""
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES)
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and p.suffix in LOCAL_SUFFIXES and not _prepared_or_hidden(p.relative_to(path), path)
+        )
     elif path.is_file():
         files = [path]
     else:
@@ -33,6 +41,15 @@ def expand_files(spec: str) -> list[Path]:
     if not files:
         raise DataError(f"{spec}: no such file, or no {'/'.join(LOCAL_SUFFIXES)} files there")
     return files
+
+
+def _prepared_or_hidden(relative: Path, root: Path) -> bool:
+    """A file under a hidden folder, or inside a prepared store or plan (a data cache kept in the data folder,
+    whose meta.json is not a document)."""
+    if any(part.startswith(".") for part in relative.parts):
+        return True
+    folder = root / relative.parent
+    return relative.parent != Path(".") and any((folder / name).exists() for name in PREPARED_MARKERS)
 
 
 def is_local(name: str) -> bool:
@@ -48,10 +65,11 @@ def local_files(name: str) -> list[Path]:
     return files
 
 
-def fingerprint(name: str, subset: str | None, split: str) -> dict:
-    """What identifies a source's content: each local file's path, size and mtime; a Hub id, config and split."""
+def fingerprint(name: str, subset: str | None, split: str, revision: str | None = None) -> dict:
+    """What identifies a source's content: each local file's path, size and mtime; a Hub id, config, split and
+    revision (the commit `resolve_revision` pinned)."""
     if not is_local(name):
-        return {"hub": name, "subset": subset, "split": split}
+        return {"hub": name, "subset": subset, "split": split, "revision": revision}
     return {"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in local_files(name)]}
 
 
@@ -86,14 +104,96 @@ def read_jsonl(path: Path, text_column: str | None, skip_bad_records: bool, stat
             yield row
 
 
-def read_text_file(path: Path, text_column: str):
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: invalid UTF-8 at byte offset {err.start}") from None
-    if text.strip():
-        yield {text_column: text}
+def read_text_file(path: Path, text_column: str, sample_by: str = "document"):
+    """A .txt file as one document (`sample_by` "document"), one per line ("line"), or one per block of lines
+    between blank lines ("paragraph"), as datasets' text loader cuts them. Lines and paragraphs are read one at a
+    time; empty ones are not documents."""
+    if sample_by not in SAMPLE_BY:
+        raise DataError(f"sample_by {sample_by!r}: expected one of {', '.join(SAMPLE_BY)}")
+    if sample_by == "document":
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: invalid UTF-8 at byte offset {err.start}") from None
+        if text.strip():
+            yield {text_column: text}
+        return
+    offset, block = 0, []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}: invalid UTF-8 at byte offset {offset + err.start} (line {number})") from None
+            offset += len(raw)
+            if sample_by == "line":
+                if line.strip():
+                    yield {text_column: line}
+            elif line.strip():
+                block.append(line)
+            elif block:
+                yield {text_column: "\n".join(block)}
+                block = []
+    if block:
+        yield {text_column: "\n".join(block)}
+
+
+def read_json(path: Path, text_column: str | None) -> Iterator[dict]:
+    """Records of a .json file, one at a time: a JSON array of objects, or objects one after another (JSON Lines
+    named .json, or a single object). The file is read in chunks, never whole."""
+    decoder, buffer, position, done, number, array = json.JSONDecoder(), "", 0, False, 0, None
+    with open(path, encoding="utf-8") as handle:
+
+        def skip(characters: str) -> None:
+            nonlocal buffer, position, done
+            while True:
+                while position < len(buffer) and buffer[position] in characters:
+                    position += 1
+                if position < len(buffer) or done:
+                    return
+                buffer, position = handle.read(JSON_CHUNK), 0
+                done = not buffer
+
+        try:
+            while True:
+                skip(" \t\r\n")
+                if position == len(buffer):
+                    break
+                if array is None:
+                    array = buffer[position] == "["
+                    position += array
+                    continue
+                if array and buffer[position] == "]":
+                    position += 1
+                    skip(" \t\r\n")
+                    if position < len(buffer):
+                        raise DataError(f"{path}: text after the closing ] of its JSON array")
+                    return
+                while True:
+                    try:
+                        row, end = decoder.raw_decode(buffer, position)
+                        break
+                    except ValueError as err:
+                        more = handle.read(JSON_CHUNK)
+                        if not more or len(buffer) - position > JSON_LARGEST_RECORD:
+                            raise DataError(f"{path}[{number}]: malformed JSON ({err.msg})") from None
+                        buffer, position = buffer[position:] + more, 0
+                position = end
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}[{number}]: not a JSON object")
+                if text_column is not None and text_column not in row:
+                    raise DataError(f"{path}[{number}]: no column {text_column!r}; columns: {sorted(row)}")
+                yield row
+                number += 1
+                if array:
+                    skip(" \t\r\n")
+                    if position < len(buffer) and buffer[position] == ",":
+                        position += 1
+                    elif position < len(buffer) and buffer[position] != "]":
+                        raise DataError(f"{path}[{number}]: malformed JSON (expected , or ] between elements)")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: invalid UTF-8 ({err.reason})") from None
 
 
 def read_tabular(path: Path, text_column: str | None) -> Iterator[dict]:
@@ -118,27 +218,44 @@ def read_tabular(path: Path, text_column: str | None) -> Iterator[dict]:
         raise DataError(f"{path}: unreadable {path.suffix[1:]} ({str(err).splitlines()[0][:160]})") from None
 
 
-def read_file(path: Path, text_column: str | None, skip_bad_records: bool, stats: DataStats) -> Iterator[dict]:
+def read_file(
+    path: Path, text_column: str | None, skip_bad_records: bool, stats: DataStats, sample_by: str = "document"
+) -> Iterator[dict]:
     if path.suffix == ".jsonl":
         yield from read_jsonl(path, text_column, skip_bad_records, stats)
     elif path.suffix == ".txt":
-        yield from read_text_file(path, text_column or "text")
+        yield from read_text_file(path, text_column or "text", sample_by)
     elif path.suffix in TABULAR_SUFFIXES:
         yield from read_tabular(path, text_column)
     elif path.suffix == ".json":
+        yield from read_json(path, text_column)
+
+
+def resolve_revision(name: str, revision: str | None) -> str | None:
+    """The commit a Hub dataset's `revision` (None: its main branch) points to now, so a store is keyed by content
+    and a new revision prepares a new one. Offline, the revision as given (logged: a store may be reused)."""
+    import huggingface_hub
+
+    if not huggingface_hub.constants.HF_HUB_OFFLINE:
         try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as err:
-            raise DataError(f"{path}: malformed JSON ({err})") from None
-        for number, row in enumerate(rows if isinstance(rows, list) else [rows]):
-            if text_column is not None and text_column not in row:
-                raise DataError(f"{path}[{number}]: no column {text_column!r}; columns: {sorted(row)}")
-            yield row
+            return huggingface_hub.HfApi().dataset_info(name, revision=revision).sha
+        except Exception as err:  # offline, unknown id: load_dataset reports the id; here only the key is weaker
+            cause = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}" if str(err) else type(err).__name__
+    else:
+        cause = "HF_HUB_OFFLINE"
+    logger.warning(
+        "--dataset %s: its Hub revision could not be resolved (%s); keyed by %s, so a prepared store of an older "
+        "revision may be reused",
+        name,
+        cause,
+        revision or "the name alone",
+    )
+    return revision
 
 
-def hub_dataset(name: str, subset: str | None, split: str, streaming: bool):
+def hub_dataset(name: str, subset: str | None, split: str, streaming: bool, revision: str | None = None):
     try:
-        return datasets.load_dataset(name, subset, split=split, streaming=streaming)
+        return datasets.load_dataset(name, subset, split=split, streaming=streaming, revision=revision)
     except Exception as err:  # offline, unknown id, bad config: one line instead of the datasets traceback
         raise DataError(
             f"--dataset {name}{':' + subset if subset else ''}: could not be loaded "
@@ -154,14 +271,16 @@ def iter_records(
     text_column: str | None = "text",
     skip_bad_records: bool = False,
     stats: DataStats | None = None,
+    sample_by: str = "document",
+    revision: str | None = None,
 ) -> Iterator[dict]:
     """Every record of a source, one at a time, in a fixed order (files sorted, then line order)."""
     stats = stats if stats is not None else DataStats()
     if is_local(name):
         for path in local_files(name):
-            yield from read_file(path, text_column, skip_bad_records, stats)
+            yield from read_file(path, text_column, skip_bad_records, stats, sample_by)
         return
-    dataset = hub_dataset(name, subset, split, streaming=False)
+    dataset = hub_dataset(name, subset, split, streaming=False, revision=revision)
     if text_column is not None and text_column not in dataset.column_names:
         raise DataError(f"--dataset {name}: no column {text_column!r}; columns: {dataset.column_names}")
     for batch in dataset.iter(batch_size=1024):

@@ -16,11 +16,15 @@ Atomicity: a store is written in a hidden temporary directory beside its final p
 place after meta.json; a directory at the final path without meta.json (or a temporary one) is never used.
 """
 
+import contextlib
+import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -34,6 +38,7 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 META = "meta.json"
 WAIT_POLL_SECONDS = 1.0
+WAIT_SECONDS = 600.0  # a waiting process gives up when nothing changed at the store's path for this long
 
 
 def key_of(fields: dict) -> str:
@@ -79,9 +84,30 @@ def read_meta(directory: Path, what: str) -> dict:
 
 
 def temporary_directory(final: Path) -> Path:
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """A new hidden directory beside `final`, named after this host and process (see `discard_abandoned`)."""
+    tmp = final.parent / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     return tmp
+
+
+def discard_abandoned(final: Path) -> None:
+    """Temporary directories of `final` left by killed builders of this host (their process is gone)."""
+    prefix = f".{final.name}.tmp-{socket.gethostname()}-"
+    for tmp in final.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = tmp.name[len(prefix) :].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            logger.warning("removing %s, left by a killed preparation", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def publish(tmp: Path, final: Path, meta: dict) -> None:
@@ -115,24 +141,98 @@ def discard_incomplete(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def prepare_once(path: Path, build, builder: bool, what: str) -> None:
+def _marker(path: Path, kind: str) -> Path:
+    """Files beside a store while it is prepared: `.<name>.building` (touched while the builder works) and
+    `.<name>.failed` (the builder's one-line error)."""
+    return path.parent / f".{path.name}.{kind}"
+
+
+class _Heartbeat:
+    """Touches the building marker every `interval` seconds from a thread, so waiting processes (on any node) see
+    that the builder is alive however long the preparation takes."""
+
+    def __init__(self, path: Path, interval: float):
+        self.path, self.interval, self.stop = path, interval, threading.Event()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(f"{socket.gethostname()} pid {os.getpid()}\n")
+        self.thread = threading.Thread(target=self._beat, daemon=True, name="data-heartbeat")
+        self.thread.start()
+
+    def _beat(self):
+        while not self.stop.wait(self.interval):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def prepare_once(path: Path, build, builder: bool, what: str, wait_seconds: float = WAIT_SECONDS) -> None:
     """Run `build(path)` in the one process that prepares (`builder`); every other process waits for the store.
 
     Waiting polls the file system for meta.json instead of a collective barrier, so preparation may take longer
-    than the process group's timeout; a builder that fails ends the job (torchrun stops every rank).
+    than the process group's timeout. The wait is bounded: the builder touches a building marker while it works
+    and writes a failure marker (its node and error) if it fails; a waiting process stops with one line when the
+    builder failed, or when nothing changed at the path for `wait_seconds` (no builder visible: a --data_cache_dir
+    that is not shared by every node, or stores keyed differently; or a builder killed without a word).
     """
+    failed = _marker(path, "failed")
     if builder:
+        discard_abandoned(path)
         discard_incomplete(path)
-        if not is_complete(path):
+        if is_complete(path):
+            return
+        with contextlib.suppress(OSError):
+            failed.unlink()
+        heartbeat = _Heartbeat(_marker(path, "building"), max(wait_seconds / 8, 0.05))
+        try:
             build(path)
+        except BaseException as error:
+            cause = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+            with contextlib.suppress(OSError):
+                failed.write_text(f"{socket.gethostname()} (pid {os.getpid()}): {cause}\n")
+            raise
+        finally:
+            heartbeat.close()
         return
-    waited, started = False, time.monotonic()
+    _wait_for(path, what, wait_seconds, failed)
+
+
+def _wait_for(path: Path, what: str, wait_seconds: float, failed: Path) -> None:
+    started = last_change = time.monotonic()
+    building, seen, logged = _marker(path, "building"), None, False
     while not is_complete(path):
-        if not waited:
+        now = time.monotonic()
+        with contextlib.suppress(OSError):
+            if failed.stat().st_mtime > time.time() - wait_seconds - (now - started):  # not a marker of an old run
+                raise DataError(
+                    f"{what}: preparing {path} failed on {failed.read_text().strip()}; fix that and start again"
+                )
+        try:
+            state = building.stat().st_mtime_ns
+        except OSError:
+            state = None
+        if state != seen:
+            seen, last_change = state, now
+        if now - last_change > wait_seconds:
+            who = ""
+            with contextlib.suppress(OSError):
+                who = f" ({building.read_text().strip()})"
+            why = (
+                f"its builder{who} stopped updating {building.name}"
+                if seen is not None
+                else "no process is preparing it there: is --data_cache_dir shared by every node? (leave it "
+                "unset for a cache per node)"
+            )
+            raise DataError(f"{what} on {socket.gethostname()}: waited {now - started:.0f} s for {path}; {why}")
+        if not logged:
             logger.info("waiting for %s to be prepared by the main process: %s", what, path)
-            waited = True
+            logged = True
         time.sleep(WAIT_POLL_SECONDS)
-    if waited:
+    if logged:
         logger.info("%s ready after %.0f s", what, time.monotonic() - started)
 
 

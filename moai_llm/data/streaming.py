@@ -3,8 +3,18 @@
 The train dataset is a `datasets.IterableDataset` with one shard per process. With `dispatch_batches=False`
 (set by train.py for streams) accelerate gives process r exactly shard r, so every rank reads a disjoint part of
 the stream (`split_dataset_by_node`) and no batch travels from rank 0. Packs are shuffled within each seeded
-buffer. A resumed run re-reads its shard from the start and skips the batches already trained (the Trainer's
-`skip_first_batches`), so it sees the same rows as an uninterrupted run with the same seed and world size.
+buffer.
+
+Each rank's rows never end: when its part of the stream runs out, the rank starts it again (pass 2, 3, ...: a new
+file order and pack shuffle, seeded by the pass), so every rank takes every step until `max_steps` whatever the
+lengths of the ranks' parts; a finite stream would end on one rank in the middle of a gradient-accumulation group
+while the others step (a collective mismatch). The Trainer therefore stays in its first epoch, and a resumed run
+re-reads its shard from the start and skips the batches already trained (`skip_first_batches`), passes included,
+so it sees the same rows as an uninterrupted run with the same seed and world size.
+
+The rank's part is read with `IterableDataset.iter`, which ignores DataLoader workers: iterating it (`__iter__`)
+inside a worker would keep only the shards `worker_id::num_workers`, 1/W of the rank's data. The rows dataset has
+one shard per process, so one worker per rank reads and packs (datasets stops the extra ones).
 """
 
 import logging
@@ -16,13 +26,14 @@ from datasets.distributed import split_dataset_by_node
 from ..batching import IGNORE_INDEX
 from .encode import batched, source_payloads
 from .errors import DataError, DataStats
-from .mixing import MixtureSource
+from .mixing import MixtureSource, cap_tokens
 from .packing import pack_stream
 from .sources import hub_dataset, is_local, local_files, read_file
 
 logger = logging.getLogger(__name__)
 STREAM_EVAL_DOCUMENTS = 1000  # at most, when --eval_fraction is a fraction (a stream has no known size)
 PACK_BUFFER = 10_000
+READ_BATCH = 256  # records per `IterableDataset.iter` batch
 
 
 def _drawn(seed: int, index: int, shard: int, number: int, share: float) -> bool:
@@ -39,14 +50,16 @@ class _Source:
         if is_local(source.name):
             self.files, self.hub = local_files(source.name), None
         else:
-            self.files, self.hub = [], hub_dataset(source.name, source.subset, source.split, streaming=True)
+            hub = hub_dataset(source.name, source.subset, source.split, streaming=True, revision=source.revision)
+            self.files, self.hub = [], hub
         self.shards = len(self.files) if self.hub is None else self.hub.n_shards
         self.held: set[int] = set()
 
     def payloads(self, shard: int, stats):
         """(number, payload) of the shard's records kept by the `percentage` draw."""
         if self.hub is None:
-            records = read_file(self.files[shard], self.encoder.text_column(self.source), self.skip_bad_records, stats)
+            column, sample_by = self.encoder.text_column(self.source), self.source.sample_by or "document"
+            records = read_file(self.files[shard], column, self.skip_bad_records, stats, sample_by)
         else:
             records = iter(self.hub.shard(num_shards=self.shards, index=shard))
         share = self.source.percentage / 100
@@ -57,15 +70,15 @@ class _Source:
                 yield number, payload
 
     def hold_out(self, count: int, fraction: float) -> list:
-        """Eval payloads from the start of shard 0: each record with probability `fraction` (else the first ones),
-        `count` at most; they are skipped by the train stream."""
+        """Eval (record number, payload) pairs from the start of shard 0: each record with probability `fraction`
+        (else the first ones), `count` at most; they are skipped by the train stream."""
         held = []
         if not count:
             return held
         for number, payload in self.payloads(0, DataStats()):
             if fraction and not _drawn(self.seed, self.index, -1, number, fraction):
                 continue
-            held.append(payload)
+            held.append((number, payload))
             self.held.add(number)
             if len(held) == count:
                 return held
@@ -95,15 +108,25 @@ def stream_mixture(
     eval_fraction: float,
     skip_bad_records: bool,
     stats: DataStats,
+    eval_max_tokens: int = 0,
 ):
-    """(stream of {"payload"}, eval payloads): concatenated, or interleaved with the ratios as probabilities."""
+    """(stream of {"payload"}, eval payloads): concatenated, or interleaved with the ratios as probabilities. A
+    fractional holdout is cut to `eval_max_tokens` (0: no cap) as prepared data's is; what is cut trains."""
     wanted = int(eval_fraction) if eval_fraction >= 1 else (STREAM_EVAL_DOCUMENTS if eval_fraction else 0)
     per_source = -(-wanted // len(sources)) if wanted else 0
-    evaluation, parts = [], []
+    held, streams, parts = [], [], []
     for index, source in enumerate(sources):
         streamed = _Source(index, source, encoder, seed, skip_bad_records, stats)
-        evaluation.extend(streamed.hold_out(per_source, eval_fraction if eval_fraction < 1 else 0.0))
+        held.append(streamed.hold_out(per_source, eval_fraction if eval_fraction < 1 else 0.0))
+        streams.append(streamed)
         parts.append(streamed.stream())
+    if 0 < eval_fraction < 1 and eval_max_tokens and any(held):
+        lengths = [encoder.encode([p for _, p in h])[1] if h else np.zeros(0, np.int64) for h in held]
+        chosen = cap_tokens([np.arange(len(h)) for h in held], lengths, eval_max_tokens, seed)
+        for streamed, h, keep in zip(streams, held, chosen):
+            streamed.held = {h[i][0] for i in keep.tolist()}  # the others go back to the train stream
+        held = [[h[i] for i in keep.tolist()] for h, keep in zip(held, chosen)]
+    evaluation = [payload for h in held for _, payload in h]
     if len(parts) == 1:
         mixed = parts[0]
     elif sources[0].ratio is None:
@@ -134,12 +157,19 @@ def streamed_rows(
     seed: int,
     num_processes: int,
     stats: DataStats,
+    passes: int | None = None,
 ) -> datasets.IterableDataset:
-    """Rows from the stream, one shard per process: shard r tokenizes and packs `split_dataset_by_node(r)`."""
+    """Rows from the stream, one shard per process: shard r tokenizes and packs `split_dataset_by_node(r)`, pass
+    after pass (`passes` of them; None: without end, the trainer stops at max_steps)."""
 
-    def documents(rank):
+    def payloads(rank, number):
         shard = split_dataset_by_node(mixed, rank=rank, world_size=num_processes)
-        for batch in batched(row["payload"] for row in shard):
+        shard.set_epoch(number)  # pass 0 reads the files in order; later passes in a seeded new order
+        for rows in shard.iter(batch_size=READ_BATCH):  # not __iter__: that splits the shard again per worker
+            yield from rows["payload"]
+
+    def documents(rank, number):
+        for batch in batched(payloads(rank, number)):
             flat, lengths, mask = encoder.encode(batch)
             flat, ends = flat.astype(np.int64), np.cumsum(lengths)
             for end, length in zip(ends.tolist(), lengths.tolist()):
@@ -147,14 +177,33 @@ def streamed_rows(
                 labels = None if mask is None else np.where(mask[end - length : end], ids, IGNORE_INDEX)
                 yield from _cut(ids, labels, max_seq_length, truncate, stats)
 
+    def one_pass(rank, number):
+        docs = documents(rank, number)
+        if not packing:
+            yield from (_row([doc]) for doc in docs)
+            return
+        pack_seed = seed + rank + 1_000_003 * number
+        for pack in pack_stream(docs, max_seq_length, PACK_BUFFER, pack_seed, length=lambda d: len(d[0])):
+            yield _row(pack)
+
     def rows(ranks):
         for rank in ranks:
-            docs = documents(rank)
-            if not packing:
-                yield from (_row([doc]) for doc in docs)
-                continue
-            for pack in pack_stream(docs, max_seq_length, PACK_BUFFER, seed + rank, length=lambda d: len(d[0])):
-                yield _row(pack)
+            number = 0
+            while passes is None or number < passes:
+                if number:
+                    logger.info(
+                        "streamed data of rank %d: pass %d starts (its part of the stream ran out)", rank, number + 1
+                    )
+                produced = 0
+                for row in one_pass(rank, number):
+                    produced += 1
+                    yield row
+                if not produced:
+                    raise DataError(
+                        f"streamed data: rank {rank} of {num_processes} got no documents from the stream; "
+                        "give more files (or records) than processes"
+                    )
+                number += 1
 
     return datasets.IterableDataset.from_generator(rows, gen_kwargs={"ranks": list(range(num_processes))})
 

@@ -100,6 +100,10 @@ class DataArguments:
         },
     )
     text_column: str = field(default="text", metadata={"help": "Text column for pretraining data."})
+    sample_by: Literal["document", "paragraph", "line"] = field(
+        default="document",
+        metadata={"help": "A .txt file is one document, or one per paragraph (blank-line separated) or per line."},
+    )
     sft_format: str | None = field(
         default=None, metadata={"help": "alpaca | sharegpt | messages | prompt_completion | qa (default: detected)."}
     )
@@ -107,6 +111,12 @@ class DataArguments:
     packing: bool = field(default=True, metadata={"help": "Pack documents into full rows (false: pad to longest)."})
     eval_fraction: float = field(
         default=0.05, metadata={"help": "Documents held out for evaluation: a fraction (< 1) or a count (0 = none)."}
+    )
+    eval_max_tokens: int = field(
+        default=1_000_000,
+        metadata={
+            "help": "A fractional --eval_fraction holds out at most this many tokens (0: no cap); the rest trains."
+        },
     )
     packing_bins: int = field(default=8, metadata={"help": "Length groups of the hierarchical balance packer."})
     streaming: bool = field(

@@ -64,7 +64,7 @@ class ThroughputCallback(TrainerCallback):
         self.flops_per_token = flops_per_token
         self.peak_tflops = peak_tflops
         self.world_size = world_size
-        self.tokens_seen = 0  # cumulative non-pad tokens, all ranks (this rank's count x world_size)
+        self.tokens_seen = 0  # cumulative non-pad tokens, summed over all ranks
         self._reset()
 
     def _reset(self):
@@ -75,8 +75,13 @@ class ThroughputCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._reset()
-        # a resumed run continues the count logged up to its checkpoint
+        # a resumed run continues the count logged up to its checkpoint (every save step is logged: on_step_end)
         self.tokens_seen = next((e["tokens_seen"] for e in reversed(state.log_history) if "tokens_seen" in e), 0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:  # the checkpoint's log history then holds the count at its own step
+            control.should_log = True
+        return control
 
     def observe(self, input_ids: torch.Tensor, labels: torch.Tensor | None, pad_token_id: int | None) -> None:
         # tensors accumulate on the batch's device: no host sync per micro-batch, only in pop_logs
@@ -85,16 +90,26 @@ class ThroughputCallback(TrainerCallback):
         self.useful = self.useful + (labels[:, 1:].ne(IGNORE_INDEX).sum() if labels is not None else real)
         self.slots += input_ids.numel()
 
+    def _summed_over_ranks(self) -> tuple[int, int, int]:
+        """(tokens, useful, slots) of all ranks since the last log (every rank logs at the same steps)."""
+        counts = torch.tensor([int(self.tokens), int(self.useful), int(self.slots)], dtype=torch.float64)
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            counts = counts.to("cuda" if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(counts)
+        else:  # no process group to ask: this rank's count stands for each rank's
+            counts *= self.world_size
+        return tuple(int(x) for x in counts.tolist())
+
     def pop_logs(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         logs = {}
-        self.tokens, self.useful = int(self.tokens), int(self.useful)
+        self.tokens, self.useful, self.slots = self._summed_over_ranks()  # all ranks' tokens, not rank 0's x world
         if self.tokens:
-            self.tokens_seen += self.tokens * self.world_size
+            self.tokens_seen += self.tokens
             logs["tokens_seen"] = self.tokens_seen
-            tokens_per_s = self.tokens * self.world_size / elapsed
+            tokens_per_s = self.tokens / elapsed
             logs["tokens_per_second"] = round(tokens_per_s, 1)
-            logs["useful_tokens_per_second"] = round(self.useful * self.world_size / elapsed, 1)
+            logs["useful_tokens_per_second"] = round(self.useful / elapsed, 1)
             logs["packing_efficiency"] = round(self.tokens / self.slots, 4)
             achieved = tokens_per_s / self.world_size * self.flops_per_token / 1e12
             logs["tflops_per_device"] = round(achieved, 4)

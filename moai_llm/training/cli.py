@@ -13,6 +13,7 @@ from ..errors import UsageError
 from ..flags import dest_names, refuse_repeated_flags
 from ..losses import objective_from_spec
 from .arguments import DataArguments, MoaiTrainingArguments, ModelArguments
+from .data_setup import command_line_sources
 from .resolve import resolve
 
 # YAML sections only group keys for readers; every key inside them is a flag name.
@@ -108,9 +109,9 @@ def parse_args(argv: list[str] | None = None):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    if known.config:
-        parser.set_defaults(**load_yaml_config(known.config, parser))
-    namespace = vars(parser.parse_args(argv))
+    yaml_values = load_yaml_config(known.config, parser) if known.config else {}
+    parser.set_defaults(**yaml_values)
+    namespace = command_line_sources(yaml_values, vars(parser.parse_args(argv)), known.config)
     groups = [{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.init} for cls in parser.dataclass_types]
     try:
         model_args, data_args = ModelArguments(**groups[0]), DataArguments(**groups[1])

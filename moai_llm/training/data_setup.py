@@ -1,30 +1,146 @@
 """Datasets and collator for a run: the data arguments mapped onto moai_llm.data; `--prepare_only`."""
 
+import json
 import logging
 import os
 import time
 
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
 from ..data import DataSpec, DataStats, PackedCollator, PaddingCollator, prepare, pretraining_datasets, sft_datasets
+from ..data.mixing import parse_mixture
 from ..data.pipeline import reading_plan
-from ..data.store import directory_size
+from ..data.store import WAIT_SECONDS, directory_size
 from ..errors import UsageError
 
 logger = logging.getLogger(__name__)
 
 
+SOURCE_FLAGS = ("train_file", "dataset")  # with `mixture`: the three ways to name the data
+
+
+def reads_a_stream(data_args) -> bool:
+    """--streaming, or `streaming: true` on a mixture source: then every rank reads its own shard of the stream."""
+    return bool(data_args.streaming or any(s.streaming for s in parse_mixture(list(data_args.mixture or []))))
+
+
+def command_line_sources(yaml_values: dict, values: dict, path: str) -> dict:
+    """The data flags after the command line went over a YAML --config: --train_file/--dataset on the command line
+    replace the YAML's mixture (and the YAML's own files); a YAML naming both a mixture and files is an error."""
+    if not yaml_values.get("mixture"):
+        return values
+    both = [flag for flag in SOURCE_FLAGS if yaml_values.get(flag)]
+    if both:
+        raise UsageError(f"--config {path}: gives both a mixture and {both[0]}; give the data one way")
+    given = [flag for flag in SOURCE_FLAGS if values.get(flag)]
+    if not given:
+        return values
+    logger.info("--%s on the command line replaces the mixture of %s", given[0], path)
+    return {**values, "mixture": None}
+
+
+def stage_sources(data_overrides: dict, stage: str) -> dict:
+    """A stage's data overrides: a stage that names its data (mixture, train_file or dataset) replaces all of the
+    run's sources, not only the key it gives; naming a mixture and files in one stage is an error."""
+    named = [flag for flag in ("mixture", *SOURCE_FLAGS) if data_overrides.get(flag)]
+    if not named:
+        return data_overrides
+    if "mixture" in named and len(named) > 1:
+        raise UsageError(f"stage {stage}: gives both a mixture and {named[1]}; give the data one way")
+    return {"mixture": None, "train_file": None, "dataset": None, **data_overrides}
+
+
+def _with_config(entry: str, config: str) -> str:
+    """`name[@revision]` -> `name:config[@revision]`; an entry naming its own config keeps it."""
+    base, at, revision = entry.partition("@")
+    return (base if ":" in base else f"{base}:{config}") + at + revision
+
+
+def _names(value) -> list[str]:
+    """A YAML `train_file: a.jsonl` is one name (list() would split it into characters)."""
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+DATA_POSITION = "data_position.json"  # in each checkpoint: what the data position of its step means
+
+
+def global_batch(training_args) -> int:
+    """Rows one optimizer step reads across all ranks: per-device batch x ranks x gradient accumulation. The
+    sampler's order is cut in blocks of this size, so it is the same for any split of one global batch into ranks
+    and accumulation steps, and a checkpoint resumes on another number of ranks at the same rows."""
+    args = training_args
+    return args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+
+
+class DataPositionCallback(TrainerCallback):
+    """Writes DATA_POSITION into every checkpoint (rank 0): the global batch and how it was split."""
+
+    def __init__(self, streaming: bool):
+        self.streaming = streaming
+
+    def on_save(self, args, state, control, **kwargs):
+        directory = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(directory):
+            with open(os.path.join(directory, DATA_POSITION), "w", encoding="utf-8") as handle:
+                json.dump({**_split(args), "streaming": self.streaming}, handle)
+
+
+def _split(args) -> dict:
+    return {
+        "global_batch": global_batch(args),
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "world_size": args.world_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+    }
+
+
+def check_data_position(checkpoint: str | None, training_args, streaming: bool) -> None:
+    """Resuming on another number of ranks (elastic resume): allowed for prepared data when the global batch is the
+    same (the sampler then reads the rows the checkpointed run would have read next); a changed global batch, or
+    streamed data on another number of ranks (each rank reads its own shard), is one line giving both."""
+    path = os.path.join(checkpoint, DATA_POSITION) if checkpoint else None
+    if path is None or not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        then = json.load(handle)
+    now = _split(training_args)
+
+    def describe(split):
+        return (
+            f"{split['global_batch']} rows ({split['per_device_train_batch_size']} per device x "
+            f"{split['world_size']} ranks x {split['gradient_accumulation_steps']} accumulation)"
+        )
+
+    if then["global_batch"] != now["global_batch"]:
+        raise UsageError(
+            f"--resume_from_checkpoint {checkpoint}: it was trained with a global batch of {describe(then)}, this "
+            f"run has {describe(now)}; keep the global batch to resume at its data position"
+        )
+    if then["world_size"] != now["world_size"]:
+        if streaming or then.get("streaming"):
+            raise UsageError(
+                f"--resume_from_checkpoint {checkpoint}: streamed data was read by {then['world_size']} ranks, each "
+                f"its own shard; resume it on {then['world_size']} ranks (this run has {now['world_size']})"
+            )
+        logger.info("elastic resume: %s, now %s: the same rows per step", describe(then), describe(now))
+
+
 def data_spec(data_args, training_args=None) -> DataSpec:
     """The data flags as a DataSpec; with `training_args`, the cache defaults to <output_dir>/data_cache."""
-    datasets = list(data_args.dataset or [])
+    datasets = _names(data_args.dataset)
     if data_args.dataset_config:
-        datasets = [entry if ":" in entry else f"{entry}:{data_args.dataset_config}" for entry in datasets]
+        datasets = [_with_config(entry, data_args.dataset_config) for entry in datasets]
     return DataSpec(
         datasets=datasets,
-        train_files=list(data_args.train_file or []),
+        train_files=_names(data_args.train_file),
         mixture=list(data_args.mixture or []),
         text_column=data_args.text_column,
+        sample_by=data_args.sample_by,
         streaming=data_args.streaming,
         stopping_strategy=data_args.stopping_strategy,
         eval_fraction=data_args.eval_fraction,
+        eval_max_tokens=data_args.eval_max_tokens,
         packing=data_args.packing,
         packing_bins=data_args.packing_bins,
         sft_format=data_args.sft_format,
@@ -32,6 +148,7 @@ def data_spec(data_args, training_args=None) -> DataSpec:
         cache_dir=data_args.data_cache_dir
         or (os.path.join(training_args.output_dir, "data_cache") if training_args is not None else None),
         shared_cache=data_args.data_cache_dir is not None,
+        wait_seconds=training_args.ddp_timeout if training_args is not None else WAIT_SECONDS,
         progress=training_args is not None and not training_args.disable_tqdm,
     )
 
@@ -40,9 +157,9 @@ def build_datasets(data_args, tokenizer, training_args, flash: bool = False):
     """(train_dataset, eval_dataset or None, collator) for `training_args.mode`."""
     stats, start = DataStats(), time.perf_counter()
     build = sft_datasets if training_args.mode == "sft" else pretraining_datasets
-    # One micro-step reads world_size x per-device batch consecutive rows of the sampler's order (see
+    # One optimizer step reads global_batch(training_args) consecutive rows of the sampler's order (see
     # MoaiTrainer._get_train_sampler); the balance is logged for that step size.
-    rows_per_step = training_args.world_size * training_args.per_device_train_batch_size
+    rows_per_step = global_batch(training_args)
     train, evaluation = build(
         data_spec(data_args, training_args),
         tokenizer,
@@ -69,7 +186,7 @@ def prepare_only(model_args, data_args, training_args) -> list[str]:
             "--prepare_only prepares one run's data: run it with each stage's data flags (and one "
             "--data_cache_dir) instead of a stages config"
         )
-    if data_args.streaming:
+    if reads_a_stream(data_args):
         raise UsageError("--prepare_only: streamed data is read during training; there is nothing to prepare")
     spec = data_spec(data_args, training_args)
     sources, encoder, truncate = reading_plan(spec, load_tokenizer(model_args), sft=training_args.mode == "sft")

@@ -9,6 +9,7 @@ import os
 import torch
 
 from .arguments import DEFAULT_LEARNING_RATES, TINY_MODEL_CONFIG, MoaiTrainingArguments, resolve_mixed_precision
+from .data_setup import reads_a_stream
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def resolve_training_values(model_args, data_args, values: dict) -> dict:
         values["dataloader_pin_memory"] = False
     if data_args.eval_fraction == 0 and values.get("eval_strategy", "steps") != "no":
         values["eval_strategy"] = "no"  # nothing is held out to evaluate
-    if data_args.streaming:
+    if reads_a_stream(data_args):
         values["accelerator_config"] = streams_on_every_rank(values.get("accelerator_config"))
     return values
 

@@ -16,7 +16,7 @@ from ..errors import UsageError
 from ..losses import objective_from_spec
 from .arguments import PACKAGE_DIR, TINY_MODEL_CONFIG
 from .callbacks import GracefulStopCallback, ThroughputCallback, detect_peak_tflops, flops_per_token
-from .data_setup import build_datasets
+from .data_setup import DataPositionCallback, build_datasets, check_data_position, reads_a_stream
 from .distributed import data_parallel_error, resolve_resume
 from .resolve import on_cuda
 from .trainer import MoaiTrainer, writes_on_this_node
@@ -199,6 +199,7 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
 
         model = apply_lora(model, model_args)
     flash = model.config._attn_implementation == "flash_attention_2"
+    check_data_position(resume, training_args, reads_a_stream(data_args))
     train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, training_args, flash=flash)
     if eval_dataset is None and training_args.eval_strategy != "no":
         logger.warning("no documents were held out for evaluation: evaluation is off for this run")
@@ -217,7 +218,7 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
         eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[stopper, *extra_callbacks],
+        callbacks=[stopper, DataPositionCallback(reads_a_stream(data_args)), *extra_callbacks],
         throughput=throughput,
     )
     if training_args.eval_tasks and training_args.eval_strategy == "no":

@@ -14,6 +14,7 @@ import os
 from ..data.mixing import parse_mixture
 from ..errors import UsageError
 from .arguments import Stage
+from .data_setup import stage_sources
 from .distributed import from_rank_zero, require_on_every_rank
 from .resolve import resolve
 from .run import FINAL_MARKER, RunResult, run_training
@@ -77,7 +78,8 @@ def resolve_stages(model_args, data_args, values: dict):
             "resume_from_checkpoint": values.get("resume_from_checkpoint") or "auto",
             **stage.training,
         }
-        stage_args = resolve(stage_model, dataclasses.replace(data_args, **stage.data), stage_values)
+        stage_data = dataclasses.replace(data_args, **stage_sources(stage.data, stage.name))
+        stage_args = resolve(stage_model, stage_data, stage_values)
         resolved.append(Stage(stage.name, *stage_args))
         previous = os.path.join(stage_args[2].output_dir, "final_model")
     model_args, data_args, training_args = resolve(model_args, data_args, {**values, "stages": resolved})

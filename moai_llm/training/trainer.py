@@ -13,6 +13,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .arguments import MUON
 from .callbacks import ThroughputCallback
+from .data_setup import global_batch
 from .schedule import WSD_NAMES, create_wsd_schedule
 from .sharding import enable_fsdp_on_cpu, may_leave_parameters_unused
 
@@ -170,7 +171,8 @@ class MoaiTrainer(Trainer):
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if hasattr(dataset, "train_sampler"):
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return dataset.train_sampler(self._train_batch_size * self.args.world_size, seed)
+            strategy = str(getattr(self.args, "train_sampling_strategy", "random"))
+            return dataset.train_sampler(global_batch(self.args), seed, strategy)
         return super()._get_train_sampler(train_dataset)
 
     # ---- loss ----------------------------------------------------------------------------------------------
