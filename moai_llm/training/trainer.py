@@ -267,6 +267,21 @@ class MoaiTrainer(Trainer):
         with writes_on_this_node(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), self.args):
             super()._save(output_dir, state_dict)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
+        """Resume the weights as `from_pretrained` reads them. The stock path loads the checkpoint's state dict
+        non-strictly, without transformers' key conversions: an MoE checkpoint holds one tensor per expert (the
+        format save_pretrained writes) while the live model stacks them, so every expert was silently left at its
+        initial weights (a warning of missing keys was all). Sharded (FSDP, DeepSpeed) and adapter checkpoints
+        keep the stock path."""
+        model = self.model if model is None else model
+        plain = not (self.is_fsdp_enabled or self.is_deepspeed_enabled or hasattr(model, "peft_config"))
+        if not plain or not os.path.isfile(os.path.join(resume_from_checkpoint, "config.json")):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype, device_map="cpu")
+        model.load_state_dict(loaded.state_dict(), strict=True)  # a key missing either way is an error now
+        del loaded
+        logger.info("weights resumed from %s", resume_from_checkpoint)
+
     def _run_epoch(self, *args, **kwargs):
         # transformers checks max_steps only after a step: resuming from a checkpoint already at max_steps (a run
         # killed during its final save) would train one step past the end.
