@@ -10,8 +10,8 @@ import torch
 from moai_llm.serving import load_models
 
 from .conftest import REPO
+from .eval_helpers import MC_TASK
 from .serve_helpers import running_server, save_tiny_model
-from .test_evaluate import MC_TASK
 
 pytestmark = pytest.mark.integration  # a server, lm-eval's task index and an evaluate.py run
 
@@ -47,7 +47,10 @@ def test_lm_eval_local_completions_matches_evaluate_py(tmp_path, offline):
     tasks.mkdir()
     (tasks / "local_mc.yaml").write_text(MC_TASK.format(data=tmp_path / "mc.jsonl"))
     argv = ["--model_path", str(model_dir), "--tasks", "local_mc", "--include_path", str(tasks)]
-    assert evaluate.main([*argv, "--batch_size", "4", "--output_dir", str(tmp_path / "eval")]) == 0
+    # fp32 like the server: --precision auto would score in bf16 autocast on CPUs with AMX
+    assert (
+        evaluate.main([*argv, "--batch_size", "4", "--precision", "fp32", "--output_dir", str(tmp_path / "eval")]) == 0
+    )
     ours = json.loads((tmp_path / "eval" / "results.json").read_text())["tasks"]["local_mc"]
 
     registry = load_models([("tiny", model_dir)], max_prefill_tokens=32)  # prompts also prefilled in chunks
