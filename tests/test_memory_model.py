@@ -78,3 +78,27 @@ def test_model_states_per_engine():
     lora = estimate(shape, Setup(engine="ddp", lora_rank=16, **base)).items
     assert lora["frozen base weights"] == 2 * params and lora["AdamW states (fp32)"] < 8 * params / 100
     assert "fused loss: head gradient (fp32)" not in lora  # a frozen head has no gradient buffer
+
+
+def test_a_run_logs_the_estimate_and_records_the_measured_peak(tmp_path, caplog):
+    """train.py: the estimate for the run it was given at the start, the measured peak next to it at the end."""
+    import logging
+
+    from .train_helpers import fast_args, run_inprocess, write_tiny_config
+
+    config = write_tiny_config(tmp_path)
+    with caplog.at_level(logging.INFO, logger="moai_llm"):
+        result = run_inprocess(
+            fast_args(tmp_path / "run", config, "--max_steps", "2", "--gradient_checkpointing", "true")
+        )
+    started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory estimate per device")]
+    assert len(started) == 1
+    assert "(ddp over 1, micro-batch 2 x 64 tokens, sdpa attention, gradient checkpointing)" in started[0]
+    assert "weights (fp32): " in started[0] and "total: " in started[0]
+    metrics = json.loads((tmp_path / "run" / "all_results.json").read_text())
+    expected = estimate(
+        Shape.from_file(config),
+        Setup(micro_batch=2, seq_len=64, mixed=False, gradient_checkpointing=True, attention="sdpa", cuda=False),
+    ).total
+    assert metrics["memory_estimate_gb"] == round(expected / 1e9, 3) and metrics["memory_peak_gb"] > 0
+    assert result is not None

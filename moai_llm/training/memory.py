@@ -21,7 +21,10 @@ is NF4 (about 0.52 bytes per linear weight). Activations are the tensors autogra
 """
 
 import json
+import logging
 from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
 
 ENGINES = ("ddp", "zero2", "zero3")
 ATTENTION = ("flash", "sdpa", "eager")
@@ -259,3 +262,57 @@ def estimate(shape: Shape, setup: Setup) -> Estimate:
         items["allocator overhead"] = ALLOCATOR_OVERHEAD * sum(items.values())
         items["CUDA context"] = CUDA_CONTEXT_BYTES
     return Estimate(items)
+
+
+def setup_for_run(config, model_args, data_args, training_args, cuda: bool) -> Setup:
+    """The `Setup` of a train.py run from its resolved arguments and model config (no torch needed)."""
+    engine = "ddp"
+    if training_args.fsdp:
+        reshard = (training_args.fsdp_config or {}).get("reshard_after_forward", True)
+        engine = "zero2" if reshard in (False, "false", "SHARD_GRAD_OP") else "zero3"
+    elif training_args.deepspeed:
+        deepspeed = training_args.deepspeed
+        if isinstance(deepspeed, str):
+            with open(deepspeed, encoding="utf-8") as handle:
+                deepspeed = json.load(handle)
+        engine = "zero3" if deepspeed.get("zero_optimization", {}).get("stage") == 3 else "zero2"
+    implementation = getattr(config, "_attn_implementation", None) or "sdpa"
+    attention = {"flash_attention_2": "flash", "eager": "eager"}.get(implementation, "sdpa")
+    lora = model_args.use_lora or model_args.use_qlora
+    return Setup(
+        engine=engine,
+        world=max(1, training_args.world_size),
+        micro_batch=training_args.per_device_train_batch_size,
+        seq_len=data_args.max_seq_length,
+        mixed=bool(training_args.bf16 or training_args.fp16),
+        gradient_checkpointing=bool(training_args.gradient_checkpointing),
+        attention=attention,
+        loss_chunk=getattr(config, "loss_chunk_size", 0) or 0,
+        packed=data_args.packing,
+        lora_rank=model_args.lora_r if lora else 0,
+        lora_targets=tuple(name.strip() for name in model_args.lora_target_modules.split(",") if name.strip()),
+        qlora=model_args.use_qlora,
+        cuda=cuda,
+    )
+
+
+def log_estimate(config: dict, setup: Setup) -> Estimate | None:
+    """Log the estimate of a run by item (train.py, at the start); None for a config this model cannot read."""
+    try:
+        shape = Shape.from_config(config)
+    except (KeyError, TypeError) as err:
+        logger.info("memory estimate: not available for this model config (%s missing)", err)
+        return None
+    found = estimate(shape, setup)
+    ckpt = ", gradient checkpointing" if setup.gradient_checkpointing else ""
+    logger.info(
+        "memory estimate per device (%s over %d, micro-batch %d x %d tokens, %s attention%s): %s",
+        setup.engine,
+        setup.world,
+        setup.micro_batch,
+        setup.seq_len,
+        setup.attention,
+        ckpt,
+        "; ".join(found.lines()),
+    )
+    return found

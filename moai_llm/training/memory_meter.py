@@ -13,6 +13,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 
+def process_peak_bytes(cuda: bool) -> tuple[int, str]:
+    """(bytes, what was measured) of this process so far: the CUDA allocator's peak, or the peak RSS on CPU."""
+    if cuda:
+        return torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak RSS of the process"
+
+
 class LiveTensorBytes(TorchDispatchMode):
     """Inside `with LiveTensorBytes() as meter:`, `meter.peak` is the most bytes of tensor storage alive at once.
 

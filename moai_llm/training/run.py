@@ -18,6 +18,7 @@ from .arguments import PACKAGE_DIR, TINY_MODEL_CONFIG
 from .callbacks import GracefulStopCallback, ThroughputCallback, detect_peak_tflops, flops_per_token
 from .data_setup import build_datasets
 from .distributed import data_parallel_error, resolve_resume
+from .memory import log_estimate, setup_for_run
 from .resolve import on_cuda
 from .trainer import MoaiTrainer, writes_on_this_node
 
@@ -204,6 +205,8 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
         logger.warning("no documents were held out for evaluation: evaluation is off for this run")
         training_args = dataclasses.replace(training_args, eval_strategy="no")  # a new, validated object
     config = model.config
+    cuda = on_cuda(training_args.use_cpu)
+    memory = log_estimate(config.to_dict(), setup_for_run(config, model_args, data_args, training_args, cuda))
     throughput = ThroughputCallback(
         flops_per_token(config, data_args.max_seq_length),
         training_args.peak_tflops or detect_peak_tflops(),
@@ -221,14 +224,15 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
         throughput=throughput,
     )
     try:
-        return _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, training_args)
+        return _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, training_args, memory)
     finally:
         stopper.restore()
 
 
-def _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, training_args) -> RunResult:
+def _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, training_args, memory) -> RunResult:
     train_output = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(train_output.metrics)
+    metrics.update(memory_metrics(memory, on_cuda(training_args.use_cpu)))
     if stopper.stopped_at is not None:
         logger.warning(
             "stopped by signal at step %d; checkpoint saved in %s (resume with --resume_from_checkpoint auto)",
@@ -248,6 +252,20 @@ def _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, 
 
         write_training_report(trainer, model_args, data_args)  # plots + training_report.md; never raises
     return RunResult(training_args.output_dir, final_dir, metrics)
+
+
+def memory_metrics(memory, cuda: bool) -> dict:
+    """The measured peak of this process next to the estimate logged at the start (docs/scaling.md)."""
+    from .memory_meter import process_peak_bytes
+
+    peak, what = process_peak_bytes(cuda)
+    metrics = {"memory_peak_gb": round(peak / 1e9, 3)}
+    if memory is not None:
+        metrics["memory_estimate_gb"] = round(memory.total / 1e9, 3)
+        logger.info(
+            "memory: estimated %.2f GB per device, measured peak %.2f GB (%s)", memory.total / 1e9, peak / 1e9, what
+        )
+    return metrics
 
 
 @contextlib.contextmanager

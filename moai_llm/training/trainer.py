@@ -91,7 +91,8 @@ class MoaiTrainer(Trainer):
     """Trainer for MoaiForCausalLM (also works for any causal LM).
 
     - `create_accelerator_and_postprocess`: `--fsdp` shards on CPU processes too (FSDP2 over gloo), and DDP skips
-      the unused-parameter search (an extra autograd traversal per step) for models that use every parameter.
+      the unused-parameter search (an extra autograd traversal per step) for models that use every parameter and
+      keeps gradients as views of its buckets (no second gradient-sized copy).
     - `create_scheduler`: Warmup-Stable-Decay from `args.wsd_*` when `lr_scheduler_type` is WSD.
     - `compute_loss`: the stock path scales the language-model loss alone (normalised by `num_items_in_batch`);
       the MoE router terms the model folded into `loss` are taken out there and added once on top, as a mean over
@@ -122,6 +123,9 @@ class MoaiTrainer(Trainer):
         handler = self.accelerator.ddp_handler  # transformers' default, when the user did not choose: search
         if self.args.ddp_find_unused_parameters is None and not may_leave_parameters_unused(self.model):
             handler.find_unused_parameters = False
+        # Gradients as views of DDP's all-reduce buckets: without it DDP keeps a second gradient-sized copy (4 bytes
+        # per parameter, what memory.py counts once).
+        handler.gradient_as_bucket_view = True
 
     # ---- schedule ------------------------------------------------------------------------------------------
     def create_scheduler(self, num_training_steps: int, optimizer=None):
