@@ -52,12 +52,14 @@ class ModelArguments:
         default=None, metadata={"help": "sdpa | eager | flex_attention | flash_attention_2 (default: auto)."}
     )
     loss_type: Literal["cross_entropy", "focal", "label_smoothing", "multi_objective"] = field(
-        default="cross_entropy", metadata={"help": "Training loss, always computed fused from hidden states."}
+        default="cross_entropy", metadata={"help": "Training loss (fused from hidden states, or on logits)."}
     )
     loss_params: str | None = field(
         default=None, metadata={"help": "Loss parameters as JSON, e.g. '{\"gamma\": 2.0}' or ce/focal/smooth weights."}
     )
-    loss_chunk_size: int | None = field(default=None, metadata={"help": "Tokens per fused-loss chunk (0: plain loss)."})
+    loss_chunk_size: int | None = field(
+        default=None, metadata={"help": "Tokens per fused-loss chunk (0: the loss on full logits)."}
+    )
     z_loss_coef: float = field(default=0.0, metadata={"help": "Logit z-loss coefficient (PaLM), 0 = off."})
     use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
     use_qlora: bool = field(default=False, metadata={"help": "LoRA on a 4-bit (bitsandbytes NF4) base; needs CUDA."})
