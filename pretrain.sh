@@ -193,9 +193,9 @@ fi
 # tears the group down as soon as one worker exits non-zero, and NCCL's async error handling aborts collectives
 # that wait on a dead peer instead of hanging.
 DDP_TIMEOUT="${DDP_TIMEOUT:-5400}"
-# On SIGTERM/Ctrl-C torchrun forwards the signal, then SIGKILLs the workers after TORCH_ELASTIC_SHUTDOWN_TIMEOUT
-# (30 s by default): too short to finish a step and save a 2B-16B model with its optimizer. A second signal is
-# forwarded again and ignored by the workers while they save (a third aborts them).
+# If torchrun itself is signalled (it runs in its own session, see the end), it forwards the signal and SIGKILLs the
+# workers after TORCH_ELASTIC_SHUTDOWN_TIMEOUT (30 s by default): too short to finish a step and save a 2B-16B
+# model with its optimizer.
 SHUTDOWN_TIMEOUT="${SHUTDOWN_TIMEOUT:-900}"
 [[ "$SHUTDOWN_TIMEOUT" =~ ^[0-9]+$ ]] || die "SHUTDOWN_TIMEOUT=$SHUTDOWN_TIMEOUT is not a whole number of seconds"
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="$SHUTDOWN_TIMEOUT"
@@ -276,4 +276,43 @@ if [ "$DRY_RUN" = 1 ]; then
   exit 0
 fi
 cd "$here"
-exec "${CMD[@]}"
+
+# ---- launch and preemption -------------------------------------------------------------------------------
+# Schedulers preempt by signalling the job's whole process group, often twice (SLURM, Kubernetes). torchrun's agent
+# turns any SIGTERM/SIGINT into an exception: it stops the workers and exits 1 with a traceback, and a second
+# signal during its shutdown wait cuts that wait short. So torchrun runs in its own session (the group's signals
+# never reach it or its workers) and this script, on the first signal, sends SIGTERM once to the workers only:
+# they finish the step, save a checkpoint and exit 0, and so does torchrun. Later signals are logged and ignored.
+# SHUTDOWN_TIMEOUT seconds after the first signal, workers still running are killed (exit 1).
+setsid "${CMD[@]}" &
+agent=$!
+signals=0
+stop_deadline=""
+on_signal() {
+  signals=$((signals + 1))
+  if [ "$signals" -eq 1 ]; then
+    echo "pretrain.sh: received $1: the workers finish their step, save a checkpoint and stop (up to SHUTDOWN_TIMEOUT=${SHUTDOWN_TIMEOUT}s)" >&2
+    stop_deadline=$((SECONDS + SHUTDOWN_TIMEOUT))
+    workers=$(pgrep -P "$agent" || true)
+    [ -z "$workers" ] || kill -TERM $workers 2>/dev/null || true
+  else
+    echo "pretrain.sh: received $1 again: still saving, ignored (SIGKILL aborts)" >&2
+  fi
+}
+trap 'on_signal SIGTERM' TERM
+trap 'on_signal SIGINT' INT
+while kill -0 "$agent" 2>/dev/null; do
+  if [ -n "$stop_deadline" ] && [ "$SECONDS" -ge "$stop_deadline" ]; then
+    echo "pretrain.sh: the workers did not stop within SHUTDOWN_TIMEOUT=${SHUTDOWN_TIMEOUT}s: killing them" >&2
+    workers=$(pgrep -P "$agent" || true)
+    [ -z "$workers" ] || kill -KILL $workers 2>/dev/null || true
+    kill -KILL "$agent" 2>/dev/null || true
+    wait "$agent" 2>/dev/null || true
+    exit 1
+  fi
+  sleep 1 &
+  wait $! 2>/dev/null || true  # returns at once when a signal arrives: the trap runs
+done
+status=0
+wait "$agent" || status=$?
+exit "$status"
