@@ -97,7 +97,7 @@ def build_model(model_args, training_args, tokenizer):
         config = MoaiConfig.from_json_file(path)
         if model_args.attn_implementation:
             config._attn_implementation = model_args.attn_implementation
-        model = MoaiForCausalLM(config)
+        model = new_model(config, training_args)
     if hasattr(model.config, "loss_config"):
         model.config.loss_config = loss_config(model_args)
         if model_args.loss_chunk_size is not None:
@@ -106,6 +106,24 @@ def build_model(model_args, training_args, tokenizer):
         raise UsageError(
             f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
         )
+    return model
+
+
+def new_model(config, training_args):
+    """A model from scratch. Under FSDP with `cpu_ram_efficient_loading` only global rank 0 builds the weights;
+    the other ranks build on the meta device (no memory), and accelerate's FSDP2 preparation broadcasts rank 0's
+    weights into every rank's shards, so they start from the same weights as a one-process run. Before, every
+    rank built a full fp32 copy in host memory (16B: 64 GB per rank, 8 ranks per node)."""
+    fsdp_config = training_args.fsdp_config or {}
+    if not (training_args.fsdp and fsdp_config.get("cpu_ram_efficient_loading")) or training_args.process_index == 0:
+        return MoaiForCausalLM(config)
+    with torch.device("meta"):
+        model = MoaiForCausalLM(config)
+    # RoPE's inverse frequencies are non-persistent buffers: not in the state dict rank 0 sends, so built for real.
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+    logger.info(
+        "rank %d: model built on the meta device; FSDP fills its shards from rank 0", training_args.process_index
+    )
     return model
 
 
