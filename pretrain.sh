@@ -152,7 +152,8 @@ else
   [ -n "$micro_given" ] && request+=(--batch_size "$micro_given")
   [ -n "${PARALLEL:-}" ] && request+=(--parallel "$PARALLEL")
   if [ "${PARALLEL:-}" = deepspeed ]; then
-    stage=$(grep -o '"stage"[[:space:]]*:[[:space:]]*[0-9]' "$(absolute_path "$DEEPSPEED_CONFIG" || echo "$DEEPSPEED_CONFIG")" 2>/dev/null | grep -o '[0-9]$' || echo 2)
+    found=$(absolute_path "$DEEPSPEED_CONFIG") || die "DEEPSPEED_CONFIG=$DEEPSPEED_CONFIG: file not found"
+    stage=$(grep -o '"stage"[[:space:]]*:[[:space:]]*[0-9]' "$found" | grep -o '[0-9]$' || echo 2)  # ZeRO stage
     request+=(--deepspeed_stage "$stage")
   fi
   [ -n "$GRADIENT_CHECKPOINTING" ] && request+=(--gradient_checkpointing "$GRADIENT_CHECKPOINTING")

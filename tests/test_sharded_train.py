@@ -251,3 +251,48 @@ def test_fsdp_ranks_other_than_zero_build_the_model_on_the_meta_device(tmp_path)
     assert zero["grown"] >= 0.9 * zero["full"]  # the probe measures: rank 0 holds one full fp32 copy
     assert other["grown"] <= 0.6 * other["full"]
     assert other["inv_freq"] == zero["inv_freq"]
+
+
+TRAIN = """
+import sys
+from moai_llm.training.cli import parse_args
+from moai_llm.training.stages import run_all
+
+run_all(*parse_args(sys.argv[1:]))
+"""
+
+
+@pytest.mark.integration
+def test_sharded_checkpoints_resume_exactly_on_two_ranks(tmp_path):
+    """FSDP2 on 2 CPU ranks with AdamW: intermediate checkpoints are sharded (torch distributed checkpoint, one file
+    set per rank, no gathered model), final_model is whole; resuming from step 2 ends where the uninterrupted run
+    ends."""
+    import shutil
+
+    model_config = write_tiny_config(tmp_path)
+
+    def flags(run_dir, *extra):
+        args = _args(run_dir, model_config, 2)
+        args[args.index("--optim") + 1] = "adamw_torch"
+        args[args.index("--learning_rate") + 1] = "1e-3"
+        args[args.index("--save_strategy") + 1] = "steps"
+        return [*args, "--save_steps", "2", "--ddp_backend", "gloo", *ENGINES["fsdp"], *extra]
+
+    whole = tmp_path / "whole"
+    result = torchrun(TRAIN, flags(whole), tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    checkpoint = whole / "checkpoint-2"
+    files = {path.name for path in checkpoint.rglob("*") if path.is_file()}
+    assert any(name.endswith(".distcp") for name in files), files  # sharded, not a gathered model
+    assert "model.safetensors" not in files and (checkpoint / "checkpoint_complete.json").is_file()
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(checkpoint, resumed / "checkpoint-2")
+    result = torchrun(TRAIN, flags(resumed, "--resume_from_checkpoint", "auto"), tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    expected = load_file(str(whole / "final_model" / "model.safetensors"))
+    got = load_file(str(resumed / "final_model" / "model.safetensors"))
+    assert expected.keys() == got.keys()
+    diffs = {name: (got[name] - expected[name]).abs().max().item() for name in expected}
+    assert max(diffs.values()) == 0.0, diffs
