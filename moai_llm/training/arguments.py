@@ -186,10 +186,9 @@ class MoaiTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         """Validation only. train.py fills the defaults that depend on other arguments or on the machine before
-        constructing this (`resolve.resolve_training_values`); constructed directly, unset values get the plain
-        ones: outputs/<mode>, the mode's learning rate, fp32."""
-        if self.output_dir is None:
-            self.output_dir = os.path.join("outputs", self.mode)
+        constructing this (`resolve.resolve_training_values`: `outputs/<mode>-<model>`, the learning rate, the
+        precision); constructed directly, an unset output_dir is transformers' own default and the learning rate
+        the mode's."""
         if self.learning_rate is None:
             self.learning_rate = DEFAULT_LEARNING_RATES[self.mode]
         self.bf16 = bool(self.bf16)
