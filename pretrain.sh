@@ -221,7 +221,7 @@ if [ "$DEVICE" = cpu ]; then
 else
   ARGS+=(--ddp_backend nccl)  # precision is train.py's choice: bf16 where supported, else fp16; TF32 on Ampere+
 fi
-[ "$GRADIENT_CHECKPOINTING" = 1 ] && ARGS+=(--gradient_checkpointing true)
+[ "$GRADIENT_CHECKPOINTING" = 1 ] && ARGS+=(--activation_checkpointing true)  # transformers 5: gradient_checkpointing
 case "$PARALLEL" in
   ddp) ;;
   fsdp) ARGS+=(--fsdp --fsdp_config configs/fsdp_config.json) ;;  # FSDP2; sharding and wrapping are in the config
@@ -247,7 +247,7 @@ instead_of() {
     --max_steps) echo "set MAX_STEPS instead" ;;
     --config) echo "set DATA_CONFIG instead" ;;
     --fsdp | --fsdp_config | --deepspeed) echo "set PARALLEL (and DEEPSPEED_CONFIG) instead" ;;
-    --gradient_checkpointing) echo "set GRADIENT_CHECKPOINTING=0 or 1 instead" ;;
+    --activation_checkpointing) echo "set GRADIENT_CHECKPOINTING=0 or 1 instead" ;;
     --use_cpu | --ddp_backend) echo "it follows the device (ALLOW_CPU=1 without a GPU)" ;;
     --mode) echo "it only pretrains (fine-tune with python train.py --mode sft)" ;;
   esac
@@ -255,7 +255,11 @@ instead_of() {
 for arg in "${TRAIN_ARGS[@]}"; do
   flag=${arg%%=*}
   [[ "$flag" == --* ]] || continue  # a value, not a flag
-  [ "$flag" = --per_device_train_batch_size ] && own=--batch_size || own=$flag
+  case "$flag" in
+    --per_device_train_batch_size) own=--batch_size ;;
+    --gradient_checkpointing) own=--activation_checkpointing ;;  # transformers' deprecated name of the same flag
+    *) own=$flag ;;
+  esac
   for passed in "${ARGS[@]}"; do
     [ "$passed" = "$own" ] && die "$flag after --: pretrain.sh passes $own itself; $(instead_of "$own")"
   done

@@ -89,7 +89,7 @@ def test_a_run_logs_the_estimate_and_records_the_measured_peak(tmp_path, caplog)
     config = write_tiny_config(tmp_path)
     with caplog.at_level(logging.INFO, logger="moai_llm"):
         result = run_inprocess(
-            fast_args(tmp_path / "run", config, "--max_steps", "2", "--gradient_checkpointing", "true")
+            fast_args(tmp_path / "run", config, "--max_steps", "2", "--activation_checkpointing", "true")
         )
     started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory estimate per device")]
     assert len(started) == 1

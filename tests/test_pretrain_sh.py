@@ -61,7 +61,7 @@ def test_dry_run_two_nodes_of_eight(memory, parallel, micro, accumulation, check
     assert flag(out, "--nnodes") == "2" and flag(out, "--node_rank") == "1" and flag(out, "--nproc_per_node") == "8"
     assert flag(out, "--master_addr") == "10.0.0.1" and flag(out, "--master_port") == "29500"
     assert flag(out, "--batch_size") == micro and flag(out, "--gradient_accumulation_steps") == accumulation
-    assert f"parallel={parallel}" in out and ("--gradient_checkpointing true" in out) == checkpointing
+    assert f"parallel={parallel}" in out and ("--activation_checkpointing true" in out) == checkpointing
     assert {"ddp": None, "fsdp": "configs/fsdp_config.json", "fsdp_grad_op": "configs/fsdp_grad_op_config.json"}[
         parallel
     ] == flag(out, "--fsdp_config")
@@ -98,7 +98,7 @@ def test_overrides_and_parallel_engines(tokenizer_dir):
     result = run(env, tokenizer=tokenizer_dir)
     assert result.returncode == 0, result.stderr
     assert "= effective 24 sequences" in result.stdout and "configs/fsdp_config.json" in result.stdout
-    assert "--gradient_checkpointing true" in result.stdout  # needed for 16b at 80 GB, and planned
+    assert "--activation_checkpointing true" in result.stdout  # needed for 16b at 80 GB, and planned
     zero3 = {**env, "PARALLEL": "deepspeed", "DEEPSPEED_CONFIG": "configs/deepspeed_zero3.json"}
     result = run(zero3, tokenizer=tokenizer_dir)
     assert result.returncode == 0 and "configs/deepspeed_zero3.json" in result.stdout
@@ -353,7 +353,7 @@ def test_every_dry_run_plan_fits_the_memory_models_estimate_of_the_card(tokenize
             world=gpus,
             micro_batch=int(flag(out, "--batch_size")),
             seq_len=int(flag(out, "--max_seq_length")),
-            gradient_checkpointing="--gradient_checkpointing true" in out,
+            gradient_checkpointing="--activation_checkpointing true" in out,
             attention="sdpa" if "sdpa attention" in out else "flash",
         )
         config = Shape.from_file(flag(out, "--model_config"))

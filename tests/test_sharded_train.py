@@ -211,7 +211,7 @@ def test_pretrain_sh_passes_each_engine_its_config():
 
 
 BUILD_PROBE = """
-import json, resource, sys, types
+import json, sys, types
 import torch
 from moai_llm import MoaiConfig
 from moai_llm.training.run import new_model
@@ -220,10 +220,17 @@ config = MoaiConfig(vocab_size=2048, hidden_size=512, intermediate_size=1536, nu
                     num_attention_heads=8, num_key_value_heads=4, head_dim=64)
 args = types.SimpleNamespace(fsdp=["full_shard", "auto_wrap"], fsdp_config={"cpu_ram_efficient_loading": True},
                              process_index=int(sys.argv[1]))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def status(field):  # kB in /proc/self/status
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # resets the peak RSS (VmHWM) to the current RSS: the peak below is the build's
+before = status("VmRSS")
 torch.manual_seed(0)
 model = new_model(config, args)
-grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+grown = status("VmHWM") - before
 full = 4 * sum(p.numel() for p in model.parameters())
 devices = sorted({p.device.type for p in model.parameters()})
 print(json.dumps({"grown": grown, "full": full, "devices": devices,

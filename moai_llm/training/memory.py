@@ -285,7 +285,9 @@ def setup_for_run(config, model_args, data_args, training_args, cuda: bool) -> S
         micro_batch=training_args.per_device_train_batch_size,
         seq_len=data_args.max_seq_length,
         mixed=bool(training_args.bf16 or training_args.fp16),
-        gradient_checkpointing=bool(training_args.gradient_checkpointing),
+        gradient_checkpointing=bool(
+            getattr(training_args, "activation_checkpointing", None) or training_args.gradient_checkpointing
+        ),
         attention=attention,
         loss_chunk=getattr(config, "loss_chunk_size", 0) or 0,
         packed=data_args.packing,
