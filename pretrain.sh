@@ -79,33 +79,31 @@ if [ "$DEVICE" = cuda ]; then
 fi
 
 # ---- batch table -----------------------------------------------------------------------------------------
-# configs/batch_table.yaml (or BATCH_TABLE) holds, per MODEL_SIZE, the model config, sequence length, target
-# effective batch and per-device micro-batch by GPU memory (the largest row not above GPU_MEMORY); the helper reads
-# and checks it without importing torch.
+# configs/batch_table.yaml (or BATCH_TABLE) holds, per MODEL_SIZE, the model config, sequence length and target
+# effective batch (and optionally a micro-batch override by GPU memory); the helper reads and checks it without
+# importing torch. The engine, micro-batch and checkpointing are planned below from the memory model.
 MODEL_SIZE="${MODEL_SIZE:-tiny}"
 BATCH_TABLE="${BATCH_TABLE:-configs/batch_table.yaml}"
 found=$(absolute_path "$BATCH_TABLE") || die "BATCH_TABLE=$BATCH_TABLE: file not found"
 BATCH_TABLE=$found
 memory=$([ "$DEVICE" = cpu ] && echo cpu || echo "$GPU_MEMORY")
 plan=$("$PYTHON" "$here/moai_llm/training/batch_table.py" "$BATCH_TABLE" "$MODEL_SIZE" "$memory" 2>&1) || die "$plan"
-{ read -r config; read -r seq; read -r target; read -r micro; } <<< "$plan"
+{ read -r config; read -r seq; read -r target; read -r table_micro; } <<< "$plan"
 NNODES="${NNODES:-1}"
 NODE_RANK="${NODE_RANK:-0}"
 [[ "$NNODES" =~ ^[1-9][0-9]*$ ]] || die "NNODES=$NNODES is not a positive integer"
 [[ "$NODE_RANK" =~ ^[0-9]+$ ]] && [ "$NODE_RANK" -lt "$NNODES" ] || die "NODE_RANK=$NODE_RANK must be in 0..$((NNODES - 1))"
 WORLD_SIZE=$((NUM_GPUS * NNODES))
-BATCH_SIZE="${BATCH_SIZE:-$micro}"
-[[ "$BATCH_SIZE" =~ ^[1-9][0-9]*$ ]] || die "BATCH_SIZE=$BATCH_SIZE is not a positive integer"
+if [ -n "${BATCH_SIZE:-}" ]; then
+  [[ "$BATCH_SIZE" =~ ^[1-9][0-9]*$ ]] || die "BATCH_SIZE=$BATCH_SIZE is not a positive integer"
+fi
 EFFECTIVE_BATCH="${EFFECTIVE_BATCH:-$target}"
+[[ "$EFFECTIVE_BATCH" =~ ^[1-9][0-9]*$ ]] || die "EFFECTIVE_BATCH=$EFFECTIVE_BATCH is not a positive integer"
 if [ -n "${GRADIENT_ACCUMULATION_STEPS:-}" ]; then
   [[ "$GRADIENT_ACCUMULATION_STEPS" =~ ^[1-9][0-9]*$ ]] || die "GRADIENT_ACCUMULATION_STEPS=$GRADIENT_ACCUMULATION_STEPS is not a positive integer"
-  EFFECTIVE_BATCH=$((BATCH_SIZE * WORLD_SIZE * GRADIENT_ACCUMULATION_STEPS))
-else
-  per_step=$((BATCH_SIZE * WORLD_SIZE))
-  [ $((EFFECTIVE_BATCH % per_step)) -eq 0 ] || die "effective batch $EFFECTIVE_BATCH does not divide by BATCH_SIZE x processes = $BATCH_SIZE x $WORLD_SIZE = $per_step"
-  GRADIENT_ACCUMULATION_STEPS=$((EFFECTIVE_BATCH / per_step))
 fi
 SEQ_LEN="${SEQ_LEN:-$seq}"
+[[ "$SEQ_LEN" =~ ^[1-9][0-9]*$ ]] || die "SEQ_LEN=$SEQ_LEN is not a positive integer"
 
 # ---- paths -----------------------------------------------------------------------------------------------
 MODEL_CONFIG="${MODEL_CONFIG:-$config}"
@@ -117,7 +115,6 @@ else
 fi
 RESUME="${RESUME:-auto}"
 MAX_STEPS="${MAX_STEPS:-}"
-PARALLEL="${PARALLEL:-ddp}"
 found=$(absolute_path "$MODEL_CONFIG") || die "MODEL_CONFIG=$MODEL_CONFIG: file not found"
 MODEL_CONFIG=$found
 found=$(absolute_path "$TOKENIZER_PATH" /tokenizer.json) \
@@ -129,6 +126,57 @@ if [ -n "${DATA_CONFIG:-}" ]; then
 fi
 if [ -n "$MAX_STEPS" ]; then
   [[ "$MAX_STEPS" =~ ^[1-9][0-9]*$ ]] || die "MAX_STEPS=$MAX_STEPS is not a positive integer"
+fi
+
+# ---- memory plan ---------------------------------------------------------------------------------------
+# On GPUs: the cheapest engine, the largest micro-batch and checkpointing only when needed, from the memory model
+# (moai_llm/training/plan.py, no torch import); what the user set is kept, and refused when it cannot fit
+# (FORCE_PLAN=1 launches it anyway). CPU processes: DDP and the table's cpu_micro_batch.
+GRADIENT_CHECKPOINTING="${GRADIENT_CHECKPOINTING:-}"
+[ -z "$GRADIENT_CHECKPOINTING" ] || [[ "$GRADIENT_CHECKPOINTING" =~ ^[01]$ ]] || die "GRADIENT_CHECKPOINTING=$GRADIENT_CHECKPOINTING is not 0 or 1"
+case "${PARALLEL:-}" in
+  "" | ddp | fsdp_grad_op | fsdp | deepspeed) ;;
+  *) die "PARALLEL=$PARALLEL is not one of ddp fsdp_grad_op fsdp deepspeed" ;;
+esac
+DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG:-configs/deepspeed_zero2.json}"
+PLAN_REPORT=""
+ESTIMATE_GB=""
+if [ "$DEVICE" = cpu ]; then
+  BATCH_SIZE="${BATCH_SIZE:-$table_micro}"
+  PARALLEL="${PARALLEL:-ddp}"
+  GRADIENT_CHECKPOINTING="${GRADIENT_CHECKPOINTING:-0}"
+else
+  request=()
+  micro_given="${BATCH_SIZE:-}"
+  [ -z "$micro_given" ] && [ "$table_micro" != 0 ] && micro_given=$table_micro
+  [ -n "$micro_given" ] && request+=(--batch_size "$micro_given")
+  [ -n "${PARALLEL:-}" ] && request+=(--parallel "$PARALLEL")
+  if [ "${PARALLEL:-}" = deepspeed ]; then
+    found=$(absolute_path "$DEEPSPEED_CONFIG") || die "DEEPSPEED_CONFIG=$DEEPSPEED_CONFIG: file not found"
+    stage=$(grep -o '"stage"[[:space:]]*:[[:space:]]*[0-9]' "$found" | grep -o '[0-9]$' || echo 2)  # ZeRO stage
+    request+=(--deepspeed_stage "$stage")
+  fi
+  [ -n "$GRADIENT_CHECKPOINTING" ] && request+=(--gradient_checkpointing "$GRADIENT_CHECKPOINTING")
+  [ -z "${GRADIENT_ACCUMULATION_STEPS:-}" ] && request+=(--effective_batch "$EFFECTIVE_BATCH")
+  [ "${FORCE_PLAN:-0}" = 1 ] && request+=(--force)
+  plan=$("$PYTHON" "$here/moai_llm/training/plan.py" "$MODEL_CONFIG" "$GPU_MEMORY" "$WORLD_SIZE" "$SEQ_LEN" "${request[@]}" 2>&1) \
+    || die "MODEL_SIZE=$MODEL_SIZE $plan"
+  while IFS= read -r line; do
+    case "$line" in
+      micro_batch=*) BATCH_SIZE=${line#*=} ;;
+      parallel=*) PARALLEL=${line#*=} ;;
+      gradient_checkpointing=*) GRADIENT_CHECKPOINTING=${line#*=} ;;
+      estimate_gb=*) ESTIMATE_GB=${line#*=} ;;
+      "# "*) PLAN_REPORT+="  ${line#\# }"$'\n' ;;
+    esac
+  done <<< "$plan"
+fi
+if [ -n "${GRADIENT_ACCUMULATION_STEPS:-}" ]; then
+  EFFECTIVE_BATCH=$((BATCH_SIZE * WORLD_SIZE * GRADIENT_ACCUMULATION_STEPS))
+else
+  per_step=$((BATCH_SIZE * WORLD_SIZE))
+  [ $((EFFECTIVE_BATCH % per_step)) -eq 0 ] || die "effective batch $EFFECTIVE_BATCH does not divide by BATCH_SIZE x processes = $BATCH_SIZE x $WORLD_SIZE = $per_step"
+  GRADIENT_ACCUMULATION_STEPS=$((EFFECTIVE_BATCH / per_step))
 fi
 
 # ---- rendezvous ------------------------------------------------------------------------------------------
@@ -146,9 +194,9 @@ fi
 # tears the group down as soon as one worker exits non-zero, and NCCL's async error handling aborts collectives
 # that wait on a dead peer instead of hanging.
 DDP_TIMEOUT="${DDP_TIMEOUT:-5400}"
-# On SIGTERM/Ctrl-C torchrun forwards the signal, then SIGKILLs the workers after TORCH_ELASTIC_SHUTDOWN_TIMEOUT
-# (30 s by default): too short to finish a step and save a 2B-16B model with its optimizer. A second signal is
-# forwarded again and ignored by the workers while they save (a third aborts them).
+# If torchrun itself is signalled (it runs in its own session, see the end), it forwards the signal and SIGKILLs the
+# workers after TORCH_ELASTIC_SHUTDOWN_TIMEOUT (30 s by default): too short to finish a step and save a 2B-16B
+# model with its optimizer.
 SHUTDOWN_TIMEOUT="${SHUTDOWN_TIMEOUT:-900}"
 [[ "$SHUTDOWN_TIMEOUT" =~ ^[0-9]+$ ]] || die "SHUTDOWN_TIMEOUT=$SHUTDOWN_TIMEOUT is not a whole number of seconds"
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="$SHUTDOWN_TIMEOUT"
@@ -173,15 +221,15 @@ if [ "$DEVICE" = cpu ]; then
 else
   ARGS+=(--ddp_backend nccl)  # precision is train.py's choice: bf16 where supported, else fp16; TF32 on Ampere+
 fi
+[ "$GRADIENT_CHECKPOINTING" = 1 ] && ARGS+=(--activation_checkpointing true)  # transformers 5: gradient_checkpointing
 case "$PARALLEL" in
   ddp) ;;
   fsdp) ARGS+=(--fsdp --fsdp_config configs/fsdp_config.json) ;;  # FSDP2; sharding and wrapping are in the config
+  fsdp_grad_op) ARGS+=(--fsdp --fsdp_config configs/fsdp_grad_op_config.json) ;;  # weights kept gathered to backward
   deepspeed)
     [ "$DRY_RUN" = 1 ] || "$PYTHON" -c "import deepspeed" 2>/dev/null || die "PARALLEL=deepspeed but deepspeed is not installed (pip install deepspeed)"
-    DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG:-configs/deepspeed_zero2.json}"
     ( cd "$here" && [ -f "$DEEPSPEED_CONFIG" ] ) || [ -f "$DEEPSPEED_CONFIG" ] || die "DEEPSPEED_CONFIG=$DEEPSPEED_CONFIG: file not found"
     ARGS+=(--deepspeed "$DEEPSPEED_CONFIG") ;;
-  *) die "PARALLEL=$PARALLEL is not one of ddp fsdp deepspeed" ;;
 esac
 
 # A flag after `--` that pretrain.sh passes too would reach train.py twice (train.py refuses that): name the
@@ -199,6 +247,7 @@ instead_of() {
     --max_steps) echo "set MAX_STEPS instead" ;;
     --config) echo "set DATA_CONFIG instead" ;;
     --fsdp | --fsdp_config | --deepspeed) echo "set PARALLEL (and DEEPSPEED_CONFIG) instead" ;;
+    --activation_checkpointing) echo "set GRADIENT_CHECKPOINTING=0 or 1 instead" ;;
     --use_cpu | --ddp_backend) echo "it follows the device (ALLOW_CPU=1 without a GPU)" ;;
     --mode) echo "it only pretrains (fine-tune with python train.py --mode sft)" ;;
   esac
@@ -206,7 +255,11 @@ instead_of() {
 for arg in "${TRAIN_ARGS[@]}"; do
   flag=${arg%%=*}
   [[ "$flag" == --* ]] || continue  # a value, not a flag
-  [ "$flag" = --per_device_train_batch_size ] && own=--batch_size || own=$flag
+  case "$flag" in
+    --per_device_train_batch_size) own=--batch_size ;;
+    --gradient_checkpointing) own=--activation_checkpointing ;;  # transformers' deprecated name of the same flag
+    *) own=$flag ;;
+  esac
   for passed in "${ARGS[@]}"; do
     [ "$passed" = "$own" ] && die "$flag after --: pretrain.sh passes $own itself; $(instead_of "$own")"
   done
@@ -222,9 +275,49 @@ pretrain.sh: $NNODES node(s) x $NUM_GPUS $DEVICE process(es) = $WORLD_SIZE, para
   batch: per-device $BATCH_SIZE x processes $WORLD_SIZE x accumulation $GRADIENT_ACCUMULATION_STEPS = effective $EFFECTIVE_BATCH sequences of $SEQ_LEN tokens
   env: NCCL_P2P_DISABLE=${NCCL_P2P_DISABLE:-n/a} TORCH_NCCL_ASYNC_ERROR_HANDLING=$TORCH_NCCL_ASYNC_ERROR_HANDLING PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_CUDA_ALLOC_CONF OMP_NUM_THREADS=$OMP_NUM_THREADS TORCH_ELASTIC_SHUTDOWN_TIMEOUT=$TORCH_ELASTIC_SHUTDOWN_TIMEOUT
 EOF
+[ -n "$PLAN_REPORT" ] && printf 'plan:\n%s' "$PLAN_REPORT"
 printf 'command:'; printf ' %q' "${CMD[@]}"; printf '\n'
 if [ "$DRY_RUN" = 1 ]; then
   exit 0
 fi
 cd "$here"
-exec "${CMD[@]}"
+
+# ---- launch and preemption -------------------------------------------------------------------------------
+# Schedulers preempt by signalling the job's whole process group, often twice (SLURM, Kubernetes). torchrun's agent
+# turns any SIGTERM/SIGINT into an exception: it stops the workers and exits 1 with a traceback, and a second
+# signal during its shutdown wait cuts that wait short. So torchrun runs in its own session (the group's signals
+# never reach it or its workers) and this script, on the first signal, sends SIGTERM once to the workers only:
+# they finish the step, save a checkpoint and exit 0, and so does torchrun. Later signals are logged and ignored.
+# SHUTDOWN_TIMEOUT seconds after the first signal, workers still running are killed (exit 1).
+setsid "${CMD[@]}" &
+agent=$!
+signals=0
+stop_deadline=""
+on_signal() {
+  signals=$((signals + 1))
+  if [ "$signals" -eq 1 ]; then
+    echo "pretrain.sh: received $1: the workers finish their step, save a checkpoint and stop (up to SHUTDOWN_TIMEOUT=${SHUTDOWN_TIMEOUT}s)" >&2
+    stop_deadline=$((SECONDS + SHUTDOWN_TIMEOUT))
+    workers=$(pgrep -P "$agent" || true)
+    [ -z "$workers" ] || kill -TERM $workers 2>/dev/null || true
+  else
+    echo "pretrain.sh: received $1 again: still saving, ignored (SIGKILL aborts)" >&2
+  fi
+}
+trap 'on_signal SIGTERM' TERM
+trap 'on_signal SIGINT' INT
+while kill -0 "$agent" 2>/dev/null; do
+  if [ -n "$stop_deadline" ] && [ "$SECONDS" -ge "$stop_deadline" ]; then
+    echo "pretrain.sh: the workers did not stop within SHUTDOWN_TIMEOUT=${SHUTDOWN_TIMEOUT}s: killing them" >&2
+    workers=$(pgrep -P "$agent" || true)
+    [ -z "$workers" ] || kill -KILL $workers 2>/dev/null || true
+    kill -KILL "$agent" 2>/dev/null || true
+    wait "$agent" 2>/dev/null || true
+    exit 1
+  fi
+  sleep 1 &
+  wait $! 2>/dev/null || true  # returns at once when a signal arrives: the trap runs
+done
+status=0
+wait "$agent" || status=$?
+exit "$status"

@@ -43,9 +43,9 @@ from transformers.models.qwen3.modeling_qwen3 import (
 from transformers.utils import can_return_tuple, logging
 from transformers.utils.output_capturing import OutputRecorder
 
-from .batching import flash_varlen_kwargs
+from .batching import IGNORE_INDEX, flash_varlen_kwargs
 from .configuration_moai import MoaiConfig
-from .losses import causal_lm_loss
+from .losses import Objective, causal_lm_loss, chunked_cross_entropy_loss, objective_from_spec
 from .moe import MoaiTopKRouter, init_moe_weights, moe_block, moe_causal_lm_output
 
 logger = logging.get_logger(__name__)
@@ -274,6 +274,28 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
         return inputs
 
     @can_return_tuple
+    def _logits_loss(self, logits, labels, shift_labels=None, num_items_in_batch=None, **kwargs):
+        """The loss on full logits (`loss_chunk_size=0`, or a head that is not a `MoaiLMHead`, e.g. LoRA on
+        lm_head): transformers' loss for plain cross-entropy, else the configured objective (focal, smoothing,
+        z-loss) on the same logits, chunk by chunk, so no objective is dropped when the fused loss is off."""
+        objective = objective_from_spec(self.config.loss_config)
+        if objective == Objective():
+            return self.loss_function(
+                logits=logits,
+                labels=labels,
+                vocab_size=self.config.vocab_size,
+                shift_labels=shift_labels,
+                num_items_in_batch=num_items_in_batch,
+                **kwargs,
+            )
+        if shift_labels is None:
+            shift_labels = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[
+                ..., 1:
+            ]  # [batch, seq], as transformers
+        return chunked_cross_entropy_loss(
+            logits, shift_labels.to(logits.device), num_items_in_batch=num_items_in_batch, objective=objective
+        )
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -328,7 +350,7 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
             logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # [batch, kept, vocab]
             loss = None
             if labels is not None:
-                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+                loss = self._logits_loss(logits, labels, **kwargs)
         if self.config.num_experts:
             return moe_causal_lm_output(self.config, loss, logits, outputs, input_ids, attention_mask)
         return CausalLMOutputWithPast(

@@ -9,45 +9,36 @@ from moai_llm.training.batch_table import BatchTableError, Plan, load_table, pla
 from .conftest import REPO
 
 TABLE = REPO / "configs" / "batch_table.yaml"
-LARGE = {24: 1, 40: 2, 48: 2, 80: 4, 141: 8}
 
 
 def test_table_holds_the_planned_numbers():
-    def row(config, seq_len, effective_batch, micro_batch):
-        return {
-            "model_config": f"configs/{config}",
-            "seq_len": seq_len,
-            "effective_batch": effective_batch,
-            "micro_batch": micro_batch,
-        }
+    def row(config, seq_len, effective_batch):
+        return {"model_config": f"configs/{config}", "seq_len": seq_len, "effective_batch": effective_batch}
 
     assert load_table(str(TABLE)) == {
         "cpu_micro_batch": 4,
-        "models": {
-            "tiny": row("model_config_tiny.json", 256, 128, {0: 8}),
-            "moe_tiny": row("model_config_moe_tiny.json", 256, 128, {0: 8}),
-            "2b": row("model_config_2b.json", 4096, 512, LARGE),
-            "3b": row("model_config.json", 4096, 512, {24: 1, 40: 1, 48: 2, 80: 4, 141: 8}),
-            "16b": row("model_config_16b.json", 4096, 1024, {40: 1, 80: 2, 141: 4}),
-            "moe_a2b": row("model_config_moe_a2b.json", 4096, 512, LARGE),
+        "models": {  # no micro-batch overrides: the memory model plans them (plan.py)
+            "tiny": {**row("model_config_tiny.json", 256, 128), "micro_batch": {}},
+            "moe_tiny": {**row("model_config_moe_tiny.json", 256, 128), "micro_batch": {}},
+            "2b": {**row("model_config_2b.json", 4096, 512), "micro_batch": {}},
+            "3b": {**row("model_config.json", 4096, 512), "micro_batch": {}},
+            "16b": {**row("model_config_16b.json", 4096, 1024), "micro_batch": {}},
+            "moe_a2b": {**row("model_config_moe_a2b.json", 4096, 512), "micro_batch": {}},
         },
     }
     for size in ("tiny", "moe_tiny", "2b", "3b", "16b", "moe_a2b"):
         assert (REPO / load_table(str(TABLE))["models"][size]["model_config"]).is_file()
 
 
-def test_plan_takes_the_largest_row_not_above_the_memory():
-    table = load_table(str(TABLE))
-    assert plan(table, "3b", 47) == Plan("configs/model_config.json", 4096, 512, 1)
-    assert [plan(table, "3b", gb).micro_batch for gb in (24, 48, 79, 80, 1000)] == [1, 2, 2, 4, 8]
-    assert plan(table, "16b", None).micro_batch == 4  # CPU processes
-    with pytest.raises(
-        BatchTableError,
-        match=r"^MODEL_SIZE=16b has no batch-table row for GPU_MEMORY=39 GB "
-        r"\(rows: 40:1 80:2 141:4\)$",
-    ):
-        plan(table, "16b", 39)
-    with pytest.raises(BatchTableError, match=r"MODEL_SIZE=70b has no batch-table row \(known: tiny moe_tiny 2b"):
+def test_an_override_row_takes_the_largest_memory_not_above_the_card(tmp_path):
+    path = tmp_path / "table.yaml"
+    path.write_text(one_row(micro_batch={24: 1, 48: 2, 80: 4, 141: 8}))
+    table = load_table(str(path))
+    assert plan(table, "tiny", 47) == Plan("c.json", 256, 128, 1)
+    assert [plan(table, "tiny", gb).micro_batch for gb in (16, 24, 48, 79, 80, 1000)] == [None, 1, 2, 2, 4, 8]
+    assert plan(table, "tiny", None).micro_batch == 4  # CPU processes
+    assert plan(load_table(str(TABLE)), "16b", 80).micro_batch is None  # planned
+    with pytest.raises(BatchTableError, match=r"MODEL_SIZE=70b has no batch-table row \(known: tiny"):
         plan(table, "70b", 80)
 
 
@@ -70,6 +61,7 @@ def one_row(**changes) -> str:
         ("cpu_micro_batch: 4\nmodels: {}\n", "models must map each MODEL_SIZE"),
         ("cpu_micro_batch: 4\nmodels: {tiny: 8}\n", "models.tiny must be a mapping"),
         (one_row(seq_len=None, effective_batch=None), "models.tiny: missing field(s) seq_len, effective_batch"),
+        (one_row(micro_batch=None, model_config=None), "models.tiny: missing field(s) model_config"),
         (one_row(seq=1), "models.tiny: unknown field(s) seq"),
         (one_row(seq_len="long"), "models.tiny.seq_len must be an integer >= 1, not 'long'"),
         (one_row(effective_batch=True), "models.tiny.effective_batch must be an integer >= 1, not True"),
@@ -93,26 +85,23 @@ def test_unreadable_table(tmp_path):
         load_table(str(tmp_path / "missing.yaml"))
 
 
-def test_documented_table_matches_the_file():
-    """The micro-batch table in the docs (docs/scaling.md) shows what configs/batch_table.yaml holds."""
-    header = "| MODEL_SIZE | 24 GB | 40 GB | 48 GB | 80 GB | 141 GB |"
-    docs = [p for p in [REPO / "README.md", *sorted((REPO / "docs").glob("**/*.md"))] if p.is_file()]
-    text = next((p.read_text(encoding="utf-8") for p in docs if header in p.read_text(encoding="utf-8")), None)
-    assert text is not None, f"no doc holds the batch table ({header})"
+def test_documented_table_matches_the_plans():
+    """The plan table in docs/scaling.md shows what pretrain.sh plans for 8 GPUs of each size (plan.default_plan)."""
+    from moai_llm.training.plan import default_plan, describe
+
+    header = "| MODEL_SIZE (8 GPUs) | 24 GB | 40 GB | 48 GB | 80 GB | 141 GB |"
+    text = (REPO / "docs" / "scaling.md").read_text(encoding="utf-8")
+    assert header in text, f"docs/scaling.md has no plan table ({header})"
     lines = text.split(header, 1)[1].splitlines()[2:]
     table = load_table(str(TABLE))
     shown = set()
     for line in lines:
         if not line.startswith("|"):
             break
-        sizes, *cells = [cell.strip() for cell in line.strip("|").split("|")]
-        for size in sizes.split(", "):
-            shown.add(size)
-            expected = []
-            for gb in (24, 40, 48, 80, 141):
-                try:
-                    expected.append(str(plan(table, size, gb).micro_batch))
-                except BatchTableError:
-                    expected.append("—")
-            assert cells == expected, size
+        size, *cells = [cell.strip() for cell in line.strip("|").split("|")]
+        shown.add(size)
+        row = table["models"][size]
+        config, seq, batch = str(REPO / row["model_config"]), row["seq_len"], row["effective_batch"]
+        expected = [describe(default_plan(config, gb, 8, seq, batch)) for gb in (24, 40, 48, 80, 141)]
+        assert cells == expected, size
     assert shown == set(table["models"])

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from .conftest import REPO
 from .distributed_helpers import torchrun
 from .train_helpers import EQUAL_STEPS, run_inprocess, write_tiny_config
 
@@ -207,3 +208,98 @@ def test_pretrain_sh_passes_each_engine_its_config():
     assert zero3.returncode == 0 and "--deepspeed configs/deepspeed_zero3.json" in zero3.stdout, zero3.stderr
     missing = run({**plan, "PARALLEL": "deepspeed", "DEEPSPEED_CONFIG": "nope.json"})
     assert missing.returncode == 2 and "DEEPSPEED_CONFIG=nope.json: file not found" in missing.stderr
+
+
+BUILD_PROBE = """
+import json, sys, types
+import torch
+from moai_llm import MoaiConfig
+from moai_llm.training.run import new_model
+
+config = MoaiConfig(vocab_size=2048, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                    num_attention_heads=8, num_key_value_heads=4, head_dim=64)
+args = types.SimpleNamespace(fsdp=["full_shard", "auto_wrap"], fsdp_config={"cpu_ram_efficient_loading": True},
+                             process_index=int(sys.argv[1]))
+def status(field):  # kB in /proc/self/status
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # resets the peak RSS (VmHWM) to the current RSS: the peak below is the build's
+before = status("VmRSS")
+torch.manual_seed(0)
+model = new_model(config, args)
+grown = status("VmHWM") - before
+full = 4 * sum(p.numel() for p in model.parameters())
+devices = sorted({p.device.type for p in model.parameters()})
+print(json.dumps({"grown": grown, "full": full, "devices": devices,
+                  "inv_freq": model.model.rotary_emb.inv_freq.tolist()}))
+"""
+
+
+@pytest.mark.integration  # two fresh interpreters, so that each one's peak RSS is the build's
+def test_fsdp_ranks_other_than_zero_build_the_model_on_the_meta_device(tmp_path):
+    """From scratch under FSDP (cpu_ram_efficient_loading), rank 0 builds the weights (the same as one process:
+    `test_two_sharded_cpu_ranks_match_one_process_and_save_the_whole_model`), every other rank builds on the meta
+    device: its host memory grows by well under a full copy; RoPE's non-persistent buffers are real."""
+    import subprocess
+    import sys
+
+    results = []
+    for rank in (0, 1):
+        done = subprocess.run(
+            [sys.executable, "-c", BUILD_PROBE, str(rank)], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    zero, other = results
+    assert zero["devices"] == ["cpu"] and other["devices"] == ["meta"]
+    assert zero["grown"] >= 0.9 * zero["full"]  # the probe measures: rank 0 holds one full fp32 copy
+    assert other["grown"] <= 0.6 * other["full"]
+    assert other["inv_freq"] == zero["inv_freq"]
+
+
+TRAIN = """
+import sys
+from moai_llm.training.cli import parse_args
+from moai_llm.training.stages import run_all
+
+run_all(*parse_args(sys.argv[1:]))
+"""
+
+
+@pytest.mark.integration
+def test_sharded_checkpoints_resume_exactly_on_two_ranks(tmp_path):
+    """FSDP2 on 2 CPU ranks with AdamW: intermediate checkpoints are sharded (torch distributed checkpoint, one file
+    set per rank, no gathered model), final_model is whole; resuming from step 2 ends where the uninterrupted run
+    ends."""
+    import shutil
+
+    model_config = write_tiny_config(tmp_path)
+
+    def flags(run_dir, *extra):
+        args = _args(run_dir, model_config, 2)
+        args[args.index("--optim") + 1] = "adamw_torch"
+        args[args.index("--learning_rate") + 1] = "1e-3"
+        args[args.index("--save_strategy") + 1] = "steps"
+        return [*args, "--save_steps", "2", "--ddp_backend", "gloo", *ENGINES["fsdp"], *extra]
+
+    whole = tmp_path / "whole"
+    result = torchrun(TRAIN, flags(whole), tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    checkpoint = whole / "checkpoint-2"
+    files = {path.name for path in checkpoint.rglob("*") if path.is_file()}
+    assert any(name.endswith(".distcp") for name in files), files  # sharded, not a gathered model
+    assert "model.safetensors" not in files and (checkpoint / "checkpoint_complete.json").is_file()
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(checkpoint, resumed / "checkpoint-2")
+    result = torchrun(TRAIN, flags(resumed, "--resume_from_checkpoint", "auto"), tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    expected = load_file(str(whole / "final_model" / "model.safetensors"))
+    got = load_file(str(resumed / "final_model" / "model.safetensors"))
+    assert expected.keys() == got.keys()
+    diffs = {name: (got[name] - expected[name]).abs().max().item() for name in expected}
+    assert max(diffs.values()) == 0.0, diffs

@@ -1,5 +1,6 @@
 """Evaluation reports plain cross-entropy and its perplexity, whatever objective the model trains with."""
 
+import json
 import math
 
 import pytest
@@ -67,3 +68,75 @@ def test_eval_perplexity_is_cross_entropy_perplexity(objective, tmp_path):
         hidden = model.model(input_ids=ids).last_hidden_state
         trained = causal_lm_loss(hidden, model.lm_head.weight, labels, loss_config=objective).item()
     assert abs(trained - expected) > 0.01  # the objective itself is not CE: the test can tell them apart
+
+
+def uneven_rows(vocab: int, valid_counts) -> list[dict]:
+    generator = torch.Generator().manual_seed(2)
+    rows = []
+    for valid in valid_counts:
+        input_ids = torch.randint(3, vocab, (LENGTH,), generator=generator)
+        labels = input_ids.clone()
+        labels[valid + 1 :] = -100
+        rows.append({"input_ids": input_ids, "labels": labels})
+    return rows
+
+
+# Five rows in batches of 2: [23, 3], [11, 6], [20]; a mean of batch means weighs the 3-token row like the 23-token one.
+UNEVEN = (23, 3, 11, 6, 20)
+
+
+def test_eval_loss_is_token_weighted_over_uneven_batches(tmp_path):
+    torch.manual_seed(0)
+    model = MoaiForCausalLM(tiny_config()).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)  # losses that differ from row to row
+    rows = uneven_rows(model.config.vocab_size, UNEVEN)
+    args = MoaiTrainingArguments(
+        output_dir=str(tmp_path), per_device_eval_batch_size=2, use_cpu=True, report_to="none", disable_tqdm=True
+    )
+    metrics = MoaiTrainer(model=model, args=args, eval_dataset=rows).evaluate()
+    expected = plain_cross_entropy(model, rows)
+    assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(expected), rel=1e-5)
+    batch_means = [plain_cross_entropy(model, rows[i : i + 2]) for i in (0, 2, 4)]
+    stock = (2 * batch_means[0] + 2 * batch_means[1] + batch_means[2]) / 5  # what the Trainer alone reports
+    assert abs(stock - expected) > 0.05
+
+
+TWO_RANKS = """
+import json, sys, torch
+from moai_llm import MoaiForCausalLM
+from moai_llm.training.arguments import MoaiTrainingArguments
+from moai_llm.training.trainer import MoaiTrainer
+from tests.conftest import tiny_config
+from tests.test_train_eval import UNEVEN, uneven_rows
+
+torch.manual_seed(0)
+model = MoaiForCausalLM(tiny_config()).eval()
+with torch.no_grad():
+    model.lm_head.weight.mul_(20)
+rows = uneven_rows(model.config.vocab_size, UNEVEN)
+args = MoaiTrainingArguments(output_dir=sys.argv[1], per_device_eval_batch_size=2, use_cpu=True, report_to="none",
+                             disable_tqdm=True, ddp_backend="gloo")
+metrics = MoaiTrainer(model=model, args=args, eval_dataset=rows).evaluate()
+if args.process_index == 0:
+    with open(sys.argv[1] + "/metrics.json", "w") as handle:
+        json.dump(metrics, handle)
+"""
+
+
+@pytest.mark.integration
+def test_eval_loss_is_token_weighted_over_every_rank(tmp_path):
+    """2 CPU ranks, 5 rows in batches of 2: rank 0 reads [23, 3] and [20], rank 1 [11, 6] and a repeat of row 0
+    (accelerate evens the ranks out), which must not count."""
+    from .distributed_helpers import torchrun
+
+    result = torchrun(TWO_RANKS, [tmp_path], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    torch.manual_seed(0)
+    model = MoaiForCausalLM(tiny_config()).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)
+    expected = plain_cross_entropy(model, uneven_rows(model.config.vocab_size, UNEVEN))
+    assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-5)

@@ -77,3 +77,14 @@ def test_stage_with_a_bad_mixture_names_the_file_and_stage(tmp_path):
     with pytest.raises(UsageError, match=r"stages\.yaml: stages\[1\] \(sft\): .*ratio must be > 0"):
         run_inprocess(["--config", str(stages), "--output_dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_stage_keys_take_the_flags_aliases():
+    """A stage may say batch_size / num_epochs like the command line: the aliases come from the parser's fields."""
+    from moai_llm.training.cli import build_parser
+    from moai_llm.training.stages import flag_aliases, parse_stages
+
+    parser = build_parser()
+    assert flag_aliases(parser) == {"batch_size": "per_device_train_batch_size", "num_epochs": "num_train_epochs"}
+    (stage,) = parse_stages([{"name": "a", "batch_size": 3, "num_epochs": 1}], parser, "s.yaml")
+    assert stage.training == {"per_device_train_batch_size": 3, "num_train_epochs": 1}

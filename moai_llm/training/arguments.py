@@ -52,12 +52,14 @@ class ModelArguments:
         default=None, metadata={"help": "sdpa | eager | flex_attention | flash_attention_2 (default: auto)."}
     )
     loss_type: Literal["cross_entropy", "focal", "label_smoothing", "multi_objective"] = field(
-        default="cross_entropy", metadata={"help": "Training loss, always computed fused from hidden states."}
+        default="cross_entropy", metadata={"help": "Training loss (fused from hidden states, or on logits)."}
     )
     loss_params: str | None = field(
         default=None, metadata={"help": "Loss parameters as JSON, e.g. '{\"gamma\": 2.0}' or ce/focal/smooth weights."}
     )
-    loss_chunk_size: int | None = field(default=None, metadata={"help": "Tokens per fused-loss chunk (0: plain loss)."})
+    loss_chunk_size: int | None = field(
+        default=None, metadata={"help": "Tokens per fused-loss chunk (0: the loss on full logits)."}
+    )
     z_loss_coef: float = field(default=0.0, metadata={"help": "Logit z-loss coefficient (PaLM), 0 = off."})
     use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
     use_qlora: bool = field(default=False, metadata={"help": "LoRA on a 4-bit (bitsandbytes NF4) base; needs CUDA."})
@@ -211,10 +213,9 @@ class MoaiTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         """Validation only. train.py fills the defaults that depend on other arguments or on the machine before
-        constructing this (`resolve.resolve_training_values`); constructed directly, unset values get the plain
-        ones: outputs/<mode>, the mode's learning rate, fp32."""
-        if self.output_dir is None:
-            self.output_dir = os.path.join("outputs", self.mode)
+        constructing this (`resolve.resolve_training_values`: `outputs/<mode>-<model>`, the learning rate, the
+        precision); constructed directly, an unset output_dir is transformers' own default and the learning rate
+        the mode's."""
         if self.learning_rate is None:
             self.learning_rate = DEFAULT_LEARNING_RATES[self.mode]
         self.bf16 = bool(self.bf16)

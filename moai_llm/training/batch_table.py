@@ -1,12 +1,13 @@
 """The batch table that pretrain.sh plans from, kept as data in configs/batch_table.yaml: per MODEL_SIZE the model
-config, sequence length, target effective batch and the per-device micro-batch by GPU memory.
+config, sequence length and target effective batch; optionally a per-device micro-batch by GPU memory, which
+overrides the one the memory model plans (plan.py) and is checked against it like BATCH_SIZE.
 
 pretrain.sh runs this file by path, so planning imports neither torch nor the package:
 
     python moai_llm/training/batch_table.py TABLE MODEL_SIZE GPU_MEMORY|cpu
 
-prints model_config, seq_len, effective_batch and micro_batch, one per line. A bad table, an unknown size or a GPU
-too small is one line on stderr and exit 2.
+prints model_config, seq_len, effective_batch and micro_batch (0: none given, planned), one per line. A bad table
+or an unknown size is one line on stderr and exit 2.
 """
 
 import sys
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import yaml
 
 FIELDS = ("model_config", "seq_len", "effective_batch", "micro_batch")
+REQUIRED = FIELDS[:3]  # micro_batch is an optional override of the planned one
 
 
 class BatchTableError(ValueError):
@@ -26,7 +28,7 @@ class Plan:
     model_config: str
     seq_len: int
     effective_batch: int
-    micro_batch: int
+    micro_batch: int | None  # None: planned from the memory model
 
 
 def _count(value, where: str, minimum: int = 1) -> int:
@@ -39,7 +41,7 @@ def _model_row(path: str, size: str, row) -> dict:
     where = f"{path}: models.{size}"
     if not isinstance(row, dict):
         raise BatchTableError(f"{where} must be a mapping with {', '.join(FIELDS)}")
-    missing = [name for name in FIELDS if name not in row]
+    missing = [name for name in REQUIRED if name not in row]
     if missing:
         raise BatchTableError(f"{where}: missing field(s) {', '.join(missing)}")
     unknown = [str(name) for name in row if name not in FIELDS]
@@ -47,8 +49,8 @@ def _model_row(path: str, size: str, row) -> dict:
         raise BatchTableError(f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(FIELDS)})")
     if not isinstance(row["model_config"], str) or not row["model_config"].strip():
         raise BatchTableError(f"{where}.model_config must be a file path")
-    micro = row["micro_batch"]
-    if not isinstance(micro, dict) or not micro:
+    micro = row.get("micro_batch", {})
+    if not isinstance(micro, dict) or ("micro_batch" in row and not micro):
         raise BatchTableError(f"{where}.micro_batch must map GPU memory in GB to sequences per device, e.g. {{80: 4}}")
     rows = {
         _count(gb, f"{where}.micro_batch GPU memory", 0): _count(n, f"{where}.micro_batch.{gb}")
@@ -85,7 +87,8 @@ def load_table(path: str) -> dict:
 
 
 def plan(table: dict, model_size: str, gpu_memory: int | None) -> Plan:
-    """The row for `model_size`; the micro-batch of the largest memory row not above `gpu_memory` (None: CPU)."""
+    """The row for `model_size`; the micro-batch of the largest memory row not above `gpu_memory` (None: CPU), or
+    None when the row gives none there (the memory model plans it)."""
     row = table["models"].get(model_size)
     if row is None:
         raise BatchTableError(f"MODEL_SIZE={model_size} has no batch-table row (known: {' '.join(table['models'])})")
@@ -93,12 +96,7 @@ def plan(table: dict, model_size: str, gpu_memory: int | None) -> Plan:
         micro = table["cpu_micro_batch"]
     else:
         fitting = [n for gb, n in row["micro_batch"].items() if gb <= gpu_memory]
-        if not fitting:
-            rows = " ".join(f"{gb}:{n}" for gb, n in row["micro_batch"].items())
-            raise BatchTableError(
-                f"MODEL_SIZE={model_size} has no batch-table row for GPU_MEMORY={gpu_memory} GB (rows: {rows})"
-            )
-        micro = fitting[-1]
+        micro = fitting[-1] if fitting else None
     return Plan(row["model_config"], row["seq_len"], row["effective_batch"], micro)
 
 
@@ -111,7 +109,7 @@ def main(argv: list[str]) -> int:
     except BatchTableError as err:
         print(err, file=sys.stderr)
         return 2
-    print(chosen.model_config, chosen.seq_len, chosen.effective_batch, chosen.micro_batch, sep="\n")
+    print(chosen.model_config, chosen.seq_len, chosen.effective_batch, chosen.micro_batch or 0, sep="\n")
     return 0
 
 

@@ -74,20 +74,25 @@ def merge_into_float32_base(pretrained_model: str | None, adapter_dir: str, trai
 
 
 def merge_adapters(model, adapter_dir: str):
-    """The adapters merged into a plain model whose `save_pretrained` writes ordinary full-precision safetensors.
+    """The adapters merged into a float32 copy of the base, on the CPU: a plain model whose `save_pretrained`
+    writes ordinary full-precision safetensors.
 
-    peft merges QLoRA adapters into the NF4 weights and re-quantizes them, which rounds most of the LoRA delta away
-    and leaves a bitsandbytes checkpoint that CPU inference cannot load. Instead the 4-bit base is dequantized to
-    fp32 (the weights the adapters were trained against) and the adapters, reloaded from `adapter_dir` where they
-    were just saved, are merged there."""
-    base = model.get_base_model()
-    if not (getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)):
-        return model.merge_and_unload()
+    peft's `merge_and_unload` adds the delta in the base's dtype: into a bf16 base (LoRA on a GPU) a delta below
+    half a bf16 step (~6e-5 at |w| ~ 0.02) vanishes and the model is saved in bf16; for QLoRA it re-quantizes to
+    NF4 and leaves a bitsandbytes checkpoint that CPU inference cannot load. Instead the base (dequantized when
+    4/8-bit) is cast to fp32, the weights the adapters were trained against, and the adapters, reloaded from
+    `adapter_dir` where they were just saved, are merged there, as for sharded runs (`merge_into_float32_base`)."""
     from peft import PeftModel
 
-    base = model.unload()  # LoRA layers off, the quantized base layers back in place
-    # bitsandbytes' AVX512-BF16 CPU kernels repack NF4 weights in place at the first inference forward (evaluation)
-    # and only `state_dict()` packs them back; `dequantize` reads the raw data and would decode the repacked bytes.
-    base.state_dict()
-    base = base.dequantize(dtype=torch.float32).float()
+    quantized = getattr(model.get_base_model(), "is_loaded_in_4bit", False) or getattr(
+        model.get_base_model(), "is_loaded_in_8bit", False
+    )
+    base = model.unload()  # LoRA layers off, the base layers back in place
+    if quantized:
+        # bitsandbytes' AVX512-BF16 CPU kernels repack NF4 weights in place at the first inference forward
+        # (evaluation) and only `state_dict()` packs them back; `dequantize` reads the raw data and would decode the
+        # repacked bytes.
+        base.state_dict()
+        base = base.dequantize(dtype=torch.float32)
+    base = base.to(device="cpu", dtype=torch.float32)
     return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()

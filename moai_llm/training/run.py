@@ -18,6 +18,7 @@ from .arguments import PACKAGE_DIR, TINY_MODEL_CONFIG
 from .callbacks import GracefulStopCallback, ThroughputCallback, detect_peak_tflops, flops_per_token
 from .data_setup import DataPositionCallback, build_datasets, check_data_position, reads_a_stream
 from .distributed import data_parallel_error, resolve_resume
+from .memory import log_estimate, setup_for_run
 from .resolve import on_cuda
 from .trainer import MoaiTrainer, writes_on_this_node
 
@@ -96,7 +97,7 @@ def build_model(model_args, training_args, tokenizer):
         config = MoaiConfig.from_json_file(path)
         if model_args.attn_implementation:
             config._attn_implementation = model_args.attn_implementation
-        model = MoaiForCausalLM(config)
+        model = new_model(config, training_args)
     if hasattr(model.config, "loss_config"):
         model.config.loss_config = loss_config(model_args)
         if model_args.loss_chunk_size is not None:
@@ -105,6 +106,24 @@ def build_model(model_args, training_args, tokenizer):
         raise UsageError(
             f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
         )
+    return model
+
+
+def new_model(config, training_args):
+    """A model from scratch. Under FSDP with `cpu_ram_efficient_loading` only global rank 0 builds the weights;
+    the other ranks build on the meta device (no memory), and accelerate's FSDP2 preparation broadcasts rank 0's
+    weights into every rank's shards, so they start from the same weights as a one-process run. Before, every
+    rank built a full fp32 copy in host memory (16B: 64 GB per rank, 8 ranks per node)."""
+    fsdp_config = training_args.fsdp_config or {}
+    if not (training_args.fsdp and fsdp_config.get("cpu_ram_efficient_loading")) or training_args.process_index == 0:
+        return MoaiForCausalLM(config)
+    with torch.device("meta"):
+        model = MoaiForCausalLM(config)
+    # RoPE's inverse frequencies are non-persistent buffers: not in the state dict rank 0 sends, so built for real.
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+    logger.info(
+        "rank %d: model built on the meta device; FSDP fills its shards from rank 0", training_args.process_index
+    )
     return model
 
 
@@ -205,6 +224,8 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
         logger.warning("no documents were held out for evaluation: evaluation is off for this run")
         training_args = dataclasses.replace(training_args, eval_strategy="no")  # a new, validated object
     config = model.config
+    cuda = on_cuda(training_args.use_cpu)
+    memory = log_estimate(config.to_dict(), setup_for_run(config, model_args, data_args, training_args, cuda))
     throughput = ThroughputCallback(
         flops_per_token(config, data_args.max_seq_length),
         training_args.peak_tflops or detect_peak_tflops(),
@@ -230,14 +251,15 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
         include = (training_args.eval_tasks_include_path,) if training_args.eval_tasks_include_path else ()
         trainer.add_callback(BenchmarkCallback(trainer, specs, include, training_args.per_device_eval_batch_size))
     try:
-        return _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, training_args)
+        return _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, training_args, memory)
     finally:
         stopper.restore()
 
 
-def _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, training_args) -> RunResult:
+def _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, training_args, memory) -> RunResult:
     train_output = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(train_output.metrics)
+    metrics.update(memory_metrics(memory, on_cuda(training_args.use_cpu)))
     if stopper.stopped_at is not None:
         logger.warning(
             "stopped by signal at step %d; checkpoint saved in %s (resume with --resume_from_checkpoint auto)",
@@ -257,6 +279,20 @@ def _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, 
 
         write_training_report(trainer, model_args, data_args)  # plots + training_report.md; never raises
     return RunResult(training_args.output_dir, final_dir, metrics)
+
+
+def memory_metrics(memory, cuda: bool) -> dict:
+    """The measured peak of this process next to the estimate logged at the start (docs/scaling.md)."""
+    from .memory_meter import process_peak_bytes
+
+    peak, what = process_peak_bytes(cuda)
+    metrics = {"memory_peak_gb": round(peak / 1e9, 3)}
+    if memory is not None:
+        metrics["memory_estimate_gb"] = round(memory.total / 1e9, 3)
+        logger.info(
+            "memory: estimated %.2f GB per device, measured peak %.2f GB (%s)", memory.total / 1e9, peak / 1e9, what
+        )
+    return metrics
 
 
 @contextlib.contextmanager

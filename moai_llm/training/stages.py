@@ -20,7 +20,17 @@ from .resolve import resolve
 from .run import FINAL_MARKER, RunResult, run_training
 
 logger = logging.getLogger(__name__)
-ALIASES = {"batch_size": "per_device_train_batch_size", "num_epochs": "num_train_epochs"}
+
+
+def flag_aliases(parser) -> dict[str, str]:
+    """{alias: field} from the dataclass fields' `aliases` metadata (`batch_size` -> `per_device_train_batch_size`),
+    the one place the parser's aliases are declared."""
+    return {
+        alias.lstrip("-"): field.name
+        for dataclass_type in parser.dataclass_types
+        for field in dataclasses.fields(dataclass_type)
+        for alias in field.metadata.get("aliases", ())
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +47,7 @@ def parse_stages(entries, parser, path: str) -> list[StageFlags]:
     """The YAML `stages:` list, each key checked against the flags (one-line errors naming the stage and key)."""
     if not isinstance(entries, list) or not entries:
         raise UsageError(f"--config {path}: stages must be a non-empty list of mappings")
-    owners = {}
+    owners, aliases = {}, flag_aliases(parser)
     for dataclass_type, group in zip(parser.dataclass_types, ("model", "data", "training")):
         owners.update({field.name: group for field in dataclasses.fields(dataclass_type)})
     stages = []
@@ -48,7 +58,7 @@ def parse_stages(entries, parser, path: str) -> list[StageFlags]:
         name = str(entry.pop("name", f"stage{index + 1}"))
         overrides = {"model": {}, "data": {}, "training": {}}
         for flag, value in entry.items():
-            flag = ALIASES.get(flag, flag)
+            flag = aliases.get(flag, flag)
             if flag not in owners or flag in ("stages", "config", "output_dir"):
                 raise UsageError(f"stages[{index}] ({name}): unknown or not allowed key '{flag}'")
             if flag == "mixture":

@@ -11,6 +11,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from ..batching import IGNORE_INDEX
 from .arguments import MUON
 from .callbacks import ThroughputCallback
 from .data_setup import global_batch
@@ -93,7 +94,8 @@ class MoaiTrainer(Trainer):
     """Trainer for MoaiForCausalLM (also works for any causal LM).
 
     - `create_accelerator_and_postprocess`: `--fsdp` shards on CPU processes too (FSDP2 over gloo), and DDP skips
-      the unused-parameter search (an extra autograd traversal per step) for models that use every parameter.
+      the unused-parameter search (an extra autograd traversal per step) for models that use every parameter and
+      keeps gradients as views of its buckets (no second gradient-sized copy).
     - `create_optimizer`: Muon + AdamW in one optimizer for `--optim muon` (muon.py).
     - `create_scheduler`: Warmup-Stable-Decay from `args.wsd_*` when `lr_scheduler_type` is WSD.
     - `compute_loss`: the stock path scales the language-model loss alone (normalised by `num_items_in_batch`);
@@ -105,7 +107,8 @@ class MoaiTrainer(Trainer):
     - `_save`: with --save_on_each_node every node's checkpoint holds the weights (see `writes_on_this_node`).
     - `log`/`evaluate`: tokens/s, MFU, packing efficiency, loss components; eval perplexity.
     - `_get_train_sampler`: packed rows are read in the packer's balanced steps, step order shuffled by seed.
-    - evaluation measures plain cross-entropy whatever the training objective, so `eval_perplexity` is a perplexity.
+    - evaluation measures plain cross-entropy whatever the training objective, so `eval_perplexity` is a perplexity,
+      and `eval_loss` is a token-weighted mean over the whole eval set and every rank (`evaluation_loop`).
     """
 
     def __init__(self, *args, throughput: ThroughputCallback | None = None, **kwargs):
@@ -116,6 +119,7 @@ class MoaiTrainer(Trainer):
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_micro_batches = 0
         self._expert_load: torch.Tensor | None = None  # [moe_layers, experts], summed over micro-batches
+        self._eval_sums: torch.Tensor | None = None  # [loss x tokens, tokens] of this rank's eval batches
 
     # ---- parallelism --------------------------------------------------------------------------------------
     def create_accelerator_and_postprocess(self):
@@ -125,6 +129,9 @@ class MoaiTrainer(Trainer):
         handler = self.accelerator.ddp_handler  # transformers' default, when the user did not choose: search
         if self.args.ddp_find_unused_parameters is None and not may_leave_parameters_unused(self.model):
             handler.find_unused_parameters = False
+        # Gradients as views of DDP's all-reduce buckets: without it DDP keeps a second gradient-sized copy (4 bytes
+        # per parameter, what memory.py counts once).
+        handler.gradient_as_bucket_view = True
 
     # ---- optimizer -----------------------------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -186,6 +193,8 @@ class MoaiTrainer(Trainer):
         """The stock loss on the language-model loss alone, then the MoE router terms added once on top (as TRL adds
         its aux loss) as a mean over micro-batches and ranks. Evaluation reports plain cross-entropy."""
         plain = contextlib.nullcontext() if model.training else self._plain_cross_entropy(model)
+        if not model.training and self._eval_sums is not None:
+            num_items_in_batch = None  # this rank's mean: `prediction_step` weighs it by this rank's tokens
         with plain, router_terms_outside_loss(self.accelerator.unwrap_model(model)) as terms:
             loss, outputs = super().compute_loss(
                 model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
@@ -232,6 +241,52 @@ class MoaiTrainer(Trainer):
             self.label_smoother = smoother
             if objective is not None:
                 config.loss_config = objective
+
+    # ---- evaluation ----------------------------------------------------------------------------------------
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        """`eval_loss` as total loss / total tokens over every batch of every rank. The stock loop repeats each
+        batch's mean `batch_size` times and averages: 100 tokens at CE 1.0 and 1,000 at 2.0 read 1.5, not 1.91."""
+        self._eval_sums = torch.zeros(2, dtype=torch.float64, device=self.args.device)  # every rank reduces
+        try:
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+            total = self.accelerator.reduce(self._eval_sums, reduction="sum")
+        finally:
+            self._eval_sums = None
+        if total[1] > 0 and f"{metric_key_prefix}_loss" in output.metrics:
+            output.metrics[f"{metric_key_prefix}_loss"] = (total[0] / total[1]).item()
+        return output
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        labels = inputs.get("shift_labels", inputs.get("labels")) if isinstance(inputs, dict) else None
+        if self._eval_sums is None or labels is None:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._only_real_rows(inputs)
+        loss, logits, out_labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if loss is not None:
+            shifted = inputs["shift_labels"] if "shift_labels" in inputs else inputs["labels"][..., 1:]
+            tokens = shifted.ne(IGNORE_INDEX).sum().double()
+            self._eval_sums += torch.stack([loss.detach().double() * tokens, tokens]).to(self._eval_sums.device)
+        return loss, logits, out_labels
+
+    def _only_real_rows(self, inputs: dict) -> dict:
+        """The last eval batch with the rows accelerate repeated to even the ranks out (from the dataset's start)
+        left untrained: their labels become IGNORE_INDEX, so they count no token. Every rank still runs the
+        forward (FSDP's collectives). Rank r's real rows are those of the first `remainder` of the global batch."""
+        state = self.accelerator.gradient_state
+        if not state.end_of_dataloader or state.remainder <= 0:
+            return inputs
+        key = "shift_labels" if "shift_labels" in inputs else "labels"
+        rows = inputs[key].shape[0]
+        real = min(max(state.remainder - self.args.process_index * rows, 0), rows)
+        if real == rows:
+            return inputs
+        labels = inputs[key].clone()
+        labels[real:] = IGNORE_INDEX
+        return {**inputs, key: labels}
 
     # ---- logging -------------------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
