@@ -104,6 +104,17 @@ def test_plan_estimate_reads_the_first_size_on_an_estimate_line():
     assert plan_estimate("model: GPU_MEMORY=141 (GB)\nbatch: per-device 8") == (None, None)
 
 
+def test_plan_estimate_reads_pretrain_sh_dry_run():
+    """The plan pretrain.sh prints today: the memory model's total under its "estimate per GPU" heading."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUM_GPUS", "GPU_MEMORY", "MODEL_SIZE")}
+    env.update(DRY_RUN="1", NUM_GPUS="1", GPU_MEMORY="141", MODEL_SIZE="2b")
+    plan = subprocess.run(["bash", "pretrain.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stderr
+    total = next(line for line in plan.stdout.splitlines() if line.strip().startswith("total:"))
+    estimate, line = plan_estimate(plan.stdout)
+    assert line == total.strip() and estimate == pytest.approx(float(total.split()[1]) * 1e9 / 2**30)
+
+
 @pytest.mark.integration  # six processes: pytest, train.py runs, pretrain.sh (torchrun), serve.py
 def test_run_sh_cpu_smoke_runs_every_part(tmp_path):
     out = tmp_path / "out"

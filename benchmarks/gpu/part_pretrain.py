@@ -1,8 +1,9 @@
 """Part 5: pretrain.sh with NUM_GPUS=1 for 20 steps, planned for this card (the batch table's micro-batch for its
 memory): the peak memory measured against the plan's estimate.
 
-The plan is what `DRY_RUN=1 ./pretrain.sh` prints; its estimate is the first size (GB / GiB) on a line that says
-"estimate" (the memory model of issue #24); a plan that prints none is recorded as such. Gradient accumulation is
+The plan is what `DRY_RUN=1 ./pretrain.sh` prints; its estimate is the memory model's `total:` under the plan's
+"estimate per GPU" heading (or the first size on a line that says "estimate"); a plan that prints none is recorded
+as such. Gradient accumulation is
 set to 1 (the peak does not depend on it, and 20 steps of the table's effective batch would take half an hour).
 Measured: the GPU's memory.used peak from nvidia-smi every 0.25 s (what must fit the card: the CUDA context and
 the allocator's cache included) and the Trainer's own memory metrics (torch.cuda peak allocated)."""
@@ -26,12 +27,14 @@ TO_GIB = {"GiB": 1.0, "GB": 1e9 / 2**30, "MiB": 1 / 1024, "MB": 1e6 / 2**30}
 
 
 def plan_estimate(text: str) -> tuple[float | None, str | None]:
-    """(GiB, the line) of the first size on a line that says estimate; (None, None) when the plan gives none."""
+    """(GiB, the line) of the plan's estimate: the `total:` line of its "estimate per GPU" block, or the first size
+    on a line that says estimate; (None, None) when the plan gives none."""
+    in_estimate = False
     for line in text.splitlines():
-        if "estimat" in line.lower():
-            match = ESTIMATE.search(line)
-            if match:
-                return float(match.group(1)) * TO_GIB[match.group(2)], line.strip()
+        in_estimate = in_estimate or "estimat" in line.lower()
+        match = ESTIMATE.search(line)
+        if in_estimate and match and ("estimat" in line.lower() or line.strip().startswith("total:")):
+            return float(match.group(1)) * TO_GIB[match.group(2)], line.strip()
     return None, None
 
 
