@@ -74,6 +74,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top_p", type=float, default=1.0, help="samples: nucleus sampling (1: off)")
     p.add_argument("--repetition_penalty", type=float, default=1.0, help="samples: repetition penalty (1: off)")
     p.add_argument(
+        "--decoding",
+        choices=("dynamic", "static", "compiled"),
+        default="dynamic",
+        help="samples' KV cache: dynamic, static, or static + torch.compile (as chat.py --decoding)",
+    )
+    p.add_argument(
         "--chat_template",
         choices=("auto", "on", "off"),
         default="auto",
@@ -135,6 +141,7 @@ def options_from(args):
             seed=0 if args.seed is None else args.seed,
         ),
         chat_template=args.chat_template,
+        decoding=args.decoding,
         batch_size=args.batch_size,
         lm_eval_options=LmEvalOptions(
             args.apply_chat_template, args.fewshot_as_multiturn, args.gen_kwargs, seed=args.seed

@@ -247,3 +247,16 @@ def test_lm_eval_options_and_seeds_reach_simple_evaluate(monkeypatch):
     }
     benchmarks.run_benchmarks(None, None, resolve_tasks("t", None, None, None))
     assert (calls[1]["random_seed"], calls[1]["fewshot_random_seed"]) == (0, 1234)  # lm-eval's own defaults
+
+
+def test_samples_take_the_static_cache(tokenizer):
+    """--decoding static: the same greedy answers as the dynamic cache, and the setting recorded."""
+    from moai_llm.evaluation.samples import generate_samples
+
+    torch.manual_seed(0)
+    model = MoaiForCausalLM(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=64)).eval()
+    params = SamplingParams(temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=6, seed=0)
+    dynamic = generate_samples(model, tokenizer, ["Once upon a time"], params, chat=False)
+    static = generate_samples(model, tokenizer, ["Once upon a time"], params, chat=False, decoding="static")
+    assert static[0]["text"] == dynamic[0]["text"] and static[0]["tokens"] == dynamic[0]["tokens"] == 6
+    assert sample_settings(params, "off", "static")["kv_cache"] == "static"

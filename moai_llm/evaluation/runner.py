@@ -38,6 +38,7 @@ class EvalOptions:
         default_factory=lambda: SamplingParams(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, seed=0)
     )
     chat_template: str = "auto"  # samples: auto | on | off
+    decoding: str = "dynamic"  # samples' KV cache: dynamic | static | compiled (chat.generation.decoding_kwargs)
     batch_size: int = 8
     lm_eval_options: LmEvalOptions = field(default_factory=LmEvalOptions)
     max_length: int | None = None  # perplexity rows; default: the model's context, at most 2048
@@ -131,8 +132,8 @@ def evaluate_model(options: EvalOptions) -> dict:
         if prompts:
             mode = (record.arguments.get("training") or {}).get("mode") if record else None
             chat, chat_label = use_chat_template(options.chat_template, mode, tokenizer)
-            results["sample_settings"] = sample_settings(options.sampling, chat_label)
-            results["samples"] = generate_samples(model, tokenizer, prompts, options.sampling, chat)
+            results["sample_settings"] = sample_settings(options.sampling, chat_label, options.decoding)
+            results["samples"] = generate_samples(model, tokenizer, prompts, options.sampling, chat, options.decoding)
     write_outputs(results, output_dir)
     return results
 

@@ -51,7 +51,7 @@ def use_chat_template(choice: str, run_mode: str | None, tokenizer) -> tuple[boo
     )
 
 
-def sample_settings(params: SamplingParams, chat_template: str) -> dict:
+def sample_settings(params: SamplingParams, chat_template: str, decoding: str = "dynamic") -> dict:
     """What produced the samples, as results.json records it (and --compare checks)."""
     return {
         "chat_template": chat_template,
@@ -62,10 +62,13 @@ def sample_settings(params: SamplingParams, chat_template: str) -> dict:
         "repetition_penalty": params.repetition_penalty,
         "max_new_tokens": params.max_new_tokens,
         "seed": params.seed,
+        "kv_cache": decoding,
     }
 
 
-def generate_samples(model, tokenizer, prompts: list[str], params: SamplingParams, chat: bool) -> list[dict]:
+def generate_samples(
+    model, tokenizer, prompts: list[str], params: SamplingParams, chat: bool, decoding: str = "dynamic"
+) -> list[dict]:
     """[{"prompt", "text", "tokens", "seconds", "tokens_per_second"}], one prompt at a time for exact counts.
 
     With `chat` each prompt is one user turn (as chat.py sends it); without, plain continuation of the text.
@@ -76,7 +79,13 @@ def generate_samples(model, tokenizer, prompts: list[str], params: SamplingParam
     for prompt in tqdm(prompts, desc="samples", unit="prompt"):
         one_shot = session.one_shot_prompt(prompt)
         text, tokens, seconds = stream_answer(
-            model, tokenizer, one_shot.ids, session.sampling(one_shot), StopFlag(), lambda piece: None
+            model,
+            tokenizer,
+            one_shot.ids,
+            session.sampling(one_shot),
+            StopFlag(),
+            lambda piece: None,
+            decoding=decoding,
         )
         samples.append(
             {
