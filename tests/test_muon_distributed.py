@@ -21,11 +21,13 @@ MOE = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, 
 
 
 def muon_args(output_dir, model_config, batch_size) -> list[str]:
-    """The sharded tests' equal-steps run with Muon (fp32) instead of SGD."""
+    """The sharded tests' equal-steps run with Muon (fp32) instead of SGD. AdamW's side (embeddings, lm_head, norms)
+    takes eps 1e-4: with 1e-8, reduction-order noise in a near-zero embedding gradient becomes an lr-sized step
+    (4e-5 apart in 2 of 3 runs; why the other equality tests use SGD), while Muon's matrices agreed to 4e-7."""
     args = _args(output_dir, model_config, batch_size)
     args[args.index("--optim") + 1] = "muon"
     args[args.index("--learning_rate") + 1] = "0.01"
-    return args
+    return [*args, "--adam_epsilon", "1e-4"]
 
 
 @pytest.mark.parametrize("engine", ["ddp", "fsdp"])
