@@ -2,7 +2,6 @@
 adapters, --compare, and the report train.py writes at the end of a run. No Hub: local task YAMLs and data.
 The pieces that need no trained model are in test_evaluate_pieces.py."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,28 +12,17 @@ import torch
 from matplotlib.image import imread
 
 from .conftest import REPO
-from .eval_helpers import write_local_tasks
+from .eval_helpers import go_offline, load_evaluate_cli, write_local_tasks
 from .train_helpers import fast_args, run_inprocess, write_tiny_config
 
 pytestmark = pytest.mark.integration  # a whole train.py run (module fixture), evaluate.py runs on it
 
-# evaluate.py under another module name: `evaluate` is Hugging Face's library, which lm-eval imports
-_spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "evaluate.py")
-evaluate = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate)
+evaluate = load_evaluate_cli()
 
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    """Nothing may wait for the Hub: the flags are read at import time, so set the module constants too."""
-    import datasets
-    import huggingface_hub
-
-    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.setenv(name, "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    go_offline(monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """lm-eval against the server: `--model local-completions` (token-id prompt lists, echo, logprobs) scores a local
 log-likelihood task as evaluate.py does on the same model, and each request's log-likelihood is the model's."""
 
-import importlib.util
 import json
 
 import pytest
@@ -9,27 +8,17 @@ import torch
 
 from moai_llm.serving import load_models
 
-from .conftest import REPO
-from .eval_helpers import MC_TASK
+from .eval_helpers import MC_TASK, go_offline, load_evaluate_cli
 from .serve_helpers import running_server, save_tiny_model
 
 pytestmark = pytest.mark.integration  # a server, lm-eval's task index and an evaluate.py run
 
-_spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "evaluate.py")
-evaluate = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate)
+evaluate = load_evaluate_cli()
 
 
 @pytest.fixture
 def offline(monkeypatch):
-    import datasets
-    import huggingface_hub
-
-    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.setenv(name, "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    go_offline(monkeypatch)
 
 
 def test_lm_eval_local_completions_matches_evaluate_py(tmp_path, offline):

@@ -3,9 +3,8 @@
 import json
 
 import pytest
-import torch
 
-from .train_helpers import fast_args, run_inprocess, write_tiny_config
+from .train_helpers import fast_args, resume_matches_uninterrupted, run_inprocess, write_tiny_config
 
 pytestmark = pytest.mark.integration  # a whole train.py run
 
@@ -24,17 +23,5 @@ def test_moe_training_logs_router_terms(tmp_path):
 def test_moe_run_resumes_from_a_checkpoint_exactly(tmp_path):
     """A checkpoint stores one tensor per expert (save_pretrained's format) and the live model stacks them; resuming
     must read them back (before: every expert restarted from its initial weights, with a missing-keys warning)."""
-    import shutil
-
-    from safetensors.torch import load_file
-
     config = write_tiny_config(tmp_path, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
-    flags = ["--max_steps", "6", "--save_steps", "3", "--save_total_limit", "3"]
-    run_inprocess(fast_args(tmp_path / "ref", config, *flags))
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(tmp_path / "ref" / "checkpoint-3", resumed / "checkpoint-3")
-    run_inprocess(fast_args(resumed, config, *flags, "--resume_from_checkpoint", str(resumed / "checkpoint-3")))
-    ours = load_file(str(resumed / "final_model" / "model.safetensors"))
-    theirs = load_file(str(tmp_path / "ref" / "final_model" / "model.safetensors"))
-    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+    resume_matches_uninterrupted(tmp_path, config)

@@ -107,3 +107,22 @@ def recording_steps():
         yield recorders
     finally:
         stages.run_training = run_training
+
+
+def resume_matches_uninterrupted(tmp_path: Path, model_config: str, *flags: str) -> None:
+    """6 steps with a checkpoint at 3, and the same run resumed from a copy of checkpoint-3: bitwise equal weights."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    steps = ["--max_steps", "6", "--save_steps", "3", "--save_total_limit", "3", *flags]
+    run_inprocess(fast_args(tmp_path / "ref", model_config, *steps))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(tmp_path / "ref" / "checkpoint-3", resumed / "checkpoint-3")
+    run_inprocess(fast_args(resumed, model_config, *steps, "--resume_from_checkpoint", str(resumed / "checkpoint-3")))
+    ours = load_file(str(resumed / "final_model" / "model.safetensors"))
+    theirs = load_file(str(tmp_path / "ref" / "final_model" / "model.safetensors"))
+    different = [name for name in theirs if not torch.equal(ours[name], theirs[name])]
+    assert not different, different[:5]
