@@ -38,6 +38,7 @@ def fake_part(tmp_path: Path, number: int, name: str, code=0, sleep=0.0, failure
     return suite.Part(number, name, str(script), budget_s=3, smoke_budget_s=3)
 
 
+@pytest.mark.integration  # the suite starts each part as a process
 def test_suite_runs_past_failing_and_overrunning_parts_and_exits_non_zero(tmp_path, capsys):
     parts = [
         fake_part(tmp_path, 1, "fails", code=3),
@@ -64,6 +65,7 @@ def test_suite_runs_past_failing_and_overrunning_parts_and_exits_non_zero(tmp_pa
     assert "suite: failed: fails, hangs, reports" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # the suite starts each part as a process
 def test_suite_runs_only_the_parts_asked_for(tmp_path):
     parts = [fake_part(tmp_path, 1, "one"), fake_part(tmp_path, 2, "two", code=1)]
     out = tmp_path / "out"

@@ -80,6 +80,7 @@ def test_model_states_per_engine():
     assert "fused loss: head gradient (fp32)" not in lora  # a frozen head has no gradient buffer
 
 
+@pytest.mark.integration  # a whole train.py run
 def test_a_run_logs_the_estimate_and_records_the_measured_peak(tmp_path, caplog):
     """train.py: the estimate for the run it was given at the start, the measured peak next to it at the end."""
     import logging
