@@ -15,6 +15,7 @@ Tokens/s counts non-padding tokens fed to the model.
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -157,7 +158,7 @@ def main() -> None:
     print(
         f"{len(docs):,} documents, {tokens:,} tokens in {rows} rows of "
         f"{args.max_length} (packing {tokens / slots:.1%}), batch {args.batch_size}, {args.reps} interleaved "
-        f"reps, {args.threads} threads, medians; CPU shared with other jobs"
+        f"reps, {args.threads} threads, medians; load average {os.getloadavg()[0]:.1f} at the start"
     )
     print(
         "| model | forward only tokens/s | evaluate.py scoring tokens/s | full logits + CE tokens/s "
