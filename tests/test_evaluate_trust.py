@@ -84,6 +84,10 @@ def test_compare_warns_on_every_differing_setting_and_shows_stderr():
     assert "arc_easy: documents differs (quick: 500; full: 2376)" in warnings
     assert "arc_easy: num_fewshot differs (quick: 0; full: 5)" in warnings
     assert any(w.startswith("settings.precision differs") for w in warnings)
+    runs["full"]["sample_settings"]["chat_template"] = "on (auto: a sft run)"
+    assert "sample_settings.chat_template differs (quick: off (auto: a pretrain run); full: on (auto: a sft run))" in (
+        comparison_warnings(runs)
+    )
     assert any("the same text is named differently" in w for w in warnings)
     report = render_comparison(runs)
     assert "⚠" in report and "0.5000 ± 0.0220" in report

@@ -38,7 +38,13 @@ def comparison_warnings(runs: dict[str, dict]) -> list[str]:
     """One line per setting that differs between the runs."""
     warnings = []
     for path in GLOBAL_SETTINGS:
-        if found := differing({name: _get(r, path) for name, r in runs.items()}):
+        values = {name: _get(r, path) for name, r in runs.items()}
+        if all(isinstance(v, dict) for v in values.values() if v is not None):  # one line per differing key
+            keys = dict.fromkeys(k for v in values.values() if v for k in v)
+            for key in keys:
+                if found := differing({name: (v or {}).get(key) for name, v in values.items()}):
+                    warnings.append(f"{'.'.join(path)}.{key} differs ({found})")
+        elif found := differing(values):
             warnings.append(f"{'.'.join(path)} differs ({found})")
     tasks = dict.fromkeys(t for r in runs.values() for t in r.get("summary_tasks", []))
     for task in tasks:
