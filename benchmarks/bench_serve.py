@@ -87,15 +87,19 @@ def start_server(path: Path, max_batch_size: int, threads: int) -> tuple[subproc
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    return process, wait_until_healthy(process, f"http://127.0.0.1:{port}", 600, "server")
+
+
+def wait_until_healthy(process: subprocess.Popen, url: str, attempts: int, name: str) -> str:
+    """`url` once its /health answers 200, polled every 0.1 s; the process is killed if it never does."""
+    for _ in range(attempts):
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
+                return url
         except httpx.HTTPError:
             time.sleep(0.1)
     process.kill()
-    raise RuntimeError("server did not start")
+    raise RuntimeError(f"{name} did not start")
 
 
 async def one_request(client: httpx.AsyncClient, url: str, prompt: str, tokens: int, model: str = "m"):
@@ -249,15 +253,7 @@ def start_transformers_serve(path: Path, threads: int) -> tuple[subprocess.Popen
     command += ["--device", "cpu", "--port", str(port), "--cb-num-blocks", "64", "--cb-block-size", "64"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("transformers serve did not start")
+    return process, wait_until_healthy(process, f"http://127.0.0.1:{port}", 1200, "transformers serve")
 
 
 def measure_config(name: str, path: Path, args) -> list[dict]:

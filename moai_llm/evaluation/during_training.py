@@ -14,7 +14,7 @@ import time
 from transformers import TrainerCallback
 
 from .benchmarks import LmEvalOptions, check_tasks, run_benchmarks
-from .suites import TaskSpec, headline_metric, parse_task_list
+from .suites import TaskSpec, headline_score, parse_task_list
 
 logger = logging.getLogger(__name__)
 LOG_PREFIX = "bench/"  # log keys: bench/<task>/<metric>
@@ -72,9 +72,9 @@ class BenchmarkCallback(TrainerCallback):
             for metric, value in metrics.items():
                 if isinstance(value, float) and not metric.split(",")[0].endswith("_stderr"):
                     logs[f"{LOG_PREFIX}{name}/{metric}"] = round(value, 6)
-            headline = headline_metric(name, metrics)
-            if headline is not None and isinstance(metrics.get(headline), float):
-                logs[f"{LOG_PREFIX}{name}"] = round(metrics[headline], 6)  # the headline, for plots and reports
+            headline = headline_score(name, metrics)
+            if headline is not None:
+                logs[f"{LOG_PREFIX}{name}"] = round(headline, 6)  # the headline, for plots and reports
         for name, reason in results.failed.items():
             logger.warning("benchmark %s failed during training: %s", name, reason)
         logs["bench_seconds"] = round(time.perf_counter() - start, 2)

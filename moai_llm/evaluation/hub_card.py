@@ -139,7 +139,7 @@ def eval_results(results: dict) -> list[EvalResult]:
 def write_model_card(model_dir, arguments: dict, facts: dict, training: dict | None, languages: list[str]) -> Path:
     """train.py's card: what the model is and how it was trained; no results yet."""
     path = Path(model_dir)
-    moe = facts.get("Mixture of Experts", "no").startswith("no") is False
+    moe = not facts.get("Mixture of Experts", "no").startswith("no")
     data = card_data(arguments, languages, path.parent.name or path.name, moe)
     card = render(data, str(path), facts, training, None)
     card.save(path / "README.md")

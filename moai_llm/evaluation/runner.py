@@ -20,7 +20,7 @@ from .perplexity import evaluate_perplexity, read_documents
 from .provenance import provenance
 from .report import render_report, run_label
 from .samples import DEFAULT_PROMPTS, generate_samples, read_prompts, sample_settings, use_chat_template
-from .suites import SUITES, EvalUsageError, TaskSpec
+from .suites import SUITES, EvalUsageError, TaskSpec, headline_score
 
 logger = logging.getLogger(__name__)
 
@@ -157,16 +157,14 @@ def run_tasks(model, tokenizer, options: EvalOptions, results: dict) -> None:
 
 def suite_averages(bench, specs: list[TaskSpec]) -> dict[str, float]:
     """A leaderboard suite's single number: the mean of its tasks' headline metrics, when every task ran."""
-    from .suites import headline_metric
-
     averages = {}
     asked = {spec.name for spec in specs}
     for name, suite in SUITES.items():
         tasks = [spec.name for spec in suite.tasks]
         if not suite.average or not set(tasks) <= asked:
             continue
-        values = [bench.tasks.get(t, {}).get(headline_metric(t, bench.tasks.get(t, {})) or "") for t in tasks]
-        if all(isinstance(v, (int, float)) for v in values):
+        values = [headline_score(t, bench.tasks.get(t, {})) for t in tasks]
+        if None not in values:
             averages[name] = sum(values) / len(values)
     return averages
 
@@ -279,7 +277,7 @@ def evaluate_checkpoints(options: EvalOptions, run_dir: str) -> Path:
     summary report's path. Each model's own results go to <output_dir>/<checkpoint>/."""
     from dataclasses import replace
 
-    from .suites import headline_metric
+    from .report import _number, table
 
     models = run_models(run_dir)
     out = Path(options.output_dir or Path(run_dir) / "eval-checkpoints")
@@ -287,10 +285,7 @@ def evaluate_checkpoints(options: EvalOptions, run_dir: str) -> Path:
     for name, directory, seen in models:
         logger.info("evaluating %s (%s tokens seen)", name, seen)
         results = evaluate_model(replace(options, model_path=str(directory), output_dir=str(out / name)))
-        metrics = {
-            t: results["tasks"][t].get(headline_metric(t, results["tasks"][t]) or "")
-            for t in results.get("summary_tasks", [])
-        }
+        metrics = {t: headline_score(t, results["tasks"][t]) for t in results.get("summary_tasks", [])}
         for file, entry in results["perplexity"].items():
             metrics[f"{Path(file).name} bits/byte"] = entry["bits_per_byte"]
         points.append({"label": name, "tokens_seen": seen, "metrics": metrics})
@@ -302,12 +297,13 @@ def evaluate_checkpoints(options: EvalOptions, run_dir: str) -> Path:
     (out / "checkpoints.json").write_text(json.dumps(points, indent=2), encoding="utf-8")
     names = list(dict.fromkeys(m for p in points for m in p["metrics"]))
     rows = [
-        [p["label"], f"{p['tokens_seen']:,}" if p["tokens_seen"] else None, *[p["metrics"].get(m) for m in names]]
+        [
+            p["label"],
+            f"{p['tokens_seen']:,}" if p["tokens_seen"] else None,
+            *[_number(p["metrics"].get(m)) for m in names],
+        ]
         for p in points
     ]
-    from .report import _number, table
-
-    rows = [[*row[:2], *[_number(v) for v in row[2:]]] for row in rows]
     lines = [f"# Checkpoints of `{run_dir}`", "", table(["model", "tokens seen", *names], rows), ""]
     if plot:
         lines += [f"![metrics by checkpoint]({plot})", ""]

@@ -93,6 +93,12 @@ def headline_metric(task: str, metrics: dict) -> str | None:
     return names[0] if names else None
 
 
+def headline_score(task: str, metrics: dict) -> float | None:
+    """The value of the task's headline metric, or None when it has none (or no number)."""
+    value = metrics.get(headline_metric(task, metrics) or "")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def parse_task_list(text: str) -> list[TaskSpec]:
     """`"mmlu:5,hellaswag"` -> specs; `name:N` sets N shots for that task."""
     specs = []

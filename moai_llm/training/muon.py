@@ -100,9 +100,15 @@ class MuonAdamW(torch.optim.Optimizer):
         weight_decay: float = 0.0,
     ):
         defaults = dict(
-            lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=betas, eps=eps, muon=False
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            muon=False,
         )
-        defaults["weight_decay"] = weight_decay
         super().__init__(params, defaults)
 
     @torch.no_grad()
