@@ -14,7 +14,7 @@ from transformers.utils import logging as hf_logging
 
 from moai_llm.chat import ChatLoadError
 from moai_llm.flags import Parser
-from moai_llm.serving import build_app, load_models, model_entries
+from moai_llm.serving import MAX_BATCH_SIZE, build_app, load_models, model_entries
 
 
 def parse_args(argv=None):
@@ -35,7 +35,7 @@ def parse_args(argv=None):
         default=os.environ.get("MOAI_API_KEY"),
         help="require 'Authorization: Bearer KEY' on /v1 (default: $MOAI_API_KEY; unset: no key)",
     )
-    p.add_argument("--max_batch_size", type=int, default=16, help="sequences decoded together per model")
+    p.add_argument("--max_batch_size", type=int, default=MAX_BATCH_SIZE, help="sequences decoded together per model")
     p.add_argument("--max_tokens", type=int, default=4096, help="largest max_tokens a request may ask for")
     p.add_argument(
         "--max_prefill_tokens",

@@ -1,5 +1,6 @@
 """serve.py under load: aggregate generated tokens/s and time to first token with 1, 4, 8 and 16 concurrent
-streaming clients, batched (--max_batch_size 16) against the same server queueing requests (--max_batch_size 1).
+streaming clients, batched (serve.py's default --max_batch_size) against the same server queueing requests
+(--max_batch_size 1).
 With --transformers_serve, `transformers serve --continuous-batching` on the Qwen3 export of the same weights
 takes the same load. A second table times the decode engines alone (no HTTP) on 8 sequences: our BatchEngine,
 transformers' continuous batching (`generate_batch`, on the Qwen3 export of the same weights: it does not run
@@ -34,7 +35,7 @@ from transformers import ContinuousBatchingConfig, GenerationConfig, Qwen3ForCau
 from moai_llm import MoaiConfig, MoaiForCausalLM
 from moai_llm.chat import SamplingParams
 from moai_llm.export import export_qwen3, qwen3_config_from
-from moai_llm.serving import BatchEngine, Finished, GenerationRequest
+from moai_llm.serving import MAX_BATCH_SIZE, BatchEngine, Finished, GenerationRequest
 from moai_llm.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,9 +259,9 @@ def start_transformers_serve(path: Path, threads: int) -> tuple[subprocess.Popen
 
 def measure_config(name: str, path: Path, args) -> list[dict]:
     """All servers up at once; levels interleaved between them, repeated; the median repetition per level."""
-    servers, models = {}, {16: "m", 1: "m"}
+    servers, models = {}, {MAX_BATCH_SIZE: "m", 1: "m"}
     try:
-        for batch in (16,) if args.skip_queued else (16, 1):
+        for batch in (MAX_BATCH_SIZE,) if args.skip_queued else (MAX_BATCH_SIZE, 1):
             servers[batch] = start_server(path, batch, args.threads)
         if args.transformers_serve:
             servers[0] = start_transformers_serve(path, args.threads)
@@ -318,7 +319,11 @@ def main() -> None:
             rows = measure_config(name, path, args)
             for r in rows:
                 single = next(x for x in rows if x["batch"] == r["batch"] and x["clients"] == min(args.clients))
-                server = {16: "batched (16)", 1: "queued (1)", 0: "transformers serve, continuous batching"}[r["batch"]]
+                server = {
+                    MAX_BATCH_SIZE: f"batched ({MAX_BATCH_SIZE})",
+                    1: "queued (1)",
+                    0: "transformers serve, continuous batching",
+                }[r["batch"]]
                 print(
                     f"| {name} ({parameters / 1e6:.1f}M) | {server} | {r['clients']} | {r['requests']} | "
                     f"{r['tps']:,.1f} | {r['tps'] / single['tps']:.2f}x | {r['p50'] * 1000:,.0f} | "

@@ -1,11 +1,18 @@
-"""The server's pieces that need no server: stop strings held back across token boundaries, the per-row sampler."""
+"""The server's pieces that need no server: stop strings held back across token boundaries, the per-row sampler, the
+engine's default batch."""
+
+import threading
 
 import torch
 
+from moai_llm import MoaiForCausalLM
 from moai_llm.chat import SamplingParams
+from moai_llm.serving import BatchEngine, Finished, GenerationRequest
 from moai_llm.serving.sampling import RowSampler
 from moai_llm.serving.text import TextAssembler
 from moai_llm.tokenizer import load_tokenizer
+
+from .conftest import tiny_config
 
 
 def test_stop_string_split_across_tokens_never_leaks():
@@ -33,3 +40,27 @@ def test_row_sampler_draws_from_the_processed_distribution():
     assert counts[1] == 0 and torch.allclose(counts, probs, atol=0.02)
     same, other = sampler(3), sampler(3)
     assert [same.sample(probs) for _ in range(50)] == [other.sample(probs) for _ in range(50)]
+
+
+def test_thirty_two_clients_share_each_decode_step_by_default():
+    """serve.py's default batch holds 32 rows: 32 requests sent at once are decoded together, not 16 and then 16."""
+    torch.manual_seed(0)
+    engine = BatchEngine(MoaiForCausalLM(tiny_config()).eval(), load_tokenizer())
+    done, lock, tokens = [], threading.Lock(), 6
+    finished = threading.Event()
+
+    def deliver(event):
+        if isinstance(event, Finished):
+            with lock:
+                done.append(event)
+                if len(done) == 32:
+                    finished.set()
+
+    params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=tokens)
+    try:
+        engine.submit_all([GenerationRequest([5, 6, 7 + i], params, deliver, ignore_eos=True) for i in range(32)])
+        assert finished.wait(60)
+    finally:
+        engine.close()
+    assert all(event.completion_tokens == tokens for event in done)
+    assert engine.tokens_generated / engine.decode_steps > 30  # 32 rows per step (the first token comes from prefill)

@@ -4,10 +4,11 @@ python serve.py --model_path outputs/pretrain-tiny/final_model     # then open h
 """
 
 from .app import build_app
-from .engine import BatchEngine, Failed, Finished, GenerationRequest, PromptLogprobs, TextDelta
+from .engine import MAX_BATCH_SIZE, BatchEngine, Failed, Finished, GenerationRequest, PromptLogprobs, TextDelta
 from .registry import ModelRegistry, ServedModel, load_models, model_entries
 
 __all__ = [
+    "MAX_BATCH_SIZE",
     "BatchEngine",
     "Failed",
     "Finished",

@@ -21,6 +21,7 @@ from .waiting import EngineClosed, WaitingQueue
 
 logger = logging.getLogger(__name__)
 
+MAX_BATCH_SIZE = 32  # default rows decoded together (each row's KV cache grows with its context)
 LOGITS_CHUNK = 512  # prompt positions per forward when every position's logits are kept (prompt log-probabilities)
 
 
@@ -94,7 +95,7 @@ class BatchEngine:
         self,
         model,
         tokenizer,
-        max_batch_size: int = 16,
+        max_batch_size: int = MAX_BATCH_SIZE,
         name: str = "model",
         max_prefill_tokens: int = 4096,
         max_waiting: int = 256,

@@ -11,7 +11,7 @@ from jinja2 import TemplateError
 
 from ..chat.loading import ChatLoadError, load_for_chat
 from ..chat.session import chat_prompt_ids
-from .engine import BatchEngine
+from .engine import MAX_BATCH_SIZE, BatchEngine
 from .errors import APIError
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class ModelRegistry:
 
 def load_models(
     entries: list[tuple[str, Path]],
-    max_batch_size: int = 16,
+    max_batch_size: int = MAX_BATCH_SIZE,
     max_tokens: int = 4096,
     device: str | None = None,
     max_prefill_tokens: int = 4096,
