@@ -20,6 +20,7 @@ from .data_setup import DataPositionCallback, build_datasets, check_data_positio
 from .distributed import data_parallel_error, resolve_resume
 from .memory import log_estimate, setup_for_run
 from .resolve import on_cuda
+from .sharding import initialise, starts_sharded
 from .trainer import MoaiTrainer, writes_on_this_node
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def build_model(model_args, training_args, tokenizer):
         config = MoaiConfig.from_json_file(path)
         if model_args.attn_implementation:
             config._attn_implementation = model_args.attn_implementation
-        model = new_model(config, training_args)
+        model = new_model(config, training_args, lora=model_args.use_lora or model_args.use_qlora)
     if hasattr(model.config, "loss_config"):
         model.config.loss_config = loss_config(model_args)
         if model_args.loss_chunk_size is not None:
@@ -109,21 +110,35 @@ def build_model(model_args, training_args, tokenizer):
     return model
 
 
-def new_model(config, training_args):
-    """A model from scratch. Under FSDP with `cpu_ram_efficient_loading` only global rank 0 builds the weights;
-    the other ranks build on the meta device (no memory), and accelerate's FSDP2 preparation broadcasts rank 0's
-    weights into every rank's shards, so they start from the same weights as a one-process run. Before, every
-    rank built a full fp32 copy in host memory (16B: 64 GB per rank, 8 ranks per node)."""
-    fsdp_config = training_args.fsdp_config or {}
-    if not (training_args.fsdp and fsdp_config.get("cpu_ram_efficient_loading")) or training_args.process_index == 0:
-        return MoaiForCausalLM(config)
+def new_model(config, training_args, lora: bool = False):
+    """A model from scratch, its weights a function of `--seed` and each module's name (`sharding.initialise`), so
+    that a sharded start creates exactly the weights of a one-process build.
+
+    - FSDP2 (`sharding.starts_sharded`): every rank builds on the meta device (no memory); `start_sharded` creates
+      each rank's shards once the Trainer's accelerator exists. Before, every rank (then rank 0 alone) built a whole
+      fp32 copy in host memory (16B: 64 GB per rank, 8 ranks per node).
+    - FSDP1 or LoRA under FSDP with `cpu_ram_efficient_loading`: rank 0 builds the weights, the other ranks build on
+      the meta device, and accelerate broadcasts rank 0's weights into every rank's shards.
+    - Otherwise every process builds the whole model.
+    """
     with torch.device("meta"):
         model = MoaiForCausalLM(config)
-    # RoPE's inverse frequencies are non-persistent buffers: not in the state dict rank 0 sends, so built for real.
-    model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
-    logger.info(
-        "rank %d: model built on the meta device; FSDP fills its shards from rank 0", training_args.process_index
-    )
+    if starts_sharded(training_args, lora):
+        logger.info(
+            "rank %d: model built on the meta device; its shards are created once sharded", training_args.process_index
+        )
+        return model
+    broadcast = training_args.fsdp and (training_args.fsdp_config or {}).get("cpu_ram_efficient_loading")
+    if broadcast and training_args.process_index != 0:
+        # RoPE's inverse frequencies are non-persistent buffers: not in the state dict rank 0 sends, so built for real.
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+        logger.info(
+            "rank %d: model built on the meta device; FSDP fills its shards from rank 0", training_args.process_index
+        )
+        return model
+    model.to_empty(device="cpu")
+    model.tie_weights()
+    initialise(model, training_args.seed)
     return model
 
 
