@@ -14,7 +14,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from .. import MoaiConfig, MoaiForCausalLM
 from ..errors import UsageError
 from ..losses import objective_from_spec
-from .arguments import PACKAGE_DIR, TINY_MODEL_CONFIG
+from .arguments import PACKAGE_DIR
 from .callbacks import GracefulStopCallback, ThroughputCallback, detect_peak_tflops, flops_per_token
 from .data_setup import DataPositionCallback, build_datasets, check_data_position, reads_a_stream
 from .distributed import data_parallel_error, resolve_resume
@@ -92,7 +92,7 @@ def build_model(model_args, training_args, tokenizer):
             quantization_config=quantization,
         )
     else:
-        path = model_args.model_config or TINY_MODEL_CONFIG
+        path = model_args.model_config  # resolve.resolve_model_args: the tiny config when none is given
         if not os.path.isfile(path):
             raise UsageError(f"--model_config {path}: file not found")
         config = MoaiConfig.from_json_file(path)
@@ -140,6 +140,18 @@ def new_model(config, training_args, lora: bool = False):
     model.tie_weights()
     initialise(model, training_args.seed)
     return model
+
+
+def evaluation_switched(training_args, data_args, eval_dataset):
+    """The one place evaluation is switched off: with nothing held out (`--eval_fraction 0`, or a holdout that came
+    out empty) the run's arguments get `eval_strategy` "no" (a new, validated object); else they are unchanged."""
+    if eval_dataset is not None or training_args.eval_strategy == "no":
+        return training_args
+    if data_args.eval_fraction:
+        logger.warning("no documents were held out for evaluation: evaluation is off for this run")
+    else:
+        logger.info("--eval_fraction 0: nothing is held out, evaluation is off for this run")
+    return dataclasses.replace(training_args, eval_strategy="no")
 
 
 def loss_config(model_args) -> dict:
@@ -235,9 +247,7 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
     flash = model.config._attn_implementation == "flash_attention_2"
     check_data_position(resume, training_args, reads_a_stream(data_args))
     train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, training_args, flash=flash)
-    if eval_dataset is None and training_args.eval_strategy != "no":
-        logger.warning("no documents were held out for evaluation: evaluation is off for this run")
-        training_args = dataclasses.replace(training_args, eval_strategy="no")  # a new, validated object
+    training_args = evaluation_switched(training_args, data_args, eval_dataset)
     config = model.config
     cuda = on_cuda(training_args.use_cpu)
     memory = log_estimate(config.to_dict(), setup_for_run(config, model_args, data_args, training_args, cuda))
