@@ -254,11 +254,12 @@ def test_fsdp_ranks_create_only_their_shards_of_the_one_process_weights(tmp_path
     from moai_llm import MoaiConfig
     from moai_llm.training.run import new_model
 
-    # Deep enough that one whole parameter (the 8192 x 512 embedding, created in turn) is small next to a shard.
+    # Deep enough that one whole parameter (the 8192 x 512 embedding, created in turn) is small next to a shard; an
+    # odd MLP width, so that the two ranks' shards of gate_proj and up_proj differ in size (769 and 768 rows).
     model_config = write_tiny_config(
         tmp_path,
         hidden_size=512,
-        intermediate_size=1536,
+        intermediate_size=1537,
         num_hidden_layers=24,
         num_attention_heads=8,
         num_key_value_heads=4,

@@ -106,11 +106,16 @@ def _unset_like(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _copy_own_part(target: torch.Tensor, whole: torch.Tensor) -> None:
-    """`whole` into `target`, or only this rank's shard of it when `target` is a DTensor (no communication)."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
+    """`whole` (on the CPU) into `target`, or only this rank's shard of it when `target` is a DTensor: the shard is
+    cut on the CPU, so only it moves to the accelerator (no communication). torch has no public call for a shard's
+    place in the whole tensor (`distribute_tensor` would first move the whole tensor to the mesh's device)."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     if isinstance(target, DTensor):
-        whole = distribute_tensor(whole, target.device_mesh, target.placements, src_data_rank=None).to_local()
+        shape, offset = compute_local_shape_and_global_offset(target.shape, target.device_mesh, target.placements)
+        for dim, (start, size) in enumerate(zip(offset, shape, strict=True)):
+            whole = whole.narrow(dim, start, size)
         target = target.to_local()
     target.copy_(whole)
 
