@@ -3,13 +3,13 @@ train like one process at the same global batch and save the whole model as fina
 
 import importlib.util
 import json
+import types
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from .conftest import REPO
 from .distributed_helpers import torchrun
 from .train_helpers import EQUAL_STEPS, run_inprocess, write_tiny_config
 
@@ -211,53 +211,75 @@ def test_pretrain_sh_passes_each_engine_its_config():
 
 
 BUILD_PROBE = """
-import json, sys, types
-import torch
-from moai_llm import MoaiConfig
-from moai_llm.training.run import new_model
+import json, sys
+from safetensors.torch import save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from moai_llm.training.cli import parse_args
+from moai_llm.training.run import build_model, load_tokenizer
+from moai_llm.training.trainer import MoaiTrainer
 
-config = MoaiConfig(vocab_size=2048, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                    num_attention_heads=8, num_key_value_heads=4, head_dim=64)
-args = types.SimpleNamespace(fsdp=["full_shard", "auto_wrap"], fsdp_config={"cpu_ram_efficient_loading": True},
-                             process_index=int(sys.argv[1]))
-def status(field):  # kB in /proc/self/status
+out = sys.argv[1]
+model_args, data_args, training_args = parse_args(sys.argv[2:])
+tokenizer = load_tokenizer(model_args)
+rank = training_args.process_index  # also sets up the process group
+
+
+def status(field):  # bytes, from /proc/self/status
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
 
+
 with open("/proc/self/clear_refs", "w") as handle:
     handle.write("5")  # resets the peak RSS (VmHWM) to the current RSS: the peak below is the build's
 before = status("VmRSS")
-torch.manual_seed(0)
-model = new_model(config, args)
+model = build_model(model_args, training_args, tokenizer)
+trainer = MoaiTrainer(model=model, args=training_args, processing_class=tokenizer)
+model = trainer.accelerator.prepare(trainer.model)  # what train() does first (before: rank 0's weights broadcast)
 grown = status("VmHWM") - before
 full = 4 * sum(p.numel() for p in model.parameters())
-devices = sorted({p.device.type for p in model.parameters()})
-print(json.dumps({"grown": grown, "full": full, "devices": devices,
-                  "inv_freq": model.model.rotary_emb.inv_freq.tolist()}))
+whole = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+with open(f"{out}/build-{rank}.json", "w") as handle:
+    json.dump({"grown": grown, "full": full}, handle)
+if rank == 0:
+    save_file({name: tensor.contiguous() for name, tensor in whole.items()}, f"{out}/sharded.safetensors")
 """
 
 
-@pytest.mark.integration  # two fresh interpreters, so that each one's peak RSS is the build's
-def test_fsdp_ranks_other_than_zero_build_the_model_on_the_meta_device(tmp_path):
-    """From scratch under FSDP (cpu_ram_efficient_loading), rank 0 builds the weights (the same as one process:
-    `test_two_sharded_cpu_ranks_match_one_process_and_save_the_whole_model`), every other rank builds on the meta
-    device: its host memory grows by well under a full copy; RoPE's non-persistent buffers are real."""
-    import subprocess
-    import sys
+@pytest.mark.integration  # two ranks in fresh interpreters, so that each one's peak RSS is the build's
+def test_fsdp_ranks_create_only_their_shards_of_the_one_process_weights(tmp_path):
+    """From scratch under FSDP2, every rank builds on the meta device and creates only its own shards: no rank's host
+    memory grows by 0.6x of a whole copy during the build (rank 0 used to hold the whole model, then broadcast it),
+    and the gathered weights are exactly those of a one-process build with the same seed (tied embedding tied)."""
+    from moai_llm import MoaiConfig
+    from moai_llm.training.run import new_model
 
-    results = []
+    # Deep enough that one whole parameter (the 8192 x 512 embedding, created in turn) is small next to a shard; an
+    # odd MLP width, so that the two ranks' shards of gate_proj and up_proj differ in size (769 and 768 rows).
+    model_config = write_tiny_config(
+        tmp_path,
+        hidden_size=512,
+        intermediate_size=1537,
+        num_hidden_layers=24,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        tie_word_embeddings=True,
+    )
+    flags = ["--model_config", model_config, "--output_dir", str(tmp_path / "run"), "--seed", "7", "--use_cpu", "true"]
+    flags += ["--eval_strategy", "no", "--ddp_backend", "gloo", *ENGINES["fsdp"]]
+    result = torchrun(BUILD_PROBE, [tmp_path, *flags], tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
     for rank in (0, 1):
-        done = subprocess.run(
-            [sys.executable, "-c", BUILD_PROBE, str(rank)], cwd=REPO, capture_output=True, text=True, timeout=120
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    zero, other = results
-    assert zero["devices"] == ["cpu"] and other["devices"] == ["meta"]
-    assert zero["grown"] >= 0.9 * zero["full"]  # the probe measures: rank 0 holds one full fp32 copy
-    assert other["grown"] <= 0.6 * other["full"]
-    assert other["inv_freq"] == zero["inv_freq"]
+        build = json.loads((tmp_path / f"build-{rank}.json").read_text())
+        assert build["grown"] <= 0.6 * build["full"], (rank, build)
+
+    one_process = new_model(MoaiConfig.from_json_file(model_config), types.SimpleNamespace(fsdp=[], seed=7))
+    assert one_process.lm_head.weight is one_process.model.embed_tokens.weight
+    expected = one_process.state_dict()
+    sharded = load_file(str(tmp_path / "sharded.safetensors"))
+    assert sharded.keys() == expected.keys()
+    assert all(torch.equal(sharded[name], expected[name]) for name in expected)
 
 
 TRAIN = """

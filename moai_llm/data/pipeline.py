@@ -9,6 +9,7 @@ Streaming data: each rank reads, tokenizes and packs its own shard on the fly (`
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import datasets
 import numpy as np
@@ -35,23 +36,47 @@ def default_cache_dir() -> Path:
 
 
 @dataclass
-class DataSpec:
-    """What to read and how to cut it (the data part of train.py's arguments)."""
+class DataOptions:
+    """How to read and cut the data, one declaration for both sides: train.py's data flags of these names are these
+    fields (`DataArguments` inherits them, defaults and help included), and a `DataSpec` carries them to the readers."""
+
+    text_column: str = field(default="text", metadata={"help": "Text column for pretraining data."})
+    sample_by: Literal["document", "paragraph", "line"] = field(
+        default="document",
+        metadata={"help": "A .txt file is one document, or one per paragraph (blank-line separated) or per line."},
+    )
+    sft_format: str | None = field(
+        default=None, metadata={"help": "alpaca | sharegpt | messages | prompt_completion | qa (default: detected)."}
+    )
+    packing: bool = field(default=True, metadata={"help": "Pack documents into full rows (false: pad to longest)."})
+    eval_fraction: float = field(
+        default=0.05, metadata={"help": "Documents held out for evaluation: a fraction (< 1) or a count (0 = none)."}
+    )
+    eval_max_tokens: int = field(
+        default=EVAL_MAX_TOKENS,
+        metadata={
+            "help": "A fractional --eval_fraction holds out at most this many tokens (0: no cap); the rest trains."
+        },
+    )
+    packing_bins: int = field(default=8, metadata={"help": "Length groups of the hierarchical balance packer."})
+    streaming: bool = field(
+        default=False, metadata={"help": "Stream sources instead of downloading (needs max_steps)."}
+    )
+    skip_bad_records: bool = field(default=False, metadata={"help": "Skip (and count) malformed records."})
+    stopping_strategy: Literal["all_exhausted", "first_exhausted"] = field(
+        default="all_exhausted", metadata={"help": "When a streamed mixture with ratios ends."}
+    )
+
+
+@dataclass
+class DataSpec(DataOptions):
+    """What to read and how to cut it: the options, the sources, and where prepared data goes (train.py builds it
+    from its arguments in one place, `training.data_setup.data_spec`)."""
 
     datasets: list[str] = field(default_factory=list)  # hub ids or local paths, "name:config" allowed
     train_files: list[str] = field(default_factory=list)
     mixture: list[dict] = field(default_factory=list)
-    text_column: str = "text"
-    sample_by: str = "document"  # a .txt file is one document, or one per paragraph or line
     split: str = "train"
-    streaming: bool = False
-    stopping_strategy: str = "all_exhausted"
-    eval_fraction: float = 0.05
-    eval_max_tokens: int = EVAL_MAX_TOKENS  # a fractional holdout is cut to this many tokens (0: no cap)
-    packing: bool = True
-    packing_bins: int = 8
-    sft_format: str | None = None
-    skip_bad_records: bool = False
     cache_dir: str | None = None  # stores and plans (default: <HF_DATASETS_CACHE>/moai_llm)
     shared_cache: bool = False  # cache_dir is seen by every node: the global main process prepares, once
     wait_seconds: float = WAIT_SECONDS  # a waiting process stops when nothing changed at a store for this long

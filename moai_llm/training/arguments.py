@@ -5,6 +5,7 @@ aliases of the Trainer's own fields, so YAML and CLI may use either name.
 """
 
 import argparse
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Literal
@@ -12,6 +13,7 @@ from typing import Literal
 from transformers import TrainingArguments
 
 from ..data.mixing import MixtureSource
+from ..data.pipeline import DataOptions
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # configs/ is installed as the package moai_llm.configs (setup.py package_dir); a source checkout reads it in place.
@@ -23,6 +25,7 @@ TINY_MODEL_CONFIG = os.path.join(CONFIGS_DIR, "model_config_tiny.json")
 LORA_TARGET_MODULES = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 # Learning rates used when --learning_rate is not given: a tiny model from scratch, full SFT, adapters.
 DEFAULT_LEARNING_RATES = {"pretrain": 1e-3, "sft": 2e-5, "lora": 2e-4}
+TRANSFORMERS_LEARNING_RATE = next(f.default for f in dataclasses.fields(TrainingArguments) if f.name == "learning_rate")
 # Schedule names transformers' SchedulerType does not know, mapped to the one it does.
 SCHEDULER_ALIASES = {"wsd": "warmup_stable_decay"}
 
@@ -85,7 +88,10 @@ class AddSources(argparse.Action):
 
 
 @dataclass
-class DataArguments:
+class DataArguments(DataOptions):
+    """The data flags: the options how to read and cut (`DataOptions`, declared once with `DataSpec`) and the sources
+    as the command line names them; `data_setup.data_spec` turns them into the `DataSpec` the readers take."""
+
     dataset: list[str] | None = field(
         default=None,
         metadata={
@@ -101,36 +107,10 @@ class DataArguments:
             "help": "Local files, folders or globs (.txt .jsonl .json .parquet .csv); repeatable, each use adds.",
         },
     )
-    text_column: str = field(default="text", metadata={"help": "Text column for pretraining data."})
-    sample_by: Literal["document", "paragraph", "line"] = field(
-        default="document",
-        metadata={"help": "A .txt file is one document, or one per paragraph (blank-line separated) or per line."},
-    )
-    sft_format: str | None = field(
-        default=None, metadata={"help": "alpaca | sharegpt | messages | prompt_completion | qa (default: detected)."}
-    )
-    max_seq_length: int = field(default=256, metadata={"help": "Tokens per packed row / truncation length."})
-    packing: bool = field(default=True, metadata={"help": "Pack documents into full rows (false: pad to longest)."})
-    eval_fraction: float = field(
-        default=0.05, metadata={"help": "Documents held out for evaluation: a fraction (< 1) or a count (0 = none)."}
-    )
-    eval_max_tokens: int = field(
-        default=1_000_000,
-        metadata={
-            "help": "A fractional --eval_fraction holds out at most this many tokens (0: no cap); the rest trains."
-        },
-    )
-    packing_bins: int = field(default=8, metadata={"help": "Length groups of the hierarchical balance packer."})
-    streaming: bool = field(
-        default=False, metadata={"help": "Stream sources instead of downloading (needs max_steps)."}
-    )
-    skip_bad_records: bool = field(default=False, metadata={"help": "Skip (and count) malformed records."})
     mixture: list[MixtureSource] | None = field(
         default=None, metadata={"help": "Data mixture (YAML only, see training_config.yaml)."}
     )
-    stopping_strategy: Literal["all_exhausted", "first_exhausted"] = field(
-        default="all_exhausted", metadata={"help": "When a streamed mixture with ratios ends."}
-    )
+    max_seq_length: int = field(default=256, metadata={"help": "Tokens per packed row / truncation length."})
     data_cache_dir: str | None = field(
         default=None,
         metadata={
@@ -212,12 +192,12 @@ class MoaiTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        """Validation only. train.py fills the defaults that depend on other arguments or on the machine before
-        constructing this (`resolve.resolve_training_values`: `outputs/<mode>-<model>`, the learning rate, the
-        precision); constructed directly, an unset output_dir is transformers' own default and the learning rate
-        the mode's."""
+        """Validation only. MOAI's defaults that depend on other arguments or on the machine live in one place,
+        `resolve.resolve_training_values` (`outputs/<mode>-<model>`, the learning rate by mode and LoRA, the
+        precision), which train.py runs before constructing this; constructed directly, a field left unset takes
+        transformers' own default."""
         if self.learning_rate is None:
-            self.learning_rate = DEFAULT_LEARNING_RATES[self.mode]
+            self.learning_rate = TRANSFORMERS_LEARNING_RATE
         self.bf16 = bool(self.bf16)
         for name in ("wsd_decay_ratio", "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:

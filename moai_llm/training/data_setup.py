@@ -1,5 +1,6 @@
 """Datasets and collator for a run: the data arguments mapped onto moai_llm.data; `--prepare_only`."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data import DataSpec, DataStats, PackedCollator, PaddingCollator, prepare, pretraining_datasets, sft_datasets
 from ..data.mixing import parse_mixture
-from ..data.pipeline import reading_plan
+from ..data.pipeline import DataOptions, reading_plan
 from ..data.store import WAIT_SECONDS, directory_size
 from ..errors import UsageError
 
@@ -127,24 +128,16 @@ def check_data_position(checkpoint: str | None, training_args, streaming: bool) 
 
 
 def data_spec(data_args, training_args=None) -> DataSpec:
-    """The data flags as a DataSpec; with `training_args`, the cache defaults to <output_dir>/data_cache."""
+    """The one place a run's DataSpec is built: the data options as given (`DataOptions`, shared by both), the
+    sources as the readers name them; with `training_args`, the cache defaults to <output_dir>/data_cache."""
     datasets = _names(data_args.dataset)
     if data_args.dataset_config:
         datasets = [_with_config(entry, data_args.dataset_config) for entry in datasets]
     return DataSpec(
+        **{option.name: getattr(data_args, option.name) for option in dataclasses.fields(DataOptions)},
         datasets=datasets,
         train_files=_names(data_args.train_file),
         mixture=list(data_args.mixture or []),
-        text_column=data_args.text_column,
-        sample_by=data_args.sample_by,
-        streaming=data_args.streaming,
-        stopping_strategy=data_args.stopping_strategy,
-        eval_fraction=data_args.eval_fraction,
-        eval_max_tokens=data_args.eval_max_tokens,
-        packing=data_args.packing,
-        packing_bins=data_args.packing_bins,
-        sft_format=data_args.sft_format,
-        skip_bad_records=data_args.skip_bad_records,
         cache_dir=data_args.data_cache_dir
         or (os.path.join(training_args.output_dir, "data_cache") if training_args is not None else None),
         shared_cache=data_args.data_cache_dir is not None,

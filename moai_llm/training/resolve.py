@@ -24,6 +24,13 @@ def default_run_name(model_args, mode: str) -> str:
     return f"{mode}-{base}"
 
 
+def default_output_dir(model_args, values: dict) -> str:
+    """outputs/stages for a staged run (each stage in a folder of its own), else outputs/<mode>-<model>."""
+    if values.get("stages"):
+        return os.path.join("outputs", "stages")
+    return os.path.join("outputs", default_run_name(model_args, values.get("mode", "pretrain")))
+
+
 def cpu_has_native_bf16() -> bool:
     """AMX or AVX512-BF16: bf16 matmuls run natively (the default train.py run trains 1.39x faster than in fp32:
     benchmarks/README.md, CPU bf16)."""
@@ -56,7 +63,7 @@ def resolve_training_values(model_args, data_args, values: dict) -> dict:
     cuda = on_cuda(values.get("use_cpu"))
     on_cpu = values.get("use_cpu") or not (cuda or torch.backends.mps.is_available())
     if values.get("output_dir") is None:
-        values["output_dir"] = os.path.join("outputs", default_run_name(model_args, mode))
+        values["output_dir"] = default_output_dir(model_args, values)
     if values.get("learning_rate") is None:
         lora = model_args.use_lora or model_args.use_qlora
         values["learning_rate"] = DEFAULT_LEARNING_RATES["lora" if lora else mode]
@@ -70,8 +77,6 @@ def resolve_training_values(model_args, data_args, values: dict) -> dict:
         values["tf32"] = True  # Ampere and newer: TF32 matmuls for whatever still runs in fp32
     if not cuda:
         values["dataloader_pin_memory"] = False
-    if data_args.eval_fraction == 0 and values.get("eval_strategy", "steps") != "no":
-        values["eval_strategy"] = "no"  # nothing is held out to evaluate
     if reads_a_stream(data_args):
         values["accelerator_config"] = streams_on_every_rank(values.get("accelerator_config"))
     return values
@@ -93,9 +98,17 @@ def streams_on_every_rank(accelerator_config) -> dict:
     return config
 
 
+def resolve_model_args(model_args, use_cpu: bool | None):
+    """The model arguments with their defaults: the tiny config for a new model, the attention backend."""
+    model_config = model_args.model_config
+    if model_config is None and not model_args.pretrained_model:
+        model_config = TINY_MODEL_CONFIG
+    attention = attention_implementation(model_args.attn_implementation, on_cuda(use_cpu))
+    return dataclasses.replace(model_args, model_config=model_config, attn_implementation=attention)
+
+
 def resolve(model_args, data_args, values: dict):
     """(model_args, data_args, MoaiTrainingArguments), all defaults resolved; the inputs are not changed."""
     training_values = resolve_training_values(model_args, data_args, values)
-    attention = attention_implementation(model_args.attn_implementation, on_cuda(training_values.get("use_cpu")))
-    model_args = dataclasses.replace(model_args, attn_implementation=attention)
+    model_args = resolve_model_args(model_args, training_values.get("use_cpu"))
     return model_args, data_args, MoaiTrainingArguments(**training_values)

@@ -14,12 +14,13 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from .. import MoaiConfig, MoaiForCausalLM
 from ..errors import UsageError
 from ..losses import objective_from_spec
-from .arguments import PACKAGE_DIR, TINY_MODEL_CONFIG
+from .arguments import PACKAGE_DIR
 from .callbacks import GracefulStopCallback, ThroughputCallback, detect_peak_tflops, flops_per_token
 from .data_setup import DataPositionCallback, build_datasets, check_data_position, reads_a_stream
 from .distributed import data_parallel_error, resolve_resume
 from .memory import log_estimate, setup_for_run
 from .resolve import on_cuda
+from .sharding import initialise, starts_sharded
 from .trainer import MoaiTrainer, writes_on_this_node
 
 logger = logging.getLogger(__name__)
@@ -91,13 +92,13 @@ def build_model(model_args, training_args, tokenizer):
             quantization_config=quantization,
         )
     else:
-        path = model_args.model_config or TINY_MODEL_CONFIG
+        path = model_args.model_config  # resolve.resolve_model_args: the tiny config when none is given
         if not os.path.isfile(path):
             raise UsageError(f"--model_config {path}: file not found")
         config = MoaiConfig.from_json_file(path)
         if model_args.attn_implementation:
             config._attn_implementation = model_args.attn_implementation
-        model = new_model(config, training_args)
+        model = new_model(config, training_args, lora=model_args.use_lora or model_args.use_qlora)
     if hasattr(model.config, "loss_config"):
         model.config.loss_config = loss_config(model_args)
         if model_args.loss_chunk_size is not None:
@@ -109,22 +110,48 @@ def build_model(model_args, training_args, tokenizer):
     return model
 
 
-def new_model(config, training_args):
-    """A model from scratch. Under FSDP with `cpu_ram_efficient_loading` only global rank 0 builds the weights;
-    the other ranks build on the meta device (no memory), and accelerate's FSDP2 preparation broadcasts rank 0's
-    weights into every rank's shards, so they start from the same weights as a one-process run. Before, every
-    rank built a full fp32 copy in host memory (16B: 64 GB per rank, 8 ranks per node)."""
-    fsdp_config = training_args.fsdp_config or {}
-    if not (training_args.fsdp and fsdp_config.get("cpu_ram_efficient_loading")) or training_args.process_index == 0:
-        return MoaiForCausalLM(config)
+def new_model(config, training_args, lora: bool = False):
+    """A model from scratch, its weights a function of `--seed` and each module's name (`sharding.initialise`), so
+    that a sharded start creates exactly the weights of a one-process build.
+
+    - FSDP2 (`sharding.starts_sharded`): every rank builds on the meta device (no memory); `start_sharded` creates
+      each rank's shards once the Trainer's accelerator exists. Before, every rank (then rank 0 alone) built a whole
+      fp32 copy in host memory (16B: 64 GB per rank, 8 ranks per node).
+    - FSDP1 or LoRA under FSDP with `cpu_ram_efficient_loading`: rank 0 builds the weights, the other ranks build on
+      the meta device, and accelerate broadcasts rank 0's weights into every rank's shards.
+    - Otherwise every process builds the whole model.
+    """
     with torch.device("meta"):
         model = MoaiForCausalLM(config)
-    # RoPE's inverse frequencies are non-persistent buffers: not in the state dict rank 0 sends, so built for real.
-    model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
-    logger.info(
-        "rank %d: model built on the meta device; FSDP fills its shards from rank 0", training_args.process_index
-    )
+    if starts_sharded(training_args, lora):
+        logger.info(
+            "rank %d: model built on the meta device; its shards are created once sharded", training_args.process_index
+        )
+        return model
+    broadcast = training_args.fsdp and (training_args.fsdp_config or {}).get("cpu_ram_efficient_loading")
+    if broadcast and training_args.process_index != 0:
+        # RoPE's inverse frequencies are non-persistent buffers: not in the state dict rank 0 sends, so built for real.
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+        logger.info(
+            "rank %d: model built on the meta device; FSDP fills its shards from rank 0", training_args.process_index
+        )
+        return model
+    model.to_empty(device="cpu")
+    model.tie_weights()
+    initialise(model, training_args.seed)
     return model
+
+
+def evaluation_switched(training_args, data_args, eval_dataset):
+    """The one place evaluation is switched off: with nothing held out (`--eval_fraction 0`, or a holdout that came
+    out empty) the run's arguments get `eval_strategy` "no" (a new, validated object); else they are unchanged."""
+    if eval_dataset is not None or training_args.eval_strategy == "no":
+        return training_args
+    if data_args.eval_fraction:
+        logger.warning("no documents were held out for evaluation: evaluation is off for this run")
+    else:
+        logger.info("--eval_fraction 0: nothing is held out, evaluation is off for this run")
+    return dataclasses.replace(training_args, eval_strategy="no")
 
 
 def loss_config(model_args) -> dict:
@@ -220,9 +247,7 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
     flash = model.config._attn_implementation == "flash_attention_2"
     check_data_position(resume, training_args, reads_a_stream(data_args))
     train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, training_args, flash=flash)
-    if eval_dataset is None and training_args.eval_strategy != "no":
-        logger.warning("no documents were held out for evaluation: evaluation is off for this run")
-        training_args = dataclasses.replace(training_args, eval_strategy="no")  # a new, validated object
+    training_args = evaluation_switched(training_args, data_args, eval_dataset)
     config = model.config
     cuda = on_cuda(training_args.use_cpu)
     memory = log_estimate(config.to_dict(), setup_for_run(config, model_args, data_args, training_args, cuda))

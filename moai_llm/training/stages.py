@@ -16,7 +16,7 @@ from ..errors import UsageError
 from .arguments import Stage
 from .data_setup import stage_sources
 from .distributed import from_rank_zero, require_on_every_rank
-from .resolve import resolve
+from .resolve import default_output_dir, resolve
 from .run import FINAL_MARKER, RunResult, run_training
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def resolve_stages(model_args, data_args, values: dict):
     """(model_args, data_args, training_args) of the whole run, with `training_args.stages` as resolved Stages:
     each stage's flags on top of the run's, output in <output_dir>/<name>, starting from the previous stage's
     final_model, every default resolved for that stage (its mode's learning rate, say)."""
-    values = {**values, "output_dir": values.get("output_dir") or os.path.join("outputs", "stages")}
+    values = {**values, "output_dir": values.get("output_dir") or default_output_dir(model_args, values)}
     resolved, previous = [], model_args.pretrained_model
     for stage in values["stages"]:
         stage_model = dataclasses.replace(model_args, **stage.model)

@@ -16,7 +16,7 @@ from .arguments import MUON
 from .callbacks import ThroughputCallback
 from .data_setup import global_batch
 from .schedule import WSD_NAMES, create_wsd_schedule
-from .sharding import enable_fsdp_on_cpu, may_leave_parameters_unused
+from .sharding import enable_fsdp_on_cpu, may_leave_parameters_unused, start_sharded, starts_sharded
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ class MoaiTrainer(Trainer):
     - `create_accelerator_and_postprocess`: `--fsdp` shards on CPU processes too (FSDP2 over gloo), and DDP skips
       the unused-parameter search (an extra autograd traversal per step) for models that use every parameter and
       keeps gradients as views of its buckets (no second gradient-sized copy).
+    - `__init__`: a new model built on the meta device on every rank (FSDP2, `run.new_model`) is sharded and each
+      rank creates its own shards (`sharding.start_sharded`), before anything reads its weights.
     - `create_optimizer`: Muon + AdamW in one optimizer for `--optim muon` (muon.py).
     - `create_scheduler`: Warmup-Stable-Decay from `args.wsd_*` when `lr_scheduler_type` is WSD.
     - `compute_loss`: the stock path scales the language-model loss alone (normalised by `num_items_in_batch`);
@@ -120,6 +122,9 @@ class MoaiTrainer(Trainer):
         self._component_micro_batches = 0
         self._expert_load: torch.Tensor | None = None  # [moe_layers, experts], summed over micro-batches
         self._eval_sums: torch.Tensor | None = None  # [loss x tokens, tokens] of this rank's eval batches
+        on_meta = any(p.device.type == "meta" for p in self.model.parameters())
+        if on_meta and self.is_fsdp_enabled and starts_sharded(self.args, hasattr(self.model, "peft_config")):
+            start_sharded(self.accelerator, self.model, self.args.seed)
 
     # ---- parallelism --------------------------------------------------------------------------------------
     def create_accelerator_and_postprocess(self):
