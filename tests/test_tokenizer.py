@@ -205,7 +205,7 @@ def test_cli_multilingual_local_files_and_evaluate(tmp_path, capsys):
             lambda p: ["--base_tokenizer", str(p / "unigram"), "--input_files", str(p / "ok.txt")],
             "not a byte-level BPE",
         ),
-        (lambda p: ["--input_files", str(p / "bad.jsonl")], "bad.jsonl:1: no field 'text'"),
+        (lambda p: ["--input_files", str(p / "bad.jsonl")], "bad.jsonl:1: no column 'text'"),
         (lambda p: ["--lang_files", "ko"], "expected LANG=PATH"),
     ],
 )
