@@ -60,6 +60,9 @@ def _add(stats: DataStats | None, counts: DataStats) -> None:
 
 
 class HierarchicalBalancePacker:
+    """Best-fit decreasing over length classes. Deterministic: `num_bins` and `seed` are kept for the old call
+    (docs/migrating.md); the step order they once set is `StepSampler`'s."""
+
     def __init__(self, max_seq_length: int, num_bins: int = 8, seed: int = 0):
         if max_seq_length <= 0 or num_bins <= 0:
             raise ValueError(f"max_seq_length={max_seq_length} and num_bins={num_bins} must be positive")
