@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from moai_llm.data.sources import SAMPLE_BY
+from moai_llm.errors import UsageError
 from moai_llm.flags import Parser
 from moai_llm.tokenizer import load_tokenizer
 from moai_llm.tokenizer.evaluate import score, table
@@ -21,11 +23,9 @@ from moai_llm.tokenizer.extend import extend_tokenizer
 from moai_llm.tokenizer.inputs import (
     InputError,
     balanced,
-    expand_paths,
     file_texts,
     hub_texts,
     language_streams,
-    read_texts,
     sample,
 )
 from moai_llm.tokenizer.specials import wrap
@@ -38,9 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = Parser("train_tokenizer.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("inputs")
     src.add_argument(
-        "--input_files", nargs="+", default=[], help="files, folders or globs (.txt .jsonl .json .parquet)"
+        "--input_files", nargs="+", default=[], help="files, folders or globs (.txt .jsonl .json .parquet .csv)"
     )
-    src.add_argument("--text_column", default="text", help="text field of .jsonl/.json/.parquet rows")
+    src.add_argument("--text_column", default="text", help="text field of .jsonl/.json/.parquet/.csv rows")
+    src.add_argument(
+        "--sample_by", default="line", choices=SAMPLE_BY, help="a .txt document: one line, paragraph or the whole file"
+    )
     src.add_argument("--dataset", help="HuggingFace Hub dataset id (streamed; needs network)")
     src.add_argument("--dataset_config", help="config name of --dataset")
     src.add_argument(
@@ -97,7 +100,7 @@ def training_texts(args, mode: str):
         )
     if args.multilingual or args.lang_files:
         per_lang = lang_files(args.lang_files)
-        streams = language_streams(args.multilingual or list(per_lang), per_lang, args.text_column)
+        streams = language_streams(args.multilingual or list(per_lang), per_lang, args.text_column, args.sample_by)
         texts = balanced(streams, args.max_samples_per_lang, fraction, args.seed)
         return sample(texts, 1.0, args.max_samples, args.seed)
     if args.dataset:
@@ -106,17 +109,15 @@ def training_texts(args, mode: str):
         )
     if not args.input_files:
         raise InputError("no input: give --input_files, --dataset, or --multilingual/--lang_files")
-    return sample(file_texts(args.input_files, args.text_column), fraction, args.max_samples, args.seed)
+    texts = file_texts(args.input_files, args.text_column, args.sample_by)
+    return sample(texts, fraction, args.max_samples, args.seed)
 
 
 def evaluate(args) -> None:
     per_lang = lang_files(args.lang_files)
     if not per_lang:
         raise InputError("--evaluate needs --lang_files LANG=PATH ... to evaluate on")
-    texts = {
-        lang: [t for path in expand_paths(paths) for t in read_texts(path, args.text_column)]
-        for lang, paths in per_lang.items()
-    }
+    texts = {lang: list(file_texts(paths, args.text_column, args.sample_by)) for lang, paths in per_lang.items()}
     texts = {
         lang: docs[: args.max_samples_per_lang] if args.max_samples_per_lang else docs for lang, docs in texts.items()
     }
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         evaluate(args) if args.evaluate else train(args)
-    except (InputError, FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UsageError, FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError) as err:
         print(f"train_tokenizer.py: error: {err}".splitlines()[0], file=sys.stderr)
         return 2
     return 0

@@ -12,7 +12,24 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from moai_llm.data.packing import HierarchicalBalancePacker, attention_balance_ratio, packing_efficiency  # noqa: E402
+from moai_llm.data.packing import pack  # noqa: E402
+from moai_llm.data.rows import balance  # noqa: E402
+
+
+def packing_efficiency(packs: list[list[int]], lengths, max_seq_length: int) -> float:
+    lengths = np.asarray(lengths)
+    return float(sum(int(lengths[p].sum()) for p in packs) / (len(packs) * max_seq_length)) if packs else 0.0
+
+
+def attention_balance_ratio(packs: list[list[int]], lengths, rows_per_step: int) -> float:
+    """Mean over steps (consecutive `rows_per_step` packs) of max/min attention cost; 1.0 is perfect balance."""
+    lengths = np.asarray(lengths)
+    cost = [int((lengths[p] ** 2).sum()) for p in packs]
+    ratios = [
+        max(cost[i : i + rows_per_step]) / max(min(cost[i : i + rows_per_step]), 1)
+        for i in range(0, len(cost) - rows_per_step + 1, rows_per_step)
+    ]
+    return float(np.mean(ratios)) if ratios else 1.0
 
 
 def first_fit(lengths: np.ndarray, cap: int) -> list[list[int]]:
@@ -56,14 +73,13 @@ def main() -> None:
     step = args.rows_per_step
     print(f"| method | seconds | rows | efficiency | documents cut | attention balance ({step} rows a step) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    packer = HierarchicalBalancePacker(cap)
     start = time.perf_counter()
-    packs = packer.pack(lengths)
+    rows, order = pack(lengths, cap, packing=True)  # the training packer: rows by cost, steps of consecutive rows
     seconds = time.perf_counter() - start
-    ordered = packer.order_in_steps(packs, lengths, step)
+    packs = [order[a:b] for a, b in zip(rows[:-1].tolist(), rows[1:].tolist())]
     print(
-        f"| HierarchicalBalancePacker | {seconds:.2f} | {len(packs):,} | "
-        f"{packing_efficiency(packs, lengths, cap):.2%} | 0 | {attention_balance_ratio(ordered, lengths, step):.3f} |"
+        f"| HierarchicalBalancePacker (packing.pack) | {seconds:.2f} | {len(packs):,} | "
+        f"{packing_efficiency(packs, lengths, cap):.2%} | 0 | {balance(lengths[order], rows, step):.3f} |"
     )
     start = time.perf_counter()
     ff = first_fit(lengths, cap)

@@ -60,6 +60,7 @@ def counting(trainer_class):
 
 def run_variant(variant: str, args) -> dict:
     import datasets
+    import numpy as np
     import torch
     from transformers import (
         AutoTokenizer,
@@ -70,9 +71,7 @@ def run_variant(variant: str, args) -> dict:
     )
 
     from moai_llm import MoaiConfig, MoaiForCausalLM
-    from moai_llm.data import PackedCollator, split_long_documents
-    from moai_llm.data.errors import DataStats
-    from moai_llm.data.pipeline import rows_from_documents
+    from moai_llm.data import PackedCollator, cut, pack
     from moai_llm.export import qwen3_config_from
     from moai_llm.training.arguments import MoaiTrainingArguments
     from moai_llm.training.run import DEFAULT_TOKENIZER
@@ -83,7 +82,9 @@ def run_variant(variant: str, args) -> dict:
     ids = [
         d + [tokenizer.eos_token_id] for d in tokenizer(documents(args.chars), add_special_tokens=False)["input_ids"]
     ]
-    pieces = split_long_documents(ids, args.max_seq_length)
+    flat, lengths = [t for d in ids for t in d], np.array([len(d) for d in ids])
+    starts, sizes = cut(np.cumsum(lengths) - lengths, lengths, args.max_seq_length)  # the training cutter
+    pieces = [flat[a : a + n] for a, n in zip(starts.tolist(), sizes.tolist())]
     config = MoaiConfig.from_json_file(str(REPO / "configs" / "model_config_tiny.json"))
     torch.manual_seed(0)
     common = dict(
@@ -104,8 +105,13 @@ def run_variant(variant: str, args) -> dict:
         dataloader_pin_memory=False,
     )
     if variant == "moai":
-        train = rows_from_documents(
-            pieces, max_seq_length=args.max_seq_length, packing=True, rows_per_step=1, seed=0, stats=DataStats()
+        rows, order = pack(sizes, args.max_seq_length, packing=True)  # the training packer
+        packs = [order[a:b].tolist() for a, b in zip(rows[:-1].tolist(), rows[1:].tolist())]
+        train = datasets.Dataset.from_dict(
+            {
+                "input_ids": [[t for i in p for t in pieces[i]] for p in packs],
+                "seq_lengths": [[int(sizes[i]) for i in p] for p in packs],
+            }
         )
         collator = PackedCollator(tokenizer.pad_token_id)
         trainer = counting(MoaiTrainer)(

@@ -14,3 +14,24 @@ def first_pass(train, tokenizer) -> tuple[list[dict], list[str]]:
         rows.append(row)
         docs += texts
     raise AssertionError("the stream ended")
+
+
+def rows_from_documents(docs, *, max_seq_length, packing, rows_per_step, seed, stats, num_bins=8, labels=None):
+    """Rows built in memory from token lists, the reference the stored plan is checked against: pretraining
+    documents cut into max_seq_length pieces by list slicing (SFT ones are already truncated), packed by
+    `HierarchicalBalancePacker`, gathered with Python lists. `rows_per_step`, `seed`, `num_bins`: the order only."""
+    from moai_llm.data import HierarchicalBalancePacker
+
+    if labels is None:
+        docs = [doc[i : i + max_seq_length] for doc in docs for i in range(0, len(doc), max_seq_length)]
+    labels = labels if labels is not None else [None] * len(docs)
+    lengths = [len(d) for d in docs]
+    packs = HierarchicalBalancePacker(max_seq_length).pack(lengths) if packing else [[i] for i in range(len(docs))]
+    stats["packs"] += len(packs)
+    rows = []
+    for pack in packs:
+        row = {"input_ids": [t for i in pack for t in docs[i]], "seq_lengths": [lengths[i] for i in pack]}
+        if labels[0] is not None:
+            row["labels"] = [t for i in pack for t in labels[i]]
+        rows.append(row)
+    return rows

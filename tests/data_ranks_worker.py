@@ -115,6 +115,12 @@ def main(out: Path, corpus: str, stream_folder: str) -> None:
     )
     result = trainer.train()
 
+    held_flags = [*common, "--output_dir", str(out / "stream"), "--train_file", stream_folder, "--streaming", "true"]
+    held_flags[held_flags.index("--eval_fraction") + 1] = "4"
+    model_args, data_args, args = parse_args([*held_flags, "--max_steps", "2"])
+    _, held_out, _ = build_datasets(data_args, tokenizer, args)  # a store written by one rank, read by both
+    held_rows = [held_out[i]["input_ids"].tolist() for i in range(len(held_out))]
+
     (out / f"rank{rank}.json").write_text(
         json.dumps(
             {
@@ -128,6 +134,7 @@ def main(out: Path, corpus: str, stream_folder: str) -> None:
                 "dispatch_batches": args.accelerator_config.dispatch_batches,
                 "train_loss": result.training_loss,
                 "steps": result.global_step,
+                "held_out": {"type": type(held_out).__name__, "rows": held_rows},
             }
         )
     )

@@ -85,7 +85,7 @@ def _fake_hub(calls, texts):
 
 
 def test_train_dataset_and_dataset_config(monkeypatch, tmp_path):
-    from moai_llm.data import pretraining_datasets
+    from moai_llm.data import row_datasets
     from moai_llm.training.data_setup import data_spec
     from moai_llm.training.run import load_tokenizer
 
@@ -105,7 +105,7 @@ def test_train_dataset_and_dataset_config(monkeypatch, tmp_path):
     )
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", _fake_hub(calls, [f"document {i}" for i in range(5)]))
-    train, _ = pretraining_datasets(data_spec(data_args, training_args), load_tokenizer(model_args), 64)
+    train, _ = row_datasets(data_spec(data_args, training_args), load_tokenizer(model_args), 64)
     assert calls == [("wikitext", "wikitext-2-raw-v1")]
     assert sum(len(train[i]["seq_lengths"]) for i in range(len(train))) == 5
 

@@ -127,7 +127,7 @@ def test_a_hub_source_is_keyed_and_read_at_its_resolved_revision(tmp_path, monke
     import datasets
     import huggingface_hub
 
-    from moai_llm.data import pretraining_datasets
+    from moai_llm.data import row_datasets
     from moai_llm.tokenizer import load_tokenizer
     from moai_llm.training.data_setup import data_spec
 
@@ -145,8 +145,8 @@ def test_a_hub_source_is_keyed_and_read_at_its_resolved_revision(tmp_path, monke
     flags = ["--dataset", "wiki@v2", "--dataset_config", "en", "--eval_fraction", "0", "--use_cpu", "true"]
     _, data_args, args = parse_args([*flags, "--output_dir", str(tmp_path)])
     tokenizer, spec = load_tokenizer(), data_spec(data_args, args)
-    pretraining_datasets(spec, tokenizer, 64)
+    row_datasets(spec, tokenizer, 64)
     head["sha"] = "2222"  # a new commit on the Hub: a new store, not the old one
-    pretraining_datasets(spec, tokenizer, 64)
+    row_datasets(spec, tokenizer, 64)
     assert loads == [("wiki", "en", "1111"), ("wiki", "en", "2222")]
     assert len(list((tmp_path / "data_cache").glob("wiki-*"))) == 2

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from moai_llm.data import DataSpec, MixtureSource, pretraining_datasets, select_documents
+from moai_llm.data import DataSpec, MixtureSource, row_datasets, select_documents
 from moai_llm.tokenizer import load_tokenizer
 
 from .data_helpers import first_pass
@@ -37,7 +37,7 @@ def test_the_cap_holds_for_prepared_and_streamed_data(tmp_path, streaming, caplo
         train_files=[str(path)], streaming=streaming, eval_fraction=0.5, eval_max_tokens=300, cache_dir=str(tmp_path)
     )
     with caplog.at_level("INFO"):
-        train, evaluation = pretraining_datasets(spec, tokenizer, 64)
+        train, evaluation = row_datasets(spec, tokenizer, 64)
     held = sum(sum(evaluation[i]["seq_lengths"]) for i in range(len(evaluation)))
     assert 200 < held <= 300 and "eval documents capped at --eval_max_tokens 300" in caplog.text
     if streaming:

@@ -13,9 +13,8 @@ from moai_llm.data import (
     MixtureSource,
     detect_format,
     load_source,
-    pretraining_datasets,
+    row_datasets,
     select_documents,
-    sft_datasets,
     to_messages,
     tokenize_dialogue,
 )
@@ -65,7 +64,7 @@ def test_sft_datasets_and_ambiguous_or_unknown_formats(tmp_path, tokenizer):
     spec = DataSpec(
         train_files=[str(SAMPLE / "sft_sharegpt.jsonl")], eval_fraction=0, packing=False, cache_dir=str(tmp_path)
     )
-    train, _ = sft_datasets(spec, tokenizer, 256)
+    train, _ = row_datasets(spec, tokenizer, 256, sft=True)
     assert len(train) == 8 and all(-100 in r["labels"] for r in train)
     with pytest.raises(DataError, match="fit several formats"):
         detect_format(["prompt", "completion", "question", "answer"])
@@ -86,17 +85,17 @@ def test_percentage_is_a_seeded_random_sample():
 def test_domains_filter_and_empty_after_filter(tmp_path, tokenizer):
     path = _write_jsonl(tmp_path / "d.jsonl", [{"text": "x", "domain": "law"}, {"text": "y", "domain": "news"}])
     spec = DataSpec(mixture=[{"name": str(path), "domains": ["law"]}], eval_fraction=0, cache_dir=str(tmp_path))
-    train, _ = pretraining_datasets(spec, tokenizer, 64)
+    train, _ = row_datasets(spec, tokenizer, 64)
     assert len(train) == 1 and tokenizer.decode(train[0]["input_ids"][:-1]) == "x"
     spec.mixture = [{"name": str(path), "domains": ["finance"]}]
     with pytest.raises(DataError, match="no documents left after the domain filter"):
-        pretraining_datasets(spec, tokenizer, 64)
+        row_datasets(spec, tokenizer, 64)
 
 
 def test_streaming_reads_every_document_in_shuffled_packs(tmp_path, tokenizer):
     path = _write_jsonl(tmp_path / "s.jsonl", [{"text": f"doc {i} " + "word " * (i % 13)} for i in range(300)])
     spec = DataSpec(train_files=[str(path)], streaming=True, eval_fraction=0)
-    train, _ = pretraining_datasets(spec, tokenizer, 64)
+    train, _ = row_datasets(spec, tokenizer, 64)
     rows, docs = first_pass(train, tokenizer)  # the stream then starts again, without end
     assert sorted(docs) == sorted(f"doc {i} " + "word " * (i % 13) for i in range(300))
     widths = [len(r["input_ids"]) for r in rows]
@@ -105,13 +104,13 @@ def test_streaming_reads_every_document_in_shuffled_packs(tmp_path, tokenizer):
     assert again == [r["input_ids"] for r in rows]  # seeded: the same order again
 
     spec.eval_fraction = 0.1  # a seeded tenth of the first documents, at most 1,000, never in the train stream
-    train, evaluation = pretraining_datasets(spec, tokenizer, 64)
+    train, evaluation = row_datasets(spec, tokenizer, 64)
     held = {tokenizer.decode(r["input_ids"][:-1]) for r in evaluation if len(r["seq_lengths"]) == 1}
     streamed = first_pass(train, tokenizer)[1]
     assert 10 <= sum(len(r["seq_lengths"]) for r in evaluation) <= 60 and not held & set(streamed)
     spec.eval_fraction = 400
     with pytest.raises(DataError, match="fewer than the 400 held out for eval"):
-        pretraining_datasets(spec, tokenizer, 64)
+        row_datasets(spec, tokenizer, 64)
 
 
 def test_malformed_json_line_names_file_and_line(tmp_path):

@@ -96,3 +96,7 @@ def test_two_ranks_prepare_once_step_in_balanced_blocks_and_stream_disjoint_shar
         assert r["dispatch_batches"] is False and r["max_length_types"] == ["int"]
         assert len(set(r["widths"])) > 1  # batches of different widths
         assert r["steps"] == 2 and np.isfinite(r["train_loss"])
+    # the stream's held-out documents: one small store (written by the local main process), the same rows on both
+    assert ranks[0]["held_out"] == ranks[1]["held_out"] and ranks[0]["held_out"]["type"] == "PackedRows"
+    assert len(ranks[0]["held_out"]["rows"]) >= 1
+    assert len(list((out / "stream" / "data_cache").glob("stream-eval-*"))) == 2  # the store and its plan

@@ -6,7 +6,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from moai_llm.data import DataError, DataSpec, pretraining_datasets
+from moai_llm.data import DataError, DataSpec, row_datasets
 from moai_llm.data.packing import interleaved_order
 from moai_llm.data.rows import StepSampler
 from moai_llm.tokenizer import load_tokenizer
@@ -42,7 +42,7 @@ def test_the_sampler_computes_its_order_a_chunk_at_a_time():
 
 @pytest.fixture(scope="module")
 def sample_rows(tmp_path_factory):
-    train, _ = pretraining_datasets(
+    train, _ = row_datasets(
         DataSpec(cache_dir=str(tmp_path_factory.mktemp("cache")), eval_fraction=0), load_tokenizer(), 64
     )
     return train

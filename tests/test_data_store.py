@@ -7,12 +7,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from moai_llm.data import DataError, DataSpec, DataStats, TextEncoder, pretraining_datasets, sft_datasets
-from moai_llm.data.pipeline import prepare, rows_from_documents
+from moai_llm.data import DataError, DataSpec, DataStats, TextEncoder, row_datasets
+from moai_llm.data.pipeline import prepare
 from moai_llm.data.sft import to_messages, tokenize_dialogue
 from moai_llm.tokenizer import load_tokenizer
 
-from .data_helpers import first_pass
+from .data_helpers import first_pass, rows_from_documents
 
 WORDS = "the quick brown fox jumps over a lazy dog while rain falls on quiet hills and rivers".split()
 
@@ -57,7 +57,7 @@ def test_without_ratios_every_document_once_whatever_the_spelling(tmp_path, toke
         "mixture": dict(mixture=[{"name": str(folder / "a.jsonl")}, {"name": str(folder / "b.jsonl")}]),
     }
     for name, kwargs in spellings.items():
-        train, evaluation = pretraining_datasets(spec(tmp_path, **kwargs), tokenizer, 256)
+        train, evaluation = row_datasets(spec(tmp_path, **kwargs), tokenizer, 256)
         assert evaluation is None
         assert Counter(texts_of(train, tokenizer)) == Counter(expected), name  # each document exactly once
 
@@ -68,7 +68,7 @@ def test_ratios_sample_to_shares_and_log_each_source_repetition(tmp_path, tokeni
     write_docs(large, "l", 400, seed=1)
     mixture = [{"name": str(small), "ratio": 1}, {"name": str(large), "ratio": 3}]
     with caplog.at_level(logging.INFO):
-        train, _ = pretraining_datasets(spec(tmp_path, mixture=mixture), tokenizer, 256)
+        train, _ = row_datasets(spec(tmp_path, mixture=mixture), tokenizer, 256)
     lengths = np.concatenate([train[i]["seq_lengths"] for i in range(len(train))])
     texts = texts_of(train, tokenizer)
     small_tokens = sum(n for n, t in zip(lengths, texts) if t.startswith("s"))
@@ -85,7 +85,7 @@ def test_eval_held_out_per_source_before_repetition(tmp_path, tokenizer):
     write_docs(small, "s", 20)
     write_docs(large, "l", 400, seed=1)
     mixture = [{"name": str(small), "ratio": 1}, {"name": str(large), "ratio": 1}]
-    train, evaluation = pretraining_datasets(spec(tmp_path, mixture=mixture, eval_fraction=0.1), tokenizer, 256)
+    train, evaluation = row_datasets(spec(tmp_path, mixture=mixture, eval_fraction=0.1), tokenizer, 256)
     train_docs, eval_docs = set(texts_of(train, tokenizer)), texts_of(evaluation, tokenizer)
     assert not train_docs & set(eval_docs)
     assert Counter(t[0] for t in eval_docs) == {"s": 2, "l": 40}  # 10% of each source, never mixed first
@@ -94,7 +94,7 @@ def test_eval_held_out_per_source_before_repetition(tmp_path, tokenizer):
 def test_lazy_rows_equal_the_eager_rows(tmp_path, tokenizer):
     path = tmp_path / "docs.jsonl"
     texts = write_docs(path, "d", 120, words=60)
-    train, _ = pretraining_datasets(spec(tmp_path, train_files=[str(path)]), tokenizer, 64)
+    train, _ = row_datasets(spec(tmp_path, train_files=[str(path)]), tokenizer, 64)
     docs = [ids + [tokenizer.eos_token_id] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     eager = rows_from_documents(docs, max_seq_length=64, packing=True, rows_per_step=1, seed=0, stats=DataStats())
 
@@ -111,7 +111,7 @@ def test_lazy_rows_equal_the_eager_rows(tmp_path, tokenizer):
         {"prompt": f"question {i} " + " ".join(WORDS[: i % 9 + 1]), "completion": f"answer {i}"} for i in range(30)
     ]
     sft_file.write_text("".join(json.dumps(r) + "\n" for r in records))
-    train, _ = sft_datasets(spec(tmp_path, train_files=[str(sft_file)]), tokenizer, 96)
+    train, _ = row_datasets(spec(tmp_path, train_files=[str(sft_file)]), tokenizer, 96, sft=True)
     encoded = [tokenize_dialogue(to_messages(r, "prompt_completion"), tokenizer, 96) for r in records]
     eager = rows_from_documents(
         [e["input_ids"] for e in encoded],
@@ -140,17 +140,17 @@ def test_a_changed_tokenizer_or_source_makes_a_new_store(tmp_path, tokenizer, ca
     path = tmp_path / "docs.jsonl"
     write_docs(path, "d", 50)
     data = spec(tmp_path, train_files=[str(path)])
-    first, _ = pretraining_datasets(data, tokenizer, 128)
+    first, _ = row_datasets(data, tokenizer, 128)
     with caplog.at_level(logging.INFO, logger="moai_llm.data.encode"):
-        again, _ = pretraining_datasets(data, tokenizer, 128)
+        again, _ = row_datasets(data, tokenizer, 128)
     assert not [r for r in caplog.records if "prepared" in r.getMessage()]  # reused, not tokenized again
     assert len(_store_dirs(tmp_path)) == 1
     other = load_tokenizer()
     other.add_tokens(["brownfox"])  # one more token: a different tokenizer
-    pretraining_datasets(data, other, 128)
+    row_datasets(data, other, 128)
     assert len(_store_dirs(tmp_path)) == 2
     write_docs(path, "d", 51)  # the source changed
-    changed, _ = pretraining_datasets(data, tokenizer, 128)
+    changed, _ = row_datasets(data, tokenizer, 128)
     assert len(_store_dirs(tmp_path)) == 3 and "d50" in " ".join(texts_of(changed, tokenizer))
 
 
@@ -169,13 +169,13 @@ def test_a_half_written_store_is_ignored_and_an_unreadable_one_is_an_error(tmp_p
     (store / "tokens.bin").write_bytes(b"\x01\x00" * 7)  # what a crash mid-write would leave: no meta.json
     (tmp_path / "cache" / f".{store.name}.tmp-1-dead").mkdir()
     with caplog.at_level(logging.WARNING):
-        train, _ = pretraining_datasets(data, tokenizer, 128)
+        train, _ = row_datasets(data, tokenizer, 128)
     assert "half-written" in caplog.text and Counter(texts_of(train, tokenizer)) == Counter(texts)
 
     tokens = store / "tokens.bin"
     tokens.write_bytes(tokens.read_bytes()[:-10])  # a complete store whose data was cut short later
     with pytest.raises(DataError) as error:
-        pretraining_datasets(data, tokenizer, 128)
+        row_datasets(data, tokenizer, 128)
     message = str(error.value)
     assert "\n" not in message and str(path) in message and "tokens.bin" in message and "delete" in message
 
@@ -196,7 +196,7 @@ def test_bad_inputs_are_one_line_errors_naming_the_source(tmp_path, tokenizer):
     ]
     for kwargs, expected in cases:
         with pytest.raises(DataError) as error:
-            pretraining_datasets(spec(tmp_path, **kwargs), tokenizer, 64)
+            row_datasets(spec(tmp_path, **kwargs), tokenizer, 64)
         assert expected in str(error.value) and "\n" not in str(error.value), (kwargs, str(error.value))
 
 
@@ -215,13 +215,13 @@ def test_sft_honours_ratio_percentage_and_packing_bins(tmp_path, tokenizer):
     def user_turns(rows):
         return [t.split("user\n")[1].split(" ")[0] for t in texts_of(rows, tokenizer) for _ in [0]]
 
-    train, _ = sft_datasets(
-        spec(tmp_path, mixture=[{"name": str(a), "percentage": 25}, {"name": str(b)}]), tokenizer, 128
+    train, _ = row_datasets(
+        spec(tmp_path, mixture=[{"name": str(a), "percentage": 25}, {"name": str(b)}]), tokenizer, 128, sft=True
     )
     seen = Counter(x[0] for x in user_turns(train))
     assert seen == {"a": 10, "b": 200}  # 25% of a (a seeded sample), all of b
-    mixed, _ = sft_datasets(
-        spec(tmp_path, mixture=[{"name": str(a), "ratio": 1}, {"name": str(b), "ratio": 1}]), tokenizer, 128
+    mixed, _ = row_datasets(
+        spec(tmp_path, mixture=[{"name": str(a), "ratio": 1}, {"name": str(b), "ratio": 1}]), tokenizer, 128, sft=True
     )
     tokens = Counter()
     for i in range(len(mixed)):
@@ -232,7 +232,7 @@ def test_sft_honours_ratio_percentage_and_packing_bins(tmp_path, tokenizer):
 
     orders = {}
     for bins in (1, 4):
-        rows, _ = sft_datasets(spec(tmp_path, train_files=[str(b)], packing_bins=bins), tokenizer, 64)
+        rows, _ = row_datasets(spec(tmp_path, train_files=[str(b)], packing_bins=bins), tokenizer, 64, sft=True)
         orders[bins] = rows.train_sampler(2, seed=0).order()
         assert sorted(orders[bins]) == list(range(len(rows)))
     steps = len(orders[4]) // 2
@@ -264,8 +264,8 @@ def test_sft_streams_with_ratios_and_assistant_labels(tmp_path, tokenizer):
     _sft_file(a, "a", 40)
     _sft_file(b, "b", 40)
     mixture = [{"name": str(a), "ratio": 3, "streaming": True}, {"name": str(b), "ratio": 1, "streaming": True}]
-    train, evaluation = sft_datasets(
-        spec(tmp_path, mixture=mixture, eval_fraction=4, stopping_strategy="first_exhausted"), tokenizer, 128
+    train, evaluation = row_datasets(
+        spec(tmp_path, mixture=mixture, eval_fraction=4, stopping_strategy="first_exhausted"), tokenizer, 128, sft=True
     )
     rows = first_pass(train, tokenizer)[0]  # the stream then starts again
     labels = [t for row in rows for t in row["labels"]]
@@ -302,6 +302,6 @@ def test_dataset_flag_with_its_config_reaches_the_hub_loader(tmp_path, tokenizer
             str(tmp_path),
         ]
     )
-    train, _ = pretraining_datasets(data_spec(data_args, training_args), tokenizer, 64)
+    train, _ = row_datasets(data_spec(data_args, training_args), tokenizer, 64)
     assert calls == [("wikitext", "wikitext-2-raw-v1", "train", False)]
     assert sorted(texts_of(train, tokenizer)) == [f"hub document {i}" for i in range(5)]

@@ -1,4 +1,4 @@
-"""HierarchicalBalancePacker and the packed collator, against the real model."""
+"""The cutter, the packer (HierarchicalBalancePacker, `pack`) and the packed collator, against the real model."""
 
 import json
 
@@ -7,16 +7,9 @@ import pytest
 import torch
 
 from moai_llm import MoaiForCausalLM
-from moai_llm.data import (
-    DataError,
-    DataStats,
-    HierarchicalBalancePacker,
-    PackedCollator,
-    attention_balance_ratio,
-    packing_efficiency,
-    split_long_documents,
-)
-from moai_llm.data.packing import pack_stream
+from moai_llm.data import DataError, DataStats, HierarchicalBalancePacker, PackedCollator, cut, pack
+from moai_llm.data.rows import balance
+from moai_llm.data.streaming import packed_rows
 
 from .conftest import REPO, shared_corpora, tiny_config
 
@@ -38,6 +31,10 @@ def paragraph_lengths() -> np.ndarray:
     return lengths if corpora else np.tile(lengths, 4)
 
 
+def efficiency(packs, lengths, capacity) -> float:
+    return sum(int(lengths[p].sum()) for p in packs) / (len(packs) * capacity)
+
+
 @pytest.mark.parametrize("capacity", [512, 2048])
 def test_every_index_once_capacity_and_efficiency(capacity):
     lengths = np.minimum(paragraph_lengths(), capacity)
@@ -45,36 +42,44 @@ def test_every_index_once_capacity_and_efficiency(capacity):
     flat = sorted(i for p in packs for i in p)
     assert flat == list(range(len(lengths)))
     assert all(lengths[p].sum() <= capacity for p in packs)
-    assert packing_efficiency(packs, lengths, capacity) >= 0.98
+    assert efficiency(packs, lengths, capacity) >= 0.98
+    rows, order = pack(lengths, capacity, packing=True)  # the same packs, rows sorted by attention cost
+    assert sorted(order.tolist()) == list(range(len(lengths))) and len(rows) - 1 == len(packs)
+    cost = np.add.reduceat(lengths[order] ** 2, rows[:-1])
+    assert np.all(np.diff(cost) <= 0)
 
 
 def test_deterministic_and_balanced_for_a_seed():
     lengths = np.minimum(paragraph_lengths(), 1024)
-    a, b = HierarchicalBalancePacker(1024, seed=3), HierarchicalBalancePacker(1024, seed=3)
-    packs = a.pack(lengths)
-    assert packs == b.pack(lengths)
-    ordered = a.order_in_steps(packs, lengths, rows_per_step=4)
-    assert ordered == b.order_in_steps(packs, lengths, rows_per_step=4)
-    assert sorted(map(sorted, ordered)) == sorted(map(sorted, packs))
+    rows, order = pack(lengths, 1024, packing=True, seed=3)
+    again = pack(lengths, 1024, packing=True, seed=3)
+    assert np.array_equal(rows, again[0]) and np.array_equal(order, again[1])
+    packs = [order[a:b] for a, b in zip(rows[:-1], rows[1:])]
     shuffled = [packs[i] for i in np.random.default_rng(0).permutation(len(packs))]
-    balanced, random = attention_balance_ratio(ordered, lengths, 4), attention_balance_ratio(shuffled, lengths, 4)
+    shuffled_rows = np.concatenate([[0], np.cumsum([len(p) for p in shuffled])])
+    balanced = balance(lengths[order], rows, 4)  # steps of 4 consecutive rows, as StepSampler reads them
+    random = balance(lengths[np.concatenate(shuffled)], shuffled_rows, 4)
     assert balanced < 1.5 and random > 4 * balanced
 
 
 def test_long_documents_are_split_never_dropped():
     stats = DataStats()
-    docs = split_long_documents([list(range(10)), list(range(25))], 8, stats)
-    assert [len(d) for d in docs] == [8, 2, 8, 8, 8, 1]
+    starts, lengths = cut([0, 10], [10, 25], 8, stats=stats)
+    assert lengths.tolist() == [8, 2, 8, 8, 8, 1] and starts.tolist() == [0, 8, 10, 18, 26, 34]
     assert stats == {"documents_split": 2, "pieces_from_split_documents": 6}
+    truncated = DataStats()
+    assert cut([0, 10], [10, 5], 8, truncate=True, stats=truncated)[1].tolist() == [8, 5]
+    assert truncated == {"sft_examples_truncated": 1}
     with pytest.raises(DataError, match="max_seq_length=8"):
         HierarchicalBalancePacker(8).pack([3, 9])
 
 
 def test_streaming_packs_keep_every_document():
     rng = np.random.default_rng(1)
-    docs = [list(range(n)) for n in rng.integers(1, 100, 500)]
-    packs = list(pack_stream(iter(docs), 128, buffer_size=64))
-    assert sum(len(p) for p in packs) == 500 and all(sum(map(len, p)) <= 128 for p in packs)
+    docs = [(np.arange(n), None) for n in rng.integers(1, 100, 500)]
+    rows = list(packed_rows(iter(docs), 128, True, buffer_size=64, seed=0))
+    assert sum(len(r["seq_lengths"]) for r in rows) == 500 and all(sum(r["seq_lengths"]) <= 128 for r in rows)
+    assert sum(map(len, (r["input_ids"] for r in rows))) == sum(len(d) for d, _ in docs)
 
 
 def test_collator_restarts_positions_and_masks_document_starts():

@@ -205,7 +205,7 @@ def test_cli_multilingual_local_files_and_evaluate(tmp_path, capsys):
             lambda p: ["--base_tokenizer", str(p / "unigram"), "--input_files", str(p / "ok.txt")],
             "not a byte-level BPE",
         ),
-        (lambda p: ["--input_files", str(p / "bad.jsonl")], "bad.jsonl:1: no field 'text'"),
+        (lambda p: ["--input_files", str(p / "bad.jsonl")], "bad.jsonl:1: no column 'text'"),
         (lambda p: ["--lang_files", "ko"], "expected LANG=PATH"),
     ],
 )
@@ -226,3 +226,33 @@ def test_nfkc_only_when_asked():
     assert plain.decode(plain.encode("ﬁ").ids) == "ﬁ"
     assert nfkc.decode(nfkc.encode("ﬁ").ids) == "fi"
     assert isinstance(Tokenizer.from_str(plain.to_str()), Tokenizer)
+
+
+def test_inputs_read_every_format_training_reads_with_its_errors(tmp_path):
+    """The tokenizer's inputs go through data.sources: .csv, .json arrays, .parquet and .txt (by --sample_by), and
+    a bad file stops with training's own one line."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from moai_llm.data import DataError
+    from moai_llm.data.sources import iter_records
+    from moai_llm.tokenizer.inputs import file_texts
+
+    texts = ["first document", "second, with a comma", "third"]
+    (tmp_path / "a.csv").write_text("text,other\n" + "".join(f'"{t}",x\n' for t in texts))
+    (tmp_path / "b.json").write_text(json.dumps([{"text": t} for t in texts]))
+    pq.write_table(pa.table({"text": texts}), tmp_path / "c.parquet")
+    (tmp_path / "d.txt").write_text("one line\nanother line\n\nnew paragraph\n")
+    for name in ("a.csv", "b.json", "c.parquet"):
+        assert list(file_texts([str(tmp_path / name)])) == texts
+    assert list(file_texts([str(tmp_path / "d.txt")])) == ["one line", "another line", "new paragraph"]
+    paragraphs = list(file_texts([str(tmp_path / "d.txt")], sample_by="paragraph"))
+    assert paragraphs == ["one line\nanother line", "new paragraph"]
+    (tmp_path / "e.xml").write_text("<text>x</text>")
+    (tmp_path / "f.jsonl").write_text('{"text": "ok"}\n{"text": \n')
+    for name, message in (("e.xml", "e.xml: unsupported file type"), ("f.jsonl", "f.jsonl:2: malformed JSON")):
+        with pytest.raises(DataError, match=message) as training:
+            list(iter_records(str(tmp_path / name)))
+        with pytest.raises(DataError) as tokenizer:
+            list(file_texts([str(tmp_path / name)]))
+        assert str(tokenizer.value) == str(training.value)

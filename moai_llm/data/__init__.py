@@ -4,8 +4,8 @@ from .collator import PackedCollator, PaddingCollator
 from .encode import DialogueEncoder, TextEncoder
 from .errors import DataError, DataStats
 from .mixing import MixtureSource, select_documents
-from .packing import HierarchicalBalancePacker, attention_balance_ratio, packing_efficiency, split_long_documents
-from .pipeline import DataSpec, prepare, pretraining_datasets, sft_datasets
+from .packing import HierarchicalBalancePacker, cut, pack
+from .pipeline import DataSpec, prepare, row_datasets
 from .rows import PackedRows, StepSampler
 from .sft import detect_format, to_messages, tokenize_dialogue
 from .sources import SAMPLE_CORPUS, load_source
@@ -25,15 +25,13 @@ __all__ = [
     "StepSampler",
     "TextEncoder",
     "TokenStore",
-    "attention_balance_ratio",
+    "cut",
     "detect_format",
     "load_source",
-    "packing_efficiency",
+    "pack",
     "prepare",
-    "pretraining_datasets",
+    "row_datasets",
     "select_documents",
-    "sft_datasets",
-    "split_long_documents",
     "to_messages",
     "tokenize_dialogue",
 ]

@@ -1,47 +1,68 @@
-"""Hierarchical Balance Packing (after arXiv 2503.07680): fill rows to capacity, balance attention across ranks.
+"""The one cutter and the one packer behind every row: the stored plan, the stream and perplexity's rows.
 
+Hierarchical Balance Packing (after arXiv 2503.07680): fill rows to capacity, balance attention across ranks.
 Why hand-written: no maintained library packs to >= 98% with per-step attention balance; transformers'
-DataCollatorWithFlattening only concatenates a batch. Two stages:
+DataCollatorWithFlattening only concatenates a batch.
 
-1. Space: best-fit decreasing over length classes. Documents are taken longest first; each goes to the open row
-   with the least room that still fits it (rows are kept in buckets by remaining room, so a million documents
-   pack in about a second), else a new row.
-2. Work (`order_in_steps`): steps of `rows_per_step` packs (ranks x per-device batch: the rows one micro-step
-   reads across all ranks) are cut from the packs sorted by attention cost (sum of squared document lengths), so
-   ranks that step together do similar work; the steps are shuffled within
-   `num_bins` cost groups and interleaved across them. `attention_balance_ratio` reports the mean over steps of
-   max/min cost.
-
-Documents longer than max_seq_length must be cut first with `split_long_documents` (each piece becomes its own
-document, counted in the stats), never dropped.
+- `cut`: documents (given by their start and length) into pieces of at most max_length tokens, or truncated
+  (SFT); every split or truncated document is counted, none is dropped.
+- `pack`: pieces into rows. Space: best-fit decreasing over length classes (`HierarchicalBalancePacker`):
+  pieces are taken longest first; each goes to the open row with the least room that still fits it (rows are
+  kept in buckets by remaining room, so a million pieces pack in about a second), else a new row. The rows come
+  back sorted by attention cost (sum of squared piece lengths), heaviest first.
+- Work (`steps_at`, `interleaved_order`): steps of `rows_per_step` consecutive cost-sorted rows (ranks x
+  per-device batch: the rows one micro-step reads across all ranks) are shuffled within `num_bins` cost groups
+  and interleaved across them, so ranks that step together do similar work and heavy steps do not come in a run
+  (`rows.StepSampler`).
 """
-
-import logging
-from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .errors import DataError, DataStats
 
-logger = logging.getLogger(__name__)
+PACK_CHUNK = 1 << 20  # pieces packed together; bounds the packer's Python lists for corpora of any size
 
 
-def split_long_documents(docs: Iterable[Sequence[int]], max_seq_length: int, stats: DataStats | None = None):
-    """Cut every document longer than max_seq_length into pieces of at most that length."""
-    out = []
-    for doc in docs:
-        if len(doc) <= max_seq_length:
-            out.append(doc)
-            continue
-        pieces = [doc[i : i + max_seq_length] for i in range(0, len(doc), max_seq_length)]
-        out.extend(pieces)
-        if stats is not None:
-            stats["documents_split"] += 1
-            stats["pieces_from_split_documents"] += len(pieces)
-    return out
+def cut(
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    max_length: int,
+    *,
+    truncate: bool = False,
+    overlap: int = 0,
+    stats: DataStats | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(start, length) of every piece of the documents tokens[starts[i] : starts[i] + lengths[i]], in document
+    order: each cut into pieces of at most max_length tokens (consecutive pieces share `overlap` tokens), or, with
+    `truncate` (SFT), its first max_length tokens. Counted in `stats`: documents split and their pieces, examples
+    truncated. An empty document has no piece."""
+    starts, lengths = np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+    counts = DataStats()
+    if truncate:
+        counts["sft_examples_truncated"] = int((lengths > max_length).sum())
+        _add(stats, counts)
+        keep = lengths > 0
+        return starts[keep], np.minimum(lengths[keep], max_length)
+    step = max_length - overlap
+    count = np.maximum(lengths > 0, -(-(lengths - overlap) // step))
+    counts["documents_split"] = int((count > 1).sum())
+    counts["pieces_from_split_documents"] = int(count[count > 1].sum())
+    _add(stats, counts)
+    owner = np.repeat(np.arange(len(lengths)), count)
+    first = np.repeat(np.cumsum(count) - count, count)
+    shift = (np.arange(len(owner)) - first) * step
+    return starts[owner] + shift, np.minimum(max_length, lengths[owner] - shift)
+
+
+def _add(stats: DataStats | None, counts: DataStats) -> None:
+    if stats is not None:
+        stats.update(+counts)  # what happened, no zero counts
 
 
 class HierarchicalBalancePacker:
+    """Best-fit decreasing over length classes. Deterministic: `num_bins` and `seed` are kept for the old call
+    (docs/migrating.md); the step order they once set is `StepSampler`'s."""
+
     def __init__(self, max_seq_length: int, num_bins: int = 8, seed: int = 0):
         if max_seq_length <= 0 or num_bins <= 0:
             raise ValueError(f"max_seq_length={max_seq_length} and num_bins={num_bins} must be positive")
@@ -108,29 +129,34 @@ class HierarchicalBalancePacker:
             i = int(lengths.argmax())
             raise DataError(
                 f"document {i} has {lengths[i]} tokens > max_seq_length={self.max_seq_length}; "
-                "cut it with split_long_documents first"
+                "cut it first (packing.cut)"
             )
         if len(lengths) and lengths.min() <= 0:
             raise DataError(f"document {int(lengths.argmin())} is empty")
         return lengths
 
-    def order_in_steps(self, packs: list[list[int]], lengths, rows_per_step: int = 1) -> list[list[int]]:
-        """Packs reordered so each run of `rows_per_step` consecutive packs (one micro-step across ranks) is balanced.
 
-        Steps are cut from the packs sorted by attention cost, so the packs of a step are cost neighbours; the
-        steps are then ordered by `interleaved_order` (shuffled within `num_bins` cost groups, groups taken
-        round-robin), so heavy and light steps alternate instead of coming in one run.
-        """
-        lengths = self._lengths(lengths)
-        cost = np.array([int((lengths[p] ** 2).sum()) for p in packs])
-        by_cost = np.argsort(-cost, kind="stable")
-        full = len(packs) // rows_per_step * rows_per_step
-        steps = list(by_cost[:full].reshape(-1, rows_per_step))
-        order = interleaved_order(len(steps), self.num_bins, [self.seed])
-        ordered = [steps[i] for i in order]
-        if full < len(packs):
-            ordered.append(by_cost[full:])  # the last, partial step
-        return [packs[i] for step in ordered for i in step]
+def pack(lengths: np.ndarray, max_seq_length: int, packing: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(row offsets [rows + 1], piece order): row r is pieces order[rows[r]:rows[r + 1]]; rows by attention cost,
+    heaviest first. Without `packing`, one piece per row."""
+    lengths = np.asarray(lengths)
+    if not packing:
+        order, sizes = np.arange(len(lengths), dtype=np.int64), np.ones(len(lengths), dtype=np.int64)
+    else:
+        packer = HierarchicalBalancePacker(max_seq_length, seed=seed)
+        orders, sizes = [], []
+        for lo in range(0, len(lengths), PACK_CHUNK):
+            packs = packer.pack(lengths[lo : lo + PACK_CHUNK])
+            sizes.append(np.fromiter(map(len, packs), dtype=np.int64, count=len(packs)))
+            orders.append(lo + np.fromiter((i for p in packs for i in p), dtype=np.int64, count=int(sizes[-1].sum())))
+        order = np.concatenate(orders) if orders else np.zeros(0, dtype=np.int64)
+        sizes = np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64)
+    starts = np.cumsum(sizes) - sizes
+    cost = np.add.reduceat(lengths[order].astype(np.int64) ** 2, starts) if len(order) else sizes
+    by_cost = np.argsort(-cost, kind="stable")
+    rows = np.concatenate([[0], np.cumsum(sizes[by_cost])]).astype(np.int64)
+    take = np.repeat(starts[by_cost] - rows[:-1], sizes[by_cost]) + np.arange(len(order))  # row by row, by cost
+    return rows, order[take]
 
 
 def interleaved_order(num_steps: int, num_bins: int, key) -> np.ndarray:
@@ -184,44 +210,3 @@ def _permuted(values: np.ndarray, n: int, key) -> np.ndarray:
         out[outside] = encrypt(out[outside])
         outside = out >= n
     return out.astype(np.int64)
-
-
-def packing_efficiency(packs: list[list[int]], lengths, max_seq_length: int) -> float:
-    lengths = np.asarray(lengths)
-    return float(sum(int(lengths[p].sum()) for p in packs) / (len(packs) * max_seq_length)) if packs else 0.0
-
-
-def attention_balance_ratio(packs: list[list[int]], lengths, rows_per_step: int) -> float:
-    """Mean over steps (consecutive `rows_per_step` packs) of max/min attention cost; 1.0 is perfect balance."""
-    lengths = np.asarray(lengths)
-    cost = [int((lengths[p] ** 2).sum()) for p in packs]
-    ratios = [
-        max(cost[i : i + rows_per_step]) / max(min(cost[i : i + rows_per_step]), 1)
-        for i in range(0, len(cost) - rows_per_step + 1, rows_per_step)
-    ]
-    return float(np.mean(ratios)) if ratios else 1.0
-
-
-def pack_stream(
-    docs: Iterable, max_seq_length: int, buffer_size: int = 10_000, seed: int = 0, length=len
-) -> Iterator[list]:
-    """Packs of documents from a stream, holding at most `buffer_size` documents in memory.
-
-    The packer emits a buffer's packs sorted by length; they are shuffled (seeded per buffer) before leaving.
-    `length(doc)` is a document's size in tokens.
-    """
-    packer = HierarchicalBalancePacker(max_seq_length, seed=seed)
-    buffer: list[Sequence[int]] = []
-    for index, doc in enumerate(docs, 1):
-        buffer.append(doc)
-        if len(buffer) == buffer_size:
-            yield from _shuffled_packs(packer, buffer, length, np.random.default_rng([seed, index]))
-            buffer = []
-    if buffer:
-        yield from _shuffled_packs(packer, buffer, length, np.random.default_rng([seed, 0]))
-
-
-def _shuffled_packs(packer, buffer, length, rng) -> Iterator[list]:
-    packs = packer.pack(np.fromiter(map(length, buffer), dtype=np.int64, count=len(buffer)))
-    for i in rng.permutation(len(packs)):
-        yield [buffer[j] for j in packs[i]]

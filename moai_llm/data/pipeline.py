@@ -3,7 +3,8 @@
 Map-style data: every source is tokenized once into a memory-mapped store, the mixture rules choose documents,
 the packer plans rows from the lengths, and `PackedRows` gathers each row when it is read. Stores and plans are
 prepared by one process (per node, or once for all nodes with a shared cache) while the others wait.
-Streaming data: each rank reads, tokenizes and packs its own shard on the fly (`streaming.py`).
+Streaming data: each rank reads, tokenizes and packs its own shard on the fly (`streaming.py`), with the same
+cutter and packer (`packing.py`); its held-out documents become a small store read like prepared data.
 """
 
 import logging
@@ -12,19 +13,16 @@ from pathlib import Path
 from typing import Literal
 
 import datasets
-import numpy as np
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 
-from ..batching import IGNORE_INDEX
 from .encode import DialogueEncoder, TextEncoder, prepare_source, store_path
 from .errors import DataError, DataStats
 from .mixing import MixtureSource, check_disjoint, check_ratios, parse_mixture, select_documents
-from .packing import HierarchicalBalancePacker, attention_balance_ratio, packing_efficiency, split_long_documents
 from .rows import PackedRows, build_plan, pieces
 from .sources import is_local, resolve_revision
 from .store import WAIT_SECONDS, key_of, prepare_once, read_meta
-from .streaming import stream_mixture, streamed_rows
+from .streaming import held_out_rows, stream_mixture, streamed_rows
 
 logger = logging.getLogger(__name__)
 PLAN_VERSION = 1
@@ -221,54 +219,20 @@ def reading_plan(spec: DataSpec, tokenizer, sft: bool = False):
     return sources, DialogueEncoder(tokenizer, spec.sft_format), True
 
 
-def pretraining_datasets(
+def row_datasets(
     spec: DataSpec,
     tokenizer,
     max_seq_length: int,
     *,
+    sft: bool = False,
     seed: int = 0,
     rows_per_step: int = 1,
     stats: DataStats | None = None,
 ):
-    """(train, eval) rows from the sources/mixture; eval documents never appear in train. `rows_per_step`: rows read
-    per micro-step by all ranks together (processes x per-device batch), the unit the packer balances."""
-    sources, encoder, truncate = reading_plan(spec, tokenizer)
-    return _datasets(
-        spec,
-        sources,
-        encoder,
-        truncate=truncate,
-        max_seq_length=max_seq_length,
-        seed=seed,
-        rows_per_step=rows_per_step,
-        stats=stats,
-    )
-
-
-def sft_datasets(
-    spec: DataSpec,
-    tokenizer,
-    max_seq_length: int,
-    *,
-    seed: int = 0,
-    rows_per_step: int = 1,
-    stats: DataStats | None = None,
-):
-    """(train, eval) rows of chat-formatted dialogues with labels only on assistant tokens."""
-    sources, encoder, truncate = reading_plan(spec, tokenizer, sft=True)
-    return _datasets(
-        spec,
-        sources,
-        encoder,
-        truncate=truncate,
-        max_seq_length=max_seq_length,
-        seed=seed,
-        rows_per_step=rows_per_step,
-        stats=stats,
-    )
-
-
-def _datasets(spec, sources, encoder, *, truncate, max_seq_length, seed, rows_per_step, stats):
+    """(train, eval) rows from the sources/mixture; eval documents never appear in train. Pretraining documents, or
+    with `sft` chat-formatted dialogues with labels only on assistant tokens. `rows_per_step`: rows read per
+    micro-step by all ranks together (processes x per-device batch), the unit the packer balances."""
+    sources, encoder, truncate = reading_plan(spec, tokenizer, sft=sft)
     stats = stats if stats is not None else DataStats()
     if spec.streaming or any(s.streaming for s in sources):
         return _streamed(
@@ -309,68 +273,16 @@ def _streamed(spec, encoder, sources, *, max_seq_length, seed, stats, truncate):
     )
     evaluation = None
     if held:
-        flat, lengths, mask = encoder.encode(held)
-        flat, ends = flat.astype(np.int64), np.cumsum(lengths)
-        ids = [flat[e - n : e].tolist() for e, n in zip(ends, lengths)]
-        labels = (
-            None
-            if mask is None
-            else [np.where(mask[e - n : e], flat[e - n : e], IGNORE_INDEX).tolist() for e, n in zip(ends, lengths)]
-        )
-        if truncate:
-            ids = [x[:max_seq_length] for x in ids]
-            labels = [x[:max_seq_length] for x in labels]
-        evaluation = rows_from_documents(
-            ids,
+        state = PartialState()
+        evaluation = held_out_rows(
+            held,
+            encoder,
+            Path(spec.cache_dir) if spec.cache_dir else default_cache_dir(),
+            state.is_main_process if spec.shared_cache else state.is_local_main_process,
             max_seq_length=max_seq_length,
             packing=spec.packing,
-            rows_per_step=1,
+            truncate=truncate,
             seed=seed,
-            stats=DataStats(),
-            num_bins=spec.packing_bins,
-            labels=labels,
+            wait_seconds=spec.wait_seconds,
         )
     return train, evaluation
-
-
-def rows_from_documents(
-    docs: list[list[int]],
-    *,
-    max_seq_length: int,
-    packing: bool,
-    rows_per_step: int,
-    seed: int,
-    stats: DataStats,
-    num_bins: int = 8,
-    labels: list[list[int]] | None = None,
-):
-    """Rows built in memory (small data: a stream's eval documents, benchmarks): packed or one per row."""
-    if labels is None:
-        docs = split_long_documents(docs, max_seq_length, stats)
-    if not docs:
-        raise DataError("no documents left to train on")
-    if not packing:
-        columns = {"input_ids": docs}
-        if labels is not None:
-            columns["labels"] = labels
-        return datasets.Dataset.from_dict(columns)
-    packer = HierarchicalBalancePacker(max_seq_length, num_bins=num_bins, seed=seed)
-    lengths = [len(d) for d in docs]
-    packs = packer.order_in_steps(packer.pack(lengths), lengths, rows_per_step)
-    stats["packs"] += len(packs)
-    logger.info(
-        "packed %d documents into %d rows of %d: efficiency %.2f%%, attention balance %.3f (steps of %d rows)",
-        len(docs),
-        len(packs),
-        max_seq_length,
-        100 * packing_efficiency(packs, lengths, max_seq_length),
-        attention_balance_ratio(packs, lengths, rows_per_step),
-        rows_per_step,
-    )
-    columns = {
-        "input_ids": [[t for i in p for t in docs[i]] for p in packs],
-        "seq_lengths": [[lengths[i] for i in p] for p in packs],
-    }
-    if labels is not None:
-        columns["labels"] = [[t for i in p for t in labels[i]] for p in packs]
-    return datasets.Dataset.from_dict(columns)

@@ -14,60 +14,29 @@ import torch
 
 from ..batching import IGNORE_INDEX
 from .errors import DataError, DataStats
-from .packing import HierarchicalBalancePacker, steps_at
+from .packing import cut, pack, steps_at
 from .store import TokenStore, publish, temporary_directory
 
 logger = logging.getLogger(__name__)
-PACK_CHUNK = 1 << 20  # pieces packed together; bounds the packer's Python lists for corpora of any size
 ARRAYS = ("rows", "source", "start", "length")
 
 
 def pieces(
     stores: list[TokenStore], documents: list[np.ndarray], max_seq_length: int, truncate: bool, stats: DataStats
 ) -> dict[str, np.ndarray]:
-    """Pieces of the selected documents: each cut into max_seq_length pieces (pretraining) or truncated (SFT)."""
+    """Pieces of the selected documents (`packing.cut`): each cut into max_seq_length pieces (pretraining) or
+    truncated (SFT)."""
     parts = []
     for index, (store, docs) in enumerate(zip(stores, documents)):
-        start = np.asarray(store.offsets[docs], dtype=np.int64)
-        length = np.asarray(store.offsets[docs + 1], dtype=np.int64) - start
-        if truncate:
-            stats["sft_examples_truncated"] += int((length > max_seq_length).sum())
-            length = np.minimum(length, max_seq_length)
-        else:
-            count = -(-length // max_seq_length)
-            stats["documents_split"] += int((count > 1).sum())
-            stats["pieces_from_split_documents"] += int(count[count > 1].sum())
-            owner = np.repeat(np.arange(len(docs)), count)
-            first = np.repeat(np.cumsum(count) - count, count)
-            shift = (np.arange(len(owner)) - first) * max_seq_length
-            start, length = start[owner] + shift, np.minimum(max_seq_length, length[owner] - shift)
+        first = np.asarray(store.offsets[docs], dtype=np.int64)
+        length = np.asarray(store.offsets[docs + 1], dtype=np.int64) - first
+        start, length = cut(first, length, max_seq_length, truncate=truncate, stats=stats)
         parts.append((np.full(len(start), index, dtype=np.int32), start, length))
     return {
         "source": np.concatenate([p[0] for p in parts]),
         "start": np.concatenate([p[1] for p in parts]),
         "length": np.concatenate([p[2] for p in parts]).astype(np.int32),
     }
-
-
-def pack(lengths: np.ndarray, max_seq_length: int, packing: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row offsets [rows + 1], piece order): row r is pieces order[rows[r]:rows[r + 1]]; rows by cost, heaviest
-    first."""
-    if not packing:
-        order, sizes = np.arange(len(lengths), dtype=np.int64), np.ones(len(lengths), dtype=np.int64)
-    else:
-        packer = HierarchicalBalancePacker(max_seq_length, seed=seed)
-        orders, sizes = [], []
-        for lo in range(0, len(lengths), PACK_CHUNK):
-            packs = packer.pack(lengths[lo : lo + PACK_CHUNK])
-            sizes.append(np.fromiter(map(len, packs), dtype=np.int64, count=len(packs)))
-            orders.append(lo + np.fromiter((i for p in packs for i in p), dtype=np.int64, count=int(sizes[-1].sum())))
-        order, sizes = np.concatenate(orders), np.concatenate(sizes)
-    starts = np.cumsum(sizes) - sizes
-    cost = np.add.reduceat(lengths[order].astype(np.int64) ** 2, starts) if len(order) else sizes
-    by_cost = np.argsort(-cost, kind="stable")
-    rows = np.concatenate([[0], np.cumsum(sizes[by_cost])]).astype(np.int64)
-    take = np.repeat(starts[by_cost] - rows[:-1], sizes[by_cost]) + np.arange(len(order))  # row by row, by cost
-    return rows, order[take]
 
 
 def build_plan(

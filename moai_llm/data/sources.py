@@ -229,6 +229,8 @@ def read_file(
         yield from read_tabular(path, text_column)
     elif path.suffix == ".json":
         yield from read_json(path, text_column)
+    else:
+        raise DataError(f"{path}: unsupported file type (use {', '.join(LOCAL_SUFFIXES)})")
 
 
 def resolve_revision(name: str, revision: str | None) -> str | None:

@@ -17,7 +17,10 @@ inside a worker would keep only the shards `worker_id::num_workers`, 1/W of the 
 one shard per process, so one worker per rank reads and packs (datasets stops the extra ones).
 """
 
+import hashlib
+import json
 import logging
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -27,8 +30,10 @@ from ..batching import IGNORE_INDEX
 from .encode import batched, source_payloads
 from .errors import DataError, DataStats
 from .mixing import MixtureSource, cap_tokens
-from .packing import pack_stream
+from .packing import cut, pack
+from .rows import PackedRows, build_plan, pieces
 from .sources import hub_dataset, is_local, local_files, read_file
+from .store import StoreWriter, TokenStore, key_of, prepare_once
 
 logger = logging.getLogger(__name__)
 STREAM_EVAL_DOCUMENTS = 1000  # at most, when --eval_fraction is a fraction (a stream has no known size)
@@ -168,23 +173,19 @@ def streamed_rows(
         for rows in shard.iter(batch_size=READ_BATCH):  # not __iter__: that splits the shard again per worker
             yield from rows["payload"]
 
-    def documents(rank, number):
+    def cut_documents(rank, number):
         for batch in batched(payloads(rank, number)):
             flat, lengths, mask = encoder.encode(batch)
-            flat, ends = flat.astype(np.int64), np.cumsum(lengths)
-            for end, length in zip(ends.tolist(), lengths.tolist()):
-                ids = flat[end - length : end]
-                labels = None if mask is None else np.where(mask[end - length : end], ids, IGNORE_INDEX)
-                yield from _cut(ids, labels, max_seq_length, truncate, stats)
+            flat = flat.astype(np.int64)
+            starts, lengths = cut(np.cumsum(lengths) - lengths, lengths, max_seq_length, truncate=truncate, stats=stats)
+            for start, length in zip(starts.tolist(), lengths.tolist()):
+                ids = flat[start : start + length]
+                yield ids, None if mask is None else np.where(mask[start : start + length], ids, IGNORE_INDEX)
 
     def one_pass(rank, number):
-        docs = documents(rank, number)
-        if not packing:
-            yield from (_row([doc]) for doc in docs)
-            return
-        pack_seed = seed + rank + 1_000_003 * number
-        for pack in pack_stream(docs, max_seq_length, PACK_BUFFER, pack_seed, length=lambda d: len(d[0])):
-            yield _row(pack)
+        yield from packed_rows(
+            cut_documents(rank, number), max_seq_length, packing, PACK_BUFFER, seed + rank + 1_000_003 * number
+        )
 
     def rows(ranks):
         for rank in ranks:
@@ -208,19 +209,64 @@ def streamed_rows(
     return datasets.IterableDataset.from_generator(rows, gen_kwargs={"ranks": list(range(num_processes))})
 
 
-def _cut(ids, labels, max_seq_length, truncate, stats):
-    """(ids, labels) pieces of one document: cut into max_seq_length pieces (pretraining) or truncated (SFT)."""
-    if len(ids) <= max_seq_length:
-        yield ids, labels
-    elif truncate:
-        stats["sft_examples_truncated"] += 1
-        yield ids[:max_seq_length], None if labels is None else labels[:max_seq_length]
-    else:
-        stats["documents_split"] += 1
-        for start in range(0, len(ids), max_seq_length):
-            stats["pieces_from_split_documents"] += 1
-            end = start + max_seq_length
-            yield ids[start:end], None if labels is None else labels[start:end]
+def packed_rows(pieces, max_seq_length: int, packing: bool, buffer_size: int, seed: int):
+    """Rows of (ids, labels) pieces from a stream, holding at most `buffer_size` pieces: each buffer is packed by
+    `packing.pack` (the stored plan's packer) and its rows are shuffled, seeded per buffer."""
+    buffer = []
+    for read, piece in enumerate(pieces, 1):
+        buffer.append(piece)
+        if len(buffer) == buffer_size:
+            yield from _buffer_rows(buffer, max_seq_length, packing, np.random.default_rng([seed, read]))
+            buffer = []
+    if buffer:
+        yield from _buffer_rows(buffer, max_seq_length, packing, np.random.default_rng([seed, 0]))
+
+
+def _buffer_rows(buffer, max_seq_length, packing, rng):
+    lengths = np.fromiter((len(ids) for ids, _ in buffer), dtype=np.int64, count=len(buffer))
+    rows, order = pack(lengths, max_seq_length, packing)
+    for r in rng.permutation(len(rows) - 1).tolist():
+        yield _row([buffer[i] for i in order[rows[r] : rows[r + 1]].tolist()])
+
+
+def held_out_rows(
+    held: list,
+    encoder,
+    cache: Path,
+    builder: bool,
+    *,
+    max_seq_length: int,
+    packing: bool,
+    truncate: bool,
+    seed: int,
+    wait_seconds: float,
+) -> PackedRows:
+    """The stream's held-out documents as prepared data is read: a small store keyed by their content, its plan
+    (`rows.pieces`, `rows.build_plan`) and `PackedRows`; written by `builder`, awaited by the others."""
+    content = hashlib.sha256(json.dumps(held, sort_keys=True).encode()).hexdigest()
+    store_dir = cache / f"stream-eval-{key_of({'documents': content, 'encoder': encoder.fingerprint})}"
+
+    def write(path: Path) -> None:
+        writer = StoreWriter(path, encoder.dtype, encoder.with_labels)
+        try:
+            for batch in batched(held):
+                writer.add(*encoder.encode(batch))
+            writer.finish({"source": "streamed eval documents"})
+        except BaseException:
+            writer.abort()
+            raise
+
+    prepare_once(store_dir, write, builder, "streamed eval documents", wait_seconds)
+    store = TokenStore(store_dir, "streamed eval documents")
+    fields = {"store": store_dir.name, "max_seq_length": max_seq_length, "packing": packing, "truncate": truncate}
+    plan = cache / f"stream-eval-plan-{key_of({**fields, 'seed': seed})}"
+
+    def plan_rows(path: Path) -> None:
+        splits = {"eval": pieces([store], [np.arange(store.documents)], max_seq_length, truncate, DataStats())}
+        build_plan(path, splits, max_seq_length, packing, seed, fields)
+
+    prepare_once(plan, plan_rows, builder, "streamed eval plan", wait_seconds)
+    return PackedRows(plan, "eval", [store])
 
 
 def _row(docs) -> dict:

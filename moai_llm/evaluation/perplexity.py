@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..batching import IGNORE_INDEX
 from ..data.collator import PackedCollator
 from ..data.errors import DataError
-from ..data.packing import HierarchicalBalancePacker
+from ..data.packing import cut, pack
 from ..data.sources import is_local, iter_records
 from .suites import EvalUsageError
 
@@ -115,17 +115,17 @@ def first_token_bytes(tokenizer, token_id: int) -> int:
 
 
 def windows(ids, max_length: int) -> list:
-    """Pieces of at most max_length tokens, each starting with the previous one's last token."""
-    if len(ids) <= max_length:
-        return [ids]
-    step = max_length - 1
-    return [ids[start : start + max_length] for start in range(0, len(ids) - 1, step)]
+    """Pieces of at most max_length tokens, each starting with the previous one's last token: training's cutter
+    (`data.packing.cut`) with an overlap of one token, the context that the window's first target needs."""
+    starts, lengths = cut(np.zeros(1, dtype=np.int64), np.array([len(ids)]), max_length, overlap=1)
+    return [ids[start : start + length] for start, length in zip(starts.tolist(), lengths.tolist())]
 
 
 def sliding_windows(ids, max_length: int, stride: int) -> tuple[list, list[int]]:
     """(windows, context) for the sliding-window variant: window k ends at min(max_length + k * stride, len(ids))
     and scores the targets after the previous window's end; `context[k]` leading tokens of window k are only read
-    (scoring starts after them). Unlike `windows`, the last window also reads a full `max_length`."""
+    (scoring starts after them). Unlike `windows`, the last window also reads a full `max_length`: its windows end,
+    rather than start, on a grid, which `data.packing.cut` (pieces from fixed starts) does not express."""
     pieces, contexts, end = [], [], 0
     while True:
         stop = min(len(ids), max_length + len(pieces) * stride)
@@ -164,19 +164,22 @@ def tokenize_documents(documents: list[str], tokenizer, max_length: int, batch: 
 def packed_batches(
     pieces: list, max_length: int, batch_size: int, collator: PackedCollator, contexts: list[int] | None = None
 ):
-    """(batch, real tokens) of packed rows, fullest rows first so a batch pads (at its end) as little as possible.
-    With `contexts`, a window's first context[i] tokens get no label (the collator masks only the first)."""
-    packs = HierarchicalBalancePacker(max_length).pack([len(p) for p in pieces])
-    packs.sort(key=lambda pack: -sum(len(pieces[i]) for i in pack))
+    """(batch, real tokens) of packed rows (training's packer, `data.packing.pack`), fullest rows first so a batch
+    pads (at its end) as little as possible. With `contexts`, a window's first context[i] tokens get no label (the
+    collator masks only the first)."""
+    lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+    bounds, order = pack(lengths, max_length, packing=True)
+    fullest = np.argsort(-np.add.reduceat(lengths[order], bounds[:-1]), kind="stable") if len(order) else bounds[:0]
+    packs = [order[bounds[r] : bounds[r + 1]].tolist() for r in fullest.tolist()]
     for start in range(0, len(packs), batch_size):
         rows = []
-        for pack in packs[start : start + batch_size]:
+        for members in packs[start : start + batch_size]:
             row = {
-                "input_ids": np.concatenate([pieces[i] for i in pack]),
-                "seq_lengths": [len(pieces[i]) for i in pack],
+                "input_ids": np.concatenate([pieces[i] for i in members]),
+                "seq_lengths": [len(pieces[i]) for i in members],
             }
-            if contexts is not None and any(contexts[i] > 1 for i in pack):
-                labels = [np.where(np.arange(len(pieces[i])) < contexts[i], IGNORE_INDEX, pieces[i]) for i in pack]
+            if contexts is not None and any(contexts[i] > 1 for i in members):
+                labels = [np.where(np.arange(len(pieces[i])) < contexts[i], IGNORE_INDEX, pieces[i]) for i in members]
                 row["labels"] = np.concatenate(labels)
             rows.append(row)
         yield collator(rows), sum(len(row["input_ids"]) for row in rows)

@@ -1,74 +1,26 @@
-"""Streaming text readers for tokenizer training: bounded memory, seeded sampling, per-language balance."""
+"""Streaming text readers for tokenizer training: bounded memory, seeded sampling, per-language balance. Files are
+read by the training data's reader (`data.sources`), so both accept the same formats with the same errors."""
 
-import glob
-import json
 import logging
 import random
 from collections.abc import Iterable, Iterator
-from pathlib import Path
+
+from ..data.sources import SAMPLE_BY, is_local, iter_records, local_files
+from ..errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 LANGUAGES = {"ar", "de", "en", "es", "fr", "hi", "id", "it", "ja", "ko", "pt", "ru", "th", "vi", "zh"}
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """A user mistake in the inputs: one line naming the file, flag or value."""
-
-
-def expand_paths(specs: Iterable[str]) -> list[Path]:
-    """Files from file names, folders (recursively, known suffixes) and globs; each must exist."""
-    files = []
-    for spec in specs:
-        path = Path(spec)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
-            if not found:
-                raise InputError(f"{spec}: folder has no {'/'.join(SUFFIXES)} files")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        elif glob.has_magic(spec) and glob.glob(spec):
-            files.extend(sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file()))
-        else:
-            raise InputError(f"{spec}: no such file")
-    for file in files:
-        if file.suffix not in SUFFIXES:
-            raise InputError(f"{file}: unsupported file type (use {', '.join(SUFFIXES)})")
-    return files
-
-
-def read_texts(path: Path, text_column: str = "text") -> Iterator[str]:
-    """Documents of one file: non-empty lines of .txt, the text column of .jsonl/.json/.parquet."""
-    if path.suffix == ".txt":
-        with open(path, encoding="utf-8", newline="") as f:
-            for line in f:
-                if line.strip():
-                    yield line
-    elif path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    yield _column(json.loads(line), text_column, f"{path}:{number}")
-    elif path.suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
-        for number, row in enumerate(rows if isinstance(rows, list) else [rows]):
-            yield _column(row, text_column, f"{path}[{number}]")
-    else:
-        import pyarrow.parquet as pq
-
-        parquet = pq.ParquetFile(path)
-        if text_column not in parquet.schema_arrow.names:
-            raise InputError(f"{path}: no column {text_column!r} (columns: {parquet.schema_arrow.names})")
-        for batch in parquet.iter_batches(columns=[text_column], batch_size=1024):
-            yield from (t for t in batch.column(0).to_pylist() if t)
 
 
 def _column(row, text_column: str, where: str) -> str:
     if not isinstance(row, dict) or text_column not in row:
         columns = sorted(row) if isinstance(row, dict) else type(row).__name__
-        raise InputError(f"{where}: no field {text_column!r} (found {columns}); set --text_column")
+        raise InputError(f"{where}: no column {text_column!r}; columns: {columns} (set --text_column)")
     return row[text_column]
 
 
@@ -84,12 +36,31 @@ def sample(texts: Iterable[str], fraction: float = 1.0, max_samples: int | None 
             yield text
 
 
-def file_texts(specs, text_column="text") -> Iterator[str]:
-    for path in expand_paths(specs):
-        count = 0
-        for text in read_texts(path, text_column):
+def file_texts(specs: Iterable[str], text_column: str = "text", sample_by: str = "line") -> Iterator[str]:
+    """Documents of files, folders or globs, read as training reads them (`data.sources.iter_records`: .txt
+    .jsonl .json .parquet .csv, the same errors); a .txt document is a line by default (bounded memory), a
+    paragraph or the whole file with `sample_by`. Empty texts are skipped and counted; a file without text is an
+    error."""
+    if sample_by not in SAMPLE_BY:
+        raise InputError(f"--sample_by {sample_by!r}: expected one of {', '.join(SAMPLE_BY)}")
+    files = []
+    for spec in specs:  # every name checked before the first document is read
+        if spec == "sample" or not is_local(spec):
+            raise InputError(f"{spec}: no such file")
+        files += local_files(spec)
+    for path in files:
+        count, empty = 0, 0
+        for number, record in enumerate(iter_records(str(path), text_column=text_column, sample_by=sample_by)):
+            text = record[text_column]
+            if text is None or text == "":
+                empty += 1
+                continue
+            if not isinstance(text, str):
+                raise InputError(f"{path} record {number}: {text_column!r} is {type(text).__name__}, not text")
             count += 1
             yield text
+        if empty:
+            logger.info("%s: %d empty records skipped", path, empty)
         if count == 0:
             raise InputError(f"{path}: file has no text")
 
@@ -111,14 +82,16 @@ def hub_texts(dataset: str, config: str | None, text_column: str) -> Iterator[st
         ) from err
 
 
-def language_streams(languages, lang_files: dict[str, list[str]], text_column: str) -> dict[str, Iterator[str]]:
+def language_streams(
+    languages, lang_files: dict[str, list[str]], text_column: str, sample_by: str = "line"
+) -> dict[str, Iterator[str]]:
     """One text stream per language: local files when given, else that language's Wikipedia on the Hub."""
     streams = {}
     for lang in languages:
         if lang not in LANGUAGES:
             raise InputError(f"--multilingual: unknown language code {lang!r} (known: {' '.join(sorted(LANGUAGES))})")
         if lang in lang_files:
-            streams[lang] = file_texts(lang_files[lang], text_column)
+            streams[lang] = file_texts(lang_files[lang], text_column, sample_by)
         else:
             streams[lang] = hub_texts("wikimedia/wikipedia", f"20231101.{lang}", text_column)
     return streams

@@ -9,7 +9,7 @@ import time
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..data import DataSpec, DataStats, PackedCollator, PaddingCollator, prepare, pretraining_datasets, sft_datasets
+from ..data import DataSpec, DataStats, PackedCollator, PaddingCollator, prepare, row_datasets
 from ..data.mixing import parse_mixture
 from ..data.pipeline import DataOptions, reading_plan
 from ..data.store import WAIT_SECONDS, directory_size
@@ -149,14 +149,14 @@ def data_spec(data_args, training_args=None) -> DataSpec:
 def build_datasets(data_args, tokenizer, training_args, flash: bool = False):
     """(train_dataset, eval_dataset or None, collator) for `training_args.mode`."""
     stats, start = DataStats(), time.perf_counter()
-    build = sft_datasets if training_args.mode == "sft" else pretraining_datasets
     # One optimizer step reads global_batch(training_args) consecutive rows of the sampler's order (see
     # MoaiTrainer._get_train_sampler); the balance is logged for that step size.
     rows_per_step = global_batch(training_args)
-    train, evaluation = build(
+    train, evaluation = row_datasets(
         data_spec(data_args, training_args),
         tokenizer,
         data_args.max_seq_length,
+        sft=training_args.mode == "sft",
         seed=training_args.seed,
         rows_per_step=rows_per_step,
         stats=stats,
