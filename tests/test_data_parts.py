@@ -1,0 +1,159 @@
+"""Preparation shared by several builders: a source cut into parts at record starts (byte ranges of one large
+.jsonl file, or whole files), part-stores joined into one store equal to a single process's, failures handed on."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from moai_llm.data import DataError, DialogueEncoder, TextEncoder, store
+from moai_llm.data.encode import Builders, line_parts, part_records, prepare_stores, share
+from moai_llm.data.mixing import MixtureSource
+from moai_llm.data.sources import iter_records
+from moai_llm.tokenizer import load_tokenizer
+
+WORDS = "alpha beta gamma delta 한국어 문장 épée naïve ε λ".split()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch):
+    monkeypatch.setattr(store, "WAIT_POLL_SECONDS", 0.02)
+
+
+def write_jsonl(path, count: int, seed: int = 0, newline: str = "\n") -> list[str]:
+    """Records of very different lengths (some far longer than a part), multi-byte text, and blank lines."""
+    rng = np.random.default_rng(seed)
+    texts = [f"doc{i} " + " ".join(rng.choice(WORDS, int(rng.choice([1, 5, 40, 400])))) for i in range(count)]
+    lines = [json.dumps({"text": t}, ensure_ascii=bool(i % 2)) + newline for i, t in enumerate(texts)]
+    lines.insert(count // 3, newline)  # a blank line: no record
+    path.write_bytes("".join(lines).encode())
+    return texts
+
+
+def records_of_parts(source, parts):
+    encoder = type("E", (), {"text_column": staticmethod(lambda source: "text")})
+    return [[r["text"] for r in part_records(source, encoder, part, False, {})] for part in parts]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_one_large_jsonl_file_is_cut_in_byte_ranges_at_record_starts(tmp_path, newline):
+    path = tmp_path / "large.jsonl"
+    texts = write_jsonl(path, 300, newline=newline)
+    data = path.read_bytes()
+    source = MixtureSource(name=str(path))
+    for count in (2, 3, 7):
+        parts, sizes = line_parts(source, count, min_bytes=1000)
+        assert sizes == [len(data)] and len(parts) == count
+        starts = [part[0][1] for part in parts]
+        assert starts[0] == 0 and all(data[s - 1 : s] == b"\n" for s in starts[1:])  # every cut at a line start
+        assert [part[0][2] for part in parts] == [*starts[1:], len(data)]  # contiguous, to the end
+        sizes_of_parts = np.diff([*starts, len(data)])
+        assert sizes_of_parts.max() < 2.5 * len(data) / count  # similar sizes (records are up to ~5 kB)
+        got = records_of_parts(source, parts)
+        assert all(got) and [t for part in got for t in part] == texts  # no record cut, lost or repeated
+    assert line_parts(source, 3, min_bytes=len(data))[0] is None  # too small to share: one part
+
+
+def test_a_folder_is_cut_between_files_it_cannot_split_and_inside_those_it_can(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", 100, seed=1)
+    (folder / "b.json").write_text(json.dumps([{"text": f"json {i} " + "x " * 200} for i in range(40)]))
+    (folder / "c.txt").write_text("\n".join(f"line {i} " + "y " * (i % 50) for i in range(300)))
+    (folder / "d.jsonl").write_text("")  # an empty file is read like any other
+    write_jsonl(folder / "e.jsonl", 100, seed=2)
+    whole = [r["text"] for r in iter_records(str(folder), sample_by="line")]
+    for sample_by in ("line", "document"):
+        source = MixtureSource(name=str(folder), sample_by=sample_by)
+        expected = [r["text"] for r in iter_records(str(folder), sample_by=sample_by)]
+        for count in (2, 4, 9):
+            parts, _ = line_parts(source, count, min_bytes=100)
+            for part in parts:  # a .json file, or a .txt file that is one document, is never cut
+                for index, start, end in part:
+                    assert (start, end) == (0, None) or index in ((0, 2, 4) if sample_by == "line" else (0, 4))
+            assert [t for part in records_of_parts(source, parts) for t in part] == expected
+    assert len(whole) > 500
+
+
+def joined_by(builders: int, sources, encoder, cache, **kwargs):
+    """The stores of `sources` prepared by `builders` builders (threads here; processes in a run)."""
+    work = share(sources, encoder, cache, False, builders)
+    errors, stores = [], {}
+
+    def run(index):
+        try:
+            stores[index] = prepare_stores(
+                sources, encoder, work, Builders(index, builders, index == 0), wait_seconds=20, **kwargs
+            )
+        except DataError as error:
+            errors.append((index, str(error)))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(builders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return stores, sorted(errors), work
+
+
+@pytest.mark.parametrize("sft", [False, True])
+def test_parts_of_three_builders_join_into_the_store_one_builder_writes(tmp_path, tokenizer, monkeypatch, sft):
+    from moai_llm.data import encode
+
+    monkeypatch.setattr(encode, "PART_MIN_BYTES", 500)
+    big, folder = tmp_path / "big.jsonl", tmp_path / "folder"
+    folder.mkdir()
+    if sft:
+        rows = [{"prompt": f"question {i} " + "w " * (i % 30), "completion": f"answer {i}"} for i in range(200)]
+        big.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        encoder, sources = DialogueEncoder(tokenizer, "prompt_completion"), [MixtureSource(name=str(big))]
+    else:
+        write_jsonl(big, 200)
+        write_jsonl(folder / "x.jsonl", 30, seed=3)
+        (folder / "y.txt").write_text("one document " * 50)
+        encoder = TextEncoder(tokenizer)
+        sources = [MixtureSource(name=str(big)), MixtureSource(name=str(folder)), MixtureSource(name="sample")]
+    one, errors, _ = joined_by(1, sources, encoder, tmp_path / "one")
+    three, errors, work = joined_by(3, sources, encoder, tmp_path / "three")
+    assert not errors and work[0]["parts"] is not None and len(work[0]["parts"]) == 3
+    for index in range(3):  # every builder memory-maps the same stores
+        for reference, joined in zip(one[0], three[index]):
+            assert "parts" in joined.meta or joined.documents == reference.documents
+            assert joined.path.name == reference.path.name  # the same key whoever builds
+            np.testing.assert_array_equal(np.asarray(joined.tokens), np.asarray(reference.tokens))
+            np.testing.assert_array_equal(joined.offsets, reference.offsets)
+            np.testing.assert_array_equal(joined.lengths, reference.lengths)
+            if sft:
+                np.testing.assert_array_equal(np.asarray(joined.labels), np.asarray(reference.labels))
+            assert joined.meta["tokens"] == reference.meta["tokens"] and joined.meta["stats"] == reference.meta["stats"]
+    assert len(three[0][0].meta["parts"]) == 3
+    a, b = int(three[0][0].offsets[5]), int(three[0][0].offsets[6])  # a document's slice, read through its part
+    np.testing.assert_array_equal(three[0][0].tokens[a:b], one[0][0].tokens[a:b])
+
+
+def test_a_failing_builder_stops_the_others_with_its_line(tmp_path, tokenizer, monkeypatch):
+    from moai_llm.data import encode
+
+    monkeypatch.setattr(encode, "PART_MIN_BYTES", 500)
+    path = tmp_path / "bad.jsonl"
+    write_jsonl(path, 200)
+    data = path.read_bytes()
+    sources, encoder = [MixtureSource(name=str(path))], TextEncoder(tokenizer)
+    parts, _ = line_parts(sources[0], 3, min_bytes=500)
+    cut = parts[1][0][1] + 10  # inside the second part: a malformed line there
+    bad = data.index(b"\n", cut) + 1
+    path.write_bytes(data[:bad] + b"{not json\n" + data[bad:])
+    _, errors, work = joined_by(3, sources, encoder, tmp_path / "cache")
+    assert len(work[0]["parts"]) == 3 and [index for index, _ in errors] == [0, 1, 2]
+    own = f"{path} (line at byte {bad}): malformed JSON line"
+    assert errors[1][1].startswith(own)  # the builder of part 1 stops with its own error
+    part = store.part_path(tmp_path / "cache" / work[0]["path"].split("/")[-1], 1, 3)
+    for index in (0, 2):  # the others with one line naming the part, the node and the cause
+        assert errors[index][1].startswith(f"data for {path}: preparing {part} failed on ")
+        assert own in errors[index][1] and "\n" not in errors[index][1]
