@@ -3,6 +3,7 @@
 
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +158,100 @@ def test_a_failing_builder_stops_the_others_with_its_line(tmp_path, tokenizer, m
     for index in (0, 2):  # the others with one line naming the part, the node and the cause
         assert errors[index][1].startswith(f"data for {path}: preparing {part} failed on ")
         assert own in errors[index][1] and "\n" not in errors[index][1]
+
+
+WORKER = r"""
+import json, logging, os, sys, time
+from pathlib import Path
+
+from accelerate import PartialState
+
+from moai_llm.data import DataError, DataSpec, encode, store
+from moai_llm.data.pipeline import prepare, reading_plan
+from moai_llm.tokenizer import load_tokenizer
+
+
+class Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+encode.PART_MIN_BYTES, store.WAIT_POLL_SECONDS = 500, 0.05
+PartialState(cpu=True, backend="gloo")
+out, runs = Path(sys.argv[1]), json.loads(sys.argv[2])
+rank, tokenizer, collect = int(os.environ["RANK"]), load_tokenizer(), Collect()
+logging.getLogger("moai_llm.data").addHandler(collect)
+logging.getLogger("moai_llm.data").setLevel(logging.INFO)
+for name, files in runs.items():
+    spec = DataSpec(train_files=files, cache_dir=str(out / name), shared_cache=True, wait_seconds=60, eval_fraction=0.1)
+    sources, encoder, truncate = reading_plan(spec, tokenizer)
+    start, collect.messages = time.monotonic(), []
+    try:
+        prepared = prepare(spec, encoder, 64, seed=3, truncate=truncate, sources=sources)
+        result = {"plan": str(prepared.plan), "stores": [str(s.path) for s in prepared.stores]}
+    except DataError as error:  # written, not raised: torchrun would stop the other ranks itself
+        result = {"error": str(error)}
+    result["seconds"] = time.monotonic() - start
+    result["prepared"] = [m for m in collect.messages if m.startswith("prepared ")]
+    (out / f"{name}-rank{rank}.json").write_text(json.dumps(result))
+"""
+
+
+def plan_arrays(plan) -> dict:
+    return {p.name: np.load(p) for p in sorted(plan.glob("*.npy"))}
+
+
+@pytest.mark.integration  # three ranks in subprocesses
+def test_three_ranks_prepare_in_parts_what_one_process_prepares_and_a_failure_stops_them_all(tmp_path, tokenizer):
+    from moai_llm.data import DataSpec
+    from moai_llm.data.pipeline import prepare, reading_plan
+
+    from .distributed_helpers import torchrun
+
+    big, folder, bad = tmp_path / "big.jsonl", tmp_path / "folder", tmp_path / "bad.jsonl"
+    folder.mkdir()
+    write_jsonl(big, 150)
+    write_jsonl(folder / "x.jsonl", 40, seed=3)
+    (folder / "y.json").write_text(json.dumps([{"text": f"json {i} " + "z " * 90} for i in range(10)]))
+    write_jsonl(bad, 150, seed=4)
+    data = bad.read_bytes()
+    at = data.index(b"\n", len(data) // 2) + 1  # the middle third: rank 1's part
+    bad.write_bytes(data[:at] + b"{not json\n" + data[at:])
+    runs = {"good": [str(big), str(folder)], "failing": [str(bad)]}
+    out = tmp_path / "out"
+    out.mkdir()
+    result = torchrun(WORKER, [out, json.dumps(runs)], tmp_path, timeout=240, nproc=3)
+    assert result.returncode == 0, result.stdout[-4000:]
+    ranks = [json.loads((out / f"good-rank{r}.json").read_text()) for r in range(3)]
+    assert all("error" not in r for r in ranks), ranks
+    assert all(r["prepared"] for r in ranks)  # every rank tokenized a share
+    assert ranks[0]["plan"] == ranks[1]["plan"] == ranks[2]["plan"]
+
+    spec = DataSpec(train_files=runs["good"], cache_dir=str(tmp_path / "one"), eval_fraction=0.1)
+    sources, encoder, truncate = reading_plan(spec, tokenizer)
+    one = prepare(spec, encoder, 64, seed=3, truncate=truncate, sources=sources)  # one process
+    parted = [store.TokenStore(path, "parted") for path in ranks[0]["stores"]]
+    assert [len(s.meta.get("parts", [])) for s in parted] == [3, 3]  # a large file and a folder, in 3 parts each
+    for reference, joined in zip(one.stores, parted):
+        assert joined.path.name == reference.path.name
+        np.testing.assert_array_equal(np.asarray(joined.tokens), np.asarray(reference.tokens))
+        np.testing.assert_array_equal(joined.offsets, reference.offsets)
+    assert Path(ranks[0]["plan"]).name == one.plan.name  # the same plan key, the same rows, split and order
+    expected, got = plan_arrays(one.plan), plan_arrays(Path(ranks[0]["plan"]))
+    assert expected.keys() == got.keys() and "eval_rows.npy" in got
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+    failing = [json.loads((out / f"failing-rank{r}.json").read_text()) for r in range(3)]
+    own = f"{bad} (line at byte {at}): malformed JSON line"
+    assert failing[1]["error"].startswith(own)
+    for r in (0, 2):  # stopped with one line naming the part, the node and the cause, well before the 60 s wait
+        assert (
+            failing[r]["error"].startswith(f"data for {bad}: preparing ")
+            and ".part-00001-of-00003 failed on " in (failing[r]["error"])
+        )
+        assert own in failing[r]["error"] and failing[r]["seconds"] < 30
