@@ -138,6 +138,24 @@ def test_parts_of_three_builders_join_into_the_store_one_builder_writes(tmp_path
     np.testing.assert_array_equal(three[0][0].tokens[a:b], one[0][0].tokens[a:b])
 
 
+def test_the_builder_of_a_later_part_reads_records_in_the_format_of_the_first(tmp_path, tokenizer, monkeypatch):
+    from moai_llm.data import encode
+
+    monkeypatch.setattr(encode, "PART_MIN_BYTES", 100)
+    path = tmp_path / "sft.jsonl"
+    first = [json.dumps({"prompt": f"question {i}", "completion": f"answer {i}"}).ljust(64) for i in range(20)]
+    later = [json.dumps({"question": f"ask {i}", "answer": f"reply {i}"}).ljust(64) for i in range(20)]
+    assert len({len(line) for line in first + later}) == 1  # equal lines: the part boundary falls between the two
+    path.write_text("".join(line + "\n" for line in first + later))
+    sources, encoder = [MixtureSource(name=str(path))], DialogueEncoder(tokenizer)
+    assert [p[0][1] for p in line_parts(sources[0], 2, 100)[0]] == [0, 20 * (len(first[0]) + 1)]
+    _, errors, _ = joined_by(1, sources, DialogueEncoder(tokenizer), tmp_path / "one")
+    assert "record 20: not a prompt_completion record" in errors[0][1]
+    _, errors, _ = joined_by(2, sources, encoder, tmp_path / "two")
+    assert [i for i, _ in errors] == [0, 1]  # as one process: the later records are not read as another format
+    assert all("not a prompt_completion record" in e for _, e in errors)
+
+
 def test_a_failing_builder_stops_the_others_with_its_line(tmp_path, tokenizer, monkeypatch):
     from moai_llm.data import encode
 

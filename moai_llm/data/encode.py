@@ -71,6 +71,9 @@ class TextEncoder:
     def fingerprint(self) -> dict:
         return {"kind": "text", "tokenizer": tokenizer_hash(self.tokenizer), "eos": self.eos}
 
+    def settle(self, source, skip_bad_records: bool) -> None:
+        """Nothing to learn from a source's first record (see `DialogueEncoder.settle`)."""
+
     def payload(self, record: dict, source, where: str):
         column = self.text_column(source)
         text = record[column]
@@ -113,6 +116,12 @@ class DialogueEncoder:
             "chat_template": hashlib.sha256(str(self.tokenizer.chat_template).encode()).hexdigest()[:16],
             "sft_format": self.sft_format,
         }
+
+    def settle(self, source, skip_bad_records: bool) -> None:
+        """The source's format, detected from its first kept record, as one process reading it from the start does;
+        a builder of a later part would otherwise detect it from the part's first record."""
+        if self.sft_format is None and source.name not in self.formats:
+            next(source_payloads(source, self, skip_bad_records, DataStats()), None)
 
     def payload(self, record: dict, source, where: str):
         fmt = self.formats.get(source.name)
@@ -381,6 +390,7 @@ def prepare_stores(
         for source, item, target, segments in mine:
             if segments is not None:
                 _check_sizes(source, item["sizes"])
+                encoder.settle(source, skip_bad_records)
             build = functools.partial(
                 build_store,
                 source=source,
