@@ -273,3 +273,15 @@ def test_three_ranks_prepare_in_parts_what_one_process_prepares_and_a_failure_st
             and ".part-00001-of-00003 failed on " in (failing[r]["error"])
         )
         assert own in failing[r]["error"] and failing[r]["seconds"] < 30
+
+
+def test_a_cache_prepared_in_parts_inside_the_data_folder_is_not_read_as_data(tmp_path, tokenizer, monkeypatch):
+    from moai_llm.data import encode
+    from moai_llm.data.sources import expand_files
+
+    monkeypatch.setattr(encode, "PART_MIN_BYTES", 500)
+    write_jsonl(tmp_path / "a.jsonl", 100)
+    sources = [MixtureSource(name=str(tmp_path / "a.jsonl"))]
+    stores, errors, _ = joined_by(2, sources, TextEncoder(tokenizer), tmp_path / "data_cache")
+    assert not errors and len(stores[0][0].meta["parts"]) == 2  # the store: offsets.bin and meta.json only
+    assert expand_files(str(tmp_path)) == [tmp_path / "a.jsonl"]

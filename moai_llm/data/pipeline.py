@@ -1,8 +1,9 @@
 """From sources to train/eval datasets of rows ready for the collators: what train.py calls.
 
 Map-style data: every source is tokenized once into a memory-mapped store, the mixture rules choose documents,
-the packer plans rows from the lengths, and `PackedRows` gathers each row when it is read. Stores and plans are
-prepared by one process (per node, or once for all nodes with a shared cache) while the others wait.
+the packer plans rows from the lengths, and `PackedRows` gathers each row when it is read. Every rank tokenizes a
+share of the sources (each node's ranks for a cache per node, every rank with a shared cache); the main process
+joins the parts and plans the rows while the others wait.
 Streaming data: each rank reads, tokenizes and packs its own shard on the fly (`streaming.py`).
 """
 
