@@ -174,7 +174,7 @@ import json, os, sys, time
 from pathlib import Path
 import torch
 from moai_llm.data import MixtureSource, TextEncoder
-from moai_llm.data.encode import Builders, prepare_stores, share
+from moai_llm.data.parts import Builders, prepare_stores, share
 from moai_llm.tokenizer import load_tokenizer
 corpus, cache, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 index, count, parts = (int(x) for x in sys.argv[4:7])

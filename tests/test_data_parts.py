@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from moai_llm.data import DataError, DialogueEncoder, TextEncoder, store
-from moai_llm.data.encode import Builders, line_parts, part_records, prepare_stores, share
+from moai_llm.data.encode import part_records
 from moai_llm.data.mixing import MixtureSource
+from moai_llm.data.parts import Builders, line_parts, part_path, prepare_stores, share
 from moai_llm.data.sources import iter_records
 from moai_llm.tokenizer import load_tokenizer
 
@@ -105,9 +106,7 @@ def joined_by(builders: int, sources, encoder, cache, **kwargs):
 
 @pytest.mark.parametrize("sft", [False, True])
 def test_parts_of_three_builders_join_into_the_store_one_builder_writes(tmp_path, tokenizer, monkeypatch, sft):
-    from moai_llm.data import encode
-
-    monkeypatch.setattr(encode, "PART_MIN_BYTES", 500)
+    monkeypatch.setattr("moai_llm.data.parts.PART_MIN_BYTES", 500)
     big, folder = tmp_path / "big.jsonl", tmp_path / "folder"
     folder.mkdir()
     if sft:
@@ -139,9 +138,7 @@ def test_parts_of_three_builders_join_into_the_store_one_builder_writes(tmp_path
 
 
 def test_the_builder_of_a_later_part_reads_records_in_the_format_of_the_first(tmp_path, tokenizer, monkeypatch):
-    from moai_llm.data import encode
-
-    monkeypatch.setattr(encode, "PART_MIN_BYTES", 100)
+    monkeypatch.setattr("moai_llm.data.parts.PART_MIN_BYTES", 100)
     path = tmp_path / "sft.jsonl"
     first = [json.dumps({"prompt": f"question {i}", "completion": f"answer {i}"}).ljust(64) for i in range(20)]
     later = [json.dumps({"question": f"ask {i}", "answer": f"reply {i}"}).ljust(64) for i in range(20)]
@@ -157,9 +154,7 @@ def test_the_builder_of_a_later_part_reads_records_in_the_format_of_the_first(tm
 
 
 def test_a_failing_builder_stops_the_others_with_its_line(tmp_path, tokenizer, monkeypatch):
-    from moai_llm.data import encode
-
-    monkeypatch.setattr(encode, "PART_MIN_BYTES", 500)
+    monkeypatch.setattr("moai_llm.data.parts.PART_MIN_BYTES", 500)
     path = tmp_path / "bad.jsonl"
     write_jsonl(path, 200)
     data = path.read_bytes()
@@ -172,7 +167,7 @@ def test_a_failing_builder_stops_the_others_with_its_line(tmp_path, tokenizer, m
     assert len(work[0]["parts"]) == 3 and [index for index, _ in errors] == [0, 1, 2]
     own = f"{path} (line at byte {bad}): malformed JSON line"
     assert errors[1][1].startswith(own)  # the builder of part 1 stops with its own error
-    part = store.part_path(tmp_path / "cache" / work[0]["path"].split("/")[-1], 1, 3)
+    part = part_path(tmp_path / "cache" / work[0]["path"].split("/")[-1], 1, 3)
     for index in (0, 2):  # the others with one line naming the part, the node and the cause
         assert errors[index][1].startswith(f"data for {path}: preparing {part} failed on ")
         assert own in errors[index][1] and "\n" not in errors[index][1]
@@ -184,7 +179,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-from moai_llm.data import DataError, DataSpec, encode, store
+from moai_llm.data import DataError, DataSpec, parts, store
 from moai_llm.data.pipeline import prepare, reading_plan
 from moai_llm.tokenizer import load_tokenizer
 
@@ -198,7 +193,7 @@ class Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-encode.PART_MIN_BYTES, store.WAIT_POLL_SECONDS = 500, 0.05
+parts.PART_MIN_BYTES, store.WAIT_POLL_SECONDS = 500, 0.05
 PartialState(cpu=True, backend="gloo")
 out, runs = Path(sys.argv[1]), json.loads(sys.argv[2])
 rank, tokenizer, collect = int(os.environ["RANK"]), load_tokenizer(), Collect()
@@ -276,10 +271,9 @@ def test_three_ranks_prepare_in_parts_what_one_process_prepares_and_a_failure_st
 
 
 def test_a_cache_prepared_in_parts_inside_the_data_folder_is_not_read_as_data(tmp_path, tokenizer, monkeypatch):
-    from moai_llm.data import encode
     from moai_llm.data.sources import expand_files
 
-    monkeypatch.setattr(encode, "PART_MIN_BYTES", 500)
+    monkeypatch.setattr("moai_llm.data.parts.PART_MIN_BYTES", 500)
     write_jsonl(tmp_path / "a.jsonl", 100)
     sources = [MixtureSource(name=str(tmp_path / "a.jsonl"))]
     stores, errors, _ = joined_by(2, sources, TextEncoder(tokenizer), tmp_path / "data_cache")

@@ -19,10 +19,11 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 
 from ..batching import IGNORE_INDEX
-from .encode import Builders, DialogueEncoder, TextEncoder, prepare_stores, share
+from .encode import DialogueEncoder, TextEncoder
 from .errors import DataError, DataStats
 from .mixing import MixtureSource, check_disjoint, check_ratios, parse_mixture, select_documents
 from .packing import HierarchicalBalancePacker, attention_balance_ratio, packing_efficiency, split_long_documents
+from .parts import Builders, prepare_stores, share
 from .rows import PackedRows, build_plan, pieces
 from .sources import is_local, resolve_revision
 from .store import WAIT_SECONDS, key_of, prepare_once, read_meta

@@ -32,7 +32,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,6 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 META = "meta.json"
 WAIT_POLL_SECONDS = 1.0
-OFFSETS_CHUNK = 1 << 20  # document offsets rewritten at a time when parts are joined
 WAIT_SECONDS = 600.0  # a waiting process gives up when nothing changed at the store's path for this long
 
 
@@ -152,11 +150,6 @@ def discard_incomplete(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def part_path(path: Path, index: int, count: int) -> Path:
-    """Part `index` of `count` of the store at `path` (a hidden sibling, published on its own)."""
-    return path.parent / f".{path.name}.part-{index:05d}-of-{count:05d}"
-
-
 class BuildFailed(DataError):
     """A builder's failure, seen by a waiting process: `marker` is its one line (path, node, process, cause), handed
     on unchanged when the waiting process itself was building something that needed that store."""
@@ -198,6 +191,13 @@ class _Heartbeat:
                 path.unlink()
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """A marker is read whole or not at all (a waiting process never reads it half-written)."""
+    tmp = path.parent / f"{path.name}.{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _failure_line(path: Path, error: BaseException) -> str:
     if isinstance(error, BuildFailed):  # a store this one needed failed elsewhere: its line, not a nested one
         return error.marker
@@ -221,7 +221,7 @@ def claimed(paths: list[Path], wait_seconds: float = WAIT_SECONDS):
         line = _failure_line(unfinished[0], error) if unfinished else ""
         for path in unfinished:
             with contextlib.suppress(OSError):
-                _marker(path, "failed").write_text(line + "\n")
+                _write_atomically(_marker(path, "failed"), line + "\n")
         raise
     finally:
         heartbeat.close()
@@ -326,41 +326,6 @@ class StoreWriter:
             if handle is not None and not handle.closed:
                 handle.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def publish_union(final: Path, parts: list[Path], meta: dict) -> None:
-    """The store at `final` as the union of complete part-stores, in this order: offsets.bin of every document
-    (each part's offsets shifted by the tokens before it), written a part at a time, and meta.json naming the parts.
-    Their counts and skips add up; their tokens stay where they are."""
-    tmp = temporary_directory(final)
-    try:
-        documents, tokens, stats, labels = 0, 0, Counter(), []
-        with open(tmp / "offsets.bin", "wb") as handle:
-            handle.write(np.zeros(1, dtype=np.int64).tobytes())
-            for part in parts:
-                store = TokenStore(part, meta.get("source", str(final)))
-                for lo in range(1, store.documents + 1, OFFSETS_CHUNK):
-                    handle.write((np.asarray(store.offsets[lo : lo + OFFSETS_CHUNK]) + tokens).tobytes())
-                documents, tokens = documents + store.documents, tokens + store.num_tokens
-                stats.update(store.meta.get("stats", {}))
-                labels.append(store.meta["labels"])
-                dtype = store.meta["dtype"]
-        publish(
-            tmp,
-            final,
-            {
-                **meta,
-                "stats": dict(stats),
-                "documents": documents,
-                "tokens": tokens,
-                "dtype": dtype,
-                "labels": all(labels),
-                "parts": [part.name for part in parts],
-            },
-        )
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 class PartedArray:
