@@ -199,10 +199,20 @@ out, runs = Path(sys.argv[1]), json.loads(sys.argv[2])
 rank, tokenizer, collect = int(os.environ["RANK"]), load_tokenizer(), Collect()
 logging.getLogger("moai_llm.data").addHandler(collect)
 logging.getLogger("moai_llm.data").setLevel(logging.INFO)
+line_parts = parts.line_parts
+
+
+def broken(*args):
+    raise DataError("a file rank 0 cannot read")
+
+
 for name, files in runs.items():
-    spec = DataSpec(train_files=files, cache_dir=str(out / name), shared_cache=True, wait_seconds=60, eval_fraction=0.1)
+    shared = name != "local"  # "local": a cache per node, shared by the node's ranks (LOCAL_WORLD_SIZE)
+    cache = str(out / name)
+    spec = DataSpec(train_files=files, cache_dir=cache, shared_cache=shared, wait_seconds=60, eval_fraction=0.1)
     sources, encoder, truncate = reading_plan(spec, tokenizer)
     start, collect.messages = time.monotonic(), []
+    parts.line_parts = broken if name == "rank0" and rank == 0 else line_parts
     try:
         prepared = prepare(spec, encoder, 64, seed=3, truncate=truncate, sources=sources)
         result = {"plan": str(prepared.plan), "stores": [str(s.path) for s in prepared.stores]}
@@ -234,15 +244,22 @@ def test_three_ranks_prepare_in_parts_what_one_process_prepares_and_a_failure_st
     data = bad.read_bytes()
     at = data.index(b"\n", len(data) // 2) + 1  # the middle third: rank 1's part
     bad.write_bytes(data[:at] + b"{not json\n" + data[at:])
-    runs = {"good": [str(big), str(folder)], "failing": [str(bad)]}
+    runs = {
+        "good": [str(big), str(folder)],
+        "local": [str(big), str(folder)],
+        "failing": [str(bad)],
+        "rank0": [str(big)],
+    }
     out = tmp_path / "out"
     out.mkdir()
     result = torchrun(WORKER, [out, json.dumps(runs)], tmp_path, timeout=240, nproc=3)
     assert result.returncode == 0, result.stdout[-4000:]
     ranks = [json.loads((out / f"good-rank{r}.json").read_text()) for r in range(3)]
-    assert all("error" not in r for r in ranks), ranks
-    assert all(r["prepared"] for r in ranks)  # every rank tokenized a share
-    assert ranks[0]["plan"] == ranks[1]["plan"] == ranks[2]["plan"]
+    local = [json.loads((out / f"local-rank{r}.json").read_text()) for r in range(3)]
+    for run in (ranks, local):  # a shared cache: every rank; a cache per node: the node's local ranks
+        assert all("error" not in r for r in run), run
+        assert all(r["prepared"] for r in run)  # every rank tokenized a share
+        assert run[0]["plan"] == run[1]["plan"] == run[2]["plan"]
 
     spec = DataSpec(train_files=runs["good"], cache_dir=str(tmp_path / "one"), eval_fraction=0.1)
     sources, encoder, truncate = reading_plan(spec, tokenizer)
@@ -253,21 +270,25 @@ def test_three_ranks_prepare_in_parts_what_one_process_prepares_and_a_failure_st
         assert joined.path.name == reference.path.name
         np.testing.assert_array_equal(np.asarray(joined.tokens), np.asarray(reference.tokens))
         np.testing.assert_array_equal(joined.offsets, reference.offsets)
-    assert Path(ranks[0]["plan"]).name == one.plan.name  # the same plan key, the same rows, split and order
-    expected, got = plan_arrays(one.plan), plan_arrays(Path(ranks[0]["plan"]))
-    assert expected.keys() == got.keys() and "eval_rows.npy" in got
-    for name in expected:
-        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    expected = plan_arrays(one.plan)
+    for run in (ranks, local):  # the same plan key, the same rows, split and order
+        assert Path(run[0]["plan"]).name == one.plan.name
+        got = plan_arrays(Path(run[0]["plan"]))
+        assert expected.keys() == got.keys() and "eval_rows.npy" in got
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
 
     failing = [json.loads((out / f"failing-rank{r}.json").read_text()) for r in range(3)]
     own = f"{bad} (line at byte {at}): malformed JSON line"
     assert failing[1]["error"].startswith(own)
     for r in (0, 2):  # stopped with one line naming the part, the node and the cause, well before the 60 s wait
-        assert (
-            failing[r]["error"].startswith(f"data for {bad}: preparing ")
-            and ".part-00001-of-00003 failed on " in (failing[r]["error"])
-        )
+        assert failing[r]["error"].startswith(f"data for {bad}: preparing ")
+        assert ".part-00001-of-00003 failed on " in failing[r]["error"]
         assert own in failing[r]["error"] and failing[r]["seconds"] < 30
+
+    stopped = [json.loads((out / f"rank0-rank{r}.json").read_text()) for r in range(3)]
+    for r in range(3):  # an error while rank 0 decides what to prepare: every rank stops with its line, none waits
+        assert stopped[r]["error"].startswith("a file rank 0 cannot read (on rank 0, ") and stopped[r]["seconds"] < 30
 
 
 def test_a_cache_prepared_in_parts_inside_the_data_folder_is_not_read_as_data(tmp_path, tokenizer, monkeypatch):
