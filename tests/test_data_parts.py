@@ -300,3 +300,14 @@ def test_a_cache_prepared_in_parts_inside_the_data_folder_is_not_read_as_data(tm
     stores, errors, _ = joined_by(2, sources, TextEncoder(tokenizer), tmp_path / "data_cache")
     assert not errors and len(stores[0][0].meta["parts"]) == 2  # the store: offsets.bin and meta.json only
     assert expand_files(str(tmp_path)) == [tmp_path / "a.jsonl"]
+
+
+def test_a_source_whose_parts_are_all_empty_is_refused_by_every_builder(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setattr("moai_llm.data.parts.PART_MIN_BYTES", 100)
+    path = tmp_path / "web.jsonl"
+    path.write_text("".join(json.dumps({"text": f"doc {i}", "domain": "web"}) + "\n" for i in range(100)))
+    sources = [MixtureSource(name=str(path), domains=["news"])]
+    _, errors, work = joined_by(2, sources, TextEncoder(tokenizer), tmp_path / "cache")
+    assert len(work[0]["parts"]) == 2 and [i for i, _ in errors] == [0, 1]
+    assert all(f"{path}: no documents left after the domain filter" in e for _, e in errors)
+    assert not (tmp_path / "cache" / work[0]["path"].split("/")[-1]).exists()  # nothing published to reuse

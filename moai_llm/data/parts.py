@@ -168,15 +168,14 @@ def _joined(source, item: dict, main: bool, wait_seconds: float, stats: DataStat
         def join(final: Path) -> None:
             for target in targets:
                 prepare_once(target, None, False, what, wait_seconds)
+            if not any(TokenStore(target, source.name).documents for target in targets):
+                empty = " left after the domain filter" if source.domains else " (empty source)"
+                raise DataError(f"{source.name}: no documents{empty}")  # as one process building it says
             publish_union(final, targets, {"source": source.name})
             logger.info("joined %d parts of %s into %s", len(targets), source.name, final)
 
         prepare_once(path, join, main, what, wait_seconds)
     store = TokenStore(path, source.name)
-    if store.documents == 0:
-        raise DataError(
-            f"{source.name}: no documents" + (" left after the domain filter" if source.domains else " (empty source)")
-        )
     if stats is not None:
         stats.update(store.meta.get("stats", {}))  # skips counted at preparation are reported by every run
     return store
