@@ -57,7 +57,7 @@ class DataSpec:
     sft_format: str | None = None
     skip_bad_records: bool = False
     cache_dir: str | None = None  # stores and plans (default: <HF_DATASETS_CACHE>/moai_llm)
-    shared_cache: bool = False  # cache_dir is seen by every node: the global main process prepares, once
+    shared_cache: bool = False  # cache_dir is seen by every node: prepared once, by every rank of every node
     wait_seconds: float = WAIT_SECONDS  # a waiting process stops when nothing changed at a store for this long
     progress: bool = False  # progress bars while tokenizing
 
