@@ -21,8 +21,13 @@ from tqdm.auto import tqdm
 from ..batching import IGNORE_INDEX
 from .errors import DataError, DataStats
 from .sft import FORMAT_ALIASES, detect_format, to_messages, tokenize_dialogue
-from .sources import fingerprint, iter_records
-from .store import WAIT_SECONDS, StoreWriter, TokenStore, directory_size, key_of, prepare_once, token_dtype
+from .sources import fingerprint, iter_records, local_files, read_file
+from .store import (
+    StoreWriter,
+    directory_size,
+    key_of,
+    token_dtype,
+)
 
 logger = logging.getLogger(__name__)
 BATCH_DOCUMENTS = 1000
@@ -55,6 +60,9 @@ class TextEncoder:
     @functools.cached_property
     def fingerprint(self) -> dict:
         return {"kind": "text", "tokenizer": tokenizer_hash(self.tokenizer), "eos": self.eos}
+
+    def settle(self, source, skip_bad_records: bool) -> None:
+        """Nothing to learn from a source's first record (see `DialogueEncoder.settle`)."""
 
     def payload(self, record: dict, source, where: str):
         column = self.text_column(source)
@@ -98,6 +106,12 @@ class DialogueEncoder:
             "chat_template": hashlib.sha256(str(self.tokenizer.chat_template).encode()).hexdigest()[:16],
             "sft_format": self.sft_format,
         }
+
+    def settle(self, source, skip_bad_records: bool) -> None:
+        """The source's format, detected from its first kept record, as one process reading it from the start does;
+        a builder of a later part would otherwise detect it from the part's first record."""
+        if self.sft_format is None and source.name not in self.formats:
+            next(source_payloads(source, self, skip_bad_records, DataStats()), None)
 
     def payload(self, record: dict, source, where: str):
         fmt = self.formats.get(source.name)
@@ -146,6 +160,13 @@ def source_payloads(source, encoder, skip_bad_records: bool, stats: DataStats, r
             stats["empty_documents_skipped"] += 1
             continue
         yield payload
+
+
+def part_records(source, encoder, segments: list, skip_bad_records: bool, stats: DataStats) -> Iterator[dict]:
+    """The records of one part of a local source (`line_parts`), read from this process's own paths."""
+    files, sample_by = local_files(source.name), source.sample_by or "document"
+    for index, start, end in segments:
+        yield from read_file(files[index], encoder.text_column(source), skip_bad_records, stats, sample_by, start, end)
 
 
 def batched(payloads: Iterable, size: int = BATCH_DOCUMENTS, characters: int = BATCH_CHARACTERS) -> Iterator[list]:
@@ -214,17 +235,21 @@ def store_path(source, encoder, cache_dir: Path, skip_bad_records: bool) -> Path
     return Path(cache_dir) / f"{_slug(source.name)}-{key_of(fields)}"
 
 
-def build_store(path: Path, source, encoder, skip_bad_records: bool, progress: bool) -> None:
+def build_store(
+    path: Path, source, encoder, skip_bad_records: bool, progress: bool, segments: list | None = None
+) -> None:
+    """Tokenize a source (or, given `segments`, one part of it: see `parts.share`) into a new store at `path`."""
     stats = DataStats()
     writer = StoreWriter(path, encoder.dtype, encoder.with_labels)
     start, cpu = time.perf_counter(), time.process_time()
     bar = tqdm(desc=f"tokenizing {source.name}", unit="tok", unit_scale=True, disable=not progress)
+    records = None if segments is None else part_records(source, encoder, segments, skip_bad_records, stats)
     try:
-        for batch in prefetched(batched(source_payloads(source, encoder, skip_bad_records, stats))):
+        for batch in prefetched(batched(source_payloads(source, encoder, skip_bad_records, stats, records))):
             flat, lengths, mask = encoder.encode(batch)
             writer.add(flat, lengths, mask)
             bar.update(len(flat))
-        if writer.documents == 0:
+        if writer.documents == 0 and segments is None:  # a part may be empty; the whole source may not
             raise DataError(
                 f"{source.name}: no documents"
                 + (" left after the domain filter" if source.domains else " (empty source)")
@@ -247,30 +272,3 @@ def build_store(path: Path, source, encoder, skip_bad_records: bool, progress: b
         directory_size(path) / 1e6,
         path,
     )
-
-
-def prepare_source(
-    source,
-    encoder,
-    cache_dir: Path,
-    builder: bool,
-    skip_bad_records: bool = False,
-    stats: DataStats | None = None,
-    progress: bool = False,
-    path: Path | None = None,
-    wait_seconds: float = WAIT_SECONDS,
-) -> TokenStore:
-    """The source's store (at `path`, else its own key's): built by the `builder` process if missing, awaited by
-    the others, memory-mapped."""
-    path = path or store_path(source, encoder, cache_dir, skip_bad_records)
-    prepare_once(
-        path,
-        lambda p: build_store(p, source, encoder, skip_bad_records, progress),
-        builder,
-        f"data for {source.name}",
-        wait_seconds,
-    )
-    store = TokenStore(path, source.name)
-    if stats is not None:
-        stats.update(store.meta.get("stats", {}))  # skips counted at preparation are reported by every run
-    return store

@@ -1,13 +1,16 @@
 """From sources to train/eval datasets of rows ready for the collators: what train.py calls.
 
 Map-style data: every source is tokenized once into a memory-mapped store, the mixture rules choose documents,
-the packer plans rows from the lengths, and `PackedRows` gathers each row when it is read. Stores and plans are
-prepared by one process (per node, or once for all nodes with a shared cache) while the others wait.
+the packer plans rows from the lengths, and `PackedRows` gathers each row when it is read. Every rank tokenizes a
+share of the sources (each node's ranks for a cache per node, every rank with a shared cache); the main process
+joins the parts and plans the rows while the others wait.
 Streaming data: each rank reads, tokenizes and packs its own shard on the fly (`streaming.py`), with the same
 cutter and packer (`packing.py`); its held-out documents become a small store read like prepared data.
 """
 
 import logging
+import os
+import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -16,9 +19,10 @@ import datasets
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 
-from .encode import DialogueEncoder, TextEncoder, prepare_source, store_path
+from .encode import DialogueEncoder, TextEncoder
 from .errors import DataError, DataStats
 from .mixing import MixtureSource, check_disjoint, check_ratios, parse_mixture, select_documents
+from .parts import Builders, prepare_stores, share
 from .rows import PackedRows, build_plan, pieces
 from .sources import is_local, resolve_revision
 from .store import WAIT_SECONDS, key_of, prepare_once, read_meta
@@ -76,7 +80,7 @@ class DataSpec(DataOptions):
     mixture: list[dict] = field(default_factory=list)
     split: str = "train"
     cache_dir: str | None = None  # stores and plans (default: <HF_DATASETS_CACHE>/moai_llm)
-    shared_cache: bool = False  # cache_dir is seen by every node: the global main process prepares, once
+    shared_cache: bool = False  # cache_dir is seen by every node: prepared once, by every rank of every node
     wait_seconds: float = WAIT_SECONDS  # a waiting process stops when nothing changed at a store for this long
     progress: bool = False  # progress bars while tokenizing
 
@@ -152,16 +156,20 @@ def prepare(
     stats = stats if stats is not None else DataStats()
     sources = sources or mixture_sources(spec)
     state = PartialState()
-    builder = state.is_main_process if spec.shared_cache else state.is_local_main_process
+    builders = _builders(state, spec.shared_cache)
     cache = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
-    paths = [store_path(s, encoder, cache, spec.skip_bad_records) for s in sources]
-    if spec.shared_cache and state.num_processes > 1:
-        # keyed once, on the builder: other nodes may mount the files elsewhere or see other modification times
-        paths = broadcast_object_list([paths], from_process=0)[0]
-    stores = [
-        prepare_source(s, encoder, cache, builder, spec.skip_bad_records, stats, spec.progress, path, spec.wait_seconds)
-        for s, path in zip(sources, paths)
-    ]
+    # decided once, on rank 0: other nodes may mount the files elsewhere or see other modification times
+    work = _on_rank_zero(state, lambda: share(sources, encoder, cache, spec.skip_bad_records, builders.count))
+    stores = prepare_stores(
+        sources,
+        encoder,
+        work,
+        builders,
+        skip_bad_records=spec.skip_bad_records,
+        stats=stats,
+        progress=spec.progress,
+        wait_seconds=spec.wait_seconds,
+    )
     fields = {
         "version": PLAN_VERSION,
         "stores": [s.path.name for s in stores],
@@ -194,11 +202,37 @@ def prepare(
             {**fields, "stats": dict(plan_stats), "mixture": selection.summary},
         )
 
-    prepare_once(path, build, builder, "packing plan", spec.wait_seconds)
+    prepare_once(path, build, builders.main, "packing plan", spec.wait_seconds)
     meta = read_meta(path, "packing plan")
     stats.update(meta.get("stats", {}))
     logger.info("data mixture per epoch: %s", "; ".join(meta["mixture"]))
     return Prepared(path, stores, meta)
+
+
+def _builders(state: PartialState, shared_cache: bool) -> Builders:
+    """Who tokenizes: with a shared cache every rank of every node, each a share; else each node's local ranks (their
+    number from torchrun's LOCAL_WORLD_SIZE; where it is not set, the node's local main process alone)."""
+    if shared_cache:
+        return Builders(state.process_index, state.num_processes, state.is_main_process)
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        return Builders(state.local_process_index, int(os.environ["LOCAL_WORLD_SIZE"]), state.is_local_main_process)
+    return Builders(0 if state.is_local_main_process else 1, 1, state.is_local_main_process)
+
+
+def _on_rank_zero(state: PartialState, decide):
+    """`decide()` on rank 0, its result sent to every rank; a DataError there stops every rank with its line."""
+    if state.num_processes == 1:
+        return decide()
+    box = [None]
+    if state.is_main_process:
+        try:
+            box = [(decide(), None)]
+        except DataError as error:
+            box = [(None, f"{error} (on rank 0, {socket.gethostname()})")]
+    result, error = broadcast_object_list(box, from_process=0)[0]
+    if error is not None:
+        raise DataError(error)
+    return result
 
 
 def reading_plan(spec: DataSpec, tokenizer, sft: bool = False):

@@ -20,7 +20,7 @@ LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv")
 TABULAR_SUFFIXES = (".parquet", ".csv")
 WARN_SKIPS_PER_FILE = 3
 SAMPLE_BY = ("document", "paragraph", "line")  # what a .txt document is (datasets' text loader: sample_by)
-PREPARED_MARKERS = ("tokens.bin", "train_rows.npy")  # a store's or a plan's files
+PREPARED_MARKERS = ("tokens.bin", "offsets.bin", "train_rows.npy")  # a store's (or its parts') or a plan's files
 JSON_CHUNK = 1 << 20  # characters of a .json file read at a time
 JSON_LARGEST_RECORD = 1 << 26  # characters: a longer element is taken to be malformed, not read to the file's end
 
@@ -73,15 +73,29 @@ def fingerprint(name: str, subset: str | None, split: str, revision: str | None 
     return {"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in local_files(name)]}
 
 
-def read_jsonl(path: Path, text_column: str | None, skip_bad_records: bool, stats: DataStats):
-    """Rows of a .jsonl file, checked line by line so errors name the line (datasets' json loader does not)."""
-    offset, skipped = 0, 0
+def read_jsonl(
+    path: Path,
+    text_column: str | None,
+    skip_bad_records: bool,
+    stats: DataStats,
+    start: int = 0,
+    end: int | None = None,
+):
+    """Rows of a .jsonl file, checked line by line so errors name the line (datasets' json loader does not). From
+    byte `start` to `end` (both line starts: a part of the file prepared by one of several processes), lines are
+    named by their byte offset."""
+    offset, skipped = start, 0
     with open(path, "rb") as f:
+        f.seek(start)
         for number, raw in enumerate(f, 1):
+            if end is not None and offset >= end:
+                break
+            where = f"{path}:{number}" if not start else f"{path} (line at byte {offset})"
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise DataError(f"{path}: invalid UTF-8 at byte offset {offset + err.start} (line {number})") from None
+                line_number = "" if start else f" (line {number})"
+                raise DataError(f"{path}: invalid UTF-8 at byte offset {offset + err.start}{line_number}") from None
             offset += len(raw)
             if not line.strip():
                 continue
@@ -94,20 +108,18 @@ def read_jsonl(path: Path, text_column: str | None, skip_bad_records: bool, stat
                     stats["bad_records_skipped"] += 1
                     skipped += 1
                     if skipped <= WARN_SKIPS_PER_FILE:
-                        logger.warning("%s:%d: malformed JSON line skipped (%s)", path, number, err)
+                        logger.warning("%s: malformed JSON line skipped (%s)", where, err)
                     continue
-                raise DataError(
-                    f"{path}:{number}: malformed JSON line ({err}); fix it or pass --skip_bad_records"
-                ) from None
+                raise DataError(f"{where}: malformed JSON line ({err}); fix it or pass --skip_bad_records") from None
             if text_column is not None and text_column not in row:
-                raise DataError(f"{path}:{number}: no column {text_column!r}; columns: {sorted(row)}")
+                raise DataError(f"{where}: no column {text_column!r}; columns: {sorted(row)}")
             yield row
 
 
-def read_text_file(path: Path, text_column: str, sample_by: str = "document"):
+def read_text_file(path: Path, text_column: str, sample_by: str = "document", start: int = 0, end: int | None = None):
     """A .txt file as one document (`sample_by` "document"), one per line ("line"), or one per block of lines
     between blank lines ("paragraph"), as datasets' text loader cuts them. Lines and paragraphs are read one at a
-    time; empty ones are not documents."""
+    time; empty ones are not documents. One per line: from byte `start` to `end` (line starts) if given."""
     if sample_by not in SAMPLE_BY:
         raise DataError(f"sample_by {sample_by!r}: expected one of {', '.join(SAMPLE_BY)}")
     if sample_by == "document":
@@ -119,9 +131,12 @@ def read_text_file(path: Path, text_column: str, sample_by: str = "document"):
         if text.strip():
             yield {text_column: text}
         return
-    offset, block = 0, []
+    offset, block = start, []
     with open(path, "rb") as handle:
+        handle.seek(start)
         for number, raw in enumerate(handle, 1):
+            if end is not None and offset >= end:
+                break
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as err:
@@ -218,13 +233,27 @@ def read_tabular(path: Path, text_column: str | None) -> Iterator[dict]:
         raise DataError(f"{path}: unreadable {path.suffix[1:]} ({str(err).splitlines()[0][:160]})") from None
 
 
+def splits_at_lines(path: Path, sample_by: str = "document") -> bool:
+    """Whether a file's records are its lines, so that it can be read in byte ranges cut at line starts."""
+    return path.suffix == ".jsonl" or (path.suffix == ".txt" and sample_by == "line")
+
+
 def read_file(
-    path: Path, text_column: str | None, skip_bad_records: bool, stats: DataStats, sample_by: str = "document"
+    path: Path,
+    text_column: str | None,
+    skip_bad_records: bool,
+    stats: DataStats,
+    sample_by: str = "document",
+    start: int = 0,
+    end: int | None = None,
 ) -> Iterator[dict]:
+    """The records of a file; of bytes `start` to `end` only (line starts) where `splits_at_lines`."""
+    if (start or end is not None) and not splits_at_lines(path, sample_by):
+        raise ValueError(f"{path} is not read in byte ranges")
     if path.suffix == ".jsonl":
-        yield from read_jsonl(path, text_column, skip_bad_records, stats)
+        yield from read_jsonl(path, text_column, skip_bad_records, stats, start, end)
     elif path.suffix == ".txt":
-        yield from read_text_file(path, text_column or "text", sample_by)
+        yield from read_text_file(path, text_column or "text", sample_by, start, end)
     elif path.suffix in TABULAR_SUFFIXES:
         yield from read_tabular(path, text_column)
     elif path.suffix == ".json":

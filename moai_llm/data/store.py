@@ -14,6 +14,11 @@ batches, so preparing a corpus never holds more than one batch in memory.
 
 Atomicity: a store is written in a hidden temporary directory beside its final path, fsynced, and renamed into
 place after meta.json; a directory at the final path without meta.json (or a temporary one) is never used.
+
+Parts: a source prepared by several processes is written as part-stores, hidden siblings `.<store>.part-I-of-N`,
+each a whole store of a contiguous run of the source's records, published on its own. The store itself then
+holds only offsets.bin (of every document, in the parts' order) and a meta.json naming its parts; `TokenStore`
+reads tokens and labels through the parts, so the union is the same array a single process writes.
 """
 
 import contextlib
@@ -51,7 +56,10 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def directory_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
+    """Bytes of a store or plan on disk, with the parts of a store prepared in parts."""
+    path = Path(path)
+    folders = [path, *path.parent.glob(f".{glob.escape(path.name)}.part-*")]
+    return sum(p.stat().st_size for folder in folders for p in folder.iterdir() if p.is_file())
 
 
 def _fsync_file(path: Path) -> None:
@@ -113,7 +121,8 @@ def _alive(pid: int) -> bool:
 def publish(tmp: Path, final: Path, meta: dict) -> None:
     """fsync every file, write meta.json last, rename into place. If another process won the race, keep theirs."""
     for path in tmp.iterdir():
-        _fsync_file(path)
+        if path.is_file():
+            _fsync_file(path)
     write_meta(tmp, {**meta, "version": FORMAT_VERSION})
     try:
         os.rename(tmp, final)
@@ -141,6 +150,15 @@ def discard_incomplete(path: Path) -> None:
         shutil.rmtree(path)
 
 
+class BuildFailed(DataError):
+    """A builder's failure, seen by a waiting process: `marker` is its one line (path, node, process, cause), handed
+    on unchanged when the waiting process itself was building something that needed that store."""
+
+    def __init__(self, what: str, marker: str):
+        super().__init__(f"{what}: preparing {marker}; fix that and start again")
+        self.marker = marker
+
+
 def _marker(path: Path, kind: str) -> Path:
     """Files beside a store while it is prepared: `.<name>.building` (touched while the builder works) and
     `.<name>.failed` (the builder's one-line error)."""
@@ -148,26 +166,65 @@ def _marker(path: Path, kind: str) -> Path:
 
 
 class _Heartbeat:
-    """Touches the building marker every `interval` seconds from a thread, so waiting processes (on any node) see
-    that the builder is alive however long the preparation takes."""
+    """Touches building markers every `interval` seconds from a thread, so waiting processes (on any node) see that
+    the builder is alive however long the preparation takes."""
 
-    def __init__(self, path: Path, interval: float):
-        self.path, self.interval, self.stop = path, interval, threading.Event()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(f"{socket.gethostname()} pid {os.getpid()}\n")
+    def __init__(self, paths: list[Path], interval: float):
+        self.paths, self.interval, self.stop = paths, interval, threading.Event()
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{socket.gethostname()} pid {os.getpid()}\n")
         self.thread = threading.Thread(target=self._beat, daemon=True, name="data-heartbeat")
         self.thread.start()
 
     def _beat(self):
         while not self.stop.wait(self.interval):
-            with contextlib.suppress(OSError):
-                os.utime(self.path)
+            for path in self.paths:
+                with contextlib.suppress(OSError):
+                    os.utime(path)
 
     def close(self):
         self.stop.set()
         self.thread.join()
+        for path in self.paths:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A marker is read whole or not at all (a waiting process never reads it half-written)."""
+    tmp = path.parent / f"{path.name}.{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _failure_line(path: Path, error: BaseException) -> str:
+    if isinstance(error, BuildFailed):  # a store this one needed failed elsewhere: its line, not a nested one
+        return error.marker
+    cause = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+    return f"{path} failed on {socket.gethostname()} (pid {os.getpid()}): {cause}"
+
+
+@contextlib.contextmanager
+def claimed(paths: list[Path], wait_seconds: float = WAIT_SECONDS):
+    """This process will prepare `paths`, one after another: their building markers are touched from now on, so a
+    process waiting for the last one waits (bounded) while this one works on the first; if this process fails, each
+    unfinished one gets the failure marker with its one line, so no process waits for what will not come."""
+    for path in paths:  # a failure of an earlier run is not this one's
         with contextlib.suppress(OSError):
-            self.path.unlink()
+            _marker(path, "failed").unlink()
+    heartbeat = _Heartbeat([_marker(path, "building") for path in paths], max(wait_seconds / 8, 0.05))
+    try:
+        yield
+    except BaseException as error:
+        unfinished = [path for path in paths if not is_complete(path)]
+        line = _failure_line(unfinished[0], error) if unfinished else ""
+        for path in unfinished:
+            with contextlib.suppress(OSError):
+                _write_atomically(_marker(path, "failed"), line + "\n")
+        raise
+    finally:
+        heartbeat.close()
 
 
 def prepare_once(path: Path, build, builder: bool, what: str, wait_seconds: float = WAIT_SECONDS) -> None:
@@ -185,18 +242,8 @@ def prepare_once(path: Path, build, builder: bool, what: str, wait_seconds: floa
         discard_incomplete(path)
         if is_complete(path):
             return
-        with contextlib.suppress(OSError):
-            failed.unlink()
-        heartbeat = _Heartbeat(_marker(path, "building"), max(wait_seconds / 8, 0.05))
-        try:
+        with claimed([path], wait_seconds):
             build(path)
-        except BaseException as error:
-            cause = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
-            with contextlib.suppress(OSError):
-                failed.write_text(f"{socket.gethostname()} (pid {os.getpid()}): {cause}\n")
-            raise
-        finally:
-            heartbeat.close()
         return
     _wait_for(path, what, wait_seconds, failed)
 
@@ -208,9 +255,7 @@ def _wait_for(path: Path, what: str, wait_seconds: float, failed: Path) -> None:
         now = time.monotonic()
         with contextlib.suppress(OSError):
             if failed.stat().st_mtime > time.time() - wait_seconds - (now - started):  # not a marker of an old run
-                raise DataError(
-                    f"{what}: preparing {path} failed on {failed.read_text().strip()}; fix that and start again"
-                )
+                raise BuildFailed(what, failed.read_text().strip())
         try:
             state = building.stat().st_mtime_ns
         except OSError:
@@ -283,6 +328,43 @@ class StoreWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+class PartedArray:
+    """Token ids (or labels) of a store prepared in parts, read as one array: a slice inside one part (every
+    document, so every piece of a row, lies in one part) is that part's memory map, without a copy."""
+
+    def __init__(self, arrays: list):
+        self.arrays = arrays
+        self.ends = np.cumsum([len(a) for a in arrays], dtype=np.int64)
+        self.dtype = arrays[0].dtype
+
+    def __len__(self) -> int:
+        return int(self.ends[-1])
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice):
+            index = int(index) + len(self) if int(index) < 0 else int(index)
+            if not 0 <= index < len(self):
+                raise IndexError(f"index {index} of {len(self)}")
+            part = int(np.searchsorted(self.ends, index, side="right"))
+            return self.arrays[part][index - (self.ends[part] - len(self.arrays[part]))]
+        lo, hi, step = index.indices(len(self))
+        if step != 1:
+            return np.asarray(self[lo:hi])[::step]
+        first = int(np.searchsorted(self.ends, lo, side="right"))
+        pieces = []
+        for part in range(first, len(self.arrays)):
+            begin = int(self.ends[part]) - len(self.arrays[part])
+            if begin >= hi:
+                break
+            pieces.append(self.arrays[part][max(lo - begin, 0) : hi - begin])
+        if len(pieces) == 1:
+            return pieces[0]
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=self.dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[0 : len(self)], dtype=dtype)
+
+
 def _memmap(path: Path, dtype, count: int, what: str):
     expected = count * np.dtype(dtype).itemsize
     try:
@@ -309,8 +391,13 @@ class TokenStore:
         self.path, self.what = Path(path), what
         self.meta = read_meta(self.path, what)
         self.documents, self.num_tokens = int(self.meta["documents"]), int(self.meta["tokens"])
-        self.tokens = _memmap(self.path / "tokens.bin", self.meta["dtype"], self.num_tokens, what)
         self.offsets = _memmap(self.path / "offsets.bin", np.int64, self.documents + 1, what)
+        if "parts" in self.meta:  # prepared in parts: tokens and labels are read through them
+            parts = [TokenStore(self.path.parent / name, what) for name in self.meta["parts"]]
+            self.tokens = PartedArray([part.tokens for part in parts])
+            self.labels = PartedArray([part.labels for part in parts]) if self.meta["labels"] else None
+            return
+        self.tokens = _memmap(self.path / "tokens.bin", self.meta["dtype"], self.num_tokens, what)
         self.labels = (
             _memmap(self.path / "labels.bin", np.uint8, self.num_tokens, what) if self.meta["labels"] else None
         )

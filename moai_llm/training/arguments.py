@@ -115,7 +115,8 @@ class DataArguments(DataOptions):
         default=None,
         metadata={
             "help": "Prepared data (token stores, packing plans). Given: treated as shared by every node, "
-            "prepared once by the main process. Default: <output_dir>/data_cache, once per node."
+            "prepared once, every rank tokenizing a share. Default: <output_dir>/data_cache, once per node "
+            "(shared by the node's ranks)."
         },
     )
     prepare_only: bool = field(
