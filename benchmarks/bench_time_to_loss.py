@@ -1,0 +1,505 @@
+"""Held-out loss against training time: MOAI (AdamW, Muon) vs a stock Trainer and TRL's SFTTrainer, each at its best
+learning rate and rows per step.
+
+Model: a 384x4 Qwen3 (6 heads, 2 KV heads, MLP 1536, tied embeddings, the bundled tokenizer's 8192 tokens: 11.8M
+parameters; built from configs/model_config_tiny.json with those sizes), rows of 512 tokens, bf16 autocast.
+Data: the paragraphs of the shared corpora (../shared/corpora: Shakespeare plays, Korean bills; the bundled
+sample when absent), read as benchmarks/bench_train.py does; every 25th English and every 4th Korean paragraph is
+held out (never trained on), and --eval_tokens of it (4096: half Korean, half English) are scored in fp32 under
+no_grad, at the start and every 1/--points of the budget.
+
+Variants:
+- moai_adamw / moai_muon: train.py's machinery: the prepared store and packing plan (pretraining_datasets),
+  MoaiTrainer, packed rows read in balanced steps, fused loss; --optim adamw_torch or muon.
+- stock: transformers' Trainer + Qwen3ForCausalLM, one document piece per row, DataCollatorForLanguageModeling
+  (padded to the longest), AdamW.
+- trl: TRL's SFTTrainer + Qwen3ForCausalLM, packing (bfd_split: best-fit, long documents split, no token dropped).
+- moai_muon_random (default mode only): moai_muon with its rows drawn at random (the Trainer's RandomSampler)
+  instead of in the balance order, at the same settings: does the balance order cost loss per step?
+
+The clock: the machine has 2 cores shared with other processes, so wall time is noisy. Every run is one process
+with one thread (torch.set_num_threads(1), no DataLoader workers), and its clock is the process's CPU time
+(time.process_time) since the first training step, less the time spent scoring: on an idle core that equals wall
+time, and it does not count time the process waited for the core. Two runs may share the machine (--jobs 2).
+
+The schedule is one shape for all: train.py's WSD defaults (warmup over the first 5%, from 0.1 x the peak as in
+transformers; stable; a 1-sqrt decay over the last 20% to 0.1 x the peak), as a function of the elapsed clock
+rather than of steps: a budgeted run's step count is not known in advance. A callback sets every param group's
+learning rate before each step and stops the run when the budget is spent.
+
+--sweep runs every variant at 3 learning rates x 3 rows per step (a packed row is 512 tokens, a stock row one
+padded paragraph, so the stock grid is larger), at a shorter budget (20 s; scored once, at the end), and records
+each variant's lowest final loss in benchmarks/time_to_loss_sweep.json. The default mode runs those winners at the
+full budget and writes benchmarks/time_to_loss.json and benchmarks/time_to_loss.png.
+
+    python benchmarks/bench_time_to_loss.py --sweep [--budget 20] [--jobs 3]
+    python benchmarks/bench_time_to_loss.py [--budget 120]
+"""
+
+import argparse
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bench_train import counting, documents  # noqa: E402
+
+SWEEP_FILE = HERE / "time_to_loss_sweep.json"
+RESULTS_FILE = HERE / "time_to_loss.json"
+PLOT_FILE = HERE / "time_to_loss.png"
+SWEPT = ("moai_adamw", "moai_muon", "stock", "trl")
+PEERS = ("stock", "trl")
+LEARNING_RATES = (1e-3, 3e-3, 1e-2)
+# Rows per step swept: a packed row holds 512 tokens; a stock row is one paragraph piece (~45 tokens here, padded),
+# so its grid is larger, for about the same useful tokens per step.
+ROWS_PER_STEP = {"moai_adamw": (1, 2, 4), "moai_muon": (1, 2, 4), "trl": (1, 2, 4), "stock": (8, 16, 32)}
+HELD_OUT_EVERY = 25
+MODEL = dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2)
+WARMUP, DECAY, MIN_LR = 0.05, 0.2, 0.1  # train.py's defaults: warmup_steps, wsd_decay_ratio, min_lr_ratio
+
+
+@functools.cache
+def _wsd_lambda(steps: int = 10_000):
+    """train.py's WSD schedule (training/schedule.py, MoaiTrainingArguments' defaults) over `steps` steps."""
+    import torch
+
+    from moai_llm.training.schedule import create_wsd_schedule
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = create_wsd_schedule(optimizer, steps, round(WARMUP * steps), DECAY, "1-sqrt", MIN_LR)
+    return schedule.lr_lambdas[0], steps
+
+
+def wsd_factor(progress: float) -> float:
+    """Learning rate / peak at `progress` (0..1) of the budget: train.py's WSD shape (linear warmup from MIN_LR,
+    stable, 1-sqrt decay to MIN_LR), read at the nearest of 10,000 steps."""
+    schedule, steps = _wsd_lambda()
+    return float(schedule(min(max(round(progress * steps), 0), steps)))
+
+
+def time_to_reach(curve: list[dict], target: float, key: str = "clock") -> float | None:
+    """The `key` (clock or tokens) at which the held-out loss first reaches `target`, interpolated linearly between
+    the scored points of `curve` (dicts with loss, clock, tokens, in order); None if it never does."""
+    for before, point in zip(curve, curve[1:]):
+        if point["loss"] <= target:
+            if before["loss"] <= target:
+                return before[key]
+            share = (before["loss"] - target) / (before["loss"] - point["loss"])
+            return before[key] + share * (point[key] - before[key])
+    return curve[0][key] if curve and curve[0]["loss"] <= target else None
+
+
+def winners(runs: list[dict]) -> dict:
+    """{variant: {learning_rate, rows_per_step, loss}}: each variant's run with the lowest final held-out loss."""
+    best = {}
+    for run in runs:
+        if run["variant"] not in best or run["final_loss"] < best[run["variant"]]["loss"]:
+            best[run["variant"]] = {
+                "learning_rate": run["learning_rate"],
+                "rows_per_step": run["rows_per_step"],
+                "loss": run["final_loss"],
+            }
+    return best
+
+
+def is_korean(text: str) -> bool:
+    return re.search("[\uac00-\ud7a3]", text) is not None
+
+
+def split_corpus(limit_chars: int) -> tuple[list[str], list[str]]:
+    """(train, held-out) paragraphs: every HELD_OUT_EVERY-th English paragraph and every 4th Korean one (the Korean
+    text is 1% of the corpus) is held out."""
+    paragraphs = documents(limit_chars)
+    held = [i % (4 if is_korean(p) else HELD_OUT_EVERY) == 3 for i, p in enumerate(paragraphs)]
+    return [p for p, h in zip(paragraphs, held) if not h], [p for p, h in zip(paragraphs, held) if h]
+
+
+def held_out_rows(texts: list[str], tokenizer, max_len: int, max_tokens: int) -> list[list[int]]:
+    """The scored rows: held-out paragraphs + EOS cut into pieces of <= max_len, up to max_tokens in all, half from
+    the Korean paragraphs and half from the others (English), when there are both."""
+    from moai_llm.data import split_long_documents
+
+    korean = [is_korean(text) for text in texts]
+    groups = [[t for t, k in zip(texts, korean) if k == wanted] for wanted in (False, True)]
+    groups = [group for group in groups if group]
+    rows = []
+    for group in groups:
+        ids = [d + [tokenizer.eos_token_id] for d in tokenizer(group, add_special_tokens=False)["input_ids"]]
+        total = 0
+        for piece in split_long_documents(ids, max_len):
+            if total >= max_tokens / len(groups):
+                break
+            if len(piece) > 1:
+                rows.append(piece)
+                total += len(piece)
+    return rows
+
+
+def score(model, rows: list[list[int]], batch: int = 8) -> float:
+    """Mean next-token cross-entropy over `rows` in fp32 (no autocast, no_grad). Rows are right-padded: with causal
+    attention a real token never sees the padding after it, so no attention mask is needed."""
+    import torch
+    import torch.nn.functional as F
+
+    was_training, total, count = model.training, 0.0, 0
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        for i in range(0, len(rows), batch):
+            chunk = rows[i : i + batch]
+            width = max(map(len, chunk))
+            ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+            for j, row in enumerate(chunk):
+                ids[j, : len(row)] = torch.tensor(row)
+                labels[j, : len(row) - 1] = torch.tensor(row[1:])
+            logits = model(input_ids=ids).logits.float()
+            total += float(F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum"))
+            count += int(labels.ne(-100).sum())
+    model.train(was_training)
+    return total / count
+
+
+def clock_callback(budget: float, points: int, rows, sweep: bool):
+    """A TrainerCallback: the clock-based WSD learning rate, held-out scoring (off the clock), the stop."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        curve: list[dict] = []
+
+        def clock(self) -> float:
+            return time.process_time() - self.start - self.scoring
+
+        def record(self, model, state, clock):
+            started = time.process_time()
+            loss = score(model, rows)
+            self.curve.append({"clock": clock, "step": state.global_step, "tokens": self.trainer.useful, "loss": loss})
+            self.scoring += time.process_time() - started
+
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+            self.curve, self.scoring, self.next_point = [], 0.0, budget / points
+            self.peaks = [group["lr"] for group in optimizer.param_groups]
+            self.start = time.process_time()
+            if not sweep:
+                self.record(model, state, 0.0)
+
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            factor = wsd_factor(self.clock() / budget)
+            for group, peak in zip(optimizer.param_groups, self.peaks):
+                group["lr"] = peak * factor
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            clock = self.clock()
+            if clock >= budget:
+                self.record(model, state, clock)
+                control.should_training_stop = True
+            elif not sweep and clock >= self.next_point:
+                self.record(model, state, clock)
+                self.next_point += budget / points
+
+    return Clock()
+
+
+def build_trainer(variant: str, train_texts: list[str], tokenizer, args):
+    """The trainer of one variant, not started."""
+    import datasets
+    import torch
+    from transformers import DataCollatorForLanguageModeling, Qwen3ForCausalLM, Trainer, TrainingArguments
+
+    from moai_llm import MoaiConfig, MoaiForCausalLM
+    from moai_llm.data import DataSpec, PackedCollator, pretraining_datasets, split_long_documents
+    from moai_llm.export import qwen3_config_from
+    from moai_llm.training.arguments import TINY_MODEL_CONFIG, MoaiTrainingArguments
+    from moai_llm.training.trainer import MoaiTrainer
+
+    config = MoaiConfig.from_json_file(TINY_MODEL_CONFIG)
+    for key, value in MODEL.items():
+        setattr(config, key, value)
+    common = dict(
+        output_dir=str(Path(args.workdir) / "runs" / variant),
+        per_device_train_batch_size=args.rows_per_step,
+        max_steps=10**7,  # the clock stops the run
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="constant",  # the Clock callback sets the learning rate
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        bf16=True,
+        logging_steps=10**7,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        seed=0,
+    )
+    torch.manual_seed(0)
+    if variant.startswith("moai"):
+        spec = DataSpec(train_files=[str(Path(args.workdir) / "train.jsonl")], eval_fraction=0)
+        spec.cache_dir = str(Path(args.workdir) / "cache")
+        train, _ = pretraining_datasets(spec, tokenizer, args.max_seq_length, seed=0, rows_per_step=args.rows_per_step)
+        if variant == "moai_muon_random":
+            train = torch.utils.data.Subset(train, range(len(train)))  # no train_sampler: the Trainer's random one
+        optim = "muon" if variant.startswith("moai_muon") else "adamw_torch"
+        return counting(MoaiTrainer)(
+            model=MoaiForCausalLM(config),
+            args=MoaiTrainingArguments(**common, optim=optim),
+            train_dataset=train,
+            data_collator=PackedCollator(tokenizer.pad_token_id),
+            processing_class=tokenizer,
+        )
+    model = Qwen3ForCausalLM(qwen3_config_from(config))
+    if variant == "stock":
+        ids = [d + [tokenizer.eos_token_id] for d in tokenizer(train_texts, add_special_tokens=False)["input_ids"]]
+        train = datasets.Dataset.from_dict({"input_ids": split_long_documents(ids, args.max_seq_length)})
+        return counting(Trainer)(
+            model=model,
+            args=TrainingArguments(**common, optim="adamw_torch"),
+            train_dataset=train,
+            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+            processing_class=tokenizer,
+        )
+    from trl import SFTConfig, SFTTrainer
+
+    sft = SFTConfig(
+        **common, optim="adamw_torch", packing=True, packing_strategy="bfd_split", max_length=args.max_seq_length
+    )
+    return counting(SFTTrainer)(
+        model=model,
+        args=sft,
+        train_dataset=datasets.Dataset.from_dict({"text": train_texts}),
+        processing_class=tokenizer,
+    )
+
+
+def run_one(args) -> dict:
+    """One variant at one learning rate and rows per step, in this process: its curve and totals."""
+    import torch
+
+    from moai_llm.training.run import DEFAULT_TOKENIZER
+
+    torch.set_num_threads(1)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
+    train_texts, held_texts = split_corpus(args.chars)
+    rows = held_out_rows(held_texts, tokenizer, args.max_seq_length, args.eval_tokens)
+    trainer = build_trainer(args.variant, train_texts, tokenizer, args)
+    clock = clock_callback(args.budget, args.points, rows, args.sweep)
+    clock.trainer = trainer
+    trainer.add_callback(clock)
+    trainer.train()
+    last = clock.curve[-1]
+    return {
+        "variant": args.variant,
+        "learning_rate": args.learning_rate,
+        "rows_per_step": args.rows_per_step,
+        "final_loss": last["loss"],
+        "steps": last["step"],
+        "tokens": last["tokens"],
+        "clock": last["clock"],
+        "tokens_per_s": last["tokens"] / last["clock"],
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "eval_tokens": sum(map(len, rows)),
+        "curve": clock.curve,
+    }
+
+
+def prepare_workdir(args) -> None:
+    """The training paragraphs as JSON lines, and MOAI's prepared store and plan, made once before runs start."""
+    from transformers import AutoTokenizer
+
+    from moai_llm.data import DataSpec, pretraining_datasets
+    from moai_llm.training.run import DEFAULT_TOKENIZER
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / "train.jsonl", "w", encoding="utf-8") as handle:
+        for text in split_corpus(args.chars)[0]:
+            handle.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+    spec = DataSpec(train_files=[str(work / "train.jsonl")], eval_fraction=0, cache_dir=str(work / "cache"))
+    pretraining_datasets(spec, AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER), args.max_seq_length, seed=0)
+
+
+def launch(args, variant: str, learning_rate: float, rows_per_step: int) -> dict:
+    command = [sys.executable, __file__, "--variant", variant, f"--learning_rate={learning_rate}"]
+    command += [f"--rows_per_step={rows_per_step}", f"--budget={args.budget}", f"--points={args.points}"]
+    command += [f"--chars={args.chars}", f"--eval_tokens={args.eval_tokens}", f"--workdir={args.workdir}"]
+    command += [f"--max_seq_length={args.max_seq_length}"] + (["--sweep"] if args.sweep else [])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent, env=env)
+    if done.returncode:
+        raise RuntimeError(f"{variant} lr {learning_rate} rows {rows_per_step} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(
+        f"{variant} lr {learning_rate:g} rows {rows_per_step}: loss {result['final_loss']:.4f} after "
+        f"{result['steps']} steps, {result['tokens']:,} tokens, {result['tokens_per_s']:,.0f} tokens/s",
+        flush=True,
+    )
+    return result
+
+
+def run_all(args, settings: list[tuple[str, float, int]], on_result) -> list[dict]:
+    """`settings` run --jobs at a time, in the given order (interleaved, so load hits every variant alike)."""
+    pool, results = ThreadPoolExecutor(args.jobs), []
+    futures = [pool.submit(launch, args, *setting) for setting in settings]
+    try:
+        for future in futures:
+            results.append(future.result())
+            on_result(results)
+    finally:
+        pool.shutdown(cancel_futures=True)  # a failed run stops the rest
+    return results
+
+
+def sweep(args) -> None:
+    settings = [(v, lr, ROWS_PER_STEP[v][i]) for i in range(3) for lr in LEARNING_RATES for v in SWEPT]
+    settings = [s for s in settings if s[0] in args.variants]
+
+    def save(results):
+        kept = {"budget_s": args.budget, "runs": [{k: v for k, v in r.items() if k != "curve"} for r in results]}
+        kept["winners"] = winners(kept["runs"])
+        SWEEP_FILE.write_text(json.dumps(kept, indent=1) + "\n")
+
+    runs = run_all(args, settings, save)
+    print(f"\nsweep at {args.budget:g} s of clock per run; final held-out loss (rows per step x learning rate)")
+    print("| variant | rows/step | " + " | ".join(f"lr {lr:g}" for lr in LEARNING_RATES) + " |")
+    print("| --- | ---: |" + " ---: |" * len(LEARNING_RATES))
+    for variant in SWEPT:
+        losses = {(r["rows_per_step"], r["learning_rate"]): r["final_loss"] for r in runs if r["variant"] == variant}
+        for rows in ROWS_PER_STEP[variant] if losses else ():
+            cells = [losses.get((rows, lr)) for lr in LEARNING_RATES]
+            print(f"| {variant} | {rows} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
+    print(f"winners in {SWEEP_FILE}: {json.dumps(winners(runs))}")
+
+
+def loss_at(curve: list[dict], key: str, value: float) -> float | None:
+    """The held-out loss at `key` == value, interpolated between scored points; None outside the curve."""
+    for before, point in zip(curve, curve[1:]):
+        if before[key] <= value <= point[key] and point[key] > before[key]:
+            share = (value - before[key]) / (point[key] - before[key])
+            return before["loss"] + share * (point["loss"] - before["loss"])
+    return None
+
+
+NAMES = {
+    "moai_adamw": "MOAI + AdamW",
+    "moai_muon": "MOAI + Muon",
+    "stock": "Trainer + Qwen3ForCausalLM (padded)",
+    "trl": "TRL SFTTrainer (packing)",
+    "moai_muon_random": "MOAI + Muon, rows at random",
+}
+
+
+def table(results: dict) -> str:
+    """The time-to-loss table (markdown) and the targets, from {variant: run}."""
+    peer = min((v for v in PEERS if v in results), key=lambda v: results[v]["final_loss"])
+    target = results[peer]["final_loss"]
+    peer_clock = time_to_reach(results[peer]["curve"], target)
+    lines = [
+        f"target: the best peer's ({NAMES[peer]}) final held-out loss {target:.3f}",
+        "| variant | lr | rows/step | steps | tokens | tokens/s | final loss | clock to target (s) | "
+        "tokens to target | time vs peer |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for variant, run in results.items():
+        clock, tokens = time_to_reach(run["curve"], target), time_to_reach(run["curve"], target, "tokens")
+        reached = clock is not None
+        lines.append(
+            f"| {NAMES[variant]} | {run['learning_rate']:g} | {run['rows_per_step']} | {run['steps']:,} | "
+            f"{run['tokens']:,} | {run['tokens_per_s']:,.0f} | {run['final_loss']:.3f} | "
+            + (f"{clock:.1f} | {tokens:,.0f} | {clock / peer_clock:.2f}x |" if reached else "not reached | | |")
+        )
+    muon, adamw = results.get("moai_muon"), results.get("moai_adamw")
+    if muon and adamw:
+        m_clock, m_tokens = time_to_reach(muon["curve"], target), time_to_reach(muon["curve"], target, "tokens")
+        a_tokens = time_to_reach(adamw["curve"], target, "tokens")
+        if m_clock is not None:
+            lines.append(f"MOAI + Muon time to target / peer's: {m_clock / peer_clock:.2f} (target <= 0.33)")
+        if m_tokens and a_tokens:
+            lines.append(f"MOAI + AdamW tokens to target / MOAI + Muon's: {a_tokens / m_tokens:.2f} (target >= 1.2)")
+    random = results.get("moai_muon_random")
+    if muon and random:
+        step = min(muon["steps"], random["steps"])
+        per_step = [loss_at(r["curve"], "step", s) for r in (muon, random) for s in (step // 2, step)]
+        lines.append(
+            f"balance order vs rows at random (MOAI + Muon): held-out loss at step {step // 2}: "
+            f"{per_step[0]:.3f} vs {per_step[2]:.3f}; at step {step}: {per_step[1]:.3f} vs {per_step[3]:.3f}"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path, budget: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for variant, run in results.items():
+        curve = run["curve"]
+        label = f"{NAMES[variant]} (lr {run['learning_rate']:g}, {run['rows_per_step']} rows/step)"
+        axis.plot([p["clock"] for p in curve], [p["loss"] for p in curve], marker="o", markersize=3, label=label)
+    axis.set_xlabel("training clock (s, single-thread CPU time, scoring excluded)")
+    axis.set_ylabel("held-out loss (fp32)")
+    axis.set_ylim(top=min(8.0, max(p["loss"] for r in results.values() for p in r["curve"][1:]) + 0.3))
+    axis.set_title(f"Held-out loss against time, 11.8M-parameter Qwen3, {budget:g} s per run")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def compare(args) -> None:
+    if not SWEEP_FILE.exists():
+        sys.exit(f"{SWEEP_FILE} not found: run --sweep first")
+    best = json.loads(SWEEP_FILE.read_text())["winners"]
+    settings = [(v, best[v]["learning_rate"], best[v]["rows_per_step"]) for v in SWEPT if v in best]
+    if "moai_muon" in best:
+        settings.append(("moai_muon_random", best["moai_muon"]["learning_rate"], best["moai_muon"]["rows_per_step"]))
+    settings = [s for s in settings if s[0] in args.variants or s[0] == "moai_muon_random"]
+    results = {r["variant"]: r for r in run_all(args, settings, lambda _: None)}
+    RESULTS_FILE.write_text(json.dumps({"budget_s": args.budget, "runs": results}, indent=1) + "\n")
+    print(f"\n{results[settings[0][0]]['parameters']:,} parameters, {args.budget:g} s of clock per run")
+    print(table(results))
+    plot(results, PLOT_FILE, args.budget)
+    print(f"plot: {PLOT_FILE}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sweep", action="store_true", help="3 learning rates x 3 rows per step per variant")
+    parser.add_argument("--budget", type=float, help="clock seconds per run (default: 120; 20 with --sweep)")
+    parser.add_argument("--points", type=int, default=8, help="held-out scorings per run (besides the start)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once (each single-threaded)")
+    parser.add_argument("--variants", default=",".join(SWEPT), help="comma-separated subset of " + ",".join(SWEPT))
+    parser.add_argument("--chars", type=int, default=10_000_000, help="characters of corpus text to read (all: 5.2M)")
+    parser.add_argument("--eval_tokens", type=int, default=4096, help="held-out tokens scored")
+    parser.add_argument("--max_seq_length", type=int, default=512)
+    parser.add_argument("--workdir", default="/tmp/bench_time_to_loss")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--learning_rate", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--rows_per_step", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.budget is None:
+        args.budget = 20.0 if args.sweep else 120.0
+    if args.variant:
+        print(json.dumps(run_one(args)))
+        return
+    args.variants = args.variants.split(",")
+    prepare_workdir(args)
+    (sweep if args.sweep else compare)(args)
+
+
+if __name__ == "__main__":
+    main()
