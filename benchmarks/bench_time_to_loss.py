@@ -4,9 +4,9 @@ learning rate and rows per step.
 Model: a 384x4 Qwen3 (6 heads, 2 KV heads, MLP 1536, tied embeddings, the bundled tokenizer's 8192 tokens: 11.8M
 parameters; built from configs/model_config_tiny.json with those sizes), rows of 512 tokens, bf16 autocast.
 Data: the paragraphs of the shared corpora (../shared/corpora: Shakespeare plays, Korean bills; the bundled
-sample when absent), read as benchmarks/bench_train.py does; every 25th English and every 4th Korean paragraph is
-held out (never trained on), and --eval_tokens of it (4096: half Korean, half English) are scored in fp32 under
-no_grad, at the start and every 1/--points of the budget.
+sample when absent), read as benchmarks/bench_train.py does (Korean is 1% of the tokens); every 25th paragraph is
+held out (never trained on), and --eval_tokens of it (4096, evenly spaced over the held-out paragraphs) are scored in
+fp32 under no_grad, at the start and every 1/--points of the budget.
 
 Variants:
 - moai_adamw / moai_muon: train.py's machinery: the prepared store and packing plan (pretraining_datasets),
@@ -40,7 +40,6 @@ import argparse
 import functools
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -111,36 +110,27 @@ def winners(runs: list[dict]) -> dict:
     return best
 
 
-def is_korean(text: str) -> bool:
-    return re.search("[\uac00-\ud7a3]", text) is not None
-
-
 def split_corpus(limit_chars: int) -> tuple[list[str], list[str]]:
-    """(train, held-out) paragraphs: every HELD_OUT_EVERY-th English paragraph and every 4th Korean one (the Korean
-    text is 1% of the corpus) is held out."""
+    """(train, held-out) paragraphs: every HELD_OUT_EVERY-th paragraph is held out."""
     paragraphs = documents(limit_chars)
-    held = [i % (4 if is_korean(p) else HELD_OUT_EVERY) == 3 for i, p in enumerate(paragraphs)]
-    return [p for p, h in zip(paragraphs, held) if not h], [p for p, h in zip(paragraphs, held) if h]
+    held = set(range(HELD_OUT_EVERY - 1, len(paragraphs), HELD_OUT_EVERY))
+    return [p for i, p in enumerate(paragraphs) if i not in held], [paragraphs[i] for i in sorted(held)]
 
 
 def held_out_rows(texts: list[str], tokenizer, max_len: int, max_tokens: int) -> list[list[int]]:
-    """The scored rows: held-out paragraphs + EOS cut into pieces of <= max_len, up to max_tokens in all, half from
-    the Korean paragraphs and half from the others (English), when there are both."""
+    """The scored rows: held-out paragraphs + EOS cut into pieces of <= max_len, evenly spaced over all of them
+    (so English and Korean in the training mix's proportions), up to max_tokens in all."""
     from moai_llm.data import split_long_documents
 
-    korean = [is_korean(text) for text in texts]
-    groups = [[t for t, k in zip(texts, korean) if k == wanted] for wanted in (False, True)]
-    groups = [group for group in groups if group]
-    rows = []
-    for group in groups:
-        ids = [d + [tokenizer.eos_token_id] for d in tokenizer(group, add_special_tokens=False)["input_ids"]]
-        total = 0
-        for piece in split_long_documents(ids, max_len):
-            if total >= max_tokens / len(groups):
-                break
-            if len(piece) > 1:
-                rows.append(piece)
-                total += len(piece)
+    ids = [d + [tokenizer.eos_token_id] for d in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    pieces = [piece for piece in split_long_documents(ids, max_len) if len(piece) > 1]
+    stride = max(1, round(sum(map(len, pieces)) / max_tokens))
+    rows, total = [], 0
+    for piece in pieces[::stride]:
+        if total >= max_tokens:
+            break
+        rows.append(piece)
+        total += len(piece)
     return rows
 
 

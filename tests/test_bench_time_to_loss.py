@@ -86,3 +86,18 @@ def test_a_budgeted_run_scores_off_the_clock_and_stops(tmp_path):
     assert points[-1]["clock"] >= 3.0 and result["steps"] >= 1 and result["tokens"] > 0
     assert points[-1]["loss"] < points[0]["loss"]
     assert result["eval_tokens"] >= 256
+
+
+def test_held_out_rows_spread_over_the_held_out_text():
+    from transformers import AutoTokenizer
+
+    from moai_llm.training.run import DEFAULT_TOKENIZER
+
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
+    texts = [f"paragraph {i} " + "word " * (5 + i % 40) for i in range(400)]
+    rows = bench.held_out_rows(texts, tokenizer, 32, 1000)
+    assert all(1 < len(row) <= 32 and row[-1] == tokenizer.eos_token_id or len(row) == 32 for row in rows)
+    assert 1000 <= sum(map(len, rows)) < 1000 + 32
+    decoded = [tokenizer.decode(row) for row in rows]
+    numbers = [int(text.split()[1]) for text in decoded if text.startswith("paragraph")]
+    assert numbers[0] < 20 and numbers[-1] > 300  # from the whole held-out list, not only its start
