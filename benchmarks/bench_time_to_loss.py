@@ -14,8 +14,9 @@ Variants:
 - stock: transformers' Trainer + Qwen3ForCausalLM, one document piece per row, DataCollatorForLanguageModeling
   (padded to the longest), AdamW.
 - trl: TRL's SFTTrainer + Qwen3ForCausalLM, packing (bfd_split: best-fit, long documents split, no token dropped).
-- moai_muon_random (default mode only): moai_muon with its rows drawn at random (the Trainer's RandomSampler)
-  instead of in the balance order, at the same settings: does the balance order cost loss per step?
+- moai_adamw_random or moai_muon_random (default mode only): the better MOAI variant with its rows drawn at random
+  (the Trainer's RandomSampler) instead of in the balance order, at the same settings: does the balance order cost
+  loss per step?
 
 The clock: the machine has 2 cores shared with other processes, so wall time is noisy. Every run is one process
 with one thread (torch.set_num_threads(1), no DataLoader workers), and its clock is the process's CPU time
@@ -27,10 +28,13 @@ transformers; stable; a 1-sqrt decay over the last 20% to 0.1 x the peak), as a 
 rather than of steps: a budgeted run's step count is not known in advance. A callback sets every param group's
 learning rate before each step and stops the run when the budget is spent.
 
---sweep runs every variant at 3 learning rates x 3 rows per step (a packed row is 512 tokens, a stock row one
-padded paragraph, so the stock grid is larger), at a shorter budget (20 s; scored once, at the end), and records
-each variant's lowest final loss in benchmarks/time_to_loss_sweep.json. The default mode runs those winners at the
-full budget and writes benchmarks/time_to_loss.json and benchmarks/time_to_loss.png.
+--sweep searches each variant's learning rate (3) and rows per step (3; a packed row is 512 tokens, a stock row one
+padded paragraph, so the stock grid is larger) one coordinate at a time: the 3 learning rates at the first rows per
+step, then the other 2 rows per step at the best of them (5 runs, not 9: on the shared machine a run got about 1/6
+of a core). It runs at a shorter budget (20 s; scored once, at the end) and records each variant's lowest final
+loss in benchmarks/time_to_loss_sweep.json; runs already there at that budget are kept, so a stopped sweep resumes.
+The default mode runs those winners at the full budget and writes benchmarks/time_to_loss.json and
+benchmarks/time_to_loss.png.
 
     python benchmarks/bench_time_to_loss.py --sweep [--budget 20] [--jobs 3]
     python benchmarks/bench_time_to_loss.py [--budget 120]
@@ -238,7 +242,7 @@ def build_trainer(variant: str, train_texts: list[str], tokenizer, args):
         spec = DataSpec(train_files=[str(Path(args.workdir) / "train.jsonl")], eval_fraction=0)
         spec.cache_dir = str(Path(args.workdir) / "cache")
         train, _ = pretraining_datasets(spec, tokenizer, args.max_seq_length, seed=0, rows_per_step=args.rows_per_step)
-        if variant == "moai_muon_random":
+        if variant.endswith("_random"):
             train = torch.utils.data.Subset(train, range(len(train)))  # no train_sampler: the Trainer's random one
         optim = "muon" if variant.startswith("moai_muon") else "adamw_torch"
         return counting(MoaiTrainer)(
@@ -346,22 +350,32 @@ def run_all(args, settings: list[tuple[str, float, int]], on_result) -> list[dic
     try:
         for future in futures:
             results.append(future.result())
-            on_result(results)
+            on_result(results[-1])
     finally:
         pool.shutdown(cancel_futures=True)  # a failed run stops the rest
     return results
 
 
 def sweep(args) -> None:
-    settings = [(v, lr, ROWS_PER_STEP[v][i]) for i in range(3) for lr in LEARNING_RATES for v in SWEPT]
-    settings = [s for s in settings if s[0] in args.variants]
+    """A coordinate search per variant: the 3 learning rates at its first rows per step, then its other rows per step
+    at the best of those learning rates (5 runs per variant). Runs already in SWEEP_FILE at this budget are kept."""
+    runs = []
+    if SWEEP_FILE.exists() and json.loads(SWEEP_FILE.read_text())["budget_s"] == args.budget:
+        runs = json.loads(SWEEP_FILE.read_text())["runs"]
+    variants = [v for v in SWEPT if v in args.variants]
 
-    def save(results):
-        kept = {"budget_s": args.budget, "runs": [{k: v for k, v in r.items() if k != "curve"} for r in results]}
-        kept["winners"] = winners(kept["runs"])
-        SWEEP_FILE.write_text(json.dumps(kept, indent=1) + "\n")
+    def save(result):
+        runs.append({k: v for k, v in result.items() if k != "curve"})
+        SWEEP_FILE.write_text(json.dumps({"budget_s": args.budget, "runs": runs, "winners": winners(runs)}, indent=1))
 
-    runs = run_all(args, settings, save)
+    def missing(settings):
+        done = {(r["variant"], r["learning_rate"], r["rows_per_step"]) for r in runs}
+        return [setting for setting in settings if setting not in done]
+
+    run_all(args, missing([(v, lr, ROWS_PER_STEP[v][0]) for lr in LEARNING_RATES for v in variants]), save)
+    best = {v: winners([r for r in runs if r["rows_per_step"] == ROWS_PER_STEP[v][0]])[v] for v in variants}
+    later = [(v, best[v]["learning_rate"], ROWS_PER_STEP[v][i]) for i in (1, 2) for v in variants]
+    run_all(args, missing(later), save)
     print(f"\nsweep at {args.budget:g} s of clock per run; final held-out loss (rows per step x learning rate)")
     print("| variant | rows/step | " + " | ".join(f"lr {lr:g}" for lr in LEARNING_RATES) + " |")
     print("| --- | ---: |" + " ---: |" * len(LEARNING_RATES))
@@ -387,6 +401,7 @@ NAMES = {
     "moai_muon": "MOAI + Muon",
     "stock": "Trainer + Qwen3ForCausalLM (padded)",
     "trl": "TRL SFTTrainer (packing)",
+    "moai_adamw_random": "MOAI + AdamW, rows at random",
     "moai_muon_random": "MOAI + Muon, rows at random",
 }
 
@@ -418,14 +433,16 @@ def table(results: dict) -> str:
             lines.append(f"MOAI + Muon time to target / peer's: {m_clock / peer_clock:.2f} (target <= 0.33)")
         if m_tokens and a_tokens:
             lines.append(f"MOAI + AdamW tokens to target / MOAI + Muon's: {a_tokens / m_tokens:.2f} (target >= 1.2)")
-    random = results.get("moai_muon_random")
-    if muon and random:
-        step = min(muon["steps"], random["steps"])
-        per_step = [loss_at(r["curve"], "step", s) for r in (muon, random) for s in (step // 2, step)]
-        lines.append(
-            f"balance order vs rows at random (MOAI + Muon): held-out loss at step {step // 2}: "
-            f"{per_step[0]:.3f} vs {per_step[2]:.3f}; at step {step}: {per_step[1]:.3f} vs {per_step[3]:.3f}"
-        )
+    for name in ("moai_adamw", "moai_muon"):
+        balanced, random = results.get(name), results.get(f"{name}_random")
+        if balanced and random:
+            step = min(balanced["steps"], random["steps"])
+            per_step = [loss_at(r["curve"], "step", s) for r in (balanced, random) for s in (step // 2, step)]
+            per_step = [float("nan") if loss is None else loss for loss in per_step]
+            lines.append(
+                f"balance order vs rows at random ({NAMES[name]}): held-out loss at step {step // 2}: "
+                f"{per_step[0]:.3f} vs {per_step[2]:.3f}; at step {step}: {per_step[1]:.3f} vs {per_step[3]:.3f}"
+            )
     return "\n".join(lines)
 
 
@@ -455,9 +472,10 @@ def compare(args) -> None:
         sys.exit(f"{SWEEP_FILE} not found: run --sweep first")
     best = json.loads(SWEEP_FILE.read_text())["winners"]
     settings = [(v, best[v]["learning_rate"], best[v]["rows_per_step"]) for v in SWEPT if v in best]
-    if "moai_muon" in best:
-        settings.append(("moai_muon_random", best["moai_muon"]["learning_rate"], best["moai_muon"]["rows_per_step"]))
-    settings = [s for s in settings if s[0] in args.variants or s[0] == "moai_muon_random"]
+    moai = min((v for v in ("moai_adamw", "moai_muon") if v in best), key=lambda v: best[v]["loss"], default=None)
+    if moai:  # the balance order against rows at random, on the better MOAI variant
+        settings.append((f"{moai}_random", best[moai]["learning_rate"], best[moai]["rows_per_step"]))
+    settings = [s for s in settings if s[0] in args.variants or s[0].endswith("_random")]
     results = {r["variant"]: r for r in run_all(args, settings, lambda _: None)}
     RESULTS_FILE.write_text(json.dumps({"budget_s": args.budget, "runs": results}, indent=1) + "\n")
     print(f"\n{results[settings[0][0]]['parameters']:,} parameters, {args.budget:g} s of clock per run")

@@ -65,6 +65,7 @@ def test_table_targets_the_best_peers_final_loss():
         "trl": run([(0, 0, 0, 9.0), (40, 2000, 20, 6.5)]),
         "moai_muon": run([(0, 0, 0, 9.0), (10, 1000, 10, 6.0), (40, 4000, 40, 5.0)]),
         "moai_adamw": run([(0, 0, 0, 9.0), (40, 3000, 20, 6.2)]),
+        "moai_muon_random": run([(0, 0, 0, 9.0), (10, 1000, 10, 6.4), (40, 4000, 30, 5.4)]),
     }
     text = bench.table(results)
     assert "final held-out loss 6.000" in text
@@ -72,6 +73,7 @@ def test_table_targets_the_best_peers_final_loss():
     lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines()}
     assert "not reached" in lines["MOAI + AdamW"]
     assert "| 10.0 | 1,000 | 0.25x |" in lines["MOAI + Muon"]
+    assert "(MOAI + Muon): held-out loss at step 10: 6.000 vs 6.400; at step 20: 5.667 vs 5.900" in text
 
 
 @pytest.mark.integration  # a whole (tiny) training run in a subprocess
@@ -101,3 +103,25 @@ def test_held_out_rows_spread_over_the_held_out_text():
     decoded = [tokenizer.decode(row) for row in rows]
     numbers = [int(text.split()[1]) for text in decoded if text.startswith("paragraph")]
     assert numbers[0] < 20 and numbers[-1] > 300  # from the whole held-out list, not only its start
+
+
+def test_sweep_searches_one_coordinate_at_a_time_and_resumes(tmp_path, monkeypatch):
+    launched = []
+
+    def fake_launch(args, variant, learning_rate, rows):  # loss lowest at lr 3e-3 and the second rows per step
+        launched.append((variant, learning_rate, rows))
+        loss = 6 + abs(math.log10(learning_rate / 3e-3)) + (0 if rows == bench.ROWS_PER_STEP[variant][1] else 0.1)
+        return {"variant": variant, "learning_rate": learning_rate, "rows_per_step": rows, "final_loss": loss}
+
+    monkeypatch.setattr(bench, "launch", fake_launch)
+    monkeypatch.setattr(bench, "SWEEP_FILE", tmp_path / "sweep.json")
+    args = argparse.Namespace(budget=20.0, jobs=2, variants=["moai_muon", "stock"])
+    bench.sweep(args)
+    assert len(launched) == 10 and launched[:2] == [("moai_muon", 1e-3, 1), ("stock", 1e-3, 8)]
+    later = {("moai_muon", 3e-3, 2), ("moai_muon", 3e-3, 4), ("stock", 3e-3, 16), ("stock", 3e-3, 32)}
+    assert set(launched[6:]) == later  # the other rows per step at each variant's best learning rate
+    saved = bench.json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["winners"]["stock"] == {"learning_rate": 3e-3, "rows_per_step": 16, "loss": 6.0}
+    launched.clear()
+    bench.sweep(args)  # everything is recorded at this budget: nothing runs again
+    assert launched == []
