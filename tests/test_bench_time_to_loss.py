@@ -125,3 +125,17 @@ def test_sweep_searches_one_coordinate_at_a_time_and_resumes(tmp_path, monkeypat
     launched.clear()
     bench.sweep(args)  # everything is recorded at this budget: nothing runs again
     assert launched == []
+
+
+def test_no_argument_run_uses_the_swept_winner(tmp_path):
+    """The no-argument pretraining run and the shipped YAML: AdamW at the sweep's winning learning rate and tokens per
+    step (benchmarks/time_to_loss_sweep.json; the sweep's rows hold 512 tokens)."""
+    from moai_llm.training.cli import build_parser, load_yaml_config, parse_args
+
+    winner = bench.json.loads(bench.SWEEP_FILE.read_text())["winners"]["moai_adamw"]
+    _, data_args, args = parse_args(["--output_dir", str(tmp_path)])
+    assert args.optim == "adamw_torch_fused" and args.learning_rate == winner["learning_rate"]
+    assert args.per_device_train_batch_size * data_args.max_seq_length == winner["rows_per_step"] * 512
+    shipped = load_yaml_config(str(Path(bench.HERE).parent / "configs" / "training_config.yaml"), build_parser())
+    assert shipped["per_device_train_batch_size"] == args.per_device_train_batch_size
+    assert shipped["max_seq_length"] == data_args.max_seq_length
