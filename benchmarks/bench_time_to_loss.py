@@ -235,9 +235,9 @@ def build_trainer(variant: str, train_texts: list[str], tokenizer, args):
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=False,
-        seed=0,
+        seed=args.seed,  # the row order; the packing plan is the same for every seed
     )
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     if variant.startswith("moai"):
         spec = DataSpec(train_files=[str(Path(args.workdir) / "train.jsonl")], eval_fraction=0)
         spec.cache_dir = str(Path(args.workdir) / "cache")
@@ -329,7 +329,7 @@ def launch(args, variant: str, learning_rate: float, rows_per_step: int) -> dict
     command = [sys.executable, __file__, "--variant", variant, f"--learning_rate={learning_rate}"]
     command += [f"--rows_per_step={rows_per_step}", f"--budget={args.budget}", f"--points={args.points}"]
     command += [f"--chars={args.chars}", f"--eval_tokens={args.eval_tokens}", f"--workdir={args.workdir}"]
-    command += [f"--max_seq_length={args.max_seq_length}"] + (["--sweep"] if args.sweep else [])
+    command += [f"--max_seq_length={args.max_seq_length}", f"--seed={args.seed}"] + (["--sweep"] if args.sweep else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent, env=env)
     if done.returncode:
@@ -494,6 +494,7 @@ def main():
     parser.add_argument("--chars", type=int, default=10_000_000, help="characters of corpus text to read (all: 5.2M)")
     parser.add_argument("--eval_tokens", type=int, default=4096, help="held-out tokens scored")
     parser.add_argument("--max_seq_length", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0, help="initial weights and row order (a repeat measures noise)")
     parser.add_argument("--workdir", default="/tmp/bench_time_to_loss")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--learning_rate", type=float, help=argparse.SUPPRESS)

@@ -81,6 +81,7 @@ def test_a_budgeted_run_scores_off_the_clock_and_stops(tmp_path):
     args = argparse.Namespace(
         workdir=str(tmp_path), chars=150_000, max_seq_length=128, budget=3.0, points=2, eval_tokens=256, sweep=False
     )
+    args.seed = 0
     bench.prepare_workdir(args)
     result = bench.launch(args, "moai_muon", 1e-3, 2)
     points = result["curve"]
