@@ -408,11 +408,12 @@ NAMES = {
 
 def table(results: dict) -> str:
     """The time-to-loss table (markdown) and the targets, from {variant: run}."""
-    peer = min((v for v in PEERS if v in results), key=lambda v: results[v]["final_loss"])
+    peers = [v for v in PEERS if v in results] or list(results)  # --variants without the peers: the best run
+    peer = min(peers, key=lambda v: results[v]["final_loss"])
     target = results[peer]["final_loss"]
     peer_clock = time_to_reach(results[peer]["curve"], target)
     lines = [
-        f"target: the best peer's ({NAMES[peer]}) final held-out loss {target:.3f}",
+        f"target: the best {'peer' if peer in PEERS else 'run'}'s ({NAMES[peer]}) final held-out loss {target:.3f}",
         "| variant | lr | rows/step | steps | tokens | tokens/s | final loss | clock to target (s) | "
         "tokens to target | time vs peer |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
