@@ -1,5 +1,6 @@
-"""benchmarks/bench_time_to_loss.py: the clock-based schedule, time-to-loss interpolation, the sweep's winners, the
-table, and one tiny budgeted run through the subprocess path."""
+"""benchmarks/bench_time_to_loss.py and its report (time_to_loss_report.py): the clock-based schedule, time-to-loss
+interpolation, the sweep's winners, the table, the defaults it set, and one tiny budgeted run through the subprocess
+path."""
 
 import argparse
 import math
@@ -11,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import bench_time_to_loss as bench  # noqa: E402
+import time_to_loss_report as report  # noqa: E402
 
 
 def curve(*points):
@@ -29,17 +31,17 @@ def test_schedule_is_train_py_wsd_shape_over_the_clock():
 
 def test_time_to_reach_interpolates_the_first_crossing():
     run = curve((0, 0, 0, 9.0), (10, 1000, 5, 7.0), (20, 2000, 10, 5.0), (30, 3000, 15, 6.0), (40, 4000, 20, 4.0))
-    assert bench.time_to_reach(run, 6.0) == pytest.approx(15.0)  # first crossing, not the later one at 30
-    assert bench.time_to_reach(run, 6.0, "tokens") == pytest.approx(1500.0)
-    assert bench.time_to_reach(run, 5.0) == pytest.approx(20.0)
-    assert bench.time_to_reach(run, 3.9) is None
-    assert bench.time_to_reach(run, 9.5) == 0
+    assert report.time_to_reach(run, 6.0) == pytest.approx(15.0)  # first crossing, not the later one at 30
+    assert report.time_to_reach(run, 6.0, "tokens") == pytest.approx(1500.0)
+    assert report.time_to_reach(run, 5.0) == pytest.approx(20.0)
+    assert report.time_to_reach(run, 3.9) is None
+    assert report.time_to_reach(run, 9.5) == 0
 
 
 def test_loss_at_interpolates_by_step():
     run = curve((0, 0, 0, 9.0), (10, 1000, 10, 7.0), (20, 2000, 20, 6.0))
-    assert bench.loss_at(run, "step", 15) == pytest.approx(6.5)
-    assert bench.loss_at(run, "step", 25) is None
+    assert report.loss_at(run, "step", 15) == pytest.approx(6.5)
+    assert report.loss_at(run, "step", 25) is None
 
 
 def test_winners_are_the_lowest_final_loss_per_variant():
@@ -49,7 +51,7 @@ def test_winners_are_the_lowest_final_loss_per_variant():
         {"variant": "stock", "learning_rate": 1e-2, "rows_per_step": 8, "final_loss": 6.3},
         {"variant": "moai_muon", "learning_rate": 1e-2, "rows_per_step": 2, "final_loss": 5.5},
     ]
-    assert bench.winners(runs) == {
+    assert report.winners(runs) == {
         "stock": {"learning_rate": 3e-3, "rows_per_step": 16, "loss": 6.1},
         "moai_muon": {"learning_rate": 1e-2, "rows_per_step": 2, "loss": 5.5},
     }
@@ -67,7 +69,7 @@ def test_table_targets_the_best_peers_final_loss():
         "moai_adamw": run([(0, 0, 0, 9.0), (40, 3000, 20, 6.2)]),
         "moai_muon_random": run([(0, 0, 0, 9.0), (10, 1000, 10, 6.4), (40, 4000, 30, 5.4)]),
     }
-    text = bench.table(results)
+    text = report.table(results)
     assert "final held-out loss 6.000" in text
     assert "MOAI + Muon time to target / peer's: 0.25" in text
     lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines()}
