@@ -24,6 +24,8 @@ setup(
         "qlora": ["bitsandbytes>=0.45"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.30", "prometheus_client>=0.17"],
         "eval": ["lm_eval>=0.4.13,<0.5", "matplotlib>=3.7"],
+        # benchmarks/bench_time_to_loss.py: TRL's SFTTrainer is one of the peers, matplotlib draws the curves
+        "bench": ["trl>=1.16", "matplotlib>=3.7"],
         # transformers[serving]: fastapi, uvicorn and the openai client (tests also run `transformers serve`)
         "dev": [
             "pytest>=8",

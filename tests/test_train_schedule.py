@@ -74,3 +74,19 @@ def test_other_schedules_still_work(tmp_path):
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
     lr = trace(trainer.lr_scheduler, trainer.optimizer, 10)
     assert lr[0] == pytest.approx(1e-3) and lr[5] == pytest.approx(5e-4)
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], 1e-3),  # the tiny model (hidden 256): the swept rate
+        (["--model_config", "configs/model_config_2b.json"], 1e-3 * math.sqrt(384 / 2048)),
+        (["--model_config", "configs/model_config_16b.json"], 1e-3 * math.sqrt(384 / 5120)),
+        (["--model_config", "configs/model_config_16b.json", "--learning_rate", "1e-3"], 1e-3),  # given: kept
+        (["--model_config", "configs/model_config_2b.json", "--use_lora", "true"], 2e-4),  # adapters: not scaled
+    ],
+)
+def test_default_pretraining_learning_rate_scales_with_width(flags, expected):
+    from moai_llm.training.cli import parse_args
+
+    assert parse_args(["--output_dir", "unused", *flags])[2].learning_rate == pytest.approx(expected)

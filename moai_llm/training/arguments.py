@@ -23,7 +23,9 @@ CONFIGS_DIR = (
 )
 TINY_MODEL_CONFIG = os.path.join(CONFIGS_DIR, "model_config_tiny.json")
 LORA_TARGET_MODULES = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-# Learning rates used when --learning_rate is not given: a tiny model from scratch, full SFT, adapters.
+# Learning rates used when --learning_rate is not given: a tiny model from scratch, full SFT, adapters. The pretraining
+# rate is the best of 1e-3, 3e-3, 1e-2 for AdamW in benchmarks/bench_time_to_loss.py's sweep (hidden 384); wider
+# models get it scaled down (schedule.scaled_learning_rate).
 DEFAULT_LEARNING_RATES = {"pretrain": 1e-3, "sft": 2e-5, "lora": 2e-4}
 TRANSFORMERS_LEARNING_RATE = next(f.default for f in dataclasses.fields(TrainingArguments) if f.name == "learning_rate")
 # Schedule names transformers' SchedulerType does not know, mapped to the one it does.
@@ -138,7 +140,9 @@ class MoaiTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Run directory (default: outputs/<mode>-<model config or model name>)."}
     )
     per_device_train_batch_size: int = field(
-        default=8, metadata={"aliases": ["--batch_size"], "help": "Sequences (packed rows) per device per step."}
+        # 2 rows of 256 = 512 tokens per step: the best loss per hour in bench_time_to_loss.py's sweep (AdamW)
+        default=2,
+        metadata={"aliases": ["--batch_size"], "help": "Sequences (packed rows) per device per step."},
     )
     num_train_epochs: float = field(default=2.0, metadata={"aliases": ["--num_epochs"], "help": "Epochs."})
     optim: str = field(
@@ -146,7 +150,8 @@ class MoaiTrainingArguments(TrainingArguments):
         metadata={"help": "muon (Muon for hidden matrices, AdamW for the rest) or any transformers optimizer name."},
     )
     learning_rate: float | None = field(
-        default=None, metadata={"help": "Peak learning rate (default: 1e-3 pretrain, 2e-5 sft, 2e-4 LoRA)."}
+        default=None,
+        metadata={"help": "Peak learning rate (default: 1e-3 pretrain, less above hidden 384; 2e-5 sft, 2e-4 LoRA)."},
     )
     lr_scheduler_type: str = field(
         default="warmup_stable_decay",

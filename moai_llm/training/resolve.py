@@ -10,6 +10,7 @@ import torch
 
 from .arguments import DEFAULT_LEARNING_RATES, TINY_MODEL_CONFIG, MoaiTrainingArguments, resolve_mixed_precision
 from .data_setup import reads_a_stream
+from .schedule import scaled_learning_rate
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,18 @@ def default_output_dir(model_args, values: dict) -> str:
     if values.get("stages"):
         return os.path.join("outputs", "stages")
     return os.path.join("outputs", default_run_name(model_args, values.get("mode", "pretrain")))
+
+
+def hidden_size(model_args) -> int | None:
+    """The model's hidden size from its local config (the new model's, or a local pretrained model's), else None."""
+    path = model_args.model_config or TINY_MODEL_CONFIG
+    if model_args.pretrained_model:
+        path = os.path.join(model_args.pretrained_model, "config.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle).get("hidden_size")
+    except (OSError, ValueError):
+        return None  # a hub id, or a bad file the model build reports
 
 
 def cpu_has_native_bf16() -> bool:
@@ -67,6 +80,8 @@ def resolve_training_values(model_args, data_args, values: dict) -> dict:
     if values.get("learning_rate") is None:
         lora = model_args.use_lora or model_args.use_qlora
         values["learning_rate"] = DEFAULT_LEARNING_RATES["lora" if lora else mode]
+        if mode == "pretrain" and not lora:
+            values["learning_rate"] = scaled_learning_rate(values["learning_rate"], hidden_size(model_args))
     bf16_supported = torch.cuda.is_bf16_supported() if cuda else on_cpu and cpu_has_native_bf16()
     values["bf16"], values["fp16"] = resolve_mixed_precision(
         values.get("bf16"), values.get("fp16", False), cuda, bf16_supported
