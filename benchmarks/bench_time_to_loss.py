@@ -9,7 +9,7 @@ held out (never trained on), and --eval_tokens of it (4096, evenly spaced over t
 fp32 under no_grad, at the start and every 1/--points of the budget.
 
 Variants:
-- moai_adamw / moai_muon: train.py's machinery: the prepared store and packing plan (pretraining_datasets),
+- moai_adamw / moai_muon: train.py's machinery: the prepared store and packing plan (row_datasets),
   MoaiTrainer, packed rows read in balanced steps, fused loss; --optim adamw_torch or muon.
 - stock: transformers' Trainer + Qwen3ForCausalLM, one document piece per row, DataCollatorForLanguageModeling
   (padded to the longest), AdamW.
@@ -96,13 +96,23 @@ def split_corpus(limit_chars: int) -> tuple[list[str], list[str]]:
     return [p for i, p in enumerate(paragraphs) if i not in held], [paragraphs[i] for i in sorted(held)]
 
 
+def pieces_of(documents: list[list[int]], max_len: int) -> list[list[int]]:
+    """Each document cut into pieces of at most max_len tokens by the data pipeline's one cutter."""
+    import numpy as np
+
+    from moai_llm.data import cut
+
+    flat = np.fromiter((t for d in documents for t in d), dtype=np.int64)
+    lengths = np.array([len(d) for d in documents], dtype=np.int64)
+    starts, sizes = cut(np.cumsum(lengths) - lengths, lengths, max_len)
+    return [flat[s : s + n].tolist() for s, n in zip(starts, sizes)]
+
+
 def held_out_rows(texts: list[str], tokenizer, max_len: int, max_tokens: int) -> list[list[int]]:
     """The scored rows: held-out paragraphs + EOS cut into pieces of <= max_len, evenly spaced over all of them
     (so English and Korean in the training mix's proportions), up to max_tokens in all."""
-    from moai_llm.data import split_long_documents
-
     ids = [d + [tokenizer.eos_token_id] for d in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    pieces = [piece for piece in split_long_documents(ids, max_len) if len(piece) > 1]
+    pieces = [piece for piece in pieces_of(ids, max_len) if len(piece) > 1]
     stride = max(1, round(sum(map(len, pieces)) / max_tokens))
     rows, total = [], 0
     for piece in pieces[::stride]:
@@ -184,7 +194,7 @@ def build_trainer(variant: str, train_texts: list[str], tokenizer, args):
     from transformers import DataCollatorForLanguageModeling, Qwen3ForCausalLM, Trainer, TrainingArguments
 
     from moai_llm import MoaiConfig, MoaiForCausalLM
-    from moai_llm.data import DataSpec, PackedCollator, pretraining_datasets, split_long_documents
+    from moai_llm.data import DataSpec, PackedCollator, row_datasets
     from moai_llm.export import qwen3_config_from
     from moai_llm.training.arguments import TINY_MODEL_CONFIG, MoaiTrainingArguments
     from moai_llm.training.trainer import MoaiTrainer
@@ -214,9 +224,9 @@ def build_trainer(variant: str, train_texts: list[str], tokenizer, args):
     )
     torch.manual_seed(args.seed)
     if variant.startswith("moai"):
-        spec = DataSpec(train_files=[str(Path(args.workdir) / "train.jsonl")], eval_fraction=0)
-        spec.cache_dir = str(Path(args.workdir) / "cache")
-        train, _ = pretraining_datasets(spec, tokenizer, args.max_seq_length, seed=0, rows_per_step=args.rows_per_step)
+        work = Path(args.workdir)
+        spec = DataSpec(train_files=[str(work / "train.jsonl")], eval_fraction=0, cache_dir=str(work / "cache"))
+        train, _ = row_datasets(spec, tokenizer, args.max_seq_length, seed=0, rows_per_step=args.rows_per_step)
         if variant.endswith("_random"):
             train = torch.utils.data.Subset(train, range(len(train)))  # no train_sampler: the Trainer's random one
         optim = "muon" if variant.startswith("moai_muon") else "adamw_torch"
@@ -230,7 +240,7 @@ def build_trainer(variant: str, train_texts: list[str], tokenizer, args):
     model = Qwen3ForCausalLM(qwen3_config_from(config))
     if variant == "stock":
         ids = [d + [tokenizer.eos_token_id] for d in tokenizer(train_texts, add_special_tokens=False)["input_ids"]]
-        train = datasets.Dataset.from_dict({"input_ids": split_long_documents(ids, args.max_seq_length)})
+        train = datasets.Dataset.from_dict({"input_ids": pieces_of(ids, args.max_seq_length)})
         return counting(Trainer)(
             model=model,
             args=TrainingArguments(**common, optim="adamw_torch"),
@@ -288,7 +298,7 @@ def prepare_workdir(args) -> None:
     """The training paragraphs as JSON lines, and MOAI's prepared store and plan, made once before runs start."""
     from transformers import AutoTokenizer
 
-    from moai_llm.data import DataSpec, pretraining_datasets
+    from moai_llm.data import DataSpec, row_datasets
     from moai_llm.training.run import DEFAULT_TOKENIZER
 
     work = Path(args.workdir)
@@ -297,7 +307,7 @@ def prepare_workdir(args) -> None:
         for text in split_corpus(args.chars)[0]:
             handle.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
     spec = DataSpec(train_files=[str(work / "train.jsonl")], eval_fraction=0, cache_dir=str(work / "cache"))
-    pretraining_datasets(spec, AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER), args.max_seq_length, seed=0)
+    row_datasets(spec, AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER), args.max_seq_length, seed=0)
 
 
 def launch(args, variant: str, learning_rate: float, rows_per_step: int) -> dict:
