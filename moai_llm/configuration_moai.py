@@ -8,8 +8,6 @@ when `num_experts == 0`), and validation that names the offending field instead 
 from huggingface_hub.dataclasses import strict
 from transformers.models.qwen3.configuration_qwen3 import Qwen3Config
 
-from .losses import objective_from_spec
-
 # Legacy YaRN keys some MOAI/moellama configs used, mapped to transformers' names.
 _LEGACY_YARN_KEYS = {"alpha": "beta_slow", "beta": "beta_fast", "type": "rope_type"}
 _KNOWN_ROPE_TYPES = {"default", "linear", "dynamic", "yarn", "longrope", "llama3"}
@@ -50,8 +48,9 @@ class MoaiConfig(Qwen3Config):
         Tokens per chunk of the fused linear cross-entropy used when labels are given (never more than
         `[loss_chunk_size, vocab_size]` logits alive). 0 = transformers' plain loss on full logits.
     loss_config (`dict`, *optional*):
-        The training objective, as `moai_llm.losses.create_loss_function` takes it, e.g.
+        The training objective, as `moai_llm.losses.objective_from_spec` reads it, e.g.
         `{"type": "multi_objective", "params": {"ce_weight": 1.0, "focal_weight": 0.5}}`. None = cross-entropy.
+        Checked when the causal LM is built (the config does not import the losses).
 
     Mixture of Experts (all ignored when `num_experts == 0`, the dense model):
 
@@ -108,7 +107,6 @@ class MoaiConfig(Qwen3Config):
         kwargs.pop("model_type", None)
         self._check_sizes()
         self._check_moe()
-        objective_from_spec(self.loss_config)  # a bad loss config fails here, naming the field
         super().__post_init__(**kwargs)
 
     def _check_sizes(self) -> None:

@@ -8,12 +8,16 @@ idea as Liger-Kernel's fused linear cross-entropy, which is CUDA/Triton-only and
 
 Every objective is a per-token loss l(z) of the logits z of that token, whose gradient has the form
 `dl/dz = a * softmax(z) + b * onehot(target) + c` with per-token a, b and a constant c, so one buffer suffices.
-This file imports only torch and its sibling batching.py (both ship next to the model as remote code).
+`score_tokens` is the one no-grad scorer (summed NLL and argmax hits) behind evaluation: the trainer's eval loss
+(the fused loss under `torch.no_grad`) and evaluate.py's perplexity. This file holds the model's losses only and
+imports only torch and its sibling batching.py (both ship next to the model as remote code); the old tool's
+`create_loss_function` / `LossFunction` live in legacy_losses.py and are still importable from here.
 """
 
 import functools
+import importlib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -45,14 +49,9 @@ class Objective:
     def loss_and_grad(self, logits: torch.Tensor, target: torch.Tensor, need_grad: bool):
         """Summed loss of `logits` [n, vocab] (fp32, overwritten) and, if asked, dloss/dlogits in the same buffer."""
         vocab = logits.shape[-1]
-        target_logit = logits.gather(1, target[:, None]).squeeze(1)  # [n]
         mean_logit = logits.mean(dim=-1) if self.smooth_weight else None  # [n]
-        # log-sum-exp in place (torch.logsumexp would allocate a second [n, vocab] block): logits -> exp(z - max)
-        row_max = logits.max(dim=-1).values  # [n]
-        exp = logits.sub_(row_max[:, None]).exp_()
-        sum_exp = exp.sum(dim=-1)  # [n]
-        lse = row_max + sum_exp.log()  # [n]
-        nll = lse - target_logit  # -log p_target, [n]
+        nll, lse, sum_exp, _ = _nll_(logits, target)
+        exp = logits  # exp(z - row max) now
         loss = self.ce_weight * nll.sum()
         a = torch.full_like(lse, self.ce_weight)  # coefficient of softmax in the gradient
         b = torch.full_like(lse, -self.ce_weight)  # coefficient of onehot(target)
@@ -83,6 +82,32 @@ class Objective:
             grad.add_(c)
         grad.scatter_add_(1, target[:, None], b[:, None])
         return loss, grad
+
+
+def _nll_(logits: torch.Tensor, target: torch.Tensor):
+    """(-log p_target, log-sum-exp, sum of exp(z - max), argmax), each [n], of fp32 `logits` [n, vocab], which
+    become exp(z - row max) in place: torch.logsumexp would allocate a second [n, vocab] block."""
+    target_logit = logits.gather(1, target[:, None]).squeeze(1)
+    row_max, argmax = logits.max(dim=-1)
+    sum_exp = logits.sub_(row_max[:, None]).exp_().sum(dim=-1)
+    lse = row_max + sum_exp.log()
+    return lse - target_logit, lse, sum_exp, argmax
+
+
+@torch.no_grad()
+def score_tokens(hidden, weight, bias, target, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed NLL [float64], argmax hits [int64]) of `hidden` [tokens, hidden] through `weight` [vocab, hidden]
+    against `target` [tokens]: plain cross-entropy, one fp32 `[chunk, vocab]` block at a time, no gradient. The row
+    maximum of the stable log-sum-exp is also the argmax, so the accuracy costs no second pass."""
+    nll = torch.zeros((), dtype=torch.float64, device=hidden.device)
+    correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+    for start in range(0, target.numel(), chunk_size):
+        logits = F.linear(hidden[start : start + chunk_size], weight, bias).float()  # [chunk, vocab]
+        goal = target[start : start + chunk_size]  # [chunk]
+        chunk_nll, _, _, predicted = _nll_(logits, goal)
+        nll += chunk_nll.sum(dtype=torch.float64)
+        correct += (predicted == goal).sum()
+    return nll, correct
 
 
 # Other spellings of Objective's fields: the old tool's (`smoothing`, `focal_gamma`) and the short ones.
@@ -141,42 +166,6 @@ def _parse_spec(spec: dict | None) -> Objective:
             raise ValueError(f"loss config: params {spellings} are the same parameter ({name}); give one")
         resolved[name] = value
     return Objective(**{**LOSS_PRESETS[kind], **resolved})
-
-
-@dataclass(frozen=True)
-class LossFunction:
-    """`loss_fn(logits, labels, num_items_in_batch=None)`: the objective on logits that already exist.
-
-    `logits` [..., vocab] and `labels` [...] must already be aligned: nothing is shifted here (for next-token
-    prediction pass `logits[:, :-1]` and `labels[:, 1:]`). Tokens labelled `ignore_index` are left out; the
-    result is the mean over the others, or their sum / `num_items_in_batch` when given (transformers'
-    gradient-accumulation convention); no valid token gives 0. fp32 chunk by chunk, differentiable.
-    `objective` is what the fused path (`MoaiForCausalLM`, `causal_lm_loss`) takes.
-    """
-
-    objective: Objective = field(default_factory=Objective)
-    chunk_size: int = 2048
-    ignore_index: int = IGNORE_INDEX
-
-    def __post_init__(self):
-        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size <= 0:
-            raise ValueError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
-
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-        return chunked_cross_entropy_loss(
-            logits,
-            labels,
-            self.chunk_size,
-            self.ignore_index,
-            num_items_in_batch=num_items_in_batch,
-            objective=self.objective,
-        )
-
-
-def create_loss_function(spec: dict | None = None, chunk_size: int = 2048, ignore_index: int = IGNORE_INDEX):
-    """`loss_fn(logits, labels)` for `{"type": "cross_entropy" | "focal" | "label_smoothing" | "multi_objective",
-    "params": {...}}`; `loss_fn.objective` is what the fused path takes. See `LossFunction`."""
-    return LossFunction(objective_from_spec(spec), chunk_size, ignore_index)
 
 
 def _denominator(n_valid: int, num_items_in_batch, device) -> torch.Tensor:
@@ -301,17 +290,14 @@ def chunked_cross_entropy_loss(
     labels,
     chunk_size=2048,
     ignore_index=IGNORE_INDEX,
-    reduction="mean",
     num_items_in_batch=None,
     objective: Objective | None = None,
 ):
     """Loss of `logits` [..., vocab] against `labels` [...] already aligned with them (no shift here).
 
-    fp32 per chunk of `chunk_size` valid tokens whatever the input dtype; ignored tokens are never copied.
-    reduction: "mean" over valid tokens (or sum / num_items_in_batch when given), or "sum".
+    fp32 per chunk of `chunk_size` valid tokens whatever the input dtype; ignored tokens are never copied. The
+    mean over valid tokens, or their sum / `num_items_in_batch` when given. `MoaiForCausalLM._logits_loss` calls it.
     """
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction={reduction!r} is not 'mean' or 'sum'")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if not torch.is_grad_enabled():
@@ -336,10 +322,7 @@ def chunked_cross_entropy_loss(
             f"label {lowest if lowest < 0 else highest} is outside the vocabulary "
             f"[0, {logits.shape[-1]}) and is not ignore_index={ignore_index}"
         )
-    if reduction == "sum":
-        denom = torch.ones((), device=logits.device)
-    else:
-        denom = _denominator(target.numel(), num_items_in_batch, logits.device)
+    denom = _denominator(target.numel(), num_items_in_batch, logits.device)
     return _ChunkedLogitsLoss.apply(logits, rows, target, denom, objective or Objective(), chunk_size)
 
 
@@ -356,6 +339,7 @@ def fused_linear_cross_entropy(
     """Loss of `hidden_states` [..., hidden] projected by `weight` [vocab, hidden] against aligned `labels` [...].
 
     Ignored tokens are dropped before the projection; at most `[chunk_size, vocab]` logits exist at any time.
+    Under `torch.no_grad` plain cross-entropy is `score_tokens`' sum (evaluation's one scorer).
     """
     if not torch.is_grad_enabled():  # inside the Function grad mode is off, so decide here: no gradient work
         hidden_states, weight = hidden_states.detach(), weight.detach()
@@ -363,7 +347,10 @@ def fused_linear_cross_entropy(
     keep, target = _valid(labels, ignore_index)
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])[keep]  # [valid, hidden]
     denom = _denominator(target.numel(), num_items_in_batch, hidden_states.device)
-    return _FusedLinearLoss.apply(hidden, weight, bias, target, denom, objective or Objective(), chunk_size)
+    objective = objective or Objective()
+    if not torch.is_grad_enabled() and objective == Objective():
+        return (score_tokens(hidden, weight, bias, target, chunk_size)[0] / denom).float()
+    return _FusedLinearLoss.apply(hidden, weight, bias, target, denom, objective, chunk_size)
 
 
 def causal_lm_loss(
@@ -376,7 +363,6 @@ def causal_lm_loss(
     num_items_in_batch=None,
     chunk_size=1024,
     loss_config=None,
-    z_loss_coef=None,
     lm_head_bias=None,
 ):
     """Next-token loss from the final hidden states [batch, seq, hidden] and unshifted labels [batch, seq].
@@ -388,8 +374,6 @@ def causal_lm_loss(
     objective = getattr(loss_config, "objective", loss_config)  # a LossFunction, an Objective or a spec
     if not isinstance(objective, Objective):
         objective = objective_from_spec(loss_config)
-    if z_loss_coef is not None:
-        objective = Objective(**{**objective.__dict__, "z_loss_coef": z_loss_coef})
     return fused_linear_cross_entropy(
         hidden_states,
         lm_head_weight,
@@ -402,12 +386,23 @@ def causal_lm_loss(
     )
 
 
+_LEGACY = ("LossFunction", "create_loss_function")
+
+
+def __getattr__(name: str):
+    """The old tool's `from moai_llm.losses import create_loss_function` path. Imported by name, not by a relative
+    import statement: transformers ships every relatively imported sibling as remote code, and this one is not
+    the model's."""
+    if name in _LEGACY:
+        return getattr(importlib.import_module(".legacy_losses", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
-    "LossFunction",
     "Objective",
     "causal_lm_loss",
     "chunked_cross_entropy_loss",
-    "create_loss_function",
     "fused_linear_cross_entropy",
     "objective_from_spec",
+    "score_tokens",
 ]

@@ -252,6 +252,7 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
     _auto_class_name = "AutoModelForCausalLM"
 
     def __init__(self, config: MoaiConfig):
+        objective_from_spec(config.loss_config)  # a bad loss config fails here, naming the field
         # Skip Qwen3ForCausalLM.__init__: it would build a whole Qwen3Model only to replace it.
         MoaiPreTrainedModel.__init__(self, config)
         self.model = MoaiModel(config)

@@ -11,6 +11,7 @@ from moai_llm.losses import (
     chunked_cross_entropy_loss,
     create_loss_function,
     fused_linear_cross_entropy,
+    score_tokens,
 )
 
 from .conftest import tiny_config
@@ -98,11 +99,20 @@ def test_chunked_logits_loss_matches_float64(name):
     assert torch.all(logits.grad[labels == -100] == 0)
 
 
-def test_plain_ce_equals_torch_cross_entropy_with_sum_reduction():
+@pytest.mark.parametrize("chunk_size", [1, 7, 4096])
+def test_scorer_matches_float64_cross_entropy(chunk_size):
+    """The one no-grad scorer (evaluate.py's perplexity, the trainer's eval loss): summed NLL and argmax hits."""
     hidden, weight, labels = _data(41)
-    logits = hidden @ weight.T
-    ours = chunked_cross_entropy_loss(logits.float(), labels, chunk_size=8, reduction="sum")
-    assert abs(ours.item() - F.cross_entropy(logits, labels, reduction="sum").item()) <= 1e-6 * ours.item()
+    logits = hidden @ weight.T  # float64
+    labels[50:] = logits[50:].argmax(-1)  # some hits to count
+    keep = labels != -100
+    nll, correct = score_tokens(hidden.float()[keep], weight.float(), None, labels[keep], chunk_size)
+    expected = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum").item()
+    assert nll.dtype == torch.float64 and abs(nll.item() - expected) <= 1e-6 * expected
+    assert correct.item() == (logits.argmax(-1) == labels)[keep].sum().item() > 0
+    with torch.no_grad():  # the fused loss under no_grad is the scorer's sum over the valid tokens
+        fused = fused_linear_cross_entropy(hidden.float(), weight.float(), labels, chunk_size=chunk_size)
+    assert abs(fused.item() * keep.sum().item() - expected) <= 1e-6 * expected
 
 
 def test_all_ignored_gives_zero_loss_and_zero_grads_not_nan():

@@ -19,7 +19,8 @@ def test_round_trip_with_auto_classes(tmp_path, tiny_model):
     tiny_model.save_pretrained(tmp_path)
     files = {p.name for p in tmp_path.iterdir()}
     assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
-    assert {"modeling_moai.py", "configuration_moai.py"} <= files
+    assert {"modeling_moai.py", "configuration_moai.py", "losses.py"} <= files
+    assert "legacy_losses.py" not in files  # the old tool's loss API is no part of the model
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "moai"
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_moai.MoaiForCausalLM"

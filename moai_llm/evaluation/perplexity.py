@@ -11,9 +11,9 @@
 - Rows: windows packed into rows of `max_length` (best-fit decreasing), `position_ids` restarting at every
   window, so no token attends across documents (docs/model.md, "Packed rows").
 - Loss: plain cross-entropy whatever `config.loss_config` trained with, from the final hidden states through the
-  output embedding one `[chunk, vocab]` block at a time, the fused linear cross-entropy of `losses.py` without
-  its gradient work: the row maximum that makes the in-place log-sum-exp stable is also the argmax of the token
-  accuracy, so one pass serves both. On CPU the block is 128 tokens (it stays in cache: ~1.4x faster than
+  output embedding one `[chunk, vocab]` block at a time: `losses.score_tokens`, the one no-grad scorer (the
+  trainer's eval loss uses it too), whose row maximum that makes the in-place log-sum-exp stable is also the argmax
+  of the token accuracy, so one pass serves both. On CPU the block is 128 tokens (it stays in cache: ~1.4x faster than
   1024-token blocks, benchmarks/bench_eval.py); on accelerators `config.loss_chunk_size`.
 - `stride` (the sliding-window variant): windows of `max_length` tokens that move by `stride`, each scoring only
   the tokens the previous one did not, so every token gets up to `max_length - stride` more tokens of context
@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tokenizers.pre_tokenizers import ByteLevel
 from tqdm.auto import tqdm
 
@@ -38,6 +37,7 @@ from ..data.collator import PackedCollator
 from ..data.errors import DataError
 from ..data.packing import cut, pack
 from ..data.sources import is_local, iter_records
+from ..losses import score_tokens
 from .suites import EvalUsageError
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def read_documents(spec: str, text_column: str = "text") -> list[str]:
     return documents
 
 
-def first_token_bytes(tokenizer, token_id: int) -> int:
+def token_bytes(tokenizer, token_id: int) -> int:
     """UTF-8 bytes of the text one token stands for (exact for byte-level BPE, also for partial characters)."""
     added = tokenizer.added_tokens_decoder.get(token_id)
     if added is not None:
@@ -112,6 +112,20 @@ def first_token_bytes(tokenizer, token_id: int) -> int:
     if piece and set(piece) <= BYTE_ALPHABET:
         return len(piece)  # one alphabet symbol per byte
     return len(tokenizer.decode([token_id]).encode("utf-8"))
+
+
+def scored_bytes(tokenizer, token_ids: torch.Tensor, cache: dict[int, int]) -> int:
+    """UTF-8 bytes of the decoded text of `token_ids` (training's eval targets, for bits per byte). Special tokens
+    (EOS, padding, chat markers) have no bytes, as EOS has none in `tokenize_documents`; each id is looked up once
+    into `cache`."""
+    ids, counts = torch.unique(token_ids.cpu(), return_counts=True)
+    special = set(tokenizer.all_special_ids)
+    total = 0
+    for token_id, count in zip(ids.tolist(), counts.tolist()):
+        if token_id not in cache:
+            cache[token_id] = 0 if token_id in special else token_bytes(tokenizer, token_id)
+        total += cache[token_id] * count
+    return total
 
 
 def windows(ids, max_length: int) -> list:
@@ -147,7 +161,7 @@ def tokenize_documents(documents: list[str], tokenizer, max_length: int, batch: 
     for start in tqdm(range(0, len(documents), batch), desc="tokenizing", unit="batch", leave=False):
         texts = documents[start : start + batch]
         for text, ids in zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"]):
-            first = first_token_bytes(tokenizer, ids[0]) if ids else 0
+            first = token_bytes(tokenizer, ids[0]) if ids else 0
             scored_bytes += len(text.encode("utf-8")) - first
             ids = np.asarray(ids + [eos], dtype=np.int32)
             if stride is None:
@@ -206,16 +220,7 @@ def score_batch(body, head, batch: dict, chunk_size: int, router_off: bool):
     keep = (target != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)  # found on the host: no device sync
     hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, keep.to(device))  # [scored, hidden]
     target = target.reshape(-1)[keep].to(device)  # [scored]
-    nll = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    for start in range(0, target.numel(), chunk_size):
-        logits = F.linear(hidden[start : start + chunk_size], head.weight, head.bias).float()  # [chunk, vocab]
-        goal = target[start : start + chunk_size]  # [chunk]
-        row_max, predicted = logits.max(dim=-1)  # [chunk] each
-        correct += (predicted == goal).sum()
-        target_logit = logits.gather(1, goal[:, None]).squeeze(1)  # [chunk]
-        log_sum_exp = row_max + logits.sub_(row_max[:, None]).exp_().sum(dim=-1).log()  # in place: one block
-        nll += (log_sum_exp - target_logit).sum(dtype=torch.float64)
+    nll, correct = score_tokens(hidden, head.weight, head.bias, target, chunk_size)
     return nll, correct, target.numel()
 
 

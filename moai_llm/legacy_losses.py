@@ -1,0 +1,51 @@
+"""The old tool's loss API, which the model never calls: `create_loss_function(spec)` and its `LossFunction`.
+
+Kept apart from losses.py so the remote code shipped next to the model holds only what the model runs; the old
+import path `from moai_llm.losses import create_loss_function` still works (losses.py's `__getattr__`).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .batching import IGNORE_INDEX
+from .losses import Objective, chunked_cross_entropy_loss, objective_from_spec
+
+
+@dataclass(frozen=True)
+class LossFunction:
+    """`loss_fn(logits, labels, num_items_in_batch=None)`: the objective on logits that already exist.
+
+    `logits` [..., vocab] and `labels` [...] must already be aligned: nothing is shifted here (for next-token
+    prediction pass `logits[:, :-1]` and `labels[:, 1:]`). Tokens labelled `ignore_index` are left out; the
+    result is the mean over the others, or their sum / `num_items_in_batch` when given (transformers'
+    gradient-accumulation convention); no valid token gives 0. fp32 chunk by chunk, differentiable.
+    `objective` is what the fused path (`MoaiForCausalLM`, `causal_lm_loss`) takes.
+    """
+
+    objective: Objective = field(default_factory=Objective)
+    chunk_size: int = 2048
+    ignore_index: int = IGNORE_INDEX
+
+    def __post_init__(self):
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        return chunked_cross_entropy_loss(
+            logits,
+            labels,
+            self.chunk_size,
+            self.ignore_index,
+            num_items_in_batch=num_items_in_batch,
+            objective=self.objective,
+        )
+
+
+def create_loss_function(spec: dict | None = None, chunk_size: int = 2048, ignore_index: int = IGNORE_INDEX):
+    """`loss_fn(logits, labels)` for `{"type": "cross_entropy" | "focal" | "label_smoothing" | "multi_objective",
+    "params": {...}}`; `loss_fn.objective` is what the fused path takes. See `LossFunction`."""
+    return LossFunction(objective_from_spec(spec), chunk_size, ignore_index)
+
+
+__all__ = ["LossFunction", "create_loss_function"]
