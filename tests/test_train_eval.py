@@ -6,13 +6,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AutoTokenizer, default_data_collator
 
 from moai_llm import MoaiForCausalLM
 from moai_llm.losses import causal_lm_loss
 from moai_llm.training.arguments import MoaiTrainingArguments
 from moai_llm.training.trainer import MoaiTrainer
 
-from .conftest import tiny_config
+from .conftest import REPO, tiny_config
 
 LENGTH = 24
 OBJECTIVES = [
@@ -101,6 +102,43 @@ def test_eval_loss_is_token_weighted_over_uneven_batches(tmp_path):
     batch_means = [plain_cross_entropy(model, rows[i : i + 2]) for i in (0, 2, 4)]
     stock = (2 * batch_means[0] + 2 * batch_means[1] + batch_means[2]) / 5  # what the Trainer alone reports
     assert abs(stock - expected) > 0.05
+
+
+TEXTS = ("The king is dead; long live the king.", "Fair is foul, and foul is fair.", "Out, damned spot!")
+
+
+def text_rows(tokenizer) -> tuple[list[dict], int]:
+    """(rows of real text + EOS, padded to LENGTH, and the UTF-8 bytes of what is scored: each text without its
+    first token, from the decoded targets)."""
+    rows, scored_bytes = [], 0
+    for text in TEXTS:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        labels = ids + [-100] * (LENGTH - len(ids))
+        rows.append({"input_ids": torch.tensor(ids + [0] * (LENGTH - len(ids))), "labels": torch.tensor(labels)})
+        scored = tokenizer.decode(ids[1:], skip_special_tokens=True)
+        assert text.endswith(scored)
+        scored_bytes += len(scored.encode("utf-8"))
+    return rows, scored_bytes
+
+
+def test_eval_logs_bits_per_byte(tmp_path):
+    """evaluate.py's measure at every evaluation: the summed NLL in bits over the bytes of the scored text."""
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "moai_llm" / "assets" / "tokenizer")
+    torch.manual_seed(0)
+    model = MoaiForCausalLM(tiny_config(vocab_size=len(tokenizer))).eval()
+    rows, scored_bytes = text_rows(tokenizer)
+    args = MoaiTrainingArguments(
+        output_dir=str(tmp_path), per_device_eval_batch_size=2, use_cpu=True, report_to="none", disable_tqdm=True
+    )
+    trainer = MoaiTrainer(
+        model=model, args=args, eval_dataset=rows, processing_class=tokenizer, data_collator=default_data_collator
+    )
+    metrics = trainer.evaluate()
+    tokens = sum(int((row["labels"][1:] != -100).sum()) for row in rows)
+    expected = plain_cross_entropy(model, rows) * tokens / (math.log(2) * scored_bytes)
+    assert metrics["eval_bits_per_byte"] == pytest.approx(expected, rel=1e-5)
+    assert any("eval_bits_per_byte" in entry for entry in trainer.state.log_history)
+    assert "eval_bits_per_byte" not in MoaiTrainer(model=model, args=args, eval_dataset=rows).evaluate()
 
 
 TWO_RANKS = """

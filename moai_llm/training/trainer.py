@@ -109,8 +109,10 @@ class MoaiTrainer(Trainer):
     - `_save`: with --save_on_each_node every node's checkpoint holds the weights (see `writes_on_this_node`).
     - `log`/`evaluate`: tokens/s, MFU, packing efficiency, loss components; eval perplexity.
     - `_get_train_sampler`: packed rows are read in the packer's balanced steps, step order shuffled by seed.
-    - evaluation measures plain cross-entropy whatever the training objective, so `eval_perplexity` is a perplexity,
-      and `eval_loss` is a token-weighted mean over the whole eval set and every rank (`evaluation_loop`).
+    - evaluation measures plain cross-entropy whatever the training objective (under no_grad the fused loss is
+      `losses.score_tokens`, evaluate.py's scorer), so `eval_perplexity` is a perplexity, `eval_loss` is a
+      token-weighted mean over the whole eval set and every rank (`evaluation_loop`), and `eval_bits_per_byte`
+      divides the same summed NLL by the bytes of the scored tokens' text (given a tokenizer).
     """
 
     def __init__(self, *args, throughput: ThroughputCallback | None = None, **kwargs):
@@ -121,7 +123,8 @@ class MoaiTrainer(Trainer):
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_micro_batches = 0
         self._expert_load: torch.Tensor | None = None  # [moe_layers, experts], summed over micro-batches
-        self._eval_sums: torch.Tensor | None = None  # [loss x tokens, tokens] of this rank's eval batches
+        self._eval_sums: torch.Tensor | None = None  # [loss x tokens, tokens, bytes] of this rank's eval batches
+        self._token_bytes: dict[int, int] = {}  # UTF-8 bytes per token id, filled as eval targets show up
         on_meta = any(p.device.type == "meta" for p in self.model.parameters())
         if on_meta and self.is_fsdp_enabled and starts_sharded(self.args, hasattr(self.model, "peft_config")):
             start_sharded(self.accelerator, self.model, self.args.seed)
@@ -252,8 +255,9 @@ class MoaiTrainer(Trainer):
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):
         """`eval_loss` as total loss / total tokens over every batch of every rank. The stock loop repeats each
-        batch's mean `batch_size` times and averages: 100 tokens at CE 1.0 and 1,000 at 2.0 read 1.5, not 1.91."""
-        self._eval_sums = torch.zeros(2, dtype=torch.float64, device=self.args.device)  # every rank reduces
+        batch's mean `batch_size` times and averages: 100 tokens at CE 1.0 and 1,000 at 2.0 read 1.5, not 1.91.
+        `eval_bits_per_byte`: the same total loss (nats) / (ln 2 x bytes of the scored tokens), as evaluate.py."""
+        self._eval_sums = torch.zeros(3, dtype=torch.float64, device=self.args.device)  # every rank reduces
         try:
             output = super().evaluation_loop(
                 dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
@@ -263,6 +267,8 @@ class MoaiTrainer(Trainer):
             self._eval_sums = None
         if total[1] > 0 and f"{metric_key_prefix}_loss" in output.metrics:
             output.metrics[f"{metric_key_prefix}_loss"] = (total[0] / total[1]).item()
+            if total[2] > 0:
+                output.metrics[f"{metric_key_prefix}_bits_per_byte"] = (total[0] / (math.log(2) * total[2])).item()
         return output
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -274,8 +280,20 @@ class MoaiTrainer(Trainer):
         if loss is not None:
             shifted = inputs["shift_labels"] if "shift_labels" in inputs else inputs["labels"][..., 1:]
             tokens = shifted.ne(IGNORE_INDEX).sum().double()
-            self._eval_sums += torch.stack([loss.detach().double() * tokens, tokens]).to(self._eval_sums.device)
+            text_bytes = torch.tensor(float(self._scored_bytes(shifted)), dtype=torch.float64, device=tokens.device)
+            sums = torch.stack([loss.detach().double() * tokens, tokens, text_bytes])
+            self._eval_sums += sums.to(self._eval_sums.device)
         return loss, logits, out_labels
+
+    def _scored_bytes(self, shifted_labels: torch.Tensor) -> int:
+        """UTF-8 bytes of the scored targets' text (evaluate.py's count, `perplexity.scored_bytes`); 0 without a
+        tokenizer, and then no bits per byte is logged."""
+        tokenizer = self.processing_class
+        if not hasattr(tokenizer, "convert_ids_to_tokens"):
+            return 0
+        from ..evaluation.perplexity import scored_bytes
+
+        return scored_bytes(tokenizer, shifted_labels[shifted_labels.ne(IGNORE_INDEX)], self._token_bytes)
 
     def _only_real_rows(self, inputs: dict) -> dict:
         """The last eval batch with the rows accelerate repeated to even the ranks out (from the dataset's start)
