@@ -17,7 +17,8 @@ from bench_model import generate_seconds, train_step_seconds  # same timing as t
 from transformers import Qwen3MoeForCausalLM
 
 from moai_llm import MoaiConfig, MoaiForCausalLM
-from moai_llm.moe import parameter_counts, qwen3_moe_config_from
+from moai_llm.export import qwen3_moe_config_from
+from moai_llm.moe import parameter_counts
 
 IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm")
 

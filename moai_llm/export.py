@@ -68,6 +68,16 @@ def qwen_moe_config_from(config: MoaiConfig) -> Qwen3MoeConfig | Qwen2MoeConfig:
     return Qwen3MoeConfig(**fields, head_dim=config.head_dim, architectures=["Qwen3MoeForCausalLM"])
 
 
+def qwen3_moe_config_from(config: MoaiConfig) -> Qwen3MoeConfig:
+    """Qwen3-MoE's config only (never Qwen2-MoE's), for comparisons against transformers' Qwen3-MoE (parity tests,
+    benchmarks); ValueError when Qwen3-MoE cannot express the model."""
+    if not config.num_experts:
+        raise ValueError("qwen3_moe: num_experts=0 is a dense model (see qwen3_config_from)")
+    if config.shared_expert_intermediate_size:
+        raise ValueError("qwen3_moe: Qwen3-MoE has no shared expert (shared_expert_intermediate_size > 0)")
+    return qwen_moe_config_from(config)
+
+
 def export_config(config: MoaiConfig):
     """(target config, target model class) for a MOAI config."""
     if getattr(config, "num_experts", 0):

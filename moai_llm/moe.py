@@ -19,12 +19,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedConfig
 from transformers import initialization as init
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
-from transformers.models.qwen3_moe.configuration_qwen3_moe import Qwen3MoeConfig
 from transformers.models.qwen3_moe.modeling_qwen3_moe import (
     Qwen3MoeExperts,
     Qwen3MoeMLP,
@@ -225,20 +223,6 @@ def moe_causal_lm_output(
     )
 
 
-def qwen3_moe_config_from(config: MoaiConfig) -> Qwen3MoeConfig:
-    """The Qwen3MoeConfig with the same architecture; ValueError when Qwen3-MoE cannot express the model."""
-    if not config.num_experts:
-        raise ValueError("qwen3_moe: num_experts=0 is a dense model (see moai_llm.export for Qwen3)")
-    if config.shared_expert_intermediate_size:
-        raise ValueError("qwen3_moe: Qwen3-MoE has no shared expert (shared_expert_intermediate_size > 0)")
-    if not config.use_qk_norm:
-        raise ValueError("qwen3_moe: use_qk_norm=False has no Qwen3-MoE equivalent")
-    # Architecture fields only: PreTrainedConfig's (attribute_map, tp plans, ...) are each class's own.
-    names = set(Qwen3MoeConfig.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
-    fields = {name: getattr(config, name) for name in names}
-    return Qwen3MoeConfig(**fields, head_dim=config.head_dim, architectures=["Qwen3MoeForCausalLM"])
-
-
 __all__ = [
     "MoaiMoeCausalLMOutputWithPast",
     "MoaiSharedExpertMoeBlock",
@@ -248,7 +232,6 @@ __all__ = [
     "expert_load",
     "moe_block",
     "parameter_counts",
-    "qwen3_moe_config_from",
     "router_losses",
     "routed_token_mask",
 ]

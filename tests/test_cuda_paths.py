@@ -13,9 +13,9 @@ from transformers import Qwen3MoeForCausalLM
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 
 from moai_llm import MoaiForCausalLM
+from moai_llm.export import qwen3_moe_config_from
 from moai_llm.losses import causal_lm_loss
 from moai_llm.modeling_moai import MoaiRMSNorm, fused_rms_norm
-from moai_llm.moe import qwen3_moe_config_from
 
 from .conftest import qwen3_twin, tiny_config
 

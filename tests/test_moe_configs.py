@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from moai_llm import MoaiConfig, MoaiForCausalLM
-from moai_llm.moe import MoaiSharedExpertMoeBlock, parameter_counts, qwen3_moe_config_from
+from moai_llm.export import qwen3_moe_config_from
+from moai_llm.moe import MoaiSharedExpertMoeBlock, parameter_counts
 
 from .conftest import REPO
 

@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM, Qwen3MoeForCausalLM
 from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
 
 from moai_llm import MoaiForCausalLM
-from moai_llm.moe import MoaiMoeCausalLMOutputWithPast, qwen3_moe_config_from
+from moai_llm.export import qwen3_moe_config_from
+from moai_llm.moe import MoaiMoeCausalLMOutputWithPast
 
 from .conftest import tiny_config
 

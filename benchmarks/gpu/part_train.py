@@ -81,8 +81,7 @@ def run_stock(config: Path, run_dir: Path, shape: dict, attention: str, compile_
     from transformers import Qwen3ForCausalLM, Qwen3MoeForCausalLM, Trainer, TrainingArguments
 
     from moai_llm import MoaiConfig
-    from moai_llm.export import qwen3_config_from
-    from moai_llm.moe import qwen3_moe_config_from
+    from moai_llm.export import qwen3_config_from, qwen3_moe_config_from
     from moai_llm.training.callbacks import ThroughputCallback, detect_peak_tflops, flops_per_token
 
     moai_config = MoaiConfig.from_json_file(str(config))
