@@ -91,7 +91,7 @@ def load_yaml_config(path: str, parser: _Parser) -> dict:
     if flat.get("mixture") is not None:
         try:
             flat["mixture"] = parse_mixture(flat["mixture"])
-        except ValueError as error:
+        except UsageError as error:
             raise UsageError(f"--config {path}: {error}") from None
     if flat.get("stages") is not None:
         from .stages import parse_stages
@@ -113,14 +113,9 @@ def parse_args(argv: list[str] | None = None):
     parser.set_defaults(**yaml_values)
     namespace = command_line_sources(yaml_values, vars(parser.parse_args(argv)), known.config)
     groups = [{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.init} for cls in parser.dataclass_types]
-    try:
-        model_args, data_args = ModelArguments(**groups[0]), DataArguments(**groups[1])
-        if groups[2].get("stages"):
-            from .stages import resolve_stages
+    model_args, data_args = ModelArguments(**groups[0]), DataArguments(**groups[1])
+    if groups[2].get("stages"):
+        from .stages import resolve_stages
 
-            return resolve_stages(model_args, data_args, groups[2])
-        return resolve(model_args, data_args, groups[2])
-    except (TypeError, ValueError) as error:
-        if isinstance(error, UsageError):
-            raise
-        raise UsageError(str(error).splitlines()[0]) from None
+        return resolve_stages(model_args, data_args, groups[2])
+    return resolve(model_args, data_args, groups[2])
