@@ -65,6 +65,7 @@ def test_no_argument_run_learns_and_final_model_loads(tmp_path):
         (["--loss_type", "focal", "--loss_params", '{"gamma": -1}'], "focal_gamma must be >= 0"),
         (["--model_config", "nope.json"], "--model_config nope.json: file not found"),
         (["--config", "nope.yaml"], "--config nope.yaml: file not found"),
+        (["--config"], "argument --config: expected one argument"),
         (["--wsd_decay_ratio", "1.5"], "--wsd_decay_ratio must be in [0, 1]"),
         (["--resume_from_checkpoint", "no/such/dir"], "--resume_from_checkpoint no/such/dir: directory not found"),
         (["--max_steps", "1", "--max_steps=2"], "--max_steps is given twice (it takes one value)"),

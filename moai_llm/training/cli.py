@@ -21,9 +21,13 @@ YAML_SECTIONS = ("model", "data", "loss", "schedule", "packing", "training")
 YAML_ONLY = ("mixture", "stages")  # structured values, parsed and validated when the YAML is read
 
 
-class _Parser(HfArgumentParser):
+class _OneLine(argparse.ArgumentParser):
     def error(self, message):  # argparse prints usage + message; we want one line and no traceback
         raise UsageError(message)
+
+
+class _Parser(_OneLine, HfArgumentParser):
+    pass
 
 
 def _yaml_only(name: str):
@@ -106,7 +110,7 @@ def parse_args(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     refuse_repeated_flags(argv, parser)
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = _OneLine(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     yaml_values = load_yaml_config(known.config, parser) if known.config else {}
