@@ -14,7 +14,8 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-from moai_llm.chat import ChatLoadError, ChatSession, SamplingParams, StopFlag, batch_answers, load_for_chat
+from moai_llm.chat import ChatSession, SamplingParams, StopFlag, batch_answers, load_for_chat
+from moai_llm.errors import UsageError
 from moai_llm.flags import Parser
 
 
@@ -51,22 +52,22 @@ ROLES = ("system", "user", "assistant")
 def prompt_from_row(row, where: str):
     """A jsonl line's prompt: a non-empty 'prompt' string, or a non-empty 'messages' list of {role, content}."""
     if not isinstance(row, dict):
-        raise ChatLoadError(f"{where}: expected a JSON object with a 'prompt' or 'messages' field")
+        raise UsageError(f"{where}: expected a JSON object with a 'prompt' or 'messages' field")
     if "prompt" in row and "messages" in row:
-        raise ChatLoadError(f"{where}: has both 'prompt' and 'messages'; give one")
+        raise UsageError(f"{where}: has both 'prompt' and 'messages'; give one")
     if "messages" in row:
         messages = row["messages"]
         if not isinstance(messages, list) or not messages:
-            raise ChatLoadError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+            raise UsageError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
         for index, message in enumerate(messages):
             if not isinstance(message, dict) or message.get("role") not in ROLES:
-                raise ChatLoadError(f"{where}: messages[{index}] needs a 'role' ({', '.join(ROLES)})")
+                raise UsageError(f"{where}: messages[{index}] needs a 'role' ({', '.join(ROLES)})")
             if not isinstance(message.get("content"), str):
-                raise ChatLoadError(f"{where}: messages[{index}] needs a string 'content'")
+                raise UsageError(f"{where}: messages[{index}] needs a string 'content'")
         return messages
     prompt = row.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ChatLoadError(f"{where}: needs a non-empty 'prompt' string or a 'messages' list")
+        raise UsageError(f"{where}: needs a non-empty 'prompt' string or a 'messages' list")
     return prompt
 
 
@@ -74,21 +75,25 @@ def read_prompts(path: str) -> list:
     """The prompts of a .txt (one a line) or .jsonl file; blank lines are skipped, an empty file is an error."""
     file = Path(path)
     if not file.is_file():
-        raise ChatLoadError(f"--prompts_file {path}: no such file")
+        raise UsageError(f"--prompts_file {path}: no such file")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"--prompts_file {path}: not UTF-8 text (byte {err.start})") from None
     prompts = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         if file.suffix == ".jsonl":
             try:
                 row = json.loads(line)
             except ValueError:
-                raise ChatLoadError(f"{path}:{number}: malformed JSON line") from None
+                raise UsageError(f"{path}:{number}: malformed JSON line") from None
             prompts.append(prompt_from_row(row, f"{path}:{number}"))
         else:
             prompts.append(line)
     if not prompts:
-        raise ChatLoadError(f"--prompts_file {path}: no prompts in the file")
+        raise UsageError(f"--prompts_file {path}: no prompts in the file")
     return prompts
 
 
@@ -164,7 +169,7 @@ def main(argv=None) -> int:
     try:
         prompts = read_prompts(args.prompts_file) if args.prompts_file else None  # before the model: fail fast
         model, tokenizer = load_for_chat(args.model_path, args.tokenizer_path, args.base_model, args.device)
-    except ChatLoadError as err:
+    except UsageError as err:
         print(f"chat.py: error: {err}", file=sys.stderr)
         return 2
     context = getattr(model.config, "max_position_embeddings", 2048)

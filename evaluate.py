@@ -12,7 +12,8 @@ import argparse
 import logging
 import sys
 
-from moai_llm.evaluation import SUITES, EvalUsageError, resolve_tasks
+from moai_llm.errors import UsageError
+from moai_llm.evaluation import SUITES, resolve_tasks
 from moai_llm.flags import Parser
 
 
@@ -105,21 +106,21 @@ def options_from(args):
     from moai_llm.evaluation.runner import EvalOptions
 
     if args.checkpoints and args.model_path:
-        raise EvalUsageError("--checkpoints evaluates every model of a run; it takes no --model_path")
+        raise UsageError("--checkpoints evaluates every model of a run; it takes no --model_path")
     if not args.model_path and not args.checkpoints:
-        raise EvalUsageError("--model_path is required (or --checkpoints RUN_DIR, or --compare DIR1 DIR2 ...)")
+        raise UsageError("--model_path is required (or --checkpoints RUN_DIR, or --compare DIR1 DIR2 ...)")
     minimum = {"batch_size": 1, "max_new_tokens": 1, "max_length": 2, "num_fewshot": 0, "stride": 1, "top_k": 0}
     for flag, least in minimum.items():
         if getattr(args, flag) is not None and getattr(args, flag) < least:
-            raise EvalUsageError(f"--{flag} must be at least {least}, got {getattr(args, flag)}")
+            raise UsageError(f"--{flag} must be at least {least}, got {getattr(args, flag)}")
     if args.limit is not None and args.limit <= 0:
-        raise EvalUsageError(f"--limit must be positive, got {args.limit}")
+        raise UsageError(f"--limit must be positive, got {args.limit}")
     if not 0 < args.top_p <= 1:
-        raise EvalUsageError(f"--top_p must be in (0, 1], got {args.top_p}")
+        raise UsageError(f"--top_p must be in (0, 1], got {args.top_p}")
     if args.repetition_penalty <= 0 or args.temperature < 0:
-        raise EvalUsageError("--repetition_penalty must be positive and --temperature at least 0")
+        raise UsageError("--repetition_penalty must be positive and --temperature at least 0")
     if args.fewshot_as_multiturn and not args.apply_chat_template:
-        raise EvalUsageError("--fewshot_as_multiturn needs --apply_chat_template")
+        raise UsageError("--fewshot_as_multiturn needs --apply_chat_template")
     limit = args.limit
     if limit is not None and limit >= 1:
         limit = int(limit)
@@ -184,9 +185,9 @@ def main(argv=None) -> int:
             from moai_llm.evaluation.runner import compare
 
             if args.model_path:
-                raise EvalUsageError("--compare reads finished evaluations; it takes no --model_path")
+                raise UsageError("--compare reads finished evaluations; it takes no --model_path")
             if not args.output_dir:
-                raise EvalUsageError("--compare needs --output_dir (where the comparison report goes)")
+                raise UsageError("--compare needs --output_dir (where the comparison report goes)")
             print(f"report: {compare(args.compare, args.output_dir)}")
             return 0
         options = options_from(args)
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
             print(f"report: {evaluate_checkpoints(options, args.checkpoints)}")
             return 0
         results = evaluate_model(options)
-    except EvalUsageError as error:
+    except UsageError as error:
         print(f"evaluate.py: error: {error}", file=sys.stderr)
         return 2
     print_summary(results, options.output_dir or f"{options.model_path}/eval")

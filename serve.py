@@ -12,7 +12,7 @@ import sys
 
 from transformers.utils import logging as hf_logging
 
-from moai_llm.chat import ChatLoadError
+from moai_llm.errors import UsageError
 from moai_llm.flags import Parser
 from moai_llm.serving import MAX_BATCH_SIZE, build_app, load_models, model_entries
 
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
             args.max_prefill_tokens,
             args.max_waiting,
         )
-    except ChatLoadError as err:
+    except UsageError as err:
         print(f"serve.py: error: {err}", file=sys.stderr)
         return 2
     app = build_app(registry, args.api_key, args.cors_origins, args.max_request_bytes)

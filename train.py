@@ -26,7 +26,7 @@ def main(argv=None) -> int:
         from moai_llm.training.stages import run_all
 
         results = run_all(model_args, data_args, training_args)
-    except (UsageError, ValueError, FileNotFoundError) as error:
+    except UsageError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
     for result in results:

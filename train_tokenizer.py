@@ -21,7 +21,6 @@ from moai_llm.tokenizer import load_tokenizer
 from moai_llm.tokenizer.evaluate import score, table
 from moai_llm.tokenizer.extend import extend_tokenizer
 from moai_llm.tokenizer.inputs import (
-    InputError,
     balanced,
     file_texts,
     hub_texts,
@@ -86,7 +85,7 @@ def lang_files(specs: list[str]) -> dict[str, list[str]]:
     for spec in specs:
         lang, sep, path = spec.partition("=")
         if not sep or not lang or not path:
-            raise InputError(f"--lang_files {spec!r}: expected LANG=PATH")
+            raise UsageError(f"--lang_files {spec!r}: expected LANG=PATH")
         files.setdefault(lang, []).append(path)
     return files
 
@@ -94,7 +93,7 @@ def lang_files(specs: list[str]) -> dict[str, list[str]]:
 def training_texts(args, mode: str):
     fraction = MODES[mode].sample_fraction
     if args.max_samples_per_lang is not None and not (args.multilingual or args.lang_files):
-        raise InputError(
+        raise UsageError(
             "--max_samples_per_lang caps each language of --multilingual/--lang_files; "
             "for a single source use --max_samples"
         )
@@ -108,7 +107,7 @@ def training_texts(args, mode: str):
             hub_texts(args.dataset, args.dataset_config, args.text_column), fraction, args.max_samples, args.seed
         )
     if not args.input_files:
-        raise InputError("no input: give --input_files, --dataset, or --multilingual/--lang_files")
+        raise UsageError("no input: give --input_files, --dataset, or --multilingual/--lang_files")
     texts = file_texts(args.input_files, args.text_column, args.sample_by)
     return sample(texts, fraction, args.max_samples, args.seed)
 
@@ -116,13 +115,15 @@ def training_texts(args, mode: str):
 def evaluate(args) -> None:
     per_lang = lang_files(args.lang_files)
     if not per_lang:
-        raise InputError("--evaluate needs --lang_files LANG=PATH ... to evaluate on")
+        raise UsageError("--evaluate needs --lang_files LANG=PATH ... to evaluate on")
     texts = {lang: list(file_texts(paths, args.text_column, args.sample_by)) for lang, paths in per_lang.items()}
     texts = {
         lang: docs[: args.max_samples_per_lang] if args.max_samples_per_lang else docs for lang, docs in texts.items()
     }
     results = {}
-    for directory in [args.evaluate, *args.compare]:
+    for flag, directory in [("--evaluate", args.evaluate), *(("--compare", path) for path in args.compare)]:
+        if not Path(directory).is_dir():
+            raise UsageError(f"{flag} {directory}: no such directory")
         tokenizer = load_tokenizer(directory)
         results[directory] = [score(tokenizer, lang, docs) for lang, docs in texts.items()]
     print(table(results))
@@ -136,8 +137,13 @@ def train(args) -> None:
         if not (base_file.is_file() and base_file.suffix == ".json"):
             base_file = base_file / "tokenizer.json"
         if not base_file.is_file():
-            raise InputError(f"--base_tokenizer {args.base_tokenizer}: no tokenizer.json there")
-        tokenizer = extend_tokenizer(Tokenizer.from_file(str(base_file)), texts, args.vocab_size, args.base_tokenizer)
+            raise UsageError(f"--base_tokenizer {args.base_tokenizer}: no tokenizer.json there")
+        try:
+            base = Tokenizer.from_file(str(base_file))
+        except Exception as err:  # tokenizers raises a bare Exception for a file it cannot parse
+            reason = str(err).splitlines()[0][:160]
+            raise UsageError(f"--base_tokenizer {base_file}: cannot be read ({reason})") from None
+        tokenizer = extend_tokenizer(base, texts, args.vocab_size, args.base_tokenizer)
     else:
         tokenizer = train_tokenizer(texts, args.vocab_size, mode, args.min_frequency, args.normalization)
     out = Path(args.output_dir)
@@ -155,7 +161,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         evaluate(args) if args.evaluate else train(args)
-    except (UsageError, FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except UsageError as err:
         print(f"train_tokenizer.py: error: {err}".splitlines()[0], file=sys.stderr)
         return 2
     return 0

@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from .configuration_moai import MoaiConfig
+from .errors import UsageError
 from .modeling_moai import MoaiForCausalLM
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -42,20 +43,20 @@ def _fields(config: MoaiConfig, target: type[PreTrainedConfig]) -> dict:
 
 
 def qwen3_config_from(config: MoaiConfig) -> Qwen3Config:
-    """The dense Qwen3Config with the same architecture; ValueError when Qwen3 cannot express the model."""
+    """The dense Qwen3Config with the same architecture; a UsageError when Qwen3 cannot express the model."""
     if not config.use_qk_norm:
-        raise ValueError("export: use_qk_norm=False has no Qwen3 equivalent (Qwen3 always normalises q and k)")
+        raise UsageError("export: use_qk_norm=False has no Qwen3 equivalent (Qwen3 always normalises q and k)")
     if getattr(config, "num_experts", 0):
-        raise ValueError("export: an MoE model is not a dense Qwen3 model (export_config picks Qwen3-MoE)")
+        raise UsageError("export: an MoE model is not a dense Qwen3 model (export_config picks Qwen3-MoE)")
     return Qwen3Config(**_fields(config, Qwen3Config), architectures=["Qwen3ForCausalLM"])
 
 
 def qwen_moe_config_from(config: MoaiConfig) -> Qwen3MoeConfig | Qwen2MoeConfig:
-    """Qwen3-MoE's config, or Qwen2-MoE's for a shared expert; ValueError naming what neither can express."""
+    """Qwen3-MoE's config, or Qwen2-MoE's for a shared expert; a UsageError naming what neither can express."""
     if config.shared_expert_intermediate_size:
         head_dim = config.hidden_size // config.num_attention_heads
         if config.use_qk_norm or config.attention_bias or config.head_dim != head_dim:
-            raise ValueError(
+            raise UsageError(
                 "export: a shared expert exists only in Qwen2-MoE (Qwen3-MoE has none), and Qwen2-MoE has no QK-norm, "
                 f"no output-projection bias and head_dim = hidden_size / heads ({head_dim}); this model has "
                 f"use_qk_norm={config.use_qk_norm}, attention_bias={config.attention_bias}, head_dim={config.head_dim}"
@@ -63,7 +64,7 @@ def qwen_moe_config_from(config: MoaiConfig) -> Qwen3MoeConfig | Qwen2MoeConfig:
         fields = _fields(config, Qwen2MoeConfig)
         return Qwen2MoeConfig(**fields, qkv_bias=False, architectures=["Qwen2MoeForCausalLM"])
     if not config.use_qk_norm:
-        raise ValueError("export: use_qk_norm=False has no Qwen3-MoE equivalent (Qwen3-MoE always normalises q and k)")
+        raise UsageError("export: use_qk_norm=False has no Qwen3-MoE equivalent (Qwen3-MoE always normalises q and k)")
     fields = _fields(config, Qwen3MoeConfig)
     return Qwen3MoeConfig(**fields, head_dim=config.head_dim, architectures=["Qwen3MoeForCausalLM"])
 
@@ -82,7 +83,7 @@ def export_config(config: MoaiConfig):
     """(target config, target model class) for a MOAI config."""
     if getattr(config, "num_experts", 0):
         if any(kind != "full_attention" for kind in config.layer_types or []):
-            raise ValueError("export: sliding-window layers in an MoE model are not exported (full attention only)")
+            raise UsageError("export: sliding-window layers in an MoE model are not exported (full attention only)")
         target = qwen_moe_config_from(config)
         return target, Qwen2MoeForCausalLM if isinstance(target, Qwen2MoeConfig) else Qwen3MoeForCausalLM
     return qwen3_config_from(config), Qwen3ForCausalLM
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
         return 2
     try:
         out = export_qwen3(args.model_path, args.output_dir)
-    except ValueError as err:
+    except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     kind = {"qwen3": "Qwen3", "qwen3_moe": "Qwen3-MoE", "qwen2_moe": "Qwen2-MoE"}

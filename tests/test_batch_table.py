@@ -4,7 +4,8 @@ one-line errors that name the file and field (pretrain.sh's use of it is in test
 import pytest
 import yaml
 
-from moai_llm.training.batch_table import BatchTableError, Plan, load_table, plan
+from moai_llm.errors import UsageError
+from moai_llm.training.batch_table import Plan, load_table, plan
 
 from .conftest import REPO
 
@@ -38,7 +39,7 @@ def test_an_override_row_takes_the_largest_memory_not_above_the_card(tmp_path):
     assert [plan(table, "tiny", gb).micro_batch for gb in (16, 24, 48, 79, 80, 1000)] == [None, 1, 2, 2, 4, 8]
     assert plan(table, "tiny", None).micro_batch == 4  # CPU processes
     assert plan(load_table(str(TABLE)), "16b", 80).micro_batch is None  # planned
-    with pytest.raises(BatchTableError, match=r"MODEL_SIZE=70b has no batch-table row \(known: tiny"):
+    with pytest.raises(UsageError, match=r"MODEL_SIZE=70b has no batch-table row \(known: tiny"):
         plan(table, "70b", 80)
 
 
@@ -74,14 +75,14 @@ def one_row(**changes) -> str:
 def test_bad_tables_name_file_and_field(text, message, tmp_path):
     path = tmp_path / "table.yaml"
     path.write_text(text)
-    with pytest.raises(BatchTableError) as caught:
+    with pytest.raises(UsageError) as caught:
         load_table(str(path))
     assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)
     assert len(str(caught.value).splitlines()) == 1
 
 
 def test_unreadable_table(tmp_path):
-    with pytest.raises(BatchTableError, match="cannot be read"):
+    with pytest.raises(UsageError, match="cannot be read"):
         load_table(str(tmp_path / "missing.yaml"))
 
 

@@ -6,7 +6,7 @@ import re
 import pytest
 
 import chat as chat_cli
-from moai_llm.chat import ChatLoadError
+from moai_llm.errors import UsageError
 
 
 def write(tmp_path, name, lines):
@@ -38,18 +38,18 @@ def test_txt_and_jsonl_prompts_are_read_in_order(tmp_path):
 )
 def test_bad_jsonl_lines_name_file_and_line(tmp_path, row, message):
     path = write(tmp_path, "p.jsonl", [json.dumps({"prompt": "fine"}), json.dumps(row)])
-    with pytest.raises(ChatLoadError, match=f"^{path}:2: .*{re.escape(message)}"):
+    with pytest.raises(UsageError, match=f"^{path}:2: .*{re.escape(message)}"):
         chat_cli.read_prompts(path)
 
 
 def test_malformed_missing_and_empty_files(tmp_path):
     bad = write(tmp_path, "bad.jsonl", ["{not json"])
-    with pytest.raises(ChatLoadError, match=f"{bad}:1: malformed JSON line"):
+    with pytest.raises(UsageError, match=f"{bad}:1: malformed JSON line"):
         chat_cli.read_prompts(bad)
-    with pytest.raises(ChatLoadError, match="no such file"):
+    with pytest.raises(UsageError, match="no such file"):
         chat_cli.read_prompts(str(tmp_path / "missing.jsonl"))
     empty = write(tmp_path, "empty.txt", ["", "  "])
-    with pytest.raises(ChatLoadError, match="no prompts in the file"):
+    with pytest.raises(UsageError, match="no prompts in the file"):
         chat_cli.read_prompts(empty)
 
 

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from moai_llm import MoaiForCausalLM
+from moai_llm.errors import UsageError
 from moai_llm.evaluation.benchmarks import BenchmarkResults, merge_run
 from moai_llm.evaluation.model_card import model_card
 from moai_llm.evaluation.perplexity import evaluate_perplexity, windows
-from moai_llm.evaluation.suites import SUITES, EvalUsageError, resolve_tasks
+from moai_llm.evaluation.suites import SUITES, resolve_tasks
 from moai_llm.training.callbacks import ThroughputCallback
 
 from .conftest import REPO, qwen3_twin, tiny_config
@@ -186,7 +187,7 @@ def test_task_lists():
     ]
     assert all(s.num_fewshot == 1 for s in resolve_tasks(None, "leaderboard_v1", 1, None))
     for bad in ("mmlu:x", ",", "kobest"):
-        with pytest.raises(EvalUsageError):
+        with pytest.raises(UsageError):
             resolve_tasks(bad, "korean" if bad == "kobest" else None, None, None)
 
 

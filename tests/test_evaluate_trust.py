@@ -13,13 +13,14 @@ from transformers import AutoTokenizer
 
 from moai_llm import MoaiForCausalLM
 from moai_llm.chat.generation import SamplingParams
+from moai_llm.errors import UsageError
 from moai_llm.evaluation.comparison import comparison_warnings, render_comparison
 from moai_llm.evaluation.history import load_run, training_summary
 from moai_llm.evaluation.perplexity import evaluate_perplexity, sliding_windows
 from moai_llm.evaluation.report import render_report
 from moai_llm.evaluation.runner import precision_context, suite_averages, training_plot
 from moai_llm.evaluation.samples import sample_settings, use_chat_template
-from moai_llm.evaluation.suites import SUITES, EvalUsageError, headline_metric, resolve_tasks
+from moai_llm.evaluation.suites import SUITES, headline_metric, resolve_tasks
 
 from .conftest import REPO, qwen3_twin, tiny_config
 
@@ -39,7 +40,7 @@ def test_chat_template_follows_the_run_mode(tokenizer):
     assert use_chat_template("off", "sft", tokenizer) == (False, "off (--chat_template off)")
     tokenizer_without = type("T", (), {"chat_template": None})()
     assert use_chat_template("auto", "sft", tokenizer_without)[0] is False
-    with pytest.raises(EvalUsageError, match="no chat template"):
+    with pytest.raises(UsageError, match="no chat template"):
         use_chat_template("on", None, tokenizer_without)
 
 
@@ -107,7 +108,7 @@ def test_suites_are_what_they_say():
     shots = {s.name: s.num_fewshot for s in SUITES["leaderboard_v1"].tasks}
     assert shots == {"arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0, "winogrande": 5, "gsm8k": 5}
     assert {s.name: s.num_fewshot for s in SUITES["moellama"].tasks}["gsm8k_cot"] == 8
-    with pytest.raises(EvalUsageError, match="standard: renamed; .*leaderboard_v1"):
+    with pytest.raises(UsageError, match="standard: renamed; .*leaderboard_v1"):
         resolve_tasks(None, "standard", None, None)
     assert headline_metric("hellaswag", {"acc": 0.3, "acc_norm": 0.4}) == "acc_norm"
     assert headline_metric("mmlu", {"acc": 0.3, "acc_stderr": 0.01}) == "acc"

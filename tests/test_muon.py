@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from moai_llm import MoaiForCausalLM
+from moai_llm.errors import UsageError
 from moai_llm.training.arguments import MoaiTrainingArguments
 from moai_llm.training.muon import MuonAdamW, muon_param_groups, orthogonalize
 
@@ -123,7 +124,7 @@ def test_state_is_saved_and_resumed_bitwise():
 
 
 def test_muon_with_deepspeed_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="--optim muon does not work with DeepSpeed"):
+    with pytest.raises(UsageError, match="--optim muon does not work with DeepSpeed"):
         MoaiTrainingArguments(output_dir=str(tmp_path), optim="muon", deepspeed="configs/deepspeed_zero3.json")
     assert MoaiTrainingArguments(output_dir=str(tmp_path), optim="muon").optim == "muon"
 

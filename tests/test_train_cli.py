@@ -65,12 +65,16 @@ def test_no_argument_run_learns_and_final_model_loads(tmp_path):
         (["--loss_type", "focal", "--loss_params", '{"gamma": -1}'], "focal_gamma must be >= 0"),
         (["--model_config", "nope.json"], "--model_config nope.json: file not found"),
         (["--config", "nope.yaml"], "--config nope.yaml: file not found"),
+        (["--config"], "argument --config: expected one argument"),
         (["--wsd_decay_ratio", "1.5"], "--wsd_decay_ratio must be in [0, 1]"),
         (["--resume_from_checkpoint", "no/such/dir"], "--resume_from_checkpoint no/such/dir: directory not found"),
         (["--max_steps", "1", "--max_steps=2"], "--max_steps is given twice (it takes one value)"),
         (["--max_step", "1", "--max_steps", "2"], "--max_steps is given twice"),  # argparse's abbreviation
         (["--batch_size", "2", "--per_device_train_batch_size", "4"], "--batch_size and --per_device_train_batch_size"),
         (["--packing", "true", "--no_packing"], "--packing and --no_packing set the same argument (packing)"),
+        (["--accelerator_config", "nope.json"], "No such file or directory: 'nope.json'"),
+        (["--pretrained_model", "./no/such/model"], "--pretrained_model ./no/such/model: directory not found"),
+        (["--model_config", "BAD_CONFIG"], "BAD_CONFIG: num_key_value_heads must be a positive integer"),
         pytest.param(
             ["--use_qlora", "true", "--pretrained_model", "x"],
             "--use_qlora needs bitsandbytes",
@@ -83,6 +87,9 @@ def test_no_argument_run_learns_and_final_model_loads(tmp_path):
 def test_bad_input_is_one_line(args, message, capsys, tmp_path):
     from train import main
 
+    bad_config = tmp_path / "bad_config.json"
+    bad_config.write_text(json.dumps({"model_type": "moai", "num_key_value_heads": 0}))
+    args, message = [str(bad_config) if a == "BAD_CONFIG" else a for a in args], message.replace("BAD_CONFIG", "")
     assert main([*args, "--output_dir", str(tmp_path), "--use_cpu", "true"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
@@ -107,3 +114,36 @@ def test_process_exit_code_without_traceback():
     assert result.stderr.strip().splitlines()[-1] == (
         "train.py: error: --mode sft needs --pretrained_model (a pretrained model directory or hub id)"
     )
+
+
+@pytest.mark.parametrize("error", [ValueError("a bug"), RuntimeError("a bug"), FileNotFoundError("a bug")])
+def test_a_bug_is_not_a_usage_error(error, monkeypatch, tmp_path):
+    """Only UsageError is "one line, exit 2": any other exception inside training keeps its traceback."""
+    import train
+    from moai_llm.training import stages
+
+    def broken(*_args):
+        raise error
+
+    monkeypatch.setattr(stages, "run_all", broken)
+    with pytest.raises(type(error), match="a bug"):
+        train.main(["--output_dir", str(tmp_path), "--use_cpu", "true"])
+
+
+def test_a_bug_while_resolving_arguments_is_not_a_usage_error(monkeypatch, tmp_path):
+    from moai_llm.training import resolve
+
+    def broken(*_args):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(resolve, "resolve_training_values", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true"])
+
+
+def test_transformers_checks_on_the_arguments_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="--save_on_each_node works with DDP only"):
+        parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true", "--save_on_each_node", "--fsdp", "full_shard"])
+    with pytest.raises(UsageError) as error:  # TrainingArguments' own check
+        parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true", "--fp16", "true", "--bf16", "true"])
+    assert "\n" not in str(error.value)

@@ -6,11 +6,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ..errors import UsageError
+
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
-class ChatLoadError(ValueError):
-    """A missing or inconsistent model/tokenizer directory: one line for the user."""
+ChatLoadError = UsageError  # the old name, importable from moai_llm.chat; raise UsageError
 
 
 def best_device_and_dtype() -> tuple[str, torch.dtype]:
@@ -24,19 +25,19 @@ def best_device_and_dtype() -> tuple[str, torch.dtype]:
 def load_for_chat(
     model_path: str, tokenizer_path: str | None = None, base_model: str | None = None, device: str | None = None
 ):
-    """(model in eval mode on the best device, tokenizer); ChatLoadError names what is wrong."""
+    """(model in eval mode on the best device, tokenizer); a UsageError names what is wrong."""
     import moai_llm  # noqa: F401  (registers the MOAI Auto classes)
 
     path = Path(model_path)
     if not path.is_dir():
-        raise ChatLoadError(f"--model_path {model_path}: no such directory")
+        raise UsageError(f"--model_path {model_path}: no such directory")
     auto_device, dtype = best_device_and_dtype()
     device = device or auto_device
     adapter = path / "adapter_config.json"
     if adapter.is_file():
         base = base_model or json.loads(adapter.read_text()).get("base_model_name_or_path")
         if not base:
-            raise ChatLoadError(f"--model_path {model_path}: LoRA adapter without a base; pass --base_model")
+            raise UsageError(f"--model_path {model_path}: LoRA adapter without a base; pass --base_model")
         model = _load(base, dtype, "--base_model")
         from peft import PeftModel
 
@@ -44,21 +45,21 @@ def load_for_chat(
         default_tokenizer = model_path if (path / "tokenizer.json").exists() else base
     else:
         if not (path / "config.json").is_file():
-            raise ChatLoadError(f"--model_path {model_path}: no config.json (not a model directory)")
+            raise UsageError(f"--model_path {model_path}: no config.json (not a model directory)")
         if not any((path / f).is_file() for f in WEIGHT_FILES):
-            raise ChatLoadError(f"--model_path {model_path}: no model.safetensors (incomplete model directory)")
+            raise UsageError(f"--model_path {model_path}: no model.safetensors (incomplete model directory)")
         model = _load(model_path, dtype, "--model_path")
         default_tokenizer = model_path
     tokenizer_dir = tokenizer_path or default_tokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     except (OSError, ValueError) as err:
-        raise ChatLoadError(
+        raise UsageError(
             f"tokenizer {tokenizer_dir}: cannot be loaded ({str(err).splitlines()[0][:120]}); pass --tokenizer_path"
         ) from None
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
-        raise ChatLoadError(
+        raise UsageError(
             f"tokenizer {tokenizer_dir} has {len(tokenizer)} tokens but the model has {rows} "
             "embedding rows: they do not belong together"
         )
@@ -71,4 +72,4 @@ def _load(path: str, dtype, flag: str):
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as err:
-        raise ChatLoadError(f"{flag} {path}: cannot be loaded ({str(err).splitlines()[0][:160]})") from None
+        raise UsageError(f"{flag} {path}: cannot be loaded ({str(err).splitlines()[0][:160]})") from None

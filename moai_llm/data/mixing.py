@@ -35,6 +35,10 @@ class MixtureSource:
     revision: str | None = None  # a Hub dataset's branch, tag or commit (pinned to its commit when read)
 
     def __post_init__(self):
+        for name in ("ratio", "percentage"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise DataError(f"mixture source {self.name}: {name} must be a number, got {value!r}")
         if self.ratio is not None and not self.ratio > 0:
             raise DataError(f"mixture source {self.name}: ratio must be > 0, got {self.ratio}")
         if not 0 < self.percentage <= 100:

@@ -16,7 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .suites import EvalUsageError, TaskSpec
+from ..errors import UsageError
+from .suites import TaskSpec
 
 logger = logging.getLogger(__name__)
 ACCURACY_METRICS = ("acc", "acc_norm", "exact_match", "mc2")
@@ -59,14 +60,14 @@ def check_tasks(specs: list[TaskSpec], include_path: tuple[str, ...] = ()) -> No
     """Every name must be a task, group or tag lm-eval knows (or a YAML file): else a one-line error, no model load."""
     for path in include_path:
         if not Path(path).exists():
-            raise EvalUsageError(f"--include_path {path}: no such file or directory")
+            raise UsageError(f"--include_path {path}: no such file or directory")
     known = set(task_manager(include_path).all_tasks)
     for spec in specs:
         if spec.name in known or (spec.name.endswith((".yaml", ".yml")) and Path(spec.name).is_file()):
             continue
         close = difflib.get_close_matches(spec.name, known, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise EvalUsageError(f"--tasks: unknown task {spec.name!r}{hint}; local task YAMLs go in --include_path")
+        raise UsageError(f"--tasks: unknown task {spec.name!r}{hint}; local task YAMLs go in --include_path")
 
 
 def one_line(error: BaseException) -> str:

@@ -37,8 +37,8 @@ from ..data.collator import PackedCollator
 from ..data.errors import DataError
 from ..data.packing import cut, pack
 from ..data.sources import is_local, iter_records
+from ..errors import UsageError
 from ..losses import score_tokens
-from .suites import EvalUsageError
 
 logger = logging.getLogger(__name__)
 BYTE_ALPHABET = frozenset(ByteLevel.alphabet())
@@ -86,18 +86,18 @@ class PerplexityResult:
 
 
 def read_documents(spec: str, text_column: str = "text") -> list[str]:
-    """Non-empty documents of one --eval_file; a missing, unreadable or empty file is an EvalUsageError."""
+    """Non-empty documents of one --eval_file; a missing, unreadable or empty file is a UsageError."""
     if not is_local(spec):
-        raise EvalUsageError(f"--eval_file {spec}: no such file")
+        raise UsageError(f"--eval_file {spec}: no such file")
     try:
         texts = [record.get(text_column) for record in iter_records(spec, text_column=text_column)]
     except DataError as error:
-        raise EvalUsageError(f"--eval_file {error}") from None
+        raise UsageError(f"--eval_file {error}") from None
     if not texts:
-        raise EvalUsageError(f"--eval_file {spec}: no records")
+        raise UsageError(f"--eval_file {spec}: no records")
     documents = [text for text in texts if isinstance(text, str) and text.strip()]
     if not documents:
-        raise EvalUsageError(f"--eval_file {spec}: no non-empty documents")
+        raise UsageError(f"--eval_file {spec}: no non-empty documents")
     if len(documents) < len(texts):
         logger.info("%s: %d empty or non-text records skipped", spec, len(texts) - len(documents))
     return documents
@@ -204,7 +204,7 @@ def causal_lm_parts(model):
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
     if getattr(model.config, "final_logit_softcapping", None):
-        raise EvalUsageError("perplexity: models that soft-cap their logits are not supported")
+        raise UsageError("perplexity: models that soft-cap their logits are not supported")
     return model.base_model, model.get_output_embeddings()
 
 
@@ -234,7 +234,7 @@ def evaluate_perplexity(
     stride: int | None = None,
 ) -> PerplexityResult:
     if max_length < 2:
-        raise EvalUsageError(f"--max_length {max_length}: at least 2 tokens are needed to score one")
+        raise UsageError(f"--max_length {max_length}: at least 2 tokens are needed to score one")
     if stride is not None:
         stride = min(stride, max_length - 1)  # a longer move would skip tokens
     pieces, scored_bytes, contexts = tokenize_documents(documents, tokenizer, max_length, stride=stride)

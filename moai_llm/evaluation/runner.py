@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from ..chat.generation import SamplingParams
-from ..chat.loading import ChatLoadError, load_for_chat
+from ..chat.loading import load_for_chat
+from ..errors import UsageError
 from .benchmarks import LmEvalOptions, check_tasks, run_benchmarks
 from .comparison import render_comparison
 from .history import load_run, training_summary
@@ -20,7 +21,7 @@ from .perplexity import evaluate_perplexity, read_documents
 from .provenance import provenance
 from .report import render_report, run_label
 from .samples import DEFAULT_PROMPTS, generate_samples, read_prompts, sample_settings, use_chat_template
-from .suites import SUITES, EvalUsageError, TaskSpec, headline_score
+from .suites import SUITES, TaskSpec, headline_score
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +54,9 @@ class EvalOptions:
 def load_inputs(options: EvalOptions) -> tuple[dict[str, list[str]], list[str]]:
     """Eval documents and prompts, read and checked before the model is loaded (bad input fails in seconds)."""
     if not Path(options.model_path).is_dir():
-        raise EvalUsageError(f"--model_path {options.model_path}: no such directory")
+        raise UsageError(f"--model_path {options.model_path}: no such directory")
     if len(set(options.eval_files)) < len(options.eval_files):
-        raise EvalUsageError("--eval_file: the same file is given twice")
+        raise UsageError("--eval_file: the same file is given twice")
     documents = {spec: read_documents(spec, options.text_column) for spec in options.eval_files}
     prompts = []
     if options.samples:
@@ -67,10 +68,7 @@ def load_inputs(options: EvalOptions) -> tuple[dict[str, list[str]], list[str]]:
 
 def load_model(options: EvalOptions):
     """(model, tokenizer) through chat's loader (final_model, checkpoint or LoRA adapter); adapters are merged."""
-    try:
-        model, tokenizer = load_for_chat(options.model_path, options.tokenizer_path, options.base_model, options.device)
-    except ChatLoadError as error:
-        raise EvalUsageError(str(error)) from None
+    model, tokenizer = load_for_chat(options.model_path, options.tokenizer_path, options.base_model, options.device)
     if hasattr(model, "merge_and_unload") and not getattr(model, "is_loaded_in_4bit", False):
         model = model.merge_and_unload()  # base + B·A·alpha/r: the adapter's outputs, without its per-layer detour
     if getattr(model.config, "num_experts", 0):
@@ -251,13 +249,13 @@ def run_models(run_dir: str) -> list[tuple[str, Path, int | None]]:
 
     root = Path(run_dir)
     if not root.is_dir():
-        raise EvalUsageError(f"--checkpoints {run_dir}: no such directory")
+        raise UsageError(f"--checkpoints {run_dir}: no such directory")
     found = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir())
     models = [(p.name, p, tokens_seen(load_run(p))) for _, p in found]
     if (root / "final_model").is_dir():
         models.append(("final_model", root / "final_model", tokens_seen(load_run(root / "final_model"))))
     if not models:
-        raise EvalUsageError(f"--checkpoints {run_dir}: no checkpoint-N or final_model directory in it")
+        raise UsageError(f"--checkpoints {run_dir}: no checkpoint-N or final_model directory in it")
     return models
 
 
@@ -316,20 +314,20 @@ def find_results(directory: str) -> Path:
     for candidate in (Path(directory) / "results.json", Path(directory) / "eval" / "results.json"):
         if candidate.is_file():
             return candidate
-    raise EvalUsageError(f"--compare {directory}: no results.json there or in {directory}/eval (run evaluate.py first)")
+    raise UsageError(f"--compare {directory}: no results.json there or in {directory}/eval (run evaluate.py first)")
 
 
 def compare(directories: list[str], output_dir: str) -> Path:
     """One report with several evaluated models side by side (e.g. base vs SFT); returns the report's path."""
     if len(directories) < 2:
-        raise EvalUsageError("--compare needs at least two directories")
+        raise UsageError("--compare needs at least two directories")
     runs, taken, histories = {}, set(), {}
     for directory in directories:
         path = find_results(directory)
         try:
             results = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as error:
-            raise EvalUsageError(f"--compare {path}: not valid JSON ({error})") from None
+            raise UsageError(f"--compare {path}: not valid JSON ({error})") from None
         label = run_label(results.get("model", directory), taken)
         runs[label] = results
         record = load_run(results.get("model", directory))

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from ..chat.generation import SamplingParams, StopFlag, stream_answer
 from ..chat.session import ChatSession
-from .suites import EvalUsageError
+from ..errors import UsageError
 
 logger = logging.getLogger(__name__)
 DEFAULT_PROMPTS = (
@@ -21,15 +21,15 @@ DEFAULT_PROMPTS = (
 
 
 def read_prompts(path: str) -> list[str]:
-    """One prompt per non-empty line of a UTF-8 text file; an unreadable or empty file is an EvalUsageError."""
+    """One prompt per non-empty line of a UTF-8 text file; an unreadable or empty file is a UsageError."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
-        raise EvalUsageError(f"--prompts {path}: cannot be read ({reason})") from None
+        raise UsageError(f"--prompts {path}: cannot be read ({reason})") from None
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
-        raise EvalUsageError(f"--prompts {path}: no prompts (one per line)")
+        raise UsageError(f"--prompts {path}: no prompts (one per line)")
     return prompts
 
 
@@ -40,7 +40,7 @@ def use_chat_template(choice: str, run_mode: str | None, tokenizer) -> tuple[boo
     model without a training record uses its tokenizer's template when it has one (as chat.py does)."""
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if choice == "on" and not has_template:
-        raise EvalUsageError("--chat_template on: the tokenizer has no chat template")
+        raise UsageError("--chat_template on: the tokenizer has no chat template")
     if choice != "auto":
         return choice == "on", f"{choice} (--chat_template {choice})"
     if run_mode in ("pretrain", "sft"):

@@ -8,9 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 
-
-class EvalUsageError(UsageError):
-    """A user mistake in evaluation (bad flag, missing or empty file, unknown task)."""
+EvalUsageError = UsageError  # the old name, importable from moai_llm.evaluation; raise UsageError
 
 
 @dataclass(frozen=True)
@@ -107,10 +105,10 @@ def parse_task_list(text: str) -> list[TaskSpec]:
             continue
         name, _, shots = item.partition(":")
         if shots and not shots.isdigit():
-            raise EvalUsageError(f"--tasks: {item!r}: shots after ':' must be a whole number")
+            raise UsageError(f"--tasks: {item!r}: shots after ':' must be a whole number")
         specs.append(TaskSpec(name.strip(), int(shots) if shots else None))
     if not specs:
-        raise EvalUsageError("--tasks: no task names given")
+        raise UsageError("--tasks: no task names given")
     return specs
 
 
@@ -119,9 +117,9 @@ def resolve_tasks(tasks: str | None, suite: str | None, num_fewshot: int | None,
     specs: list[TaskSpec] = []
     if suite:
         if suite in RENAMED_SUITES:
-            raise EvalUsageError(f"--suite {suite}: renamed; {RENAMED_SUITES[suite]}")
+            raise UsageError(f"--suite {suite}: renamed; {RENAMED_SUITES[suite]}")
         if suite not in SUITES:
-            raise EvalUsageError(f"--suite {suite}: unknown suite (known: {', '.join(SUITES)})")
+            raise UsageError(f"--suite {suite}: unknown suite (known: {', '.join(SUITES)})")
         specs.extend(SUITES[suite].tasks)
     if tasks:
         specs.extend(parse_task_list(tasks))
@@ -129,7 +127,7 @@ def resolve_tasks(tasks: str | None, suite: str | None, num_fewshot: int | None,
     resolved = []
     for spec in specs:
         if spec.name in seen:
-            raise EvalUsageError(f"--tasks: {spec.name} is asked for twice (check --tasks and --suite)")
+            raise UsageError(f"--tasks: {spec.name} is asked for twice (check --tasks and --suite)")
         seen.add(spec.name)
         shots = num_fewshot if num_fewshot is not None else spec.num_fewshot
         resolved.append(TaskSpec(spec.name, shots, limit if limit is not None else spec.limit))

@@ -16,6 +16,9 @@ _TYPES = {429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 
 
 class APIError(Exception):
+    """An HTTP answer, not a UsageError: the CLIs never see it, and its statuses include the server's own states
+    (429 queue full, 503, 500) as well as a client's mistakes (400, 404)."""
+
     def __init__(
         self,
         status: int,

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from jinja2 import TemplateError
 
-from ..chat.loading import ChatLoadError, load_for_chat
+from ..chat.loading import load_for_chat
 from ..chat.session import chat_prompt_ids
+from ..errors import UsageError
 from .engine import MAX_BATCH_SIZE, BatchEngine
 from .errors import APIError
 
@@ -34,19 +35,19 @@ def model_entries(model_paths: list[str], models_dir: str | None) -> list[tuple[
     if models_dir:
         root = Path(models_dir)
         if not root.is_dir():
-            raise ChatLoadError(f"--models_dir {models_dir}: no such directory")
+            raise UsageError(f"--models_dir {models_dir}: no such directory")
         found = sorted(p for p in root.rglob("final_model") if (p / "config.json").is_file())
         if not found:
-            raise ChatLoadError(f"--models_dir {models_dir}: no final_model directory (with a config.json) under it")
+            raise UsageError(f"--models_dir {models_dir}: no final_model directory (with a config.json) under it")
         for path in found:
             relative = path.parent.relative_to(root).as_posix()
             entries.append((root.resolve().name if relative == "." else relative, path))
     if not entries:
-        raise ChatLoadError("no model to serve: pass --model_path DIR (repeatable) or --models_dir DIR")
+        raise UsageError("no model to serve: pass --model_path DIR (repeatable) or --models_dir DIR")
     seen = {}
     for name, path in entries:
         if name in seen:
-            raise ChatLoadError(
+            raise UsageError(
                 f"two models are both named {name!r} ({seen[name]} and {path}): name one with --model_path NAME=DIR"
             )
         seen[name] = path
@@ -199,7 +200,7 @@ def load_models(
     max_prefill_tokens: int = 4096,
     max_waiting: int = 256,
 ) -> ModelRegistry:
-    """Load every model (ChatLoadError names a bad directory) and start its engine."""
+    """Load every model (a UsageError names a bad directory) and start its engine."""
     served = []
     for name, path in entries:
         model, tokenizer = load_for_chat(str(path), device=device)

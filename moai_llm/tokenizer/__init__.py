@@ -4,6 +4,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from ..errors import UsageError
 from .specials import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "tokenizer"
@@ -22,7 +23,7 @@ def load_tokenizer(path: str | None = None) -> PreTrainedTokenizerFast:
         and not (Path(path) / "tokenizer.json").exists()
         and not (Path(path) / "tokenizer_config.json").exists()
     ):
-        raise FileNotFoundError(f"tokenizer: {path} has no tokenizer.json")
+        raise UsageError(f"tokenizer: {path} has no tokenizer.json")
     return AutoTokenizer.from_pretrained(path)
 
 

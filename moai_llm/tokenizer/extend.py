@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from tokenizers import Tokenizer
 
-from .inputs import InputError
+from ..errors import UsageError
 from .train import train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ def check_byte_level_bpe(data: dict, where: str) -> None:
     model = data.get("model", {})
     pre = json.dumps(data.get("pre_tokenizer"))
     if model.get("type") != "BPE" or "ByteLevel" not in pre:
-        raise InputError(
+        raise UsageError(
             f"--base_tokenizer {where}: not a byte-level BPE tokenizer "
             f"(model {model.get('type')}, pre_tokenizer {data.get('pre_tokenizer', {}) and 'other'})"
         )
@@ -39,7 +39,7 @@ def extend_tokenizer(base: Tokenizer, texts: Iterable[str], vocab_size: int, whe
     vocab: dict[str, int] = data["model"]["vocab"]
     total = len(vocab) + sum(1 for t in data.get("added_tokens", []) if t["content"] not in vocab)
     if vocab_size <= total:
-        raise InputError(f"--vocab_size {vocab_size} must be larger than the base tokenizer's {total} tokens")
+        raise UsageError(f"--vocab_size {vocab_size} must be larger than the base tokenizer's {total} tokens")
     learned = train_tokenizer(texts, vocab_size, show_progress=False)
     merges = [_pair(m) for m in json.loads(learned.to_str())["model"]["merges"]]
     old_merges = {_pair(m) for m in data["model"]["merges"]}

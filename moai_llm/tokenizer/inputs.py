@@ -13,14 +13,10 @@ logger = logging.getLogger(__name__)
 LANGUAGES = {"ar", "de", "en", "es", "fr", "hi", "id", "it", "ja", "ko", "pt", "ru", "th", "vi", "zh"}
 
 
-class InputError(UsageError):
-    """A user mistake in the inputs: one line naming the file, flag or value."""
-
-
 def _column(row, text_column: str, where: str) -> str:
     if not isinstance(row, dict) or text_column not in row:
         columns = sorted(row) if isinstance(row, dict) else type(row).__name__
-        raise InputError(f"{where}: no column {text_column!r}; columns: {columns} (set --text_column)")
+        raise UsageError(f"{where}: no column {text_column!r}; columns: {columns} (set --text_column)")
     return row[text_column]
 
 
@@ -42,11 +38,11 @@ def file_texts(specs: Iterable[str], text_column: str = "text", sample_by: str =
     paragraph or the whole file with `sample_by`. Empty texts are skipped and counted; a file without text is an
     error."""
     if sample_by not in SAMPLE_BY:
-        raise InputError(f"--sample_by {sample_by!r}: expected one of {', '.join(SAMPLE_BY)}")
+        raise UsageError(f"--sample_by {sample_by!r}: expected one of {', '.join(SAMPLE_BY)}")
     files = []
     for spec in specs:  # every name checked before the first document is read
         if spec == "sample" or not is_local(spec):
-            raise InputError(f"{spec}: no such file")
+            raise UsageError(f"{spec}: no such file")
         files += local_files(spec)
     for path in files:
         count, empty = 0, 0
@@ -56,13 +52,13 @@ def file_texts(specs: Iterable[str], text_column: str = "text", sample_by: str =
                 empty += 1
                 continue
             if not isinstance(text, str):
-                raise InputError(f"{path} record {number}: {text_column!r} is {type(text).__name__}, not text")
+                raise UsageError(f"{path} record {number}: {text_column!r} is {type(text).__name__}, not text")
             count += 1
             yield text
         if empty:
             logger.info("%s: %d empty records skipped", path, empty)
         if count == 0:
-            raise InputError(f"{path}: file has no text")
+            raise UsageError(f"{path}: file has no text")
 
 
 def hub_texts(dataset: str, config: str | None, text_column: str) -> Iterator[str]:
@@ -73,10 +69,10 @@ def hub_texts(dataset: str, config: str | None, text_column: str) -> Iterator[st
         stream = load_dataset(dataset, config, split="train", streaming=True)
         for row in stream:
             yield _column(row, text_column, f"{dataset}")
-    except InputError:
+    except UsageError:
         raise
     except Exception as err:  # no network, unknown dataset: one line, not the datasets traceback
-        raise InputError(
+        raise UsageError(
             f"--dataset {dataset}: could not be streamed from the Hub ({type(err).__name__}); "
             "use local files (--input_files / --lang_files)"
         ) from err
@@ -89,7 +85,7 @@ def language_streams(
     streams = {}
     for lang in languages:
         if lang not in LANGUAGES:
-            raise InputError(f"--multilingual: unknown language code {lang!r} (known: {' '.join(sorted(LANGUAGES))})")
+            raise UsageError(f"--multilingual: unknown language code {lang!r} (known: {' '.join(sorted(LANGUAGES))})")
         if lang in lang_files:
             streams[lang] = file_texts(lang_files[lang], text_column, sample_by)
         else:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from .inputs import InputError
+from ..errors import UsageError
 from .specials import SPECIAL_TOKENS
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def new_tokenizer(model: str, normalization: str | None) -> Tokenizer:
     if normalization == "nfkc":
         tokenizer.normalizer = normalizers.NFKC()
     elif normalization not in (None, "none"):
-        raise InputError(f"--normalization {normalization!r} is not one of none, nfkc")
+        raise UsageError(f"--normalization {normalization!r} is not one of none, nfkc")
     return tokenizer
 
 
@@ -55,7 +55,7 @@ def train_tokenizer(
 ) -> Tokenizer:
     """Byte-level: every UTF-8 string round-trips and no token is unknown. Specials get ids 0..6."""
     if vocab_size < MIN_VOCAB:
-        raise InputError(
+        raise UsageError(
             f"--vocab_size {vocab_size} is smaller than {MIN_VOCAB} "
             f"({len(SPECIAL_TOKENS)} special tokens + {len(BYTE_ALPHABET)} byte symbols)"
         )
@@ -83,7 +83,7 @@ def train_tokenizer(
     start = time.perf_counter()
     tokenizer.train_from_iterator(counted, trainer=trainer)
     if counted.documents == 0:
-        raise InputError("no training text: the inputs are empty after sampling")
+        raise UsageError("no training text: the inputs are empty after sampling")
     seconds = time.perf_counter() - start
     logger.info(
         "trained %s tokenizer (%s mode): %d tokens from %d documents, %.1f MB in %.1fs (%.2f MB/s)",

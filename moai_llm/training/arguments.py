@@ -14,6 +14,7 @@ from transformers import TrainingArguments
 
 from ..data.mixing import MixtureSource
 from ..data.pipeline import DataOptions
+from ..errors import UsageError
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # configs/ is installed as the package moai_llm.configs (setup.py package_dir); a source checkout reads it in place.
@@ -207,21 +208,33 @@ class MoaiTrainingArguments(TrainingArguments):
         self.bf16 = bool(self.bf16)
         for name in ("wsd_decay_ratio", "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
+                raise UsageError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
         self.lr_scheduler_type = SCHEDULER_ALIASES.get(self.lr_scheduler_type, self.lr_scheduler_type)
         muon = str(self.optim) == MUON
         if muon and self.deepspeed:
-            raise ValueError("--optim muon does not work with DeepSpeed (it shards the optimizer itself): use --fsdp")
+            raise UsageError("--optim muon does not work with DeepSpeed (it shards the optimizer itself): use --fsdp")
         if muon:
             self.optim = "adamw_torch"  # TrainingArguments validates transformers' names; Muon's AdamW side
         super().__post_init__()
         if muon:
             self.optim = MUON  # MoaiTrainer.create_optimizer builds it (training/muon.py)
         if self.save_on_each_node and (self.fsdp or self.deepspeed):
-            raise ValueError(
+            raise UsageError(
                 "--save_on_each_node works with DDP only: FSDP and DeepSpeed checkpoints are sharded "
                 "over all ranks, so every node needs them all (use a shared filesystem)"
             )
+
+
+def training_arguments(values: dict) -> MoaiTrainingArguments:
+    """MoaiTrainingArguments(**values), the user's values: transformers' own checks in TrainingArguments raise a
+    ValueError (a TypeError for a value of the wrong type, an OSError for an --accelerator_config, --deepspeed or
+    --fsdp_config file it cannot read), here a UsageError with their first line."""
+    try:
+        return MoaiTrainingArguments(**values)
+    except UsageError:
+        raise
+    except (OSError, TypeError, ValueError) as error:
+        raise UsageError(str(error).splitlines()[0]) from None
 
 
 @dataclass(frozen=True)

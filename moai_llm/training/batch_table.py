@@ -12,15 +12,18 @@ or an unknown size is one line on stderr and exit 2.
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
+if __package__:
+    from ..errors import UsageError
+else:  # run by path from pretrain.sh: the package's errors.py, without importing the package (torch)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from errors import UsageError
+
 FIELDS = ("model_config", "seq_len", "effective_batch", "micro_batch")
 REQUIRED = FIELDS[:3]  # micro_batch is an optional override of the planned one
-
-
-class BatchTableError(ValueError):
-    """A user mistake in the table or the settings; the message is the whole one-line error."""
 
 
 @dataclass(frozen=True)
@@ -33,25 +36,25 @@ class Plan:
 
 def _count(value, where: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise BatchTableError(f"{where} must be an integer >= {minimum}, not {value!r}")
+        raise UsageError(f"{where} must be an integer >= {minimum}, not {value!r}")
     return value
 
 
 def _model_row(path: str, size: str, row) -> dict:
     where = f"{path}: models.{size}"
     if not isinstance(row, dict):
-        raise BatchTableError(f"{where} must be a mapping with {', '.join(FIELDS)}")
+        raise UsageError(f"{where} must be a mapping with {', '.join(FIELDS)}")
     missing = [name for name in REQUIRED if name not in row]
     if missing:
-        raise BatchTableError(f"{where}: missing field(s) {', '.join(missing)}")
+        raise UsageError(f"{where}: missing field(s) {', '.join(missing)}")
     unknown = [str(name) for name in row if name not in FIELDS]
     if unknown:
-        raise BatchTableError(f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(FIELDS)})")
+        raise UsageError(f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(FIELDS)})")
     if not isinstance(row["model_config"], str) or not row["model_config"].strip():
-        raise BatchTableError(f"{where}.model_config must be a file path")
+        raise UsageError(f"{where}.model_config must be a file path")
     micro = row.get("micro_batch", {})
     if not isinstance(micro, dict) or ("micro_batch" in row and not micro):
-        raise BatchTableError(f"{where}.micro_batch must map GPU memory in GB to sequences per device, e.g. {{80: 4}}")
+        raise UsageError(f"{where}.micro_batch must map GPU memory in GB to sequences per device, e.g. {{80: 4}}")
     rows = {
         _count(gb, f"{where}.micro_batch GPU memory", 0): _count(n, f"{where}.micro_batch.{gb}")
         for gb, n in micro.items()
@@ -65,21 +68,21 @@ def _model_row(path: str, size: str, row) -> dict:
 
 
 def load_table(path: str) -> dict:
-    """{"cpu_micro_batch": int, "models": {size: row}}, every field checked; BatchTableError names file and field."""
+    """{"cpu_micro_batch": int, "models": {size: row}}, every field checked; a UsageError names file and field."""
     try:
         with open(path, encoding="utf-8") as f:
             table = yaml.safe_load(f)
     except OSError as err:
-        raise BatchTableError(f"{path}: cannot be read ({err.strerror})") from None
+        raise UsageError(f"{path}: cannot be read ({err.strerror})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
-        raise BatchTableError(f"{path}: not valid YAML{line} ({getattr(err, 'problem', None) or err})") from None
+        raise UsageError(f"{path}: not valid YAML{line} ({getattr(err, 'problem', None) or err})") from None
     if not isinstance(table, dict) or set(table) != {"cpu_micro_batch", "models"}:
-        raise BatchTableError(f"{path}: needs exactly the top-level keys cpu_micro_batch and models")
+        raise UsageError(f"{path}: needs exactly the top-level keys cpu_micro_batch and models")
     models = table["models"]
     if not isinstance(models, dict) or not models:
-        raise BatchTableError(f"{path}: models must map each MODEL_SIZE to its row")
+        raise UsageError(f"{path}: models must map each MODEL_SIZE to its row")
     return {
         "cpu_micro_batch": _count(table["cpu_micro_batch"], f"{path}: cpu_micro_batch"),
         "models": {str(size): _model_row(path, size, row) for size, row in models.items()},
@@ -91,7 +94,7 @@ def plan(table: dict, model_size: str, gpu_memory: int | None) -> Plan:
     None when the row gives none there (the memory model plans it)."""
     row = table["models"].get(model_size)
     if row is None:
-        raise BatchTableError(f"MODEL_SIZE={model_size} has no batch-table row (known: {' '.join(table['models'])})")
+        raise UsageError(f"MODEL_SIZE={model_size} has no batch-table row (known: {' '.join(table['models'])})")
     if gpu_memory is None:
         micro = table["cpu_micro_batch"]
     else:
@@ -106,7 +109,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         chosen = plan(load_table(argv[0]), argv[1], None if argv[2] == "cpu" else int(argv[2]))
-    except BatchTableError as err:
+    except UsageError as err:
         print(err, file=sys.stderr)
         return 2
     print(chosen.model_config, chosen.seq_len, chosen.effective_batch, chosen.micro_batch or 0, sep="\n")

@@ -21,9 +21,13 @@ YAML_SECTIONS = ("model", "data", "loss", "schedule", "packing", "training")
 YAML_ONLY = ("mixture", "stages")  # structured values, parsed and validated when the YAML is read
 
 
-class _Parser(HfArgumentParser):
+class _OneLine(argparse.ArgumentParser):
     def error(self, message):  # argparse prints usage + message; we want one line and no traceback
         raise UsageError(message)
+
+
+class _Parser(_OneLine, HfArgumentParser):
+    pass
 
 
 def _yaml_only(name: str):
@@ -91,7 +95,7 @@ def load_yaml_config(path: str, parser: _Parser) -> dict:
     if flat.get("mixture") is not None:
         try:
             flat["mixture"] = parse_mixture(flat["mixture"])
-        except ValueError as error:
+        except UsageError as error:
             raise UsageError(f"--config {path}: {error}") from None
     if flat.get("stages") is not None:
         from .stages import parse_stages
@@ -106,21 +110,16 @@ def parse_args(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     refuse_repeated_flags(argv, parser)
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = _OneLine(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     yaml_values = load_yaml_config(known.config, parser) if known.config else {}
     parser.set_defaults(**yaml_values)
     namespace = command_line_sources(yaml_values, vars(parser.parse_args(argv)), known.config)
     groups = [{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.init} for cls in parser.dataclass_types]
-    try:
-        model_args, data_args = ModelArguments(**groups[0]), DataArguments(**groups[1])
-        if groups[2].get("stages"):
-            from .stages import resolve_stages
+    model_args, data_args = ModelArguments(**groups[0]), DataArguments(**groups[1])
+    if groups[2].get("stages"):
+        from .stages import resolve_stages
 
-            return resolve_stages(model_args, data_args, groups[2])
-        return resolve(model_args, data_args, groups[2])
-    except (TypeError, ValueError) as error:
-        if isinstance(error, UsageError):
-            raise
-        raise UsageError(str(error).splitlines()[0]) from None
+        return resolve_stages(model_args, data_args, groups[2])
+    return resolve(model_args, data_args, groups[2])

@@ -8,7 +8,8 @@ import os
 
 import torch
 
-from .arguments import DEFAULT_LEARNING_RATES, TINY_MODEL_CONFIG, MoaiTrainingArguments, resolve_mixed_precision
+from ..errors import UsageError
+from .arguments import DEFAULT_LEARNING_RATES, TINY_MODEL_CONFIG, resolve_mixed_precision, training_arguments
 from .data_setup import reads_a_stream
 from .schedule import scaled_learning_rate
 
@@ -102,8 +103,11 @@ def streams_on_every_rank(accelerator_config) -> dict:
     others (which drops the other ranks' shards, breaks on flash-attn's int `max_length_q` and on batches of
     different widths). Off, accelerate hands process r the stream's shard r (one shard per process)."""
     if isinstance(accelerator_config, str):  # a JSON file, as TrainingArguments accepts it
-        with open(accelerator_config, encoding="utf-8") as handle:
-            accelerator_config = json.load(handle)
+        try:
+            with open(accelerator_config, encoding="utf-8") as handle:
+                accelerator_config = json.load(handle)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"--accelerator_config {accelerator_config}: cannot be read ({error})") from None
     config = dict(accelerator_config or {})
     if config.get("dispatch_batches"):
         logger.warning(
@@ -126,4 +130,4 @@ def resolve(model_args, data_args, values: dict):
     """(model_args, data_args, MoaiTrainingArguments), all defaults resolved; the inputs are not changed."""
     training_values = resolve_training_values(model_args, data_args, values)
     model_args = resolve_model_args(model_args, training_values.get("use_cpu"))
-    return model_args, data_args, MoaiTrainingArguments(**training_values)
+    return model_args, data_args, training_arguments(training_values)

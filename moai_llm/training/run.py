@@ -80,6 +80,9 @@ def build_model(model_args, training_args, tokenizer):
     if model_args.use_qlora and not model_args.pretrained_model:
         raise UsageError("--use_qlora needs --pretrained_model (a 4-bit base is loaded from a trained model)")
     if model_args.pretrained_model:
+        local = model_args.pretrained_model.startswith(("/", ".", "~"))  # a hub id starts with neither
+        if local and not os.path.isdir(os.path.expanduser(model_args.pretrained_model)):
+            raise UsageError(f"--pretrained_model {model_args.pretrained_model}: directory not found")
         quantization = None
         if model_args.use_qlora:
             from .lora import quantization_config
@@ -95,7 +98,10 @@ def build_model(model_args, training_args, tokenizer):
         path = model_args.model_config  # resolve.resolve_model_args: the tiny config when none is given
         if not os.path.isfile(path):
             raise UsageError(f"--model_config {path}: file not found")
-        config = MoaiConfig.from_json_file(path)
+        try:
+            config = MoaiConfig.from_json_file(path)
+        except ValueError as error:  # not JSON, or a field MoaiConfig refuses
+            raise UsageError(f"--model_config {path}: {str(error).splitlines()[0]}") from None
         if model_args.attn_implementation:
             config._attn_implementation = model_args.attn_implementation
         model = new_model(config, training_args, lora=model_args.use_lora or model_args.use_qlora)
@@ -165,7 +171,10 @@ def loss_config(model_args) -> dict:
     if model_args.z_loss_coef:
         params = {**params, "z_loss_coef": model_args.z_loss_coef}
     spec = {"type": model_args.loss_type, "params": params}
-    objective_from_spec(spec)  # raises a ValueError naming the bad field
+    try:
+        objective_from_spec(spec)
+    except ValueError as error:  # names the bad field
+        raise UsageError(f"--loss_type/--loss_params: {error}") from None
     return spec
 
 

@@ -64,7 +64,7 @@ def parse_stages(entries, parser, path: str) -> list[StageFlags]:
             if flag == "mixture":
                 try:
                     value = parse_mixture(value)
-                except ValueError as error:
+                except UsageError as error:
                     raise UsageError(f"--config {path}: stages[{index}] ({name}): {error}") from None
             overrides[owners[flag]][flag] = value
         stages.append(StageFlags(name, **overrides))
