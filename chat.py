@@ -14,9 +14,10 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-from moai_llm.chat import ChatSession, SamplingParams, StopFlag, batch_answers, load_for_chat
+from moai_llm.chat import ChatSession, SamplingParams, StopFlag, batch_answers
 from moai_llm.errors import UsageError
 from moai_llm.flags import Parser
+from moai_llm.loading import load_model
 
 
 def parse_args(argv=None):
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
     params = SamplingParams(**{k: getattr(args, k) for k in SamplingParams.__dataclass_fields__})
     try:
         prompts = read_prompts(args.prompts_file) if args.prompts_file else None  # before the model: fail fast
-        model, tokenizer = load_for_chat(args.model_path, args.tokenizer_path, args.base_model, args.device)
+        model, tokenizer = load_model(args.model_path, args.tokenizer_path, args.base_model, args.device)
     except UsageError as err:
         print(f"chat.py: error: {err}", file=sys.stderr)
         return 2

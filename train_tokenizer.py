@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from moai_llm.data.sources import SAMPLE_BY
 from moai_llm.errors import UsageError
 from moai_llm.flags import Parser
-from moai_llm.tokenizer import load_tokenizer
+from moai_llm.loading import load_tokenizer
 from moai_llm.tokenizer.evaluate import score, table
 from moai_llm.tokenizer.extend import extend_tokenizer
 from moai_llm.tokenizer.inputs import (
@@ -124,7 +124,7 @@ def evaluate(args) -> None:
     for flag, directory in [("--evaluate", args.evaluate), *(("--compare", path) for path in args.compare)]:
         if not Path(directory).is_dir():
             raise UsageError(f"{flag} {directory}: no such directory")
-        tokenizer = load_tokenizer(directory)
+        tokenizer = load_tokenizer(directory, flag=flag)
         results[directory] = [score(tokenizer, lang, docs) for lang, docs in texts.items()]
     print(table(results))
 

@@ -61,7 +61,7 @@ def paragraphs() -> list[str]:
 
 def synthesize(path: Path, documents: int, seed: int = 0) -> None:
     """`documents` documents of random real paragraphs, ~TOKENS_PER_DOCUMENT tokens each on average."""
-    from moai_llm.tokenizer import load_tokenizer
+    from moai_llm.loading import load_tokenizer
 
     pool = paragraphs()
     lengths = np.array([len(x) for x in load_tokenizer()(pool, add_special_tokens=False)["input_ids"]])
@@ -132,7 +132,7 @@ import json, shutil, tempfile, time
 from pathlib import Path
 from moai_llm.data import MixtureSource, TextEncoder
 from moai_llm.data.encode import BATCH_DOCUMENTS, build_store
-from moai_llm.tokenizer import load_tokenizer
+from moai_llm.loading import load_tokenizer
 tokenizer = load_tokenizer()
 lines = [line for _, line in zip(range({documents}), open({str(corpus)!r}, encoding="utf-8"))]
 sample = Path(tempfile.mkdtemp()) / "sample.jsonl"
@@ -175,7 +175,7 @@ from pathlib import Path
 import torch
 from moai_llm.data import MixtureSource, TextEncoder
 from moai_llm.data.parts import Builders, prepare_stores, share
-from moai_llm.tokenizer import load_tokenizer
+from moai_llm.loading import load_tokenizer
 corpus, cache, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 index, count, parts = (int(x) for x in sys.argv[4:7])
 if os.environ.get("RAYON_NUM_THREADS") == "1":

@@ -25,8 +25,8 @@ from bench_serve import CONFIGS  # noqa: E402  (the same tiny and 50M configs)
 from moai_llm import MoaiConfig, MoaiForCausalLM  # noqa: E402
 from moai_llm.chat import SamplingParams  # noqa: E402
 from moai_llm.chat.generation import decoding_kwargs  # noqa: E402
+from moai_llm.loading import load_tokenizer  # noqa: E402
 from moai_llm.serving import BatchEngine, Finished, GenerationRequest  # noqa: E402
-from moai_llm.tokenizer import load_tokenizer  # noqa: E402
 
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::_grouped_mm"}
 

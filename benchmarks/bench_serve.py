@@ -35,8 +35,8 @@ from transformers import ContinuousBatchingConfig, GenerationConfig, Qwen3ForCau
 from moai_llm import MoaiConfig, MoaiForCausalLM
 from moai_llm.chat import SamplingParams
 from moai_llm.export import export_qwen3, qwen3_config_from
+from moai_llm.loading import load_tokenizer
 from moai_llm.serving import MAX_BATCH_SIZE, BatchEngine, Finished, GenerationRequest
-from moai_llm.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {

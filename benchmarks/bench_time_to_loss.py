@@ -265,12 +265,11 @@ def run_one(args) -> dict:
     """One variant at one learning rate and rows per step, in this process: its curve and totals."""
     import torch
 
-    from moai_llm.training.run import DEFAULT_TOKENIZER
+    from moai_llm.loading import load_tokenizer
 
     torch.set_num_threads(1)
-    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
+    tokenizer = load_tokenizer()
     train_texts, held_texts = split_corpus(args.chars)
     rows = held_out_rows(held_texts, tokenizer, args.max_seq_length, args.eval_tokens)
     trainer = build_trainer(args.variant, train_texts, tokenizer, args)
@@ -296,10 +295,8 @@ def run_one(args) -> dict:
 
 def prepare_workdir(args) -> None:
     """The training paragraphs as JSON lines, and MOAI's prepared store and plan, made once before runs start."""
-    from transformers import AutoTokenizer
-
     from moai_llm.data import DataSpec, row_datasets
-    from moai_llm.training.run import DEFAULT_TOKENIZER
+    from moai_llm.loading import load_tokenizer
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -307,7 +304,7 @@ def prepare_workdir(args) -> None:
         for text in split_corpus(args.chars)[0]:
             handle.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
     spec = DataSpec(train_files=[str(work / "train.jsonl")], eval_fraction=0, cache_dir=str(work / "cache"))
-    row_datasets(spec, AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER), args.max_seq_length, seed=0)
+    row_datasets(spec, load_tokenizer(), args.max_seq_length, seed=0)
 
 
 def launch(args, variant: str, learning_rate: float, rows_per_step: int) -> dict:

@@ -41,7 +41,7 @@ def run_mode(mode: str, vocab_size: int, corpora: Path, out: Path) -> dict:
 
 
 def fertility(mode_dir: Path, corpora: Path) -> dict[str, float]:
-    from moai_llm.tokenizer import load_tokenizer
+    from moai_llm.loading import load_tokenizer
     from moai_llm.tokenizer.evaluate import score
 
     tokenizer = load_tokenizer(str(mode_dir))

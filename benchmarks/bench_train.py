@@ -33,7 +33,7 @@ def documents(limit_chars: int) -> list[str]:
                 paragraphs += [p.strip() for p in text.split("\n\n") if p.strip()]
             break
     else:
-        from moai_llm.data import SAMPLE_CORPUS
+        from moai_llm.loading import SAMPLE_CORPUS
 
         paragraphs = [json.loads(line)["text"] for line in open(SAMPLE_CORPUS, encoding="utf-8")]
     out, total = [], 0
@@ -63,7 +63,6 @@ def run_variant(variant: str, args) -> dict:
     import numpy as np
     import torch
     from transformers import (
-        AutoTokenizer,
         DataCollatorForLanguageModeling,
         Qwen3ForCausalLM,
         Trainer,
@@ -73,12 +72,12 @@ def run_variant(variant: str, args) -> dict:
     from moai_llm import MoaiConfig, MoaiForCausalLM
     from moai_llm.data import PackedCollator, cut, pack
     from moai_llm.export import qwen3_config_from
+    from moai_llm.loading import load_tokenizer
     from moai_llm.training.arguments import MoaiTrainingArguments
-    from moai_llm.training.run import DEFAULT_TOKENIZER
     from moai_llm.training.trainer import MoaiTrainer
 
     torch.set_num_threads(args.threads)
-    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
+    tokenizer = load_tokenizer()
     ids = [
         d + [tokenizer.eos_token_id] for d in tokenizer(documents(args.chars), add_special_tokens=False)["input_ids"]
     ]

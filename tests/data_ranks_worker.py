@@ -32,9 +32,9 @@ def row_ids(batch) -> list[list[int]]:
 
 def main(out: Path, corpus: str, stream_folder: str) -> None:
     from moai_llm import MoaiForCausalLM
+    from moai_llm.loading import load_tokenizer
     from moai_llm.training.cli import parse_args
     from moai_llm.training.data_setup import build_datasets
-    from moai_llm.training.run import load_tokenizer
     from moai_llm.training.trainer import MoaiTrainer
     from tests.conftest import tiny_config
 
@@ -67,7 +67,7 @@ def main(out: Path, corpus: str, stream_folder: str) -> None:
         "1",
     ]
     model_args, data_args, args = parse_args([*common, "--output_dir", str(out / "packed"), "--train_file", corpus])
-    tokenizer = load_tokenizer(model_args)
+    tokenizer = load_tokenizer(model_args.tokenizer_path, model_args.pretrained_model, training=True)
     train, _, collator = build_datasets(data_args, tokenizer, args)
     model = MoaiForCausalLM(tiny_config(vocab_size=8192))
     trainer = MoaiTrainer(

@@ -12,8 +12,8 @@ import torch
 import uvicorn
 
 from moai_llm import MoaiForCausalLM
+from moai_llm.loading import load_tokenizer
 from moai_llm.serving import Finished, ServedModel, TextDelta, build_app
-from moai_llm.tokenizer import load_tokenizer
 
 from .conftest import tiny_config
 

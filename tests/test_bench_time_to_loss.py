@@ -94,11 +94,10 @@ def test_a_budgeted_run_scores_off_the_clock_and_stops(tmp_path):
 
 
 def test_held_out_rows_spread_over_the_held_out_text():
-    from transformers import AutoTokenizer
 
-    from moai_llm.training.run import DEFAULT_TOKENIZER
+    from moai_llm.loading import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
+    tokenizer = load_tokenizer()
     texts = [f"paragraph {i} " + "word " * (5 + i % 40) for i in range(400)]
     rows = bench.held_out_rows(texts, tokenizer, 32, 1000)
     assert all(1 < len(row) <= 32 and row[-1] == tokenizer.eos_token_id or len(row) == 32 for row in rows)

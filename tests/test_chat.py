@@ -10,7 +10,7 @@ import torch
 import chat as chat_cli
 from moai_llm import MoaiForCausalLM
 from moai_llm.chat import ChatSession, SamplingParams
-from moai_llm.tokenizer import load_tokenizer
+from moai_llm.loading import load_tokenizer
 
 from .conftest import REPO, tiny_config
 

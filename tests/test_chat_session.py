@@ -8,7 +8,7 @@ from moai_llm import MoaiForCausalLM
 from moai_llm.chat import ChatSession, SamplingParams
 from moai_llm.chat.session import chat_prompt_ids
 from moai_llm.evaluation.samples import generate_samples
-from moai_llm.tokenizer import load_tokenizer
+from moai_llm.loading import load_tokenizer
 
 from .conftest import tiny_config
 

@@ -86,8 +86,8 @@ def _fake_hub(calls, texts):
 
 def test_train_dataset_and_dataset_config(monkeypatch, tmp_path):
     from moai_llm.data import row_datasets
+    from moai_llm.loading import load_tokenizer
     from moai_llm.training.data_setup import data_spec
-    from moai_llm.training.run import load_tokenizer
 
     model_args, data_args, training_args = parse_args(
         [
@@ -105,21 +105,30 @@ def test_train_dataset_and_dataset_config(monkeypatch, tmp_path):
     )
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", _fake_hub(calls, [f"document {i}" for i in range(5)]))
-    train, _ = row_datasets(data_spec(data_args, training_args), load_tokenizer(model_args), 64)
+    train, _ = row_datasets(
+        data_spec(data_args, training_args),
+        load_tokenizer(model_args.tokenizer_path, model_args.pretrained_model, training=True),
+        64,
+    )
     assert calls == [("wikitext", "wikitext-2-raw-v1")]
     assert sum(len(train[i]["seq_lengths"]) for i in range(len(train))) == 5
 
 
 def test_train_pretrained_model(tmp_path):
     from moai_llm import MoaiForCausalLM
-    from moai_llm.training.run import build_model, load_tokenizer
+    from moai_llm.loading import load_tokenizer
+    from moai_llm.training.run import build_model
 
     torch.manual_seed(0)
     MoaiForCausalLM(tiny_config(vocab_size=8192)).save_pretrained(tmp_path / "final_model")
     model_args, _, training_args = parse_args(
         ["--mode", "sft", "--pretrained_model", str(tmp_path / "final_model"), "--use_cpu", "true"]
     )
-    model = build_model(model_args, training_args, load_tokenizer(model_args))
+    model = build_model(
+        model_args,
+        training_args,
+        load_tokenizer(model_args.tokenizer_path, model_args.pretrained_model, training=True),
+    )
     reference = MoaiForCausalLM.from_pretrained(tmp_path / "final_model")
     assert torch.equal(model.lm_head.weight, reference.lm_head.weight)
 
@@ -290,7 +299,7 @@ def test_tokenizer_dataset_and_dataset_config(monkeypatch, tmp_path, capsys):
 def test_tokenizer_model_prefix_and_base_tokenizer_chain(lang_dir, tmp_path, capsys):
     """The old README's two steps: --output_dir tokenizers/ --model_prefix NAME, then --base_tokenizer
     tokenizers/NAME."""
-    from moai_llm.tokenizer import load_tokenizer
+    from moai_llm.loading import load_tokenizer
 
     out = tmp_path / "tokenizers"
     assert (

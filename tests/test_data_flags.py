@@ -128,7 +128,7 @@ def test_a_hub_source_is_keyed_and_read_at_its_resolved_revision(tmp_path, monke
     import huggingface_hub
 
     from moai_llm.data import row_datasets
-    from moai_llm.tokenizer import load_tokenizer
+    from moai_llm.loading import load_tokenizer
     from moai_llm.training.data_setup import data_spec
 
     head, loads = {"sha": "1111"}, []

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moai_llm.data import DataSpec, MixtureSource, row_datasets, select_documents
-from moai_llm.tokenizer import load_tokenizer
+from moai_llm.loading import load_tokenizer
 
 from .data_helpers import first_pass
 

@@ -13,7 +13,7 @@ from moai_llm.data.encode import part_records
 from moai_llm.data.mixing import MixtureSource
 from moai_llm.data.parts import Builders, line_parts, part_path, prepare_stores, share
 from moai_llm.data.sources import iter_records
-from moai_llm.tokenizer import load_tokenizer
+from moai_llm.loading import load_tokenizer
 
 WORDS = "alpha beta gamma delta 한국어 문장 épée naïve ε λ".split()
 
@@ -181,7 +181,7 @@ from accelerate import PartialState
 
 from moai_llm.data import DataError, DataSpec, parts, store
 from moai_llm.data.pipeline import prepare, reading_plan
-from moai_llm.tokenizer import load_tokenizer
+from moai_llm.loading import load_tokenizer
 
 
 class Collect(logging.Handler):

@@ -18,7 +18,7 @@ from moai_llm.data import (
     to_messages,
     tokenize_dialogue,
 )
-from moai_llm.tokenizer import load_tokenizer
+from moai_llm.loading import load_tokenizer
 
 from .conftest import REPO
 from .data_helpers import first_pass

@@ -11,7 +11,7 @@ from moai_llm.data import DataSpec, DataStats, MixtureSource, PackedRows, row_da
 from moai_llm.data import streaming as streaming_module
 from moai_llm.data.encode import DialogueEncoder, TextEncoder
 from moai_llm.data.streaming import stream_mixture, streamed_rows
-from moai_llm.tokenizer import load_tokenizer
+from moai_llm.loading import load_tokenizer
 
 WORDS = "the quick brown fox jumps over a lazy dog while rain falls on quiet hills and rivers".split()
 

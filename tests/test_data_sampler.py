@@ -9,7 +9,7 @@ import pytest
 from moai_llm.data import DataError, DataSpec, row_datasets
 from moai_llm.data.packing import interleaved_order
 from moai_llm.data.rows import StepSampler
-from moai_llm.tokenizer import load_tokenizer
+from moai_llm.loading import load_tokenizer
 
 
 def test_interleaved_order_takes_each_cost_group_in_turn():

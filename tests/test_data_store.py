@@ -10,7 +10,7 @@ import pytest
 from moai_llm.data import DataError, DataSpec, DataStats, TextEncoder, row_datasets
 from moai_llm.data.pipeline import prepare
 from moai_llm.data.sft import to_messages, tokenize_dialogue
-from moai_llm.tokenizer import load_tokenizer
+from moai_llm.loading import load_tokenizer
 
 from .data_helpers import first_pass, rows_from_documents
 

@@ -8,7 +8,7 @@ import torch
 from moai_llm.data import DataError, DataStats, MixtureSource
 from moai_llm.data.encode import TextEncoder
 from moai_llm.data.streaming import stream_mixture, streamed_rows
-from moai_llm.tokenizer import load_tokenizer
+from moai_llm.loading import load_tokenizer
 
 
 @pytest.fixture(scope="module")

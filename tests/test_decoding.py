@@ -7,7 +7,7 @@ import torch
 from moai_llm import MoaiForCausalLM
 from moai_llm.chat import SamplingParams, StopFlag, batch_answers, stream_answer
 from moai_llm.chat.generation import decoding_kwargs
-from moai_llm.tokenizer import load_tokenizer
+from moai_llm.loading import load_tokenizer
 
 from .conftest import tiny_config
 

@@ -10,7 +10,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from moai_llm.training.trainer import COMPLETE_MARKER
+from moai_llm.loading import COMPLETE_MARKER
 
 from .conftest import REPO
 from .train_helpers import EQUAL_STEPS, final_losses, run_cli, write_tiny_config

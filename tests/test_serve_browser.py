@@ -5,8 +5,8 @@ import os
 
 import pytest
 
+from moai_llm.loading import load_tokenizer
 from moai_llm.serving import ModelRegistry, load_models
-from moai_llm.tokenizer import load_tokenizer
 
 from .serve_helpers import CutStreams, running_server, save_tiny_model, scripted_model
 from .serve_webdriver import CHROMEDRIVER, CHROMIUM, Browser

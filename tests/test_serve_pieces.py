@@ -7,10 +7,10 @@ import torch
 
 from moai_llm import MoaiForCausalLM
 from moai_llm.chat import SamplingParams
+from moai_llm.loading import load_tokenizer
 from moai_llm.serving import BatchEngine, Finished, GenerationRequest
 from moai_llm.serving.sampling import RowSampler
 from moai_llm.serving.text import TextAssembler
-from moai_llm.tokenizer import load_tokenizer
 
 from .conftest import tiny_config
 

@@ -154,17 +154,16 @@ def test_two_sharded_cpu_ranks_match_one_process_and_save_the_whole_model(tmp_pa
 def test_lora_under_fsdp2_merges_on_rank_zero_like_one_process(tmp_path):
     """The sharded model has no whole weights to merge into: rank 0 merges the gathered adapter into a float32
     copy of the base. The result equals a 1-process LoRA run at the same global batch."""
-    from transformers import AutoTokenizer
 
     from moai_llm import MoaiForCausalLM
-    from moai_llm.training.run import DEFAULT_TOKENIZER
+    from moai_llm.loading import load_tokenizer
 
     from .conftest import tiny_config
 
     base = tmp_path / "base"
     torch.manual_seed(0)
     MoaiForCausalLM(tiny_config(vocab_size=8192)).save_pretrained(base)
-    AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER).save_pretrained(base)
+    load_tokenizer().save_pretrained(base)
     lora = [
         "--pretrained_model",
         str(base),
@@ -215,12 +214,13 @@ import json, sys
 from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from moai_llm.training.cli import parse_args
-from moai_llm.training.run import build_model, load_tokenizer
+from moai_llm.loading import load_tokenizer
+from moai_llm.training.run import build_model
 from moai_llm.training.trainer import MoaiTrainer
 
 out = sys.argv[1]
 model_args, data_args, training_args = parse_args(sys.argv[2:])
-tokenizer = load_tokenizer(model_args)
+tokenizer = load_tokenizer(model_args.tokenizer_path, model_args.pretrained_model, training=True)
 rank = training_args.process_index  # also sets up the process group
 
 

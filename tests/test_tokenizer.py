@@ -7,7 +7,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from moai_llm.tokenizer import SPECIAL_TOKENS, default_tokenizer_path, load_tokenizer
+from moai_llm.loading import BUNDLED_TOKENIZER, SPECIAL_TOKENS, load_tokenizer
 from moai_llm.tokenizer.extend import extend_tokenizer
 from moai_llm.tokenizer.specials import wrap
 from moai_llm.tokenizer.train import MODES, train_tokenizer
@@ -67,7 +67,7 @@ def test_round_trip_is_exact_in_every_mode(mode):
 
 
 def test_bundled_tokenizer_and_chat_template():
-    tokenizer = load_tokenizer(default_tokenizer_path())
+    tokenizer = load_tokenizer(str(BUNDLED_TOKENIZER))
     assert len(tokenizer) == 8192
     assert [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == list(range(7))
     assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
@@ -180,7 +180,7 @@ def test_cli_multilingual_local_files_and_evaluate(tmp_path, capsys):
                 "--evaluate",
                 str(tmp_path / "multi"),
                 "--compare",
-                default_tokenizer_path(),
+                str(BUNDLED_TOKENIZER),
                 "--lang_files",
                 f"ko={ko}",
                 f"en={en}",

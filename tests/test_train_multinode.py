@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from moai_llm.training.trainer import COMPLETE_MARKER
+from moai_llm.loading import COMPLETE_MARKER
 
 from .conftest import REPO
 from .train_helpers import fast_args, write_tiny_config

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from moai_llm.training.trainer import COMPLETE_MARKER, latest_complete_checkpoint
+from moai_llm.loading import COMPLETE_MARKER
+from moai_llm.training.trainer import latest_complete_checkpoint
 
 from .conftest import REPO
 from .train_helpers import fast_args, losses, recording_steps, run_inprocess, write_tiny_config

@@ -4,12 +4,12 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 import moai_llm  # noqa: F401
+from moai_llm.loading import load_tokenizer
 from moai_llm.training.cli import parse_args
 from moai_llm.training.data_setup import build_datasets
-from moai_llm.training.run import DEFAULT_TOKENIZER
 
 from .conftest import REPO
 from .train_helpers import fast_args, run_inprocess, write_tiny_config
@@ -27,7 +27,7 @@ def base_model(tmp_path_factory):
 @pytest.mark.parametrize("mode, data_file", [("sft", SFT_FILE), ("pretrain", None)])
 def test_packing_bins_reach_the_step_sampler(mode, data_file, tmp_path):
     """--packing_bins sets the length groups the step order is shuffled within, for SFT as for pretraining."""
-    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
+    tokenizer = load_tokenizer()
     flags = [
         "--mode",
         mode,
@@ -47,7 +47,7 @@ def test_packing_bins_reach_the_step_sampler(mode, data_file, tmp_path):
 
 
 def test_sft_labels_only_on_assistant_tokens(tmp_path):
-    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
+    tokenizer = load_tokenizer()
     _, data_args, training_args = parse_args(
         [
             "--mode",

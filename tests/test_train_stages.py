@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from moai_llm.loading import FINAL_MARKER
 from moai_llm.training.cli import UsageError
-from moai_llm.training.run import FINAL_MARKER
 
 from .conftest import REPO
 from .train_helpers import fast_args, recording_steps, run_inprocess, write_tiny_config

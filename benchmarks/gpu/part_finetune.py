@@ -21,7 +21,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def save_base(path: Path, cuda: bool) -> None:
     from moai_llm import MoaiConfig, MoaiForCausalLM
-    from moai_llm.tokenizer import load_tokenizer
+    from moai_llm.loading import load_tokenizer
 
     torch.manual_seed(0)
     config = MoaiConfig(**(BASE if cuda else TINY), pad_token_id=0, bos_token_id=1, eos_token_id=2)

@@ -18,7 +18,7 @@ TINY |= dict(head_dim=16, vocab_size=8192, max_position_embeddings=512)
 
 def save_model(path: Path, cuda: bool) -> None:
     from moai_llm import MoaiConfig, MoaiForCausalLM
-    from moai_llm.tokenizer import load_tokenizer
+    from moai_llm.loading import load_tokenizer
 
     torch.manual_seed(0)
     config = MoaiConfig(**(MODEL_05B if cuda else TINY), pad_token_id=0, bos_token_id=1, eos_token_id=2)

@@ -68,7 +68,7 @@ def run_moai(config: Path, run_dir: Path, cache: Path, shape: dict, attention: s
 
 def token_rows(seq: int, count: int) -> list[torch.Tensor]:
     """The sample corpus with the bundled tokenizer, EOS after each document, cut into rows of `seq` (repeated)."""
-    from moai_llm.tokenizer import load_tokenizer
+    from moai_llm.loading import load_tokenizer
 
     tokenizer = load_tokenizer()
     texts = [json.loads(line)["text"] for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]

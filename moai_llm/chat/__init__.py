@@ -1,7 +1,7 @@
 """Chat with a trained model: loading, sessions with history, streamed and batched generation."""
 
+from ..loading import ChatLoadError
 from .generation import SamplingParams, StopFlag, batch_answers, stream_answer
-from .loading import ChatLoadError, load_for_chat
 from .session import ChatSession, Prompt
 
 __all__ = [
@@ -11,6 +11,5 @@ __all__ = [
     "SamplingParams",
     "StopFlag",
     "batch_answers",
-    "load_for_chat",
     "stream_answer",
 ]

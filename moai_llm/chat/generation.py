@@ -18,6 +18,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from ..loading import CHAT_END_TOKEN
+
 # Below this temperature sampling is greedy: dividing logits by 1e-300 overflows to inf and the softmax is NaN, and
 # long before that the distribution is one-hot in float32 anyway (vLLM's threshold).
 GREEDY_BELOW = 1e-5
@@ -109,7 +111,7 @@ class StopFlag(StoppingCriteria):
 
 
 def stop_token_ids(tokenizer, model) -> list[int]:
-    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(CHAT_END_TOKEN)}
     eos = model.generation_config.eos_token_id
     ids.update(eos if isinstance(eos, list) else [eos])
     return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)

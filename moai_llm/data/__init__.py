@@ -8,7 +8,7 @@ from .packing import HierarchicalBalancePacker, cut, pack
 from .pipeline import DataSpec, prepare, row_datasets
 from .rows import PackedRows, StepSampler
 from .sft import detect_format, to_messages, tokenize_dialogue
-from .sources import SAMPLE_CORPUS, load_source
+from .sources import load_source
 from .store import TokenStore
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "PackedCollator",
     "PackedRows",
     "PaddingCollator",
-    "SAMPLE_CORPUS",
     "StepSampler",
     "TextEncoder",
     "TokenStore",

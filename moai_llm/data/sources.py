@@ -12,10 +12,10 @@ from pathlib import Path
 
 import datasets
 
+from ..loading import SAMPLE_CORPUS
 from .errors import DataError, DataStats
 
 logger = logging.getLogger(__name__)
-SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "assets" / "sample" / "pretrain.jsonl"
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv")
 TABULAR_SUFFIXES = (".parquet", ".csv")
 WARN_SKIPS_PER_FILE = 3

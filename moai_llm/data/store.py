@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..loading import write_atomically
 from .errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -68,11 +69,7 @@ def _fsync_file(path: Path) -> None:
 
 
 def write_meta(directory: Path, meta: dict) -> None:
-    path = directory / META
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(meta, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
+    write_atomically(directory / META, json.dumps(meta, indent=1, sort_keys=True))
 
 
 def read_meta(directory: Path, what: str) -> dict:
@@ -191,13 +188,6 @@ class _Heartbeat:
                 path.unlink()
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """A marker is read whole or not at all (a waiting process never reads it half-written)."""
-    tmp = path.parent / f"{path.name}.{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _failure_line(path: Path, error: BaseException) -> str:
     if isinstance(error, BuildFailed):  # a store this one needed failed elsewhere: its line, not a nested one
         return error.marker
@@ -221,7 +211,7 @@ def claimed(paths: list[Path], wait_seconds: float = WAIT_SECONDS):
         line = _failure_line(unfinished[0], error) if unfinished else ""
         for path in unfinished:
             with contextlib.suppress(OSError):
-                _write_atomically(_marker(path, "failed"), line + "\n")
+                write_atomically(_marker(path, "failed"), line + "\n")
         raise
     finally:
         heartbeat.close()

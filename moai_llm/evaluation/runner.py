@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from ..chat.generation import SamplingParams
-from ..chat.loading import load_for_chat
 from ..errors import UsageError
+from ..loading import load_model as load_weights
 from .benchmarks import LmEvalOptions, check_tasks, run_benchmarks
 from .comparison import render_comparison
 from .history import load_run, training_summary
@@ -67,8 +67,8 @@ def load_inputs(options: EvalOptions) -> tuple[dict[str, list[str]], list[str]]:
 
 
 def load_model(options: EvalOptions):
-    """(model, tokenizer) through chat's loader (final_model, checkpoint or LoRA adapter); adapters are merged."""
-    model, tokenizer = load_for_chat(options.model_path, options.tokenizer_path, options.base_model, options.device)
+    """(model, tokenizer) through moai_llm.loading (final_model, checkpoint or LoRA adapter); adapters merged."""
+    model, tokenizer = load_weights(options.model_path, options.tokenizer_path, options.base_model, options.device)
     if hasattr(model, "merge_and_unload") and not getattr(model, "is_loaded_in_4bit", False):
         model = model.merge_and_unload()  # base + B·A·alpha/r: the adapter's outputs, without its per-layer detour
     if getattr(model.config, "num_experts", 0):

@@ -1,4 +1,4 @@
-"""The models one server answers for: found from the command line, loaded once with chat.py's loader, each with
+"""The models one server answers for: found from the command line, loaded once with the library's loader, each with
 its name, context length, token limit and batching engine."""
 
 import json
@@ -9,9 +9,9 @@ from pathlib import Path
 
 from jinja2 import TemplateError
 
-from ..chat.loading import load_for_chat
 from ..chat.session import chat_prompt_ids
 from ..errors import UsageError
+from ..loading import load_model
 from .engine import MAX_BATCH_SIZE, BatchEngine
 from .errors import APIError
 
@@ -203,7 +203,7 @@ def load_models(
     """Load every model (a UsageError names a bad directory) and start its engine."""
     served = []
     for name, path in entries:
-        model, tokenizer = load_for_chat(str(path), device=device)
+        model, tokenizer = load_model(str(path), device=device)
         engine = BatchEngine(model, tokenizer, max_batch_size, name, max_prefill_tokens, max_waiting)
         mode = run_mode(Path(path))
         if mode is None:

@@ -1,9 +1,8 @@
-"""Special tokens with fixed ids and the ChatML chat template every MOAI tokenizer carries."""
+"""The ChatML chat template every MOAI tokenizer carries, with the special tokens (ids 0..6) of moai_llm.loading."""
 
 from transformers import PreTrainedTokenizerFast
 
-# ids 0..6, in this order, in every tokenizer this project trains or extends
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+from ..loading import SPECIAL_TOKENS
 
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"

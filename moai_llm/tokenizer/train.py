@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from ..errors import UsageError
-from .specials import SPECIAL_TOKENS
+from ..loading import SPECIAL_TOKENS
 
 logger = logging.getLogger(__name__)
 BYTE_ALPHABET = pre_tokenizers.ByteLevel.alphabet()

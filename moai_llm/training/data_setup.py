@@ -14,6 +14,7 @@ from ..data.mixing import parse_mixture
 from ..data.pipeline import DataOptions, reading_plan
 from ..data.store import WAIT_SECONDS, directory_size
 from ..errors import UsageError
+from ..loading import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +173,6 @@ def build_datasets(data_args, tokenizer, training_args, flash: bool = False):
 
 def prepare_only(model_args, data_args, training_args) -> list[str]:
     """`train.py --prepare_only`: tokenize every source and plan the rows, as the training run will; no model."""
-    from .run import load_tokenizer
-
     if training_args.stages:
         raise UsageError(
             "--prepare_only prepares one run's data: run it with each stage's data flags (and one "
@@ -182,7 +181,8 @@ def prepare_only(model_args, data_args, training_args) -> list[str]:
     if reads_a_stream(data_args):
         raise UsageError("--prepare_only: streamed data is read during training; there is nothing to prepare")
     spec = data_spec(data_args, training_args)
-    sources, encoder, truncate = reading_plan(spec, load_tokenizer(model_args), sft=training_args.mode == "sft")
+    tokenizer = load_tokenizer(model_args.tokenizer_path, model_args.pretrained_model, training=True)
+    sources, encoder, truncate = reading_plan(spec, tokenizer, sft=training_args.mode == "sft")
     start, stats = time.perf_counter(), DataStats()
     prepared = prepare(
         spec,

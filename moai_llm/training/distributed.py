@@ -12,7 +12,8 @@ import socket
 import torch.distributed as dist
 
 from ..errors import UsageError
-from .trainer import COMPLETE_MARKER, latest_complete_checkpoint
+from ..loading import COMPLETE_MARKER
+from .trainer import latest_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 NO_RESUME = (None, "", "false", "False", "no")

@@ -8,13 +8,13 @@ import os
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, set_seed
+from transformers import AutoModelForCausalLM, GenerationConfig, set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .. import MoaiConfig, MoaiForCausalLM
 from ..errors import UsageError
+from ..loading import CHAT_END_TOKEN, FINAL_MARKER, load_tokenizer, write_step_marker
 from ..losses import objective_from_spec
-from .arguments import PACKAGE_DIR
 from .callbacks import GracefulStopCallback, ThroughputCallback, detect_peak_tflops, flops_per_token
 from .data_setup import DataPositionCallback, build_datasets, check_data_position, reads_a_stream
 from .distributed import data_parallel_error, resolve_resume
@@ -24,10 +24,6 @@ from .sharding import initialise, starts_sharded
 from .trainer import MoaiTrainer, writes_on_this_node
 
 logger = logging.getLogger(__name__)
-DEFAULT_TOKENIZER = os.path.join(PACKAGE_DIR, "assets", "tokenizer")
-CHAT_END_TOKEN = "<|im_end|>"
-# Written into final_model after everything else (and after every rank finished): a stage is done only with it.
-FINAL_MARKER = "training_complete.json"
 
 
 @dataclass
@@ -36,23 +32,6 @@ class RunResult:
     final_model: str | None  # None when stopped by a signal before the end
     metrics: dict
     stopped_at_step: int | None = None
-
-
-def load_tokenizer(model_args):
-    path = model_args.tokenizer_path
-    if (
-        path is None
-        and model_args.pretrained_model
-        and os.path.isfile(os.path.join(model_args.pretrained_model, "tokenizer_config.json"))
-    ):
-        path = model_args.pretrained_model
-    path = path or DEFAULT_TOKENIZER
-    if os.path.sep in path and not os.path.isdir(path):
-        raise UsageError(f"--tokenizer_path {path}: directory not found")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
-        raise UsageError(f"--tokenizer_path {path}: the tokenizer needs pad and eos tokens")
-    return tokenizer
 
 
 def load_dtype(cuda: bool, bf16: bool, lora: bool, qlora: bool, fp16: bool = False) -> torch.dtype:
@@ -247,7 +226,7 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
         raise UsageError(error)
     resume = resolve_resume(training_args)
     set_seed(training_args.seed)
-    tokenizer = load_tokenizer(model_args)
+    tokenizer = load_tokenizer(model_args.tokenizer_path, model_args.pretrained_model, training=True)
     model = build_model(model_args, training_args, tokenizer)
     if model_args.use_lora or model_args.use_qlora:
         from .lora import apply_lora
@@ -331,15 +310,11 @@ def memory_metrics(memory, cuda: bool) -> dict:
 
 @contextlib.contextmanager
 def completion_marker(final_dir: str, global_step: int, should_save: bool):
-    """Around the final save: drop a stale FINAL_MARKER, then write it (fsynced) once final_model is complete.
-    `save_pretrained` writes config.json before the weights, so only the marker tells a finished stage from one
-    killed in the middle of its final save."""
+    """Around the final save: drop a stale FINAL_MARKER, then write it once final_model is complete (every rank
+    finished): a stage counts as done only with it."""
     marker = os.path.join(final_dir, FINAL_MARKER)
     if should_save and os.path.exists(marker):
         os.remove(marker)
     yield
     if should_save:
-        with open(marker, "w") as handle:
-            json.dump({"global_step": global_step}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_step_marker(marker, global_step)

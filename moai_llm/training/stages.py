@@ -13,11 +13,12 @@ import os
 
 from ..data.mixing import parse_mixture
 from ..errors import UsageError
+from ..loading import FINAL_MARKER
 from .arguments import Stage
 from .data_setup import stage_sources
 from .distributed import from_rank_zero, require_on_every_rank
 from .resolve import default_output_dir, resolve
-from .run import FINAL_MARKER, RunResult, run_training
+from .run import RunResult, run_training
 
 logger = logging.getLogger(__name__)
 

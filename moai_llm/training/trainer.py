@@ -1,7 +1,6 @@
 """MoaiTrainer: transformers.Trainer plus WSD, correctly scaled MoE terms, metering and complete-only checkpoints."""
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -12,6 +11,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..batching import IGNORE_INDEX
+from ..loading import COMPLETE_MARKER, write_step_marker
 from .arguments import MUON
 from .callbacks import ThroughputCallback
 from .data_setup import global_batch
@@ -20,7 +20,6 @@ from .sharding import enable_fsdp_on_cpu, may_leave_parameters_unused, start_sha
 
 logger = logging.getLogger(__name__)
 
-COMPLETE_MARKER = "checkpoint_complete.json"
 PLAIN_CROSS_ENTROPY = {"type": "cross_entropy", "params": {}}
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
@@ -379,8 +378,5 @@ class MoaiTrainer(Trainer):
         run_dir = self._get_output_dir(trial=trial)
         if self.args.should_save:
             path = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            with open(os.path.join(path, COMPLETE_MARKER), "w") as handle:
-                json.dump({"global_step": self.state.global_step}, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
+            write_step_marker(os.path.join(path, COMPLETE_MARKER), self.state.global_step)
             rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint)
