@@ -265,7 +265,7 @@ def run_one(args) -> dict:
     """One variant at one learning rate and rows per step, in this process: its curve and totals."""
     import torch
 
-    from moai_llm.training.run import DEFAULT_TOKENIZER
+    from moai_llm.training.data_setup import DEFAULT_TOKENIZER
 
     torch.set_num_threads(1)
     from transformers import AutoTokenizer
@@ -299,7 +299,7 @@ def prepare_workdir(args) -> None:
     from transformers import AutoTokenizer
 
     from moai_llm.data import DataSpec, row_datasets
-    from moai_llm.training.run import DEFAULT_TOKENIZER
+    from moai_llm.training.data_setup import DEFAULT_TOKENIZER
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,7 @@ def run_variant(variant: str, args) -> dict:
     from moai_llm.data import PackedCollator, cut, pack
     from moai_llm.export import qwen3_config_from
     from moai_llm.training.arguments import MoaiTrainingArguments
-    from moai_llm.training.run import DEFAULT_TOKENIZER
+    from moai_llm.training.data_setup import DEFAULT_TOKENIZER
     from moai_llm.training.trainer import MoaiTrainer
 
     torch.set_num_threads(args.threads)

@@ -33,8 +33,7 @@ def row_ids(batch) -> list[list[int]]:
 def main(out: Path, corpus: str, stream_folder: str) -> None:
     from moai_llm import MoaiForCausalLM
     from moai_llm.training.cli import parse_args
-    from moai_llm.training.data_setup import build_datasets
-    from moai_llm.training.run import load_tokenizer
+    from moai_llm.training.data_setup import build_datasets, load_tokenizer
     from moai_llm.training.trainer import MoaiTrainer
     from tests.conftest import tiny_config
 

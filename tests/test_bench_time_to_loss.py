@@ -96,7 +96,7 @@ def test_a_budgeted_run_scores_off_the_clock_and_stops(tmp_path):
 def test_held_out_rows_spread_over_the_held_out_text():
     from transformers import AutoTokenizer
 
-    from moai_llm.training.run import DEFAULT_TOKENIZER
+    from moai_llm.training.data_setup import DEFAULT_TOKENIZER
 
     tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
     texts = [f"paragraph {i} " + "word " * (5 + i % 40) for i in range(400)]

@@ -86,8 +86,7 @@ def _fake_hub(calls, texts):
 
 def test_train_dataset_and_dataset_config(monkeypatch, tmp_path):
     from moai_llm.data import row_datasets
-    from moai_llm.training.data_setup import data_spec
-    from moai_llm.training.run import load_tokenizer
+    from moai_llm.training.data_setup import data_spec, load_tokenizer
 
     model_args, data_args, training_args = parse_args(
         [
@@ -112,7 +111,8 @@ def test_train_dataset_and_dataset_config(monkeypatch, tmp_path):
 
 def test_train_pretrained_model(tmp_path):
     from moai_llm import MoaiForCausalLM
-    from moai_llm.training.run import build_model, load_tokenizer
+    from moai_llm.training.data_setup import load_tokenizer
+    from moai_llm.training.run import build_model
 
     torch.manual_seed(0)
     MoaiForCausalLM(tiny_config(vocab_size=8192)).save_pretrained(tmp_path / "final_model")

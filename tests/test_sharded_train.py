@@ -157,7 +157,7 @@ def test_lora_under_fsdp2_merges_on_rank_zero_like_one_process(tmp_path):
     from transformers import AutoTokenizer
 
     from moai_llm import MoaiForCausalLM
-    from moai_llm.training.run import DEFAULT_TOKENIZER
+    from moai_llm.training.data_setup import DEFAULT_TOKENIZER
 
     from .conftest import tiny_config
 
@@ -215,7 +215,8 @@ import json, sys
 from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from moai_llm.training.cli import parse_args
-from moai_llm.training.run import build_model, load_tokenizer
+from moai_llm.training.data_setup import load_tokenizer
+from moai_llm.training.run import build_model
 from moai_llm.training.trainer import MoaiTrainer
 
 out = sys.argv[1]

@@ -8,8 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import moai_llm  # noqa: F401
 from moai_llm.training.cli import parse_args
-from moai_llm.training.data_setup import build_datasets
-from moai_llm.training.run import DEFAULT_TOKENIZER
+from moai_llm.training.data_setup import DEFAULT_TOKENIZER, build_datasets
 
 from .conftest import REPO
 from .train_helpers import fast_args, run_inprocess, write_tiny_config

@@ -6,7 +6,7 @@ import logging
 import os
 import time
 
-from transformers import TrainerCallback
+from transformers import AutoTokenizer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data import DataSpec, DataStats, PackedCollator, PaddingCollator, prepare, row_datasets
@@ -14,8 +14,10 @@ from ..data.mixing import parse_mixture
 from ..data.pipeline import DataOptions, reading_plan
 from ..data.store import WAIT_SECONDS, directory_size
 from ..errors import UsageError
+from .arguments import PACKAGE_DIR
 
 logger = logging.getLogger(__name__)
+DEFAULT_TOKENIZER = os.path.join(PACKAGE_DIR, "assets", "tokenizer")
 
 
 SOURCE_FLAGS = ("train_file", "dataset")  # with `mixture`: the three ways to name the data
@@ -146,6 +148,24 @@ def data_spec(data_args, training_args=None) -> DataSpec:
     )
 
 
+def load_tokenizer(model_args):
+    """The run's tokenizer: --tokenizer_path, else --pretrained_model's own, else the bundled one."""
+    path = model_args.tokenizer_path
+    if (
+        path is None
+        and model_args.pretrained_model
+        and os.path.isfile(os.path.join(model_args.pretrained_model, "tokenizer_config.json"))
+    ):
+        path = model_args.pretrained_model
+    path = path or DEFAULT_TOKENIZER
+    if os.path.sep in path and not os.path.isdir(path):
+        raise UsageError(f"--tokenizer_path {path}: directory not found")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+        raise UsageError(f"--tokenizer_path {path}: the tokenizer needs pad and eos tokens")
+    return tokenizer
+
+
 def build_datasets(data_args, tokenizer, training_args, flash: bool = False):
     """(train_dataset, eval_dataset or None, collator) for `training_args.mode`."""
     stats, start = DataStats(), time.perf_counter()
@@ -172,8 +192,6 @@ def build_datasets(data_args, tokenizer, training_args, flash: bool = False):
 
 def prepare_only(model_args, data_args, training_args) -> list[str]:
     """`train.py --prepare_only`: tokenize every source and plan the rows, as the training run will; no model."""
-    from .run import load_tokenizer
-
     if training_args.stages:
         raise UsageError(
             "--prepare_only prepares one run's data: run it with each stage's data flags (and one "

@@ -8,15 +8,14 @@ import os
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, set_seed
+from transformers import AutoModelForCausalLM, GenerationConfig, set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .. import MoaiConfig, MoaiForCausalLM
 from ..errors import UsageError
 from ..losses import objective_from_spec
-from .arguments import PACKAGE_DIR
 from .callbacks import GracefulStopCallback, ThroughputCallback, detect_peak_tflops, flops_per_token
-from .data_setup import DataPositionCallback, build_datasets, check_data_position, reads_a_stream
+from .data_setup import DataPositionCallback, build_datasets, check_data_position, load_tokenizer, reads_a_stream
 from .distributed import data_parallel_error, resolve_resume
 from .memory import log_estimate, setup_for_run
 from .resolve import on_cuda
@@ -24,7 +23,6 @@ from .sharding import initialise, starts_sharded
 from .trainer import MoaiTrainer, writes_on_this_node
 
 logger = logging.getLogger(__name__)
-DEFAULT_TOKENIZER = os.path.join(PACKAGE_DIR, "assets", "tokenizer")
 CHAT_END_TOKEN = "<|im_end|>"
 # Written into final_model after everything else (and after every rank finished): a stage is done only with it.
 FINAL_MARKER = "training_complete.json"
@@ -36,23 +34,6 @@ class RunResult:
     final_model: str | None  # None when stopped by a signal before the end
     metrics: dict
     stopped_at_step: int | None = None
-
-
-def load_tokenizer(model_args):
-    path = model_args.tokenizer_path
-    if (
-        path is None
-        and model_args.pretrained_model
-        and os.path.isfile(os.path.join(model_args.pretrained_model, "tokenizer_config.json"))
-    ):
-        path = model_args.pretrained_model
-    path = path or DEFAULT_TOKENIZER
-    if os.path.sep in path and not os.path.isdir(path):
-        raise UsageError(f"--tokenizer_path {path}: directory not found")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
-        raise UsageError(f"--tokenizer_path {path}: the tokenizer needs pad and eos tokens")
-    return tokenizer
 
 
 def load_dtype(cuda: bool, bf16: bool, lora: bool, qlora: bool, fp16: bool = False) -> torch.dtype:
