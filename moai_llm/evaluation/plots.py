@@ -156,7 +156,7 @@ def plot_perplexity(runs: dict[str, dict], path: str | Path) -> Path | None:
 
 
 def plot_metrics_over_tokens(points: list[dict], path: str | Path) -> Path | None:
-    """One panel per metric, its value at each checkpoint against the tokens it had seen (evaluate.py
+    """One panel per metric, its value at each checkpoint against the tokens it had seen (eval.py
     --checkpoints). `points`: [{"tokens_seen": N, "label": "checkpoint-4", "metrics": {name: value}}]."""
     names = list(dict.fromkeys(m for p in points for m, v in p["metrics"].items() if isinstance(v, (int, float))))
     if not names:
