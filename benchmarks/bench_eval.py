@@ -1,11 +1,11 @@
 """Perplexity evaluation throughput vs the model's plain forward pass and vs training, on the same packed rows.
 
-Evaluation at training's speed or better: evaluate.py's scoring (bf16 autocast where training uses it, `--precision
+Evaluation at training's speed or better: eval.py's scoring (bf16 autocast where training uses it, `--precision
 auto`) against one training step (forward, backward and AdamW, in the precision train.py picks on this machine);
 and what bf16 changes in the perplexity against fp32. Before that, three ways through the same batches (real
 text, packed into rows with `position_ids` restarting per document), interleaved repetitions, medians:
 - forward only: `model(input_ids, position_ids)`, the full `[rows, seq, vocab]` logits and nothing else;
-- evaluate.py's scoring (`moai_llm.evaluation.perplexity.score_batch`): the decoder, then cross-entropy and
+- eval.py's scoring (`moai_llm.evaluation.perplexity.score_batch`): the decoder, then cross-entropy and
   argmax from the hidden states one `[chunk, vocab]` block at a time (no full logits);
 - for reference, transformers' way to get a loss: full logits, then `F.cross_entropy` over them.
 Tokens/s counts non-padding tokens fed to the model.
@@ -88,7 +88,7 @@ def full_logits_loss(model, batches) -> None:
 
 
 def fused_scoring(model, batches) -> float:
-    """evaluate.py's scoring; returns the summed NLL (nats) so precisions can be compared."""
+    """eval.py's scoring; returns the summed NLL (nats) so precisions can be compared."""
     body, head = causal_lm_parts(model)
     return sum(float(score_batch(body, head, batch, CPU_CHUNK, router_off=False)[0]) for batch, _ in batches)
 
@@ -107,7 +107,7 @@ def training_steps(model, batches, bf16: bool) -> None:
 
 
 def precision_table(model, batches, tokens: int, reps: int, bf16: bool) -> None:
-    """Training step vs evaluate.py's scoring (fp32 and bf16 autocast), interleaved, medians; the bf16 NLL gap."""
+    """Training step vs eval.py's scoring (fp32 and bf16 autocast), interleaved, medians; the bf16 NLL gap."""
     import copy
 
     trainee = copy.deepcopy(model)  # the training steps change weights: score the untouched model
@@ -161,7 +161,7 @@ def main() -> None:
         f"reps, {args.threads} threads, medians; load average {os.getloadavg()[0]:.1f} at the start"
     )
     print(
-        "| model | forward only tokens/s | evaluate.py scoring tokens/s | full logits + CE tokens/s "
+        "| model | forward only tokens/s | eval.py scoring tokens/s | full logits + CE tokens/s "
         "| ratio scoring / forward |"
     )
     print("| --- | ---: | ---: | ---: | ---: |")

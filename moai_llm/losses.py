@@ -9,7 +9,7 @@ idea as Liger-Kernel's fused linear cross-entropy, which is CUDA/Triton-only and
 Every objective is a per-token loss l(z) of the logits z of that token, whose gradient has the form
 `dl/dz = a * softmax(z) + b * onehot(target) + c` with per-token a, b and a constant c, so one buffer suffices.
 `score_tokens` is the one no-grad scorer (summed NLL and argmax hits) behind evaluation: the trainer's eval loss
-(the fused loss under `torch.no_grad`) and evaluate.py's perplexity. This file holds the model's losses only and
+(the fused loss under `torch.no_grad`) and eval.py's perplexity. This file holds the model's losses only and
 imports only torch and its sibling batching.py (both ship next to the model as remote code); the old tool's
 `create_loss_function` / `LossFunction` live in legacy_losses.py and are still importable from here.
 """

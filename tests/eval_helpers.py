@@ -1,10 +1,7 @@
 """Local lm-eval tasks for the evaluation tests: no Hub, data written next to the task YAML."""
 
-import importlib.util
 import json
 from pathlib import Path
-
-from .conftest import REPO
 
 MC_TASK = """task: local_mc
 dataset_path: json
@@ -49,14 +46,6 @@ def write_local_tasks(folder: Path) -> Path:
     (folder / "local_mc.yaml").write_text(MC_TASK.format(data=folder / "mc.jsonl"))
     (folder / "local_hub_only.yaml").write_text(HUB_TASK)
     return folder
-
-
-def load_evaluate_cli():
-    """evaluate.py under another module name: `evaluate` is Hugging Face's library, which lm-eval imports."""
-    spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def go_offline(monkeypatch) -> None:

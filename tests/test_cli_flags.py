@@ -4,7 +4,7 @@ meant to repeat (serve.py --model_path, train.py --train_file) still add up."""
 import pytest
 
 import chat
-import evaluate
+import eval as eval_cli  # the repo's eval.py
 import serve
 import train_tokenizer
 
@@ -19,7 +19,7 @@ import train_tokenizer
             "--temperature is given twice",
         ),  # abbreviated
         (serve, ["--port", "1", "--port", "2"], "--port is given twice (it takes one value)"),
-        (evaluate, ["--tasks", "piqa", "--tasks", "arc_easy"], "--tasks is given twice"),
+        (eval_cli, ["--tasks", "piqa", "--tasks", "arc_easy"], "--tasks is given twice"),
         (
             train_tokenizer,
             ["--input_files", "a", "--input_files", "b"],

@@ -1,4 +1,4 @@
-"""evaluate.py end to end on a tiny trained model: lm-eval parity, results.json, report.md, plots, bad inputs, LoRA
+"""eval.py end to end on a tiny trained model: lm-eval parity, results.json, report.md, plots, bad inputs, LoRA
 adapters, --compare, and the report train.py writes at the end of a run. No Hub: local task YAMLs and data.
 The pieces that need no trained model are in test_evaluate_pieces.py."""
 
@@ -11,13 +11,13 @@ import pytest
 import torch
 from matplotlib.image import imread
 
+import eval as eval_cli  # the repo's eval.py
+
 from .conftest import REPO
-from .eval_helpers import go_offline, load_evaluate_cli, write_local_tasks
+from .eval_helpers import go_offline, write_local_tasks
 from .train_helpers import fast_args, run_inprocess, write_tiny_config
 
-pytestmark = pytest.mark.integration  # a whole train.py run (module fixture), evaluate.py runs on it
-
-evaluate = load_evaluate_cli()
+pytestmark = pytest.mark.integration  # a whole train.py run (module fixture), eval.py runs on it
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +66,7 @@ def png_ok(path) -> None:
 
 
 def main_exit(argv, capsys) -> tuple[int, str]:
-    code = evaluate.main(argv)
+    code = eval_cli.main(argv)
     return code, capsys.readouterr().err
 
 
@@ -130,7 +130,7 @@ def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_p
         "--output_dir",
         str(out),
     ]
-    assert evaluate.main(argv) == 0
+    assert eval_cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "local_hub_only: FAILED (" in printed and "tokens/s" in printed
 
@@ -231,7 +231,7 @@ def test_lora_adapter_directory_evaluates(run_dir, tmp_path):
     assert "r=4, alpha=8" in results["adapter"]["model_card"]["LoRA adapter"]
 
     assert (
-        evaluate.main(
+        eval_cli.main(
             [
                 "--compare",
                 str(tmp_path / "eval-base"),
@@ -273,13 +273,13 @@ def test_bad_inputs_are_one_line_errors(case, run_dir, tmp_path, capsys):
     }[case]
     if case == "repeated flag":
         with pytest.raises(SystemExit) as exit_info:
-            evaluate.main(argv)
+            eval_cli.main(argv)
         code, err = exit_info.value.code, capsys.readouterr().err
     else:
         code, err = main_exit(argv, capsys)
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("evaluate.py: error: ")
+    assert len(lines) == 1 and lines[0].startswith("eval.py: error: ")
     expected = {
         "missing model": "nope: no such directory",
         "unknown task": "'hellaswagg' (did you mean hellaswag",
@@ -293,7 +293,7 @@ def test_bad_inputs_are_one_line_errors(case, run_dir, tmp_path, capsys):
 
 def test_cli_exit_code(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(REPO / "evaluate.py"), "--model_path", str(tmp_path / "missing")],
+        [sys.executable, str(REPO / "eval.py"), "--model_path", str(tmp_path / "missing")],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -301,7 +301,7 @@ def test_cli_exit_code(tmp_path):
         check=False,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"evaluate.py: error: --model_path {tmp_path / 'missing'}: no such directory"
+    assert proc.stderr.strip() == f"eval.py: error: --model_path {tmp_path / 'missing'}: no such directory"
 
 
 def test_checkpoints_are_evaluated_and_match_the_scores_logged_in_training(run_dir, tasks_dir, tmp_path, capsys):
@@ -310,7 +310,7 @@ def test_checkpoints_are_evaluated_and_match_the_scores_logged_in_training(run_d
     out = tmp_path / "checkpoints"
     argv = ["--checkpoints", str(run_dir), "--tasks", "local_mc", "--include_path", str(tasks_dir)]
     argv += ["--limit", "6", "--no_samples", "--precision", "fp32", "--output_dir", str(out)]
-    assert evaluate.main(argv) == 0
+    assert eval_cli.main(argv) == 0
     points = {p["label"]: p for p in json.loads((out / "checkpoints.json").read_text())}
     assert list(points) == ["checkpoint-4", "checkpoint-8", "final_model"]
     history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]

@@ -1,4 +1,4 @@
-"""evaluate.py's numbers: perplexity against transformers' Qwen3 unpacked, bits per byte, baselines, suites."""
+"""eval.py's numbers: perplexity against transformers' Qwen3 unpacked, bits per byte, baselines, suites."""
 
 import json
 import math

@@ -1,5 +1,5 @@
-"""evaluate.py's pieces that need no trained model: a broken training report never fails the run, and the script
-does not shadow Hugging Face's `evaluate` library."""
+"""eval.py's pieces that need no trained model: a broken training report never fails the run, and no script
+shadows Hugging Face's `evaluate` library."""
 
 import sys
 
@@ -20,12 +20,11 @@ def test_training_report_never_fails_the_run(caplog):
 
 
 def test_hf_evaluate_library_is_not_shadowed_by_the_script(monkeypatch):
-    """The repo root (evaluate.py's folder) is first on sys.path here, as when `python evaluate.py` runs."""
-    from moai_llm.evaluation.benchmarks import import_hf_evaluate
-
+    """lm-eval imports Hugging Face's `evaluate`; with the repo root first on sys.path (as when `python eval.py`
+    runs) that import must find the library, not a script of the same name."""
     monkeypatch.delitem(sys.modules, "evaluate", raising=False)
     monkeypatch.syspath_prepend(str(REPO))
-    import_hf_evaluate()
+    assert not (REPO / "evaluate.py").exists()
     import evaluate as library
 
     assert hasattr(library, "load") and "site-packages" in library.__file__

@@ -1,4 +1,4 @@
-"""What makes evaluate.py's numbers comparable: sample settings and the chat template chosen by the run's mode,
+"""What makes eval.py's numbers comparable: sample settings and the chat template chosen by the run's mode,
 --compare's warnings and standard errors, suites that are what they say, a checkpoint's own history, provenance,
 the sliding-window perplexity and the precision rule. No trained model: tiny random models and written files."""
 
@@ -45,7 +45,7 @@ def test_chat_template_follows_the_run_mode(tokenizer):
 
 
 def test_sample_defaults_are_plain_greedy_and_recorded():
-    """evaluate.py's samples no longer inherit chat's top_k 50, top_p 0.9 and repetition penalty 1.1."""
+    """eval.py's samples no longer inherit chat's top_k 50, top_p 0.9 and repetition penalty 1.1."""
     from moai_llm.evaluation.runner import EvalOptions
 
     params = EvalOptions(model_path="x").sampling

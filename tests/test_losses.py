@@ -101,7 +101,7 @@ def test_chunked_logits_loss_matches_float64(name):
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 4096])
 def test_scorer_matches_float64_cross_entropy(chunk_size):
-    """The one no-grad scorer (evaluate.py's perplexity, the trainer's eval loss): summed NLL and argmax hits."""
+    """The one no-grad scorer (eval.py's perplexity, the trainer's eval loss): summed NLL and argmax hits."""
     hidden, weight, labels = _data(41)
     logits = hidden @ weight.T  # float64
     labels[50:] = logits[50:].argmax(-1)  # some hits to count

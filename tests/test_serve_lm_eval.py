@@ -1,19 +1,18 @@
 """lm-eval against the server: `--model local-completions` (token-id prompt lists, echo, logprobs) scores a local
-log-likelihood task as evaluate.py does on the same model, and each request's log-likelihood is the model's."""
+log-likelihood task as eval.py does on the same model, and each request's log-likelihood is the model's."""
 
 import json
 
 import pytest
 import torch
 
+import eval as eval_cli  # the repo's eval.py
 from moai_llm.serving import load_models
 
-from .eval_helpers import MC_TASK, go_offline, load_evaluate_cli
+from .eval_helpers import MC_TASK, go_offline
 from .serve_helpers import running_server, save_tiny_model
 
-pytestmark = pytest.mark.integration  # a server, lm-eval's task index and an evaluate.py run
-
-evaluate = load_evaluate_cli()
+pytestmark = pytest.mark.integration  # a server, lm-eval's task index and an eval.py run
 
 
 @pytest.fixture
@@ -21,7 +20,7 @@ def offline(monkeypatch):
     go_offline(monkeypatch)
 
 
-def test_lm_eval_local_completions_matches_evaluate_py(tmp_path, offline):
+def test_lm_eval_local_completions_matches_eval_py(tmp_path, offline):
     import lm_eval
 
     from moai_llm.evaluation.benchmarks import task_manager
@@ -38,7 +37,7 @@ def test_lm_eval_local_completions_matches_evaluate_py(tmp_path, offline):
     argv = ["--model_path", str(model_dir), "--tasks", "local_mc", "--include_path", str(tasks)]
     # fp32 like the server: --precision auto would score in bf16 autocast on CPUs with AMX
     assert (
-        evaluate.main([*argv, "--batch_size", "4", "--precision", "fp32", "--output_dir", str(tmp_path / "eval")]) == 0
+        eval_cli.main([*argv, "--batch_size", "4", "--precision", "fp32", "--output_dir", str(tmp_path / "eval")]) == 0
     )
     ours = json.loads((tmp_path / "eval" / "results.json").read_text())["tasks"]["local_mc"]
 

@@ -1,8 +1,7 @@
 """--eval_tasks on 2 sharded CPU ranks (FSDP2 over gloo): every rank scores the benchmark (a forward needs every
-rank's shards), none waits on another, rank 0 logs, and the score equals evaluate.py's on the saved model."""
+rank's shards), none waits on another, rank 0 logs, and the score equals eval.py's on the saved model."""
 
 import json
-import sys
 
 import pytest
 
@@ -10,7 +9,7 @@ from .distributed_helpers import torchrun
 from .eval_helpers import write_local_tasks
 from .train_helpers import fast_args, write_tiny_config
 
-pytestmark = pytest.mark.integration  # torchrun ranks and a whole evaluate.py run
+pytestmark = pytest.mark.integration  # torchrun ranks and a whole eval.py run
 
 LAUNCH = """
 import sys
@@ -58,7 +57,6 @@ def test_benchmarks_during_sharded_training(tmp_path, monkeypatch):
     from moai_llm.evaluation.runner import EvalOptions, evaluate_model
     from moai_llm.evaluation.suites import TaskSpec
 
-    sys.modules.pop("evaluate", None)
     offline = evaluate_model(
         EvalOptions(
             model_path=str(run_dir / "final_model"),

@@ -122,7 +122,7 @@ def text_rows(tokenizer) -> tuple[list[dict], int]:
 
 
 def test_eval_logs_bits_per_byte(tmp_path):
-    """evaluate.py's measure at every evaluation: the summed NLL in bits over the bytes of the scored text."""
+    """eval.py's measure at every evaluation: the summed NLL in bits over the bytes of the scored text."""
     tokenizer = AutoTokenizer.from_pretrained(REPO / "moai_llm" / "assets" / "tokenizer")
     torch.manual_seed(0)
     model = MoaiForCausalLM(tiny_config(vocab_size=len(tokenizer))).eval()

@@ -9,10 +9,7 @@ score), 0 for generated exact-match answers.
 
 import difflib
 import functools
-import importlib
 import logging
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,23 +72,6 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
 
 
-def import_hf_evaluate() -> None:
-    """lm-eval imports Hugging Face's `evaluate` library for some metrics (KoBEST's F1, SQuAD, ...). Our CLI is
-    called evaluate.py and its folder is first on sys.path when it runs, so that import would find the script;
-    import the library once from the other paths so that `sys.modules["evaluate"]` is the library."""
-    if hasattr(sys.modules.get("evaluate"), "load"):
-        return
-    script, saved = sys.modules.pop("evaluate", None), sys.path[:]
-    sys.path[:] = [p for p in sys.path if not os.path.isfile(os.path.join(p or os.curdir, "evaluate.py"))]
-    try:
-        importlib.import_module("evaluate")
-    except ImportError:  # not installed: lm-eval fails only the tasks that need it, with a one-line reason
-        if script is not None:
-            sys.modules["evaluate"] = script
-    finally:
-        sys.path[:] = saved
-
-
 def run_benchmarks(
     model,
     tokenizer,
@@ -100,7 +80,6 @@ def run_benchmarks(
     batch_size: int = 8,
     options: LmEvalOptions = LmEvalOptions(),
 ) -> BenchmarkResults:
-    import_hf_evaluate()
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 

@@ -110,6 +110,36 @@ def series(history: list[dict], key: str, axis) -> tuple[np.ndarray, np.ndarray]
     return axis(steps), np.array([e[key] for e in entries], dtype=float)
 
 
+# (title, [(log key, legend label)], y label)
+TRAINING_PANELS = (
+    ("Loss", [("loss", "train loss"), ("eval_loss", "eval loss")], "cross-entropy (nats)"),
+    ("Learning rate", [("learning_rate", "learning rate")], "learning rate"),
+    ("Gradient norm", [("grad_norm", "grad norm")], "L2 norm before clipping"),
+    ("Throughput", [("tokens_per_second", "tokens/s (all ranks)")], "tokens per second"),
+    (
+        "MoE expert load (worst layer)",
+        [("moe/max_load_over_mean", "max expert load / mean"), ("moe/min_load_over_mean", "min expert load / mean")],
+        "load / mean load",
+    ),
+)
+
+
+def training_panels(history: list[dict], arguments: dict) -> tuple[list, str]:
+    """(panels, x label) of a run's dashboard: [(title, [((x, y), legend label)], y label)], only the panels with
+    a logged point. No matplotlib: the training report asks this before it imports the plotting code."""
+    axis, xlabel = token_axis(history, arguments)
+    bench = sorted({k for e in history for k in e if k.startswith("bench/") and k.count("/") == 1})
+    specs = [
+        *TRAINING_PANELS,
+        ("Benchmarks during training", [(k, k.removeprefix("bench/")) for k in bench], "headline score"),
+    ]
+    panels = [
+        (name, [(series(history, key, axis), label) for key, label in keys], ylabel) for name, keys, ylabel in specs
+    ]
+    panels = [(name, [(xy, label) for xy, label in lines if len(xy[0])], ylabel) for name, lines, ylabel in panels]
+    return [panel for panel in panels if panel[1]], xlabel
+
+
 def _median(history: list[dict], key: str) -> float | None:
     values = [e[key] for e in history if isinstance(e.get(key), (int, float))]
     if len(values) > 2:

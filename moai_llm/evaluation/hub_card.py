@@ -1,7 +1,7 @@
 """final_model/README.md: a Hugging Face model card (huggingface_hub's ModelCard), so a pushed model shows what it
-is, how it was trained and, once evaluate.py has run, its scores in the `model-index` block the Hub reads.
+is, how it was trained and, once eval.py has run, its scores in the `model-index` block the Hub reads.
 
-train.py writes it at the end of a run; evaluate.py rewrites it with the results (a README.md that train.py did not
+train.py writes it at the end of a run; eval.py rewrites it with the results (a README.md that train.py did not
 write, i.e. one without the `moai-llm` tag, is left alone)."""
 
 import logging
@@ -148,7 +148,7 @@ def write_model_card(model_dir, arguments: dict, facts: dict, training: dict | N
 
 
 def update_model_card(model_dir, results: dict) -> Path | None:
-    """Put evaluate.py's results into the card train.py wrote (model-index and the Evaluation table)."""
+    """Put eval.py's results into the card train.py wrote (model-index and the Evaluation table)."""
     path = Path(model_dir) / "README.md"
     if not path.is_file():
         return None

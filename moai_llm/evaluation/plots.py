@@ -12,34 +12,14 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
-from .history import series, token_axis
+from .history import series, token_axis, training_panels
 
 logger = logging.getLogger(__name__)
-
-# (title, [(log key, legend label)], y label)
-PANELS = (
-    ("Loss", [("loss", "train loss"), ("eval_loss", "eval loss")], "cross-entropy (nats)"),
-    ("Learning rate", [("learning_rate", "learning rate")], "learning rate"),
-    ("Gradient norm", [("grad_norm", "grad norm")], "L2 norm before clipping"),
-    ("Throughput", [("tokens_per_second", "tokens/s (all ranks)")], "tokens per second"),
-    (
-        "MoE expert load (worst layer)",
-        [("moe/max_load_over_mean", "max expert load / mean"), ("moe/min_load_over_mean", "min expert load / mean")],
-        "load / mean load",
-    ),
-)
 
 
 def plot_training(history: list[dict], arguments: dict, path: str | Path, title: str = "Training") -> Path | None:
     """Write the dashboard PNG; None (nothing written) when the history has none of the plotted keys."""
-    axis, xlabel = token_axis(history, arguments)
-    bench = sorted({k for e in history for k in e if k.startswith("bench/") and k.count("/") == 1})
-    specs = [*PANELS, ("Benchmarks during training", [(k, k.removeprefix("bench/")) for k in bench], "headline score")]
-    panels = [
-        (name, [(series(history, key, axis), label) for key, label in keys], ylabel) for name, keys, ylabel in specs
-    ]
-    panels = [(name, [(xy, label) for xy, label in lines if len(xy[0])], ylabel) for name, lines, ylabel in panels]
-    panels = [panel for panel in panels if panel[1]]
+    panels, xlabel = training_panels(history, arguments)
     if not panels:
         return None
     columns = 2 if len(panels) <= 4 else 3
@@ -156,7 +136,7 @@ def plot_perplexity(runs: dict[str, dict], path: str | Path) -> Path | None:
 
 
 def plot_metrics_over_tokens(points: list[dict], path: str | Path) -> Path | None:
-    """One panel per metric, its value at each checkpoint against the tokens it had seen (evaluate.py
+    """One panel per metric, its value at each checkpoint against the tokens it had seen (eval.py
     --checkpoints). `points`: [{"tokens_seen": N, "label": "checkpoint-4", "metrics": {name: value}}]."""
     names = list(dict.fromkeys(m for p in points for m, v in p["metrics"].items() if isinstance(v, (int, float))))
     if not names:

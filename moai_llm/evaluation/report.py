@@ -187,7 +187,7 @@ def samples_section(samples: list[dict], settings: dict | None = None) -> list[s
 def render_training_report(summary: dict, plot: str | None) -> str:
     """The short report train.py leaves in output_dir."""
     lines = ["# Training report", ""] + training_section(summary, plot, heading="## Summary")
-    lines += ["Next: `python evaluate.py --model_path <output_dir>/final_model` (docs/evaluation.md).", ""]
+    lines += ["Next: `python eval.py --model_path <output_dir>/final_model` (docs/evaluation.md).", ""]
     return "\n".join(lines)
 
 

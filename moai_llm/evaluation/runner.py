@@ -1,4 +1,4 @@
-"""evaluate.py's work: check every input, load the model once, run benchmarks, perplexity and samples, write
+"""eval.py's work: check every input, load the model once, run benchmarks, perplexity and samples, write
 results.json and report.md (with the training plots when the model's run directory is found)."""
 
 import contextlib
@@ -314,7 +314,7 @@ def find_results(directory: str) -> Path:
     for candidate in (Path(directory) / "results.json", Path(directory) / "eval" / "results.json"):
         if candidate.is_file():
             return candidate
-    raise UsageError(f"--compare {directory}: no results.json there or in {directory}/eval (run evaluate.py first)")
+    raise UsageError(f"--compare {directory}: no results.json there or in {directory}/eval (run eval.py first)")
 
 
 def compare(directories: list[str], output_dir: str) -> Path:

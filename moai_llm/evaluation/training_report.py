@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from .history import RUN_ARGUMENTS, RunRecord, training_summary
+from .history import RUN_ARGUMENTS, RunRecord, training_panels, training_summary
 from .report import render_training_report
 
 logger = logging.getLogger(__name__)
@@ -35,19 +35,7 @@ def _write(trainer, model_args, data_args) -> Path:
     metrics_file = output_dir / "all_results.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     record = RunRecord(output_dir, list(trainer.state.log_history), state, metrics, arguments)
-    plot = None
-    try:
-        from .plots import plot_training
-    except ImportError:  # matplotlib comes with the `eval` extra
-        logger.info("matplotlib is not installed (pip install -e '.[eval]'): training report without plots")
-    else:
-        written = plot_training(
-            record.log_history,
-            arguments,
-            output_dir / "plots" / "training.png",
-            title=f"Training history: {output_dir}",
-        )
-        plot = "plots/training.png" if written else None
+    plot = training_plot(record, output_dir)
     report = output_dir / "training_report.md"
     summary = training_summary(record)
     report.write_text(render_training_report(summary, plot), encoding="utf-8")
@@ -61,6 +49,21 @@ def _write(trainer, model_args, data_args) -> Path:
         facts = model_card(model, str(final_dir))
         write_model_card(final_dir, arguments, facts, summary, detect_languages(sample_texts(trainer)))
     return report
+
+
+def training_plot(record: RunRecord, output_dir: Path) -> str | None:
+    """plots/training.png (relative to output_dir) when the history has a point to draw, else None; matplotlib and
+    the plotting module are imported only then."""
+    if not training_panels(record.log_history, record.arguments)[0]:
+        return None
+    try:
+        from .plots import plot_training
+    except ImportError:  # matplotlib comes with the `eval` extra
+        logger.info("matplotlib is not installed (pip install -e '.[eval]'): training report without plots")
+        return None
+    path = output_dir / "plots" / "training.png"
+    written = plot_training(record.log_history, record.arguments, path, title=f"Training history: {output_dir}")
+    return "plots/training.png" if written else None
 
 
 def sample_texts(trainer, rows: int = 8) -> list[str]:

@@ -109,7 +109,7 @@ class MoaiTrainer(Trainer):
     - `log`/`evaluate`: tokens/s, MFU, packing efficiency, loss components; eval perplexity.
     - `_get_train_sampler`: packed rows are read in the packer's balanced steps, step order shuffled by seed.
     - evaluation measures plain cross-entropy whatever the training objective (under no_grad the fused loss is
-      `losses.score_tokens`, evaluate.py's scorer), so `eval_perplexity` is a perplexity, `eval_loss` is a
+      `losses.score_tokens`, eval.py's scorer), so `eval_perplexity` is a perplexity, `eval_loss` is a
       token-weighted mean over the whole eval set and every rank (`evaluation_loop`), and `eval_bits_per_byte`
       divides the same summed NLL by the bytes of the scored tokens' text (given a tokenizer).
     """
@@ -255,7 +255,7 @@ class MoaiTrainer(Trainer):
     ):
         """`eval_loss` as total loss / total tokens over every batch of every rank. The stock loop repeats each
         batch's mean `batch_size` times and averages: 100 tokens at CE 1.0 and 1,000 at 2.0 read 1.5, not 1.91.
-        `eval_bits_per_byte`: the same total loss (nats) / (ln 2 x bytes of the scored tokens), as evaluate.py."""
+        `eval_bits_per_byte`: the same total loss (nats) / (ln 2 x bytes of the scored tokens), as eval.py."""
         self._eval_sums = torch.zeros(3, dtype=torch.float64, device=self.args.device)  # every rank reduces
         try:
             output = super().evaluation_loop(
@@ -285,7 +285,7 @@ class MoaiTrainer(Trainer):
         return loss, logits, out_labels
 
     def _scored_bytes(self, shifted_labels: torch.Tensor) -> int:
-        """UTF-8 bytes of the scored targets' text (evaluate.py's count, `perplexity.scored_bytes`); 0 without a
+        """UTF-8 bytes of the scored targets' text (eval.py's count, `perplexity.scored_bytes`); 0 without a
         tokenizer, and then no bits per byte is logged."""
         tokenizer = self.processing_class
         if not hasattr(tokenizer, "convert_ids_to_tokens"):

@@ -1,9 +1,9 @@
 """Evaluate a MOAI model: lm-eval benchmarks, perplexity on local text, generation samples, a Markdown report.
 
-    python evaluate.py --model_path outputs/pretrain-tiny/final_model --eval_file held_out.jsonl
-    python evaluate.py --model_path DIR --suite leaderboard_v1
-    python evaluate.py --model_path DIR --tasks mytask --include_path my_tasks/ --limit 100
-    python evaluate.py --compare outputs/base/final_model outputs/sft/final_model --output_dir outputs/compare
+    python eval.py --model_path outputs/pretrain-tiny/final_model --eval_file held_out.jsonl
+    python eval.py --model_path DIR --suite leaderboard_v1
+    python eval.py --model_path DIR --tasks mytask --include_path my_tasks/ --limit 100
+    python eval.py --compare outputs/base/final_model outputs/sft/final_model --output_dir outputs/compare
 
 See docs/evaluation.md.
 """
@@ -18,7 +18,7 @@ from moai_llm.flags import Parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = Parser("evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser("eval.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", help="final_model, a checkpoint-N, or a LoRA adapter directory")
     p.add_argument(
         "--checkpoints",
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
             return 0
         results = evaluate_model(options)
     except UsageError as error:
-        print(f"evaluate.py: error: {error}", file=sys.stderr)
+        print(f"eval.py: error: {error}", file=sys.stderr)
         return 2
     print_summary(results, options.output_dir or f"{options.model_path}/eval")
     return 0
