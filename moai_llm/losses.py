@@ -8,7 +8,7 @@ idea as Liger-Kernel's fused linear cross-entropy, which is CUDA/Triton-only and
 
 Every objective is a per-token loss l(z) of the logits z of that token, whose gradient has the form
 `dl/dz = a * softmax(z) + b * onehot(target) + c` with per-token a, b and a constant c, so one buffer suffices.
-This file imports only torch and its sibling batching.py (both ship next to the model as remote code).
+This file imports only torch and its sibling batch_format.py (both ship next to the model as remote code).
 """
 
 import functools
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .batching import IGNORE_INDEX
+from .batch_format import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

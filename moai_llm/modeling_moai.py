@@ -43,7 +43,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 from transformers.utils import can_return_tuple, logging
 from transformers.utils.output_capturing import OutputRecorder
 
-from .batching import IGNORE_INDEX, flash_varlen_kwargs
+from .batch_format import IGNORE_INDEX, flash_varlen_kwargs
 from .configuration_moai import MoaiConfig
 from .losses import Objective, causal_lm_loss, chunked_cross_entropy_loss, objective_from_spec
 from .moe import MoaiTopKRouter, init_moe_weights, moe_block, moe_causal_lm_output

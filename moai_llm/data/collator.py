@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..batching import IGNORE_INDEX, flash_varlen_kwargs
+from ..batch_format import IGNORE_INDEX, flash_varlen_kwargs
 
 
 @dataclass

@@ -18,7 +18,7 @@ DataCollatorWithFlattening only concatenates a batch.
 
 import numpy as np
 
-from .errors import DataError, DataStats
+from .stats import DataError, DataStats
 
 PACK_CHUNK = 1 << 20  # pieces packed together; bounds the packer's Python lists for corpora of any size
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..batching import IGNORE_INDEX
-from .errors import DataError, DataStats
+from ..batch_format import IGNORE_INDEX
 from .packing import cut, pack, steps_at
+from .stats import DataError, DataStats
 from .store import TokenStore, publish, temporary_directory
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import datasets
 
-from .errors import DataError, DataStats
+from .stats import DataError, DataStats
 
 logger = logging.getLogger(__name__)
 SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "assets" / "sample" / "pretrain.jsonl"

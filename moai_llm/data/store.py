@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from .stats import DataError
 
 logger = logging.getLogger(__name__)
 

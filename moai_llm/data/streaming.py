@@ -26,13 +26,13 @@ import datasets
 import numpy as np
 from datasets.distributed import split_dataset_by_node
 
-from ..batching import IGNORE_INDEX
+from ..batch_format import IGNORE_INDEX
 from .encode import batched, source_payloads
-from .errors import DataError, DataStats
 from .mixing import MixtureSource, cap_tokens
 from .packing import cut, pack
 from .rows import PackedRows, build_plan, pieces
 from .sources import hub_dataset, is_local, local_files, read_file
+from .stats import DataError, DataStats
 from .store import StoreWriter, TokenStore, key_of, prepare_once
 
 logger = logging.getLogger(__name__)

@@ -33,11 +33,11 @@ import torch.nn.functional as F
 from tokenizers.pre_tokenizers import ByteLevel
 from tqdm.auto import tqdm
 
-from ..batching import IGNORE_INDEX
+from ..batch_format import IGNORE_INDEX
 from ..data.collator import PackedCollator
-from ..data.errors import DataError
 from ..data.packing import cut, pack
 from ..data.sources import is_local, iter_records
+from ..data.stats import DataError
 from .suites import EvalUsageError
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from ..batching import IGNORE_INDEX
+from ..batch_format import IGNORE_INDEX
 from .arguments import MUON
 from .callbacks import ThroughputCallback
 from .data_setup import global_batch
