@@ -8,7 +8,7 @@ import torch
 
 from moai_llm import MoaiForCausalLM
 from moai_llm.data import DataError, DataStats, HierarchicalBalancePacker, PackedCollator, cut, pack
-from moai_llm.data.rows import balance
+from moai_llm.data.plan import balance
 from moai_llm.data.streaming import packed_rows
 
 from .conftest import REPO, shared_corpora, tiny_config

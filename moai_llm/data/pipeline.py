@@ -22,7 +22,8 @@ from accelerate.utils import broadcast_object_list
 from .encode import DialogueEncoder, TextEncoder
 from .mixing import MixtureSource, check_disjoint, check_ratios, parse_mixture, select_documents
 from .parts import Builders, prepare_stores, share
-from .rows import PackedRows, build_plan, pieces
+from .plan import build_plan, pieces
+from .rows import PackedRows
 from .sources import is_local, resolve_revision
 from .stats import DataError, DataStats
 from .store import WAIT_SECONDS, key_of, prepare_once, read_meta
