@@ -7,7 +7,7 @@ from .packing import HierarchicalBalancePacker, cut, pack
 from .pipeline import DataSpec, prepare, row_datasets
 from .rows import PackedRows, StepSampler
 from .sft import detect_format, to_messages, tokenize_dialogue
-from .sources import SAMPLE_CORPUS, load_source
+from .sources import SAMPLE_CORPUS
 from .stats import DataError, DataStats
 from .store import TokenStore
 
@@ -27,7 +27,6 @@ __all__ = [
     "TokenStore",
     "cut",
     "detect_format",
-    "load_source",
     "pack",
     "prepare",
     "row_datasets",
