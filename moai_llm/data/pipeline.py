@@ -79,7 +79,6 @@ class DataSpec(DataOptions):
     datasets: list[str] = field(default_factory=list)  # hub ids or local paths, "name:config" allowed
     train_files: list[str] = field(default_factory=list)
     mixture: list[dict] = field(default_factory=list)
-    split: str = "train"
     cache_dir: str | None = None  # stores and plans (default: <HF_DATASETS_CACHE>/moai_llm)
     shared_cache: bool = False  # cache_dir is seen by every node: prepared once, by every rank of every node
     wait_seconds: float = WAIT_SECONDS  # a waiting process stops when nothing changed at a store for this long
@@ -121,7 +120,6 @@ def _flag_sources(spec: DataSpec) -> list[MixtureSource]:
                 name=name,
                 subset=subset or None,
                 revision=revision or None,
-                split=spec.split,
                 text_field=spec.text_column,
                 streaming=spec.streaming,
             )
