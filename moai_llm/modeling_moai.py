@@ -132,8 +132,8 @@ class MoaiPreTrainedModel(Qwen3PreTrainedModel):
         """Also writes this code and an `auto_map`, so the checkpoint loads with `trust_remote_code=True`.
 
         The classes are registered for their auto classes only while saving: a registered class counts as remote
-        code, and `GenerationMixin` then inspects `forward`'s signature at every decoding step (~3% of decode time
-        of the tiny model, measured with benchmarks/bench_model.py).
+        code, and `GenerationMixin` then inspects `forward`'s signature at every decoding step (benchmarks/README.md,
+        Model).
 
         FSDP2's `fully_shard` swaps the class for a generated `FSDP<Name>` subclass defined in torch; while saving,
         the model is its own class again, so the `auto_map` and the shipped code name MOAI's class, not torch's.

@@ -13,8 +13,8 @@
 - Loss: plain cross-entropy whatever `config.loss_config` trained with, from the final hidden states through the
   output embedding one `[chunk, vocab]` block at a time, the fused linear cross-entropy of `losses.py` without
   its gradient work: the row maximum that makes the in-place log-sum-exp stable is also the argmax of the token
-  accuracy, so one pass serves both. On CPU the block is 128 tokens (it stays in cache: ~1.4x faster than
-  1024-token blocks, benchmarks/bench_eval.py); on accelerators `config.loss_chunk_size`.
+  accuracy, so one pass serves both. On CPU the block is 128 tokens, so that it stays in cache
+  (benchmarks/README.md, Evaluation); on accelerators `config.loss_chunk_size`.
 - `stride` (the sliding-window variant): windows of `max_length` tokens that move by `stride`, each scoring only
   the tokens the previous one did not, so every token gets up to `max_length - stride` more tokens of context
   (and the cost grows by about `max_length / stride`).
