@@ -13,7 +13,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from moai_llm.data.packing import pack  # noqa: E402
-from moai_llm.data.rows import balance  # noqa: E402
+from moai_llm.data.plan import balance  # noqa: E402
 
 
 def packing_efficiency(packs: list[list[int]], lengths, max_seq_length: int) -> float:

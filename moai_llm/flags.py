@@ -48,9 +48,6 @@ class Parser(argparse.ArgumentParser):
     """`PROG: error: message` on one line (no usage dump), exit code 2, like every other user mistake; a repeated
     flag is such a mistake (`refuse_repeated_flags`)."""
 
-    def __init__(self, prog: str, **kwargs):
-        super().__init__(prog=prog, **kwargs)
-
     def parse_known_args(self, args=None, namespace=None):
         args = list(sys.argv[1:] if args is None else args)
         refuse_repeated_flags(args, self)

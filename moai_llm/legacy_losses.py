@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .batching import IGNORE_INDEX
+from .batch_format import IGNORE_INDEX
 from .losses import Objective, chunked_cross_entropy_loss, objective_from_spec
 
 

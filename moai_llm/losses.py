@@ -10,7 +10,7 @@ Every objective is a per-token loss l(z) of the logits z of that token, whose gr
 `dl/dz = a * softmax(z) + b * onehot(target) + c` with per-token a, b and a constant c, so one buffer suffices.
 `score_tokens` is the one no-grad scorer (summed NLL and argmax hits) behind evaluation: the trainer's eval loss
 (the fused loss under `torch.no_grad`) and eval.py's perplexity. This file holds the model's losses only and
-imports only torch and its sibling batching.py (both ship next to the model as remote code); the old tool's
+imports only torch and its sibling batch_format.py (both ship next to the model as remote code); the old tool's
 `create_loss_function` / `LossFunction` live in legacy_losses.py and are still importable from here.
 """
 
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .batching import IGNORE_INDEX
+from .batch_format import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

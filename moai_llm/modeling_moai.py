@@ -43,7 +43,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 from transformers.utils import can_return_tuple, logging
 from transformers.utils.output_capturing import OutputRecorder
 
-from .batching import IGNORE_INDEX, flash_varlen_kwargs
+from .batch_format import IGNORE_INDEX, flash_varlen_kwargs
 from .configuration_moai import MoaiConfig
 from .losses import Objective, causal_lm_loss, chunked_cross_entropy_loss, objective_from_spec
 from .moe import MoaiTopKRouter, init_moe_weights, moe_block, moe_causal_lm_output
@@ -132,8 +132,8 @@ class MoaiPreTrainedModel(Qwen3PreTrainedModel):
         """Also writes this code and an `auto_map`, so the checkpoint loads with `trust_remote_code=True`.
 
         The classes are registered for their auto classes only while saving: a registered class counts as remote
-        code, and `GenerationMixin` then inspects `forward`'s signature at every decoding step (~3% of decode time
-        of the tiny model, measured with benchmarks/bench_model.py).
+        code, and `GenerationMixin` then inspects `forward`'s signature at every decoding step (benchmarks/README.md,
+        Model).
 
         FSDP2's `fully_shard` swaps the class for a generated `FSDP<Name>` subclass defined in torch; while saving,
         the model is its own class again, so the `auto_map` and the shipped code name MOAI's class, not torch's.

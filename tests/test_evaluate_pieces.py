@@ -7,7 +7,7 @@ from .conftest import REPO
 
 
 def test_training_report_never_fails_the_run(caplog):
-    from moai_llm.evaluation.training_report import write_training_report
+    from moai_llm.evaluation.end_of_run import write_training_report
 
     class Broken:
         args = type("Args", (), {"output_dir": "/nonexistent/run"})()

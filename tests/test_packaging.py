@@ -39,6 +39,6 @@ def test_wheel_ships_default_model_config_and_assets(tmp_path):
         "moai_llm/assets/tokenizer/tokenizer.json",
         "moai_llm/serving/static/index.html",
         "moai_llm/training/resolve.py",
-        "moai_llm/batching.py",
+        "moai_llm/batch_format.py",
     ):
         assert expected in names, expected

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from moai_llm import MoaiForCausalLM
-from moai_llm.batching import flash_varlen_kwargs
+from moai_llm.batch_format import flash_varlen_kwargs
 
 from .conftest import qwen3_twin, tiny_config
 

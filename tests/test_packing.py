@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from moai_llm import MoaiForCausalLM
-from moai_llm.data import DataError, DataStats, HierarchicalBalancePacker, PackedCollator, cut, pack
-from moai_llm.data.rows import balance
+from moai_llm.data import DataError, DataStats, HierarchicalBalancePacker, PackedCollator, PaddingCollator, cut, pack
+from moai_llm.data.plan import balance
 from moai_llm.data.streaming import packed_rows
 
 from .conftest import REPO, shared_corpora, tiny_config
@@ -95,6 +95,13 @@ def test_collator_restarts_positions_and_masks_document_starts():
     assert "attention_mask" not in batch
     flash = PackedCollator(pad_token_id=0, return_flash_kwargs=True)([{"input_ids": [1, 2, 3], "seq_lengths": [1, 2]}])
     assert flash["cu_seq_lens_q"].tolist() == [0, 1, 3]
+
+
+def test_padding_collator_pads_right_with_a_mask():
+    batch = PaddingCollator(pad_token_id=0)([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [-100, 9]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 7], [-100, 9, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
 
 
 def test_packed_loss_equals_token_weighted_mean_of_documents():

@@ -82,8 +82,8 @@ def decoding_kwargs(decoding: str, device: torch.device) -> dict:
     """`generate`'s KV cache and compilation. "dynamic": transformers' DynamicCache (the default). "static": a
     StaticCache sized for the prompt and the answer (on CUDA transformers then compiles the decode step by itself).
     "compiled": a StaticCache and torch.compile on every device, CPU included, where transformers does not compile
-    unless told. Opt-in: on CPU the first answer of each new cache size waits ~40-50 s for the compilation, and
-    the gain is limited to models whose decode step is dominated by overhead rather than by reading the weights
+    unless told. Opt-in: on CPU the first answer of each new cache size waits for the compilation, and the gain
+    is limited to models whose decode step is dominated by overhead rather than by reading the weights
     (benchmarks/README.md, Decoding)."""
     if decoding not in DECODINGS:
         raise ValueError(f"decoding {decoding!r}: one of {', '.join(DECODINGS)}")

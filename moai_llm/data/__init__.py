@@ -2,13 +2,12 @@
 
 from .collator import PackedCollator, PaddingCollator
 from .encode import DialogueEncoder, TextEncoder
-from .errors import DataError, DataStats
 from .mixing import MixtureSource, select_documents
 from .packing import HierarchicalBalancePacker, cut, pack
 from .pipeline import DataSpec, prepare, row_datasets
 from .rows import PackedRows, StepSampler
 from .sft import detect_format, to_messages, tokenize_dialogue
-from .sources import load_source
+from .stats import DataError, DataStats
 from .store import TokenStore
 
 __all__ = [
@@ -26,7 +25,6 @@ __all__ = [
     "TokenStore",
     "cut",
     "detect_format",
-    "load_source",
     "pack",
     "prepare",
     "row_datasets",

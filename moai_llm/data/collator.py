@@ -4,7 +4,20 @@ from dataclasses import dataclass
 
 import torch
 
-from ..batching import IGNORE_INDEX, flash_varlen_kwargs
+from ..batch_format import IGNORE_INDEX, flash_varlen_kwargs
+
+
+def right_padded(rows: list[dict], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and labels ([rows, longest]) of rows padded at the end: labels are the row's `labels` (SFT) or its
+    tokens, -100 on the padding."""
+    width = max(len(r["input_ids"]) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids = torch.as_tensor(row["input_ids"], dtype=torch.long)
+        input_ids[i, : len(ids)] = ids
+        labels[i, : len(ids)] = torch.as_tensor(row["labels"]) if "labels" in row else ids
+    return input_ids, labels
 
 
 @dataclass
@@ -20,14 +33,10 @@ class PackedCollator:
     return_flash_kwargs: bool = False
 
     def __call__(self, rows: list[dict]) -> dict:
-        width = max(len(r["input_ids"]) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        input_ids, labels = right_padded(rows, self.pad_token_id)
+        width = input_ids.shape[1]
         position_ids = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
-            ids = torch.as_tensor(row["input_ids"], dtype=torch.long)
-            input_ids[i, : len(ids)] = ids
-            labels[i, : len(ids)] = torch.as_tensor(row["labels"]) if "labels" in row else ids
             start = 0
             for length in row["seq_lengths"]:
                 position_ids[i, start : start + length] = torch.arange(length)
@@ -47,13 +56,8 @@ class PaddingCollator:
     pad_token_id: int
 
     def __call__(self, rows: list[dict]) -> dict:
-        width = max(len(r["input_ids"]) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        input_ids, labels = right_padded(rows, self.pad_token_id)
+        mask = torch.zeros_like(input_ids)
         for i, row in enumerate(rows):
-            n = len(row["input_ids"])
-            input_ids[i, :n] = torch.as_tensor(row["input_ids"])
-            labels[i, :n] = torch.as_tensor(row.get("labels", row["input_ids"]))
-            mask[i, :n] = 1
+            mask[i, : len(row["input_ids"])] = 1
         return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}

@@ -18,10 +18,10 @@ from queue import Full, Queue
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..batching import IGNORE_INDEX
-from .errors import DataError, DataStats
+from ..batch_format import IGNORE_INDEX
 from .sft import FORMAT_ALIASES, detect_format, to_messages, tokenize_dialogue
 from .sources import fingerprint, iter_records, local_files, read_file
+from .stats import DataError, DataStats
 from .store import (
     StoreWriter,
     directory_size,

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import DataError
 from .sources import SAMPLE_BY, is_local, local_files
+from .stats import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ DataCollatorWithFlattening only concatenates a batch.
 
 import numpy as np
 
-from .errors import DataError, DataStats
+from .stats import DataError, DataStats
 
 PACK_CHUNK = 1 << 20  # pieces packed together; bounds the packer's Python lists for corpora of any size
 
@@ -168,7 +168,7 @@ def interleaved_order(num_steps: int, num_bins: int, key) -> np.ndarray:
 
 def steps_at(positions: np.ndarray, num_steps: int, num_bins: int, key) -> np.ndarray:
     """`interleaved_order(num_steps, num_bins, key)[positions]`, computed for those positions alone: the order of
-    a corpus's steps never has to be held in memory (at 1e8 rows a list of the row order took ~4 GB per rank)."""
+    a corpus's steps never has to be held in memory (benchmarks/README.md, Data: the sampler's peak)."""
     bins = min(num_bins, max(num_steps, 1))
     size, extra = divmod(num_steps, bins)  # array_split: the first `extra` groups hold one step more
     positions = np.asarray(positions, dtype=np.int64)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .encode import build_store, store_path
-from .errors import DataError, DataStats
 from .sources import is_local, local_files, splits_at_lines
+from .stats import DataError, DataStats
 from .store import (
     WAIT_SECONDS,
     TokenStore,

@@ -4,8 +4,8 @@ Formats: alpaca (instruction / input / output), sharegpt (conversations of from/
 prompt_completion (prompt / completion), question_answer (question / answer).
 """
 
-from ..batching import IGNORE_INDEX
-from .errors import DataError, DataStats
+from ..batch_format import IGNORE_INDEX
+from .stats import DataError, DataStats
 
 FORMAT_KEYS = {
     "alpaca": {"instruction", "output"},

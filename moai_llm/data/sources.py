@@ -1,7 +1,6 @@
 """Where documents come from: local files (.txt .jsonl .json .parquet .csv), the Hub, or the bundled sample.
 
-Records are read one at a time (`iter_records`), so preparing a corpus never holds it in memory; `load_source`
-builds a `datasets.Dataset` of one (small) source for inspection and tests.
+Records are read one at a time (`iter_records`), so preparing a corpus never holds it in memory.
 """
 
 import glob
@@ -13,7 +12,7 @@ from pathlib import Path
 import datasets
 
 from ..loading import SAMPLE_CORPUS
-from .errors import DataError, DataStats
+from .stats import DataError, DataStats
 
 logger = logging.getLogger(__name__)
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv")
@@ -317,31 +316,3 @@ def iter_records(
     for batch in dataset.iter(batch_size=1024):
         keys = list(batch)
         yield from (dict(zip(keys, values)) for values in zip(*batch.values()))
-
-
-def load_source(
-    name: str,
-    *,
-    subset: str | None = None,
-    split: str = "train",
-    text_column: str | None = "text",
-    streaming: bool = False,
-    skip_bad_records: bool = False,
-    stats: DataStats | None = None,
-):
-    """One source as a `datasets.Dataset` (or a Hub `IterableDataset` when streaming); for small data."""
-    if not is_local(name):
-        dataset = hub_dataset(name, subset, split, streaming)
-        columns = dataset.column_names or []
-        if text_column is not None and columns and text_column not in columns:
-            raise DataError(f"--dataset {name}: no column {text_column!r}; columns: {columns}")
-        return dataset
-    rows = list(
-        iter_records(
-            name, subset=subset, split=split, text_column=text_column, skip_bad_records=skip_bad_records, stats=stats
-        )
-    )
-    if not rows:
-        raise DataError(f"{name}: no records")
-    dataset = datasets.Dataset.from_list(rows)
-    return dataset.to_iterable_dataset() if streaming else dataset

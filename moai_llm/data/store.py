@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..loading import write_atomically
-from .errors import DataError
+from .stats import DataError
 
 logger = logging.getLogger(__name__)
 

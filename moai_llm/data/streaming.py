@@ -26,13 +26,14 @@ import datasets
 import numpy as np
 from datasets.distributed import split_dataset_by_node
 
-from ..batching import IGNORE_INDEX
+from ..batch_format import IGNORE_INDEX
 from .encode import batched, source_payloads
-from .errors import DataError, DataStats
 from .mixing import MixtureSource, cap_tokens
 from .packing import cut, pack
-from .rows import PackedRows, build_plan, pieces
+from .plan import build_plan, pieces
+from .rows import PackedRows
 from .sources import hub_dataset, is_local, local_files, read_file
+from .stats import DataError, DataStats
 from .store import StoreWriter, TokenStore, key_of, prepare_once
 
 logger = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ def held_out_rows(
     wait_seconds: float,
 ) -> PackedRows:
     """The stream's held-out documents as prepared data is read: a small store keyed by their content, its plan
-    (`rows.pieces`, `rows.build_plan`) and `PackedRows`; written by `builder`, awaited by the others."""
+    (`plan.pieces`, `plan.build_plan`) and `PackedRows`; written by `builder`, awaited by the others."""
     content = hashlib.sha256(json.dumps(held, sort_keys=True).encode()).hexdigest()
     store_dir = cache / f"stream-eval-{key_of({'documents': content, 'encoder': encoder.fingerprint})}"
 

@@ -10,11 +10,11 @@
   once, with up to `max_length - 1` tokens of context.
 - Rows: windows packed into rows of `max_length` (best-fit decreasing), `position_ids` restarting at every
   window, so no token attends across documents (docs/model.md, "Packed rows").
-- Loss: plain cross-entropy whatever `config.loss_config` trained with, from the final hidden states through the
+- Loss: plain cross-entropy whatever `MoaiConfig.loss_config` trained with, from the final hidden states through the
   output embedding one `[chunk, vocab]` block at a time: `losses.score_tokens`, the one no-grad scorer (the
   trainer's eval loss uses it too), whose row maximum that makes the in-place log-sum-exp stable is also the argmax
-  of the token accuracy, so one pass serves both. On CPU the block is 128 tokens (it stays in cache: ~1.4x faster than
-  1024-token blocks, benchmarks/bench_eval.py); on accelerators `config.loss_chunk_size`.
+  of the token accuracy, so one pass serves both. On CPU the block is 128 tokens, so that it stays in cache
+  (benchmarks/README.md, Evaluation); on accelerators `MoaiConfig.loss_chunk_size`.
 - `stride` (the sliding-window variant): windows of `max_length` tokens that move by `stride`, each scoring only
   the tokens the previous one did not, so every token gets up to `max_length - stride` more tokens of context
   (and the cost grows by about `max_length / stride`).
@@ -32,11 +32,11 @@ import torch
 from tokenizers.pre_tokenizers import ByteLevel
 from tqdm.auto import tqdm
 
-from ..batching import IGNORE_INDEX
+from ..batch_format import IGNORE_INDEX
 from ..data.collator import PackedCollator
-from ..data.errors import DataError
 from ..data.packing import cut, pack
 from ..data.sources import is_local, iter_records
+from ..data.stats import DataError
 from ..errors import UsageError
 from ..losses import score_tokens
 

@@ -2,7 +2,7 @@
 
 Hand-written because transformers has no maintained way to do this on our models: `generate` cannot add or drop
 rows mid-flight, and its continuous batching (`generate_batch`, paged attention) fails on MoaiForCausalLM and is
-about 2x slower than this on CPU (ARCHITECTURE.md, Serving). Everything else is transformers': `DynamicCache`,
+slower than this on CPU (benchmarks/README.md, Serving). Everything else is transformers': `DynamicCache`,
 the model's forward with a 2-D attention mask, and `generate`'s left-padding conventions.
 """
 

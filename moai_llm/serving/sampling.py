@@ -27,7 +27,7 @@ class RowSampler:
 
     def sample(self, probs: torch.Tensor) -> int:
         """One draw from probs [vocab] with this request's generator."""
-        # Inverse-CDF draw: the distribution torch.multinomial samples, at ~1/20 of its cost for one draw on CPU.
+        # Inverse-CDF draw: the distribution torch.multinomial samples, cheaper for one draw (benchmarks/README.md).
         # Searching for the first cdf value above u (u < total) never lands on a zero-probability token.
         # float32 (MPS has no float64): a zero-probability token adds exactly 0, so its step of the cdf stays flat.
         cdf = probs.float().cumsum(0)

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from ..batching import IGNORE_INDEX
+from ..batch_format import IGNORE_INDEX
 from ..configuration_moai import is_moe_layer
 
 logger = logging.getLogger(__name__)

@@ -46,8 +46,8 @@ def hidden_size(model_args) -> int | None:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AMX or AVX512-BF16: bf16 matmuls run natively (the default train.py run trains 1.39x faster than in fp32:
-    benchmarks/README.md, CPU bf16)."""
+    """AMX or AVX512-BF16: bf16 matmuls run natively, so bf16 is the faster default there (benchmarks/README.md,
+    CPU bf16)."""
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 

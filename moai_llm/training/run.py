@@ -288,7 +288,7 @@ def _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, 
     ):
         final_dir = save_final_model(trainer, tokenizer, model_args, training_args)
     if trainer.is_world_process_zero():
-        from ..evaluation.training_report import write_training_report
+        from ..evaluation.end_of_run import write_training_report
 
         write_training_report(trainer, model_args, data_args)  # plots + training_report.md; never raises
     return RunResult(training_args.output_dir, final_dir, metrics)

@@ -10,7 +10,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from ..batching import IGNORE_INDEX
+from ..batch_format import IGNORE_INDEX
 from ..loading import COMPLETE_MARKER, write_step_marker
 from .arguments import MUON
 from .callbacks import ThroughputCallback
