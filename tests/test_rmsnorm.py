@@ -39,7 +39,8 @@ def assert_matches_float64(device: str, dtype: torch.dtype, hidden: int = 256, e
     ref = w64 * x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps)
     ref.backward(grad_out.double())
 
-    for name, got, want in (("output", out, ref), ("d_input", x.grad, x64.grad), ("d_weight", norm.weight.grad, w64.grad)):
+    pairs = (("output", out, ref), ("d_input", x.grad, x64.grad), ("d_weight", norm.weight.grad, w64.grad))
+    for name, got, want in pairs:
         assert got is not None and got.dtype == dtype, name
         error = (got.double() - want.detach()).abs().max().item()
         assert error <= TOLERANCE[dtype] * want.abs().max().item(), (name, error)
