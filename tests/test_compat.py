@@ -84,32 +84,6 @@ def _fake_hub(calls, texts):
     return load_dataset
 
 
-def test_train_dataset_and_dataset_config(monkeypatch, tmp_path):
-    from moai_llm.data import row_datasets
-    from moai_llm.training.data_setup import data_spec
-    from moai_llm.training.run import load_tokenizer
-
-    model_args, data_args, training_args = parse_args(
-        [
-            "--dataset",
-            "wikitext",
-            "--dataset_config",
-            "wikitext-2-raw-v1",
-            "--eval_fraction",
-            "0",
-            "--use_cpu",
-            "true",
-            "--output_dir",
-            str(tmp_path),
-        ]
-    )
-    calls = []
-    monkeypatch.setattr(datasets, "load_dataset", _fake_hub(calls, [f"document {i}" for i in range(5)]))
-    train, _ = row_datasets(data_spec(data_args, training_args), load_tokenizer(model_args), 64)
-    assert calls == [("wikitext", "wikitext-2-raw-v1")]
-    assert sum(len(train[i]["seq_lengths"]) for i in range(len(train))) == 5
-
-
 def test_train_pretrained_model(tmp_path):
     from moai_llm import MoaiForCausalLM
     from moai_llm.training.run import build_model, load_tokenizer
