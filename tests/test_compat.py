@@ -84,36 +84,6 @@ def _fake_hub(calls, texts):
     return load_dataset
 
 
-def test_train_dataset_and_dataset_config(monkeypatch, tmp_path):
-    from moai_llm.data import row_datasets
-    from moai_llm.loading import load_tokenizer
-    from moai_llm.training.data_setup import data_spec
-
-    model_args, data_args, training_args = parse_args(
-        [
-            "--dataset",
-            "wikitext",
-            "--dataset_config",
-            "wikitext-2-raw-v1",
-            "--eval_fraction",
-            "0",
-            "--use_cpu",
-            "true",
-            "--output_dir",
-            str(tmp_path),
-        ]
-    )
-    calls = []
-    monkeypatch.setattr(datasets, "load_dataset", _fake_hub(calls, [f"document {i}" for i in range(5)]))
-    train, _ = row_datasets(
-        data_spec(data_args, training_args),
-        load_tokenizer(model_args.tokenizer_path, model_args.pretrained_model, training=True),
-        64,
-    )
-    assert calls == [("wikitext", "wikitext-2-raw-v1")]
-    assert sum(len(train[i]["seq_lengths"]) for i in range(len(train))) == 5
-
-
 def test_train_pretrained_model(tmp_path):
     from moai_llm import MoaiForCausalLM
     from moai_llm.loading import load_tokenizer
@@ -219,13 +189,23 @@ def _summary(capsys):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("mode", ["fast", "turbo", "ultrafast"])
-def test_tokenizer_speed_modes(mode, lang_dir, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "mode, model, fraction, longest",
+    [("fast", "BPE", 0.5, 16), ("turbo", "BPE", 0.25, 12), ("ultrafast", "Unigram", 0.1, 12)],
+)
+def test_tokenizer_speed_modes(mode, model, fraction, longest, tmp_path, capsys, caplog):
+    """Each mode does what docs/tokenizer.md says it trades: the share of documents read, the longest token in bytes
+    (byte-level: one character per byte; a frequent 34-letter word would be one token without the cap) and the
+    model type."""
+    caplog.set_level("INFO", logger="moai_llm.tokenizer.train")
+    texts = _sample_texts("en") + ["supercalifragilisticexpialidocious " * 5] * 300
+    corpus = tmp_path / "en.txt"
+    corpus.write_text("\n".join(texts), encoding="utf-8")
     assert (
         tokenizer_cli(
             [
                 "--input_files",
-                str(lang_dir / "en.txt"),
+                str(corpus),
                 "--vocab_size",
                 "400",
                 f"--{mode}",
@@ -235,7 +215,17 @@ def test_tokenizer_speed_modes(mode, lang_dir, tmp_path, capsys):
         )
         == 0
     )
-    assert _summary(capsys)["mode"] == mode and (tmp_path / "tokenizer.json").is_file()
+    assert _summary(capsys)["mode"] == mode
+    data = json.loads((tmp_path / "tokenizer.json").read_text())
+    assert data["model"]["type"] == model
+    vocab = data["model"]["vocab"]
+    pieces = [piece for piece, _ in vocab] if model == "Unigram" else list(vocab)
+    specials = {token["content"] for token in data["added_tokens"]}
+    length = max(len(piece) for piece in pieces if piece not in specials)
+    assert length <= longest and (model == "Unigram" or length > longest - 4)  # BPE merges the word up to the cap
+    documents = int(re.search(r"from (\d+) documents", caplog.text).group(1))
+    total = len(texts)
+    assert abs(documents - fraction * total) < 4 * (total * fraction * (1 - fraction)) ** 0.5  # 4 sigma
 
 
 def test_tokenizer_multilingual_from_the_hub_and_max_samples_per_lang(monkeypatch, tmp_path, capsys, caplog):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from moai_llm import MoaiConfig, MoaiForCausalLM
+from moai_llm.moe import parameter_counts
 
 from .conftest import REPO, tiny_config
 
@@ -75,6 +76,18 @@ def _documented_param_counts() -> dict[str, int]:
     return counts
 
 
+def _documented_moe_counts() -> dict[str, tuple[int, int]]:
+    """`| configs/NAME | ... | total | active |` rows of docs/moe.md (Mixture of Experts)."""
+    counts = {}
+    for line in (REPO / "docs" / "moe.md").read_text(encoding="utf-8").splitlines():
+        match = re.match(
+            r"\|\s*`configs/(model_config_moe\w*\.json)`\s*\|[^|]*\|\s*([\d,]+)\s*\|\s*([\d,]+)\s*\|", line
+        )
+        if match:
+            counts[match.group(1)] = (int(match.group(2).replace(",", "")), int(match.group(3).replace(",", "")))
+    return counts
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -95,3 +108,6 @@ def test_config_parameter_count_matches_docs(name):
         model = MoaiForCausalLM(config)
     total = sum(p.numel() for p in model.parameters())
     assert _documented_param_counts().get(name) == total, f"docs/model.md: parameter count of {name} is not {total:,}"
+    if config.num_experts:  # docs/moe.md: the total again, and the parameters one token uses
+        assert parameter_counts(model)[0] == total
+        assert _documented_moe_counts().get(name) == parameter_counts(model), f"docs/moe.md's MoE counts for {name}"

@@ -132,3 +132,23 @@ def test_a_streams_held_out_documents_are_a_store_read_like_prepared_data(tmp_pa
     assert len(stores) == 2  # the store and its plan, keyed by content
     row_datasets(DataSpec(streaming=True, **common), tokenizer, 48, sft=sft)
     assert sorted(p.name for p in (tmp_path / "cache").glob("stream-eval-*")) == stores  # reused, not rebuilt
+
+
+def test_sft_dialogues_longer_than_the_rows_are_truncated_and_counted(tmp_path, tokenizer):
+    """docs/data.md: a dialogue longer than --max_seq_length keeps its first max_seq_length tokens (and their labels),
+    never split into a second piece, and each one is counted."""
+    from moai_llm.data.sft import to_messages
+
+    path = tmp_path / "dialogues.jsonl"
+    write_dialogues(path)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    ids, lengths, mask = DialogueEncoder(tokenizer).encode([to_messages(r, "prompt_completion") for r in records])
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    full = Counter(
+        (tuple(int(t) for t in ids[a:b][:48]), tuple(int(t) if m else -100 for t, m in zip(ids[a:b][:48], mask[a:b])))
+        for a, b in zip(starts[:-1], starts[1:])
+    )
+    stats = DataStats()
+    rows = stored(path, tokenizer, tmp_path, max_seq_length=48, packing=True, sft=True, stats=stats)
+    assert pieces_of(rows) == full  # one piece per dialogue: its first 48 tokens
+    assert stats["sft_examples_truncated"] == int((lengths > 48).sum()) > 5

@@ -268,11 +268,23 @@ def test_sft_streams_with_ratios_and_assistant_labels(tmp_path, tokenizer):
         spec(tmp_path, mixture=mixture, eval_fraction=4, stopping_strategy="first_exhausted"), tokenizer, 128, sft=True
     )
     rows = first_pass(train, tokenizer)[0]  # the stream then starts again
-    labels = [t for row in rows for t in row["labels"]]
-    assert -100 in labels and min(t for t in labels if t != -100) >= 0  # assistant tokens only, no wrapped ids
+    assert_trains_the_replies_only(rows, tokenizer)
     firsts = Counter(text.split("user\n")[1][0] for text in texts_of(rows, tokenizer))
     assert firsts["a"] > 2 * firsts["b"]  # drawn 3:1 until the first source ends
-    assert len(evaluation) >= 1 and all(-100 in evaluation[i]["labels"] for i in range(len(evaluation)))
+    assert len(evaluation) >= 1
+    assert_trains_the_replies_only([evaluation[i] for i in range(len(evaluation))], tokenizer)
+
+
+def assert_trains_the_replies_only(rows, tokenizer) -> None:
+    """In every dialogue of every row the labelled tokens are its own assistant reply and end of turn, unshifted."""
+    for row in rows:
+        ids, labels = np.asarray(row["input_ids"]), np.asarray(row["labels"])
+        starts = np.cumsum([0, *row["seq_lengths"]])
+        for a, b in zip(starts[:-1], starts[1:]):
+            trained = labels[a:b] != -100
+            assert (labels[a:b][trained] == ids[a:b][trained]).all()
+            tag = tokenizer.decode(ids[a:b]).split("user\n")[1].split()[0]  # "a12": its reply is "reply a12"
+            assert tokenizer.decode(ids[a:b][trained]) == f"reply {tag}<|im_end|>\n"
 
 
 def test_dataset_flag_with_its_config_reaches_the_hub_loader(tmp_path, tokenizer, monkeypatch):

@@ -37,7 +37,8 @@ def test_other_models_search_only_when_they_have_experts():
 
 # Two DDP ranks through MoaiTrainer with its default (no search), a MoE model with a shared expert, top-1 of 8 experts
 # and 2 tokens per rank: at most 4 experts per layer get a token each step. DDP raises at the next step if any
-# parameter was left out of the reduction, so 3 steps finishing proves none was.
+# parameter was left out of the reduction, so 3 steps finishing proves none was; every parameter outside the experts
+# (router, shared expert and its gate, attention, embeddings) gets a finite, nonzero gradient each step.
 MOE_DDP = """
 import sys
 import torch
@@ -53,6 +54,9 @@ class IdleExperts(TrainerCallback):
     idle = []
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):  # gradients already all-reduced
+        for name, param in model.named_parameters():
+            assert param.grad is not None and bool(param.grad.isfinite().all()), name
+            assert ".experts." in name or param.grad.abs().sum() > 0, name
         for layer in model.model.layers:
             per_expert = layer.mlp.experts.down_proj.grad.flatten(1).abs().sum(-1)  # [experts]
             self.idle.append(int((per_expert == 0).sum()))

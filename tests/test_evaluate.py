@@ -97,10 +97,34 @@ def test_train_writes_report_and_plots(run_dir):
     assert bench[-1]["tokens_seen"] == seen[-1]  # logged at the last step: all its tokens counted
 
 
+def scores_by_hand(model_dir, data_file) -> dict[str, tuple[list[float], float, float]]:
+    """local_mc by hand, question -> (each choice's summed log-probability after the prompt under the model's own
+    forward, acc, acc_norm): the best choice, or the best per character, is the label (lm-eval's definitions)."""
+    from transformers import AutoTokenizer
+
+    from moai_llm import MoaiForCausalLM
+
+    model = MoaiForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    scores = {}
+    for row in map(json.loads, data_file.read_text().splitlines()):
+        context = f"{row['question']}\nAnswer:"
+        context_ids = tokenizer(context)["input_ids"]
+        totals = []
+        for choice in row["choices"]:
+            ids = tokenizer(f"{context} {choice}")["input_ids"]
+            assert ids[: len(context_ids)] == context_ids
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1)
+            totals.append(sum(logprobs[i - 1, ids[i]].item() for i in range(len(context_ids), len(ids))))
+        per_character = np.array(totals) / np.array([len(choice) for choice in row["choices"]])
+        hit, norm_hit = np.argmax(totals) == row["label"], np.argmax(per_character) == row["label"]
+        scores[row["question"]] = (totals, float(hit), float(norm_hit))
+    return scores
+
+
 def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_path, capsys):
     import lm_eval
-
-    from moai_llm.evaluation.benchmarks import task_manager
 
     model_dir = run_dir / "final_model"
     eval_file = tmp_path / "held_out.jsonl"
@@ -126,7 +150,7 @@ def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_p
         "--batch_size",
         "4",
         "--precision",
-        "fp32",  # lm-eval's own run below is fp32 on the CPU
+        "fp32",  # the scores by hand below are fp32 on the CPU
         "--output_dir",
         str(out),
     ]
@@ -137,17 +161,11 @@ def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_p
     results = json.loads((out / "results.json").read_text())
     assert results["model"] == str(model_dir)
     assert set(results) >= {"model", "tasks", "perplexity", "samples"}
-    # the same task through lm-eval on its own (it loads the model itself) gives the same scores
-    reference = lm_eval.simple_evaluate(
-        model="hf",
-        model_args={"pretrained": str(model_dir), "device": "cpu"},
-        tasks=["local_mc"],
-        batch_size=4,
-        task_manager=task_manager((str(tasks_dir),)),
-    )
-    expected = reference["results"]["local_mc"]
-    assert results["tasks"]["local_mc"]["acc"] == pytest.approx(expected["acc,none"], abs=1e-9)
-    assert results["tasks"]["local_mc"]["acc_norm"] == pytest.approx(expected["acc_norm,none"], abs=1e-9)
+    # the same task scored by hand: each choice's summed log-probability under the model's own forward
+    by_hand = scores_by_hand(model_dir, tasks_dir / "mc.jsonl")
+    acc, acc_norm = np.mean([hits for _, *hits in by_hand.values()], axis=0)
+    assert results["tasks"]["local_mc"]["acc"] == pytest.approx(acc, abs=1e-9)
+    assert results["tasks"]["local_mc"]["acc_norm"] == pytest.approx(acc_norm, abs=1e-9)
     assert results["baselines"]["local_mc"] == pytest.approx(np.mean([1 / (3 + i % 2) for i in range(10)]))
     assert "ConnectionError" in results["failed_tasks"]["local_hub_only"]
     assert "local_hub_only" not in results["tasks"]
@@ -180,6 +198,10 @@ def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_p
     assert ppl["content_sha256"] and len(ppl["content_sha256"]) == 64
     logged = [json.loads(line) for line in (out / "samples" / "local_mc.jsonl").read_text().splitlines()]
     assert len(logged) == 10 and {"doc", "target", "acc"} <= set(logged[0])
+    for sample in logged:  # each choice's log-likelihood as lm-eval logged it, and the document's scores
+        totals, hit, norm_hit = by_hand[sample["doc"]["question"]]
+        assert [ll for ll, _ in sample["filtered_resps"]] == pytest.approx(totals, abs=1e-4)
+        assert (sample["acc"], sample["acc_norm"]) == (hit, norm_hit)
 
     # the model card train.py wrote now carries the scores: the Evaluation table and the model-index block
     from huggingface_hub import ModelCard

@@ -1,7 +1,8 @@
-"""The shipped MoE configs: docs/moe.md's total and active parameter counts, layer layout, Qwen3-MoE compatibility."""
+"""The shipped MoE configs: active parameters against the dense tiny, layer layout, Qwen3-MoE compatibility.
+docs/moe.md's total and active counts are checked with every config's count in test_config.py."""
 
 import json
-import re
+import math
 
 import pytest
 import torch
@@ -18,26 +19,6 @@ MOE_CONFIGS = ["model_config_moe_tiny.json", "model_config_moe_a2b.json"]
 def _load(name: str) -> MoaiConfig:
     data = json.loads((REPO / "configs" / name).read_text())
     return MoaiConfig(**{k: v for k, v in data.items() if k != "model_type"})
-
-
-def _documented_moe_counts() -> dict[str, tuple[int, int]]:
-    """`| configs/NAME | ... | total | active |` rows of docs/moe.md (Mixture of Experts)."""
-    section = (REPO / "docs" / "moe.md").read_text(encoding="utf-8")
-    counts = {}
-    for line in section.splitlines():
-        match = re.match(
-            r"\|\s*`configs/(model_config_moe\w*\.json)`\s*\|[^|]*\|\s*([\d,]+)\s*\|\s*([\d,]+)\s*\|", line
-        )
-        if match:
-            counts[match.group(1)] = (int(match.group(2).replace(",", "")), int(match.group(3).replace(",", "")))
-    return counts
-
-
-@pytest.mark.parametrize("name", MOE_CONFIGS)
-def test_documented_total_and_active_parameters(name):
-    with torch.device("meta"):
-        model = MoaiForCausalLM(_load(name))
-    assert _documented_moe_counts().get(name) == parameter_counts(model), f"docs/moe.md's MoE counts for {name}"
 
 
 def test_active_count_is_total_minus_unused_experts():
@@ -61,9 +42,13 @@ def test_tiny_moe_config_trains_a_step():
     assert all(isinstance(layer.mlp, MoaiSharedExpertMoeBlock) for layer in model.model.layers[1:])
     ids = torch.randint(3, 8192, (2, 32))
     out = model(ids, labels=ids)
-    assert out.aux_loss is not None and out.router_z_loss is not None and out.expert_load.shape == (3, 8)
+    assert out.expert_load.shape == (3, 8) and torch.allclose(out.expert_load.sum(-1), torch.ones(3))
+    assert 2.0 <= out.aux_loss.item() < 2.5  # top-2: 2.0 at perfect balance, near it at initialisation
+    assert out.router_z_loss.item() == pytest.approx(math.log(8) ** 2, rel=0.05)  # logsumexp of ~0 router logits
     out.loss.backward()
-    assert all(param.grad is not None for param in model.parameters())
+    for name, param in model.named_parameters():  # idle experts may get zeros; nothing else may
+        assert param.grad is not None and bool(param.grad.isfinite().all()), name
+        assert ".experts." in name or param.grad.abs().sum() > 0, name
 
 
 def test_a2b_config_is_a_qwen3_moe_architecture():

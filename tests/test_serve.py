@@ -118,23 +118,44 @@ def test_streaming_sends_tokens_as_they_are_generated(server):
     assert content[0][0] < total / 2, f"first piece after {content[0][0]:.3f}s of {total:.3f}s"
 
 
-def test_disconnect_stops_generation_and_server_goes_on(server, registry):
+def test_disconnect_stops_generation_and_server_goes_on(server, registry, monkeypatch):
+    """docs/serving.md: a stream stops at the next decode step, a plain request within a quarter of a second. The
+    cancellation of each request is recorded (when, and how many tokens the engine had made): after it the engine
+    samples at most the token of the step already running."""
+    from moai_llm.serving.engine import GenerationRequest
+
     engine = registry.models["tiny"].engine
+    cancels = []  # (monotonic time, engine.tokens_generated) when a request was cancelled
+    cancel = GenerationRequest.cancel
+
+    def recorded(request):
+        if not request.cancelled.is_set():
+            cancels.append((time.monotonic(), engine.tokens_generated))
+        cancel(request)
+
+    monkeypatch.setattr(GenerationRequest, "cancel", recorded)
     before = engine.tokens_generated
     body = chat_body("Go on forever.", max_tokens=2000, ignore_eos=True, stream=True)
     with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60) as response:
         lines = response.iter_lines()
         for _ in range(6):
             next(lines)
+        left = time.monotonic()
     _wait_for_idle(engine)
-    assert engine.tokens_generated - before < 1000, "generation went on after the client left"
+    assert len(cancels) == 1 and cancels[0][0] - left < 1.0, (cancels, left)  # the server saw the client go
+    assert engine.tokens_generated - cancels[0][1] <= 1, "generation went on after the client left"
+    assert engine.tokens_generated - before < 2000
+
+    cancels.clear()
     with pytest.raises(httpx.ReadTimeout):  # a non-streaming client that gives up stops its generation too
         httpx.post(
             f"{server}/v1/chat/completions", json=chat_body("Again.", max_tokens=2000, ignore_eos=True), timeout=0.5
         )
-    before = engine.tokens_generated
+    left, before = time.monotonic(), engine.tokens_generated
     _wait_for_idle(engine)
-    assert engine.tokens_generated - before < 1000
+    assert len(cancels) == 1 and cancels[0][0] - left < 0.25 + 0.25, (cancels, left)  # polled every 0.25 s
+    assert engine.tokens_generated - cancels[0][1] <= 1
+    assert engine.tokens_generated - before < 2000
     answer = post(server, "/v1/chat/completions", chat_body("Still there?", max_tokens=5)).json()
     assert answer["usage"]["completion_tokens"] <= 5
 

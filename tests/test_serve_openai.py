@@ -79,6 +79,36 @@ def test_openai_fields_are_accepted_and_logged(server, caplog):
     assert answer.usage.completion_tokens >= 1
 
 
+def test_chat_message_forms_max_completion_tokens_and_an_omitted_model(server, registry):
+    """docs/serving.md: `developer` is the system role, content may be a list of text parts, `max_completion_tokens`
+    caps the answer like `max_tokens`, and `model` may be left out when one model is served."""
+    tokenizer = registry.models["tiny"].tokenizer
+
+    def answer(messages, **extra):
+        body = {"model": "tiny", "messages": messages, "temperature": 0, "max_tokens": 6, "ignore_eos": True, **extra}
+        response = post(server, "/v1/chat/completions", body)
+        assert response.status_code == 200, response.text
+        reply = response.json()
+        return reply["choices"][0]["message"]["content"], reply["usage"], reply["model"]
+
+    system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
+    expected = answer(system)
+    prompt = tokenizer.apply_chat_template(system, add_generation_prompt=True)["input_ids"]
+    assert expected[1]["prompt_tokens"] == len(prompt)
+    assert answer([{"role": "developer", "content": "Be brief."}, system[1]]) == expected
+    parts = [{"type": "text", "text": "Hello"}, {"type": "text", "text": " there"}]
+    assert answer([system[0], {"role": "user", "content": parts}]) == expected
+    assert answer(system, model=None) == expected  # sent as null
+    body = {"messages": system, "temperature": 0, "max_tokens": 6, "ignore_eos": True}
+    reply = post(server, "/v1/chat/completions", body).json()  # no model field at all
+    assert (reply["choices"][0]["message"]["content"], reply["model"]) == (expected[0], "tiny")
+    text, usage, _ = answer(system, max_tokens=None, max_completion_tokens=3)
+    assert usage["completion_tokens"] == 3 and expected[0].startswith(text)
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    typed = client.chat.completions.create(model="tiny", messages=system, max_completion_tokens=2, temperature=0)
+    assert typed.usage.completion_tokens <= 2 and typed.choices[0].finish_reason in ("length", "stop")
+
+
 UNHONOURABLE = [
     ({"seed": 2**64}, "seed"),
     ({"seed": -(2**63) - 1}, "seed"),

@@ -1,7 +1,9 @@
-"""train.py: the no-argument run (step-capped) and bad input giving one clear line and a non-zero exit."""
+"""train.py: the no-argument run (step-capped), bad input giving one clear line and a non-zero exit, `--packing false`
+and `--prepare_only` end to end."""
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,7 +13,7 @@ import pytest
 from moai_llm.training.cli import UsageError, parse_args
 
 from .conftest import REPO
-from .train_helpers import run_cli
+from .train_helpers import fast_args, run_cli, run_inprocess, write_tiny_config
 
 
 @pytest.mark.integration
@@ -147,3 +149,64 @@ def test_transformers_checks_on_the_arguments_are_usage_errors(tmp_path):
     with pytest.raises(UsageError) as error:  # TrainingArguments' own check
         parse_args(["--output_dir", str(tmp_path), "--use_cpu", "true", "--fp16", "true", "--bf16", "true"])
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.integration  # whole train.py runs
+def test_packing_false_trains_one_padded_document_per_row(tmp_path, monkeypatch):
+    """docs/data.md: `--packing false` gives one document per row, padded to the longest row of the batch."""
+    from moai_llm.data import PaddingCollator
+
+    batches, collate = [], PaddingCollator.__call__
+
+    def recorded(self, rows):
+        batches.append((rows, collate(self, rows)))
+        return batches[-1][1]
+
+    monkeypatch.setattr(PaddingCollator, "__call__", recorded)
+    flags = ["--max_steps", "3", "--packing", "false", "--batch_size", "4", "--max_seq_length", "512"]
+    run_inprocess(fast_args(tmp_path / "run", write_tiny_config(tmp_path), *flags))
+    assert len(batches) >= 3 and (tmp_path / "run" / "final_model" / "model.safetensors").is_file()
+    padded = 0
+    for rows, batch in batches:
+        lengths = [len(row["input_ids"]) for row in rows]
+        assert all(list(row.get("seq_lengths", [n])) == [n] for row, n in zip(rows, lengths))  # one document each
+        mask, pad = batch["attention_mask"], batch["attention_mask"] == 0
+        assert mask.shape == (len(rows), max(lengths)) and mask.sum(1).tolist() == lengths
+        assert all(mask[i, :n].all() for i, n in enumerate(lengths))  # right padding
+        assert (batch["labels"][pad] == -100).all() and "position_ids" not in batch
+        padded += int(pad.any())
+    assert padded  # rows of different lengths met in a batch
+    history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
+    logged = [e["packing_efficiency"] for e in history if "loss" in e]
+    steps = [batch["attention_mask"] for _, batch in batches[:3]]  # the 3 training steps' batches, in order
+    assert logged == [round(mask.float().mean().item(), 4) for mask in steps]  # real tokens / positions
+
+
+@pytest.mark.integration  # train.py runs
+def test_prepare_only_prepares_what_training_then_reads(tmp_path, capsys):
+    """docs/data.md: `--prepare_only` tokenizes and plans exactly what the same flags train on, prints the sizes
+    and exits without a model; the training run then reuses the stores and the plan as they are."""
+    from moai_llm.loading import load_tokenizer
+    from moai_llm.training.data_setup import build_datasets
+    from train import main
+
+    cache, run_dir = tmp_path / "cache", tmp_path / "run"
+    flags = fast_args(run_dir, write_tiny_config(tmp_path), "--max_steps", "2", "--data_cache_dir", str(cache))
+    assert main([*flags, "--prepare_only", "true"]) == 0
+    out = capsys.readouterr().out
+    assert not (run_dir / "final_model").exists() and not list(run_dir.glob("checkpoint-*"))
+    documents, tokens = map(
+        lambda s: int(s.replace(",", "")), re.search(r"store .*: ([\d,]+) documents, ([\d,]+) tokens", out).groups()
+    )
+    planned = int(re.search(r"plan .*: train ([\d,]+) rows of 64", out).group(1).replace(",", ""))
+    prepared = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+    assert prepared
+
+    model_args, data_args, training_args = parse_args(flags)
+    train, _, _ = build_datasets(
+        data_args, load_tokenizer(model_args.tokenizer_path, model_args.pretrained_model, training=True), training_args
+    )
+    assert len(train) == planned and documents > 0 and tokens > planned  # rows of at most 64 tokens
+    run_inprocess(flags)
+    assert (run_dir / "final_model" / "model.safetensors").is_file()
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()} == prepared  # reused, not rebuilt

@@ -128,9 +128,29 @@ def test_bf16_true_alone_trains_on_a_cpu_machine(tmp_path):
     args = fast_args(tmp_path / "run", "unused", "--max_steps", "1", "--bf16", "true")
     args[args.index("--use_cpu") : args.index("--use_cpu") + 2] = []
     args[args.index("--model_config") : args.index("--model_config") + 2] = []
-    with mock.patch("torch.cuda.is_available", return_value=False):
+    from transformers import TrainerCallback
+
+    from moai_llm.training import stages
+
+    class Precision(TrainerCallback):
+        """The dtype a layer's matmul produces in the training step, and the weights' dtype."""
+
+        seen: set = set()
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            Precision.flags = (args.bf16, args.fp16, args.use_cpu)
+            Precision.weights = {p.dtype for p in model.parameters()}
+            model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, out: Precision.seen.add(out.dtype))
+
+    run_training = stages.run_training
+    with (
+        mock.patch("torch.cuda.is_available", return_value=False),
+        mock.patch.object(stages, "run_training", lambda *a, **k: run_training(*a, extra_callbacks=[Precision()], **k)),
+    ):
         result = run_inprocess(args)[0]
     assert result.final_model is not None
+    assert Precision.flags == (True, False, True)  # bf16 autocast on the CPU
+    assert Precision.seen == {BF16} and Precision.weights == {FP32}  # bf16 compute over fp32 weights
 
 
 def test_fp16_fallback_on_a_gpu_without_bf16(tmp_path):

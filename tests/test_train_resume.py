@@ -1,5 +1,6 @@
 """Resume: SIGKILL after a checkpoint + `--resume_from_checkpoint auto` ends identical to an uninterrupted run;
-SIGTERM saves a checkpoint and exits 0; a half-written checkpoint is never picked."""
+SIGTERM saves a checkpoint and exits 0 (on 2 ranks: both at the same step); a half-written checkpoint is never
+picked."""
 
 import logging
 import os
@@ -84,3 +85,42 @@ def test_sigterm_saves_checkpoint_and_exits_zero(tmp_path):
     latest = latest_complete_checkpoint(str(run_dir))
     step = int(latest.rsplit("-", 1)[1])
     assert 2 <= step < 400 and f"stopped at step {step}" in output
+
+
+# train.py's run under torchrun; rank 1 alone receives SIGTERM as its 3rd step starts (torchrun does not always
+# forward a signal to every worker). Each rank prints the step it stopped at.
+ONE_RANK_SIGNALLED = """
+import os, signal, sys
+from transformers import TrainerCallback
+from moai_llm.training import stages
+from tests.train_helpers import run_inprocess
+
+
+class SignalRankOne(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        if args.process_index == 1 and state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        print(f"rank {args.process_index} stopped at step {state.global_step}", flush=True)
+
+
+run_training = stages.run_training
+stages.run_training = lambda *a, **k: run_training(*a, extra_callbacks=[SignalRankOne()], **k)
+run_inprocess(sys.argv[1:])
+"""
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """docs/training.md: under DDP the stop flag is all-reduced, so every rank stops at the same step (rank 0 never
+    got the signal) and the checkpoint of that step is complete."""
+    from .distributed_helpers import torchrun
+
+    run_dir = tmp_path / "run"
+    flags = fast_args(run_dir, write_tiny_config(tmp_path), "--max_steps", "400", "--ddp_backend", "gloo")
+    result = torchrun(ONE_RANK_SIGNALLED, flags, tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "rank 0 stopped at step 3" in result.stdout and "rank 1 stopped at step 3" in result.stdout, result.stdout[
+        -4000:
+    ]
+    assert (run_dir / "checkpoint-3" / COMPLETE_MARKER).is_file() and not (run_dir / "final_model").exists()

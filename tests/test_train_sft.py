@@ -1,5 +1,6 @@
 """SFT through train.py: assistant-only labels, LoRA trains only adapters, merged model equals base + adapter."""
 
+import numpy as np
 import pytest
 import torch
 from peft import PeftModel
@@ -42,8 +43,14 @@ def test_packing_bins_reach_the_step_sampler(mode, data_file, tmp_path):
     ] + (["--train_file", data_file] if data_file else [])
     _, data_args, training_args = parse_args(flags)
     train, _, _ = build_datasets(data_args, tokenizer, training_args)
-    sampler = train.train_sampler(rows_per_step=2, seed=0)
+    sampler = train.train_sampler(rows_per_step=1, seed=0)
     assert train.num_bins == 3 and sampler.num_bins == 3
+    # the order: steps (here one cost-sorted row each) taken in turn from 3 consecutive cost groups
+    order = sampler.order().tolist()
+    assert sorted(order) == list(range(len(train)))
+    groups = np.array_split(np.arange(len(train)), 3)
+    rounds = len(train) // 3
+    assert rounds >= 1 and all(step in groups[i % 3] for i, step in enumerate(order[: rounds * 3]))
 
 
 def test_sft_labels_only_on_assistant_tokens(tmp_path):

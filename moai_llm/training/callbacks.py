@@ -46,7 +46,8 @@ def flops_per_token(config, seq_len: int) -> float:
     for layer in range(config.num_hidden_layers):
         if is_moe_layer(config, layer):
             mlp = config.num_experts_per_tok * 3 * hidden * config.moe_intermediate_size + hidden * num_experts
-            mlp += 3 * hidden * (getattr(config, "shared_expert_intermediate_size", 0) or 0)
+            shared = getattr(config, "shared_expert_intermediate_size", 0) or 0
+            mlp += (3 * hidden * shared + hidden) if shared else 0  # the shared expert and its gate
         else:
             mlp = dense_mlp
         params += attention + mlp

@@ -23,8 +23,9 @@ def may_leave_parameters_unused(model) -> bool:
     """Whether a training step can leave a trainable parameter without a gradient (then DDP must search for it).
 
     MOAI models never do, dense or MoE: the experts are fused parameters that get a (zero) gradient when idle, and the
-    router and the shared-expert gate see every token (tests/test_moe_gradients.py, tests/test_moe_ddp.py). Another
-    model is assumed to when its config counts experts; a dense one does not.
+    router and the shared-expert gate see every token (tests/test_moe_gradients.py,
+    tests/test_ddp_unused_parameters.py). Another model is assumed to when its config counts experts; a dense one
+    does not.
     """
     config = getattr(model, "config", None)
     if config is None:
