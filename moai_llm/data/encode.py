@@ -8,12 +8,12 @@ import functools
 import hashlib
 import logging
 import re
-import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from pathlib import Path
-from queue import Full, Queue
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -183,36 +183,16 @@ def batched(payloads: Iterable, size: int = BATCH_DOCUMENTS, characters: int = B
 
 def prefetched(batches: Iterator, depth: int = 2) -> Iterator:
     """The next batches are read and parsed in a thread while the caller encodes the current one: the Rust
-    tokenizer releases the GIL, so reading overlaps encoding instead of adding to it."""
-    queue: Queue = Queue(maxsize=depth)
-    stop, end = threading.Event(), object()
-
-    def produce():
-        try:
-            for batch in batches:
-                while not stop.is_set():
-                    try:
-                        queue.put(batch, timeout=0.1)
-                        break
-                    except Full:
-                        continue
-                if stop.is_set():
-                    return
-            queue.put((end, None))
-        except BaseException as error:  # handed to the consumer, which raises it
-            queue.put((end, error))
-
-    threading.Thread(target=produce, daemon=True, name="read-ahead").start()
+    tokenizer releases the GIL, so reading overlaps encoding instead of adding to it. A reading error is raised
+    here, at the batch it stopped."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")  # one thread: the reads stay in order
+    ahead = deque(pool.submit(next, batches, None) for _ in range(depth))
     try:
-        while True:
-            item = queue.get()
-            if isinstance(item, tuple) and item[0] is end:
-                if item[1] is not None:
-                    raise item[1]
-                return
-            yield item
+        while (batch := ahead.popleft().result()) is not None:
+            ahead.append(pool.submit(next, batches, None))
+            yield batch
     finally:
-        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _slug(name: str) -> str:
@@ -240,11 +220,12 @@ def build_store(
 ) -> None:
     """Tokenize a source (or, given `segments`, one part of it: see `parts.share`) into a new store at `path`."""
     stats = DataStats()
-    writer = StoreWriter(path, encoder.dtype, encoder.with_labels)
     start, cpu = time.perf_counter(), time.process_time()
-    bar = tqdm(desc=f"tokenizing {source.name}", unit="tok", unit_scale=True, disable=not progress)
     records = None if segments is None else part_records(source, encoder, segments, skip_bad_records, stats)
-    try:
+    with (
+        StoreWriter(path, encoder.dtype, encoder.with_labels) as writer,
+        tqdm(desc=f"tokenizing {source.name}", unit="tok", unit_scale=True, disable=not progress) as bar,
+    ):
         for batch in prefetched(batched(source_payloads(source, encoder, skip_bad_records, stats, records))):
             flat, lengths, mask = encoder.encode(batch)
             writer.add(flat, lengths, mask)
@@ -255,11 +236,6 @@ def build_store(
                 + (" left after the domain filter" if source.domains else " (empty source)")
             )
         writer.finish({"source": source.name, "stats": dict(stats)})
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        bar.close()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     logger.info(
         "prepared %s: %d documents, %d tokens in %.1f s (%.0f tokens/s, %.0f per CPU-second), %.1f MB on disk in %s",

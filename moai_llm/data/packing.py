@@ -1,19 +1,14 @@
 """The one cutter and the one packer behind every row: the stored plan, the stream and perplexity's rows.
 
 Hierarchical Balance Packing (after arXiv 2503.07680): fill rows to capacity, balance attention across ranks.
-Why hand-written: no maintained library packs to >= 98% with per-step attention balance; transformers'
-DataCollatorWithFlattening only concatenates a batch.
+Hand-written: no maintained library packs to >= 98% with per-step attention balance (transformers'
+DataCollatorWithFlattening only concatenates a batch).
 
-- `cut`: documents (given by their start and length) into pieces of at most max_length tokens, or truncated
-  (SFT); every split or truncated document is counted, none is dropped.
-- `pack`: pieces into rows. Space: best-fit decreasing over length classes (`HierarchicalBalancePacker`):
-  pieces are taken longest first; each goes to the open row with the least room that still fits it (rows are
-  kept in buckets by remaining room, so a million pieces pack in about a second), else a new row. The rows come
-  back sorted by attention cost (sum of squared piece lengths), heaviest first.
-- Work (`steps_at`, `interleaved_order`): steps of `rows_per_step` consecutive cost-sorted rows (ranks x
-  per-device batch: the rows one micro-step reads across all ranks) are shuffled within `num_bins` cost groups
-  and interleaved across them, so ranks that step together do similar work and heavy steps do not come in a run
-  (`rows.StepSampler`).
+- `cut`: documents into pieces of at most max_length tokens, or truncated (SFT); each split or truncation counted.
+- `pack`: pieces into rows, best-fit decreasing over length classes (`HierarchicalBalancePacker`), rows sorted by
+  attention cost (sum of squared piece lengths), heaviest first.
+- `steps_at`, `interleaved_order`: steps of consecutive cost-sorted rows shuffled within `num_bins` cost groups
+  and interleaved across them, so ranks that step together do similar work (`rows.StepSampler`).
 """
 
 import numpy as np
@@ -85,9 +80,13 @@ class HierarchicalBalancePacker:
             pos = 0
             while pos < len(idx):
                 rooms = np.flatnonzero(nonempty[length:]) + length
-                if len(rooms) == 0:
-                    pos = self._open_packs(idx, pos, length, packs, buckets, nonempty)
-                    continue
+                if len(rooms) == 0:  # new packs, each holding as many of the rest as fit
+                    for lo in range(pos, len(idx), cap // length):
+                        packs.append(idx[lo : lo + cap // length])
+                        room = cap - len(packs[-1]) * length
+                        buckets[room].append(len(packs) - 1)
+                        nonempty[room] = True
+                    break
                 for room in rooms.tolist():  # best fit first: the least room that still fits
                     ids = buckets[room]
                     if not ids:
@@ -104,20 +103,6 @@ class HierarchicalBalancePacker:
                     if pos == len(idx):
                         break
         return packs
-
-    @staticmethod
-    def _open_packs(idx, pos, length, packs, buckets, nonempty) -> int:
-        """New packs filled with as many `length` documents as fit; returns the new position in idx."""
-        cap = len(buckets) - 1
-        per_pack = cap // length
-        while pos < len(idx):
-            chunk = idx[pos : pos + per_pack]
-            packs.append(chunk)
-            room = cap - len(chunk) * length
-            buckets[room].append(len(packs) - 1)
-            nonempty[room] = True
-            pos += len(chunk)
-        return pos
 
     def _lengths(self, items) -> np.ndarray:
         if isinstance(items, np.ndarray):

@@ -20,7 +20,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 
 from .encode import DialogueEncoder, TextEncoder
-from .mixing import MixtureSource, check_disjoint, check_ratios, parse_mixture, select_documents
+from .mixing import MixtureSource, check_disjoint, parse_mixture, select_documents
 from .parts import Builders, prepare_stores, share
 from .plan import build_plan, pieces
 from .rows import PackedRows
@@ -32,10 +32,6 @@ from .streaming import held_out_rows, stream_mixture, streamed_rows
 logger = logging.getLogger(__name__)
 PLAN_VERSION = 1
 EVAL_MAX_TOKENS = 1_000_000  # the default cap on a fractional eval holdout, which otherwise grows with the corpus
-
-
-def default_cache_dir() -> Path:
-    return Path(datasets.config.HF_DATASETS_CACHE) / "moai_llm"
 
 
 @dataclass
@@ -84,6 +80,10 @@ class DataSpec(DataOptions):
     wait_seconds: float = WAIT_SECONDS  # a waiting process stops when nothing changed at a store for this long
     progress: bool = False  # progress bars while tokenizing
 
+    @property
+    def cache(self) -> Path:
+        return Path(self.cache_dir or Path(datasets.config.HF_DATASETS_CACHE) / "moai_llm")
+
 
 def mixture_sources(spec: DataSpec) -> list[MixtureSource]:
     """The sources to read: the YAML mixture, else every --train_file and --dataset (no ratios), else the sample.
@@ -102,7 +102,6 @@ def mixture_sources(spec: DataSpec) -> list[MixtureSource]:
     else:
         sources = _flag_sources(spec)
     sources = [s if is_local(s.name) else replace(s, revision=resolve_revision(s.name, s.revision)) for s in sources]
-    check_ratios(sources)
     check_disjoint(sources)
     return sources
 
@@ -135,11 +134,6 @@ class Prepared:
     stores: list
     meta: dict
 
-    def datasets(self, rows_per_step: int, num_bins: int):
-        train = PackedRows(self.plan, "train", self.stores, rows_per_step, num_bins)
-        evaluation = PackedRows(self.plan, "eval", self.stores) if "eval" in self.meta["splits"] else None
-        return train, evaluation
-
 
 def prepare(
     spec: DataSpec,
@@ -156,9 +150,8 @@ def prepare(
     sources = sources or mixture_sources(spec)
     state = PartialState()
     builders = _builders(state, spec.shared_cache)
-    cache = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
     # decided once, on rank 0: other nodes may mount the files elsewhere or see other modification times
-    work = _on_rank_zero(state, lambda: share(sources, encoder, cache, spec.skip_bad_records, builders.count))
+    work = _on_rank_zero(state, lambda: share(sources, encoder, spec.cache, spec.skip_bad_records, builders.count))
     stores = prepare_stores(
         sources,
         encoder,
@@ -181,7 +174,7 @@ def prepare(
         "packing": spec.packing,
         "truncate": truncate,
     }
-    path = cache / f"plan-{key_of(fields)}"
+    path = spec.cache / f"plan-{key_of(fields)}"
 
     def build(path: Path) -> None:
         plan_stats = DataStats()
@@ -268,11 +261,11 @@ def row_datasets(
     sources, encoder, truncate = reading_plan(spec, tokenizer, sft=sft)
     stats = stats if stats is not None else DataStats()
     if spec.streaming or any(s.streaming for s in sources):
-        return _streamed(
-            spec, encoder, sources, max_seq_length=max_seq_length, seed=seed, stats=stats, truncate=truncate
-        )
+        return _streamed(spec, encoder, sources, stats, max_seq_length=max_seq_length, truncate=truncate, seed=seed)
     prepared = prepare(spec, encoder, max_seq_length, seed=seed, stats=stats, truncate=truncate, sources=sources)
-    train, evaluation = prepared.datasets(rows_per_step, spec.packing_bins)
+    plan, stores = prepared.plan, prepared.stores
+    train = PackedRows(plan, "train", stores, rows_per_step, spec.packing_bins)
+    evaluation = PackedRows(plan, "eval", stores) if "eval" in prepared.meta["splits"] else None
     logger.info(
         "%d train rows%s; attention balance over steps of %d rows: %.3f",
         len(train),
@@ -283,39 +276,22 @@ def row_datasets(
     return train, evaluation
 
 
-def _streamed(spec, encoder, sources, *, max_seq_length, seed, stats, truncate):
+def _streamed(spec: DataSpec, encoder, sources, stats: DataStats, **shape):
+    """Streamed train rows, and the held-out documents as a small prepared store (`held_out_rows`)."""
     mixed, held = stream_mixture(
         sources,
         encoder,
-        seed=seed,
+        seed=shape["seed"],
         stopping_strategy=spec.stopping_strategy,
         eval_fraction=spec.eval_fraction,
         eval_max_tokens=spec.eval_max_tokens,
         skip_bad_records=spec.skip_bad_records,
         stats=stats,
     )
-    train = streamed_rows(
-        mixed,
-        encoder,
-        max_seq_length=max_seq_length,
-        packing=spec.packing,
-        truncate=truncate,
-        seed=seed,
-        num_processes=PartialState().num_processes,
-        stats=stats,
-    )
-    evaluation = None
-    if held:
-        state = PartialState()
-        evaluation = held_out_rows(
-            held,
-            encoder,
-            Path(spec.cache_dir) if spec.cache_dir else default_cache_dir(),
-            state.is_main_process if spec.shared_cache else state.is_local_main_process,
-            max_seq_length=max_seq_length,
-            packing=spec.packing,
-            truncate=truncate,
-            seed=seed,
-            wait_seconds=spec.wait_seconds,
-        )
-    return train, evaluation
+    state = PartialState()
+    shape["packing"] = spec.packing
+    train = streamed_rows(mixed, encoder, num_processes=state.num_processes, stats=stats, **shape)
+    if not held:
+        return train, None
+    builder = state.is_main_process if spec.shared_cache else state.is_local_main_process
+    return train, held_out_rows(held, encoder, spec.cache, builder, wait_seconds=spec.wait_seconds, **shape)

@@ -60,12 +60,14 @@ def to_messages(row: dict, fmt: str) -> list[dict]:
     raise DataError(f"--sft_format {fmt!r} is not one of {sorted(FORMAT_KEYS)}")
 
 
-def assistant_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered dialogue and the character spans of each assistant turn (content and end-of-turn token).
+def tokenize_dialogue(messages: list[dict], tokenizer, max_seq_length: int, stats: DataStats | None = None) -> dict:
+    """input_ids and labels (IGNORE_INDEX outside assistant spans), truncated to max_seq_length (counted).
 
-    A span is what rendering one more assistant message adds after the generation prompt, so any
-    prefix-stable template (ChatML and most others) works without special template tags.
+    An assistant span is what rendering one more assistant message adds after the generation prompt (its content
+    and end-of-turn token), so any prefix-stable template (ChatML and most others) works without template tags.
     """
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError("SFT: a dialogue has no assistant turn, so nothing would be trained")
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -76,20 +78,12 @@ def assistant_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[in
             raise DataError("SFT: the chat template is not prefix-stable; assistant spans cannot be located")
         spans.append((len(before), len(after)))
     text = tokenizer.apply_chat_template(messages, tokenize=False)
-    return text, spans
-
-
-def tokenize_dialogue(messages: list[dict], tokenizer, max_seq_length: int, stats: DataStats | None = None) -> dict:
-    """input_ids and labels (IGNORE_INDEX outside assistant spans), truncated to max_seq_length (counted)."""
-    if not any(m["role"] == "assistant" for m in messages):
-        raise DataError("SFT: a dialogue has no assistant turn, so nothing would be trained")
-    text, spans = assistant_spans(messages, tokenizer)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    labels = [IGNORE_INDEX] * len(encoded["input_ids"])
-    for i, (start, end) in enumerate(encoded["offset_mapping"]):
-        if any(s <= start and end <= e for s, e in spans) and end > start:
-            labels[i] = encoded["input_ids"][i]
     input_ids = encoded["input_ids"]
+    labels = [
+        token if end > start and any(s <= start and end <= e for s, e in spans) else IGNORE_INDEX
+        for token, (start, end) in zip(input_ids, encoded["offset_mapping"])
+    ]
     if len(input_ids) > max_seq_length:
         input_ids, labels = input_ids[:max_seq_length], labels[:max_seq_length]
         if stats is not None:

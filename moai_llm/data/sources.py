@@ -7,6 +7,7 @@ import glob
 import json
 import logging
 from collections.abc import Iterator
+from json.decoder import WHITESPACE
 from pathlib import Path
 
 import datasets
@@ -72,83 +73,72 @@ def fingerprint(name: str, subset: str | None, split: str, revision: str | None 
     return {"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in local_files(name)]}
 
 
-def read_jsonl(
-    path: Path,
-    text_column: str | None,
-    skip_bad_records: bool,
-    stats: DataStats,
-    start: int = 0,
-    end: int | None = None,
-):
-    """Rows of a .jsonl file, checked line by line so errors name the line (datasets' json loader does not). From
-    byte `start` to `end` (both line starts: a part of the file prepared by one of several processes), lines are
-    named by their byte offset."""
-    offset, skipped = start, 0
-    with open(path, "rb") as f:
-        f.seek(start)
-        for number, raw in enumerate(f, 1):
-            if end is not None and offset >= end:
-                break
-            where = f"{path}:{number}" if not start else f"{path} (line at byte {offset})"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                line_number = "" if start else f" (line {number})"
-                raise DataError(f"{path}: invalid UTF-8 at byte offset {offset + err.start}{line_number}") from None
-            offset += len(raw)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as err:
-                if skip_bad_records:
-                    stats["bad_records_skipped"] += 1
-                    skipped += 1
-                    if skipped <= WARN_SKIPS_PER_FILE:
-                        logger.warning("%s: malformed JSON line skipped (%s)", where, err)
-                    continue
-                raise DataError(f"{where}: malformed JSON line ({err}); fix it or pass --skip_bad_records") from None
-            if text_column is not None and text_column not in row:
-                raise DataError(f"{where}: no column {text_column!r}; columns: {sorted(row)}")
-            yield row
-
-
-def read_text_file(path: Path, text_column: str, sample_by: str = "document", start: int = 0, end: int | None = None):
-    """A .txt file as one document (`sample_by` "document"), one per line ("line"), or one per block of lines
-    between blank lines ("paragraph"), as datasets' text loader cuts them. Lines and paragraphs are read one at a
-    time; empty ones are not documents. One per line: from byte `start` to `end` (line starts) if given."""
-    if sample_by not in SAMPLE_BY:
-        raise DataError(f"sample_by {sample_by!r}: expected one of {', '.join(SAMPLE_BY)}")
-    if sample_by == "document":
-        data = path.read_bytes()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path}: invalid UTF-8 at byte offset {err.start}") from None
-        if text.strip():
-            yield {text_column: text}
-        return
-    offset, block = start, []
+def _lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[tuple[str, str]]:
+    """(where, line) of a file's lines from byte `start` to `end` (line starts), decoded strictly; `where` names
+    the line by number, or by byte offset when reading starts inside the file (a part built by one of several
+    processes)."""
+    offset = start
     with open(path, "rb") as handle:
         handle.seek(start)
         for number, raw in enumerate(handle, 1):
             if end is not None and offset >= end:
                 break
             try:
-                line = raw.decode("utf-8").rstrip("\r\n")
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise DataError(f"{path}: invalid UTF-8 at byte offset {offset + err.start} (line {number})") from None
+                line_number = "" if start else f" (line {number})"
+                raise DataError(f"{path}: invalid UTF-8 at byte offset {offset + err.start}{line_number}") from None
+            yield (f"{path}:{number}" if not start else f"{path} (line at byte {offset})"), line
             offset += len(raw)
-            if sample_by == "line":
-                if line.strip():
-                    yield {text_column: line}
-            elif line.strip():
-                block.append(line)
-            elif block:
-                yield {text_column: "\n".join(block)}
-                block = []
+
+
+def read_jsonl(path: Path, text_column: str | None, skip_bad_records: bool, stats: DataStats, start=0, end=None):
+    """Rows of a .jsonl file, checked line by line so errors name the line (datasets' json loader does not)."""
+    skipped = 0
+    for where, line in _lines(path, start, end):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            if skip_bad_records:
+                stats["bad_records_skipped"] += 1
+                skipped += 1
+                if skipped <= WARN_SKIPS_PER_FILE:
+                    logger.warning("%s: malformed JSON line skipped (%s)", where, err)
+                continue
+            raise DataError(f"{where}: malformed JSON line ({err}); fix it or pass --skip_bad_records") from None
+        if text_column is not None and text_column not in row:
+            raise DataError(f"{where}: no column {text_column!r}; columns: {sorted(row)}")
+        yield row
+
+
+def read_text_file(path: Path, text_column: str, sample_by: str = "document", start: int = 0, end: int | None = None):
+    """A .txt file as one document (`sample_by` "document"), one per line ("line"), or one per block of lines
+    between blank lines ("paragraph"), as datasets' text loader cuts them; empty ones are not documents."""
+    if sample_by not in SAMPLE_BY:
+        raise DataError(f"sample_by {sample_by!r}: expected one of {', '.join(SAMPLE_BY)}")
+    if sample_by == "document":
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: invalid UTF-8 at byte offset {err.start}") from None
+        if text.strip():
+            yield {text_column: text}
+        return
+    block = []
+    for _, line in _lines(path, start, end):
+        line = line.rstrip("\r\n")
+        if sample_by == "line":
+            if line.strip():
+                yield {text_column: line}
+        elif line.strip():
+            block.append(line)
+        elif block:
+            yield {text_column: "\n".join(block)}
+            block = []
     if block:
         yield {text_column: "\n".join(block)}
 
@@ -156,56 +146,45 @@ def read_text_file(path: Path, text_column: str, sample_by: str = "document", st
 def read_json(path: Path, text_column: str | None) -> Iterator[dict]:
     """Records of a .json file, one at a time: a JSON array of objects, or objects one after another (JSON Lines
     named .json, or a single object). The file is read in chunks, never whole."""
-    decoder, buffer, position, done, number, array = json.JSONDecoder(), "", 0, False, 0, None
+    decoder, buffer, position, number = json.JSONDecoder(), "", 0, 0
     with open(path, encoding="utf-8") as handle:
 
-        def skip(characters: str) -> None:
-            nonlocal buffer, position, done
-            while True:
-                while position < len(buffer) and buffer[position] in characters:
-                    position += 1
-                if position < len(buffer) or done:
-                    return
+        def next_character() -> str:  # after whitespace, reading on as needed; "" at the end of the file
+            nonlocal buffer, position
+            while (position := WHITESPACE.match(buffer, position).end()) == len(buffer):
                 buffer, position = handle.read(JSON_CHUNK), 0
-                done = not buffer
+                if not buffer:
+                    return ""
+            return buffer[position]
 
         try:
-            while True:
-                skip(" \t\r\n")
-                if position == len(buffer):
-                    break
-                if array is None:
-                    array = buffer[position] == "["
-                    position += array
-                    continue
-                if array and buffer[position] == "]":
+            array = next_character() == "["
+            position += array
+            while character := next_character():
+                if array and character == "]":
                     position += 1
-                    skip(" \t\r\n")
-                    if position < len(buffer):
+                    if next_character():
                         raise DataError(f"{path}: text after the closing ] of its JSON array")
                     return
                 while True:
                     try:
-                        row, end = decoder.raw_decode(buffer, position)
+                        row, position = decoder.raw_decode(buffer, position)
                         break
                     except ValueError as err:
                         more = handle.read(JSON_CHUNK)
                         if not more or len(buffer) - position > JSON_LARGEST_RECORD:
                             raise DataError(f"{path}[{number}]: malformed JSON ({err.msg})") from None
                         buffer, position = buffer[position:] + more, 0
-                position = end
                 if not isinstance(row, dict):
                     raise DataError(f"{path}[{number}]: not a JSON object")
                 if text_column is not None and text_column not in row:
                     raise DataError(f"{path}[{number}]: no column {text_column!r}; columns: {sorted(row)}")
                 yield row
                 number += 1
-                if array:
-                    skip(" \t\r\n")
-                    if position < len(buffer) and buffer[position] == ",":
-                        position += 1
-                    elif position < len(buffer) and buffer[position] != "]":
-                        raise DataError(f"{path}[{number}]: malformed JSON (expected , or ] between elements)")
+                if array and next_character() == ",":
+                    position += 1
+                elif array and next_character() not in ("", "]"):
+                    raise DataError(f"{path}[{number}]: malformed JSON (expected , or ] between elements)")
         except UnicodeDecodeError as err:
             raise DataError(f"{path}: invalid UTF-8 ({err.reason})") from None
 

@@ -7,10 +7,8 @@ One store directory holds one source tokenized by one tokenizer:
     labels.bin    uint8 per token, 1 where the token is trained (SFT: assistant turns); absent for pretraining
     meta.json     what was prepared and from what (the key), counts, skipped records; written last
 
-Why flat arrays (nanoGPT's train.bin, Megatron's .bin/.idx) rather than Arrow tables: a packed row gathers pieces
-of several documents, which is one slice per piece of a numpy memmap but a Python-list round trip through Arrow;
-uint16 ids take 2 bytes per token where Arrow's list<int32> takes 4; and the file can be written by appending
-batches, so preparing a corpus never holds more than one batch in memory.
+Flat arrays rather than Arrow tables: a packed row is one memmap slice per piece, ids take 2 bytes, and the files
+are appended batch by batch (ARCHITECTURE.md, Data).
 
 Atomicity: a store is written in a hidden temporary directory beside its final path, fsynced, and renamed into
 place after meta.json; a directory at the final path without meta.json (or a temporary one) is never used.
@@ -63,15 +61,6 @@ def directory_size(path: Path) -> int:
     return sum(p.stat().st_size for folder in folders for p in folder.iterdir() if p.is_file())
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def write_meta(directory: Path, meta: dict) -> None:
-    write_atomically(directory / META, json.dumps(meta, indent=1, sort_keys=True))
-
-
 def read_meta(directory: Path, what: str) -> dict:
     try:
         meta = json.loads((directory / META).read_text(encoding="utf-8"))
@@ -119,8 +108,9 @@ def publish(tmp: Path, final: Path, meta: dict) -> None:
     """fsync every file, write meta.json last, rename into place. If another process won the race, keep theirs."""
     for path in tmp.iterdir():
         if path.is_file():
-            _fsync_file(path)
-    write_meta(tmp, {**meta, "version": FORMAT_VERSION})
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    write_atomically(tmp / META, json.dumps({**meta, "version": FORMAT_VERSION}, indent=1, sort_keys=True))
     try:
         os.rename(tmp, final)
     except OSError:
@@ -140,13 +130,6 @@ def is_complete(path: Path) -> bool:
     return (path / META).is_file()
 
 
-def discard_incomplete(path: Path) -> None:
-    """A directory at a store's final path without meta.json: a copy or crash left it half-written; never use it."""
-    if path.exists() and not is_complete(path):
-        logger.warning("ignoring half-written data store %s (no %s); preparing it again", path, META)
-        shutil.rmtree(path)
-
-
 class BuildFailed(DataError):
     """A builder's failure, seen by a waiting process: `marker` is its one line (path, node, process, cause), handed
     on unchanged when the waiting process itself was building something that needed that store."""
@@ -162,59 +145,46 @@ def _marker(path: Path, kind: str) -> Path:
     return path.parent / f".{path.name}.{kind}"
 
 
-class _Heartbeat:
-    """Touches building markers every `interval` seconds from a thread, so waiting processes (on any node) see that
-    the builder is alive however long the preparation takes."""
-
-    def __init__(self, paths: list[Path], interval: float):
-        self.paths, self.interval, self.stop = paths, interval, threading.Event()
-        for path in paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"{socket.gethostname()} pid {os.getpid()}\n")
-        self.thread = threading.Thread(target=self._beat, daemon=True, name="data-heartbeat")
-        self.thread.start()
-
-    def _beat(self):
-        while not self.stop.wait(self.interval):
-            for path in self.paths:
-                with contextlib.suppress(OSError):
-                    os.utime(path)
-
-    def close(self):
-        self.stop.set()
-        self.thread.join()
-        for path in self.paths:
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-
-def _failure_line(path: Path, error: BaseException) -> str:
-    if isinstance(error, BuildFailed):  # a store this one needed failed elsewhere: its line, not a nested one
-        return error.marker
-    cause = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
-    return f"{path} failed on {socket.gethostname()} (pid {os.getpid()}): {cause}"
-
-
 @contextlib.contextmanager
 def claimed(paths: list[Path], wait_seconds: float = WAIT_SECONDS):
-    """This process will prepare `paths`, one after another: their building markers are touched from now on, so a
-    process waiting for the last one waits (bounded) while this one works on the first; if this process fails, each
-    unfinished one gets the failure marker with its one line, so no process waits for what will not come."""
-    for path in paths:  # a failure of an earlier run is not this one's
-        with contextlib.suppress(OSError):
+    """This process will prepare `paths`, one after another: a thread touches their building markers from now on,
+    so a process waiting for the last one (on any node) waits, bounded, while this one works on the first; if this
+    process fails, each unfinished one gets the failure marker with its one line, so no process waits for what will
+    not come."""
+    building, stop = [_marker(path, "building") for path in paths], threading.Event()
+    for path, marker in zip(paths, building):
+        with contextlib.suppress(OSError):  # a failure of an earlier run is not this one's
             _marker(path, "failed").unlink()
-    heartbeat = _Heartbeat([_marker(path, "building") for path in paths], max(wait_seconds / 8, 0.05))
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{socket.gethostname()} pid {os.getpid()}\n")
+
+    def beat():
+        while not stop.wait(max(wait_seconds / 8, 0.05)):
+            for marker in building:
+                with contextlib.suppress(OSError):
+                    os.utime(marker)
+
+    heartbeat = threading.Thread(target=beat, daemon=True, name="data-heartbeat")
+    heartbeat.start()
     try:
         yield
     except BaseException as error:
         unfinished = [path for path in paths if not is_complete(path)]
-        line = _failure_line(unfinished[0], error) if unfinished else ""
+        if isinstance(error, BuildFailed):  # a store this one needed failed elsewhere: its line, not a nested one
+            line = error.marker
+        elif unfinished:
+            cause = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+            line = f"{unfinished[0]} failed on {socket.gethostname()} (pid {os.getpid()}): {cause}"
         for path in unfinished:
             with contextlib.suppress(OSError):
                 write_atomically(_marker(path, "failed"), line + "\n")
         raise
     finally:
-        heartbeat.close()
+        stop.set()
+        heartbeat.join()
+        for marker in building:
+            with contextlib.suppress(OSError):
+                marker.unlink()
 
 
 def prepare_once(path: Path, build, builder: bool, what: str, wait_seconds: float = WAIT_SECONDS) -> None:
@@ -226,21 +196,17 @@ def prepare_once(path: Path, build, builder: bool, what: str, wait_seconds: floa
     builder failed, or when nothing changed at the path for `wait_seconds` (no builder visible: a --data_cache_dir
     that is not shared by every node, or stores keyed differently; or a builder killed without a word).
     """
-    failed = _marker(path, "failed")
     if builder:
         discard_abandoned(path)
-        discard_incomplete(path)
-        if is_complete(path):
-            return
-        with claimed([path], wait_seconds):
-            build(path)
+        if path.exists() and not is_complete(path):  # a copy or crash left it half-written: never used
+            logger.warning("ignoring half-written data store %s (no %s); preparing it again", path, META)
+            shutil.rmtree(path)
+        if not is_complete(path):
+            with claimed([path], wait_seconds):
+                build(path)
         return
-    _wait_for(path, what, wait_seconds, failed)
-
-
-def _wait_for(path: Path, what: str, wait_seconds: float, failed: Path) -> None:
     started = last_change = time.monotonic()
-    building, seen, logged = _marker(path, "building"), None, False
+    failed, building, seen, logged = _marker(path, "failed"), _marker(path, "building"), None, False
     while not is_complete(path):
         now = time.monotonic()
         with contextlib.suppress(OSError):
@@ -272,7 +238,8 @@ def _wait_for(path: Path, what: str, wait_seconds: float, failed: Path) -> None:
 
 
 class StoreWriter:
-    """Appends tokenized documents to a new store in a temporary directory; `finish` publishes it."""
+    """Appends tokenized documents to a new store in a temporary directory; `finish` publishes it. As a context
+    manager, an error removes the temporary directory."""
 
     def __init__(self, final: Path, dtype: np.dtype, with_labels: bool):
         self.final, self.dtype = Path(final), np.dtype(dtype)
@@ -311,11 +278,15 @@ class StoreWriter:
         }
         publish(self.tmp, self.final, meta)
 
-    def abort(self) -> None:
-        for handle in (self._tokens, self._offsets, self._labels):
-            if handle is not None and not handle.closed:
-                handle.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if error is not None:
+            for handle in (self._tokens, self._offsets, self._labels):
+                if handle is not None and not handle.closed:
+                    handle.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class PartedArray:
@@ -330,16 +301,8 @@ class PartedArray:
     def __len__(self) -> int:
         return int(self.ends[-1])
 
-    def __getitem__(self, index):
-        if not isinstance(index, slice):
-            index = int(index) + len(self) if int(index) < 0 else int(index)
-            if not 0 <= index < len(self):
-                raise IndexError(f"index {index} of {len(self)}")
-            part = int(np.searchsorted(self.ends, index, side="right"))
-            return self.arrays[part][index - (self.ends[part] - len(self.arrays[part]))]
-        lo, hi, step = index.indices(len(self))
-        if step != 1:
-            return np.asarray(self[lo:hi])[::step]
+    def __getitem__(self, index: slice):
+        lo, hi, _ = index.indices(len(self))  # contiguous slices: what rows and tests read
         first = int(np.searchsorted(self.ends, lo, side="right"))
         pieces = []
         for part in range(first, len(self.arrays)):

@@ -1,25 +1,17 @@
 """Streamed data: nothing prepared in advance; each rank reads, tokenizes and packs its own shard on the fly.
 
-The train dataset is a `datasets.IterableDataset` with one shard per process. With `dispatch_batches=False`
-(set by train.py for streams) accelerate gives process r exactly shard r, so every rank reads a disjoint part of
-the stream (`split_dataset_by_node`) and no batch travels from rank 0. Packs are shuffled within each seeded
-buffer.
-
-Each rank's rows never end: when its part of the stream runs out, the rank starts it again (pass 2, 3, ...: a new
-file order and pack shuffle, seeded by the pass), so every rank takes every step until `max_steps` whatever the
-lengths of the ranks' parts; a finite stream would end on one rank in the middle of a gradient-accumulation group
-while the others step (a collective mismatch). The Trainer therefore stays in its first epoch, and a resumed run
-re-reads its shard from the start and skips the batches already trained (`skip_first_batches`), passes included,
-so it sees the same rows as an uninterrupted run with the same seed and world size.
-
-The rank's part is read with `IterableDataset.iter`, which ignores DataLoader workers: iterating it (`__iter__`)
-inside a worker would keep only the shards `worker_id::num_workers`, 1/W of the rank's data. The rows dataset has
-one shard per process, so one worker per rank reads and packs (datasets stops the extra ones).
+The rows dataset has one shard per process; with `dispatch_batches=False` (train.py) process r reads exactly
+`split_dataset_by_node(stream, r)`, so no batch travels from rank 0. A rank's rows never end: when its part runs
+out it starts again (pass 2, 3, ...: a new seeded file order and shuffle), so every rank steps until `max_steps`
+(a finite stream would end on one rank inside a gradient-accumulation group: a collective mismatch). A resumed run
+re-reads its shard and skips the batches already trained, passes included. The part is read with
+`IterableDataset.iter`, which ignores DataLoader workers (`__iter__` in a worker would keep 1/W of the rank's data).
 """
 
 import hashlib
 import json
 import logging
+from itertools import islice
 from pathlib import Path
 
 import datasets
@@ -183,11 +175,6 @@ def streamed_rows(
                 ids = flat[start : start + length]
                 yield ids, None if mask is None else np.where(mask[start : start + length], ids, IGNORE_INDEX)
 
-    def one_pass(rank, number):
-        yield from packed_rows(
-            cut_documents(rank, number), max_seq_length, packing, PACK_BUFFER, seed + rank + 1_000_003 * number
-        )
-
     def rows(ranks):
         for rank in ranks:
             number = 0
@@ -197,7 +184,8 @@ def streamed_rows(
                         "streamed data of rank %d: pass %d starts (its part of the stream ran out)", rank, number + 1
                     )
                 produced = 0
-                for row in one_pass(rank, number):
+                pass_seed = seed + rank + 1_000_003 * number
+                for row in packed_rows(cut_documents(rank, number), max_seq_length, packing, PACK_BUFFER, pass_seed):
                     produced += 1
                     yield row
                 if not produced:
@@ -213,21 +201,17 @@ def streamed_rows(
 def packed_rows(pieces, max_seq_length: int, packing: bool, buffer_size: int, seed: int):
     """Rows of (ids, labels) pieces from a stream, holding at most `buffer_size` pieces: each buffer is packed by
     `packing.pack` (the stored plan's packer) and its rows are shuffled, seeded per buffer."""
-    buffer = []
-    for read, piece in enumerate(pieces, 1):
-        buffer.append(piece)
-        if len(buffer) == buffer_size:
-            yield from _buffer_rows(buffer, max_seq_length, packing, np.random.default_rng([seed, read]))
-            buffer = []
-    if buffer:
-        yield from _buffer_rows(buffer, max_seq_length, packing, np.random.default_rng([seed, 0]))
-
-
-def _buffer_rows(buffer, max_seq_length, packing, rng):
-    lengths = np.fromiter((len(ids) for ids, _ in buffer), dtype=np.int64, count=len(buffer))
-    rows, order = pack(lengths, max_seq_length, packing)
-    for r in rng.permutation(len(rows) - 1).tolist():
-        yield _row([buffer[i] for i in order[rows[r] : rows[r + 1]].tolist()])
+    pieces, read = iter(pieces), 0
+    for buffer in iter(lambda: list(islice(pieces, buffer_size)), []):
+        read += len(buffer)
+        rng = np.random.default_rng([seed, read if len(buffer) == buffer_size else 0])
+        rows, order = pack(np.array([len(ids) for ids, _ in buffer], dtype=np.int64), max_seq_length, packing)
+        for r in rng.permutation(len(rows) - 1).tolist():
+            docs = [buffer[i] for i in order[rows[r] : rows[r + 1]].tolist()]
+            row = {"input_ids": np.concatenate([d[0] for d in docs]).tolist(), "seq_lengths": [len(d[0]) for d in docs]}
+            if docs[0][1] is not None:
+                row["labels"] = np.concatenate([d[1] for d in docs]).tolist()
+            yield row
 
 
 def held_out_rows(
@@ -248,14 +232,10 @@ def held_out_rows(
     store_dir = cache / f"stream-eval-{key_of({'documents': content, 'encoder': encoder.fingerprint})}"
 
     def write(path: Path) -> None:
-        writer = StoreWriter(path, encoder.dtype, encoder.with_labels)
-        try:
+        with StoreWriter(path, encoder.dtype, encoder.with_labels) as writer:
             for batch in batched(held):
                 writer.add(*encoder.encode(batch))
             writer.finish({"source": "streamed eval documents"})
-        except BaseException:
-            writer.abort()
-            raise
 
     prepare_once(store_dir, write, builder, "streamed eval documents", wait_seconds)
     store = TokenStore(store_dir, "streamed eval documents")
@@ -268,10 +248,3 @@ def held_out_rows(
 
     prepare_once(plan, plan_rows, builder, "streamed eval plan", wait_seconds)
     return PackedRows(plan, "eval", [store])
-
-
-def _row(docs) -> dict:
-    row = {"input_ids": np.concatenate([d[0] for d in docs]).tolist(), "seq_lengths": [len(d[0]) for d in docs]}
-    if docs[0][1] is not None:
-        row["labels"] = np.concatenate([d[1] for d in docs]).tolist()
-    return row
