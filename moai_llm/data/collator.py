@@ -57,7 +57,6 @@ class PaddingCollator:
 
     def __call__(self, rows: list[dict]) -> dict:
         input_ids, labels = right_padded(rows, self.pad_token_id)
-        mask = torch.zeros_like(input_ids)
-        for i, row in enumerate(rows):
-            mask[i, : len(row["input_ids"])] = 1
+        lengths = torch.tensor([len(row["input_ids"]) for row in rows])
+        mask = (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()
         return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}

@@ -195,10 +195,6 @@ def prefetched(batches: Iterator, depth: int = 2) -> Iterator:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name.rstrip("/")).name or "source")[:40]
-
-
 def store_path(source, encoder, cache_dir: Path, skip_bad_records: bool) -> Path:
     fields = {
         "content": fingerprint(source.name, source.subset, source.split, source.revision),
@@ -212,7 +208,8 @@ def store_path(source, encoder, cache_dir: Path, skip_bad_records: bool) -> Path
     }
     if (source.sample_by or "document") != "document":  # a key change only where it changes what is read
         fields["sample_by"] = source.sample_by
-    return Path(cache_dir) / f"{_slug(source.name)}-{key_of(fields)}"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source.name.rstrip("/")).name or "source")[:40]
+    return Path(cache_dir) / f"{slug}-{key_of(fields)}"
 
 
 def build_store(

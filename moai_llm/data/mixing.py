@@ -1,13 +1,8 @@
-"""Mixtures of sources: which documents of each prepared source an epoch reads, and how streams are mixed.
+"""Mixtures of sources: which documents of each prepared source an epoch reads (docs/data.md, Mixing rules).
 
-Rules (docs/data.md):
-- No ratios: the sources are concatenated; every document is read once per epoch, however the sources are spelled.
-- Ratios (on every source): each source gets that share of the epoch's tokens, where an epoch has as many tokens
-  as all train documents together; a source with a larger share than its size is repeated (whole copies plus a
-  seeded random part), a smaller one is subsampled. The repetition of every source is logged.
-- `percentage`: a seeded random sample of the source's documents (never the first ones), taken first.
-- Eval documents are held out per source before any repetition, so no document is on both sides.
-Streaming applies the same rules approximately: ratios become `interleave_datasets` probabilities (per document).
+No ratios: concatenated, every document once per epoch. Ratios: each source's share of the epoch's tokens, by whole
+copies plus a seeded random part, or a subsample. `percentage` samples first; eval documents are held out per source
+before any repetition. Streams apply the ratios as `interleave_datasets` probabilities.
 """
 
 import logging
@@ -63,15 +58,11 @@ def parse_mixture(entries: list) -> list[MixtureSource]:
         if unknown or "name" not in entry:
             raise DataError(f"data mixture entry {i}: unknown keys {unknown} or no 'name' (keys: {sorted(known)})")
         sources.append(MixtureSource(**entry))
-    check_ratios(sources)
-    return sources
-
-
-def check_ratios(sources: list[MixtureSource]) -> None:
     given = [s.ratio is not None for s in sources]
     if any(given) and not all(given):
         missing = [s.name for s, g in zip(sources, given) if not g]
         raise DataError(f"data mixture: give a ratio for every source or for none (no ratio: {', '.join(missing)})")
+    return sources
 
 
 def check_disjoint(sources: list[MixtureSource]) -> None:
@@ -165,7 +156,6 @@ class Selection:
 
     train: list[np.ndarray]
     eval: list[np.ndarray]
-    repetition: list[float]  # train tokens read per epoch / train tokens of the source
     summary: list[str]  # one line per source, logged by every run
 
 
@@ -211,4 +201,4 @@ def select_documents(
         f"({100 * t / max(read.sum(), 1):.1f}%), {len(e):,} eval documents"
         for s, d, t, r, e in zip(sources, train, read, repetition, evaluation)
     ]
-    return Selection(train, evaluation, repetition, summary)
+    return Selection(train, evaluation, summary)

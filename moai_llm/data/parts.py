@@ -106,9 +106,7 @@ def _line_start(path: Path, offset: int) -> int:
         return handle.tell()
 
 
-def _check_sizes(source, sizes: list[int] | None) -> None:
-    if sizes is None:
-        return
+def _check_sizes(source, sizes: list[int]) -> None:
     here = [p.stat().st_size for p in local_files(source.name)]
     if here != sizes:
         raise DataError(

@@ -46,21 +46,11 @@ def build_plan(
         np.save(tmp / f"{split}_rows.npy", rows)
         for name in ("source", "start", "length"):
             np.save(tmp / f"{split}_{name}.npy", arrays[name][order])
-        tokens = int(arrays["length"].sum())
-        summary[split] = {
-            "rows": len(rows) - 1,
-            "pieces": len(order),
-            "tokens": tokens,
-            "efficiency": tokens / max((len(rows) - 1) * max_seq_length, 1),
-        }
-        logger.info(
-            "%s: %d pieces packed into %d rows of %d tokens, efficiency %.2f%%",
-            split,
-            len(order),
-            len(rows) - 1,
-            max_seq_length,
-            100 * summary[split]["efficiency"],
-        )
+        count, tokens = len(rows) - 1, int(arrays["length"].sum())
+        efficiency = tokens / max(count * max_seq_length, 1)
+        summary[split] = {"rows": count, "pieces": len(order), "tokens": tokens, "efficiency": efficiency}
+        message = "%s: %d pieces packed into %d rows of %d tokens, efficiency %.2f%%"
+        logger.info(message, split, len(order), count, max_seq_length, 100 * efficiency)
     publish(tmp, path, {**meta, "splits": summary})
 
 

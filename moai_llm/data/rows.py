@@ -1,8 +1,4 @@
-"""Rows of a stored packing plan, gathered lazily from memory-mapped stores, and the order rows are trained in.
-
-`PackedRows` reads a row's pieces from the memory maps when the DataLoader asks for it; `StepSampler` turns the
-cost-sorted rows of the plan (`plan.py`) into steps.
-"""
+"""Rows of a stored packing plan, gathered lazily from memory-mapped stores, and the order rows are trained in."""
 
 from pathlib import Path
 
@@ -79,10 +75,9 @@ class PackedRows(torch.utils.data.Dataset):
 
 class StepSampler(torch.utils.data.Sampler):
     """Rows in steps: each block of `rows_per_step` consecutive (cost-sorted) rows is one micro-step of every rank,
-    so ranks that step together get similar attention work; the order of the blocks is `interleaved_order` over
-    `num_bins` cost groups, drawn again each epoch from (seed, epoch). A last partial block stays last, so every
-    other step is a whole block. The order is computed a chunk of steps at a time (`steps_at`), so the sampler's
-    memory does not grow with the corpus."""
+    so ranks that step together get similar attention work; the blocks come in `interleaved_order`, drawn again
+    each epoch, a partial block last. Computed a chunk of steps at a time (`steps_at`): memory does not grow with
+    the corpus."""
 
     CHUNK = 1 << 14  # steps computed at a time
 

@@ -10,13 +10,12 @@ One store directory holds one source tokenized by one tokenizer:
 Flat arrays rather than Arrow tables: a packed row is one memmap slice per piece, ids take 2 bytes, and the files
 are appended batch by batch (ARCHITECTURE.md, Data).
 
-Atomicity: a store is written in a hidden temporary directory beside its final path, fsynced, and renamed into
-place after meta.json; a directory at the final path without meta.json (or a temporary one) is never used.
+Atomicity: written in a hidden temporary directory beside the final path, fsynced, renamed into place after
+meta.json; a final directory without meta.json (or a temporary one) is never used.
 
-Parts: a source prepared by several processes is written as part-stores, hidden siblings `.<store>.part-I-of-N`,
-each a whole store of a contiguous run of the source's records, published on its own. The store itself then
-holds only offsets.bin (of every document, in the parts' order) and a meta.json naming its parts; `TokenStore`
-reads tokens and labels through the parts, so the union is the same array a single process writes.
+Parts: a source prepared by several processes is written as part-stores (hidden siblings `.<store>.part-I-of-N`,
+each a whole store of a contiguous run of records); the store then holds only offsets.bin of every document and a
+meta.json naming its parts, through which `TokenStore` reads the same array a single process writes.
 """
 
 import contextlib
@@ -319,19 +318,14 @@ class PartedArray:
 
 
 def _memmap(path: Path, dtype, count: int, what: str):
-    expected = count * np.dtype(dtype).itemsize
+    expected, problem = count * np.dtype(dtype).itemsize, None
     try:
         size = path.stat().st_size
+        problem = f"has {size} bytes, expected {expected}" if size != expected else None
     except OSError as err:
-        raise DataError(
-            f"{what}: data store file {path} is unreadable ({err.strerror}); delete {path.parent} "
-            "to prepare the data again"
-        ) from None
-    if size != expected:
-        raise DataError(
-            f"{what}: data store file {path} has {size} bytes, expected {expected}; delete "
-            f"{path.parent} to prepare the data again"
-        )
+        problem = f"is unreadable ({err.strerror})"
+    if problem:
+        raise DataError(f"{what}: data store file {path} {problem}; delete {path.parent} to prepare the data again")
     if count == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", shape=(count,))

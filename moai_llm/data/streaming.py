@@ -45,11 +45,9 @@ class _Source:
     def __init__(self, index: int, source: MixtureSource, encoder, seed: int, skip_bad_records: bool, stats):
         self.index, self.source, self.encoder, self.seed = index, source, encoder, seed
         self.skip_bad_records, self.stats = skip_bad_records, stats
-        if is_local(source.name):
-            self.files, self.hub = local_files(source.name), None
-        else:
-            hub = hub_dataset(source.name, source.subset, source.split, streaming=True, revision=source.revision)
-            self.files, self.hub = [], hub
+        local = is_local(source.name)
+        self.files = local_files(source.name) if local else []
+        self.hub = None if local else hub_dataset(source.name, source.subset, source.split, True, source.revision)
         self.shards = len(self.files) if self.hub is None else self.hub.n_shards
         self.held: set[int] = set()
 
@@ -112,12 +110,9 @@ def stream_mixture(
     fractional holdout is cut to `eval_max_tokens` (0: no cap) as prepared data's is; what is cut trains."""
     wanted = int(eval_fraction) if eval_fraction >= 1 else (STREAM_EVAL_DOCUMENTS if eval_fraction else 0)
     per_source = -(-wanted // len(sources)) if wanted else 0
-    held, streams, parts = [], [], []
-    for index, source in enumerate(sources):
-        streamed = _Source(index, source, encoder, seed, skip_bad_records, stats)
-        held.append(streamed.hold_out(per_source, eval_fraction if eval_fraction < 1 else 0.0))
-        streams.append(streamed)
-        parts.append(streamed.stream())
+    streams = [_Source(index, source, encoder, seed, skip_bad_records, stats) for index, source in enumerate(sources)]
+    held = [streamed.hold_out(per_source, eval_fraction if eval_fraction < 1 else 0.0) for streamed in streams]
+    parts = [streamed.stream() for streamed in streams]
     if 0 < eval_fraction < 1 and eval_max_tokens and any(held):
         lengths = [encoder.encode([p for _, p in h])[1] if h else np.zeros(0, np.int64) for h in held]
         chosen = cap_tokens([np.arange(len(h)) for h in held], lengths, eval_max_tokens, seed)
@@ -125,23 +120,17 @@ def stream_mixture(
             streamed.held = {h[i][0] for i in keep.tolist()}  # the others go back to the train stream
         held = [[h[i] for i in keep.tolist()] for h, keep in zip(held, chosen)]
     evaluation = [payload for h in held for _, payload in h]
+    total, how = sum(s.ratio or 0 for s in sources), "concatenated"
     if len(parts) == 1:
         mixed = parts[0]
     elif sources[0].ratio is None:
         mixed = datasets.concatenate_datasets(parts)
     else:
-        total = sum(s.ratio for s in sources)
-        mixed = datasets.interleave_datasets(
-            parts, probabilities=[s.ratio / total for s in sources], seed=seed, stopping_strategy=stopping_strategy
-        )
-    logger.info(
-        "streaming mixture (%s): %s; %d eval documents held out near the start of each source",
-        "concatenated" if sources[0].ratio is None or len(parts) == 1 else stopping_strategy,
-        ", ".join(
-            f"{s.name}" + (f" {s.ratio / sum(x.ratio for x in sources):.1%}" if s.ratio else "") for s in sources
-        ),
-        len(evaluation),
-    )
+        probabilities, how = [s.ratio / total for s in sources], stopping_strategy
+        mixed = datasets.interleave_datasets(parts, probabilities, seed=seed, stopping_strategy=how)
+    shares = ", ".join(s.name + (f" {s.ratio / total:.1%}" if s.ratio else "") for s in sources)
+    message = "streaming mixture (%s): %s; %d eval documents held out near the start of each source"
+    logger.info(message, how, shares, len(evaluation))
     return mixed, evaluation
 
 
