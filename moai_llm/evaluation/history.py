@@ -6,8 +6,8 @@ A model directory's run is its parent (`<output_dir>/final_model`, `<output_dir>
 trainer_state.json of their checkpoints.
 """
 
+import datetime
 import json
-import logging
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from .report import number
+
 RUN_ARGUMENTS = "run_arguments.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -29,7 +30,7 @@ class RunRecord:
     arguments: dict = field(default_factory=dict)  # run_arguments.json: {"training": ..., "data": ..., "model": ...}
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -58,9 +59,9 @@ def load_run(model_path: str | Path) -> RunRecord | None:
     for folder in (path, path.parent):
         # a checkpoint's own trainer_state.json is its history; the finished run's all_results.json is not its own
         if not (checkpoint and folder == path.parent):
-            record.final_metrics = record.final_metrics or _read_json(folder / "all_results.json") or {}
-        record.arguments = record.arguments or _read_json(folder / RUN_ARGUMENTS) or {}
-    state = _read_json(state_file) if state_file else None
+            record.final_metrics = record.final_metrics or read_json(folder / "all_results.json") or {}
+        record.arguments = record.arguments or read_json(folder / RUN_ARGUMENTS) or {}
+    state = read_json(state_file) if state_file else None
     if state:
         record.log_history = state.pop("log_history", [])
         record.state = state
@@ -175,10 +176,10 @@ def training_summary(record: RunRecord) -> dict:
         "schedule": _schedule(training),
         "optimizer": training.get("optim"),
         "wall time": _duration(record.final_metrics.get("train_runtime")),
-        "tokens/s (median of logs)": _fmt(_median(history, "tokens_per_second"), "{:,.0f}"),
-        "MFU (median of logs)": _fmt(_median(history, "mfu"), "{:.1%}"),
-        "final train loss": _fmt(_last(history, "loss") or record.final_metrics.get("train_loss"), "{:.4f}"),
-        "final eval loss": _fmt(record.final_metrics.get("eval_loss") or _last(history, "eval_loss"), "{:.4f}"),
+        "tokens/s (median of logs)": number(_median(history, "tokens_per_second"), ",.0f"),
+        "MFU (median of logs)": number(_median(history, "mfu"), ".1%"),
+        "final train loss": number(_last(history, "loss") or record.final_metrics.get("train_loss")),
+        "final eval loss": number(record.final_metrics.get("eval_loss") or _last(history, "eval_loss")),
     }
 
 
@@ -200,10 +201,4 @@ def _schedule(training: dict) -> str | None:
 def _duration(seconds) -> str | None:
     if not isinstance(seconds, (int, float)):
         return None
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d} ({seconds:,.1f} s)"
-
-
-def _fmt(value, pattern: str) -> str | None:
-    return pattern.format(value) if isinstance(value, (int, float)) else None
+    return f"{datetime.timedelta(seconds=round(seconds))} ({seconds:,.1f} s)"
