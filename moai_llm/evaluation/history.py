@@ -1,10 +1,6 @@
-"""What a training run left behind, read back: the Trainer's log history, final metrics and arguments.
-
-A model directory's run is its parent (`<output_dir>/final_model`, `<output_dir>/adapter`) or, for a
-`checkpoint-N`, the checkpoint itself (its trainer_state.json) plus the parent's files. train.py writes
-`trainer_state.json` and `run_arguments.json` into output_dir at the end of a run; older runs still have the
-trainer_state.json of their checkpoints.
-"""
+"""What a training run left behind, read back: the Trainer's log history, final metrics and arguments. A model
+directory's run is its parent (`<output_dir>/final_model`, `<output_dir>/adapter`) or, for a `checkpoint-N`, the
+checkpoint itself (its trainer_state.json) plus the parent's files."""
 
 import datetime
 import json
@@ -38,6 +34,7 @@ def read_json(path: Path) -> dict | None:
 
 
 def _latest_checkpoint_state(directory: Path) -> Path | None:
+    """For runs from before train.py wrote trainer_state.json into output_dir: the last checkpoint's."""
     states = [
         (int(m.group(1)), p / "trainer_state.json")
         for p in directory.glob("checkpoint-*")

@@ -25,31 +25,34 @@ ENGLISH_WORDS = re.compile(r"\b(the|and|of|to|is|that)\b", re.IGNORECASE)
 GENERATION = "text-generation"  # the model-index task type of every score
 PRETRAIN = "a base model from pretraining: it continues text, it does not follow chat turns"
 SFT = "fine-tuned for chat (ChatML turns)"
-CARD = """
-# {name}
+CARD = """---
+{{ card_data }}
+---
 
-A Qwen3-architecture causal language model trained with MOAI-LLM; {what}.
+# {{ name }}
+
+A Qwen3-architecture causal language model trained with MOAI-LLM; {{ what }}.
 
 ## Architecture
 
-{architecture}
+{{ architecture }}
 
 ## Training
 
-{training}
+{{ training }}
 
 ## Use
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-model = AutoModelForCausalLM.from_pretrained("{path}", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("{path}")
+model = AutoModelForCausalLM.from_pretrained("{{ path }}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{{ path }}")
 ```
 
 ## Evaluation
 
-{evaluation}
+{{ evaluation }}
 
 License: not set; add a `license` to the metadata above before publishing.
 """
@@ -162,13 +165,15 @@ def scores(results: dict) -> list[tuple[EvalResult, int | None, int | None]]:
     return found
 
 
-def card_text(data: ModelCardData, path: str, facts: dict, training: dict | None, results: dict | None) -> str:
-    """The card's Markdown under the metadata block (which huggingface_hub writes from `data`)."""
+def render(data: ModelCardData, path: str, facts: dict, training: dict | None, results: dict | None) -> ModelCard:
+    """The card: huggingface_hub writes the metadata block from `data`, CARD the Markdown under it."""
     rows = [
         [e.dataset_name, e.metric_name or e.metric_type, f"{e.metric_value:.4f}", shots, documents]
         for e, shots, documents in scores(results or {})
     ]
-    return CARD.format(
+    return ModelCard.from_template(
+        data,
+        template_str=CARD,
         name=data.model_name,
         what=SFT if "sft" in (data.tags or []) else PRETRAIN,
         architecture=facts_table(facts),
@@ -184,8 +189,7 @@ def write_model_card(model_dir, arguments: dict, facts: dict, training: dict | N
     model, data = arguments.get("model", {}), arguments.get("data", {})
     mode = arguments.get("training", {}).get("mode", "pretrain")
     moe = not facts.get("Mixture of Experts", "no").startswith("no")
-    card = ModelCard("")
-    card.data = ModelCardData(
+    card_data = ModelCardData(
         model_name=path.parent.name or path.name,
         library_name="transformers",
         pipeline_tag="text-generation",
@@ -194,8 +198,7 @@ def write_model_card(model_dir, arguments: dict, facts: dict, training: dict | N
         language=languages or None,
         tags=[TAG, "qwen3", mode, *(["moe"] if moe else [])],
     )
-    card.text = card_text(card.data, str(path), facts, training, None)
-    card.save(path / "README.md")
+    render(card_data, str(path), facts, training, None).save(path / "README.md")
     logger.info("model card written to %s", path / "README.md")
     return path / "README.md"
 
@@ -205,12 +208,11 @@ def update_model_card(model_dir, results: dict) -> Path | None:
     path = Path(model_dir) / "README.md"
     if not path.is_file():
         return None
-    card = ModelCard.load(path)
-    if TAG not in (card.data.tags or []):
+    data = ModelCard.load(path).data
+    if TAG not in (data.tags or []):
         logger.info("%s was not written by train.py: left as it is", path)
         return None
-    card.data.eval_results = [entry for entry, _, _ in scores(results)] or None
-    card.text = card_text(card.data, str(model_dir), results.get("model_card") or {}, results.get("training"), results)
-    card.save(path)
+    data.eval_results = [entry for entry, _, _ in scores(results)] or None
+    render(data, str(model_dir), results.get("model_card") or {}, results.get("training"), results).save(path)
     logger.info("model card updated with the results: %s", path)
     return path

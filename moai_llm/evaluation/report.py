@@ -97,11 +97,7 @@ def benchmark_rows(results: dict) -> list[list]:
         for index, metric in enumerate(scored_metrics([results], name)):
             task = [name, info.get("num_fewshot"), info.get("documents"), info.get("limit") or "all"]
             task = task if index == 0 else ["", "", "", ""]
-            scores = [
-                number(metrics[metric]),
-                number(stderr_of(metrics, metric)),
-                number(baseline([results], name, metric)),
-            ]
+            scores = map(number, (metrics[metric], stderr_of(metrics, metric), baseline([results], name, metric)))
             rows.append([task[0], metric_label(name, metrics, metric), *scores, *task[1:]])
     return rows
 
@@ -222,16 +218,13 @@ def comparison_warnings(runs: dict[str, dict]) -> list[str]:
                 values = {n: v or "all" for n, v in values.items() if task in (runs[n].get("task_details") or {})}
             if found := differing(values):
                 warnings.append(f"{task}: {key} differs ({found})")
-    for names in perplexity_keys(runs).values():
+    keys = perplexity_keys(runs)
+    for names in keys.values():
         if len(set(names.values())) > 1:
             warnings.append(f"the same text is named differently ({'; '.join(f'{n}: {f}' for n, f in names.items())})")
-    by_name: dict[str, set] = {}
-    for r in runs.values():
-        for file, entry in (r.get("perplexity") or {}).items():
-            by_name.setdefault(file, set()).add(entry.get("content_sha256"))
-    for file, hashes in by_name.items():
-        if len(hashes) > 1:
-            warnings.append(f"{file}: the file's content differs between the runs (its rows are kept apart)")
+    names = [file for files in keys.values() for file in set(files.values())]  # a name under two contents
+    for file in dict.fromkeys(file for file in names if names.count(file) > 1):
+        warnings.append(f"{file}: the file's content differs between the runs (its rows are kept apart)")
     return warnings
 
 
