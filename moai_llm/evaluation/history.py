@@ -131,11 +131,11 @@ def training_panels(history: list[dict], arguments: dict) -> tuple[list, str]:
         *TRAINING_PANELS,
         ("Benchmarks during training", [(k, k.removeprefix("bench/")) for k in bench], "headline score"),
     ]
-    panels = [
-        (name, [(series(history, key, axis), label) for key, label in keys], ylabel) for name, keys, ylabel in specs
-    ]
-    panels = [(name, [(xy, label) for xy, label in lines if len(xy[0])], ylabel) for name, lines, ylabel in panels]
-    return [panel for panel in panels if panel[1]], xlabel
+    panels = []
+    for name, keys, ylabel in specs:
+        if lines := [(xy, label) for key, label in keys if len((xy := series(history, key, axis))[0])]:
+            panels.append((name, lines, ylabel))
+    return panels, xlabel
 
 
 def _median(history: list[dict], key: str) -> float | None:
@@ -181,17 +181,13 @@ def training_summary(record: RunRecord) -> dict:
 
 
 def _schedule(training: dict) -> str | None:
-    if "lr_scheduler_type" not in training:
+    kind = training.get("lr_scheduler_type")
+    if kind is None:
         return None
-    text = (
-        f"{training['lr_scheduler_type']}, peak lr {training.get('learning_rate')}, "
-        f"warmup {training.get('warmup_steps')}"
-    )
-    if "stable_decay" in str(training["lr_scheduler_type"]) or str(training["lr_scheduler_type"]) == "wsd":
-        text += (
-            f", decay {training.get('wsd_decay_ratio')} of steps ({training.get('wsd_decay_type')}), "
-            f"final lr ratio {training.get('min_lr_ratio')}"
-        )
+    text = f"{kind}, peak lr {training.get('learning_rate')}, warmup {training.get('warmup_steps')}"
+    if "stable_decay" in str(kind) or kind == "wsd":
+        text += f", decay {training.get('wsd_decay_ratio')} of steps ({training.get('wsd_decay_type')}), "
+        text += f"final lr ratio {training.get('min_lr_ratio')}"
     return text
 
 
