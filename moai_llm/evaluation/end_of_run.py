@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from .history import RUN_ARGUMENTS, RunRecord, read_json, training_panels, training_summary
+from .history import RUN_ARGUMENTS, RunRecord, load_run, training_panels, training_summary
 from .report import render_training_report
 
 logger = logging.getLogger(__name__)
@@ -32,9 +32,7 @@ def _write(trainer, model_args, data_args) -> Path:
         "world_size": trainer.args.world_size,
     }
     (output_dir / RUN_ARGUMENTS).write_text(json.dumps(arguments, indent=2, default=str), encoding="utf-8")
-    state = {"global_step": trainer.state.global_step, "max_steps": trainer.state.max_steps}
-    metrics = read_json(output_dir / "all_results.json") or {}
-    record = RunRecord(output_dir, list(trainer.state.log_history), state, metrics, arguments)
+    record = load_run(output_dir / "final_model")  # the run as eval.py will read it back
     summary = training_summary(record)
     report = output_dir / "training_report.md"
     report.write_text(render_training_report(summary, draw_training(record, output_dir)), encoding="utf-8")

@@ -26,7 +26,7 @@ class RunRecord:
     arguments: dict = field(default_factory=dict)  # run_arguments.json: {"training": ..., "data": ..., "model": ...}
 
 
-def read_json(path: Path) -> dict | None:
+def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -56,9 +56,9 @@ def load_run(model_path: str | Path) -> RunRecord | None:
     for folder in (path, path.parent):
         # a checkpoint's own trainer_state.json is its history; the finished run's all_results.json is not its own
         if not (checkpoint and folder == path.parent):
-            record.final_metrics = record.final_metrics or read_json(folder / "all_results.json") or {}
-        record.arguments = record.arguments or read_json(folder / RUN_ARGUMENTS) or {}
-    state = read_json(state_file) if state_file else None
+            record.final_metrics = record.final_metrics or _read_json(folder / "all_results.json") or {}
+        record.arguments = record.arguments or _read_json(folder / RUN_ARGUMENTS) or {}
+    state = _read_json(state_file) if state_file else None
     if state:
         record.log_history = state.pop("log_history", [])
         record.state = state

@@ -152,9 +152,9 @@ def render_report(results: dict, plot: str | None = None, figures: dict[str, str
     elif results.get("sample_settings"):
         lines += [f"Produced with {pairs(results['sample_settings'])}.", ""]
     for sample in results.get("samples", []):
-        speed = ""
-        if "tokens" in sample:
-            speed = f" ({sample['tokens']} tokens, {sample['tokens_per_second']:.1f} tokens/s)"
+        speed = (
+            f" ({sample['tokens']} tokens, {sample['tokens_per_second']:.1f} tokens/s)" if "tokens" in sample else ""
+        )
         lines += [f"**{sample['prompt']}**{speed}", "", _quote(sample["text"]), ""]
     return "\n".join(lines + provenance_lines(results))
 
@@ -247,9 +247,8 @@ def comparison_rows(runs: dict[str, dict]) -> list[list]:
             for r in runs.values():
                 value, stderr = r["tasks"].get(task, {}).get(metric), stderr_of(r["tasks"].get(task, {}), metric)
                 values.append(f"{number(value)} ± {number(stderr)}" if isinstance(stderr, float) else number(value))
-            rows.append(
-                [task, metric_label(task, union, metric), *values, number(baseline(runs.values(), task, metric))]
-            )
+            guess = number(baseline(runs.values(), task, metric))
+            rows.append([task, metric_label(task, union, metric), *values, guess])
         for key in ("num_fewshot", "documents", "limit"):
             cells = [(r.get("task_details") or {}).get(task, {}).get(key) for r in runs.values()]
             rows.append(["", f"({key})", *([c or "all" for c in cells] if key == "limit" else cells), ""])
