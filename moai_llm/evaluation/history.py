@@ -4,6 +4,7 @@ checkpoint itself (its trainer_state.json) plus the parent's files."""
 
 import datetime
 import json
+import math
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -71,12 +72,8 @@ def tokens_per_step(arguments: dict) -> int | None:
     """Token slots per optimizer step from the run's arguments (an upper bound: rows may not be full)."""
     training, data = arguments.get("training", {}), arguments.get("data", {})
     try:
-        return int(
-            training["per_device_train_batch_size"]
-            * training["gradient_accumulation_steps"]
-            * arguments.get("world_size", 1)
-            * data["max_seq_length"]
-        )
+        sizes = training["per_device_train_batch_size"], training["gradient_accumulation_steps"], data["max_seq_length"]
+        return int(math.prod(sizes) * arguments.get("world_size", 1))
     except (KeyError, TypeError):
         return None
 

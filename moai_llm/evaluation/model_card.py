@@ -85,8 +85,7 @@ def moe_layout(config) -> str | None:
     is_moe = getattr(config, "is_moe_layer", None)
     moe_layers = [i for i in layers if is_moe(i)] if is_moe else layers
     text = f"{experts} routed experts, top-{config.num_experts_per_tok}, expert width {config.moe_intermediate_size}"
-    shared = getattr(config, "shared_expert_intermediate_size", 0) or 0
-    if shared:
+    if shared := getattr(config, "shared_expert_intermediate_size", 0):
         text += f", shared expert width {shared}"
     dense = [i for i in layers if i not in moe_layers]
     return text + f"; MoE layers {_layer_ranges(moe_layers)}" + (f", dense {_layer_ranges(dense)}" if dense else "")
@@ -128,8 +127,7 @@ def model_card(model, model_path: str) -> dict[str, str]:
         "Mixture of Experts": moe_layout(config) or "no (dense)",
         "dtype / attention": f"{str(model.dtype).removeprefix('torch.')} / {config._attn_implementation}",
     }
-    adapter = adapter_facts(model_path)
-    if adapter:
+    if adapter := adapter_facts(model_path):
         card["LoRA adapter"] = adapter
     return card
 

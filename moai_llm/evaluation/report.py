@@ -176,9 +176,8 @@ def render_training_report(summary: dict, plot: str | None) -> str:
 
 def run_label(path: str, taken: set[str]) -> str:
     """A short column name for a model directory: its last two path parts, made unique."""
-    parts = Path(path).parts
-    label = "/".join(parts[-2:]) if len(parts) >= 2 else path
-    base, suffix = label, 2
+    base = label = "/".join(Path(path).parts[-2:])
+    suffix = 2
     while label in taken:
         label, suffix = f"{base} ({suffix})", suffix + 1
     taken.add(label)

@@ -81,15 +81,8 @@ def generate_samples(
         text, tokens, seconds = stream_answer(
             model, tokenizer, ids, sampling, StopFlag(), lambda _: None, decoding=decoding
         )
-        samples.append(
-            {
-                "prompt": prompt,
-                "text": text,
-                "tokens": tokens,
-                "seconds": round(seconds, 4),
-                "tokens_per_second": round(tokens / max(seconds, 1e-9), 2),
-            }
-        )
+        rate = round(tokens / max(seconds, 1e-9), 2)
+        samples.append(dict(prompt=prompt, text=text, tokens=tokens, seconds=round(seconds, 4), tokens_per_second=rate))
     total, elapsed = sum(s["tokens"] for s in samples), max(sum(s["seconds"] for s in samples), 1e-9)
     mode = "plain continuation" if session.raw else "chat template"
     logger.info("samples: %d answers, %d tokens, %.1f tokens/s (%s)", len(samples), total, total / elapsed, mode)
