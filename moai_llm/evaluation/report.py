@@ -8,20 +8,18 @@ from pathlib import Path
 from .suites import headline_metric
 
 BASELINE_METRICS = ("acc", "acc_norm", "exact_match")
-RANDOM_GUESS_NOTE = (
-    "Random guess: the expected score of a uniform guess on the same documents (1 / number of choices "
-    "per document; TruthfulQA mc2: the share of true answers; 0 for generated answers)."
+BENCHMARK_NOTE = (
+    "★ marks each task's headline metric, the one leaderboards compare (acc_norm for ARC and HellaSwag). Random "
+    "guess: the expected score of a uniform guess on the same documents (1 / number of choices per document; "
+    "TruthfulQA mc2: the share of true answers; 0 for generated answers)."
 )
 PERPLEXITY_NOTE = (
-    "Plain cross-entropy over every token after each document's first (EOS included), packed rows "
-    "without cross-document attention; bits per byte over the UTF-8 bytes of the scored text."
+    "Plain cross-entropy over every token after each document's first (EOS included), packed rows without "
+    "cross-document attention; bits per byte over the UTF-8 bytes of the scored text. Unlike lm-eval's rolling "
+    "log-likelihood (wikitext's word_perplexity, bits_per_byte), which also scores each document's first token "
+    "after an end-of-text token and appends no EOS, this scores EOS and not the first token; long documents are "
+    "cut into windows that carry one token of context unless `--stride` is given."
 )
-LM_EVAL_PERPLEXITY_NOTE = (
-    "Unlike lm-eval's rolling log-likelihood (wikitext's word_perplexity, bits_per_byte), which also scores each "
-    "document's first token after an end-of-text token and appends no EOS, this scores EOS and not the first "
-    "token; long documents are cut into windows that carry one token of context unless `--stride` is given."
-)
-HEADLINE_NOTE = "★ marks each task's headline metric, the one leaderboards compare (acc_norm for ARC and HellaSwag)."
 # results.json paths whose values must agree for two runs' numbers to be comparable
 GLOBAL_SETTINGS = (
     ("settings", "precision"),
@@ -125,7 +123,7 @@ def render_report(results: dict, plot: str | None = None, figures: dict[str, str
     rows = benchmark_rows(results)
     if rows:
         header = ["task", "metric", "score", "± stderr", "random guess", "shots", "documents", "limit"]
-        lines += [table(header, rows), "", HEADLINE_NOTE + " " + RANDOM_GUESS_NOTE, ""]
+        lines += [table(header, rows), "", BENCHMARK_NOTE, ""]
         for suite, value in (results.get("averages") or {}).items():
             lines += [f"**{suite} average** (mean of the headline metrics): {value:.4f}", ""]
         lines += figure(figures, "benchmarks")
@@ -142,7 +140,7 @@ def render_report(results: dict, plot: str | None = None, figures: dict[str, str
             + [number(v["bits_per_byte"]), number(v["token_accuracy"]), number(v.get("tokens_per_second"), ".0f")]
             for name, v in results["perplexity"].items()
         ]
-        lines += [table(header, rows), "", PERPLEXITY_NOTE + " " + LM_EVAL_PERPLEXITY_NOTE, ""]
+        lines += [table(header, rows), "", PERPLEXITY_NOTE, ""]
         lines += figure(figures, "perplexity", "bits per byte")
     else:
         lines += ["No `--eval_file` given.", ""]
