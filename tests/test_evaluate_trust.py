@@ -14,10 +14,9 @@ from transformers import AutoTokenizer
 from moai_llm import MoaiForCausalLM
 from moai_llm.chat.generation import SamplingParams
 from moai_llm.errors import UsageError
-from moai_llm.evaluation.comparison import comparison_warnings, render_comparison
 from moai_llm.evaluation.history import load_run, training_summary
 from moai_llm.evaluation.perplexity import evaluate_perplexity, sliding_windows
-from moai_llm.evaluation.report import render_report
+from moai_llm.evaluation.report import comparison_warnings, render_comparison, render_report
 from moai_llm.evaluation.runner import precision_context, suite_averages, training_plot
 from moai_llm.evaluation.samples import sample_settings, use_chat_template
 from moai_llm.evaluation.suites import SUITES, headline_metric, resolve_tasks

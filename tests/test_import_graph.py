@@ -18,8 +18,7 @@ REMOTE_ROOTS = ("moai_llm.modeling_moai", "moai_llm.configuration_moai")  # what
 # huggingface_hub, which transformers requires) and flat siblings, which save_pretrained ships with it
 REMOTE_PACKAGES = {"torch", "transformers", "huggingface_hub"}
 REPORT_MODULES = {
-    f"moai_llm.evaluation.{name}"
-    for name in ("report", "plots", "training_report", "model_card", "hub_card", "history")
+    f"moai_llm.evaluation.{name}" for name in ("report", "plots", "training_report", "model_card", "history")
 }
 
 

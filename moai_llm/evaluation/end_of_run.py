@@ -1,12 +1,13 @@
 """The report train.py leaves in output_dir at the end of a run: trainer_state.json, run_arguments.json,
-plots/training.png and training_report.md. Called on rank 0 only; an error here is a warning, never a failed run."""
+plots/training.png, training_report.md and final_model's card. Called on rank 0 only; an error here is a warning,
+never a failed run. eval.py draws its figures through `plotting` and `draw_training` too."""
 
 import dataclasses
 import json
 import logging
 from pathlib import Path
 
-from .history import RUN_ARGUMENTS, RunRecord, training_panels, training_summary
+from .history import RUN_ARGUMENTS, RunRecord, load_run, training_panels, training_summary
 from .report import render_training_report
 
 logger = logging.getLogger(__name__)
@@ -31,39 +32,37 @@ def _write(trainer, model_args, data_args) -> Path:
         "world_size": trainer.args.world_size,
     }
     (output_dir / RUN_ARGUMENTS).write_text(json.dumps(arguments, indent=2, default=str), encoding="utf-8")
-    state = {"global_step": trainer.state.global_step, "max_steps": trainer.state.max_steps}
-    metrics_file = output_dir / "all_results.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    record = RunRecord(output_dir, list(trainer.state.log_history), state, metrics, arguments)
-    plot = training_plot(record, output_dir)
-    report = output_dir / "training_report.md"
+    record = load_run(output_dir / "final_model")  # the run as eval.py will read it back
     summary = training_summary(record)
-    report.write_text(render_training_report(summary, plot), encoding="utf-8")
+    report = output_dir / "training_report.md"
+    report.write_text(render_training_report(summary, draw_training(record, output_dir)), encoding="utf-8")
     logger.info("training report written to %s", report)
     final_dir = output_dir / "final_model"
     if (final_dir / "config.json").is_file():
-        from .hub_card import detect_languages, write_model_card
-        from .model_card import model_card
+        from .model_card import detect_languages, model_card, write_model_card
 
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        facts = model_card(model, str(final_dir))
+        facts = model_card(trainer.accelerator.unwrap_model(trainer.model), str(final_dir))
         write_model_card(final_dir, arguments, facts, summary, detect_languages(sample_texts(trainer)))
     return report
 
 
-def training_plot(record: RunRecord, output_dir: Path) -> str | None:
+def plotting():
+    """The plots module, or None with one warning when matplotlib (the `eval` extra) is missing."""
+    try:
+        from . import plots
+    except ImportError as error:
+        logger.warning("plots skipped: %s (pip install -e '.[eval]')", error)
+        return None
+    return plots
+
+
+def draw_training(record: RunRecord, output_dir: Path) -> str | None:
     """plots/training.png (relative to output_dir) when the history has a point to draw, else None; matplotlib and
     the plotting module are imported only then."""
-    if not training_panels(record.log_history, record.arguments)[0]:
+    if not training_panels(record.log_history, record.arguments)[0] or not (plots := plotting()):
         return None
-    try:
-        from .plots import plot_training
-    except ImportError:  # matplotlib comes with the `eval` extra
-        logger.info("matplotlib is not installed (pip install -e '.[eval]'): training report without plots")
-        return None
-    path = output_dir / "plots" / "training.png"
-    written = plot_training(record.log_history, record.arguments, path, title=f"Training history: {output_dir}")
-    return "plots/training.png" if written else None
+    path, title = output_dir / "plots" / "training.png", f"Training history: {record.directory}"
+    return "plots/training.png" if plots.plot_training(record.log_history, record.arguments, path, title) else None
 
 
 def sample_texts(trainer, rows: int = 8) -> list[str]:

@@ -1,13 +1,10 @@
-"""What a training run left behind, read back: the Trainer's log history, final metrics and arguments.
+"""What a training run left behind, read back: the Trainer's log history, final metrics and arguments. A model
+directory's run is its parent (`<output_dir>/final_model`, `<output_dir>/adapter`) or, for a `checkpoint-N`, the
+checkpoint itself (its trainer_state.json) plus the parent's files."""
 
-A model directory's run is its parent (`<output_dir>/final_model`, `<output_dir>/adapter`) or, for a
-`checkpoint-N`, the checkpoint itself (its trainer_state.json) plus the parent's files. train.py writes
-`trainer_state.json` and `run_arguments.json` into output_dir at the end of a run; older runs still have the
-trainer_state.json of their checkpoints.
-"""
-
+import datetime
 import json
-import logging
+import math
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -15,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from .report import number
+
 RUN_ARGUMENTS = "run_arguments.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -37,6 +35,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _latest_checkpoint_state(directory: Path) -> Path | None:
+    """For runs from before train.py wrote trainer_state.json into output_dir: the last checkpoint's."""
     states = [
         (int(m.group(1)), p / "trainer_state.json")
         for p in directory.glob("checkpoint-*")
@@ -73,12 +72,8 @@ def tokens_per_step(arguments: dict) -> int | None:
     """Token slots per optimizer step from the run's arguments (an upper bound: rows may not be full)."""
     training, data = arguments.get("training", {}), arguments.get("data", {})
     try:
-        return int(
-            training["per_device_train_batch_size"]
-            * training["gradient_accumulation_steps"]
-            * arguments.get("world_size", 1)
-            * data["max_seq_length"]
-        )
+        sizes = training["per_device_train_batch_size"], training["gradient_accumulation_steps"], data["max_seq_length"]
+        return int(math.prod(sizes) * arguments.get("world_size", 1))
     except (KeyError, TypeError):
         return None
 
@@ -133,11 +128,11 @@ def training_panels(history: list[dict], arguments: dict) -> tuple[list, str]:
         *TRAINING_PANELS,
         ("Benchmarks during training", [(k, k.removeprefix("bench/")) for k in bench], "headline score"),
     ]
-    panels = [
-        (name, [(series(history, key, axis), label) for key, label in keys], ylabel) for name, keys, ylabel in specs
-    ]
-    panels = [(name, [(xy, label) for xy, label in lines if len(xy[0])], ylabel) for name, lines, ylabel in panels]
-    return [panel for panel in panels if panel[1]], xlabel
+    panels = []
+    for name, keys, ylabel in specs:
+        if lines := [(xy, label) for key, label in keys if len((xy := series(history, key, axis))[0])]:
+            panels.append((name, lines, ylabel))
+    return panels, xlabel
 
 
 def _median(history: list[dict], key: str) -> float | None:
@@ -175,35 +170,25 @@ def training_summary(record: RunRecord) -> dict:
         "schedule": _schedule(training),
         "optimizer": training.get("optim"),
         "wall time": _duration(record.final_metrics.get("train_runtime")),
-        "tokens/s (median of logs)": _fmt(_median(history, "tokens_per_second"), "{:,.0f}"),
-        "MFU (median of logs)": _fmt(_median(history, "mfu"), "{:.1%}"),
-        "final train loss": _fmt(_last(history, "loss") or record.final_metrics.get("train_loss"), "{:.4f}"),
-        "final eval loss": _fmt(record.final_metrics.get("eval_loss") or _last(history, "eval_loss"), "{:.4f}"),
+        "tokens/s (median of logs)": number(_median(history, "tokens_per_second"), ",.0f"),
+        "MFU (median of logs)": number(_median(history, "mfu"), ".1%"),
+        "final train loss": number(_last(history, "loss") or record.final_metrics.get("train_loss")),
+        "final eval loss": number(record.final_metrics.get("eval_loss") or _last(history, "eval_loss")),
     }
 
 
 def _schedule(training: dict) -> str | None:
-    if "lr_scheduler_type" not in training:
+    kind = training.get("lr_scheduler_type")
+    if kind is None:
         return None
-    text = (
-        f"{training['lr_scheduler_type']}, peak lr {training.get('learning_rate')}, "
-        f"warmup {training.get('warmup_steps')}"
-    )
-    if "stable_decay" in str(training["lr_scheduler_type"]) or str(training["lr_scheduler_type"]) == "wsd":
-        text += (
-            f", decay {training.get('wsd_decay_ratio')} of steps ({training.get('wsd_decay_type')}), "
-            f"final lr ratio {training.get('min_lr_ratio')}"
-        )
+    text = f"{kind}, peak lr {training.get('learning_rate')}, warmup {training.get('warmup_steps')}"
+    if "stable_decay" in str(kind) or kind == "wsd":
+        text += f", decay {training.get('wsd_decay_ratio')} of steps ({training.get('wsd_decay_type')}), "
+        text += f"final lr ratio {training.get('min_lr_ratio')}"
     return text
 
 
 def _duration(seconds) -> str | None:
     if not isinstance(seconds, (int, float)):
         return None
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d} ({seconds:,.1f} s)"
-
-
-def _fmt(value, pattern: str) -> str | None:
-    return pattern.format(value) if isinstance(value, (int, float)) else None
+    return f"{datetime.timedelta(seconds=round(seconds))} ({seconds:,.1f} s)"

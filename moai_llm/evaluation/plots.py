@@ -1,10 +1,6 @@
-"""Training-history plots: matplotlib PNGs with tokens seen on the x-axis.
-
-One dashboard per run (`training.png`: loss, learning rate, grad norm, tokens/s, and MoE expert balance when the
-run logged it), drawn in a single figure so that train.py pays for one render; and an overlay of several runs'
-losses for `--compare`. Figures are built with `matplotlib.figure.Figure` (rendered by Agg, no display, no pyplot
-global state), so plotting inside a training process changes nothing else there.
-"""
+"""matplotlib PNGs against tokens seen or per task: the training dashboard (one figure, so train.py pays for one
+render), loss by run, benchmark and bits-per-byte bars, metrics by checkpoint. Figures are `matplotlib.figure.Figure`
+objects (Agg, no pyplot global state), so plotting inside a training process changes nothing else there."""
 
 import logging
 from pathlib import Path
@@ -13,8 +9,26 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
 from .history import series, token_axis, training_panels
+from .report import baseline, scored_metrics, stderr_of, task_names
+from .suites import headline_metric
 
 logger = logging.getLogger(__name__)
+
+
+def _grid(count: int, columns: int, width: float, height: float):
+    """A figure for `count` panels in rows of `columns` (each panel width x height inches), unused cells hidden."""
+    rows = -(-count // columns)
+    fig = Figure(figsize=(width * columns, height * rows))
+    axes = list(fig.subplots(rows, columns, squeeze=False).flat)
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return fig, axes[:count]
+
+
+def _over_tokens(ax, title: str, xlabel: str, ylabel: str | None = None) -> None:
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.xaxis.set_major_formatter(EngFormatter())
+    ax.grid(alpha=0.3)
 
 
 def plot_training(history: list[dict], arguments: dict, path: str | Path, title: str = "Training") -> Path | None:
@@ -22,24 +36,15 @@ def plot_training(history: list[dict], arguments: dict, path: str | Path, title:
     panels, xlabel = training_panels(history, arguments)
     if not panels:
         return None
-    columns = 2 if len(panels) <= 4 else 3
-    rows = -(-len(panels) // columns)
-    fig = Figure(figsize=(6.5 * columns, 4.2 * rows))
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for ax, (name, lines, ylabel) in zip(axes.flat, panels):
+    fig, axes = _grid(len(panels), 2 if len(panels) <= 4 else 3, 6.5, 4.2)
+    for ax, (name, lines, ylabel) in zip(axes, panels):
         for (x, y), label in lines:
             ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=3, linewidth=1.5, label=label)
         if name.startswith("MoE"):
             ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="balanced")
-        ax.set_title(name)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.xaxis.set_major_formatter(EngFormatter())
-        ax.grid(alpha=0.3)
+        _over_tokens(ax, name, xlabel, ylabel)
         if len(lines) > 1 or name.startswith(("MoE", "Benchmarks")):
             ax.legend()
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
     fig.suptitle(title)
     return _save(fig, path)
 
@@ -48,33 +53,28 @@ def plot_loss_comparison(runs: dict[str, tuple[list[dict], dict]], path: str | P
     """Train (solid) and eval (dashed) loss of several runs against tokens seen, one colour per run."""
     fig = Figure(figsize=(9, 5.5))
     ax = fig.subplots()
-    drawn = False
     for index, (name, (history, arguments)) in enumerate(runs.items()):
         axis, _ = token_axis(history, arguments)
-        color = f"C{index % 10}"
         for key, style, suffix in (("loss", "-", "train"), ("eval_loss", "--", "eval")):
             x, y = series(history, key, axis)
             if len(x):
-                ax.plot(x, y, style, color=color, linewidth=1.5, label=f"{name} ({suffix})")
-                drawn = True
-    if not drawn:
+                ax.plot(x, y, style, color=f"C{index % 10}", linewidth=1.5, label=f"{name} ({suffix})")
+    if not ax.lines:
         return None
-    ax.set_title("Loss by run")
-    ax.set_xlabel("tokens seen (each run's own count)")
-    ax.set_ylabel("cross-entropy (nats)")
-    ax.xaxis.set_major_formatter(EngFormatter())
-    ax.grid(alpha=0.3)
+    _over_tokens(ax, "Loss by run", "tokens seen (each run's own count)", "cross-entropy (nats)")
     ax.legend()
     return _save(fig, path)
 
 
-def _bars(ax, groups: list[str], series_by_name: dict[str, list], errors: dict[str, list] | None = None):
-    """Grouped bars: one group per label in `groups`, one bar per series; None values are left out."""
+def _bars(groups: list[str], series_by_name: dict[str, list], errors: dict[str, list] | None, group_width: float):
+    """A figure of grouped bars: one group per label in `groups`, one bar per series; None values are left out."""
+    fig = Figure(figsize=(max(6.0, group_width * len(groups) * max(1, len(series_by_name) / 2)), 4.5))
+    ax = fig.subplots()
     width = 0.8 / max(len(series_by_name), 1)
     for index, (name, values) in enumerate(series_by_name.items()):
-        x = [i + (index - (len(series_by_name) - 1) / 2) * width for i in range(len(groups))]
-        shown = [(xi, v, (errors or {}).get(name, [None] * len(groups))[i]) for i, (xi, v) in enumerate(zip(x, values))]
-        shown = [(xi, v, e) for xi, v, e in shown if isinstance(v, (int, float))]
+        offset = (index - (len(series_by_name) - 1) / 2) * width
+        spread = (errors or {}).get(name) or [None] * len(values)
+        shown = [(i + offset, v, e) for i, (v, e) in enumerate(zip(values, spread)) if isinstance(v, (int, float))]
         if shown:
             xs, ys, es = zip(*shown)
             yerr = [e if isinstance(e, (int, float)) else 0.0 for e in es] if errors else None
@@ -82,37 +82,29 @@ def _bars(ax, groups: list[str], series_by_name: dict[str, list], errors: dict[s
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=20, ha="right")
     ax.grid(axis="y", alpha=0.3)
+    return fig, ax
 
 
 def plot_benchmarks(runs: dict[str, dict], path: str | Path) -> Path | None:
     """Each task's headline score (± its standard error) per run, against the random-guess baseline (a black
     tick): one run for a report, several for --compare."""
-    from .suites import headline_metric
-
-    tasks = list(dict.fromkeys(t for r in runs.values() for t in r.get("summary_tasks", [])))
+    tasks = task_names(runs.values())
     if not tasks:
         return None
     labels, values, errors, baselines = [], {name: [] for name in runs}, {name: [] for name in runs}, []
     for task in tasks:
-        union = {m: None for r in runs.values() for m in r["tasks"].get(task, {})}
-        metric = headline_metric(task, union)
+        metric = headline_metric(task, scored_metrics(runs.values(), task))
         labels.append(f"{task}\n{metric}")
         for name, r in runs.items():
-            metrics = r["tasks"].get(task, {})
-            values[name].append(metrics.get(metric))
-            stderr = metrics.get(metric.replace(",", "_stderr,", 1) if "," in metric else f"{metric}_stderr")
-            errors[name].append(stderr)
-        baseline = next((r["baselines"][task] for r in runs.values() if task in r.get("baselines", {})), None)
-        baselines.append(baseline if metric.split(",")[0] in ("acc", "acc_norm", "exact_match") else None)
-    fig = Figure(figsize=(max(6.0, 1.6 * len(tasks) * max(1, len(runs) / 2)), 4.8))
-    ax = fig.subplots()
-    _bars(ax, labels, values, errors)
-    for i, baseline in enumerate(baselines):
-        if baseline is not None:
-            ax.hlines(baseline, i - 0.45, i + 0.45, colors="black", linestyles="--", linewidth=1.2)
+            values[name].append(r["tasks"].get(task, {}).get(metric))
+            errors[name].append(stderr_of(r["tasks"].get(task, {}), metric))
+        baselines.append(baseline(runs.values(), task, metric))
+    fig, ax = _bars(labels, values, errors, 1.6)
+    for i, guess in enumerate(baselines):
+        if guess is not None:
+            ax.hlines(guess, i - 0.45, i + 0.45, colors="black", linestyles="--", linewidth=1.2)
     ax.plot([], [], "k--", label="random guess")
-    ax.set_ylabel("score (headline metric)")
-    ax.set_title("Benchmarks (± standard error)")
+    ax.set(ylabel="score (headline metric)", title="Benchmarks (± standard error)")
     ax.legend()
     return _save(fig, path)
 
@@ -122,14 +114,9 @@ def plot_perplexity(runs: dict[str, dict], path: str | Path) -> Path | None:
     files = list(dict.fromkeys(f for r in runs.values() for f in r.get("perplexity", {})))
     if not files:
         return None
-    values = {
-        name: [(r.get("perplexity") or {}).get(f, {}).get("bits_per_byte") for f in files] for name, r in runs.items()
-    }
-    fig = Figure(figsize=(max(6.0, 1.5 * len(files) * max(1, len(runs) / 2)), 4.5))
-    ax = fig.subplots()
-    _bars(ax, [Path(f).name for f in files], values)
-    ax.set_ylabel("bits per byte (lower is better)")
-    ax.set_title("Held-out text")
+    values = {n: [(r.get("perplexity") or {}).get(f, {}).get("bits_per_byte") for f in files] for n, r in runs.items()}
+    fig, ax = _bars([Path(f).name for f in files], values, None, 1.5)
+    ax.set(ylabel="bits per byte (lower is better)", title="Held-out text")
     if len(runs) > 1:
         ax.legend()
     return _save(fig, path)
@@ -141,19 +128,11 @@ def plot_metrics_over_tokens(points: list[dict], path: str | Path) -> Path | Non
     names = list(dict.fromkeys(m for p in points for m, v in p["metrics"].items() if isinstance(v, (int, float))))
     if not names:
         return None
-    columns = min(3, len(names))
-    rows = -(-len(names) // columns)
-    fig = Figure(figsize=(5.5 * columns, 4.0 * rows))
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for ax, name in zip(axes.flat, names):
+    fig, axes = _grid(len(names), min(3, len(names)), 5.5, 4.0)
+    for ax, name in zip(axes, names):
         xy = sorted((p["tokens_seen"], p["metrics"][name]) for p in points if isinstance(p["metrics"].get(name), float))
         ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", linewidth=1.5)
-        ax.set_title(name)
-        ax.set_xlabel("tokens seen")
-        ax.xaxis.set_major_formatter(EngFormatter())
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.set_visible(False)
+        _over_tokens(ax, name, "tokens seen")
     fig.suptitle("Metrics by checkpoint")
     return _save(fig, path)
 

@@ -21,21 +21,12 @@ def package_version(name: str) -> str | None:
 
 
 def git_commit(folder: Path) -> str | None:
-    """HEAD of the checkout holding the code (with "+dirty" when it has uncommitted changes), or None."""
+    """HEAD of the checkout holding the code (with "+dirty" when tracked files have changes), or None."""
+    command = ["git", "-C", str(folder), "describe", "--always", "--dirty=+dirty", "--abbrev=40", "--exclude=*"]
     try:
-        head = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        return subprocess.run(command, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return head + ("+dirty" if dirty else "")
 
 
 def weights_fingerprint(model_path: str) -> str | None:

@@ -14,12 +14,12 @@ from ..chat.generation import SamplingParams
 from ..errors import UsageError
 from ..loading import load_model as load_weights
 from .benchmarks import LmEvalOptions, check_tasks, run_benchmarks
-from .comparison import render_comparison
+from .end_of_run import draw_training, plotting
 from .history import load_run, training_summary
 from .model_card import model_card
 from .perplexity import evaluate_perplexity, read_documents
 from .provenance import provenance
-from .report import render_report, run_label
+from .report import render_comparison, render_report, run_label
 from .samples import DEFAULT_PROMPTS, generate_samples, read_prompts, sample_settings, use_chat_template
 from .suites import SUITES, TaskSpec, headline_score
 
@@ -178,31 +178,12 @@ def content_hash(documents: list[str]) -> str:
     return digest.hexdigest()
 
 
-def plotting():
-    """The plots module, or None with one warning when matplotlib (the `eval` extra) is missing."""
-    try:
-        from . import plots
-    except ImportError as error:
-        logger.warning("plots skipped: %s (pip install -e '.[eval]')", error)
-        return None
-    return plots
-
-
 def training_plot(model_path: str, output_dir: Path) -> tuple[dict | None, str | None]:
     """(training summary, plot path relative to output_dir) of the model's run, when its files are found."""
     record = load_run(model_path)
     if record is None:
         return None, None
-    plot = None
-    if record.log_history and (plots := plotting()):
-        written = plots.plot_training(
-            record.log_history,
-            record.arguments,
-            output_dir / "plots" / "training.png",
-            title=f"Training history: {record.directory}",
-        )
-        plot = "plots/training.png" if written else None
-    return training_summary(record), plot
+    return training_summary(record), draw_training(record, output_dir)
 
 
 def write_outputs(results: dict, output_dir: Path) -> None:
@@ -212,7 +193,7 @@ def write_outputs(results: dict, output_dir: Path) -> None:
     figures = result_figures({"": results}, output_dir)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     (output_dir / "report.md").write_text(render_report(results, plot, figures), encoding="utf-8")
-    from .hub_card import update_model_card
+    from .model_card import update_model_card
 
     update_model_card(results["model"], results)  # the card train.py wrote gets the scores
     logger.info("results in %s (results.json, report.md)", output_dir)
@@ -275,7 +256,7 @@ def evaluate_checkpoints(options: EvalOptions, run_dir: str) -> Path:
     summary report's path. Each model's own results go to <output_dir>/<checkpoint>/."""
     from dataclasses import replace
 
-    from .report import _number, table
+    from .report import number, table
 
     models = run_models(run_dir)
     out = Path(options.output_dir or Path(run_dir) / "eval-checkpoints")
@@ -298,7 +279,7 @@ def evaluate_checkpoints(options: EvalOptions, run_dir: str) -> Path:
         [
             p["label"],
             f"{p['tokens_seen']:,}" if p["tokens_seen"] else None,
-            *[_number(p["metrics"].get(m)) for m in names],
+            *[number(p["metrics"].get(m)) for m in names],
         ]
         for p in points
     ]

@@ -46,9 +46,8 @@ def use_chat_template(choice: str, run_mode: str | None, tokenizer) -> tuple[boo
     if run_mode in ("pretrain", "sft"):
         on = run_mode == "sft" and has_template
         return on, f"{'on' if on else 'off'} (auto: a {run_mode} run)"
-    return has_template, f"{'on' if has_template else 'off'} (auto: no training record; tokenizer template: " + (
-        "yes)" if has_template else "no)"
-    )
+    why = f"auto: no training record; tokenizer template: {'yes' if has_template else 'no'}"
+    return has_template, f"{'on' if has_template else 'off'} ({why})"
 
 
 def sample_settings(params: SamplingParams, chat_template: str, decoding: str = "dynamic") -> dict:
@@ -78,31 +77,13 @@ def generate_samples(
     samples = []
     for prompt in tqdm(prompts, desc="samples", unit="prompt"):
         one_shot = session.one_shot_prompt(prompt)
+        ids, sampling = one_shot.ids, session.sampling(one_shot)
         text, tokens, seconds = stream_answer(
-            model,
-            tokenizer,
-            one_shot.ids,
-            session.sampling(one_shot),
-            StopFlag(),
-            lambda piece: None,
-            decoding=decoding,
+            model, tokenizer, ids, sampling, StopFlag(), lambda _: None, decoding=decoding
         )
-        samples.append(
-            {
-                "prompt": prompt,
-                "text": text,
-                "tokens": tokens,
-                "seconds": round(seconds, 4),
-                "tokens_per_second": round(tokens / max(seconds, 1e-9), 2),
-            }
-        )
-    total_tokens = sum(s["tokens"] for s in samples)
-    total_seconds = sum(s["seconds"] for s in samples)
-    logger.info(
-        "samples: %d answers, %d tokens, %.1f tokens/s (%s)",
-        len(samples),
-        total_tokens,
-        total_tokens / max(total_seconds, 1e-9),
-        "chat template" if not session.raw else "plain continuation",
-    )
+        rate = round(tokens / max(seconds, 1e-9), 2)
+        samples.append(dict(prompt=prompt, text=text, tokens=tokens, seconds=round(seconds, 4), tokens_per_second=rate))
+    total, elapsed = sum(s["tokens"] for s in samples), max(sum(s["seconds"] for s in samples), 1e-9)
+    mode = "plain continuation" if session.raw else "chat template"
+    logger.info("samples: %d answers, %d tokens, %.1f tokens/s (%s)", len(samples), total, total / elapsed, mode)
     return samples
