@@ -14,17 +14,10 @@ import time
 from transformers import TrainerCallback
 
 from .benchmarks import LmEvalOptions, check_tasks, run_benchmarks
-from .suites import TaskSpec, headline_score, parse_task_list
+from .suites import TaskSpec, headline_score
 
 logger = logging.getLogger(__name__)
 LOG_PREFIX = "bench/"  # log keys: bench/<task>/<metric>
-
-
-def training_task_specs(tasks: str, limit: float | None) -> list[TaskSpec]:
-    """`--eval_tasks "arc_easy,hellaswag:10"` with `--eval_tasks_limit` documents per task."""
-    if limit is not None and limit >= 1:
-        limit = int(limit)
-    return [TaskSpec(spec.name, spec.num_fewshot, limit) for spec in parse_task_list(tasks)]
 
 
 @contextlib.contextmanager
