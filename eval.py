@@ -163,22 +163,20 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
-        if args.compare:
-            from moai_llm.evaluation.runner import compare
+        from moai_llm.evaluation import runner  # torch and transformers: only once the flags are read
 
+        if args.compare:
             if args.model_path:
                 raise UsageError("--compare reads finished evaluations; it takes no --model_path")
             if not args.output_dir:
                 raise UsageError("--compare needs --output_dir (where the comparison report goes)")
-            print(f"report: {compare(args.compare, args.output_dir)}")
+            print(f"report: {runner.compare(args.compare, args.output_dir)}")
             return 0
         options = options_from(args)
-        from moai_llm.evaluation.runner import evaluate_checkpoints, evaluate_model
-
         if args.checkpoints:
-            print(f"report: {evaluate_checkpoints(options, args.checkpoints)}")
+            print(f"report: {runner.evaluate_checkpoints(options, args.checkpoints)}")
             return 0
-        results = evaluate_model(options)
+        results = runner.evaluate_model(options)
     except UsageError as error:
         print(f"eval.py: error: {error}", file=sys.stderr)
         return 2

@@ -1,10 +1,7 @@
 """Benchmarks through lm-evaluation-harness's Python API on the model already in memory (one load, no subprocess).
 
-Each requested task runs in its own `simple_evaluate` call on the same `HFLM` wrapper, so a task whose data cannot
-be fetched (no Hub access, a broken YAML) fails alone with a one-line reason while the others still run.
-Random-guess baselines come from the documents lm-eval actually scored (its logged samples): 1/number of choices
-per document for multiple choice, the share of true answers for TruthfulQA mc2 (what uniform probabilities
-score), 0 for generated exact-match answers.
+One `simple_evaluate` call per task on the same `HFLM`, so a task whose data cannot be fetched fails alone with a
+one-line reason. Random-guess baselines come from the documents lm-eval scored (its logged samples).
 """
 
 import difflib
@@ -17,7 +14,6 @@ from ..errors import UsageError
 from .suites import TaskSpec
 
 logger = logging.getLogger(__name__)
-ACCURACY_METRICS = ("acc", "acc_norm", "exact_match", "mc2")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,8 @@
 """Benchmarks during training: lm-eval tasks on the model in memory at every evaluation, logged with the step
-(and so against tokens seen), so a user sees a benchmark improve as training goes on.
+(and so against tokens seen).
 
-Every rank runs the same documents: under FSDP a forward needs every rank's shards, so rank 0 cannot score alone,
-and under DDP the other ranks would only wait for it (with a collective's timeout over their heads); running
-everywhere keeps every rank busy the same time and no rank waits on another. Rank 0 logs. A `--eval_tasks_limit`
-of 100 documents per task keeps the cost to seconds on the tiny model (docs/evaluation.md gives figures)."""
+Every rank scores the same documents (under FSDP a forward needs every rank's shards; under DDP the others would
+only wait on rank 0, with a collective's timeout over their heads); rank 0 logs."""
 
 import contextlib
 import logging

@@ -235,9 +235,8 @@ def write_task_logs(logs: dict[str, list[dict]], folder: Path) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     for task, records in logs.items():
-        with open(folder / f"{task}.jsonl", "w", encoding="utf-8") as out:
-            for record in records:
-                out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        lines = (json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records)
+        (folder / f"{task}.jsonl").write_text("".join(lines), encoding="utf-8")
     logger.info("per-document logs of %d tasks in %s", len(logs), folder)
 
 
@@ -247,12 +246,10 @@ def run_models(run_dir: str) -> list[tuple[str, Path, int | None]]:
     if not root.is_dir():
         raise UsageError(f"--checkpoints {run_dir}: no such directory")
     found = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir())
-    models = [(p.name, p, tokens_seen(load_run(p))) for _, p in found]
-    if (root / "final_model").is_dir():
-        models.append(("final_model", root / "final_model", tokens_seen(load_run(root / "final_model"))))
-    if not models:
+    directories = [p for _, p in found] + [p for p in [root / "final_model"] if p.is_dir()]
+    if not directories:
         raise UsageError(f"--checkpoints {run_dir}: no checkpoint-N or final_model directory in it")
-    return models
+    return [(p.name, p, tokens_seen(load_run(p))) for p in directories]
 
 
 def tokens_seen(record) -> int | None:
