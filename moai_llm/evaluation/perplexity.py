@@ -68,7 +68,7 @@ class PerplexityResult:
         return self.input_tokens / max(self.seconds, 1e-9)
 
     def to_dict(self) -> dict:
-        """The results.json entry: the issue's four keys first, then the counts behind them."""
+        """The results.json entry: the figures first, then the counts behind them."""
         figures = {
             "perplexity": self.perplexity,
             "bits_per_byte": self.bits_per_byte,

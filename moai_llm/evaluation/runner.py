@@ -119,8 +119,7 @@ def evaluate_model(options: EvalOptions) -> dict:
         if options.tasks:
             run_tasks(model, tokenizer, options, results)
         if documents:
-            context = getattr(model.config, "max_position_embeddings", 2048)
-            max_length = options.max_length or min(context, 2048)
+            max_length = options.max_length or min(getattr(model.config, "max_position_embeddings", 2048), 2048)
             results["settings"]["max_length"] = max_length
             if options.stride:
                 results["settings"]["stride"] = min(options.stride, max_length - 1)
