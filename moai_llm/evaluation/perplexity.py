@@ -130,8 +130,8 @@ def windows(ids, max_length: int) -> list:
 
 
 def sliding_windows(ids, max_length: int, stride: int) -> tuple[list, list[int]]:
-    """(windows, context): window k ends at min(max_length + k * stride, len(ids)) and reads a full max_length
-    where it can; its first `context[k]` tokens are only read. Windows ending on a grid are no `data.packing.cut`."""
+    """(windows, context): window k ends at min(max_length + k * stride, len(ids)), reads a full max_length where
+    it can, and only reads its first `context[k]` tokens. Windows that end on a grid: not `data.packing.cut`'s."""
     pieces, contexts, end = [], [], 0
     while True:
         stop = min(len(ids), max_length + len(pieces) * stride)
@@ -144,8 +144,8 @@ def sliding_windows(ids, max_length: int, stride: int) -> tuple[list, list[int]]
 
 
 def tokenize_documents(documents: list[str], tokenizer, max_length: int, batch: int = 256, stride: int | None = None):
-    """(windows as int32 arrays: a ninth of a list's memory, scored bytes, context per window): every document
-    tokenized with EOS and cut to max_length windows; a window's first `context` tokens are read, not scored."""
+    """(windows, scored bytes, context per window): every document tokenized with EOS and cut to max_length windows
+    (int32 arrays: a ninth of a Python list's memory); a window's first `context` tokens are read, not scored."""
     eos = tokenizer.eos_token_id
     pieces, text_bytes, contexts = [], 0, []
     for start in tqdm(range(0, len(documents), batch), desc="tokenizing", unit="batch", leave=False):
