@@ -121,43 +121,28 @@ def options_from(args):
         raise UsageError("--repetition_penalty must be positive and --temperature at least 0")
     if args.fewshot_as_multiturn and not args.apply_chat_template:
         raise UsageError("--fewshot_as_multiturn needs --apply_chat_template")
-    limit = args.limit
-    if limit is not None and limit >= 1:
-        limit = int(limit)
     suite = args.suite or (None if args.tasks or args.eval_file else "quick")
+    sampling = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens")
+    same_name = ("text_column", "chat_template", "decoding", "batch_size", "max_length", "stride", "precision")
+    same_name += ("device", "output_dir", "tokenizer_path", "base_model")
     return EvalOptions(
         model_path=args.model_path or "",
-        tasks=resolve_tasks(args.tasks, suite, args.num_fewshot, limit),
+        tasks=resolve_tasks(args.tasks, suite, args.num_fewshot, args.limit),
         include_path=tuple(args.include_path),
         eval_files=args.eval_file,
-        text_column=args.text_column,
         prompts_file=args.prompts,
         samples=not args.no_samples,
-        sampling=SamplingParams(
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            repetition_penalty=args.repetition_penalty,
-            max_new_tokens=args.max_new_tokens,
-            seed=0 if args.seed is None else args.seed,
-        ),
-        chat_template=args.chat_template,
-        decoding=args.decoding,
-        batch_size=args.batch_size,
+        sampling=SamplingParams(**{k: getattr(args, k) for k in sampling}, seed=args.seed or 0),
         lm_eval_options=LmEvalOptions(
             args.apply_chat_template, args.fewshot_as_multiturn, args.gen_kwargs, seed=args.seed
         ),
-        max_length=args.max_length,
-        stride=args.stride,
-        precision=args.precision,
-        device=args.device,
-        output_dir=args.output_dir,
-        tokenizer_path=args.tokenizer_path,
-        base_model=args.base_model,
+        **{k: getattr(args, k) for k in same_name},
     )
 
 
 def print_summary(results: dict, output_dir: str) -> None:
+    from moai_llm.evaluation.perplexity import perplexity_line
+
     for name in results.get("summary_tasks", []):
         metrics = ", ".join(
             f"{k} {v:.4f}" for k, v in results["tasks"][name].items() if isinstance(v, float) and "_stderr" not in k
@@ -165,11 +150,8 @@ def print_summary(results: dict, output_dir: str) -> None:
         print(f"{name}: {metrics}")
     for name, reason in results.get("failed_tasks", {}).items():
         print(f"{name}: FAILED ({reason})")
-    for name, p in results["perplexity"].items():
-        print(
-            f"{name}: perplexity {p['perplexity']:.4f}, {p['bits_per_byte']:.4f} bits/byte, token accuracy "
-            f"{p['token_accuracy']:.4f}, {p['tokens']:,} tokens, {p['tokens_per_second']:,.0f} tokens/s"
-        )
+    for name, figures in results["perplexity"].items():
+        print(perplexity_line(name, figures))
     if results["samples"]:
         tokens = sum(s["tokens"] for s in results["samples"])
         seconds = sum(s["seconds"] for s in results["samples"])
@@ -181,22 +163,20 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
-        if args.compare:
-            from moai_llm.evaluation.runner import compare
+        from moai_llm.evaluation import runner  # torch and transformers: only once the flags are read
 
+        if args.compare:
             if args.model_path:
                 raise UsageError("--compare reads finished evaluations; it takes no --model_path")
             if not args.output_dir:
                 raise UsageError("--compare needs --output_dir (where the comparison report goes)")
-            print(f"report: {compare(args.compare, args.output_dir)}")
+            print(f"report: {runner.compare(args.compare, args.output_dir)}")
             return 0
         options = options_from(args)
-        from moai_llm.evaluation.runner import evaluate_checkpoints, evaluate_model
-
         if args.checkpoints:
-            print(f"report: {evaluate_checkpoints(options, args.checkpoints)}")
+            print(f"report: {runner.evaluate_checkpoints(options, args.checkpoints)}")
             return 0
-        results = evaluate_model(options)
+        results = runner.evaluate_model(options)
     except UsageError as error:
         print(f"eval.py: error: {error}", file=sys.stderr)
         return 2

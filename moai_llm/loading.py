@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from .errors import UsageError
@@ -101,20 +102,21 @@ def load_model(
     device = device or auto_device
     adapter = path / "adapter_config.json"
     if adapter.is_file():
-        base = base_model or json.loads(adapter.read_text()).get("base_model_name_or_path")
+        settings = _load("--model_path", model_path, json.loads, adapter.read_text())
+        base = base_model or settings.get("base_model_name_or_path")
         if not base:
             raise UsageError(f"--model_path {model_path}: LoRA adapter without a base; pass --base_model")
-        model = _load(base, dtype, "--base_model")
+        model = _load("--base_model", base, AutoModelForCausalLM.from_pretrained, base, dtype=dtype)
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, model_path)
+        model = _load("--model_path", model_path, PeftModel.from_pretrained, model, model_path)
         default_tokenizer = model_path if (path / "tokenizer.json").exists() else base
     else:
         if not (path / "config.json").is_file():
             raise UsageError(f"--model_path {model_path}: no config.json (not a model directory)")
         if not any((path / f).is_file() for f in WEIGHT_FILES):
             raise UsageError(f"--model_path {model_path}: no model.safetensors (incomplete model directory)")
-        model = _load(model_path, dtype, "--model_path")
+        model = _load("--model_path", model_path, AutoModelForCausalLM.from_pretrained, model_path, dtype=dtype)
         default_tokenizer = model_path
     tokenizer_dir = tokenizer_path or default_tokenizer
     try:
@@ -132,10 +134,12 @@ def load_model(
     return model.to(device).eval(), tokenizer
 
 
-def _load(path: str, dtype, flag: str):
+def _load(flag: str, path: str, load, *args, **kwargs):
+    """`load(*args, **kwargs)`; a missing, unreadable or corrupt file, or a Hub id that does not exist, is one
+    UsageError line naming `flag` and `path`."""
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError) as err:
+        return load(*args, **kwargs)
+    except (OSError, ValueError, SafetensorError) as err:
         raise UsageError(f"{flag} {path}: cannot be loaded ({_first_line(err, 160)})") from None
 
 

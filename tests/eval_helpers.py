@@ -21,6 +21,7 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """
+CHOICES = ["red", "a green leaf", "the blue sky over the sea", "an old yellow house at the end of a long road"]
 HUB_TASK = """task: local_hub_only
 dataset_path: moai-test/not-on-this-machine
 test_split: test
@@ -32,14 +33,11 @@ doc_to_target: label
 
 
 def write_local_tasks(folder: Path) -> Path:
-    """A 3- and 4-choice local multiple-choice task (`local_mc`, 10 documents), and a task whose data only the Hub
-    has (`local_hub_only`)."""
+    """A 3- and 4-choice local multiple-choice task (`local_mc`, 10 documents) whose choices differ in length, so
+    that acc_norm (per character) and acc (per choice) pick differently; and a task whose data only the Hub has
+    (`local_hub_only`)."""
     rows = [
-        {
-            "question": f"Which word is number {i}?",
-            "choices": [f"word {j}" for j in range(3 + i % 2)],
-            "label": i % (3 + i % 2),
-        }
+        {"question": f"Which answer is number {i}?", "choices": CHOICES[: 3 + i % 2], "label": i % (3 + i % 2)}
         for i in range(10)
     ]
     (folder / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -164,6 +164,7 @@ def test_evaluate_benchmarks_perplexity_samples_report(run_dir, tasks_dir, tmp_p
     # the same task scored by hand: each choice's summed log-probability under the model's own forward
     by_hand = scores_by_hand(model_dir, tasks_dir / "mc.jsonl")
     acc, acc_norm = np.mean([hits for _, *hits in by_hand.values()], axis=0)
+    assert acc != acc_norm  # choices of different lengths: a swap of the two metrics would show
     assert results["tasks"]["local_mc"]["acc"] == pytest.approx(acc, abs=1e-9)
     assert results["tasks"]["local_mc"]["acc_norm"] == pytest.approx(acc_norm, abs=1e-9)
     assert results["baselines"]["local_mc"] == pytest.approx(np.mean([1 / (3 + i % 2) for i in range(10)]))

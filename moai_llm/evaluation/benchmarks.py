@@ -1,10 +1,7 @@
 """Benchmarks through lm-evaluation-harness's Python API on the model already in memory (one load, no subprocess).
 
-Each requested task runs in its own `simple_evaluate` call on the same `HFLM` wrapper, so a task whose data cannot
-be fetched (no Hub access, a broken YAML) fails alone with a one-line reason while the others still run.
-Random-guess baselines come from the documents lm-eval actually scored (its logged samples): 1/number of choices
-per document for multiple choice, the share of true answers for TruthfulQA mc2 (what uniform probabilities
-score), 0 for generated exact-match answers.
+One `simple_evaluate` call per task on the same `HFLM`, so a task whose data cannot be fetched fails alone with a
+one-line reason. Random-guess baselines come from the documents lm-eval scored (its logged samples).
 """
 
 import difflib
@@ -17,7 +14,6 @@ from ..errors import UsageError
 from .suites import TaskSpec
 
 logger = logging.getLogger(__name__)
-ACCURACY_METRICS = ("acc", "acc_norm", "exact_match", "mc2")
 
 
 @dataclass(frozen=True)
@@ -112,39 +108,39 @@ def run_benchmarks(
 
 def merge_run(results: BenchmarkResults, out: dict, limit: int | float | None = None) -> None:
     """Fold one simple_evaluate output into `results`: metrics, shots, document counts, limit, task versions,
-    baselines and the per-document logs."""
+    baselines (a group's: the mean over its documents, lm-eval's weight_by_size) and the per-document logs."""
     group_subtasks = out.get("group_subtasks") or {}
     children = {name for subtasks in group_subtasks.values() for name in subtasks}
-    leaf_baselines = {}
+    versions = out.get("versions") or {}
+    guesses = {}  # task -> each scored document's random-guess score
     for name, samples in (out.get("samples") or {}).items():
         output_type = out["configs"].get(name, {}).get("output_type")
-        per_doc = [doc_baseline(output_type, sample) for sample in samples]
-        if per_doc and None not in per_doc:
-            leaf_baselines[name] = (sum(per_doc) / len(per_doc), len(per_doc))
-        results.details[name] = {
-            "output_type": output_type,
-            "num_fewshot": out.get("n-shot", {}).get(name),
-            "documents": len(samples),
-            "limit": limit,
-            "version": (out.get("versions") or {}).get(name),
-        }
+        guesses[name] = [doc_baseline(output_type, sample) for sample in samples]
+        shots = out.get("n-shot", {}).get(name)
+        results.details[name] = details(output_type, shots, len(samples), limit, versions.get(name))
         results.logs[name] = samples
     for name, metrics in out["results"].items():
         results.tasks[name] = metric_values(metrics)
-        baseline = group_baseline(name, group_subtasks, leaf_baselines)
-        if baseline is not None:
-            results.baselines[name] = baseline
+        leaves = leaf_names(name, group_subtasks)
+        per_doc = [value for leaf in leaves for value in guesses.get(leaf) or [None]]
+        if per_doc and None not in per_doc:
+            results.baselines[name] = sum(per_doc) / len(per_doc)
         if name in group_subtasks:
-            leaves = leaf_names(name, group_subtasks)
-            results.details[name] = {
-                "output_type": "group",
-                "num_fewshot": next((results.details[t]["num_fewshot"] for t in leaves if t in results.details), None),
-                "documents": sum(results.details.get(t, {}).get("documents", 0) for t in leaves),
-                "limit": limit,
-                "version": (out.get("versions") or {}).get(name),
-            }
+            shots = next((results.details[t]["num_fewshot"] for t in leaves if t in results.details), None)
+            documents = sum(results.details.get(t, {}).get("documents", 0) for t in leaves)
+            results.details[name] = details("group", shots, documents, limit, versions.get(name))
         if name not in children:
             results.summary.append(name)
+
+
+def details(output_type: str | None, shots: int | None, documents: int, limit, version) -> dict:
+    return {
+        "output_type": output_type,
+        "num_fewshot": shots,
+        "documents": documents,
+        "limit": limit,
+        "version": version,
+    }
 
 
 def metric_values(metrics: dict) -> dict[str, float | None]:
@@ -175,12 +171,3 @@ def leaf_names(name: str, group_subtasks: dict) -> list[str]:
     if name not in group_subtasks:
         return [name]
     return [leaf for child in group_subtasks[name] for leaf in leaf_names(child, group_subtasks)]
-
-
-def group_baseline(name: str, group_subtasks: dict, leaf_baselines: dict) -> float | None:
-    """A task's baseline, or for a group the document-weighted mean over its tasks (lm-eval's weight_by_size)."""
-    leaves = leaf_names(name, group_subtasks)
-    if not leaves or any(leaf not in leaf_baselines for leaf in leaves):
-        return None
-    total = sum(leaf_baselines[leaf][1] for leaf in leaves)
-    return sum(value * count for value, count in (leaf_baselines[leaf] for leaf in leaves)) / max(total, 1)

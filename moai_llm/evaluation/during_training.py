@@ -1,10 +1,8 @@
 """Benchmarks during training: lm-eval tasks on the model in memory at every evaluation, logged with the step
-(and so against tokens seen), so a user sees a benchmark improve as training goes on.
+(and so against tokens seen).
 
-Every rank runs the same documents: under FSDP a forward needs every rank's shards, so rank 0 cannot score alone,
-and under DDP the other ranks would only wait for it (with a collective's timeout over their heads); running
-everywhere keeps every rank busy the same time and no rank waits on another. Rank 0 logs. A `--eval_tasks_limit`
-of 100 documents per task keeps the cost to seconds on the tiny model (docs/evaluation.md gives figures)."""
+Every rank scores the same documents (under FSDP a forward needs every rank's shards; under DDP the others would
+only wait on rank 0, with a collective's timeout over their heads); rank 0 logs."""
 
 import contextlib
 import logging
@@ -14,17 +12,10 @@ import time
 from transformers import TrainerCallback
 
 from .benchmarks import LmEvalOptions, check_tasks, run_benchmarks
-from .suites import TaskSpec, headline_score, parse_task_list
+from .suites import TaskSpec, headline_score
 
 logger = logging.getLogger(__name__)
 LOG_PREFIX = "bench/"  # log keys: bench/<task>/<metric>
-
-
-def training_task_specs(tasks: str, limit: float | None) -> list[TaskSpec]:
-    """`--eval_tasks "arc_easy,hellaswag:10"` with `--eval_tasks_limit` documents per task."""
-    if limit is not None and limit >= 1:
-        limit = int(limit)
-    return [TaskSpec(spec.name, spec.num_fewshot, limit) for spec in parse_task_list(tasks)]
 
 
 @contextlib.contextmanager

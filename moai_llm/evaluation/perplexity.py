@@ -1,25 +1,19 @@
 """Perplexity, bits per byte and token accuracy of local text: packed rows, plain cross-entropy, no full logits.
 
-- Documents: an --eval_file is read the way training reads data (`moai_llm.data.sources.iter_records`): a .txt
-  file is one document, .jsonl/.json/.parquet/.csv rows are documents (`text_column`), a folder or glob reads
-  every such file. Each is tokenized as in pretraining: no special tokens, EOS appended.
-- What is scored: every token after a document's first, EOS included. The first token has no context (the
-  packed training collator never trains it either), so it is not scored and its bytes are not counted.
-  Documents longer than `max_length` are cut into windows of `max_length` tokens that overlap by one token (each
-  window starts with the previous window's last token), so every token but the first is still scored exactly
-  once, with up to `max_length - 1` tokens of context.
-- Rows: windows packed into rows of `max_length` (best-fit decreasing), `position_ids` restarting at every
-  window, so no token attends across documents (docs/model.md, "Packed rows").
-- Loss: plain cross-entropy whatever `MoaiConfig.loss_config` trained with, from the final hidden states through the
-  output embedding one `[chunk, vocab]` block at a time: `losses.score_tokens`, the one no-grad scorer (the
-  trainer's eval loss uses it too), whose row maximum that makes the in-place log-sum-exp stable is also the argmax
-  of the token accuracy, so one pass serves both. On CPU the block is 128 tokens, so that it stays in cache
-  (benchmarks/README.md, Evaluation); on accelerators `MoaiConfig.loss_chunk_size`.
-- `stride` (the sliding-window variant): windows of `max_length` tokens that move by `stride`, each scoring only
-  the tokens the previous one did not, so every token gets up to `max_length - stride` more tokens of context
-  (and the cost grows by about `max_length / stride`).
-- bits per byte = total NLL in nats / (ln 2 x UTF-8 bytes of the scored text), the scored text being each
-  document without its first token (EOS has no bytes; its NLL counts, it says where the document ends).
+- Documents: an --eval_file is read the way training reads data (`moai_llm.data.sources.iter_records`); each is
+  tokenized as in pretraining (no special tokens, EOS appended).
+- Scored: every token after a document's first, EOS included (the first has no context; the packed training
+  collator never trains it either). Longer documents are cut into `max_length` windows that overlap by one token,
+  so every token but the first is scored exactly once. With `stride`, windows of `max_length` move by `stride`
+  and score only the tokens the previous one did not: up to `max_length - stride` more tokens of context, about
+  `max_length / stride` times the cost.
+- Rows: windows packed best-fit decreasing, `position_ids` restarting at every window (docs/model.md, "Packed
+  rows"), so no token attends across documents.
+- Loss: plain cross-entropy whatever the model trained with, through `losses.score_tokens` (the trainer's eval
+  loss uses it too), one `[chunk, vocab]` block at a time; 128 tokens on CPU, to stay in cache (benchmarks/README.md,
+  Evaluation), `MoaiConfig.loss_chunk_size` elsewhere. Its row maximum is also the token accuracy's argmax.
+- bits per byte = total NLL in nats / (ln 2 x UTF-8 bytes of the scored text): each document without its first
+  token (EOS has no bytes; its NLL counts, it says where the document ends).
 """
 
 import logging
@@ -74,7 +68,7 @@ class PerplexityResult:
         return self.input_tokens / max(self.seconds, 1e-9)
 
     def to_dict(self) -> dict:
-        """The results.json entry: the issue's four keys first, then the counts behind them."""
+        """The results.json entry: the figures first, then the counts behind them."""
         figures = {
             "perplexity": self.perplexity,
             "bits_per_byte": self.bits_per_byte,
@@ -136,10 +130,8 @@ def windows(ids, max_length: int) -> list:
 
 
 def sliding_windows(ids, max_length: int, stride: int) -> tuple[list, list[int]]:
-    """(windows, context) for the sliding-window variant: window k ends at min(max_length + k * stride, len(ids))
-    and scores the targets after the previous window's end; `context[k]` leading tokens of window k are only read
-    (scoring starts after them). Unlike `windows`, the last window also reads a full `max_length`: its windows end,
-    rather than start, on a grid, which `data.packing.cut` (pieces from fixed starts) does not express."""
+    """(windows, context): window k ends at min(max_length + k * stride, len(ids)), reads a full max_length where
+    it can, and only reads its first `context[k]` tokens. Windows that end on a grid: not `data.packing.cut`'s."""
     pieces, contexts, end = [], [], 0
     while True:
         stop = min(len(ids), max_length + len(pieces) * stride)
@@ -152,27 +144,19 @@ def sliding_windows(ids, max_length: int, stride: int) -> tuple[list, list[int]]
 
 
 def tokenize_documents(documents: list[str], tokenizer, max_length: int, batch: int = 256, stride: int | None = None):
-    """(windows as int32 arrays, scored bytes, context per window): every document tokenized with EOS and cut to
-    max_length windows; a window's first `context` tokens are read, not scored (1 without `stride`).
-
-    int32 arrays keep the token ids at 4 bytes each (Python int lists take ~9x that)."""
+    """(windows, scored bytes, context per window): every document tokenized with EOS and cut to max_length windows
+    (int32 arrays: a ninth of a Python list's memory); a window's first `context` tokens are read, not scored."""
     eos = tokenizer.eos_token_id
-    pieces, scored_bytes, contexts = [], 0, []
+    pieces, text_bytes, contexts = [], 0, []
     for start in tqdm(range(0, len(documents), batch), desc="tokenizing", unit="batch", leave=False):
         texts = documents[start : start + batch]
         for text, ids in zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"]):
-            first = token_bytes(tokenizer, ids[0]) if ids else 0
-            scored_bytes += len(text.encode("utf-8")) - first
+            text_bytes += len(text.encode("utf-8")) - (token_bytes(tokenizer, ids[0]) if ids else 0)
             ids = np.asarray(ids + [eos], dtype=np.int32)
-            if stride is None:
-                cut = windows(ids, max_length)
-                pieces.extend(cut)
-                contexts.extend([1] * len(cut))
-            else:
-                cut, context = sliding_windows(ids, max_length, stride)
-                pieces.extend(cut)
-                contexts.extend(context)
-    return pieces, scored_bytes, contexts
+            cut, context = sliding_windows(ids, max_length, stride) if stride else (windows(ids, max_length), None)
+            pieces.extend(cut)
+            contexts.extend(context or [1] * len(cut))
+    return pieces, text_bytes, contexts
 
 
 def packed_batches(
@@ -237,7 +221,7 @@ def evaluate_perplexity(
         raise UsageError(f"--max_length {max_length}: at least 2 tokens are needed to score one")
     if stride is not None:
         stride = min(stride, max_length - 1)  # a longer move would skip tokens
-    pieces, scored_bytes, contexts = tokenize_documents(documents, tokenizer, max_length, stride=stride)
+    pieces, text_bytes, contexts = tokenize_documents(documents, tokenizer, max_length, stride=stride)
     body, head = causal_lm_parts(model)
     config = model.config
     flash = "flash" in (getattr(config, "_attn_implementation", None) or "")
@@ -264,19 +248,19 @@ def evaluate_perplexity(
         tokens=scored,
         nll=nll,
         correct=correct,
-        bytes=scored_bytes,
+        bytes=text_bytes,
         input_tokens=input_tokens,
         seconds=seconds,
         windows=len(pieces),
         rows=rows,
     )
-    logger.info(
-        "%s: perplexity %.4f, %.4f bits/byte, token accuracy %.4f, %d tokens, %.0f tokens/s",
-        name,
-        result.perplexity,
-        result.bits_per_byte,
-        result.token_accuracy,
-        result.tokens,
-        result.tokens_per_second,
-    )
+    logger.info(perplexity_line(name, result.to_dict()))
     return result
+
+
+def perplexity_line(name: str, figures: dict) -> str:
+    """One results.json perplexity entry as the log and eval.py's summary print it."""
+    return (
+        f"{name}: perplexity {figures['perplexity']:.4f}, {figures['bits_per_byte']:.4f} bits/byte, token accuracy "
+        f"{figures['token_accuracy']:.4f}, {figures['tokens']:,} tokens, {figures['tokens_per_second']:,.0f} tokens/s"
+    )

@@ -3,9 +3,10 @@ results.json and report.md (with the training plots when the model's run directo
 
 import contextlib
 import datetime
+import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -15,15 +16,16 @@ from ..errors import UsageError
 from ..loading import load_model as load_weights
 from .benchmarks import LmEvalOptions, check_tasks, run_benchmarks
 from .end_of_run import draw_training, plotting
-from .history import load_run, training_summary
-from .model_card import model_card
+from .history import _CHECKPOINT, load_run, token_axis, training_summary
+from .model_card import model_card, update_model_card
 from .perplexity import evaluate_perplexity, read_documents
 from .provenance import provenance
-from .report import render_comparison, render_report, run_label
+from .report import number, render_comparison, render_report, run_label, table
 from .samples import DEFAULT_PROMPTS, generate_samples, read_prompts, sample_settings, use_chat_template
 from .suites import SUITES, TaskSpec, headline_score
 
 logger = logging.getLogger(__name__)
+FIGURES = {"benchmarks": "summary_tasks", "perplexity": "perplexity"}  # figure -> the results key it draws
 
 
 @dataclass
@@ -117,8 +119,7 @@ def evaluate_model(options: EvalOptions) -> dict:
         if options.tasks:
             run_tasks(model, tokenizer, options, results)
         if documents:
-            context = getattr(model.config, "max_position_embeddings", 2048)
-            max_length = options.max_length or min(context, 2048)
+            max_length = options.max_length or min(getattr(model.config, "max_position_embeddings", 2048), 2048)
             results["settings"]["max_length"] = max_length
             if options.stride:
                 results["settings"]["stride"] = min(options.stride, max_length - 1)
@@ -149,8 +150,8 @@ def run_tasks(model, tokenizer, options: EvalOptions, results: dict) -> None:
         baselines=bench.baselines,
         failed_tasks=bench.failed,
         averages=suite_averages(bench, options.tasks),
+        _logs=bench.logs,
     )
-    results["_logs"] = bench.logs
 
 
 def suite_averages(bench, specs: list[TaskSpec]) -> dict[str, float]:
@@ -169,17 +170,12 @@ def suite_averages(bench, specs: list[TaskSpec]) -> dict[str, float]:
 
 def content_hash(documents: list[str]) -> str:
     """sha256 of the documents as scored: --compare keys perplexity rows by content, not by the path as typed."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for text in documents:
-        digest.update(text.encode("utf-8"))
-        digest.update(b"\0")
-    return digest.hexdigest()
+    return hashlib.sha256("".join(text + "\0" for text in documents).encode("utf-8")).hexdigest()
 
 
 def training_plot(model_path: str, output_dir: Path) -> tuple[dict | None, str | None]:
-    """(training summary, plot path relative to output_dir) of the model's run, when its files are found."""
+    """(training summary, plot path relative to output_dir) of the model's run, when its files are found; the
+    plots module is imported only when the history has a point to draw."""
     record = load_run(model_path)
     if record is None:
         return None, None
@@ -193,20 +189,19 @@ def write_outputs(results: dict, output_dir: Path) -> None:
     figures = result_figures({"": results}, output_dir)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     (output_dir / "report.md").write_text(render_report(results, plot, figures), encoding="utf-8")
-    from .model_card import update_model_card
-
     update_model_card(results["model"], results)  # the card train.py wrote gets the scores
     logger.info("results in %s (results.json, report.md)", output_dir)
 
 
 def result_figures(runs: dict[str, dict], output_dir: Path) -> dict[str, str]:
-    """plots/benchmarks.png and plots/perplexity.png for one or several runs; paths relative to output_dir."""
-    plots = plotting()
-    if plots is None:
+    """plots/benchmarks.png and plots/perplexity.png for one or several runs, those with something to draw; paths
+    relative to output_dir."""
+    names = [name for name, key in FIGURES.items() if any(run.get(key) for run in runs.values())]
+    if not names or not (plots := plotting()):
         return {}
     figures = {}
-    for name, draw in (("benchmarks", plots.plot_benchmarks), ("perplexity", plots.plot_perplexity)):
-        if draw(runs, output_dir / "plots" / f"{name}.png"):
+    for name in names:
+        if getattr(plots, f"plot_{name}")(runs, output_dir / "plots" / f"{name}.png"):
             figures[name] = f"plots/{name}.png"
     return figures
 
@@ -218,32 +213,25 @@ def write_task_logs(logs: dict[str, list[dict]], folder: Path) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     for task, records in logs.items():
-        with open(folder / f"{task}.jsonl", "w", encoding="utf-8") as out:
-            for record in records:
-                out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        lines = (json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records)
+        (folder / f"{task}.jsonl").write_text("".join(lines), encoding="utf-8")
     logger.info("per-document logs of %d tasks in %s", len(logs), folder)
 
 
 def run_models(run_dir: str) -> list[tuple[str, Path, int | None]]:
     """(name, directory, tokens seen) of every checkpoint-N of a run, by step, then its final_model."""
-    from .history import _CHECKPOINT
-
     root = Path(run_dir)
     if not root.is_dir():
         raise UsageError(f"--checkpoints {run_dir}: no such directory")
     found = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir())
-    models = [(p.name, p, tokens_seen(load_run(p))) for _, p in found]
-    if (root / "final_model").is_dir():
-        models.append(("final_model", root / "final_model", tokens_seen(load_run(root / "final_model"))))
-    if not models:
+    directories = [p for _, p in found] + [p for p in [root / "final_model"] if p.is_dir()]
+    if not directories:
         raise UsageError(f"--checkpoints {run_dir}: no checkpoint-N or final_model directory in it")
-    return models
+    return [(p.name, p, tokens_seen(load_run(p))) for p in directories]
 
 
 def tokens_seen(record) -> int | None:
     """Tokens a checkpoint had seen at its step (interpolated between logs), or None when the run did not say."""
-    from .history import token_axis
-
     if record is None or not record.log_history:
         return None
     step = record.state.get("global_step") or max((e.get("step", 0) for e in record.log_history), default=0)
@@ -254,10 +242,6 @@ def tokens_seen(record) -> int | None:
 def evaluate_checkpoints(options: EvalOptions, run_dir: str) -> Path:
     """Evaluate every checkpoint of a run the same way, then plot each metric against tokens seen; returns the
     summary report's path. Each model's own results go to <output_dir>/<checkpoint>/."""
-    from dataclasses import replace
-
-    from .report import number, table
-
     models = run_models(run_dir)
     out = Path(options.output_dir or Path(run_dir) / "eval-checkpoints")
     points = []
@@ -269,8 +253,7 @@ def evaluate_checkpoints(options: EvalOptions, run_dir: str) -> Path:
             metrics[f"{Path(file).name} bits/byte"] = entry["bits_per_byte"]
         points.append({"label": name, "tokens_seen": seen, "metrics": metrics})
     plot = None
-    plots = plotting()
-    if plots and all(p["tokens_seen"] is not None for p in points):
+    if all(p["tokens_seen"] is not None for p in points) and (plots := plotting()):
         if plots.plot_metrics_over_tokens(points, out / "plots" / "checkpoints.png"):
             plot = "plots/checkpoints.png"
     (out / "checkpoints.json").write_text(json.dumps(points, indent=2), encoding="utf-8")
@@ -291,20 +274,16 @@ def evaluate_checkpoints(options: EvalOptions, run_dir: str) -> Path:
     return report
 
 
-def find_results(directory: str) -> Path:
-    for candidate in (Path(directory) / "results.json", Path(directory) / "eval" / "results.json"):
-        if candidate.is_file():
-            return candidate
-    raise UsageError(f"--compare {directory}: no results.json there or in {directory}/eval (run eval.py first)")
-
-
 def compare(directories: list[str], output_dir: str) -> Path:
     """One report with several evaluated models side by side (e.g. base vs SFT); returns the report's path."""
     if len(directories) < 2:
         raise UsageError("--compare needs at least two directories")
     runs, taken, histories = {}, set(), {}
     for directory in directories:
-        path = find_results(directory)
+        path = next((p for p in (Path(directory), Path(directory) / "eval") if (p / "results.json").is_file()), None)
+        if path is None:
+            raise UsageError(f"--compare {directory}: no results.json there or in {directory}/eval (run eval.py first)")
+        path = path / "results.json"
         try:
             results = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as error:

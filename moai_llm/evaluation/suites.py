@@ -113,7 +113,10 @@ def parse_task_list(text: str) -> list[TaskSpec]:
 
 
 def resolve_tasks(tasks: str | None, suite: str | None, num_fewshot: int | None, limit: float | None) -> list[TaskSpec]:
-    """The task list from --suite and --tasks (suite first); --num_fewshot and --limit override every task."""
+    """The task list from --suite and --tasks (suite first); --num_fewshot and --limit (documents; below 1 a
+    fraction) override every task."""
+    if limit is not None and limit >= 1:
+        limit = int(limit)
     specs: list[TaskSpec] = []
     if suite:
         if suite in RENAMED_SUITES:
@@ -123,12 +126,11 @@ def resolve_tasks(tasks: str | None, suite: str | None, num_fewshot: int | None,
         specs.extend(SUITES[suite].tasks)
     if tasks:
         specs.extend(parse_task_list(tasks))
-    seen = set()
-    resolved = []
-    for spec in specs:
-        if spec.name in seen:
-            raise UsageError(f"--tasks: {spec.name} is asked for twice (check --tasks and --suite)")
-        seen.add(spec.name)
-        shots = num_fewshot if num_fewshot is not None else spec.num_fewshot
-        resolved.append(TaskSpec(spec.name, shots, limit if limit is not None else spec.limit))
-    return resolved
+    names = [spec.name for spec in specs]
+    for name in names:
+        if names.count(name) > 1:
+            raise UsageError(f"--tasks: {name} is asked for twice (check --tasks and --suite)")
+    return [
+        TaskSpec(s.name, s.num_fewshot if num_fewshot is None else num_fewshot, s.limit if limit is None else limit)
+        for s in specs
+    ]

@@ -258,9 +258,10 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
     if training_args.eval_tasks and training_args.eval_strategy == "no":
         logger.warning("--eval_tasks %s: not scored, evaluation is off for this run", training_args.eval_tasks)
     elif training_args.eval_tasks:
-        from ..evaluation.during_training import BenchmarkCallback, training_task_specs
+        from ..evaluation.during_training import BenchmarkCallback
+        from ..evaluation.suites import resolve_tasks
 
-        specs = training_task_specs(training_args.eval_tasks, training_args.eval_tasks_limit)
+        specs = resolve_tasks(training_args.eval_tasks, None, None, training_args.eval_tasks_limit)
         include = (training_args.eval_tasks_include_path,) if training_args.eval_tasks_include_path else ()
         trainer.add_callback(BenchmarkCallback(trainer, specs, include, training_args.per_device_eval_batch_size))
     try:
