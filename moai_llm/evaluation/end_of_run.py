@@ -3,6 +3,7 @@ plots/training.png, training_report.md and final_model's card. Called on rank 0 
 never a failed run. eval.py draws its figures through `plotting` and `draw_training` too."""
 
 import dataclasses
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -49,7 +50,7 @@ def _write(trainer, model_args, data_args) -> Path:
 def plotting():
     """The plots module, or None with one warning when matplotlib (the `eval` extra) is missing."""
     try:
-        from . import plots
+        plots = importlib.import_module(".plots", __package__)  # through sys.modules, not a cached attribute
     except ImportError as error:
         logger.warning("plots skipped: %s (pip install -e '.[eval]')", error)
         return None
