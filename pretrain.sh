@@ -130,7 +130,7 @@ fi
 
 # ---- memory plan ---------------------------------------------------------------------------------------
 # On GPUs: the cheapest engine, the largest micro-batch and checkpointing only when needed, from the memory model
-# (moai_llm/training/plan.py, no torch import); what the user set is kept, and refused when it cannot fit
+# (moai_llm/training/launch_plan.py, no torch import); what the user set is kept, and refused when it cannot fit
 # (FORCE_PLAN=1 launches it anyway). CPU processes: DDP and the table's cpu_micro_batch.
 GRADIENT_CHECKPOINTING="${GRADIENT_CHECKPOINTING:-}"
 [ -z "$GRADIENT_CHECKPOINTING" ] || [[ "$GRADIENT_CHECKPOINTING" =~ ^[01]$ ]] || die "GRADIENT_CHECKPOINTING=$GRADIENT_CHECKPOINTING is not 0 or 1"
@@ -159,7 +159,7 @@ else
   [ -n "$GRADIENT_CHECKPOINTING" ] && request+=(--gradient_checkpointing "$GRADIENT_CHECKPOINTING")
   [ -z "${GRADIENT_ACCUMULATION_STEPS:-}" ] && request+=(--effective_batch "$EFFECTIVE_BATCH")
   [ "${FORCE_PLAN:-0}" = 1 ] && request+=(--force)
-  plan=$("$PYTHON" "$here/moai_llm/training/plan.py" "$MODEL_CONFIG" "$GPU_MEMORY" "$WORLD_SIZE" "$SEQ_LEN" "${request[@]}" 2>&1) \
+  plan=$("$PYTHON" "$here/moai_llm/training/launch_plan.py" "$MODEL_CONFIG" "$GPU_MEMORY" "$WORLD_SIZE" "$SEQ_LEN" "${request[@]}" 2>&1) \
     || die "MODEL_SIZE=$MODEL_SIZE $plan"
   while IFS= read -r line; do
     case "$line" in

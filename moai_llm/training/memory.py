@@ -1,6 +1,6 @@
 """Bytes per device of a training run: weights, gradients, optimizer states, activations, loss buffers, overhead.
 
-Pure Python (no torch): pretrain.sh plans from it before anything starts (`plan.py`), train.py logs it at the start
+Pure Python (no torch): pretrain.sh plans from it before anything starts (`launch_plan.py`), train.py logs it at the start
 of every run. Why hand-written: no maintained library estimates a run for this model family, its fused loss and
 the Trainer's engines (accelerate's `estimate-memory` counts weights, gradients and Adam only; DeepSpeed's
 estimators only model states). Checked against measured peaks (`memory_meter.LiveTensorBytes` on CPU,

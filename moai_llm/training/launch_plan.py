@@ -2,7 +2,7 @@
 
 pretrain.sh runs this file by path, so planning imports neither torch nor the package:
 
-    python moai_llm/training/plan.py MODEL_CONFIG GPU_MEMORY WORLD SEQ_LEN [--effective_batch N] [--batch_size N]
+    python moai_llm/training/launch_plan.py MODEL_CONFIG GPU_MEMORY WORLD SEQ_LEN [--effective_batch N] [--batch_size N]
         [--parallel ddp|fsdp_grad_op|fsdp|deepspeed] [--deepspeed_stage 2|3] [--gradient_checkpointing 0|1] [--force]
 
 prints `micro_batch=`, `parallel=`, `gradient_checkpointing=` and `estimate_gb=` lines for pretrain.sh, then
@@ -18,7 +18,6 @@ cannot fit (FORCE_PLAN=1 launches it anyway).
 
 import argparse
 import importlib.util
-import json
 import sys
 from dataclasses import dataclass, replace
 
@@ -85,10 +84,8 @@ def choose(
 
 def default_plan(model_config: str, gpu_memory: int, world: int, seq_len: int, effective_batch: int) -> Choice | None:
     """What pretrain.sh plans when the user sets nothing (sdpa attention: flash-attn not assumed)."""
-    with open(model_config, encoding="utf-8") as handle:
-        shape = Shape.from_config(json.load(handle))
     base = Setup(world=world, seq_len=seq_len, attention="sdpa")
-    return choose(shape, gpu_memory * 1e9, base, effective_batch)[0]
+    return choose(Shape.from_file(model_config), gpu_memory * 1e9, base, effective_batch)[0]
 
 
 def describe(choice: Choice | None) -> str:
@@ -101,7 +98,7 @@ def describe(choice: Choice | None) -> str:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="plan.py")
+    parser = argparse.ArgumentParser(prog="launch_plan.py")
     parser.add_argument("model_config")
     parser.add_argument("gpu_memory", type=int)
     parser.add_argument("world", type=int)
@@ -118,8 +115,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse(argv)
     try:
-        with open(args.model_config, encoding="utf-8") as handle:
-            shape = Shape.from_config(json.load(handle))
+        shape = Shape.from_file(args.model_config)
     except (OSError, ValueError, KeyError, TypeError) as err:
         print(f"MODEL_CONFIG={args.model_config}: not a model config ({type(err).__name__}: {err})", file=sys.stderr)
         return 2
