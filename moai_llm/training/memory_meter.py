@@ -7,6 +7,8 @@ tensor an op creates (a dispatch mode, so autograd's backward and the optimizer 
 storage once while it is alive.
 """
 
+import contextlib
+
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -25,8 +27,8 @@ def process_peak_bytes(cuda: bool) -> tuple[int, str]:
 class LiveTensorBytes(TorchDispatchMode):
     """Inside `with LiveTensorBytes() as meter:`, `meter.peak` is the most bytes of tensor storage alive at once.
 
-    Tensors that exist before entering (a model built outside, its optimizer state) are added with `track`.
-    Between peaks `current` may still count freed storages; they are dropped whenever it passes the peak.
+    Tensors that exist before entering are not counted. Between peaks `current` may still count freed storages;
+    they are dropped whenever it passes the peak.
     """
 
     def __init__(self):
@@ -34,9 +36,6 @@ class LiveTensorBytes(TorchDispatchMode):
         self._live: dict[int, tuple[StorageWeakRef, int]] = {}  # storage id -> (weak reference, bytes)
         self.current = 0
         self.peak = 0
-
-    def track(self, *tensors) -> None:
-        self._observe(tensors)
 
     def _observe(self, tensors) -> None:
         for tensor in tree_leaves(tensors):
@@ -78,7 +77,7 @@ def measure_step_peak(config: dict, setup, steps: int = 2, accumulation: int = 2
     meter = LiveTensorBytes()
     if setup.cuda:
         torch.cuda.reset_peak_memory_stats()
-    with meter if not setup.cuda else _nothing():
+    with meter if not setup.cuda else contextlib.nullcontext():
         model = MoaiForCausalLM(model_config).to(device).train()
         if setup.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -97,11 +96,3 @@ def measure_step_peak(config: dict, setup, steps: int = 2, accumulation: int = 2
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     return torch.cuda.max_memory_allocated() if setup.cuda else meter.peak
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

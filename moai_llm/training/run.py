@@ -96,16 +96,9 @@ def build_model(model_args, training_args, tokenizer):
 
 
 def new_model(config, training_args, lora: bool = False):
-    """A model from scratch, its weights a function of `--seed` and each module's name (`sharding.initialise`), so
-    that a sharded start creates exactly the weights of a one-process build.
-
-    - FSDP2 (`sharding.starts_sharded`): every rank builds on the meta device (no memory); `start_sharded` creates
-      each rank's shards once the Trainer's accelerator exists. Before, every rank (then rank 0 alone) built a whole
-      fp32 copy in host memory (16B: 64 GB per rank, 8 ranks per node).
-    - FSDP1 or LoRA under FSDP with `cpu_ram_efficient_loading`: rank 0 builds the weights, the other ranks build on
-      the meta device, and accelerate broadcasts rank 0's weights into every rank's shards.
-    - Otherwise every process builds the whole model.
-    """
+    """A model from scratch, its weights a function of `--seed` and each module's name (`sharding.initialise`).
+    FSDP2: every rank builds on the meta device and `start_sharded` later creates only its shards; FSDP1 or LoRA with
+    `cpu_ram_efficient_loading`: rank 0 builds it and accelerate broadcasts; otherwise every process builds it."""
     with torch.device("meta"):
         model = MoaiForCausalLM(config)
     if starts_sharded(training_args, lora):

@@ -90,29 +90,8 @@ def router_terms_outside_loss(model):
 
 
 class MoaiTrainer(Trainer):
-    """Trainer for MoaiForCausalLM (also works for any causal LM).
-
-    - `create_accelerator_and_postprocess`: `--fsdp` shards on CPU processes too (FSDP2 over gloo), and DDP skips
-      the unused-parameter search (an extra autograd traversal per step) for models that use every parameter and
-      keeps gradients as views of its buckets (no second gradient-sized copy).
-    - `__init__`: a new model built on the meta device on every rank (FSDP2, `run.new_model`) is sharded and each
-      rank creates its own shards (`sharding.start_sharded`), before anything reads its weights.
-    - `create_optimizer`: Muon + AdamW in one optimizer for `--optim muon` (muon.py).
-    - `create_scheduler`: Warmup-Stable-Decay from `args.wsd_*` when `lr_scheduler_type` is WSD.
-    - `compute_loss`: the stock path scales the language-model loss alone (normalised by `num_items_in_batch`);
-      the MoE router terms the model folded into `loss` are taken out there and added once on top, as a mean over
-      micro-batches and ranks (the stock path would count them world_size x GA times).
-    - `_save_checkpoint`: marks a checkpoint complete only after every rank finished writing it, and rotates old
-      checkpoints only after that, so `--resume_from_checkpoint auto` never picks a half-written one.
-    - `_run_epoch`: no step past max_steps when resuming from a checkpoint already there.
-    - `_save`: with --save_on_each_node every node's checkpoint holds the weights (see `writes_on_this_node`).
-    - `log`/`evaluate`: tokens/s, MFU, packing efficiency, loss components; eval perplexity.
-    - `_get_train_sampler`: packed rows are read in the packer's balanced steps, step order shuffled by seed.
-    - evaluation measures plain cross-entropy whatever the training objective (under no_grad the fused loss is
-      `losses.score_tokens`, eval.py's scorer), so `eval_perplexity` is a perplexity, `eval_loss` is a
-      token-weighted mean over the whole eval set and every rank (`evaluation_loop`), and `eval_bits_per_byte`
-      divides the same summed NLL by the bytes of the scored tokens' text (given a tokenizer).
-    """
+    """Trainer for MoaiForCausalLM (any causal LM works): it overrides only what the stock Trainer gets wrong or
+    lacks (ARCHITECTURE.md lists each override and why) and calls `super()` for the rest."""
 
     def __init__(self, *args, throughput: ThroughputCallback | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -124,6 +103,7 @@ class MoaiTrainer(Trainer):
         self._expert_load: torch.Tensor | None = None  # [moe_layers, experts], summed over micro-batches
         self._eval_sums: torch.Tensor | None = None  # [loss x tokens, tokens, bytes] of this rank's eval batches
         self._token_bytes: dict[int, int] = {}  # UTF-8 bytes per token id, filled as eval targets show up
+        # a new model on the meta device (FSDP2, run.new_model): each rank creates its shards before any read
         on_meta = any(p.device.type == "meta" for p in self.model.parameters())
         if on_meta and self.is_fsdp_enabled and starts_sharded(self.args, hasattr(self.model, "peft_config")):
             start_sharded(self.accelerator, self.model, self.args.seed)
@@ -165,6 +145,7 @@ class MoaiTrainer(Trainer):
 
     # ---- schedule ------------------------------------------------------------------------------------------
     def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """Warmup-Stable-Decay from `args.wsd_*` when `lr_scheduler_type` names it; the stock scheduler otherwise."""
         name = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
         if self.lr_scheduler is None and name in WSD_NAMES:
             self.lr_scheduler = create_wsd_schedule(
