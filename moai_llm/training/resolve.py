@@ -16,21 +16,17 @@ from .schedule import scaled_learning_rate
 logger = logging.getLogger(__name__)
 
 
-def default_run_name(model_args, mode: str) -> str:
-    """<mode>-<model>: the pretrained model's directory name, or the model config's name without model_config_."""
+def default_output_dir(model_args, values: dict) -> str:
+    """outputs/stages for a staged run (each stage in a folder of its own), else outputs/<mode>-<model>: the
+    pretrained model's directory name, or the model config's name without model_config_."""
+    if values.get("stages"):
+        return os.path.join("outputs", "stages")
     if model_args.pretrained_model:
         base = os.path.basename(os.path.normpath(model_args.pretrained_model))
     else:
         base = os.path.splitext(os.path.basename(model_args.model_config or TINY_MODEL_CONFIG))[0]
         base = base.removeprefix("model_config_").removeprefix("model_config") or "base"
-    return f"{mode}-{base}"
-
-
-def default_output_dir(model_args, values: dict) -> str:
-    """outputs/stages for a staged run (each stage in a folder of its own), else outputs/<mode>-<model>."""
-    if values.get("stages"):
-        return os.path.join("outputs", "stages")
-    return os.path.join("outputs", default_run_name(model_args, values.get("mode", "pretrain")))
+    return os.path.join("outputs", f"{values.get('mode', 'pretrain')}-{base}")
 
 
 def hidden_size(model_args) -> int | None:
@@ -117,17 +113,13 @@ def streams_on_every_rank(accelerator_config) -> dict:
     return config
 
 
-def resolve_model_args(model_args, use_cpu: bool | None):
-    """The model arguments with their defaults: the tiny config for a new model, the attention backend."""
+def resolve(model_args, data_args, values: dict):
+    """(model_args, data_args, MoaiTrainingArguments), all defaults resolved (a new model's config is the tiny one);
+    the inputs are not changed."""
+    training_values = resolve_training_values(model_args, data_args, values)
     model_config = model_args.model_config
     if model_config is None and not model_args.pretrained_model:
         model_config = TINY_MODEL_CONFIG
-    attention = attention_implementation(model_args.attn_implementation, on_cuda(use_cpu))
-    return dataclasses.replace(model_args, model_config=model_config, attn_implementation=attention)
-
-
-def resolve(model_args, data_args, values: dict):
-    """(model_args, data_args, MoaiTrainingArguments), all defaults resolved; the inputs are not changed."""
-    training_values = resolve_training_values(model_args, data_args, values)
-    model_args = resolve_model_args(model_args, training_values.get("use_cpu"))
+    attention = attention_implementation(model_args.attn_implementation, on_cuda(training_values.get("use_cpu")))
+    model_args = dataclasses.replace(model_args, model_config=model_config, attn_implementation=attention)
     return model_args, data_args, training_arguments(training_values)

@@ -74,7 +74,7 @@ def build_model(model_args, training_args, tokenizer):
             quantization_config=quantization,
         )
     else:
-        path = model_args.model_config  # resolve.resolve_model_args: the tiny config when none is given
+        path = model_args.model_config  # resolve.resolve: the tiny config when none is given
         if not os.path.isfile(path):
             raise UsageError(f"--model_config {path}: file not found")
         try:
@@ -172,8 +172,10 @@ def save_final_model(trainer, tokenizer, model_args, training_args) -> str:
         adapter_dir = os.path.join(training_args.output_dir, "adapter")
         trainer.save_model(adapter_dir)
         written.append(adapter_dir)
+        plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        sharded = trainer.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3)  # FSDP, ZeRO-3
         if training_args.should_save:
-            if is_sharded(trainer):
+            if sharded:  # no rank holds whole weights to merge into
                 from .lora import merge_into_float32_base
 
                 model = merge_into_float32_base(model_args.pretrained_model, adapter_dir, trainer.args)
@@ -195,12 +197,6 @@ def save_final_model(trainer, tokenizer, model_args, training_args) -> str:
         logger.info("final model written to %s", final_dir)
     trainer.accelerator.wait_for_everyone()
     return final_dir
-
-
-def is_sharded(trainer) -> bool:
-    """Whether no rank holds whole parameters: FSDP, or DeepSpeed ZeRO stage 3."""
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    return trainer.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3)
 
 
 def final_evaluation(trainer) -> dict:

@@ -93,8 +93,7 @@ def resolve_stages(model_args, data_args, values: dict):
         stage_args = resolve(stage_model, stage_data, stage_values)
         resolved.append(Stage(stage.name, *stage_args))
         previous = os.path.join(stage_args[2].output_dir, "final_model")
-    model_args, data_args, training_args = resolve(model_args, data_args, {**values, "stages": resolved})
-    return model_args, data_args, training_args
+    return resolve(model_args, data_args, {**values, "stages": resolved})
 
 
 def run_all(model_args, data_args, training_args) -> list[RunResult]:
