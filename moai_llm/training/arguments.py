@@ -199,10 +199,8 @@ class MoaiTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        """Validation only. MOAI's defaults that depend on other arguments or on the machine live in one place,
-        `resolve.resolve_training_values` (`outputs/<mode>-<model>`, the learning rate by mode and LoRA, the
-        precision), which train.py runs before constructing this; constructed directly, a field left unset takes
-        transformers' own default."""
+        """Validation only: the defaults that depend on other arguments or the machine are `resolve.py`'s (train.py
+        runs it first); constructed directly, a field left unset takes transformers' own default."""
         if self.learning_rate is None:
             self.learning_rate = TRANSFORMERS_LEARNING_RATE
         self.bf16 = bool(self.bf16)
@@ -226,9 +224,8 @@ class MoaiTrainingArguments(TrainingArguments):
 
 
 def training_arguments(values: dict) -> MoaiTrainingArguments:
-    """MoaiTrainingArguments(**values), the user's values: transformers' own checks in TrainingArguments raise a
-    ValueError (a TypeError for a value of the wrong type, an OSError for an --accelerator_config, --deepspeed or
-    --fsdp_config file it cannot read), here a UsageError with their first line."""
+    """MoaiTrainingArguments(**values), the user's values: transformers' own checks (ValueError, TypeError, OSError
+    for a config file it cannot read) become a UsageError with their first line."""
     try:
         return MoaiTrainingArguments(**values)
     except UsageError:

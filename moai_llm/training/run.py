@@ -35,12 +35,8 @@ class RunResult:
 
 
 def load_dtype(cuda: bool, bf16: bool, lora: bool, qlora: bool, fp16: bool = False) -> torch.dtype:
-    """The dtype to load --pretrained_model in.
-
-    Weights that train stay fp32: they are the optimizer's master copy while autocast computes in bf16/fp16. AdamW
-    on bf16 weights rounds a fine-tuning step away (bf16(0.02) - 2e-5 == bf16(0.02)), so most weights would never
-    move. A frozen base (LoRA, QLoRA) is only read: on a GPU it is loaded in the compute dtype to halve its memory.
-    """
+    """The dtype to load --pretrained_model in: fp32 for weights that train (AdamW on bf16 weights rounds a
+    fine-tuning step away); a frozen base (LoRA, QLoRA) on a GPU in the compute dtype, to halve its memory."""
     if (lora or qlora) and cuda and (bf16 or fp16):
         return torch.bfloat16 if bf16 else torch.float16
     return torch.float32

@@ -326,11 +326,9 @@ class MoaiTrainer(Trainer):
             super()._save(output_dir, state_dict)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
-        """Resume the weights as `from_pretrained` reads them. The stock path loads the checkpoint's state dict
-        non-strictly, without transformers' key conversions: an MoE checkpoint holds one tensor per expert (the
-        format save_pretrained writes) while the live model stacks them, so every expert was silently left at its
-        initial weights (a warning of missing keys was all). Sharded (FSDP, DeepSpeed) and adapter checkpoints
-        keep the stock path."""
+        """Resume the weights as `from_pretrained` reads them, strictly: the stock path loads the state dict without
+        transformers' key conversions, so an MoE checkpoint's per-expert tensors silently missed the live model's
+        stacked experts. Sharded (FSDP, DeepSpeed) and adapter checkpoints keep the stock path."""
         model = self.model if model is None else model
         plain = not (self.is_fsdp_enabled or self.is_deepspeed_enabled or hasattr(model, "peft_config"))
         if not plain or not os.path.isfile(os.path.join(resume_from_checkpoint, "config.json")):
