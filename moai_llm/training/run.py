@@ -16,7 +16,7 @@ from ..errors import UsageError
 from ..loading import CHAT_END_TOKEN, FINAL_MARKER, load_tokenizer, write_step_marker
 from ..losses import objective_from_spec
 from .callbacks import GracefulStopCallback, ThroughputCallback, detect_peak_tflops, flops_per_token
-from .data_setup import DataPositionCallback, build_datasets, check_data_position, reads_a_stream
+from .data_setup import build_datasets, check_data_position, reads_a_stream
 from .distributed import data_parallel_error, resolve_resume
 from .memory import log_estimate, setup_for_run
 from .resolve import on_cuda
@@ -218,7 +218,8 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
 
         model = apply_lora(model, model_args)
     flash = model.config._attn_implementation == "flash_attention_2"
-    check_data_position(resume, training_args, reads_a_stream(data_args))
+    streaming = reads_a_stream(data_args)
+    check_data_position(resume, training_args, streaming)
     train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, training_args, flash=flash)
     training_args = evaluation_switched(training_args, data_args, eval_dataset)
     config = model.config
@@ -237,8 +238,9 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
         eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[stopper, DataPositionCallback(reads_a_stream(data_args)), *extra_callbacks],
+        callbacks=[stopper, *extra_callbacks],
         throughput=throughput,
+        streaming=streaming,
     )
     if training_args.eval_tasks and training_args.eval_strategy == "no":
         logger.warning("--eval_tasks %s: not scored, evaluation is off for this run", training_args.eval_tasks)

@@ -14,7 +14,7 @@ from ..batch_format import IGNORE_INDEX
 from ..loading import COMPLETE_MARKER, write_step_marker
 from .arguments import MUON
 from .callbacks import ThroughputCallback
-from .data_setup import global_batch
+from .data_setup import global_batch, write_data_position
 from .schedule import WSD_NAMES, create_wsd_schedule
 from .sharding import enable_fsdp_on_cpu, may_leave_parameters_unused, start_sharded, starts_sharded
 
@@ -93,9 +93,10 @@ class MoaiTrainer(Trainer):
     """Trainer for MoaiForCausalLM (any causal LM works): it overrides only what the stock Trainer gets wrong or
     lacks (ARCHITECTURE.md lists each override and why) and calls `super()` for the rest."""
 
-    def __init__(self, *args, throughput: ThroughputCallback | None = None, **kwargs):
+    def __init__(self, *args, throughput: ThroughputCallback | None = None, streaming: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.throughput = throughput
+        self.streaming = streaming  # recorded in each checkpoint's data position
         if throughput is not None:
             self.add_callback(throughput)
         self._component_sums: dict[str, torch.Tensor] = {}
@@ -357,5 +358,6 @@ class MoaiTrainer(Trainer):
         run_dir = self._get_output_dir(trial=trial)
         if self.args.should_save:
             path = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            write_data_position(path, self.args, self.streaming)
             write_step_marker(os.path.join(path, COMPLETE_MARKER), self.state.global_step)
             rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint)
