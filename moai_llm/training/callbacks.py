@@ -91,20 +91,17 @@ class ThroughputCallback(TrainerCallback):
         self.useful = self.useful + (labels[:, 1:].ne(IGNORE_INDEX).sum() if labels is not None else real)
         self.slots += input_ids.numel()
 
-    def _summed_over_ranks(self) -> tuple[int, int, int]:
-        """(tokens, useful, slots) of all ranks since the last log (every rank logs at the same steps)."""
+    def pop_logs(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        logs = {}
+        # all ranks' counts since the last log (every rank logs at the same steps), not rank 0's x world
         counts = torch.tensor([int(self.tokens), int(self.useful), int(self.slots)], dtype=torch.float64)
         if self.world_size > 1 and dist.is_available() and dist.is_initialized():
             counts = counts.to("cuda" if dist.get_backend() == "nccl" else "cpu")
             dist.all_reduce(counts)
         else:  # no process group to ask: this rank's count stands for each rank's
             counts *= self.world_size
-        return tuple(int(x) for x in counts.tolist())
-
-    def pop_logs(self) -> dict[str, float]:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        logs = {}
-        self.tokens, self.useful, self.slots = self._summed_over_ranks()  # all ranks' tokens, not rank 0's x world
+        self.tokens, self.useful, self.slots = (int(x) for x in counts.tolist())
         if self.tokens:
             self.tokens_seen += self.tokens
             logs["tokens_seen"] = self.tokens_seen
@@ -164,15 +161,13 @@ class GracefulStopCallback(TrainerCallback):
             signal.signal(sig, handler)
         self._previous = {}
 
-    def _any_rank_requested(self, args) -> bool:
-        if dist.is_available() and dist.is_initialized():
-            flag = torch.tensor([float(self.requested)], device=args.device)
-            dist.all_reduce(flag)
-            return bool(flag.item())
-        return self.requested
-
     def on_step_end(self, args, state, control, **kwargs):
-        if self._any_rank_requested(args):
+        requested = self.requested
+        if dist.is_available() and dist.is_initialized():  # every rank stops at the same step
+            flag = torch.tensor([float(requested)], device=args.device)
+            dist.all_reduce(flag)
+            requested = bool(flag.item())
+        if requested:
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step

@@ -133,15 +133,12 @@ def main(argv: list[str]) -> int:
     ckpt = None if args.gradient_checkpointing is None else bool(args.gradient_checkpointing)
     effective = None if args.batch_size else args.effective_batch
     choice, notes = choose(shape, card, base, effective, engine, args.batch_size, ckpt)
-    given = [
-        f"{key}={value}"
-        for key, value in (
-            ("PARALLEL", args.parallel),
-            ("BATCH_SIZE", args.batch_size),
-            ("GRADIENT_CHECKPOINTING", args.gradient_checkpointing),
-        )
-        if value is not None
-    ]
+    user = {
+        "PARALLEL": args.parallel,
+        "BATCH_SIZE": args.batch_size,
+        "GRADIENT_CHECKPOINTING": args.gradient_checkpointing,
+    }
+    given = [f"{key}={value}" for key, value in user.items() if value is not None]
     if choice is None:
         if not args.force:
             where = f"{args.world} x {args.gpu_memory} GB" + (f" with {' '.join(given)}" if given else "")

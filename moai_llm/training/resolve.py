@@ -2,6 +2,7 @@
 is built. train.py's arguments are read-only after this (torchtitan's rule: config resolved once, never mutated)."""
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -49,15 +50,11 @@ def cpu_has_native_bf16() -> bool:
 
 
 def attention_implementation(requested: str | None, cuda: bool) -> str | None:
-    """flash-attn on CUDA when installed, else sdpa; on CPU the model config's choice (None) unless given."""
+    """flash-attn on CUDA when installed (launch_plan.py plans with the same rule), else sdpa; on CPU the model
+    config's choice (None) unless given."""
     if requested is not None or not cuda:
         return requested
-    try:
-        import flash_attn  # noqa: F401
-
-        return "flash_attention_2"
-    except ImportError:
-        return "sdpa"
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
 
 
 def on_cuda(use_cpu: bool | None) -> bool:

@@ -171,14 +171,9 @@ def save_final_model(trainer, tokenizer, model_args, training_args) -> str:
         plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
         sharded = trainer.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3)  # FSDP, ZeRO-3
         if training_args.should_save:
-            if sharded:  # no rank holds whole weights to merge into
-                from .lora import merge_into_float32_base
+            from .lora import merge_adapters
 
-                model = merge_into_float32_base(model_args.pretrained_model, adapter_dir, trainer.args)
-            else:
-                from .lora import merge_adapters
-
-                model = merge_adapters(model, adapter_dir)
+            model = merge_adapters(model, adapter_dir, sharded, model_args.pretrained_model, trainer.args)
             model.generation_config = generation
             with writes_on_this_node(model, training_args):
                 model.save_pretrained(final_dir)
