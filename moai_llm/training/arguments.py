@@ -24,23 +24,9 @@ CONFIGS_DIR = (
 )
 TINY_MODEL_CONFIG = os.path.join(CONFIGS_DIR, "model_config_tiny.json")
 LORA_TARGET_MODULES = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-# Learning rates used when --learning_rate is not given: a tiny model from scratch, full SFT, adapters. The pretraining
-# rate is the best of 1e-3, 3e-3, 1e-2 for AdamW in benchmarks/bench_time_to_loss.py's sweep (hidden 384); wider
-# models get it scaled down (schedule.scaled_learning_rate).
-DEFAULT_LEARNING_RATES = {"pretrain": 1e-3, "sft": 2e-5, "lora": 2e-4}
 TRANSFORMERS_LEARNING_RATE = next(f.default for f in dataclasses.fields(TrainingArguments) if f.name == "learning_rate")
 # Schedule names transformers' SchedulerType does not know, mapped to the one it does.
 SCHEDULER_ALIASES = {"wsd": "warmup_stable_decay"}
-
-
-def resolve_mixed_precision(bf16: bool | None, fp16: bool, on_gpu: bool, bf16_supported: bool) -> tuple[bool, bool]:
-    """(bf16, fp16). bf16 unset: bf16 where the device computes it natively (GPUs with bf16; CPUs with AMX or
-    AVX512-BF16), fp16 on older GPUs (V100, T4), neither on other CPUs. An explicit --bf16 or --fp16 is kept."""
-    if bf16 is not None or fp16:
-        return bool(bf16), bool(fp16)
-    if bf16_supported:
-        return True, False
-    return (False, True) if on_gpu else (False, False)
 
 
 @dataclass

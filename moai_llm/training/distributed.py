@@ -1,8 +1,7 @@
 """What every rank must agree on before training starts: how the run was launched, and which checkpoint resumes it.
 
-On several nodes without a shared filesystem each rank sees only its own node's disk, so a rank that resolved
-`--resume_from_checkpoint auto` by itself could start fresh while the others resume, and the replicas would drift
-apart (or deadlock on mismatched step counts). Rank 0 decides; every rank checks it can read that checkpoint.
+Without a shared filesystem a rank resolving `--resume_from_checkpoint auto` alone could start fresh while the
+others resume (drifting replicas, or a deadlock): rank 0 decides, every rank checks it can read that checkpoint.
 """
 
 import logging

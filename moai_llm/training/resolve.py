@@ -10,11 +10,16 @@ import os
 import torch
 
 from ..errors import UsageError
-from .arguments import DEFAULT_LEARNING_RATES, TINY_MODEL_CONFIG, resolve_mixed_precision, training_arguments
+from .arguments import TINY_MODEL_CONFIG, training_arguments
 from .data_setup import reads_a_stream
 from .schedule import scaled_learning_rate
 
 logger = logging.getLogger(__name__)
+
+# Learning rates used when --learning_rate is not given: a tiny model from scratch, full SFT, adapters. The pretraining
+# rate is the best of 1e-3, 3e-3, 1e-2 for AdamW in benchmarks/bench_time_to_loss.py's sweep (hidden 384); wider
+# models get it scaled down (schedule.scaled_learning_rate).
+DEFAULT_LEARNING_RATES = {"pretrain": 1e-3, "sft": 2e-5, "lora": 2e-4}
 
 
 def default_output_dir(model_args, values: dict) -> str:
@@ -40,6 +45,16 @@ def hidden_size(model_args) -> int | None:
             return json.load(handle).get("hidden_size")
     except (OSError, ValueError):
         return None  # a hub id, or a bad file the model build reports
+
+
+def resolve_mixed_precision(bf16: bool | None, fp16: bool, on_gpu: bool, bf16_supported: bool) -> tuple[bool, bool]:
+    """(bf16, fp16). bf16 unset: bf16 where the device computes it natively (GPUs with bf16; CPUs with AMX or
+    AVX512-BF16), fp16 on older GPUs (V100, T4), neither on other CPUs. An explicit --bf16 or --fp16 is kept."""
+    if bf16 is not None or fp16:
+        return bool(bf16), bool(fp16)
+    if bf16_supported:
+        return True, False
+    return (False, True) if on_gpu else (False, False)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -1,10 +1,8 @@
 """Stages (pretrain -> mid-training -> sft): each a set of flag overrides, starting from the previous final_model.
 
-Every stage's arguments are resolved up front, when the YAML is read (`resolve_stages`), so a typo in the last
-stage fails before the first trains. A stage whose final_model is complete (its FINAL_MARKER, written after the
-final save) is skipped, and a stage in progress resumes from its latest complete checkpoint, so re-running the same
-command after an interruption continues where it stopped. Rank 0 decides whether a stage is done, so every rank
-skips or runs it together.
+Every stage's arguments are resolved when the YAML is read (`resolve_stages`), so a typo in the last stage fails
+before the first trains. Re-running the command continues where it stopped: a stage whose final_model has its
+FINAL_MARKER is skipped (rank 0 decides, for every rank), one in progress resumes from its latest checkpoint.
 """
 
 import dataclasses

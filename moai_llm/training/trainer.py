@@ -60,12 +60,10 @@ def writes_on_this_node(model, args):
 def router_terms(outputs, config) -> dict[str, torch.Tensor]:
     """The per-micro-batch MoE terms the model added to `loss`, already multiplied by their coefficients."""
     terms = {}
-    aux = outputs.get("aux_loss") if hasattr(outputs, "get") else None
-    if aux is not None and getattr(config, "router_aux_loss_coef", 0.0):
-        terms["aux_loss"] = config.router_aux_loss_coef * aux
-    z_loss = outputs.get("router_z_loss") if hasattr(outputs, "get") else None
-    if z_loss is not None and getattr(config, "router_z_loss_coef", 0.0):
-        terms["router_z_loss"] = config.router_z_loss_coef * z_loss
+    for key, coefficient in (("aux_loss", "router_aux_loss_coef"), ("router_z_loss", "router_z_loss_coef")):
+        value = outputs.get(key) if hasattr(outputs, "get") else None
+        if value is not None and getattr(config, coefficient, 0.0):
+            terms[key] = getattr(config, coefficient) * value
     return terms
 
 
@@ -109,7 +107,6 @@ class MoaiTrainer(Trainer):
         if on_meta and self.is_fsdp_enabled and starts_sharded(self.args, hasattr(self.model, "peft_config")):
             start_sharded(self.accelerator, self.model, self.args.seed)
 
-    # ---- parallelism --------------------------------------------------------------------------------------
     def create_accelerator_and_postprocess(self):
         super().create_accelerator_and_postprocess()
         if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled:
@@ -121,7 +118,6 @@ class MoaiTrainer(Trainer):
         # per parameter, what memory.py counts once).
         handler.gradient_as_bucket_view = True
 
-    # ---- optimizer -----------------------------------------------------------------------------------------
     def create_optimizer(self, model=None):
         """--optim muon: Muon for the hidden matrices and AdamW for the rest, one optimizer (training/muon.py)."""
         if str(self.args.optim) != MUON or self.optimizer is not None:
@@ -144,7 +140,6 @@ class MoaiTrainer(Trainer):
         logger.info("Muon for %s parameters, AdamW for %s", f"{counts[0]:,}", f"{counts[1] + counts[2]:,}")
         return self.optimizer
 
-    # ---- schedule ------------------------------------------------------------------------------------------
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """Warmup-Stable-Decay from `args.wsd_*` when `lr_scheduler_type` names it; the stock scheduler otherwise."""
         name = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
@@ -161,7 +156,6 @@ class MoaiTrainer(Trainer):
             return self.lr_scheduler
         return super().create_scheduler(num_training_steps, optimizer)
 
-    # ---- data order ----------------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
         """Packed rows (`moai_llm.data.PackedRows`) are read in balanced steps whose order is shuffled by seed."""
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -171,7 +165,6 @@ class MoaiTrainer(Trainer):
             return dataset.train_sampler(global_batch(self.args), seed, strategy)
         return super()._get_train_sampler(train_dataset)
 
-    # ---- loss ----------------------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.throughput is not None:
             pad = getattr(self.processing_class, "pad_token_id", None)
@@ -231,7 +224,6 @@ class MoaiTrainer(Trainer):
             if objective is not None:
                 config.loss_config = objective
 
-    # ---- evaluation ----------------------------------------------------------------------------------------
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):
@@ -292,7 +284,6 @@ class MoaiTrainer(Trainer):
         labels[real:] = IGNORE_INDEX
         return {**inputs, key: labels}
 
-    # ---- logging -------------------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             if self.throughput is not None:
@@ -321,7 +312,6 @@ class MoaiTrainer(Trainer):
             self.log({f"{metric_key_prefix}_perplexity": metrics[f"{metric_key_prefix}_perplexity"]})
         return metrics
 
-    # ---- checkpoints ---------------------------------------------------------------------------------------
     def _save(self, output_dir=None, state_dict=None):
         with writes_on_this_node(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), self.args):
             super()._save(output_dir, state_dict)
