@@ -6,8 +6,8 @@ aliases of the Trainer's own fields, so YAML and CLI may use either name.
 
 import argparse
 import dataclasses
-import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from transformers import TrainingArguments
@@ -16,13 +16,10 @@ from ..data.mixing import MixtureSource
 from ..data.pipeline import DataOptions
 from ..errors import UsageError
 
-PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # configs/ is installed as the package moai_llm.configs (setup.py package_dir); a source checkout reads it in place.
-_INSTALLED_CONFIGS = os.path.join(PACKAGE_DIR, "configs")
-CONFIGS_DIR = (
-    _INSTALLED_CONFIGS if os.path.isdir(_INSTALLED_CONFIGS) else os.path.join(os.path.dirname(PACKAGE_DIR), "configs")
-)
-TINY_MODEL_CONFIG = os.path.join(CONFIGS_DIR, "model_config_tiny.json")
+_PACKAGE = Path(__file__).absolute().parents[1]
+CONFIGS_DIR = _PACKAGE / "configs" if (_PACKAGE / "configs").is_dir() else _PACKAGE.parent / "configs"
+TINY_MODEL_CONFIG = str(CONFIGS_DIR / "model_config_tiny.json")
 LORA_TARGET_MODULES = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 TRANSFORMERS_LEARNING_RATE = next(f.default for f in dataclasses.fields(TrainingArguments) if f.name == "learning_rate")
 # Schedule names transformers' SchedulerType does not know, mapped to the one it does.

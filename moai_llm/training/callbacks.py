@@ -120,11 +120,9 @@ class ThroughputCallback(TrainerCallback):
 class GracefulStopCallback(TrainerCallback):
     """SIGTERM / SIGINT: finish the current optimizer step, save a checkpoint, stop; the CLI then exits 0.
 
-    The second signal is ignored with a warning: under torchrun it is usually the agent forwarding the user's second
-    Ctrl-C (or a scheduler and the agent both sending SIGTERM), and it must not cut the save short. The third falls
-    back to the previous handler (kills, or KeyboardInterrupt for SIGINT); SIGKILL always works. The handlers stay
-    installed until `restore()`, so the run's final save is covered too. Under DDP the flag is all-reduced each step
-    so every rank stops at the same step (torchrun forwards signals, but not always to all).
+    The second signal (often torchrun's agent forwarding a second Ctrl-C, or a scheduler and the agent both) is
+    ignored so that it cannot cut the save short; the third falls back to the previous handler. The handlers stay
+    installed until `restore()`, so the run's final save is covered too.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)

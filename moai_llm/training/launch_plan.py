@@ -7,13 +7,7 @@ pretrain.sh runs this file by path, so planning imports neither torch nor the pa
 
 prints `micro_batch=`, `parallel=`, `gradient_checkpointing=` and `estimate_gb=` lines for pretrain.sh, then
 `# ` lines: the estimate by item and why each choice was made. A plan that cannot fit (unless --force) or a bad
-model config is one line on stderr and exit 2.
-
-The choice, on a card of GPU_MEMORY GB with `BUDGET` of it usable: the cheapest engine that fits without gradient
-checkpointing (DDP, then ZeRO-2 / FSDP grad-op, then full shard: each step sends more or holds less), else the same
-with checkpointing; within it the largest per-device micro-batch whose estimate fits and divides the effective
-batch. A PARALLEL, BATCH_SIZE or GRADIENT_CHECKPOINTING the user gives is kept, and refused with the numbers when it
-cannot fit (FORCE_PLAN=1 launches it anyway).
+model config is one line on stderr and exit 2. docs/scaling.md describes the choice (`choose`).
 """
 
 import argparse

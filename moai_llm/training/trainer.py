@@ -42,11 +42,8 @@ def latest_complete_checkpoint(output_dir: str) -> str | None:
 
 @contextlib.contextmanager
 def writes_on_this_node(model, args):
-    """With --save_on_each_node (DDP), let each node's writer rank save the model's weights.
-
-    transformers' `save_pretrained` writes only on global rank 0 once torch.distributed is up, whatever
-    `is_main_process` says, so the other nodes' checkpoints and final_model would lack their weights. Under DDP
-    every rank holds the whole model; FSDP and DeepSpeed shards are refused with --save_on_each_node."""
+    """With --save_on_each_node (DDP: every rank holds the whole model), let each node's writer rank save the weights:
+    transformers' `save_pretrained` writes only on global rank 0 once torch.distributed is up."""
     if not (args.save_on_each_node and args.should_save and args.process_index != 0):
         yield
         return
