@@ -56,10 +56,8 @@ def flops_per_token(config, seq_len: int) -> float:
 
 
 class ThroughputCallback(TrainerCallback):
-    """Counts tokens between logging steps; `pop_logs` returns tokens/s, MFU and packing efficiency.
-
-    The trainer feeds it every micro-batch (`observe`) and merges `pop_logs()` into each training log line.
-    """
+    """Counts the tokens of every micro-batch (`observe`, fed by the trainer) between logging steps; `pop_logs`, merged
+    into each training log line, returns tokens/s, MFU and packing efficiency."""
 
     def __init__(self, flops_per_token: float, peak_tflops: float | None, world_size: int = 1):
         self.flops_per_token = flops_per_token

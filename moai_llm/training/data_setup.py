@@ -140,16 +140,13 @@ def data_spec(data_args, training_args=None) -> DataSpec:
 def build_datasets(data_args, tokenizer, training_args, flash: bool = False):
     """(train_dataset, eval_dataset or None, collator) for `training_args.mode`."""
     stats, start = DataStats(), time.perf_counter()
-    # One optimizer step reads global_batch(training_args) consecutive rows of the sampler's order (see
-    # MoaiTrainer._get_train_sampler); the balance is logged for that step size.
-    rows_per_step = global_batch(training_args)
     train, evaluation = row_datasets(
         data_spec(data_args, training_args),
         tokenizer,
         data_args.max_seq_length,
         sft=training_args.mode == "sft",
         seed=training_args.seed,
-        rows_per_step=rows_per_step,
+        rows_per_step=global_batch(training_args),  # the sampler's step (MoaiTrainer._get_train_sampler)
         stats=stats,
     )
     stats.log()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 logger = logging.getLogger(__name__)
 
 ENGINES = ("ddp", "zero2", "zero3")
-ATTENTION = ("flash", "sdpa", "eager")
+ATTENTION = {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}  # -> transformers' implementation
 CUDA_CONTEXT_BYTES = 1.0e9  # CUDA context, cuBLAS/NCCL workspaces: outside the allocator's statistics
 ALLOCATOR_OVERHEAD = 0.05  # caching allocator: reserved beyond allocated (expandable segments keep it low)
 NF4_BYTES = 0.52  # bitsandbytes NF4 with double quantization: 4 bits + absmax scales per 64 weights
@@ -263,8 +263,8 @@ def setup_for_run(config, model_args, data_args, training_args, cuda: bool) -> S
             with open(deepspeed, encoding="utf-8") as handle:
                 deepspeed = json.load(handle)
         engine = "zero3" if deepspeed.get("zero_optimization", {}).get("stage") == 3 else "zero2"
-    implementation = getattr(config, "_attn_implementation", None) or "sdpa"
-    attention = {"flash_attention_2": "flash", "eager": "eager"}.get(implementation, "sdpa")
+    implementation = getattr(config, "_attn_implementation", None)
+    attention = next((name for name, value in ATTENTION.items() if value == implementation), "sdpa")
     lora = model_args.use_lora or model_args.use_qlora
     return Setup(
         engine=engine,

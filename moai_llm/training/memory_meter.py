@@ -1,10 +1,8 @@
 """Measured tensor memory, to check `memory.py`'s estimates against: the peak of live tensor storages on any device.
 
-Why hand-written: CUDA has the caching allocator's statistics (`torch.cuda.max_memory_allocated`), the CPU has
-none, and the process's RSS also counts Python, the libraries and freed pages. torch's own `MemTracker`
-(torch.distributed._tools) does this too but is private and changes between releases. `LiveTensorBytes` sees every
-tensor an op creates (a dispatch mode, so autograd's backward and the optimizer are seen too) and counts each
-storage once while it is alive.
+Why hand-written: the CPU has no allocator statistics (RSS also counts Python, libraries and freed pages), and
+torch's own `MemTracker` (torch.distributed._tools) is private. `LiveTensorBytes` sees every tensor an op creates
+(a dispatch mode: backward and the optimizer too) and counts each storage once while it is alive.
 """
 
 import contextlib
@@ -13,6 +11,8 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+from .memory import ATTENTION
 
 
 def process_peak_bytes(cuda: bool) -> tuple[int, str]:
@@ -70,9 +70,7 @@ def measure_step_peak(config: dict, setup, steps: int = 2, accumulation: int = 2
     device = "cuda" if setup.cuda else "cpu"
     torch.manual_seed(seed)
     model_config = MoaiConfig(**config)
-    model_config._attn_implementation = {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}[
-        setup.attention
-    ]
+    model_config._attn_implementation = ATTENTION[setup.attention]
     model_config.loss_chunk_size = setup.loss_chunk
     meter = LiveTensorBytes()
     if setup.cuda:

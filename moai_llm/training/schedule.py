@@ -1,8 +1,5 @@
-"""Warmup-Stable-Decay learning-rate schedule on transformers' `get_wsd_schedule`.
-
-transformers takes the decay length in steps; users think in fractions of the run, which is only known once the
-Trainer has counted the steps, so the conversion happens here, at scheduler creation time.
-"""
+"""Warmup-Stable-Decay learning-rate schedule on transformers' `get_wsd_schedule`, which takes the decay in steps:
+the decay fraction users give becomes steps here, once the Trainer has counted them."""
 
 import math
 

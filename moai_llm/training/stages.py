@@ -113,8 +113,7 @@ def run_all(model_args, data_args, training_args) -> list[RunResult]:
                 f"stage {stage.name}: the previous stage's final_model",
             )
         logger.info("stage %s: mode %s from %s", stage.name, stage.training_args.mode, previous or "scratch")
-        result = run_training(stage.model_args, stage.data_args, stage.training_args)
-        results.append(result)
-        if result.final_model is None:
-            return results
+        results.append(run_training(stage.model_args, stage.data_args, stage.training_args))
+        if results[-1].final_model is None:  # stopped by a signal: later stages wait for the resume
+            break
     return results

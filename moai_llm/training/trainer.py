@@ -206,9 +206,8 @@ class MoaiTrainer(Trainer):
 
     @contextlib.contextmanager
     def _plain_cross_entropy(self, model):
-        """Inside: the model's loss is plain cross-entropy. Label smoothing, focal loss or z-loss shift the objective
-        (CE 2.5 with smoothing 0.1 at vocab 122K reads 3.75), so eval_loss and eval_perplexity would not be
-        cross-entropy and perplexity. Swaps the model's `loss_config` and the Trainer's label smoother out."""
+        """Inside: the model's `loss_config` and the Trainer's label smoother are plain cross-entropy, since smoothing,
+        focal loss or z-loss would make eval_loss and eval_perplexity neither cross-entropy nor perplexity."""
         config = self.accelerator.unwrap_model(model).config
         objective, smoother = getattr(config, "loss_config", None), self.label_smoother
         if objective is not None:
@@ -224,9 +223,8 @@ class MoaiTrainer(Trainer):
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):
-        """`eval_loss` as total loss / total tokens over every batch of every rank. The stock loop repeats each
-        batch's mean `batch_size` times and averages: 100 tokens at CE 1.0 and 1,000 at 2.0 read 1.5, not 1.91.
-        `eval_bits_per_byte`: the same total loss (nats) / (ln 2 x bytes of the scored tokens), as eval.py."""
+        """`eval_loss` as total loss / total tokens over every batch of every rank (the stock loop averages batch
+        means); `eval_bits_per_byte`: the same total loss (nats) / (ln 2 x bytes of the scored tokens), as eval.py."""
         self._eval_sums = torch.zeros(3, dtype=torch.float64, device=self.args.device)  # every rank reduces
         try:
             output = super().evaluation_loop(
