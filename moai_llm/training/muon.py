@@ -22,15 +22,9 @@ NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # quintic coefficients (Keller Jordan
 RMS_MATCH = 0.2  # Muon update RMS = AdamW's typical update RMS
 
 
-def is_muon_parameter(name: str, parameter: nn.Parameter, module: nn.Module, outside: set[int]) -> bool:
-    """A hidden matrix: a linear layer's or expert stack's weight inside the decoder, both sides > 1."""
-    if id(parameter) in outside or parameter.ndim < 2 or min(parameter.shape[-2:]) < 2:
-        return False
-    return isinstance(module, nn.Linear) or name.rsplit(".", 1)[0].endswith("experts")
-
-
 def muon_param_groups(model: nn.Module, weight_decay: float, decay_names: set[str]) -> list[dict]:
-    """[Muon matrices, AdamW with decay, AdamW without decay]; the embeddings and lm_head are never Muon's."""
+    """[Muon matrices, AdamW with decay, AdamW without decay]. Muon's: the weights of the decoder's linear layers and
+    expert stacks, both sides > 1; the embeddings and lm_head are never Muon's."""
     outside = {
         id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m for p in m.parameters()
     }
@@ -39,8 +33,9 @@ def muon_param_groups(model: nn.Module, weight_decay: float, decay_names: set[st
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        owner = modules.get(name.rsplit(".", 1)[0], model)
-        if is_muon_parameter(name, parameter, owner, outside):
+        owner = name.rsplit(".", 1)[0]
+        matrix = id(parameter) not in outside and parameter.ndim >= 2 and min(parameter.shape[-2:]) >= 2
+        if matrix and (isinstance(modules.get(owner, model), nn.Linear) or owner.endswith("experts")):
             groups["muon"].append(parameter)
         else:
             groups["decay" if name in decay_names else "no_decay"].append(parameter)

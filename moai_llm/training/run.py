@@ -265,10 +265,13 @@ def _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, 
     if trainer.eval_dataset is not None:
         metrics.update(final_evaluation(trainer))
     trainer.save_metrics("all", metrics)
-    with completion_marker(
-        os.path.join(training_args.output_dir, "final_model"), trainer.state.global_step, training_args.should_save
-    ):
-        final_dir = save_final_model(trainer, tokenizer, model_args, training_args)
+    # a stage counts as done only with FINAL_MARKER: a stale one goes first, the new one once every rank has saved
+    marker = os.path.join(training_args.output_dir, "final_model", FINAL_MARKER)
+    if training_args.should_save and os.path.exists(marker):
+        os.remove(marker)
+    final_dir = save_final_model(trainer, tokenizer, model_args, training_args)
+    if training_args.should_save:
+        write_step_marker(marker, trainer.state.global_step)
     if trainer.is_world_process_zero():
         from ..evaluation.end_of_run import write_training_report
 
@@ -288,15 +291,3 @@ def memory_metrics(memory, cuda: bool) -> dict:
             "memory: estimated %.2f GB per device, measured peak %.2f GB (%s)", memory.total / 1e9, peak / 1e9, what
         )
     return metrics
-
-
-@contextlib.contextmanager
-def completion_marker(final_dir: str, global_step: int, should_save: bool):
-    """Around the final save: drop a stale FINAL_MARKER, then write it once final_model is complete (every rank
-    finished): a stage counts as done only with it."""
-    marker = os.path.join(final_dir, FINAL_MARKER)
-    if should_save and os.path.exists(marker):
-        os.remove(marker)
-    yield
-    if should_save:
-        write_step_marker(marker, global_step)

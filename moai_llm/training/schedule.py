@@ -6,8 +6,6 @@ import math
 from torch.optim import Optimizer
 from transformers.optimization import get_wsd_schedule
 
-WSD_NAMES = ("warmup_stable_decay", "wsd")
-
 
 def wsd_phase_steps(num_training_steps: int, num_warmup_steps: int, decay_ratio: float) -> tuple[int, int, int]:
     """(warmup, stable, decay) step counts that add up to `num_training_steps`."""

@@ -15,7 +15,7 @@ from ..loading import COMPLETE_MARKER, write_step_marker
 from .arguments import MUON
 from .callbacks import ThroughputCallback
 from .data_setup import global_batch, write_data_position
-from .schedule import WSD_NAMES, create_wsd_schedule
+from .schedule import create_wsd_schedule
 from .sharding import enable_fsdp_on_cpu, may_leave_parameters_unused, start_sharded, starts_sharded
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class MoaiTrainer(Trainer):
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """Warmup-Stable-Decay from `args.wsd_*` when `lr_scheduler_type` names it; the stock scheduler otherwise."""
         name = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
-        if self.lr_scheduler is None and name in WSD_NAMES:
+        if self.lr_scheduler is None and name == "warmup_stable_decay":  # arguments.py maps its alias wsd
             self.lr_scheduler = create_wsd_schedule(
                 self.optimizer if optimizer is None else optimizer,
                 num_training_steps=num_training_steps,
