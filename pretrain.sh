@@ -36,6 +36,13 @@ absolute_path() {  # PATH [SUFFIX]
   return 1
 }
 
+positive_integers() {  # NAME...: each one that is set must be a positive integer
+  local name
+  for name; do
+    [ -z "${!name:-}" ] || [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || die "$name=${!name} is not a positive integer"
+  done
+}
+
 TRAIN_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -63,7 +70,7 @@ if [ -z "${NUM_GPUS:-}" ]; then
   else die "no GPU found; set ALLOW_CPU=1 to run 2 CPU processes (gloo), or NUM_GPUS with DRY_RUN=1 to plan a run"
   fi
 fi
-[[ "$NUM_GPUS" =~ ^[1-9][0-9]*$ ]] || die "NUM_GPUS=$NUM_GPUS is not a positive integer"
+positive_integers NUM_GPUS
 
 DEVICE=cuda
 if [ "$GPUS_FOUND" -eq 0 ] && [ "$DRY_RUN" != 1 ]; then
@@ -91,19 +98,12 @@ plan=$("$PYTHON" "$here/moai_llm/training/batch_table.py" "$BATCH_TABLE" "$MODEL
 { read -r config; read -r seq; read -r target; read -r table_micro; } <<< "$plan"
 NNODES="${NNODES:-1}"
 NODE_RANK="${NODE_RANK:-0}"
-[[ "$NNODES" =~ ^[1-9][0-9]*$ ]] || die "NNODES=$NNODES is not a positive integer"
+EFFECTIVE_BATCH="${EFFECTIVE_BATCH:-$target}"
+SEQ_LEN="${SEQ_LEN:-$seq}"
+MAX_STEPS="${MAX_STEPS:-}"
+positive_integers NNODES BATCH_SIZE EFFECTIVE_BATCH GRADIENT_ACCUMULATION_STEPS SEQ_LEN MAX_STEPS
 [[ "$NODE_RANK" =~ ^[0-9]+$ ]] && [ "$NODE_RANK" -lt "$NNODES" ] || die "NODE_RANK=$NODE_RANK must be in 0..$((NNODES - 1))"
 WORLD_SIZE=$((NUM_GPUS * NNODES))
-if [ -n "${BATCH_SIZE:-}" ]; then
-  [[ "$BATCH_SIZE" =~ ^[1-9][0-9]*$ ]] || die "BATCH_SIZE=$BATCH_SIZE is not a positive integer"
-fi
-EFFECTIVE_BATCH="${EFFECTIVE_BATCH:-$target}"
-[[ "$EFFECTIVE_BATCH" =~ ^[1-9][0-9]*$ ]] || die "EFFECTIVE_BATCH=$EFFECTIVE_BATCH is not a positive integer"
-if [ -n "${GRADIENT_ACCUMULATION_STEPS:-}" ]; then
-  [[ "$GRADIENT_ACCUMULATION_STEPS" =~ ^[1-9][0-9]*$ ]] || die "GRADIENT_ACCUMULATION_STEPS=$GRADIENT_ACCUMULATION_STEPS is not a positive integer"
-fi
-SEQ_LEN="${SEQ_LEN:-$seq}"
-[[ "$SEQ_LEN" =~ ^[1-9][0-9]*$ ]] || die "SEQ_LEN=$SEQ_LEN is not a positive integer"
 
 # ---- paths -----------------------------------------------------------------------------------------------
 MODEL_CONFIG="${MODEL_CONFIG:-$config}"
@@ -114,7 +114,6 @@ else
   OUTPUT_DIR="outputs/pretrain-$MODEL_SIZE"  # under the repo
 fi
 RESUME="${RESUME:-auto}"
-MAX_STEPS="${MAX_STEPS:-}"
 found=$(absolute_path "$MODEL_CONFIG") || die "MODEL_CONFIG=$MODEL_CONFIG: file not found"
 MODEL_CONFIG=$found
 found=$(absolute_path "$TOKENIZER_PATH" /tokenizer.json) \
@@ -124,13 +123,10 @@ if [ -n "${DATA_CONFIG:-}" ]; then
   found=$(absolute_path "$DATA_CONFIG") || die "DATA_CONFIG=$DATA_CONFIG: file not found"
   DATA_CONFIG=$found
 fi
-if [ -n "$MAX_STEPS" ]; then
-  [[ "$MAX_STEPS" =~ ^[1-9][0-9]*$ ]] || die "MAX_STEPS=$MAX_STEPS is not a positive integer"
-fi
 
 # ---- memory plan ---------------------------------------------------------------------------------------
 # On GPUs: the cheapest engine, the largest micro-batch and checkpointing only when needed, from the memory model
-# (moai_llm/training/plan.py, no torch import); what the user set is kept, and refused when it cannot fit
+# (moai_llm/training/launch_plan.py, no torch import); what the user set is kept, and refused when it cannot fit
 # (FORCE_PLAN=1 launches it anyway). CPU processes: DDP and the table's cpu_micro_batch.
 GRADIENT_CHECKPOINTING="${GRADIENT_CHECKPOINTING:-}"
 [ -z "$GRADIENT_CHECKPOINTING" ] || [[ "$GRADIENT_CHECKPOINTING" =~ ^[01]$ ]] || die "GRADIENT_CHECKPOINTING=$GRADIENT_CHECKPOINTING is not 0 or 1"
@@ -159,7 +155,7 @@ else
   [ -n "$GRADIENT_CHECKPOINTING" ] && request+=(--gradient_checkpointing "$GRADIENT_CHECKPOINTING")
   [ -z "${GRADIENT_ACCUMULATION_STEPS:-}" ] && request+=(--effective_batch "$EFFECTIVE_BATCH")
   [ "${FORCE_PLAN:-0}" = 1 ] && request+=(--force)
-  plan=$("$PYTHON" "$here/moai_llm/training/plan.py" "$MODEL_CONFIG" "$GPU_MEMORY" "$WORLD_SIZE" "$SEQ_LEN" "${request[@]}" 2>&1) \
+  plan=$("$PYTHON" "$here/moai_llm/training/launch_plan.py" "$MODEL_CONFIG" "$GPU_MEMORY" "$WORLD_SIZE" "$SEQ_LEN" "${request[@]}" 2>&1) \
     || die "MODEL_SIZE=$MODEL_SIZE $plan"
   while IFS= read -r line; do
     case "$line" in

@@ -87,8 +87,9 @@ def test_unreadable_table(tmp_path):
 
 
 def test_documented_table_matches_the_plans():
-    """The plan table in docs/scaling.md shows what pretrain.sh plans for 8 GPUs of each size (plan.default_plan)."""
-    from moai_llm.training.plan import default_plan, describe
+    """The plan table in docs/scaling.md shows what pretrain.sh plans for 8 GPUs of each size
+    (launch_plan.default_plan)."""
+    from moai_llm.training.launch_plan import default_plan, describe
 
     header = "| MODEL_SIZE (8 GPUs) | 24 GB | 40 GB | 48 GB | 80 GB | 141 GB |"
     text = (REPO / "docs" / "scaling.md").read_text(encoding="utf-8")

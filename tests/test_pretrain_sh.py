@@ -319,8 +319,8 @@ def test_every_dry_run_plan_fits_the_memory_models_estimate_of_the_card(tokenize
     """DRY_RUN for every MODEL_SIZE x card x {1, 8} GPUs: a plan is printed only when the memory model's estimate of
     what it launches (engine, micro-batch, checkpointing read back from the command) fits 90% of the card; otherwise
     one line says it does not fit. The issue's example, 3b on 8 x 48 GB, is not DDP (48 GB of model states)."""
+    from moai_llm.training.launch_plan import BUDGET, PARALLEL_ENGINE
     from moai_llm.training.memory import Setup, Shape, estimate
-    from moai_llm.training.plan import BUDGET, PARALLEL_ENGINE
 
     env = {k: v for k, v in os.environ.items() if k not in ("NUM_GPUS", "GPU_MEMORY", "MODEL_SIZE", "NNODES")}
     env.update({"DRY_RUN": "1", "TOKENIZER_PATH": str(tokenizer_dir), "MASTER_PORT": "29500"})

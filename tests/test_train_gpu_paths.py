@@ -7,9 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 from moai_llm import MoaiForCausalLM
-from moai_llm.training.arguments import MoaiTrainingArguments, resolve_mixed_precision
+from moai_llm.training.arguments import MoaiTrainingArguments
 from moai_llm.training.cli import build_parser, load_yaml_config, parse_args
 from moai_llm.training.distributed import data_parallel_error
+from moai_llm.training.resolve import resolve_mixed_precision
 from moai_llm.training.run import load_dtype
 from moai_llm.training.trainer import MoaiTrainer
 

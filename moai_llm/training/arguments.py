@@ -6,8 +6,8 @@ aliases of the Trainer's own fields, so YAML and CLI may use either name.
 
 import argparse
 import dataclasses
-import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from transformers import TrainingArguments
@@ -16,31 +16,14 @@ from ..data.mixing import MixtureSource
 from ..data.pipeline import DataOptions
 from ..errors import UsageError
 
-PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # configs/ is installed as the package moai_llm.configs (setup.py package_dir); a source checkout reads it in place.
-_INSTALLED_CONFIGS = os.path.join(PACKAGE_DIR, "configs")
-CONFIGS_DIR = (
-    _INSTALLED_CONFIGS if os.path.isdir(_INSTALLED_CONFIGS) else os.path.join(os.path.dirname(PACKAGE_DIR), "configs")
-)
-TINY_MODEL_CONFIG = os.path.join(CONFIGS_DIR, "model_config_tiny.json")
+_PACKAGE = Path(__file__).absolute().parents[1]
+CONFIGS_DIR = _PACKAGE / "configs" if (_PACKAGE / "configs").is_dir() else _PACKAGE.parent / "configs"
+TINY_MODEL_CONFIG = str(CONFIGS_DIR / "model_config_tiny.json")
 LORA_TARGET_MODULES = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-# Learning rates used when --learning_rate is not given: a tiny model from scratch, full SFT, adapters. The pretraining
-# rate is the best of 1e-3, 3e-3, 1e-2 for AdamW in benchmarks/bench_time_to_loss.py's sweep (hidden 384); wider
-# models get it scaled down (schedule.scaled_learning_rate).
-DEFAULT_LEARNING_RATES = {"pretrain": 1e-3, "sft": 2e-5, "lora": 2e-4}
 TRANSFORMERS_LEARNING_RATE = next(f.default for f in dataclasses.fields(TrainingArguments) if f.name == "learning_rate")
 # Schedule names transformers' SchedulerType does not know, mapped to the one it does.
 SCHEDULER_ALIASES = {"wsd": "warmup_stable_decay"}
-
-
-def resolve_mixed_precision(bf16: bool | None, fp16: bool, on_gpu: bool, bf16_supported: bool) -> tuple[bool, bool]:
-    """(bf16, fp16). bf16 unset: bf16 where the device computes it natively (GPUs with bf16; CPUs with AMX or
-    AVX512-BF16), fp16 on older GPUs (V100, T4), neither on other CPUs. An explicit --bf16 or --fp16 is kept."""
-    if bf16 is not None or fp16:
-        return bool(bf16), bool(fp16)
-    if bf16_supported:
-        return True, False
-    return (False, True) if on_gpu else (False, False)
 
 
 @dataclass
@@ -199,10 +182,8 @@ class MoaiTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        """Validation only. MOAI's defaults that depend on other arguments or on the machine live in one place,
-        `resolve.resolve_training_values` (`outputs/<mode>-<model>`, the learning rate by mode and LoRA, the
-        precision), which train.py runs before constructing this; constructed directly, a field left unset takes
-        transformers' own default."""
+        """Validation only: the defaults that depend on other arguments or the machine are `resolve.py`'s (train.py
+        runs it first); constructed directly, a field left unset takes transformers' own default."""
         if self.learning_rate is None:
             self.learning_rate = TRANSFORMERS_LEARNING_RATE
         self.bf16 = bool(self.bf16)
@@ -226,9 +207,8 @@ class MoaiTrainingArguments(TrainingArguments):
 
 
 def training_arguments(values: dict) -> MoaiTrainingArguments:
-    """MoaiTrainingArguments(**values), the user's values: transformers' own checks in TrainingArguments raise a
-    ValueError (a TypeError for a value of the wrong type, an OSError for an --accelerator_config, --deepspeed or
-    --fsdp_config file it cannot read), here a UsageError with their first line."""
+    """MoaiTrainingArguments(**values), the user's values: transformers' own checks (ValueError, TypeError, OSError
+    for a config file it cannot read) become a UsageError with their first line."""
     try:
         return MoaiTrainingArguments(**values)
     except UsageError:

@@ -1,6 +1,6 @@
 """The batch table that pretrain.sh plans from, kept as data in configs/batch_table.yaml: per MODEL_SIZE the model
 config, sequence length and target effective batch; optionally a per-device micro-batch by GPU memory, which
-overrides the one the memory model plans (plan.py) and is checked against it like BATCH_SIZE.
+overrides the one the memory model plans (launch_plan.py) and is checked against it like BATCH_SIZE.
 
 pretrain.sh runs this file by path, so planning imports neither torch nor the package:
 
@@ -12,15 +12,13 @@ or an unknown size is one line on stderr and exit 2.
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
 if __package__:
     from ..errors import UsageError
-else:  # run by path from pretrain.sh: the package's errors.py, without importing the package (torch)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from errors import UsageError
+else:  # run by path from pretrain.sh, without the package (torch): `main` reports these ValueErrors alike
+    UsageError = ValueError
 
 FIELDS = ("model_config", "seq_len", "effective_batch", "micro_batch")
 REQUIRED = FIELDS[:3]  # micro_batch is an optional override of the planned one

@@ -56,10 +56,8 @@ def flops_per_token(config, seq_len: int) -> float:
 
 
 class ThroughputCallback(TrainerCallback):
-    """Counts tokens between logging steps; `pop_logs` returns tokens/s, MFU and packing efficiency.
-
-    The trainer feeds it every micro-batch (`observe`) and merges `pop_logs()` into each training log line.
-    """
+    """Counts the tokens of every micro-batch (`observe`, fed by the trainer) between logging steps; `pop_logs`, merged
+    into each training log line, returns tokens/s, MFU and packing efficiency."""
 
     def __init__(self, flops_per_token: float, peak_tflops: float | None, world_size: int = 1):
         self.flops_per_token = flops_per_token
@@ -91,20 +89,17 @@ class ThroughputCallback(TrainerCallback):
         self.useful = self.useful + (labels[:, 1:].ne(IGNORE_INDEX).sum() if labels is not None else real)
         self.slots += input_ids.numel()
 
-    def _summed_over_ranks(self) -> tuple[int, int, int]:
-        """(tokens, useful, slots) of all ranks since the last log (every rank logs at the same steps)."""
+    def pop_logs(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        logs = {}
+        # all ranks' counts since the last log (every rank logs at the same steps), not rank 0's x world
         counts = torch.tensor([int(self.tokens), int(self.useful), int(self.slots)], dtype=torch.float64)
         if self.world_size > 1 and dist.is_available() and dist.is_initialized():
             counts = counts.to("cuda" if dist.get_backend() == "nccl" else "cpu")
             dist.all_reduce(counts)
         else:  # no process group to ask: this rank's count stands for each rank's
             counts *= self.world_size
-        return tuple(int(x) for x in counts.tolist())
-
-    def pop_logs(self) -> dict[str, float]:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        logs = {}
-        self.tokens, self.useful, self.slots = self._summed_over_ranks()  # all ranks' tokens, not rank 0's x world
+        self.tokens, self.useful, self.slots = (int(x) for x in counts.tolist())
         if self.tokens:
             self.tokens_seen += self.tokens
             logs["tokens_seen"] = self.tokens_seen
@@ -123,11 +118,9 @@ class ThroughputCallback(TrainerCallback):
 class GracefulStopCallback(TrainerCallback):
     """SIGTERM / SIGINT: finish the current optimizer step, save a checkpoint, stop; the CLI then exits 0.
 
-    The second signal is ignored with a warning: under torchrun it is usually the agent forwarding the user's second
-    Ctrl-C (or a scheduler and the agent both sending SIGTERM), and it must not cut the save short. The third falls
-    back to the previous handler (kills, or KeyboardInterrupt for SIGINT); SIGKILL always works. The handlers stay
-    installed until `restore()`, so the run's final save is covered too. Under DDP the flag is all-reduced each step
-    so every rank stops at the same step (torchrun forwards signals, but not always to all).
+    The second signal (often torchrun's agent forwarding a second Ctrl-C, or a scheduler and the agent both) is
+    ignored so that it cannot cut the save short; the third falls back to the previous handler. The handlers stay
+    installed until `restore()`, so the run's final save is covered too.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -164,15 +157,13 @@ class GracefulStopCallback(TrainerCallback):
             signal.signal(sig, handler)
         self._previous = {}
 
-    def _any_rank_requested(self, args) -> bool:
-        if dist.is_available() and dist.is_initialized():
-            flag = torch.tensor([float(self.requested)], device=args.device)
-            dist.all_reduce(flag)
-            return bool(flag.item())
-        return self.requested
-
     def on_step_end(self, args, state, control, **kwargs):
-        if self._any_rank_requested(args):
+        requested = self.requested
+        if dist.is_available() and dist.is_initialized():  # every rank stops at the same step
+            flag = torch.tensor([float(requested)], device=args.device)
+            dist.all_reduce(flag)
+            requested = bool(flag.item())
+        if requested:
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step

@@ -6,9 +6,6 @@ import logging
 import os
 import time
 
-from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
 from ..data import DataSpec, DataStats, PackedCollator, PaddingCollator, prepare, row_datasets
 from ..data.mixing import parse_mixture
 from ..data.pipeline import DataOptions, reading_plan
@@ -75,17 +72,10 @@ def global_batch(training_args) -> int:
     return args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
 
 
-class DataPositionCallback(TrainerCallback):
-    """Writes DATA_POSITION into every checkpoint (rank 0): the global batch and how it was split."""
-
-    def __init__(self, streaming: bool):
-        self.streaming = streaming
-
-    def on_save(self, args, state, control, **kwargs):
-        directory = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        if state.is_world_process_zero and os.path.isdir(directory):
-            with open(os.path.join(directory, DATA_POSITION), "w", encoding="utf-8") as handle:
-                json.dump({**_split(args), "streaming": self.streaming}, handle)
+def write_data_position(checkpoint: str, training_args, streaming: bool) -> None:
+    """DATA_POSITION in a checkpoint: the global batch, how it was split, and whether the data was streamed."""
+    with open(os.path.join(checkpoint, DATA_POSITION), "w", encoding="utf-8") as handle:
+        json.dump({**_split(training_args), "streaming": streaming}, handle)
 
 
 def _split(args) -> dict:
@@ -150,16 +140,13 @@ def data_spec(data_args, training_args=None) -> DataSpec:
 def build_datasets(data_args, tokenizer, training_args, flash: bool = False):
     """(train_dataset, eval_dataset or None, collator) for `training_args.mode`."""
     stats, start = DataStats(), time.perf_counter()
-    # One optimizer step reads global_batch(training_args) consecutive rows of the sampler's order (see
-    # MoaiTrainer._get_train_sampler); the balance is logged for that step size.
-    rows_per_step = global_batch(training_args)
     train, evaluation = row_datasets(
         data_spec(data_args, training_args),
         tokenizer,
         data_args.max_seq_length,
         sft=training_args.mode == "sft",
         seed=training_args.seed,
-        rows_per_step=rows_per_step,
+        rows_per_step=global_batch(training_args),  # the sampler's step (MoaiTrainer._get_train_sampler)
         stats=stats,
     )
     stats.log()

@@ -1,8 +1,7 @@
 """What every rank must agree on before training starts: how the run was launched, and which checkpoint resumes it.
 
-On several nodes without a shared filesystem each rank sees only its own node's disk, so a rank that resolved
-`--resume_from_checkpoint auto` by itself could start fresh while the others resume, and the replicas would drift
-apart (or deadlock on mismatched step counts). Rank 0 decides; every rank checks it can read that checkpoint.
+Without a shared filesystem a rank resolving `--resume_from_checkpoint auto` alone could start fresh while the
+others resume (drifting replicas, or a deadlock): rank 0 decides, every rank checks it can read that checkpoint.
 """
 
 import logging
@@ -20,11 +19,8 @@ NO_RESUME = (None, "", "false", "False", "no")
 
 
 def data_parallel_error(n_gpu: int) -> str | None:
-    """Why one process must not drive several GPUs, or None.
-
-    Without torchrun the Trainer wraps the model in `nn.DataParallel` when it sees more than one GPU; DataParallel
-    splits every batch tensor along dim 0, including the packed collator's 1-D `cu_seq_lens`, so flash-attention
-    would read wrong document boundaries (and DDP is faster anyway)."""
+    """Why one process must not drive several GPUs, or None: without torchrun the Trainer wraps the model in
+    `nn.DataParallel`, which splits the packed collator's 1-D `cu_seq_lens` too (wrong document boundaries)."""
     if n_gpu <= 1:
         return None
     return (
@@ -71,11 +67,8 @@ def require_on_every_rank(present: bool, path: str, what: str) -> None:
 
 
 def resolve_resume(training_args) -> str | None:
-    """The checkpoint to resume from, the same on every rank, or None to start fresh.
-
-    `auto`: rank 0 picks its latest complete checkpoint and broadcasts its name; each rank looks for that name in
-    its own output_dir (the same path on every node). If any rank cannot read it, every rank stops with one line
-    naming the nodes and paths, instead of some ranks silently starting from scratch."""
+    """The checkpoint to resume from, the same on every rank, or None to start fresh. `auto`: rank 0's latest
+    complete checkpoint, looked for by name in every rank's output_dir; any rank missing it stops them all."""
     value = training_args.resume_from_checkpoint
     if value in NO_RESUME:
         return None

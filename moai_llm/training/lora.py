@@ -52,38 +52,28 @@ def quantization_config(compute_dtype: torch.dtype):
     )
 
 
-def merge_into_float32_base(pretrained_model: str | None, adapter_dir: str, training_args):
-    """The adapter saved in `adapter_dir` merged into a float32 copy of the base, loaded whole on this process (CPU).
-
-    For sharded runs (FSDP, ZeRO-3), where no rank holds whole weights to merge into. Under ZeRO-3 transformers would
-    partition a model loaded now, so its DeepSpeed config is detached while the base loads.
-    """
+def merge_adapters(model, adapter_dir: str, sharded: bool = False, pretrained_model: str | None = None, args=None):
+    """The adapters (reloaded from `adapter_dir`) merged into a float32 copy of the base on the CPU: the base
+    dequantized when 4/8-bit, or, sharded (FSDP, ZeRO-3: no rank holds whole weights), reloaded from
+    `pretrained_model` with the DeepSpeed config detached (ZeRO-3 would partition it). peft's `merge_and_unload` adds
+    the delta in the base's dtype: into bf16 a small delta vanishes, and QLoRA re-quantizes to NF4, a checkpoint CPU
+    inference cannot load."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
     from transformers.integrations import deepspeed
 
-    if not pretrained_model:
-        raise UsageError(f"--merge_lora under FSDP / ZeRO-3 merges into --pretrained_model, none given ({adapter_dir})")
-    deepspeed.unset_hf_deepspeed_config()
-    try:
-        base = AutoModelForCausalLM.from_pretrained(pretrained_model, dtype=torch.float32)
-    finally:
-        if getattr(training_args, "hf_deepspeed_config", None) is not None:
-            deepspeed.set_hf_deepspeed_config(training_args.hf_deepspeed_config)
-    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-
-
-def merge_adapters(model, adapter_dir: str):
-    """The adapters merged into a float32 copy of the base, on the CPU: a plain model whose `save_pretrained`
-    writes ordinary full-precision safetensors.
-
-    peft's `merge_and_unload` adds the delta in the base's dtype: into a bf16 base (LoRA on a GPU) a delta below
-    half a bf16 step (~6e-5 at |w| ~ 0.02) vanishes and the model is saved in bf16; for QLoRA it re-quantizes to
-    NF4 and leaves a bitsandbytes checkpoint that CPU inference cannot load. Instead the base (dequantized when
-    4/8-bit) is cast to fp32, the weights the adapters were trained against, and the adapters, reloaded from
-    `adapter_dir` where they were just saved, are merged there, as for sharded runs (`merge_into_float32_base`)."""
-    from peft import PeftModel
-
+    if sharded:
+        if not pretrained_model:
+            raise UsageError(
+                f"--merge_lora under FSDP / ZeRO-3 merges into --pretrained_model, none given ({adapter_dir})"
+            )
+        deepspeed.unset_hf_deepspeed_config()
+        try:
+            base = AutoModelForCausalLM.from_pretrained(pretrained_model, dtype=torch.float32)
+        finally:
+            if getattr(args, "hf_deepspeed_config", None) is not None:
+                deepspeed.set_hf_deepspeed_config(args.hf_deepspeed_config)
+        return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     quantized = getattr(model.get_base_model(), "is_loaded_in_4bit", False) or getattr(
         model.get_base_model(), "is_loaded_in_8bit", False
     )

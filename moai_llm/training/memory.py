@@ -1,23 +1,10 @@
 """Bytes per device of a training run: weights, gradients, optimizer states, activations, loss buffers, overhead.
 
-Pure Python (no torch): pretrain.sh plans from it before anything starts (`plan.py`), train.py logs it at the start
-of every run. Why hand-written: no maintained library estimates a run for this model family, its fused loss and
-the Trainer's engines (accelerate's `estimate-memory` counts weights, gradients and Adam only; DeepSpeed's
-estimators only model states). Checked against measured peaks (`memory_meter.LiveTensorBytes` on CPU,
-tests/test_memory_model.py; `torch.cuda.max_memory_allocated` on a GPU, benchmarks/bench_memory.py).
-
-What a rank holds, P = parameters, N = ranks, U = the largest FSDP unit (a decoder layer or the [vocab, hidden]
-embedding / head):
-
-| engine | weights | gradients | AdamW m, v | transient |
-| --- | --- | --- | --- | --- |
-| ddp | 4P, + 2P bf16 copies cached by autocast | 4P (`gradient_as_bucket_view`) | 8P | |
-| zero2 (FSDP grad-op, DeepSpeed ZeRO-2) | 4P/N + 2P gathered bf16 | 4P/N | 8P/N | 4U (a unit's full gradient) |
-| zero3 (FSDP full shard, DeepSpeed ZeRO-3) | 4P/N | 4P/N | 8P/N | 2 x 2U gathered + 4U gradient |
-
-LoRA trains only the adapters (fp32) over a frozen base in the compute dtype (2 bytes; fp32 on CPU), QLoRA's base
-is NF4 (about 0.52 bytes per linear weight). Activations are the tensors autograd saves per token and layer (see
-`layer_activation_bytes`), or only each layer's input with gradient checkpointing plus one layer recomputed.
+Pure Python (no torch): pretrain.sh plans from it before anything starts (`launch_plan.py`), train.py logs it at the
+start of every run. Hand-written because no maintained library estimates a run for this model family, its fused loss
+and the Trainer's engines (accelerate's `estimate-memory` and DeepSpeed's estimators count model states only).
+docs/scaling.md lists what each engine holds per rank; tests/test_memory_model.py checks the estimate against
+measured peaks.
 """
 
 import json
@@ -27,7 +14,7 @@ from dataclasses import dataclass, field
 logger = logging.getLogger(__name__)
 
 ENGINES = ("ddp", "zero2", "zero3")
-ATTENTION = ("flash", "sdpa", "eager")
+ATTENTION = {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}  # -> transformers' implementation
 CUDA_CONTEXT_BYTES = 1.0e9  # CUDA context, cuBLAS/NCCL workspaces: outside the allocator's statistics
 ALLOCATOR_OVERHEAD = 0.05  # caching allocator: reserved beyond allocated (expandable segments keep it low)
 NF4_BYTES = 0.52  # bitsandbytes NF4 with double quantization: 4 bits + absmax scales per 64 weights
@@ -276,8 +263,8 @@ def setup_for_run(config, model_args, data_args, training_args, cuda: bool) -> S
             with open(deepspeed, encoding="utf-8") as handle:
                 deepspeed = json.load(handle)
         engine = "zero3" if deepspeed.get("zero_optimization", {}).get("stage") == 3 else "zero2"
-    implementation = getattr(config, "_attn_implementation", None) or "sdpa"
-    attention = {"flash_attention_2": "flash", "eager": "eager"}.get(implementation, "sdpa")
+    implementation = getattr(config, "_attn_implementation", None)
+    attention = next((name for name, value in ATTENTION.items() if value == implementation), "sdpa")
     lora = model_args.use_lora or model_args.use_qlora
     return Setup(
         engine=engine,
@@ -307,14 +294,8 @@ def log_estimate(config: dict, setup: Setup) -> Estimate | None:
         return None
     found = estimate(shape, setup)
     ckpt = ", gradient checkpointing" if setup.gradient_checkpointing else ""
+    run = f"{setup.engine} over {setup.world}, micro-batch {setup.micro_batch} x {setup.seq_len} tokens"
     logger.info(
-        "memory estimate per device (%s over %d, micro-batch %d x %d tokens, %s attention%s): %s",
-        setup.engine,
-        setup.world,
-        setup.micro_batch,
-        setup.seq_len,
-        setup.attention,
-        ckpt,
-        "; ".join(found.lines()),
+        "memory estimate per device (%s, %s attention%s): %s", run, setup.attention, ckpt, "; ".join(found.lines())
     )
     return found

@@ -1,16 +1,18 @@
 """Measured tensor memory, to check `memory.py`'s estimates against: the peak of live tensor storages on any device.
 
-Why hand-written: CUDA has the caching allocator's statistics (`torch.cuda.max_memory_allocated`), the CPU has
-none, and the process's RSS also counts Python, the libraries and freed pages. torch's own `MemTracker`
-(torch.distributed._tools) does this too but is private and changes between releases. `LiveTensorBytes` sees every
-tensor an op creates (a dispatch mode, so autograd's backward and the optimizer are seen too) and counts each
-storage once while it is alive.
+Why hand-written: the CPU has no allocator statistics (RSS also counts Python, libraries and freed pages), and
+torch's own `MemTracker` (torch.distributed._tools) is private. `LiveTensorBytes` sees every tensor an op creates
+(a dispatch mode: backward and the optimizer too) and counts each storage once while it is alive.
 """
+
+import contextlib
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+from .memory import ATTENTION
 
 
 def process_peak_bytes(cuda: bool) -> tuple[int, str]:
@@ -25,8 +27,8 @@ def process_peak_bytes(cuda: bool) -> tuple[int, str]:
 class LiveTensorBytes(TorchDispatchMode):
     """Inside `with LiveTensorBytes() as meter:`, `meter.peak` is the most bytes of tensor storage alive at once.
 
-    Tensors that exist before entering (a model built outside, its optimizer state) are added with `track`.
-    Between peaks `current` may still count freed storages; they are dropped whenever it passes the peak.
+    Tensors that exist before entering are not counted. Between peaks `current` may still count freed storages;
+    they are dropped whenever it passes the peak.
     """
 
     def __init__(self):
@@ -34,9 +36,6 @@ class LiveTensorBytes(TorchDispatchMode):
         self._live: dict[int, tuple[StorageWeakRef, int]] = {}  # storage id -> (weak reference, bytes)
         self.current = 0
         self.peak = 0
-
-    def track(self, *tensors) -> None:
-        self._observe(tensors)
 
     def _observe(self, tensors) -> None:
         for tensor in tree_leaves(tensors):
@@ -71,14 +70,12 @@ def measure_step_peak(config: dict, setup, steps: int = 2, accumulation: int = 2
     device = "cuda" if setup.cuda else "cpu"
     torch.manual_seed(seed)
     model_config = MoaiConfig(**config)
-    model_config._attn_implementation = {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}[
-        setup.attention
-    ]
+    model_config._attn_implementation = ATTENTION[setup.attention]
     model_config.loss_chunk_size = setup.loss_chunk
     meter = LiveTensorBytes()
     if setup.cuda:
         torch.cuda.reset_peak_memory_stats()
-    with meter if not setup.cuda else _nothing():
+    with meter if not setup.cuda else contextlib.nullcontext():
         model = MoaiForCausalLM(model_config).to(device).train()
         if setup.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -97,11 +94,3 @@ def measure_step_peak(config: dict, setup, steps: int = 2, accumulation: int = 2
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     return torch.cuda.max_memory_allocated() if setup.cuda else meter.peak
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

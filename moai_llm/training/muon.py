@@ -1,21 +1,15 @@
 """`--optim muon`: Muon for the decoder's hidden matrices, AdamW for everything else, in one optimizer.
 
 Why written here: `torch.optim.Muon` takes 2-D parameters only (not the 3-D `Qwen3MoeExperts` stacks), runs one
-matrix at a time, has no AdamW side and knows nothing of DDP or FSDP. What is Muon's here, and why:
-- which parameters: every weight matrix of a decoder layer's linear layers and expert stacks (each expert's
-  [out, in] slice is one matrix). Embeddings, lm_head, norms and biases stay on AdamW (nanochat, Moonlight). So
-  does the MoE router: its [experts, hidden] matrix is a classifier whose row norms set the routing logits'
-  scale, and Muon's orthogonal update gives every direction the same step whatever the gradient says, the same
-  reason lm_head stays on AdamW; a [1, hidden] gate (the shared expert's) is a vector, which Muon cannot shape.
-- the update: Nesterov momentum, then Newton-Schulz (5 quintic steps) towards the nearest semi-orthogonal
-  matrix, batched over matrices of one shape, scaled by 0.2 * sqrt(max(out, in)) so its RMS matches AdamW's
-  (Moonshot, "Muon is Scalable for LLM Training"): AdamW's learning rate and weight decay carry over unchanged.
-- one optimizer: both kinds are param groups of one object, so the Trainer's schedule (WSD included) scales both
-  and one state dict saves and resumes both.
-- distributed: under DDP every rank holds the averaged gradients; each rank orthogonalises its share of each
-  shape's matrices and the results are all-gathered, so the work is split, not repeated. Under FSDP2 a matrix's
-  momentum-applied update is gathered whole (`full_tensor`), the shares are split the same way, and each rank
-  keeps its shard of the result: the same update as one process.
+matrix at a time, has no AdamW side and knows nothing of DDP or FSDP.
+- Muon's: the weight matrices of a decoder layer's linear layers and expert stacks (each expert's slice is one
+  matrix). Embeddings, lm_head, norms, biases and the MoE router stay on AdamW (nanochat, Moonlight): the router's
+  rows, like lm_head's, set the logits' scale, which Muon's equal step in every direction would ignore.
+- the update: Nesterov momentum, Newton-Schulz (5 quintic steps) batched over matrices of one shape, scaled by
+  0.2 * sqrt(max(out, in)) to AdamW's update RMS (Moonshot), so AdamW's learning rate and weight decay carry over.
+- one optimizer: both kinds are param groups of one object, so the schedule and one state dict cover both.
+- distributed: each rank orthogonalises its share of each shape's matrices, then they are all-gathered; under FSDP2
+  the update is gathered whole first and each rank keeps its shard: the same update as one process.
 """
 
 import math
@@ -28,15 +22,9 @@ NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # quintic coefficients (Keller Jordan
 RMS_MATCH = 0.2  # Muon update RMS = AdamW's typical update RMS
 
 
-def is_muon_parameter(name: str, parameter: nn.Parameter, module: nn.Module, outside: set[int]) -> bool:
-    """A hidden matrix: a linear layer's or expert stack's weight inside the decoder, both sides > 1."""
-    if id(parameter) in outside or parameter.ndim < 2 or min(parameter.shape[-2:]) < 2:
-        return False
-    return isinstance(module, nn.Linear) or name.rsplit(".", 1)[0].endswith("experts")
-
-
 def muon_param_groups(model: nn.Module, weight_decay: float, decay_names: set[str]) -> list[dict]:
-    """[Muon matrices, AdamW with decay, AdamW without decay]; the embeddings and lm_head are never Muon's."""
+    """[Muon matrices, AdamW with decay, AdamW without decay]. Muon's: the weights of the decoder's linear layers and
+    expert stacks, both sides > 1; the embeddings and lm_head are never Muon's."""
     outside = {
         id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m for p in m.parameters()
     }
@@ -45,8 +33,9 @@ def muon_param_groups(model: nn.Module, weight_decay: float, decay_names: set[st
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        owner = modules.get(name.rsplit(".", 1)[0], model)
-        if is_muon_parameter(name, parameter, owner, outside):
+        owner = name.rsplit(".", 1)[0]
+        matrix = id(parameter) not in outside and parameter.ndim >= 2 and min(parameter.shape[-2:]) >= 2
+        if matrix and (isinstance(modules.get(owner, model), nn.Linear) or owner.endswith("experts")):
             groups["muon"].append(parameter)
         else:
             groups["decay" if name in decay_names else "no_decay"].append(parameter)

@@ -2,6 +2,7 @@
 is built. train.py's arguments are read-only after this (torchtitan's rule: config resolved once, never mutated)."""
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -9,28 +10,29 @@ import os
 import torch
 
 from ..errors import UsageError
-from .arguments import DEFAULT_LEARNING_RATES, TINY_MODEL_CONFIG, resolve_mixed_precision, training_arguments
+from .arguments import TINY_MODEL_CONFIG, training_arguments
 from .data_setup import reads_a_stream
 from .schedule import scaled_learning_rate
 
 logger = logging.getLogger(__name__)
 
+# Learning rates used when --learning_rate is not given: a tiny model from scratch, full SFT, adapters. The pretraining
+# rate is the best of 1e-3, 3e-3, 1e-2 for AdamW in benchmarks/bench_time_to_loss.py's sweep (hidden 384); wider
+# models get it scaled down (schedule.scaled_learning_rate).
+DEFAULT_LEARNING_RATES = {"pretrain": 1e-3, "sft": 2e-5, "lora": 2e-4}
 
-def default_run_name(model_args, mode: str) -> str:
-    """<mode>-<model>: the pretrained model's directory name, or the model config's name without model_config_."""
+
+def default_output_dir(model_args, values: dict) -> str:
+    """outputs/stages for a staged run (each stage in a folder of its own), else outputs/<mode>-<model>: the
+    pretrained model's directory name, or the model config's name without model_config_."""
+    if values.get("stages"):
+        return os.path.join("outputs", "stages")
     if model_args.pretrained_model:
         base = os.path.basename(os.path.normpath(model_args.pretrained_model))
     else:
         base = os.path.splitext(os.path.basename(model_args.model_config or TINY_MODEL_CONFIG))[0]
         base = base.removeprefix("model_config_").removeprefix("model_config") or "base"
-    return f"{mode}-{base}"
-
-
-def default_output_dir(model_args, values: dict) -> str:
-    """outputs/stages for a staged run (each stage in a folder of its own), else outputs/<mode>-<model>."""
-    if values.get("stages"):
-        return os.path.join("outputs", "stages")
-    return os.path.join("outputs", default_run_name(model_args, values.get("mode", "pretrain")))
+    return os.path.join("outputs", f"{values.get('mode', 'pretrain')}-{base}")
 
 
 def hidden_size(model_args) -> int | None:
@@ -45,6 +47,16 @@ def hidden_size(model_args) -> int | None:
         return None  # a hub id, or a bad file the model build reports
 
 
+def resolve_mixed_precision(bf16: bool | None, fp16: bool, on_gpu: bool, bf16_supported: bool) -> tuple[bool, bool]:
+    """(bf16, fp16). bf16 unset: bf16 where the device computes it natively (GPUs with bf16; CPUs with AMX or
+    AVX512-BF16), fp16 on older GPUs (V100, T4), neither on other CPUs. An explicit --bf16 or --fp16 is kept."""
+    if bf16 is not None or fp16:
+        return bool(bf16), bool(fp16)
+    if bf16_supported:
+        return True, False
+    return (False, True) if on_gpu else (False, False)
+
+
 def cpu_has_native_bf16() -> bool:
     """AMX or AVX512-BF16: bf16 matmuls run natively, so bf16 is the faster default there (benchmarks/README.md,
     CPU bf16)."""
@@ -53,15 +65,11 @@ def cpu_has_native_bf16() -> bool:
 
 
 def attention_implementation(requested: str | None, cuda: bool) -> str | None:
-    """flash-attn on CUDA when installed, else sdpa; on CPU the model config's choice (None) unless given."""
+    """flash-attn on CUDA when installed (launch_plan.py plans with the same rule), else sdpa; on CPU the model
+    config's choice (None) unless given."""
     if requested is not None or not cuda:
         return requested
-    try:
-        import flash_attn  # noqa: F401
-
-        return "flash_attention_2"
-    except ImportError:
-        return "sdpa"
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
 
 
 def on_cuda(use_cpu: bool | None) -> bool:
@@ -117,17 +125,13 @@ def streams_on_every_rank(accelerator_config) -> dict:
     return config
 
 
-def resolve_model_args(model_args, use_cpu: bool | None):
-    """The model arguments with their defaults: the tiny config for a new model, the attention backend."""
+def resolve(model_args, data_args, values: dict):
+    """(model_args, data_args, MoaiTrainingArguments), all defaults resolved (a new model's config is the tiny one);
+    the inputs are not changed."""
+    training_values = resolve_training_values(model_args, data_args, values)
     model_config = model_args.model_config
     if model_config is None and not model_args.pretrained_model:
         model_config = TINY_MODEL_CONFIG
-    attention = attention_implementation(model_args.attn_implementation, on_cuda(use_cpu))
-    return dataclasses.replace(model_args, model_config=model_config, attn_implementation=attention)
-
-
-def resolve(model_args, data_args, values: dict):
-    """(model_args, data_args, MoaiTrainingArguments), all defaults resolved; the inputs are not changed."""
-    training_values = resolve_training_values(model_args, data_args, values)
-    model_args = resolve_model_args(model_args, training_values.get("use_cpu"))
+    attention = attention_implementation(model_args.attn_implementation, on_cuda(training_values.get("use_cpu")))
+    model_args = dataclasses.replace(model_args, model_config=model_config, attn_implementation=attention)
     return model_args, data_args, training_arguments(training_values)

@@ -16,7 +16,7 @@ from ..errors import UsageError
 from ..loading import CHAT_END_TOKEN, FINAL_MARKER, load_tokenizer, write_step_marker
 from ..losses import objective_from_spec
 from .callbacks import GracefulStopCallback, ThroughputCallback, detect_peak_tflops, flops_per_token
-from .data_setup import DataPositionCallback, build_datasets, check_data_position, reads_a_stream
+from .data_setup import build_datasets, check_data_position, reads_a_stream
 from .distributed import data_parallel_error, resolve_resume
 from .memory import log_estimate, setup_for_run
 from .resolve import on_cuda
@@ -35,12 +35,8 @@ class RunResult:
 
 
 def load_dtype(cuda: bool, bf16: bool, lora: bool, qlora: bool, fp16: bool = False) -> torch.dtype:
-    """The dtype to load --pretrained_model in.
-
-    Weights that train stay fp32: they are the optimizer's master copy while autocast computes in bf16/fp16. AdamW
-    on bf16 weights rounds a fine-tuning step away (bf16(0.02) - 2e-5 == bf16(0.02)), so most weights would never
-    move. A frozen base (LoRA, QLoRA) is only read: on a GPU it is loaded in the compute dtype to halve its memory.
-    """
+    """The dtype to load --pretrained_model in: fp32 for weights that train (AdamW on bf16 weights rounds a
+    fine-tuning step away); a frozen base (LoRA, QLoRA) on a GPU in the compute dtype, to halve its memory."""
     if (lora or qlora) and cuda and (bf16 or fp16):
         return torch.bfloat16 if bf16 else torch.float16
     return torch.float32
@@ -74,7 +70,7 @@ def build_model(model_args, training_args, tokenizer):
             quantization_config=quantization,
         )
     else:
-        path = model_args.model_config  # resolve.resolve_model_args: the tiny config when none is given
+        path = model_args.model_config  # resolve.resolve: the tiny config when none is given
         if not os.path.isfile(path):
             raise UsageError(f"--model_config {path}: file not found")
         try:
@@ -96,16 +92,9 @@ def build_model(model_args, training_args, tokenizer):
 
 
 def new_model(config, training_args, lora: bool = False):
-    """A model from scratch, its weights a function of `--seed` and each module's name (`sharding.initialise`), so
-    that a sharded start creates exactly the weights of a one-process build.
-
-    - FSDP2 (`sharding.starts_sharded`): every rank builds on the meta device (no memory); `start_sharded` creates
-      each rank's shards once the Trainer's accelerator exists. Before, every rank (then rank 0 alone) built a whole
-      fp32 copy in host memory (16B: 64 GB per rank, 8 ranks per node).
-    - FSDP1 or LoRA under FSDP with `cpu_ram_efficient_loading`: rank 0 builds the weights, the other ranks build on
-      the meta device, and accelerate broadcasts rank 0's weights into every rank's shards.
-    - Otherwise every process builds the whole model.
-    """
+    """A model from scratch, its weights a function of `--seed` and each module's name (`sharding.initialise`).
+    FSDP2: every rank builds on the meta device and `start_sharded` later creates only its shards; FSDP1 or LoRA with
+    `cpu_ram_efficient_loading`: rank 0 builds it and accelerate broadcasts; otherwise every process builds it."""
     with torch.device("meta"):
         model = MoaiForCausalLM(config)
     if starts_sharded(training_args, lora):
@@ -179,15 +168,12 @@ def save_final_model(trainer, tokenizer, model_args, training_args) -> str:
         adapter_dir = os.path.join(training_args.output_dir, "adapter")
         trainer.save_model(adapter_dir)
         written.append(adapter_dir)
+        plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        sharded = trainer.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3)  # FSDP, ZeRO-3
         if training_args.should_save:
-            if is_sharded(trainer):
-                from .lora import merge_into_float32_base
+            from .lora import merge_adapters
 
-                model = merge_into_float32_base(model_args.pretrained_model, adapter_dir, trainer.args)
-            else:
-                from .lora import merge_adapters
-
-                model = merge_adapters(model, adapter_dir)
+            model = merge_adapters(model, adapter_dir, sharded, model_args.pretrained_model, trainer.args)
             model.generation_config = generation
             with writes_on_this_node(model, training_args):
                 model.save_pretrained(final_dir)
@@ -202,12 +188,6 @@ def save_final_model(trainer, tokenizer, model_args, training_args) -> str:
         logger.info("final model written to %s", final_dir)
     trainer.accelerator.wait_for_everyone()
     return final_dir
-
-
-def is_sharded(trainer) -> bool:
-    """Whether no rank holds whole parameters: FSDP, or DeepSpeed ZeRO stage 3."""
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    return trainer.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3)
 
 
 def final_evaluation(trainer) -> dict:
@@ -233,7 +213,8 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
 
         model = apply_lora(model, model_args)
     flash = model.config._attn_implementation == "flash_attention_2"
-    check_data_position(resume, training_args, reads_a_stream(data_args))
+    streaming = reads_a_stream(data_args)
+    check_data_position(resume, training_args, streaming)
     train_dataset, eval_dataset, collator = build_datasets(data_args, tokenizer, training_args, flash=flash)
     training_args = evaluation_switched(training_args, data_args, eval_dataset)
     config = model.config
@@ -252,8 +233,9 @@ def run_training(model_args, data_args, training_args, extra_callbacks=()) -> Ru
         eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[stopper, DataPositionCallback(reads_a_stream(data_args)), *extra_callbacks],
+        callbacks=[stopper, *extra_callbacks],
         throughput=throughput,
+        streaming=streaming,
     )
     if training_args.eval_tasks and training_args.eval_strategy == "no":
         logger.warning("--eval_tasks %s: not scored, evaluation is off for this run", training_args.eval_tasks)
@@ -284,10 +266,13 @@ def _train_and_save(trainer, stopper, resume, tokenizer, model_args, data_args, 
     if trainer.eval_dataset is not None:
         metrics.update(final_evaluation(trainer))
     trainer.save_metrics("all", metrics)
-    with completion_marker(
-        os.path.join(training_args.output_dir, "final_model"), trainer.state.global_step, training_args.should_save
-    ):
-        final_dir = save_final_model(trainer, tokenizer, model_args, training_args)
+    # a stage counts as done only with FINAL_MARKER: a stale one goes first, the new one once every rank has saved
+    marker = os.path.join(training_args.output_dir, "final_model", FINAL_MARKER)
+    if training_args.should_save and os.path.exists(marker):
+        os.remove(marker)
+    final_dir = save_final_model(trainer, tokenizer, model_args, training_args)
+    if training_args.should_save:
+        write_step_marker(marker, trainer.state.global_step)
     if trainer.is_world_process_zero():
         from ..evaluation.end_of_run import write_training_report
 
@@ -307,15 +292,3 @@ def memory_metrics(memory, cuda: bool) -> dict:
             "memory: estimated %.2f GB per device, measured peak %.2f GB (%s)", memory.total / 1e9, peak / 1e9, what
         )
     return metrics
-
-
-@contextlib.contextmanager
-def completion_marker(final_dir: str, global_step: int, should_save: bool):
-    """Around the final save: drop a stale FINAL_MARKER, then write it once final_model is complete (every rank
-    finished): a stage counts as done only with it."""
-    marker = os.path.join(final_dir, FINAL_MARKER)
-    if should_save and os.path.exists(marker):
-        os.remove(marker)
-    yield
-    if should_save:
-        write_step_marker(marker, global_step)

@@ -1,15 +1,10 @@
-"""Warmup-Stable-Decay learning-rate schedule on transformers' `get_wsd_schedule`.
-
-transformers takes the decay length in steps; users think in fractions of the run, which is only known once the
-Trainer has counted the steps, so the conversion happens here, at scheduler creation time.
-"""
+"""Warmup-Stable-Decay learning-rate schedule on transformers' `get_wsd_schedule`, which takes the decay in steps:
+the decay fraction users give becomes steps here, once the Trainer has counted them."""
 
 import math
 
 from torch.optim import Optimizer
 from transformers.optimization import get_wsd_schedule
-
-WSD_NAMES = ("warmup_stable_decay", "wsd")
 
 
 def wsd_phase_steps(num_training_steps: int, num_warmup_steps: int, decay_ratio: float) -> tuple[int, int, int]:
@@ -47,9 +42,8 @@ LR_REFERENCE_HIDDEN = 384
 
 def scaled_learning_rate(base: float, hidden_size: int | None) -> float:
     """The default peak learning rate for pretraining a model of `hidden_size`: `base` (swept best at hidden 384,
-    docs/training.md) times sqrt(384 / hidden_size) for wider models, never above `base`. An extrapolation, not
-    measured here: between keeping the rate (too high for 2B-16B with AdamW) and muP's 1 / width for hidden
-    matrices; it gives 4.3e-4 at hidden 2048 (2B), 3.9e-4 at 2560 (3B), 2.7e-4 at 5120 (16B)."""
+    docs/training.md) times sqrt(384 / hidden_size) for wider models, never above `base`: an extrapolation between
+    keeping the rate (too high for 2B-16B with AdamW) and muP's 1 / width."""
     if not hidden_size or hidden_size <= LR_REFERENCE_HIDDEN:
         return base
     return base * math.sqrt(LR_REFERENCE_HIDDEN / hidden_size)

@@ -21,12 +21,8 @@ EXPERT_COUNT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "
 
 def may_leave_parameters_unused(model) -> bool:
     """Whether a training step can leave a trainable parameter without a gradient (then DDP must search for it).
-
-    MOAI models never do, dense or MoE: the experts are fused parameters that get a (zero) gradient when idle, and the
-    router and the shared-expert gate see every token (tests/test_moe_gradients.py,
-    tests/test_ddp_unused_parameters.py). Another model is assumed to when its config counts experts; a dense one
-    does not.
-    """
+    MOAI models never do (idle fused experts get a zero gradient; tests/test_ddp_unused_parameters.py); another model
+    is assumed to when its config counts experts."""
     config = getattr(model, "config", None)
     if config is None:
         return True
@@ -36,12 +32,8 @@ def may_leave_parameters_unused(model) -> bool:
 
 
 def enable_fsdp_on_cpu(accelerator, plugin_args: dict) -> bool:
-    """Turn `--fsdp` on for CPU processes (gloo); True if it was turned on here.
-
-    accelerate makes `--fsdp` FSDP only on accelerators: for CPU processes (`MULTI_CPU`) it drops the plugin without a
-    word and the Trainer runs plain DDP, so a CPU run would never test sharding. torch's FSDP2 `fully_shard` runs on
-    CPU over gloo, so the accelerator is switched to FSDP here, before the model is prepared.
-    """
+    """Turn `--fsdp` on for CPU processes (gloo); True if it was turned on here. accelerate silently drops the plugin
+    for `MULTI_CPU` and trains plain DDP, though FSDP2's `fully_shard` runs on CPU over gloo."""
     from accelerate import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
@@ -70,11 +62,9 @@ def initialise(model: nn.Module, seed: int) -> None:
     """Every parameter and buffer of `model` (allocated, contents undefined: after `to_empty`) set by the model's own
     `_init_weights`, with torch's generator seeded from (seed, module name) for each module.
 
-    A module's initial weights are then a function of the seed and its name alone, not of the order modules are
-    built in nor of how they are sharded. A rank of a sharded model creates each module's whole tensors in turn (host
-    memory: one module's at a time), keeps its own shard, and ends with exactly the weights of a one-process build. A
-    tied weight is set once, by the first module holding it (the input embedding). `_init_weights` must set every
-    tensor: one it leaves out is refused, not left as garbage.
+    So initial weights do not depend on build order or sharding: a rank of a sharded model creates each module's
+    whole tensors in turn on the host, keeps its shard, and ends with the weights of a one-process build. A tied
+    weight is set once (by the input embedding); a tensor `_init_weights` leaves unset is refused.
     """
     seen: set[int] = set()
     for name, module in model.named_modules():
@@ -129,13 +119,9 @@ def starts_sharded(training_args, lora: bool) -> bool:
 
 
 def start_sharded(accelerator, model: nn.Module, seed: int) -> nn.Module:
-    """Shard `model` (on the meta device) as accelerate's FSDP2 preparation does, then create this rank's shards.
-
-    Without it, accelerate's `cpu_ram_efficient_loading` has rank 0 build the whole model in host memory and broadcast
-    it (16B: 64 GB on rank 0); here each rank allocates only its shards and fills them with `initialise` (the weights
-    of a one-process build with the same seed). The Trainer's later `accelerator.prepare` finds the model sharded and
-    keeps it.
-    """
+    """Shard `model` (on the meta device) as accelerate's FSDP2 preparation does, then create this rank's shards with
+    `initialise`, instead of rank 0 building the whole model on the host and broadcasting it (16B: 64 GB). The
+    Trainer's later `accelerator.prepare` finds the model sharded and keeps it."""
     from accelerate.utils.fsdp_utils import fsdp2_apply_ac, fsdp2_prepare_model
     from torch.distributed.fsdp import CPUOffloadPolicy
 

@@ -1,10 +1,8 @@
 """Stages (pretrain -> mid-training -> sft): each a set of flag overrides, starting from the previous final_model.
 
-Every stage's arguments are resolved up front, when the YAML is read (`resolve_stages`), so a typo in the last
-stage fails before the first trains. A stage whose final_model is complete (its FINAL_MARKER, written after the
-final save) is skipped, and a stage in progress resumes from its latest complete checkpoint, so re-running the same
-command after an interruption continues where it stopped. Rank 0 decides whether a stage is done, so every rank
-skips or runs it together.
+Every stage's arguments are resolved when the YAML is read (`resolve_stages`), so a typo in the last stage fails
+before the first trains. Re-running the command continues where it stopped: a stage whose final_model has its
+FINAL_MARKER is skipped (rank 0 decides, for every rank), one in progress resumes from its latest checkpoint.
 """
 
 import dataclasses
@@ -93,8 +91,7 @@ def resolve_stages(model_args, data_args, values: dict):
         stage_args = resolve(stage_model, stage_data, stage_values)
         resolved.append(Stage(stage.name, *stage_args))
         previous = os.path.join(stage_args[2].output_dir, "final_model")
-    model_args, data_args, training_args = resolve(model_args, data_args, {**values, "stages": resolved})
-    return model_args, data_args, training_args
+    return resolve(model_args, data_args, {**values, "stages": resolved})
 
 
 def run_all(model_args, data_args, training_args) -> list[RunResult]:
@@ -116,8 +113,7 @@ def run_all(model_args, data_args, training_args) -> list[RunResult]:
                 f"stage {stage.name}: the previous stage's final_model",
             )
         logger.info("stage %s: mode %s from %s", stage.name, stage.training_args.mode, previous or "scratch")
-        result = run_training(stage.model_args, stage.data_args, stage.training_args)
-        results.append(result)
-        if result.final_model is None:
-            return results
+        results.append(run_training(stage.model_args, stage.data_args, stage.training_args))
+        if results[-1].final_model is None:  # stopped by a signal: later stages wait for the resume
+            break
     return results

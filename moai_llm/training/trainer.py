@@ -14,8 +14,8 @@ from ..batch_format import IGNORE_INDEX
 from ..loading import COMPLETE_MARKER, write_step_marker
 from .arguments import MUON
 from .callbacks import ThroughputCallback
-from .data_setup import global_batch
-from .schedule import WSD_NAMES, create_wsd_schedule
+from .data_setup import global_batch, write_data_position
+from .schedule import create_wsd_schedule
 from .sharding import enable_fsdp_on_cpu, may_leave_parameters_unused, start_sharded, starts_sharded
 
 logger = logging.getLogger(__name__)
@@ -42,11 +42,8 @@ def latest_complete_checkpoint(output_dir: str) -> str | None:
 
 @contextlib.contextmanager
 def writes_on_this_node(model, args):
-    """With --save_on_each_node (DDP), let each node's writer rank save the model's weights.
-
-    transformers' `save_pretrained` writes only on global rank 0 once torch.distributed is up, whatever
-    `is_main_process` says, so the other nodes' checkpoints and final_model would lack their weights. Under DDP
-    every rank holds the whole model; FSDP and DeepSpeed shards are refused with --save_on_each_node."""
+    """With --save_on_each_node (DDP: every rank holds the whole model), let each node's writer rank save the weights:
+    transformers' `save_pretrained` writes only on global rank 0 once torch.distributed is up."""
     if not (args.save_on_each_node and args.should_save and args.process_index != 0):
         yield
         return
@@ -60,12 +57,10 @@ def writes_on_this_node(model, args):
 def router_terms(outputs, config) -> dict[str, torch.Tensor]:
     """The per-micro-batch MoE terms the model added to `loss`, already multiplied by their coefficients."""
     terms = {}
-    aux = outputs.get("aux_loss") if hasattr(outputs, "get") else None
-    if aux is not None and getattr(config, "router_aux_loss_coef", 0.0):
-        terms["aux_loss"] = config.router_aux_loss_coef * aux
-    z_loss = outputs.get("router_z_loss") if hasattr(outputs, "get") else None
-    if z_loss is not None and getattr(config, "router_z_loss_coef", 0.0):
-        terms["router_z_loss"] = config.router_z_loss_coef * z_loss
+    for key, coefficient in (("aux_loss", "router_aux_loss_coef"), ("router_z_loss", "router_z_loss_coef")):
+        value = outputs.get(key) if hasattr(outputs, "get") else None
+        if value is not None and getattr(config, coefficient, 0.0):
+            terms[key] = getattr(config, coefficient) * value
     return terms
 
 
@@ -90,33 +85,13 @@ def router_terms_outside_loss(model):
 
 
 class MoaiTrainer(Trainer):
-    """Trainer for MoaiForCausalLM (also works for any causal LM).
+    """Trainer for MoaiForCausalLM (any causal LM works): it overrides only what the stock Trainer gets wrong or
+    lacks (ARCHITECTURE.md lists each override and why) and calls `super()` for the rest."""
 
-    - `create_accelerator_and_postprocess`: `--fsdp` shards on CPU processes too (FSDP2 over gloo), and DDP skips
-      the unused-parameter search (an extra autograd traversal per step) for models that use every parameter and
-      keeps gradients as views of its buckets (no second gradient-sized copy).
-    - `__init__`: a new model built on the meta device on every rank (FSDP2, `run.new_model`) is sharded and each
-      rank creates its own shards (`sharding.start_sharded`), before anything reads its weights.
-    - `create_optimizer`: Muon + AdamW in one optimizer for `--optim muon` (muon.py).
-    - `create_scheduler`: Warmup-Stable-Decay from `args.wsd_*` when `lr_scheduler_type` is WSD.
-    - `compute_loss`: the stock path scales the language-model loss alone (normalised by `num_items_in_batch`);
-      the MoE router terms the model folded into `loss` are taken out there and added once on top, as a mean over
-      micro-batches and ranks (the stock path would count them world_size x GA times).
-    - `_save_checkpoint`: marks a checkpoint complete only after every rank finished writing it, and rotates old
-      checkpoints only after that, so `--resume_from_checkpoint auto` never picks a half-written one.
-    - `_run_epoch`: no step past max_steps when resuming from a checkpoint already there.
-    - `_save`: with --save_on_each_node every node's checkpoint holds the weights (see `writes_on_this_node`).
-    - `log`/`evaluate`: tokens/s, MFU, packing efficiency, loss components; eval perplexity.
-    - `_get_train_sampler`: packed rows are read in the packer's balanced steps, step order shuffled by seed.
-    - evaluation measures plain cross-entropy whatever the training objective (under no_grad the fused loss is
-      `losses.score_tokens`, eval.py's scorer), so `eval_perplexity` is a perplexity, `eval_loss` is a
-      token-weighted mean over the whole eval set and every rank (`evaluation_loop`), and `eval_bits_per_byte`
-      divides the same summed NLL by the bytes of the scored tokens' text (given a tokenizer).
-    """
-
-    def __init__(self, *args, throughput: ThroughputCallback | None = None, **kwargs):
+    def __init__(self, *args, throughput: ThroughputCallback | None = None, streaming: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.throughput = throughput
+        self.streaming = streaming  # recorded in each checkpoint's data position
         if throughput is not None:
             self.add_callback(throughput)
         self._component_sums: dict[str, torch.Tensor] = {}
@@ -124,11 +99,11 @@ class MoaiTrainer(Trainer):
         self._expert_load: torch.Tensor | None = None  # [moe_layers, experts], summed over micro-batches
         self._eval_sums: torch.Tensor | None = None  # [loss x tokens, tokens, bytes] of this rank's eval batches
         self._token_bytes: dict[int, int] = {}  # UTF-8 bytes per token id, filled as eval targets show up
+        # a new model on the meta device (FSDP2, run.new_model): each rank creates its shards before any read
         on_meta = any(p.device.type == "meta" for p in self.model.parameters())
         if on_meta and self.is_fsdp_enabled and starts_sharded(self.args, hasattr(self.model, "peft_config")):
             start_sharded(self.accelerator, self.model, self.args.seed)
 
-    # ---- parallelism --------------------------------------------------------------------------------------
     def create_accelerator_and_postprocess(self):
         super().create_accelerator_and_postprocess()
         if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled:
@@ -140,7 +115,6 @@ class MoaiTrainer(Trainer):
         # per parameter, what memory.py counts once).
         handler.gradient_as_bucket_view = True
 
-    # ---- optimizer -----------------------------------------------------------------------------------------
     def create_optimizer(self, model=None):
         """--optim muon: Muon for the hidden matrices and AdamW for the rest, one optimizer (training/muon.py)."""
         if str(self.args.optim) != MUON or self.optimizer is not None:
@@ -163,10 +137,10 @@ class MoaiTrainer(Trainer):
         logger.info("Muon for %s parameters, AdamW for %s", f"{counts[0]:,}", f"{counts[1] + counts[2]:,}")
         return self.optimizer
 
-    # ---- schedule ------------------------------------------------------------------------------------------
     def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """Warmup-Stable-Decay from `args.wsd_*` when `lr_scheduler_type` names it; the stock scheduler otherwise."""
         name = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
-        if self.lr_scheduler is None and name in WSD_NAMES:
+        if self.lr_scheduler is None and name == "warmup_stable_decay":  # arguments.py maps its alias wsd
             self.lr_scheduler = create_wsd_schedule(
                 self.optimizer if optimizer is None else optimizer,
                 num_training_steps=num_training_steps,
@@ -179,7 +153,6 @@ class MoaiTrainer(Trainer):
             return self.lr_scheduler
         return super().create_scheduler(num_training_steps, optimizer)
 
-    # ---- data order ----------------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
         """Packed rows (`moai_llm.data.PackedRows`) are read in balanced steps whose order is shuffled by seed."""
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -189,7 +162,6 @@ class MoaiTrainer(Trainer):
             return dataset.train_sampler(global_batch(self.args), seed, strategy)
         return super()._get_train_sampler(train_dataset)
 
-    # ---- loss ----------------------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.throughput is not None:
             pad = getattr(self.processing_class, "pad_token_id", None)
@@ -234,9 +206,8 @@ class MoaiTrainer(Trainer):
 
     @contextlib.contextmanager
     def _plain_cross_entropy(self, model):
-        """Inside: the model's loss is plain cross-entropy. Label smoothing, focal loss or z-loss shift the objective
-        (CE 2.5 with smoothing 0.1 at vocab 122K reads 3.75), so eval_loss and eval_perplexity would not be
-        cross-entropy and perplexity. Swaps the model's `loss_config` and the Trainer's label smoother out."""
+        """Inside: the model's `loss_config` and the Trainer's label smoother are plain cross-entropy, since smoothing,
+        focal loss or z-loss would make eval_loss and eval_perplexity neither cross-entropy nor perplexity."""
         config = self.accelerator.unwrap_model(model).config
         objective, smoother = getattr(config, "loss_config", None), self.label_smoother
         if objective is not None:
@@ -249,13 +220,11 @@ class MoaiTrainer(Trainer):
             if objective is not None:
                 config.loss_config = objective
 
-    # ---- evaluation ----------------------------------------------------------------------------------------
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):
-        """`eval_loss` as total loss / total tokens over every batch of every rank. The stock loop repeats each
-        batch's mean `batch_size` times and averages: 100 tokens at CE 1.0 and 1,000 at 2.0 read 1.5, not 1.91.
-        `eval_bits_per_byte`: the same total loss (nats) / (ln 2 x bytes of the scored tokens), as eval.py."""
+        """`eval_loss` as total loss / total tokens over every batch of every rank (the stock loop averages batch
+        means); `eval_bits_per_byte`: the same total loss (nats) / (ln 2 x bytes of the scored tokens), as eval.py."""
         self._eval_sums = torch.zeros(3, dtype=torch.float64, device=self.args.device)  # every rank reduces
         try:
             output = super().evaluation_loop(
@@ -310,7 +279,6 @@ class MoaiTrainer(Trainer):
         labels[real:] = IGNORE_INDEX
         return {**inputs, key: labels}
 
-    # ---- logging -------------------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             if self.throughput is not None:
@@ -339,17 +307,14 @@ class MoaiTrainer(Trainer):
             self.log({f"{metric_key_prefix}_perplexity": metrics[f"{metric_key_prefix}_perplexity"]})
         return metrics
 
-    # ---- checkpoints ---------------------------------------------------------------------------------------
     def _save(self, output_dir=None, state_dict=None):
         with writes_on_this_node(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), self.args):
             super()._save(output_dir, state_dict)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
-        """Resume the weights as `from_pretrained` reads them. The stock path loads the checkpoint's state dict
-        non-strictly, without transformers' key conversions: an MoE checkpoint holds one tensor per expert (the
-        format save_pretrained writes) while the live model stacks them, so every expert was silently left at its
-        initial weights (a warning of missing keys was all). Sharded (FSDP, DeepSpeed) and adapter checkpoints
-        keep the stock path."""
+        """Resume the weights as `from_pretrained` reads them, strictly: the stock path loads the state dict without
+        transformers' key conversions, so an MoE checkpoint's per-expert tensors silently missed the live model's
+        stacked experts. Sharded (FSDP, DeepSpeed) and adapter checkpoints keep the stock path."""
         model = self.model if model is None else model
         plain = not (self.is_fsdp_enabled or self.is_deepspeed_enabled or hasattr(model, "peft_config"))
         if not plain or not os.path.isfile(os.path.join(resume_from_checkpoint, "config.json")):
@@ -378,5 +343,6 @@ class MoaiTrainer(Trainer):
         run_dir = self._get_output_dir(trial=trial)
         if self.args.should_save:
             path = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            write_data_position(path, self.args, self.streaming)
             write_step_marker(os.path.join(path, COMPLETE_MARKER), self.state.global_step)
             rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint)

@@ -2,23 +2,16 @@
 
 pretrain.sh runs this file by path, so planning imports neither torch nor the package:
 
-    python moai_llm/training/plan.py MODEL_CONFIG GPU_MEMORY WORLD SEQ_LEN [--effective_batch N] [--batch_size N]
+    python moai_llm/training/launch_plan.py MODEL_CONFIG GPU_MEMORY WORLD SEQ_LEN [--effective_batch N] [--batch_size N]
         [--parallel ddp|fsdp_grad_op|fsdp|deepspeed] [--deepspeed_stage 2|3] [--gradient_checkpointing 0|1] [--force]
 
 prints `micro_batch=`, `parallel=`, `gradient_checkpointing=` and `estimate_gb=` lines for pretrain.sh, then
 `# ` lines: the estimate by item and why each choice was made. A plan that cannot fit (unless --force) or a bad
-model config is one line on stderr and exit 2.
-
-The choice, on a card of GPU_MEMORY GB with `BUDGET` of it usable: the cheapest engine that fits without gradient
-checkpointing (DDP, then ZeRO-2 / FSDP grad-op, then full shard: each step sends more or holds less), else the same
-with checkpointing; within it the largest per-device micro-batch whose estimate fits and divides the effective
-batch. A PARALLEL, BATCH_SIZE or GRADIENT_CHECKPOINTING the user gives is kept, and refused with the numbers when it
-cannot fit (FORCE_PLAN=1 launches it anyway).
+model config is one line on stderr and exit 2. docs/scaling.md describes the choice (`choose`).
 """
 
 import argparse
 import importlib.util
-import json
 import sys
 from dataclasses import dataclass, replace
 
@@ -85,10 +78,8 @@ def choose(
 
 def default_plan(model_config: str, gpu_memory: int, world: int, seq_len: int, effective_batch: int) -> Choice | None:
     """What pretrain.sh plans when the user sets nothing (sdpa attention: flash-attn not assumed)."""
-    with open(model_config, encoding="utf-8") as handle:
-        shape = Shape.from_config(json.load(handle))
     base = Setup(world=world, seq_len=seq_len, attention="sdpa")
-    return choose(shape, gpu_memory * 1e9, base, effective_batch)[0]
+    return choose(Shape.from_file(model_config), gpu_memory * 1e9, base, effective_batch)[0]
 
 
 def describe(choice: Choice | None) -> str:
@@ -101,7 +92,7 @@ def describe(choice: Choice | None) -> str:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="plan.py")
+    parser = argparse.ArgumentParser(prog="launch_plan.py")
     parser.add_argument("model_config")
     parser.add_argument("gpu_memory", type=int)
     parser.add_argument("world", type=int)
@@ -118,8 +109,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse(argv)
     try:
-        with open(args.model_config, encoding="utf-8") as handle:
-            shape = Shape.from_config(json.load(handle))
+        shape = Shape.from_file(args.model_config)
     except (OSError, ValueError, KeyError, TypeError) as err:
         print(f"MODEL_CONFIG={args.model_config}: not a model config ({type(err).__name__}: {err})", file=sys.stderr)
         return 2
@@ -137,15 +127,12 @@ def main(argv: list[str]) -> int:
     ckpt = None if args.gradient_checkpointing is None else bool(args.gradient_checkpointing)
     effective = None if args.batch_size else args.effective_batch
     choice, notes = choose(shape, card, base, effective, engine, args.batch_size, ckpt)
-    given = [
-        f"{key}={value}"
-        for key, value in (
-            ("PARALLEL", args.parallel),
-            ("BATCH_SIZE", args.batch_size),
-            ("GRADIENT_CHECKPOINTING", args.gradient_checkpointing),
-        )
-        if value is not None
-    ]
+    user = {
+        "PARALLEL": args.parallel,
+        "BATCH_SIZE": args.batch_size,
+        "GRADIENT_CHECKPOINTING": args.gradient_checkpointing,
+    }
+    given = [f"{key}={value}" for key, value in user.items() if value is not None]
     if choice is None:
         if not args.force:
             where = f"{args.world} x {args.gpu_memory} GB" + (f" with {' '.join(given)}" if given else "")
