@@ -1,16 +1,12 @@
-"""Chunked and fused-linear cross-entropy, focal loss, label smoothing and their weighted mix.
+"""The model's losses: chunked and fused-linear cross-entropy, focal loss, label smoothing and their weighted mix.
 
-Why hand-written: with a 122K vocabulary the logits of an 8K-token micro-batch are 4 GB in fp32 and the
-reference loss keeps several such copies. Here at most one `[chunk, vocab]` fp32 block exists at a time: the
-loss and the gradient of every objective are computed together, chunk by chunk, inside one autograd Function
-(the gradient is computed during the forward pass and scaled by the incoming gradient in backward), the same
-idea as Liger-Kernel's fused linear cross-entropy, which is CUDA/Triton-only and has no focal or mixed objective.
+Why hand-written: the reference loss keeps several fp32 `[tokens, vocab]` copies of the logits (4 GB each for 8K
+tokens of a 122K vocabulary). Here at most one `[chunk, vocab]` fp32 block exists: the loss and gradient of every
+objective are computed together, chunk by chunk, in one autograd Function, as Liger-Kernel's fused linear
+cross-entropy does (CUDA/Triton only, no focal or mixed objective). Every objective's gradient has the form
+`dl/dz = a * softmax(z) + b * onehot(target) + c` (per-token a, b, constant c), so one buffer suffices.
 
-Every objective is a per-token loss l(z) of the logits z of that token, whose gradient has the form
-`dl/dz = a * softmax(z) + b * onehot(target) + c` with per-token a, b and a constant c, so one buffer suffices.
-`score_tokens` is the one no-grad scorer (summed NLL and argmax hits) behind evaluation: the trainer's eval loss
-(the fused loss under `torch.no_grad`) and eval.py's perplexity. This file holds the model's losses only and
-imports only torch and its sibling batch_format.py (both ship next to the model as remote code); the old tool's
+Ships next to the model as remote code, so it imports only torch and batch_format.py; the old tool's
 `create_loss_function` / `LossFunction` live in legacy_losses.py and are still importable from here.
 """
 
@@ -279,12 +275,6 @@ def _gather_rows(logits, rows, block) -> torch.Tensor:
     return out.copy_(logits[torch.unravel_index(rows, logits.shape[:-1])])
 
 
-def _valid(labels: torch.Tensor, ignore_index: int):
-    flat = labels.reshape(-1)
-    keep = flat != ignore_index
-    return keep, flat[keep]
-
-
 def chunked_cross_entropy_loss(
     logits,
     labels,
@@ -344,7 +334,9 @@ def fused_linear_cross_entropy(
     if not torch.is_grad_enabled():  # inside the Function grad mode is off, so decide here: no gradient work
         hidden_states, weight = hidden_states.detach(), weight.detach()
         bias = None if bias is None else bias.detach()
-    keep, target = _valid(labels, ignore_index)
+    flat_labels = labels.reshape(-1)
+    keep = flat_labels != ignore_index
+    target = flat_labels[keep]  # [valid]
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])[keep]  # [valid, hidden]
     denom = _denominator(target.numel(), num_items_in_batch, hidden_states.device)
     objective = objective or Objective()
@@ -371,9 +363,7 @@ def causal_lm_loss(
     """
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    objective = getattr(loss_config, "objective", loss_config)  # a LossFunction, an Objective or a spec
-    if not isinstance(objective, Objective):
-        objective = objective_from_spec(loss_config)
+    objective = objective_from_spec(getattr(loss_config, "objective", loss_config))  # LossFunction, Objective, spec
     return fused_linear_cross_entropy(
         hidden_states,
         lm_head_weight,

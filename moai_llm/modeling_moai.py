@@ -40,13 +40,14 @@ from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3RMSNorm,
     Qwen3RotaryEmbedding,
 )
+from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoePreTrainedModel
 from transformers.utils import can_return_tuple, logging
 from transformers.utils.output_capturing import OutputRecorder
 
 from .batch_format import IGNORE_INDEX, flash_varlen_kwargs
 from .configuration_moai import MoaiConfig
 from .losses import Objective, causal_lm_loss, chunked_cross_entropy_loss, objective_from_spec
-from .moe import MoaiTopKRouter, init_moe_weights, moe_block, moe_causal_lm_output
+from .moe import MoaiTopKRouter, moe_block, moe_causal_lm_output
 
 logger = logging.get_logger(__name__)
 
@@ -101,7 +102,9 @@ class MoaiDecoderLayer(Qwen3DecoderLayer):
         self.post_attention_layernorm = MoaiRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
 
-class MoaiPreTrainedModel(Qwen3PreTrainedModel):
+class MoaiPreTrainedModel(Qwen3PreTrainedModel, Qwen3MoePreTrainedModel):
+    """Qwen3's pretrained-model class, with Qwen3-MoE's weight init for the experts and router."""
+
     config_class = MoaiConfig
     config: MoaiConfig
     _no_split_modules = ["MoaiDecoderLayer"]
@@ -111,16 +114,9 @@ class MoaiPreTrainedModel(Qwen3PreTrainedModel):
         "router_logits": OutputRecorder(MoaiTopKRouter, index=0),
     }
     _auto_class_name = "AutoModel"  # what save_pretrained's auto_map names this class under
-
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        init_moe_weights(module, self.config.initializer_range)
-
-    @classmethod
-    def _can_set_experts_implementation(cls) -> bool:
-        """The experts are transformers' `Qwen3MoeExperts` (moe.py); transformers' own check only greps this file
-        for `@use_experts_implementation`, and would leave MoE models on the slow eager experts loop."""
-        return True
+    # The experts are transformers' `Qwen3MoeExperts` (moe.py); transformers' own check only greps this file for
+    # `@use_experts_implementation`, and would leave MoE models on the slow eager experts loop.
+    _can_set_experts_implementation_cached_value = True
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -289,10 +285,8 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
                 num_items_in_batch=num_items_in_batch,
                 **kwargs,
             )
-        if shift_labels is None:
-            shift_labels = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[
-                ..., 1:
-            ]  # [batch, seq], as transformers
+        if shift_labels is None:  # [batch, seq], shifted as transformers does
+            shift_labels = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
         return chunked_cross_entropy_loss(
             logits, shift_labels.to(logits.device), num_items_in_batch=num_items_in_batch, objective=objective
         )

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import initialization as init
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
@@ -83,15 +82,6 @@ def moe_block(config: MoaiConfig) -> nn.Module:
     if config.shared_expert_intermediate_size:
         return MoaiSharedExpertMoeBlock(config)
     return MoaiSparseMoeBlock(config)
-
-
-def init_moe_weights(module: nn.Module, std: float) -> None:
-    """Qwen3-MoE's init for the parameters `PreTrainedModel._init_weights` does not know (fused experts, router)."""
-    if isinstance(module, Qwen3MoeExperts):
-        init.normal_(module.gate_up_proj, mean=0.0, std=std)
-        init.normal_(module.down_proj, mean=0.0, std=std)
-    elif isinstance(module, Qwen3MoeTopKRouter):
-        init.normal_(module.weight, mean=0.0, std=std)
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
