@@ -30,6 +30,8 @@ from transformers import (
 
 from .configuration_moai import MoaiConfig
 from .errors import UsageError
+from .flags import Parser
+from .loading import load_pretrained
 from .modeling_moai import MoaiForCausalLM
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -91,8 +93,8 @@ def export_config(config: MoaiConfig):
 
 def export_qwen3(model_path: str, output_dir: str) -> Path:
     """Export to the Qwen family checkpoint that expresses the model; returns the output directory."""
-    config, model_class = export_config(MoaiConfig.from_pretrained(model_path))  # refuse before loading weights
-    model = MoaiForCausalLM.from_pretrained(model_path)
+    config, model_class = export_config(load_pretrained(MoaiConfig, model_path))  # refuse before loading weights
+    model = load_pretrained(MoaiForCausalLM, model_path)
     exported = model_class(config).to(model.dtype)
     exported.load_state_dict(model.state_dict(), strict=True)
     exported.generation_config = model.generation_config
@@ -105,17 +107,14 @@ def export_qwen3(model_path: str, output_dir: str) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_path", required=True, help="a MOAI model directory (final_model or checkpoint)")
+    parser = Parser("moai_llm.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", required=True, help="a MOAI model: final_model, a checkpoint or a Hub id")
     parser.add_argument("--output_dir", required=True, help="where the Qwen3 / Qwen-MoE checkpoint is written")
     args = parser.parse_args(argv)
-    if not Path(args.model_path, "config.json").is_file():
-        print(f"error: --model_path {args.model_path}: no config.json there", file=sys.stderr)
-        return 2
     try:
         out = export_qwen3(args.model_path, args.output_dir)
     except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     kind = {"qwen3": "Qwen3", "qwen3_moe": "Qwen3-MoE", "qwen2_moe": "Qwen2-MoE"}
     model_type = json.loads((out / "config.json").read_text())["model_type"]

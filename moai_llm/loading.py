@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from .errors import UsageError
@@ -104,7 +105,7 @@ def load_model(
         base = base_model or json.loads(adapter.read_text()).get("base_model_name_or_path")
         if not base:
             raise UsageError(f"--model_path {model_path}: LoRA adapter without a base; pass --base_model")
-        model = _load(base, dtype, "--base_model")
+        model = load_pretrained(AutoModelForCausalLM, base, "--base_model", dtype=dtype)
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, model_path)
@@ -114,7 +115,7 @@ def load_model(
             raise UsageError(f"--model_path {model_path}: no config.json (not a model directory)")
         if not any((path / f).is_file() for f in WEIGHT_FILES):
             raise UsageError(f"--model_path {model_path}: no model.safetensors (incomplete model directory)")
-        model = _load(model_path, dtype, "--model_path")
+        model = load_pretrained(AutoModelForCausalLM, model_path, dtype=dtype)
         default_tokenizer = model_path
     tokenizer_dir = tokenizer_path or default_tokenizer
     try:
@@ -132,10 +133,14 @@ def load_model(
     return model.to(device).eval(), tokenizer
 
 
-def _load(path: str, dtype, flag: str):
+def load_pretrained(cls, path: str, flag: str = "--model_path", **kwargs):
+    """`cls.from_pretrained(path, **kwargs)`; what cannot be loaded (no such directory, a Hub id that does not exist
+    or cannot be reached, a corrupt config or weights file) is a UsageError naming `flag` and `path`."""
+    if not os.path.isdir(path) and not _hub_id(path):
+        raise UsageError(f"{flag} {path}: no such directory")
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError) as err:
+        return cls.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, SafetensorError) as err:
         raise UsageError(f"{flag} {path}: cannot be loaded ({_first_line(err, 160)})") from None
 
 
