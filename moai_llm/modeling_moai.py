@@ -127,13 +127,10 @@ class MoaiPreTrainedModel(Qwen3PreTrainedModel, Qwen3MoePreTrainedModel):
     def save_pretrained(self, *args, **kwargs):
         """Also writes this code and an `auto_map`, so the checkpoint loads with `trust_remote_code=True`.
 
-        The classes are registered for their auto classes only while saving: a registered class counts as remote
-        code, and `GenerationMixin` then inspects `forward`'s signature at every decoding step (benchmarks/README.md,
-        Model).
-
-        FSDP2's `fully_shard` swaps the class for a generated `FSDP<Name>` subclass defined in torch; while saving,
-        the model is its own class again, so the `auto_map` and the shipped code name MOAI's class, not torch's.
-        """
+        The auto classes are registered only while saving: a registered class counts as remote code, which
+        `GenerationMixin` re-inspects at every decoding step (benchmarks/README.md, Model). FSDP2's `fully_shard`
+        swaps in a generated `FSDP<Name>` class from torch; while saving the model is its own class again, so the
+        `auto_map` and the shipped code name MOAI's class."""
         sharded_class = type(self)
         own_class = next(cls for cls in sharded_class.__mro__ if not cls.__module__.startswith("torch."))
         auto_classes = {type(self.config): "AutoConfig", own_class: self._auto_class_name}
@@ -318,9 +315,7 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
                 self.config.output_router_logits if output_router_logits is None else output_router_logits
             )
         fused = labels is not None and self.config.loss_chunk_size > 0 and isinstance(self.lm_head, MoaiLMHead)
-        if fused:
-            shift_labels = kwargs.pop("shift_labels", None)
-            num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        loss_kwargs = {name: kwargs.pop(name, None) for name in ("shift_labels", "num_items_in_batch")}
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -331,21 +326,14 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # [batch, seq, hidden]
+        loss = logits = None
         if fused:
-            loss = self.lm_head(
-                hidden_states,
-                labels,
-                shift_labels=shift_labels,
-                num_items_in_batch=num_items_in_batch,
-                chunk_size=self.config.loss_chunk_size,
-                loss_config=self.config.loss_config,
-            )
-            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep)) if return_logits else None
-        else:
+            chunk_size, loss_config = self.config.loss_chunk_size, self.config.loss_config
+            loss = self.lm_head(hidden_states, labels, chunk_size=chunk_size, loss_config=loss_config, **loss_kwargs)
+        if return_logits or not fused:
             logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # [batch, kept, vocab]
-            loss = None
-            if labels is not None:
-                loss = self._logits_loss(logits, labels, **kwargs)
+        if labels is not None and not fused:
+            loss = self._logits_loss(logits, labels, **loss_kwargs, **kwargs)
         if self.config.num_experts:
             return moe_causal_lm_output(self.config, loss, logits, outputs, input_ids, attention_mask)
         return CausalLMOutputWithPast(
