@@ -44,51 +44,49 @@ def _fields(config: MoaiConfig, target: type[PreTrainedConfig]) -> dict:
     return {name: getattr(config, name) for name in sorted(own) if hasattr(config, name)}
 
 
+def _target_config(config: MoaiConfig, target: type[PreTrainedConfig], **extra) -> PreTrainedConfig:
+    """The target's config with the model's architecture fields; a UsageError when QK-norm is off, except for
+    Qwen2-MoE, which has none."""
+    name = {Qwen3Config: "Qwen3", Qwen3MoeConfig: "Qwen3-MoE"}.get(target)
+    if name and not config.use_qk_norm:
+        raise UsageError(f"export: use_qk_norm=False has no {name} equivalent ({name} always normalises q and k)")
+    architecture = target.__name__.replace("Config", "ForCausalLM")
+    return target(**_fields(config, target), **extra, architectures=[architecture])
+
+
 def qwen3_config_from(config: MoaiConfig) -> Qwen3Config:
     """The dense Qwen3Config with the same architecture; a UsageError when Qwen3 cannot express the model."""
-    if not config.use_qk_norm:
-        raise UsageError("export: use_qk_norm=False has no Qwen3 equivalent (Qwen3 always normalises q and k)")
     if getattr(config, "num_experts", 0):
         raise UsageError("export: an MoE model is not a dense Qwen3 model (export_config picks Qwen3-MoE)")
-    return Qwen3Config(**_fields(config, Qwen3Config), architectures=["Qwen3ForCausalLM"])
-
-
-def qwen_moe_config_from(config: MoaiConfig) -> Qwen3MoeConfig | Qwen2MoeConfig:
-    """Qwen3-MoE's config, or Qwen2-MoE's for a shared expert; a UsageError naming what neither can express."""
-    if config.shared_expert_intermediate_size:
-        head_dim = config.hidden_size // config.num_attention_heads
-        if config.use_qk_norm or config.attention_bias or config.head_dim != head_dim:
-            raise UsageError(
-                "export: a shared expert exists only in Qwen2-MoE (Qwen3-MoE has none), and Qwen2-MoE has no QK-norm, "
-                f"no output-projection bias and head_dim = hidden_size / heads ({head_dim}); this model has "
-                f"use_qk_norm={config.use_qk_norm}, attention_bias={config.attention_bias}, head_dim={config.head_dim}"
-            )
-        fields = _fields(config, Qwen2MoeConfig)
-        return Qwen2MoeConfig(**fields, qkv_bias=False, architectures=["Qwen2MoeForCausalLM"])
-    if not config.use_qk_norm:
-        raise UsageError("export: use_qk_norm=False has no Qwen3-MoE equivalent (Qwen3-MoE always normalises q and k)")
-    fields = _fields(config, Qwen3MoeConfig)
-    return Qwen3MoeConfig(**fields, head_dim=config.head_dim, architectures=["Qwen3MoeForCausalLM"])
+    return _target_config(config, Qwen3Config)
 
 
 def qwen3_moe_config_from(config: MoaiConfig) -> Qwen3MoeConfig:
-    """Qwen3-MoE's config only (never Qwen2-MoE's), for comparisons against transformers' Qwen3-MoE (parity tests,
-    benchmarks); ValueError when Qwen3-MoE cannot express the model."""
+    """Qwen3-MoE's config (never Qwen2-MoE's, as export picks for a shared expert), also for comparisons against
+    transformers' Qwen3-MoE (parity tests, benchmarks); a UsageError when Qwen3-MoE cannot express the model."""
     if not config.num_experts:
-        raise ValueError("qwen3_moe: num_experts=0 is a dense model (see qwen3_config_from)")
+        raise UsageError("qwen3_moe: num_experts=0 is a dense model (see qwen3_config_from)")
     if config.shared_expert_intermediate_size:
-        raise ValueError("qwen3_moe: Qwen3-MoE has no shared expert (shared_expert_intermediate_size > 0)")
-    return qwen_moe_config_from(config)
+        raise UsageError("qwen3_moe: Qwen3-MoE has no shared expert (shared_expert_intermediate_size > 0)")
+    return _target_config(config, Qwen3MoeConfig, head_dim=config.head_dim)
 
 
 def export_config(config: MoaiConfig):
-    """(target config, target model class) for a MOAI config."""
-    if getattr(config, "num_experts", 0):
-        if any(kind != "full_attention" for kind in config.layer_types or []):
-            raise UsageError("export: sliding-window layers in an MoE model are not exported (full attention only)")
-        target = qwen_moe_config_from(config)
-        return target, Qwen2MoeForCausalLM if isinstance(target, Qwen2MoeConfig) else Qwen3MoeForCausalLM
-    return qwen3_config_from(config), Qwen3ForCausalLM
+    """(target config, target model class) for a MOAI config: Qwen3, Qwen3-MoE, or Qwen2-MoE for a shared expert."""
+    if not getattr(config, "num_experts", 0):
+        return qwen3_config_from(config), Qwen3ForCausalLM
+    if any(kind != "full_attention" for kind in config.layer_types or []):
+        raise UsageError("export: sliding-window layers in an MoE model are not exported (full attention only)")
+    if not config.shared_expert_intermediate_size:
+        return qwen3_moe_config_from(config), Qwen3MoeForCausalLM
+    head_dim = config.hidden_size // config.num_attention_heads
+    if config.use_qk_norm or config.attention_bias or config.head_dim != head_dim:
+        raise UsageError(
+            "export: a shared expert exists only in Qwen2-MoE (Qwen3-MoE has none), and Qwen2-MoE has no QK-norm, "
+            f"no output-projection bias and head_dim = hidden_size / heads ({head_dim}); this model has "
+            f"use_qk_norm={config.use_qk_norm}, attention_bias={config.attention_bias}, head_dim={config.head_dim}"
+        )
+    return _target_config(config, Qwen2MoeConfig, qkv_bias=False), Qwen2MoeForCausalLM
 
 
 def export_qwen3(model_path: str, output_dir: str) -> Path:
