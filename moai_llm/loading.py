@@ -71,10 +71,7 @@ def load_tokenizer(
             raise UsageError(f"{flag} {path}: no tokenizer.json in the directory")
     elif os.path.sep in path and (training or not _hub_id(path)):
         raise UsageError(f"{flag} {path}: directory not found")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"{flag} {path}: cannot be loaded ({_first_line(err, 120)})") from None
+    tokenizer = load_pretrained(AutoTokenizer, path, flag)
     if training and (tokenizer.pad_token_id is None or tokenizer.eos_token_id is None):
         raise UsageError(f"{flag} {path}: the tokenizer needs pad and eos tokens")
     return tokenizer
@@ -135,8 +132,8 @@ def load_model(
 
 def load_pretrained(cls, path: str, flag: str = "--model_path", **kwargs):
     """`cls.from_pretrained(path, **kwargs)`; what cannot be loaded (no such directory, a Hub id that does not exist
-    or cannot be reached, a corrupt config or weights file) is a UsageError naming `flag` and `path`."""
-    if not os.path.isdir(path) and not _hub_id(path):
+    or cannot be reached, a corrupt config, weights or tokenizer file) is a UsageError naming `flag` and `path`."""
+    if os.path.sep in path and not os.path.isdir(path) and not _hub_id(path):
         raise UsageError(f"{flag} {path}: no such directory")
     try:
         return cls.from_pretrained(path, **kwargs)
