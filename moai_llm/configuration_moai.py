@@ -1,9 +1,5 @@
-"""MoaiConfig: Qwen3Config's fields and meanings, plus the switches MOAI adds.
-
-Only the differences from Qwen3 live here: optional QK-norm, an explicit-or-derived head_dim, the legacy
-`rope_scaling` YaRN form, the Mixture-of-Experts fields (Qwen3-MoE's and Qwen2-MoE's names and meanings, dense
-when `num_experts == 0`), and validation that names the offending field instead of failing deep in the model.
-"""
+"""MoaiConfig: Qwen3Config plus optional QK-norm, a derived head_dim, the legacy `rope_scaling` YaRN form, the
+Mixture-of-Experts fields (Qwen3-MoE's and Qwen2-MoE's names and meanings), and validation naming the bad field."""
 
 from huggingface_hub.dataclasses import strict
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS

@@ -1,15 +1,11 @@
-"""Write a MOAI checkpoint as a plain transformers checkpoint, for serving stacks that know Qwen3 models:
-
-- dense -> Qwen3 (`Qwen3ForCausalLM`),
-- MoE -> Qwen3-MoE (`Qwen3MoeForCausalLM`),
-- MoE with a shared expert -> Qwen2-MoE (`Qwen2MoeForCausalLM`), which has the shared expert but no QK-norm, so
-  only models trained with `use_qk_norm=False` (and no attention bias, head_dim = hidden / heads) export there.
+"""Write a MOAI checkpoint as a plain transformers checkpoint for serving stacks that know Qwen3 models: dense ->
+Qwen3, MoE -> Qwen3-MoE, MoE with a shared expert -> Qwen2-MoE (which has no QK-norm, so only `use_qk_norm=False`
+models, with no attention bias and head_dim = hidden / heads, export there). The directory needs no moai_llm.
 
     python -m moai_llm.export --model_path outputs/run/final_model --output_dir outputs/run/qwen3
 
-The weights are already named as the target's, so this builds the target config, loads the state dict strictly
-into the target class (any missing or extra tensor is an error), saves it (experts one tensor each, as Qwen-MoE
-checkpoints are laid out) and copies the tokenizer files. The directory needs no moai_llm to load.
+The weights are already named as the target's: the state dict loads strictly into the target class, which saves it
+(experts one tensor each, as Qwen-MoE checkpoints are laid out), and the tokenizer files are copied.
 """
 
 import argparse

@@ -221,11 +221,8 @@ class _FusedLinearLoss(torch.autograd.Function):
 
 
 class _ChunkedLogitsLoss(torch.autograd.Function):
-    """The objective on logits that already exist, one `[chunk, vocab]` fp32 block at a time.
-
-    Unlike the fused path, the gradient is not kept from forward to backward: it would be a second logits-sized
-    tensor. The logits are saved by reference and backward recomputes each chunk's softmax.
-    """
+    """The objective on logits that already exist, one `[chunk, vocab]` fp32 block at a time; backward recomputes
+    each chunk's softmax, as keeping the gradient would be a second logits-sized tensor."""
 
     @staticmethod
     def forward(ctx, logits, rows, target, denom, objective, chunk_size):
@@ -283,11 +280,8 @@ def chunked_cross_entropy_loss(
     num_items_in_batch=None,
     objective: Objective | None = None,
 ):
-    """Loss of `logits` [..., vocab] against `labels` [...] already aligned with them (no shift here).
-
-    fp32 per chunk of `chunk_size` valid tokens whatever the input dtype; ignored tokens are never copied. The
-    mean over valid tokens, or their sum / `num_items_in_batch` when given. `MoaiForCausalLM._logits_loss` calls it.
-    """
+    """Loss of `logits` [..., vocab] against aligned `labels` [...] (no shift here), fp32 per chunk of valid tokens:
+    their mean, or their sum / `num_items_in_batch` when given (transformers' gradient-accumulation convention)."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if not torch.is_grad_enabled():
@@ -326,11 +320,8 @@ def fused_linear_cross_entropy(
     num_items_in_batch=None,
     objective: Objective | None = None,
 ):
-    """Loss of `hidden_states` [..., hidden] projected by `weight` [vocab, hidden] against aligned `labels` [...].
-
-    Ignored tokens are dropped before the projection; at most `[chunk_size, vocab]` logits exist at any time.
-    Under `torch.no_grad` plain cross-entropy is `score_tokens`' sum (evaluation's one scorer).
-    """
+    """Loss of `hidden_states` [..., hidden] projected by `weight` [vocab, hidden] against aligned `labels` [...];
+    under `torch.no_grad` plain cross-entropy is `score_tokens`' sum (evaluation's one scorer)."""
     if not torch.is_grad_enabled():  # inside the Function grad mode is off, so decide here: no gradient work
         hidden_states, weight = hidden_states.detach(), weight.detach()
         bias = None if bias is None else bias.detach()
@@ -357,10 +348,8 @@ def causal_lm_loss(
     loss_config=None,
     lm_head_bias=None,
 ):
-    """Next-token loss from the final hidden states [batch, seq, hidden] and unshifted labels [batch, seq].
-
-    Shifts like transformers' ForCausalLMLoss (or takes `shift_labels` as given) and reduces the same way.
-    """
+    """Next-token loss from the final hidden states [batch, seq, hidden] and unshifted labels [batch, seq], shifted
+    (unless `shift_labels` is given) and reduced as transformers' ForCausalLMLoss does."""
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     objective = objective_from_spec(getattr(loss_config, "objective", loss_config))  # LossFunction, Objective, spec

@@ -1,9 +1,5 @@
-"""MoaiForCausalLM: transformers' Qwen3 with the few things MOAI changes.
-
-Written the way transformers' `modular_qwen3.py` is: subclass the Qwen3 modules and write only the difference.
-Parameter names are Qwen3's, so dense checkpoints move between the two with `strict=True`.
-
-The differences:
+"""MoaiForCausalLM: transformers' Qwen3, written as its `modular_qwen3.py` is: subclass the Qwen3 modules and write
+only the difference. Parameter names are Qwen3's, so dense checkpoints move between the two with `strict=True`.
 - `MoaiRMSNorm` picks its backend once: flash-attn's fused Triton kernel on CUDA, else Qwen3's torch path.
 - `use_qk_norm=False` removes q_norm/k_norm (no parameters), `True` is Qwen3 exactly.
 - Packed rows (`position_ids` restarting inside a row) stay isolated on every attention backend, also when an
@@ -12,7 +8,6 @@ The differences:
   are Qwen3-MoE's, plus router z-loss and expert load.
 - With labels, the loss is the fused chunked one (losses.py), computed inside the `lm_head` module's forward
   (`MoaiLMHead`), so FSDP2 / ZeRO-3 gather a sharded output weight for it; no `[tokens, vocab]` logits exist.
-
 This file imports only torch, transformers and flat siblings, so `save_pretrained` can ship it as remote code.
 """
 
@@ -147,11 +142,8 @@ class MoaiPreTrainedModel(Qwen3PreTrainedModel, Qwen3MoePreTrainedModel):
 
 
 def packed_document_ids(position_ids: torch.Tensor | None, cache: Cache | None, batch_size: int):
-    """Document index of every token when `position_ids` restart inside a row ([batch, seq]); else None.
-
-    Only for a fresh forward (nothing in the cache yet): decoding steps extend one sequence. Never with
-    continuous batching's paged cache (not a `Cache`): its flat row of requests comes with its own masks.
-    """
+    """Document index of every token when `position_ids` restart inside a row ([batch, seq]), in a fresh forward
+    only (decoding steps extend one sequence; continuous batching's paged cache brings its own masks); else None."""
     if position_ids is None or position_ids.shape[-1] < 2:
         return None
     if cache is not None and (not isinstance(cache, Cache) or cache.get_seq_length() > 0):
@@ -228,12 +220,8 @@ class MoaiModel(MoaiPreTrainedModel, Qwen3Model):
 
 
 class MoaiLMHead(nn.Linear):
-    """The output projection `nn.Linear(hidden, vocab)`; called with labels it returns the fused chunked loss.
-
-    The fused loss reads the weight inside this module's own forward, where everything that gathers a sharded weight
-    around a module call has gathered it: FSDP2's pre-forward all-gather and DeepSpeed ZeRO-3's parameter fetch. Read
-    from outside the call, the weight is a DTensor shard (FSDP2) or an empty partition (ZeRO-3).
-    """
+    """The output projection `nn.Linear(hidden, vocab)`; called with labels it returns the fused chunked loss, inside
+    its own forward, where FSDP2 and ZeRO-3 have gathered the sharded weight (outside it is a shard or empty)."""
 
     def forward(self, hidden_states: torch.Tensor, labels: torch.Tensor | None = None, **loss_kwargs) -> torch.Tensor:
         if labels is None:
@@ -303,11 +291,8 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Qwen3's forward (Qwen3-MoE's with `num_experts > 0`), except that with labels the loss is the fused chunked
-        one from the hidden states (config.loss_chunk_size > 0) and `logits` is None unless `return_logits=True`.
-
-        MoE models return `MoaiMoeCausalLMOutputWithPast`: with `output_router_logits` (the config's value when
-        unset) it carries router_logits, aux_loss, router_z_loss and expert_load, and `loss` includes the router
-        losses."""
+        one (config.loss_chunk_size > 0) and `logits` is None unless `return_logits=True`. MoE models return
+        `MoaiMoeCausalLMOutputWithPast`, with the router losses in `loss` when `output_router_logits`."""
         if "past_key_values" in kwargs:
             cache = kwargs.pop("past_key_values")
         if self.config.num_experts:
