@@ -142,7 +142,8 @@ class MoaiConfig(Qwen3Config):
         for name in names:
             value = getattr(self, name)
             if value is None or value < minimum:
-                raise ValueError(f"{name} must be >= {minimum}, got {value}")
+                bound = "a positive integer" if minimum == 1 else f">= {minimum}"
+                raise ValueError(f"{name} must be {bound}, got {value}")
 
     def _check_moe(self) -> None:
         if not 1 <= self.num_experts_per_tok <= self.num_experts:
