@@ -27,8 +27,7 @@ from moai_llm.tokenizer.inputs import (
     language_streams,
     sample,
 )
-from moai_llm.tokenizer.specials import wrap
-from moai_llm.tokenizer.train import MODES, train_tokenizer
+from moai_llm.tokenizer.train import MODES, train_tokenizer, wrap
 
 logger = logging.getLogger("train_tokenizer")
 
@@ -116,9 +115,9 @@ def evaluate(args) -> None:
     per_lang = lang_files(args.lang_files)
     if not per_lang:
         raise UsageError("--evaluate needs --lang_files LANG=PATH ... to evaluate on")
-    texts = {lang: list(file_texts(paths, args.text_column, args.sample_by)) for lang, paths in per_lang.items()}
     texts = {
-        lang: docs[: args.max_samples_per_lang] if args.max_samples_per_lang else docs for lang, docs in texts.items()
+        lang: list(file_texts(paths, args.text_column, args.sample_by))[: args.max_samples_per_lang]
+        for lang, paths in per_lang.items()
     }
     results = {}
     for flag, directory in [("--evaluate", args.evaluate), *(("--compare", path) for path in args.compare)]:
@@ -134,7 +133,7 @@ def train(args) -> None:
     texts = training_texts(args, mode)
     if args.base_tokenizer:
         base_file = Path(args.base_tokenizer)
-        if not (base_file.is_file() and base_file.suffix == ".json"):
+        if base_file.is_dir():
             base_file = base_file / "tokenizer.json"
         if not base_file.is_file():
             raise UsageError(f"--base_tokenizer {args.base_tokenizer}: no tokenizer.json there")

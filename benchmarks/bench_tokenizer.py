@@ -26,8 +26,7 @@ def corpus_files(corpora: Path) -> dict[str, list[Path]]:
 
 def run_mode(mode: str, vocab_size: int, corpora: Path, out: Path) -> dict:
     from moai_llm.tokenizer.inputs import file_texts, sample
-    from moai_llm.tokenizer.specials import wrap
-    from moai_llm.tokenizer.train import MODES, train_tokenizer
+    from moai_llm.tokenizer.train import MODES, train_tokenizer, wrap
 
     files = [str(p) for paths in corpus_files(corpora).values() for p in paths]
     size = sum(Path(f).stat().st_size for f in files)

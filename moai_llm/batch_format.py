@@ -7,11 +7,8 @@ IGNORE_INDEX = -100  # labels at this value are not scored (transformers' and to
 
 
 def flash_varlen_kwargs(position_ids: torch.Tensor) -> dict:
-    """cu_seq_lens/max_length for flash varlen over the flattened batch ([batch, seq] -> [batch*seq]).
-
-    transformers' `prepare_fa_kwargs_from_position_ids` only cuts where positions restart; a row boundary is a
-    document boundary too (a left-padded row does not start at position 0), so both are cut here.
-    """
+    """cu_seq_lens/max_length for flash varlen over the flattened batch ([batch, seq] -> [batch*seq]), cut where
+    positions restart and, unlike transformers' `prepare_fa_kwargs_from_position_ids`, at every row start."""
     starts = position_ids == 0
     starts[:, 0] = True
     starts = starts.reshape(-1).nonzero().view(-1).to(torch.int32)

@@ -1,35 +1,40 @@
-"""MoaiConfig: Qwen3Config's fields and meanings, plus the switches MOAI adds.
-
-Only the differences from Qwen3 live here: optional QK-norm, an explicit-or-derived head_dim, the legacy
-`rope_scaling` YaRN form, the Mixture-of-Experts fields (Qwen3-MoE's and Qwen2-MoE's names and meanings, dense
-when `num_experts == 0`), and validation that names the offending field instead of failing deep in the model.
-"""
+"""MoaiConfig: Qwen3Config plus optional QK-norm, a derived head_dim, the legacy `rope_scaling` YaRN form, the
+Mixture-of-Experts fields (Qwen3-MoE's and Qwen2-MoE's names and meanings), and validation naming the bad field."""
 
 from huggingface_hub.dataclasses import strict
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.qwen3.configuration_qwen3 import Qwen3Config
 
 # Legacy YaRN keys some MOAI/moellama configs used, mapped to transformers' names.
 _LEGACY_YARN_KEYS = {"alpha": "beta_slow", "beta": "beta_fast", "type": "rope_type"}
-_KNOWN_ROPE_TYPES = {"default", "linear", "dynamic", "yarn", "longrope", "llama3"}
 
 
 def _normalise_rope(rope: dict | None) -> dict | None:
-    """Rename legacy keys and insist on what YaRN cannot guess (its pretraining context length)."""
+    """Rename legacy keys and insist on what YaRN cannot guess (its pretraining context length and factor)."""
     if rope is None:
         return None
     rope = {_LEGACY_YARN_KEYS.get(key, key): value for key, value in rope.items()}
     rope_type = rope.setdefault("rope_type", "default")
-    if rope_type not in _KNOWN_ROPE_TYPES:
-        raise ValueError(f"rope_parameters.rope_type={rope_type!r} is not one of {sorted(_KNOWN_ROPE_TYPES)}")
-    if rope_type == "yarn":
-        if "original_max_position_embeddings" not in rope:
-            raise ValueError(
-                "rope_parameters: YaRN needs original_max_position_embeddings (the pretraining context length); "
-                "it is not guessed from max_position_embeddings"
-            )
-        if "factor" not in rope:
-            raise ValueError("rope_parameters: YaRN needs factor (the context extension ratio)")
+    known = sorted({"default", *ROPE_INIT_FUNCTIONS})
+    if rope_type not in known:
+        raise ValueError(f"rope_parameters.rope_type={rope_type!r} is not one of {known}")
+    missing = [key for key in ("original_max_position_embeddings", "factor") if key not in rope]
+    if rope_type == "yarn" and missing:
+        raise ValueError(
+            f"rope_parameters: YaRN needs {' and '.join(missing)} (the pretraining context length and the context "
+            "extension ratio); neither is guessed from max_position_embeddings"
+        )
     return rope
+
+
+def is_moe_layer(config, layer_idx: int) -> bool:
+    """Qwen3-MoE's rule, for any config that has its fields (Qwen3-MoE's own too): MoE unless listed in
+    mlp_only_layers or off the decoder_sparse_step grid."""
+    return (
+        (getattr(config, "num_experts", 0) or 0) > 0
+        and layer_idx not in (getattr(config, "mlp_only_layers", None) or [])
+        and (layer_idx + 1) % max(1, getattr(config, "decoder_sparse_step", 1) or 1) == 0
+    )
 
 
 @strict
@@ -105,26 +110,17 @@ class MoaiConfig(Qwen3Config):
         # A Qwen3(-MoE) config.json would leave its model_type on the instance; transformers picks the checkpoint
         # conversion (per-expert files -> fused experts) by it, so a Qwen3-MoE checkpoint must read as "moai".
         kwargs.pop("model_type", None)
-        self._check_sizes()
-        self._check_moe()
-        super().__post_init__(**kwargs)
-
-    def _check_sizes(self) -> None:
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
-            value = getattr(self, name)
-            if value is None or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        if self.num_key_value_heads <= 0:
-            raise ValueError(f"num_key_value_heads must be a positive integer, got {self.num_key_value_heads}")
+        sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        self._at_least(1, *sizes, "num_key_value_heads")
+        self._at_least(0, "loss_chunk_size", "num_experts", "shared_expert_intermediate_size")
+        self._at_least(0, "router_aux_loss_coef", "router_z_loss_coef")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads={self.num_attention_heads} is not divisible by "
                 f"num_key_value_heads={self.num_key_value_heads}"
             )
-        if self.loss_chunk_size is None or self.loss_chunk_size < 0:
-            raise ValueError(f"loss_chunk_size must be >= 0 (0 = plain loss), got {self.loss_chunk_size}")
         if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads:
                 raise ValueError(
@@ -132,31 +128,29 @@ class MoaiConfig(Qwen3Config):
                     f"{self.num_attention_heads}; set head_dim explicitly"
                 )
             self.head_dim = self.hidden_size // self.num_attention_heads
-        elif self.head_dim <= 0:
-            raise ValueError(f"head_dim must be a positive integer, got {self.head_dim}")
-
-    def _check_moe(self) -> None:
-        for name in ("num_experts", "shared_expert_intermediate_size", "router_aux_loss_coef", "router_z_loss_coef"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self._at_least(1, "head_dim")
         if not 0 <= self.router_jitter_noise < 1:
             raise ValueError(f"router_jitter_noise must be in [0, 1), got {self.router_jitter_noise}")
         self.mlp_only_layers = list(self.mlp_only_layers or [])
         if self.output_router_logits is None:
             self.output_router_logits = self.num_experts > 0
-        if not self.num_experts:
-            return
+        if self.num_experts:
+            self._check_moe()
+        super().__post_init__(**kwargs)
+
+    def _at_least(self, minimum: int, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is None or value < minimum:
+                bound = "a positive integer" if minimum == 1 else f">= {minimum}"
+                raise ValueError(f"{name} must be {bound}, got {value}")
+
+    def _check_moe(self) -> None:
         if not 1 <= self.num_experts_per_tok <= self.num_experts:
             raise ValueError(
                 f"num_experts_per_tok={self.num_experts_per_tok} must be between 1 and num_experts={self.num_experts}"
             )
-        if self.moe_intermediate_size is None or self.moe_intermediate_size <= 0:
-            raise ValueError(
-                "moe_intermediate_size must be a positive integer when num_experts > 0, "
-                f"got {self.moe_intermediate_size}"
-            )
-        if self.decoder_sparse_step is None or self.decoder_sparse_step < 1:
-            raise ValueError(f"decoder_sparse_step must be >= 1, got {self.decoder_sparse_step}")
+        self._at_least(1, "moe_intermediate_size", "decoder_sparse_step")
         outside = [i for i in self.mlp_only_layers if not 0 <= i < self.num_hidden_layers]
         if outside:
             raise ValueError(
@@ -169,18 +163,7 @@ class MoaiConfig(Qwen3Config):
                 f"mlp_only_layers={self.mlp_only_layers}); set num_experts=0 for a dense model"
             )
 
-    def is_moe_layer(self, layer_idx: int) -> bool:
-        return is_moe_layer(self, layer_idx)
-
-
-def is_moe_layer(config, layer_idx: int) -> bool:
-    """Qwen3-MoE's rule, for any config that has its fields (Qwen3-MoE's own too): MoE unless listed in
-    mlp_only_layers or off the decoder_sparse_step grid."""
-    return (
-        (getattr(config, "num_experts", 0) or 0) > 0
-        and layer_idx not in (getattr(config, "mlp_only_layers", None) or [])
-        and (layer_idx + 1) % max(1, getattr(config, "decoder_sparse_step", 1) or 1) == 0
-    )
+    is_moe_layer = is_moe_layer  # the module function above, as a method
 
 
 __all__ = ["MoaiConfig"]

@@ -1,8 +1,5 @@
 """The old tool's loss API, which the model never calls: `create_loss_function(spec)` and its `LossFunction`.
-
-Kept apart from losses.py so the remote code shipped next to the model holds only what the model runs; the old
-import path `from moai_llm.losses import create_loss_function` still works (losses.py's `__getattr__`).
-"""
+Apart from losses.py so the remote code holds only what the model runs; `from moai_llm.losses import` still works."""
 
 from dataclasses import dataclass, field
 
@@ -14,14 +11,9 @@ from .losses import Objective, chunked_cross_entropy_loss, objective_from_spec
 
 @dataclass(frozen=True)
 class LossFunction:
-    """`loss_fn(logits, labels, num_items_in_batch=None)`: the objective on logits that already exist.
-
-    `logits` [..., vocab] and `labels` [...] must already be aligned: nothing is shifted here (for next-token
-    prediction pass `logits[:, :-1]` and `labels[:, 1:]`). Tokens labelled `ignore_index` are left out; the
-    result is the mean over the others, or their sum / `num_items_in_batch` when given (transformers'
-    gradient-accumulation convention); no valid token gives 0. fp32 chunk by chunk, differentiable.
-    `objective` is what the fused path (`MoaiForCausalLM`, `causal_lm_loss`) takes.
-    """
+    """`loss_fn(logits, labels, num_items_in_batch=None)`: `chunked_cross_entropy_loss` with this objective, on
+    logits and labels already aligned (pass `logits[:, :-1]` and `labels[:, 1:]`); no valid token gives 0.
+    `objective` is what the fused path (`MoaiForCausalLM`, `causal_lm_loss`) takes."""
 
     objective: Objective = field(default_factory=Objective)
     chunk_size: int = 2048

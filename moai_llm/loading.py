@@ -71,10 +71,7 @@ def load_tokenizer(
             raise UsageError(f"{flag} {path}: no tokenizer.json in the directory")
     elif os.path.sep in path and (training or not _hub_id(path)):
         raise UsageError(f"{flag} {path}: directory not found")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"{flag} {path}: cannot be loaded ({_first_line(err, 120)})") from None
+    tokenizer = load_pretrained(AutoTokenizer, path, flag)
     if training and (tokenizer.pad_token_id is None or tokenizer.eos_token_id is None):
         raise UsageError(f"{flag} {path}: the tokenizer needs pad and eos tokens")
     return tokenizer
@@ -106,7 +103,7 @@ def load_model(
         base = base_model or settings.get("base_model_name_or_path")
         if not base:
             raise UsageError(f"--model_path {model_path}: LoRA adapter without a base; pass --base_model")
-        model = _load("--base_model", base, AutoModelForCausalLM.from_pretrained, base, dtype=dtype)
+        model = load_pretrained(AutoModelForCausalLM, base, "--base_model", dtype=dtype)
         from peft import PeftModel
 
         model = _load("--model_path", model_path, PeftModel.from_pretrained, model, model_path)
@@ -116,7 +113,7 @@ def load_model(
             raise UsageError(f"--model_path {model_path}: no config.json (not a model directory)")
         if not any((path / f).is_file() for f in WEIGHT_FILES):
             raise UsageError(f"--model_path {model_path}: no model.safetensors (incomplete model directory)")
-        model = _load("--model_path", model_path, AutoModelForCausalLM.from_pretrained, model_path, dtype=dtype)
+        model = load_pretrained(AutoModelForCausalLM, model_path, dtype=dtype)
         default_tokenizer = model_path
     tokenizer_dir = tokenizer_path or default_tokenizer
     try:
@@ -141,6 +138,14 @@ def _load(flag: str, path: str, load, *args, **kwargs):
         return load(*args, **kwargs)
     except (OSError, ValueError, SafetensorError) as err:
         raise UsageError(f"{flag} {path}: cannot be loaded ({_first_line(err, 160)})") from None
+
+
+def load_pretrained(cls, path: str, flag: str = "--model_path", **kwargs):
+    """`cls.from_pretrained(path, **kwargs)`; what cannot be loaded (no such directory, a Hub id that does not exist
+    or cannot be reached, a corrupt config, weights or tokenizer file) is a UsageError naming `flag` and `path`."""
+    if os.path.sep in path and not os.path.isdir(path) and not _hub_id(path):
+        raise UsageError(f"{flag} {path}: no such directory")
+    return _load(flag, path, cls.from_pretrained, path, **kwargs)
 
 
 def _hub_id(path: str) -> bool:

@@ -1,16 +1,12 @@
-"""Chunked and fused-linear cross-entropy, focal loss, label smoothing and their weighted mix.
+"""The model's losses: chunked and fused-linear cross-entropy, focal loss, label smoothing and their weighted mix.
 
-Why hand-written: with a 122K vocabulary the logits of an 8K-token micro-batch are 4 GB in fp32 and the
-reference loss keeps several such copies. Here at most one `[chunk, vocab]` fp32 block exists at a time: the
-loss and the gradient of every objective are computed together, chunk by chunk, inside one autograd Function
-(the gradient is computed during the forward pass and scaled by the incoming gradient in backward), the same
-idea as Liger-Kernel's fused linear cross-entropy, which is CUDA/Triton-only and has no focal or mixed objective.
+Why hand-written: the reference loss keeps several fp32 `[tokens, vocab]` copies of the logits (4 GB each for 8K
+tokens of a 122K vocabulary). Here at most one `[chunk, vocab]` fp32 block exists: the loss and gradient of every
+objective are computed together, chunk by chunk, in one autograd Function, as Liger-Kernel's fused linear
+cross-entropy does (CUDA/Triton only, no focal or mixed objective). Every objective's gradient has the form
+`dl/dz = a * softmax(z) + b * onehot(target) + c` (per-token a, b, constant c), so one buffer suffices.
 
-Every objective is a per-token loss l(z) of the logits z of that token, whose gradient has the form
-`dl/dz = a * softmax(z) + b * onehot(target) + c` with per-token a, b and a constant c, so one buffer suffices.
-`score_tokens` is the one no-grad scorer (summed NLL and argmax hits) behind evaluation: the trainer's eval loss
-(the fused loss under `torch.no_grad`) and eval.py's perplexity. This file holds the model's losses only and
-imports only torch and its sibling batch_format.py (both ship next to the model as remote code); the old tool's
+Ships next to the model as remote code, so it imports only torch and batch_format.py; the old tool's
 `create_loss_function` / `LossFunction` live in legacy_losses.py and are still importable from here.
 """
 
@@ -225,11 +221,8 @@ class _FusedLinearLoss(torch.autograd.Function):
 
 
 class _ChunkedLogitsLoss(torch.autograd.Function):
-    """The objective on logits that already exist, one `[chunk, vocab]` fp32 block at a time.
-
-    Unlike the fused path, the gradient is not kept from forward to backward: it would be a second logits-sized
-    tensor. The logits are saved by reference and backward recomputes each chunk's softmax.
-    """
+    """The objective on logits that already exist, one `[chunk, vocab]` fp32 block at a time; backward recomputes
+    each chunk's softmax, as keeping the gradient would be a second logits-sized tensor."""
 
     @staticmethod
     def forward(ctx, logits, rows, target, denom, objective, chunk_size):
@@ -279,12 +272,6 @@ def _gather_rows(logits, rows, block) -> torch.Tensor:
     return out.copy_(logits[torch.unravel_index(rows, logits.shape[:-1])])
 
 
-def _valid(labels: torch.Tensor, ignore_index: int):
-    flat = labels.reshape(-1)
-    keep = flat != ignore_index
-    return keep, flat[keep]
-
-
 def chunked_cross_entropy_loss(
     logits,
     labels,
@@ -293,11 +280,8 @@ def chunked_cross_entropy_loss(
     num_items_in_batch=None,
     objective: Objective | None = None,
 ):
-    """Loss of `logits` [..., vocab] against `labels` [...] already aligned with them (no shift here).
-
-    fp32 per chunk of `chunk_size` valid tokens whatever the input dtype; ignored tokens are never copied. The
-    mean over valid tokens, or their sum / `num_items_in_batch` when given. `MoaiForCausalLM._logits_loss` calls it.
-    """
+    """Loss of `logits` [..., vocab] against aligned `labels` [...] (no shift here), fp32 per chunk of valid tokens:
+    their mean, or their sum / `num_items_in_batch` when given (transformers' gradient-accumulation convention)."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if not torch.is_grad_enabled():
@@ -336,15 +320,14 @@ def fused_linear_cross_entropy(
     num_items_in_batch=None,
     objective: Objective | None = None,
 ):
-    """Loss of `hidden_states` [..., hidden] projected by `weight` [vocab, hidden] against aligned `labels` [...].
-
-    Ignored tokens are dropped before the projection; at most `[chunk_size, vocab]` logits exist at any time.
-    Under `torch.no_grad` plain cross-entropy is `score_tokens`' sum (evaluation's one scorer).
-    """
+    """Loss of `hidden_states` [..., hidden] projected by `weight` [vocab, hidden] against aligned `labels` [...];
+    under `torch.no_grad` plain cross-entropy is `score_tokens`' sum (evaluation's one scorer)."""
     if not torch.is_grad_enabled():  # inside the Function grad mode is off, so decide here: no gradient work
         hidden_states, weight = hidden_states.detach(), weight.detach()
         bias = None if bias is None else bias.detach()
-    keep, target = _valid(labels, ignore_index)
+    flat_labels = labels.reshape(-1)
+    keep = flat_labels != ignore_index
+    target = flat_labels[keep]  # [valid]
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])[keep]  # [valid, hidden]
     denom = _denominator(target.numel(), num_items_in_batch, hidden_states.device)
     objective = objective or Objective()
@@ -365,15 +348,11 @@ def causal_lm_loss(
     loss_config=None,
     lm_head_bias=None,
 ):
-    """Next-token loss from the final hidden states [batch, seq, hidden] and unshifted labels [batch, seq].
-
-    Shifts like transformers' ForCausalLMLoss (or takes `shift_labels` as given) and reduces the same way.
-    """
+    """Next-token loss from the final hidden states [batch, seq, hidden] and unshifted labels [batch, seq], shifted
+    (unless `shift_labels` is given) and reduced as transformers' ForCausalLMLoss does."""
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    objective = getattr(loss_config, "objective", loss_config)  # a LossFunction, an Objective or a spec
-    if not isinstance(objective, Objective):
-        objective = objective_from_spec(loss_config)
+    objective = objective_from_spec(getattr(loss_config, "objective", loss_config))  # LossFunction, Objective, spec
     return fused_linear_cross_entropy(
         hidden_states,
         lm_head_weight,

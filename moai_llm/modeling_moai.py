@@ -1,9 +1,5 @@
-"""MoaiForCausalLM: transformers' Qwen3 with the few things MOAI changes.
-
-Written the way transformers' `modular_qwen3.py` is: subclass the Qwen3 modules and write only the difference.
-Parameter names are Qwen3's, so dense checkpoints move between the two with `strict=True`.
-
-The differences:
+"""MoaiForCausalLM: transformers' Qwen3, written as its `modular_qwen3.py` is: subclass the Qwen3 modules and write
+only the difference. Parameter names are Qwen3's, so dense checkpoints move between the two with `strict=True`.
 - `MoaiRMSNorm` picks its backend once: flash-attn's fused Triton kernel on CUDA, else Qwen3's torch path.
 - `use_qk_norm=False` removes q_norm/k_norm (no parameters), `True` is Qwen3 exactly.
 - Packed rows (`position_ids` restarting inside a row) stay isolated on every attention backend, also when an
@@ -12,7 +8,6 @@ The differences:
   are Qwen3-MoE's, plus router z-loss and expert load.
 - With labels, the loss is the fused chunked one (losses.py), computed inside the `lm_head` module's forward
   (`MoaiLMHead`), so FSDP2 / ZeRO-3 gather a sharded output weight for it; no `[tokens, vocab]` logits exist.
-
 This file imports only torch, transformers and flat siblings, so `save_pretrained` can ship it as remote code.
 """
 
@@ -40,13 +35,14 @@ from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3RMSNorm,
     Qwen3RotaryEmbedding,
 )
+from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoePreTrainedModel
 from transformers.utils import can_return_tuple, logging
 from transformers.utils.output_capturing import OutputRecorder
 
 from .batch_format import IGNORE_INDEX, flash_varlen_kwargs
 from .configuration_moai import MoaiConfig
 from .losses import Objective, causal_lm_loss, chunked_cross_entropy_loss, objective_from_spec
-from .moe import MoaiTopKRouter, init_moe_weights, moe_block, moe_causal_lm_output
+from .moe import MoaiTopKRouter, moe_block, moe_causal_lm_output
 
 logger = logging.get_logger(__name__)
 
@@ -101,7 +97,9 @@ class MoaiDecoderLayer(Qwen3DecoderLayer):
         self.post_attention_layernorm = MoaiRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
 
-class MoaiPreTrainedModel(Qwen3PreTrainedModel):
+class MoaiPreTrainedModel(Qwen3PreTrainedModel, Qwen3MoePreTrainedModel):
+    """Qwen3's pretrained-model class, with Qwen3-MoE's weight init for the experts and router."""
+
     config_class = MoaiConfig
     config: MoaiConfig
     _no_split_modules = ["MoaiDecoderLayer"]
@@ -111,16 +109,9 @@ class MoaiPreTrainedModel(Qwen3PreTrainedModel):
         "router_logits": OutputRecorder(MoaiTopKRouter, index=0),
     }
     _auto_class_name = "AutoModel"  # what save_pretrained's auto_map names this class under
-
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        init_moe_weights(module, self.config.initializer_range)
-
-    @classmethod
-    def _can_set_experts_implementation(cls) -> bool:
-        """The experts are transformers' `Qwen3MoeExperts` (moe.py); transformers' own check only greps this file
-        for `@use_experts_implementation`, and would leave MoE models on the slow eager experts loop."""
-        return True
+    # The experts are transformers' `Qwen3MoeExperts` (moe.py); transformers' own check only greps this file for
+    # `@use_experts_implementation`, and would leave MoE models on the slow eager experts loop.
+    _can_set_experts_implementation_cached_value = True
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -131,13 +122,10 @@ class MoaiPreTrainedModel(Qwen3PreTrainedModel):
     def save_pretrained(self, *args, **kwargs):
         """Also writes this code and an `auto_map`, so the checkpoint loads with `trust_remote_code=True`.
 
-        The classes are registered for their auto classes only while saving: a registered class counts as remote
-        code, and `GenerationMixin` then inspects `forward`'s signature at every decoding step (benchmarks/README.md,
-        Model).
-
-        FSDP2's `fully_shard` swaps the class for a generated `FSDP<Name>` subclass defined in torch; while saving,
-        the model is its own class again, so the `auto_map` and the shipped code name MOAI's class, not torch's.
-        """
+        The auto classes are registered only while saving: a registered class counts as remote code, which
+        `GenerationMixin` re-inspects at every decoding step (benchmarks/README.md, Model). FSDP2's `fully_shard`
+        swaps in a generated `FSDP<Name>` class from torch; while saving the model is its own class again, so the
+        `auto_map` and the shipped code name MOAI's class."""
         sharded_class = type(self)
         own_class = next(cls for cls in sharded_class.__mro__ if not cls.__module__.startswith("torch."))
         auto_classes = {type(self.config): "AutoConfig", own_class: self._auto_class_name}
@@ -154,11 +142,8 @@ class MoaiPreTrainedModel(Qwen3PreTrainedModel):
 
 
 def packed_document_ids(position_ids: torch.Tensor | None, cache: Cache | None, batch_size: int):
-    """Document index of every token when `position_ids` restart inside a row ([batch, seq]); else None.
-
-    Only for a fresh forward (nothing in the cache yet): decoding steps extend one sequence. Never with
-    continuous batching's paged cache (not a `Cache`): its flat row of requests comes with its own masks.
-    """
+    """Document index of every token when `position_ids` restart inside a row ([batch, seq]), in a fresh forward
+    only (decoding steps extend one sequence; continuous batching's paged cache brings its own masks); else None."""
     if position_ids is None or position_ids.shape[-1] < 2:
         return None
     if cache is not None and (not isinstance(cache, Cache) or cache.get_seq_length() > 0):
@@ -235,12 +220,8 @@ class MoaiModel(MoaiPreTrainedModel, Qwen3Model):
 
 
 class MoaiLMHead(nn.Linear):
-    """The output projection `nn.Linear(hidden, vocab)`; called with labels it returns the fused chunked loss.
-
-    The fused loss reads the weight inside this module's own forward, where everything that gathers a sharded weight
-    around a module call has gathered it: FSDP2's pre-forward all-gather and DeepSpeed ZeRO-3's parameter fetch. Read
-    from outside the call, the weight is a DTensor shard (FSDP2) or an empty partition (ZeRO-3).
-    """
+    """The output projection `nn.Linear(hidden, vocab)`; called with labels it returns the fused chunked loss, inside
+    its own forward, where FSDP2 and ZeRO-3 have gathered the sharded weight (outside it is a shard or empty)."""
 
     def forward(self, hidden_states: torch.Tensor, labels: torch.Tensor | None = None, **loss_kwargs) -> torch.Tensor:
         if labels is None:
@@ -289,10 +270,8 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
                 num_items_in_batch=num_items_in_batch,
                 **kwargs,
             )
-        if shift_labels is None:
-            shift_labels = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[
-                ..., 1:
-            ]  # [batch, seq], as transformers
+        if shift_labels is None:  # [batch, seq], shifted as transformers does
+            shift_labels = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
         return chunked_cross_entropy_loss(
             logits, shift_labels.to(logits.device), num_items_in_batch=num_items_in_batch, objective=objective
         )
@@ -312,11 +291,8 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Qwen3's forward (Qwen3-MoE's with `num_experts > 0`), except that with labels the loss is the fused chunked
-        one from the hidden states (config.loss_chunk_size > 0) and `logits` is None unless `return_logits=True`.
-
-        MoE models return `MoaiMoeCausalLMOutputWithPast`: with `output_router_logits` (the config's value when
-        unset) it carries router_logits, aux_loss, router_z_loss and expert_load, and `loss` includes the router
-        losses."""
+        one (config.loss_chunk_size > 0) and `logits` is None unless `return_logits=True`. MoE models return
+        `MoaiMoeCausalLMOutputWithPast`, with the router losses in `loss` when `output_router_logits`."""
         if "past_key_values" in kwargs:
             cache = kwargs.pop("past_key_values")
         if self.config.num_experts:
@@ -324,9 +300,7 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
                 self.config.output_router_logits if output_router_logits is None else output_router_logits
             )
         fused = labels is not None and self.config.loss_chunk_size > 0 and isinstance(self.lm_head, MoaiLMHead)
-        if fused:
-            shift_labels = kwargs.pop("shift_labels", None)
-            num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        loss_kwargs = {name: kwargs.pop(name, None) for name in ("shift_labels", "num_items_in_batch")}
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -337,21 +311,14 @@ class MoaiForCausalLM(MoaiPreTrainedModel, Qwen3ForCausalLM):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # [batch, seq, hidden]
+        loss = logits = None
         if fused:
-            loss = self.lm_head(
-                hidden_states,
-                labels,
-                shift_labels=shift_labels,
-                num_items_in_batch=num_items_in_batch,
-                chunk_size=self.config.loss_chunk_size,
-                loss_config=self.config.loss_config,
-            )
-            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep)) if return_logits else None
-        else:
+            chunk_size, loss_config = self.config.loss_chunk_size, self.config.loss_config
+            loss = self.lm_head(hidden_states, labels, chunk_size=chunk_size, loss_config=loss_config, **loss_kwargs)
+        if return_logits or not fused:
             logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # [batch, kept, vocab]
-            loss = None
-            if labels is not None:
-                loss = self._logits_loss(logits, labels, **kwargs)
+        if labels is not None and not fused:
+            loss = self._logits_loss(logits, labels, **loss_kwargs, **kwargs)
         if self.config.num_experts:
             return moe_causal_lm_output(self.config, loss, logits, outputs, input_ids, attention_mask)
         return CausalLMOutputWithPast(

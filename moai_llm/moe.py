@@ -1,25 +1,17 @@
-"""Mixture-of-Experts blocks for MoaiForCausalLM, built on transformers' Qwen3-MoE and Qwen2-MoE modules.
-
-Written the way transformers' `modular_qwen3_moe.py` is: only the differences are here.
-- `MoaiTopKRouter(Qwen3MoeTopKRouter)`: Qwen3-MoE's router (fp32 softmax, top-k, optional renormalisation) plus
-  Switch-Transformer jitter on the router input in training.
-- `MoaiSparseMoeBlock(Qwen3MoeSparseMoeBlock)`: routed experts only; parameter names are Qwen3-MoE's.
-- `MoaiSharedExpertMoeBlock(Qwen2MoeSparseMoeBlock)`: routed experts plus Qwen2-MoE's sigmoid-gated shared expert,
-  with Qwen2-MoE's parameter names.
-The experts are transformers' `Qwen3MoeExperts`: fused `[experts, ...]` weights dispatched through transformers'
-experts implementations (eager / grouped_mm / batched_mm). Every expert weight is one parameter, so experts that
-get no token in a step still get a (zero) gradient and DDP sees no unused parameters.
-
-The router losses and expert statistics are functions of the router logits that the model records
-(`output_router_logits`), so the causal-LM forward stays one. This file imports only torch, transformers and
-flat siblings: `save_pretrained` ships it as remote code next to modeling_moai.py.
+"""Mixture-of-Experts blocks for MoaiForCausalLM, written as transformers' `modular_qwen3_moe.py` is: only the
+differences from Qwen3-MoE / Qwen2-MoE are here.
+- `MoaiTopKRouter`: Qwen3-MoE's router plus Switch-Transformer jitter on the router input in training.
+- `MoaiSparseMoeBlock`: Qwen3-MoE's block; `MoaiSharedExpertMoeBlock`: Qwen2-MoE's, with its sigmoid-gated
+  shared expert. Both use transformers' fused `Qwen3MoeExperts` (eager / grouped_mm / batched_mm), one parameter
+  per weight, so an expert that gets no token still gets a (zero) gradient and DDP sees no unused parameters.
+The router losses and expert load are functions of the recorded router logits, so the causal-LM forward stays one.
+Imports only torch, transformers and flat siblings: `save_pretrained` ships it as remote code.
 """
 
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import initialization as init
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
@@ -85,15 +77,6 @@ def moe_block(config: MoaiConfig) -> nn.Module:
     return MoaiSparseMoeBlock(config)
 
 
-def init_moe_weights(module: nn.Module, std: float) -> None:
-    """Qwen3-MoE's init for the parameters `PreTrainedModel._init_weights` does not know (fused experts, router)."""
-    if isinstance(module, Qwen3MoeExperts):
-        init.normal_(module.gate_up_proj, mean=0.0, std=std)
-        init.normal_(module.down_proj, mean=0.0, std=std)
-    elif isinstance(module, Qwen3MoeTopKRouter):
-        init.normal_(module.weight, mean=0.0, std=std)
-
-
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
     """(total, active per token): every parameter once (tied counted once), and all but the routed experts a token
     does not use (num_experts - top-k per MoE layer); embeddings count as active. For FLOPs/MFU estimates."""
@@ -109,15 +92,13 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
 @dataclass
 class MoaiMoeCausalLMOutputWithPast(MoeCausalLMOutputWithPast):
     r"""
-    MoeCausalLMOutputWithPast plus what training logs from the same forward pass.
+    MoeCausalLMOutputWithPast (aux_loss over real tokens only) plus what training logs from the same forward pass.
 
-    aux_loss: load-balancing loss (Switch Transformer, transformers' `load_balancing_loss_func`), real tokens only.
     router_z_loss (`torch.FloatTensor`, *optional*):
-        Router z-loss (ST-MoE): mean over MoE layers and real tokens of logsumexp(router_logits)^2. Not the logit
-        z-loss of `--z_loss_coef` (`moai_llm.losses`), which acts on the LM head's logits.
+        Router z-loss (ST-MoE): mean over MoE layers and real tokens of logsumexp(router_logits)^2; not the logit
+        z-loss of `--z_loss_coef` (`moai_llm.losses`).
     expert_load (`torch.FloatTensor` of shape `(moe_layers, num_experts)`, *optional*):
-        Per MoE layer, the share of that layer's token-to-expert assignments each expert received (rows sum to 1;
-        perfectly balanced = 1 / num_experts), real tokens only, no gradient.
+        Per MoE layer, each expert's share of the token-to-expert assignments (`expert_load`), no gradient.
     """
 
     router_z_loss: torch.FloatTensor | None = None
@@ -127,12 +108,9 @@ class MoaiMoeCausalLMOutputWithPast(MoeCausalLMOutputWithPast):
 def routed_token_mask(
     config: MoaiConfig, input_ids: torch.Tensor | None, attention_mask, num_tokens: int
 ) -> torch.Tensor | None:
-    """[batch, seq] True for the tokens the router losses count, or None when nothing says which are padding.
-
-    Padding is where a 2-D `attention_mask` is 0 (its last `num_tokens` columns: with a cache, the mask also covers
-    past tokens) and, as packed rows carry no mask, where `input_ids` is the pad token, unless the pad token is
-    also the EOS/BOS token (then it may be a real document separator and is kept).
-    """
+    """[batch, seq] True for the tokens the router losses count, or None when nothing says which are padding:
+    padding is where a 2-D `attention_mask` (its last `num_tokens` columns) is 0 and, as packed rows carry no mask,
+    the pad token, unless it is also EOS/BOS (then it may be a real document separator)."""
     mask = None
     if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
         mask = attention_mask[:, -num_tokens:].bool()
@@ -147,11 +125,8 @@ def routed_token_mask(
 def router_losses(
     router_logits: tuple[torch.Tensor, ...], config: MoaiConfig, token_mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(aux_loss, router_z_loss) from each MoE layer's router logits [tokens, experts], counting only masked-in tokens.
-
-    aux_loss is transformers' `load_balancing_loss_func` (pooled over layers, fp32 softmax) with the token mask as
-    its attention mask, so padding never changes the loss of the real tokens.
-    """
+    """(aux_loss, router_z_loss) from each MoE layer's router logits [tokens, experts], counting only masked-in
+    tokens; aux_loss is transformers' `load_balancing_loss_func` with the token mask as its attention mask."""
     logits = tuple(layer.float() for layer in router_logits)
     aux_loss = load_balancing_loss_func(logits, config.num_experts, config.num_experts_per_tok, token_mask)
     # ST-MoE z-loss; hand-written because transformers has it only unmasked (switch_transformers' router_z_loss_func)

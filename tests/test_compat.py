@@ -189,6 +189,11 @@ def _summary(capsys):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+def _tokenizer_cli(out, *argv):
+    """train_tokenizer.py's exit status for `argv` writing to `out`."""
+    return tokenizer_cli([*argv, "--output_dir", str(out)])
+
+
 @pytest.mark.parametrize(
     "mode, model, fraction, longest",
     [("fast", "BPE", 0.5, 16), ("turbo", "BPE", 0.25, 12), ("ultrafast", "Unigram", 0.1, 12)],
@@ -201,20 +206,7 @@ def test_tokenizer_speed_modes(mode, model, fraction, longest, tmp_path, capsys,
     texts = _sample_texts("en") + ["supercalifragilisticexpialidocious " * 5] * 300
     corpus = tmp_path / "en.txt"
     corpus.write_text("\n".join(texts), encoding="utf-8")
-    assert (
-        tokenizer_cli(
-            [
-                "--input_files",
-                str(corpus),
-                "--vocab_size",
-                "400",
-                f"--{mode}",
-                "--output_dir",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
+    assert _tokenizer_cli(tmp_path, "--input_files", str(corpus), "--vocab_size", "400", f"--{mode}") == 0
     assert _summary(capsys)["mode"] == mode
     data = json.loads((tmp_path / "tokenizer.json").read_text())
     assert data["model"]["type"] == model
@@ -233,34 +225,14 @@ def test_tokenizer_multilingual_from_the_hub_and_max_samples_per_lang(monkeypatc
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", _fake_hub(calls, _sample_texts("en")[:400]))
     caplog.set_level("INFO", logger="moai_llm.tokenizer.inputs")
-    assert (
-        tokenizer_cli(
-            [
-                "--multilingual",
-                "ko",
-                "en",
-                "--vocab_size",
-                "400",
-                "--max_samples_per_lang",
-                "50",
-                "--turbo",
-                "--output_dir",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
+    argv = ["--multilingual", "ko", "en", "--vocab_size", "400", "--max_samples_per_lang", "50", "--turbo"]
+    assert _tokenizer_cli(tmp_path, *argv) == 0
     assert calls == [("wikimedia/wikipedia", "20231101.ko"), ("wikimedia/wikipedia", "20231101.en")]
     assert "samples per language: {'ko': 50, 'en': 50}" in caplog.text
 
 
 def test_tokenizer_max_samples_per_lang_without_languages_is_refused(lang_dir, tmp_path, capsys):
-    assert (
-        tokenizer_cli(
-            ["--input_files", str(lang_dir / "en.txt"), "--max_samples_per_lang", "10", "--output_dir", str(tmp_path)]
-        )
-        == 2
-    )
+    assert _tokenizer_cli(tmp_path, "--input_files", str(lang_dir / "en.txt"), "--max_samples_per_lang", "10") == 2
     err = capsys.readouterr().err.strip()
     assert "for a single source use --max_samples" in err and len(err.splitlines()) == 1
 
@@ -268,21 +240,8 @@ def test_tokenizer_max_samples_per_lang_without_languages_is_refused(lang_dir, t
 def test_tokenizer_dataset_and_dataset_config(monkeypatch, tmp_path, capsys):
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", _fake_hub(calls, _sample_texts("en")[:400]))
-    assert (
-        tokenizer_cli(
-            [
-                "--dataset",
-                "wikimedia/wikipedia",
-                "--dataset_config",
-                "20231101.ko",
-                "--vocab_size",
-                "400",
-                "--output_dir",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
+    argv = ["--dataset", "wikimedia/wikipedia", "--dataset_config", "20231101.ko", "--vocab_size", "400"]
+    assert _tokenizer_cli(tmp_path, *argv) == 0
     assert calls == [("wikimedia/wikipedia", "20231101.ko")]
 
 
@@ -292,50 +251,15 @@ def test_tokenizer_model_prefix_and_base_tokenizer_chain(lang_dir, tmp_path, cap
     from moai_llm.loading import load_tokenizer
 
     out = tmp_path / "tokenizers"
-    assert (
-        tokenizer_cli(
-            [
-                "--multilingual",
-                "ko",
-                "en",
-                "--lang_files",
-                f"ko={lang_dir / 'ko.txt'}",
-                f"en={lang_dir / 'en.txt'}",
-                "--vocab_size",
-                "500",
-                "--max_samples_per_lang",
-                "300",
-                "--turbo",
-                "--output_dir",
-                str(out),
-                "--model_prefix",
-                "moai_multilingual",
-            ]
-        )
-        == 0
-    )
+    languages = ["--multilingual", "ko", "en", "--lang_files", f"ko={lang_dir / 'ko.txt'}", f"en={lang_dir / 'en.txt'}"]
+    argv = [*languages, "--vocab_size", "500", "--max_samples_per_lang", "300", "--turbo"]
+    assert _tokenizer_cli(out, *argv, "--model_prefix", "moai_multilingual") == 0
     assert _summary(capsys)["output_dir"] == str(out / "moai_multilingual")
     assert (out / "moai_multilingual.json").is_file() and (out / "moai_multilingual" / "tokenizer.json").is_file()
     base = load_tokenizer(str(out / "moai_multilingual"))
     for given in (out / "moai_multilingual", out / "moai_multilingual.json"):
-        assert (
-            tokenizer_cli(
-                [
-                    "--base_tokenizer",
-                    str(given),
-                    "--input_files",
-                    str(lang_dir / "ko.txt"),
-                    "--vocab_size",
-                    "700",
-                    "--turbo",
-                    "--output_dir",
-                    str(out),
-                    "--model_prefix",
-                    "moai_alpaca",
-                ]
-            )
-            == 0
-        )
+        argv = ["--base_tokenizer", str(given), "--input_files", str(lang_dir / "ko.txt"), "--vocab_size", "700"]
+        assert _tokenizer_cli(out, *argv, "--turbo", "--model_prefix", "moai_alpaca") == 0
         extended = load_tokenizer(str(out / "moai_alpaca"))
         assert len(extended) == 700
         assert all(extended.convert_tokens_to_ids(token) == i for token, i in base.get_vocab().items())

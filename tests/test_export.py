@@ -64,3 +64,22 @@ def test_shared_expert_with_qk_norm_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Qwen3-MoE has none" in err and "use_qk_norm=True" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("source", ["hub id", "corrupt weights", "no directory"])
+def test_unloadable_model_is_refused_in_one_line(source, tmp_path, capsys, monkeypatch):
+    """A Hub id that does not exist (offline here: no network in tests), a damaged checkpoint or a missing
+    directory is a one-line error (`loading.load_pretrained`), not a traceback."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    path = {"hub id": "nobody-moai/no-such-model", "no directory": str(tmp_path / "missing")}.get(source)
+    if path is None:
+        path = str(tmp_path / "moai")
+        MoaiForCausalLM(tiny_config()).save_pretrained(path)
+        (tmp_path / "moai" / "model.safetensors").write_bytes(b"not safetensors")
+    capsys.readouterr()
+    assert export_main(["--model_path", path, "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"moai_llm.export: error: --model_path {path}: ")
+    assert not (tmp_path / "out").exists()

@@ -80,6 +80,13 @@ def test_load_model_names_a_bad_tokenizer(model_dir, tmp_path):
         load_model(str(model_dir), tokenizer_path=str(tmp_path), device="cpu")
 
 
+def test_load_model_names_corrupt_weights(tmp_path):
+    MoaiForCausalLM(tiny_config()).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(UsageError, match=f"^--model_path {tmp_path}: cannot be loaded \\(Error while deserializing"):
+        load_model(str(tmp_path), device="cpu")
+
+
 def test_markers_are_written_whole(tmp_path):
     write_step_marker(tmp_path / "done.json", 7)
     write_atomically(tmp_path / "meta.json", "{}")

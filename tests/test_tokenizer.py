@@ -9,8 +9,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from moai_llm.loading import BUNDLED_TOKENIZER, SPECIAL_TOKENS, load_tokenizer
 from moai_llm.tokenizer.extend import extend_tokenizer
-from moai_llm.tokenizer.specials import wrap
-from moai_llm.tokenizer.train import MODES, train_tokenizer
+from moai_llm.tokenizer.train import MODES, train_tokenizer, wrap
 from train_tokenizer import main as cli
 
 from .conftest import REPO, shared_corpora

@@ -13,13 +13,6 @@ logger = logging.getLogger(__name__)
 LANGUAGES = {"ar", "de", "en", "es", "fr", "hi", "id", "it", "ja", "ko", "pt", "ru", "th", "vi", "zh"}
 
 
-def _column(row, text_column: str, where: str) -> str:
-    if not isinstance(row, dict) or text_column not in row:
-        columns = sorted(row) if isinstance(row, dict) else type(row).__name__
-        raise UsageError(f"{where}: no column {text_column!r}; columns: {columns} (set --text_column)")
-    return row[text_column]
-
-
 def sample(texts: Iterable[str], fraction: float = 1.0, max_samples: int | None = None, seed: int = 0):
     """A seeded Bernoulli sample of the stream (never just the first rows), capped at max_samples."""
     rng = random.Random(seed)
@@ -68,7 +61,10 @@ def hub_texts(dataset: str, config: str | None, text_column: str) -> Iterator[st
     try:
         stream = load_dataset(dataset, config, split="train", streaming=True)
         for row in stream:
-            yield _column(row, text_column, f"{dataset}")
+            if not isinstance(row, dict) or text_column not in row:
+                columns = sorted(row) if isinstance(row, dict) else type(row).__name__
+                raise UsageError(f"{dataset}: no column {text_column!r}; columns: {columns} (set --text_column)")
+            yield row[text_column]
     except UsageError:
         raise
     except Exception as err:  # no network, unknown dataset: one line, not the datasets traceback

@@ -1,4 +1,5 @@
-"""Train a byte-level BPE (or, in --ultrafast mode, a byte-level Unigram) tokenizer with fixed special tokens."""
+"""Train a byte-level BPE (or, in --ultrafast mode, a byte-level Unigram) tokenizer with fixed special tokens, and
+wrap it for transformers with MOAI's special tokens (ids 0..6 of moai_llm.loading) and ChatML chat template."""
 
 import logging
 import time
@@ -6,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 
 from ..errors import UsageError
 from ..loading import SPECIAL_TOKENS
@@ -13,13 +15,18 @@ from ..loading import SPECIAL_TOKENS
 logger = logging.getLogger(__name__)
 BYTE_ALPHABET = pre_tokenizers.ByteLevel.alphabet()
 MIN_VOCAB = len(SPECIAL_TOKENS) + len(BYTE_ALPHABET)
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
 
 
 @dataclass(frozen=True)
 class SpeedMode:
     """What each speed mode trades: the share of documents read, pair pruning and the model type."""
 
-    name: str
     sample_fraction: float
     min_frequency: int
     max_token_length: int | None
@@ -27,10 +34,10 @@ class SpeedMode:
 
 
 MODES = {
-    "default": SpeedMode("default", 1.0, 2, None, "bpe"),
-    "fast": SpeedMode("fast", 0.5, 2, 16, "bpe"),
-    "turbo": SpeedMode("turbo", 0.25, 3, 12, "bpe"),
-    "ultrafast": SpeedMode("ultrafast", 0.1, 2, 12, "unigram"),
+    "default": SpeedMode(1.0, 2, None, "bpe"),
+    "fast": SpeedMode(0.5, 2, 16, "bpe"),
+    "turbo": SpeedMode(0.25, 3, 12, "bpe"),
+    "ultrafast": SpeedMode(0.1, 2, 12, "unigram"),
 }
 
 
@@ -96,6 +103,20 @@ def train_tokenizer(
         counted.bytes / 1e6 / max(seconds, 1e-9),
     )
     return tokenizer
+
+
+def wrap(tokenizer_object) -> PreTrainedTokenizerFast:
+    """A transformers fast tokenizer with MOAI's special tokens and chat template."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_object,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=SPECIAL_TOKENS[4:],
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 class _Counter:
