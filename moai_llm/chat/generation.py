@@ -35,20 +35,10 @@ class SamplingParams:
     seed: int | None = None
 
     def generate_kwargs(self) -> dict:
-        if self.greedy:
-            return {
-                "do_sample": False,
-                "repetition_penalty": self.repetition_penalty,
-                "max_new_tokens": self.max_new_tokens,
-            }
-        return {
-            "do_sample": True,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "repetition_penalty": self.repetition_penalty,
-            "max_new_tokens": self.max_new_tokens,
-        }
+        kwargs = {"do_sample": not self.greedy, "repetition_penalty": self.repetition_penalty}
+        if not self.greedy:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        return {**kwargs, "max_new_tokens": self.max_new_tokens}
 
     @property
     def greedy(self) -> bool:
@@ -79,12 +69,9 @@ DECODINGS = ("dynamic", "static", "compiled")
 
 
 def decoding_kwargs(decoding: str, device: torch.device) -> dict:
-    """`generate`'s KV cache and compilation. "dynamic": transformers' DynamicCache (the default). "static": a
-    StaticCache sized for the prompt and the answer (on CUDA transformers then compiles the decode step by itself).
-    "compiled": a StaticCache and torch.compile on every device, CPU included, where transformers does not compile
-    unless told. Opt-in: on CPU the first answer of each new cache size waits for the compilation, and the gain
-    is limited to models whose decode step is dominated by overhead rather than by reading the weights
-    (benchmarks/README.md, Decoding)."""
+    """`generate`'s KV cache: "dynamic" (transformers' default), "static" (a StaticCache; on CUDA transformers
+    compiles the decode step itself) or "compiled" (a StaticCache and torch.compile on every device, CPU included;
+    opt-in, as the first answer of each cache size waits for the compilation: benchmarks/README.md, Decoding)."""
     if decoding not in DECODINGS:
         raise ValueError(f"decoding {decoding!r}: one of {', '.join(DECODINGS)}")
     if decoding == "dynamic":
@@ -117,6 +104,18 @@ def stop_token_ids(tokenizer, model) -> list[int]:
     return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
 
 
+def _generate_kwargs(model, tokenizer, params: SamplingParams, decoding: str) -> dict:
+    """What both paths pass `generate` besides the prompts; a seed seeds torch's global generator here."""
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
+    return {
+        "eos_token_id": stop_token_ids(tokenizer, model),
+        "pad_token_id": tokenizer.pad_token_id,
+        **params.generate_kwargs(),
+        **decoding_kwargs(decoding, model.device),
+    }
+
+
 def stream_answer(
     model,
     tokenizer,
@@ -127,19 +126,14 @@ def stream_answer(
     decoding: str = "dynamic",
 ):
     """Generate in a thread, call on_text for each decoded piece; returns (text, new tokens, seconds)."""
-    if params.seed is not None:
-        torch.manual_seed(params.seed)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     stop.event.clear()
     kwargs = dict(
         input_ids=prompt_ids.to(model.device),
         attention_mask=torch.ones_like(prompt_ids).to(model.device),
         streamer=streamer,
-        eos_token_id=stop_token_ids(tokenizer, model),
-        pad_token_id=tokenizer.pad_token_id,
         stopping_criteria=StoppingCriteriaList([stop]),
-        **params.generate_kwargs(),
-        **decoding_kwargs(decoding, model.device),
+        **_generate_kwargs(model, tokenizer, params, decoding),
     )
     result = {}
 
@@ -164,21 +158,14 @@ def batch_answers(
     model, tokenizer, prompts: list[torch.Tensor], params: SamplingParams, batch_size: int, decoding: str = "dynamic"
 ):
     """Answers for many prompts, `batch_size` at a time with left padding; texts in input order."""
-    if params.seed is not None:
-        torch.manual_seed(params.seed)
     tokenizer.padding_side = "left"
+    kwargs = _generate_kwargs(model, tokenizer, params, decoding)
     answers = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         batch = tokenizer.pad({"input_ids": [p.tolist() for p in chunk]}, return_tensors="pt")
         with torch.no_grad():
-            out = model.generate(
-                **{k: v.to(model.device) for k, v in batch.items()},
-                eos_token_id=stop_token_ids(tokenizer, model),
-                pad_token_id=tokenizer.pad_token_id,
-                **params.generate_kwargs(),
-                **decoding_kwargs(decoding, model.device),
-            )
+            out = model.generate(**{k: v.to(model.device) for k, v in batch.items()}, **kwargs)
         new = out[:, batch["input_ids"].shape[1] :]
         answers.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     return answers

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from .engine import Failed, Finished, GenerationRequest, PromptLogprobs, TextDelta
+from .engine import Failed, GenerationRequest, PromptLogprobs, TextDelta
 from .errors import APIError, error_body, install_error_handlers
 from .metrics import ServerMetrics
 from .middleware import APIKeyCheck, BodyLimit, CountRequests
@@ -65,10 +65,6 @@ def sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def index_html() -> str:
-    return (resources.files("moai_llm.serving") / "static" / "index.html").read_text(encoding="utf-8")
-
-
 def build_app(
     registry: ModelRegistry,
     api_key: str | None = None,
@@ -89,7 +85,7 @@ def build_app(
     if cors_origins:  # outside the key check: a browser's preflight carries no key
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(CountRequests, metrics=metrics)
-    page = index_html()
+    page = (resources.files("moai_llm.serving") / "static" / "index.html").read_text(encoding="utf-8")
 
     @app.get("/", include_in_schema=False)
     async def chat_page():
@@ -111,11 +107,15 @@ def build_app(
     async def get_model(name: str):
         return registry.get(name).card()
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
+    def model_for(body: ChatCompletionRequest | CompletionRequest) -> ServedModel:
         body.check()
         served = registry.get(body.model)
         served.check_max_tokens(body.requested_max_tokens())
+        return served
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        served = model_for(body)
         messages = body.template_messages()
         served.check_text_length([m["content"] for m in messages], "messages")
         prompt = await run_in_threadpool(served.chat_prompt, messages)  # a long prompt never stalls other streams
@@ -124,9 +124,7 @@ def build_app(
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        body.check()
-        served = registry.get(body.model)
-        served.check_max_tokens(body.requested_max_tokens())
+        served = model_for(body)
         prompts = body.prompts()
         served.check_text_length([p for p in prompts if isinstance(p, str)], "prompt")
         ids = await run_in_threadpool(
@@ -162,8 +160,7 @@ async def generate(served: ServedModel, body, prompts, echoes, param, shape, req
     try:
         served.engine.submit_all(generations)
     except QueueFull as err:
-        retry = str(served.engine.retry_after())
-        headers = {"Retry-After": retry}
+        headers = {"Retry-After": str(served.engine.retry_after())}
         raise APIError(429, f"The server is busy ({err}): retry later.", None, "rate_limit_exceeded", headers) from None
     except EngineClosed:
         raise APIError(503, "The server is shutting down.", None, "server_shutting_down") from None
@@ -172,9 +169,11 @@ async def generate(served: ServedModel, body, prompts, echoes, param, shape, req
         return GenerationStream(stream_chunks(events, run, body.include_usage()), generations)
     watcher = asyncio.create_task(cancel_when_disconnected(request, generations))
     try:
-        return await complete(events, run, generations)
-    finally:
+        return await complete(events, run)
+    finally:  # a failed choice stops the others; the finished ones ignore it
         watcher.cancel()
+        for generation in generations:
+            generation.cancel()
 
 
 class Run:
@@ -199,7 +198,7 @@ class Run:
                     whole[key].extend(values)
 
     def on(self, index: int, event) -> dict | None:
-        """Record an event; returns the chunk that streams it (None: nothing to send)."""
+        """Record an event and return the chunk that streams it; a Failed event raises its APIError."""
         shape = self.shape
         if isinstance(event, PromptLogprobs):
             part = shape.logprobs(index, event.entries, self.prompts[index])
@@ -213,13 +212,14 @@ class Run:
             self.add_logprobs(index, part)
             self.texts[index] += event.text
             return shape.chunk(index, event.text, logprobs=part)
-        if isinstance(event, Finished):
-            self.trackers[index].end(event.reason)
-            self.finish[index] = event.reason
-            self.prompt_tokens += event.prompt_tokens
-            self.completion_tokens += event.completion_tokens
-            return shape.chunk(index, finish_reason=event.reason)
-        raise TypeError(event)
+        if isinstance(event, Failed):
+            self.trackers[index].end("error")
+            raise APIError(event.status, event.message, code="generation_failed")
+        self.trackers[index].end(event.reason)
+        self.finish[index] = event.reason
+        self.prompt_tokens += event.prompt_tokens
+        self.completion_tokens += event.completion_tokens
+        return shape.chunk(index, finish_reason=event.reason)
 
     def done(self) -> bool:
         return all(reason is not None for reason in self.finish)
@@ -237,27 +237,22 @@ async def stream_chunks(events: EventQueue, run: Run, include_usage: bool):
         yield "".join(first)
     while not run.done():
         chunks = []  # one SSE event per decoded piece; pieces that queued up together are written together
-        for index, event in await events.get_all():
-            if isinstance(event, Failed):
-                run.trackers[index].end("error")
-                yield "".join(chunks) + sse(error_body(event.message, event.status)) + sse("[DONE]")
-                return
-            chunks.append(sse(run.on(index, event)))
+        try:
+            for index, event in await events.get_all():
+                chunks.append(sse(run.on(index, event)))
+        except APIError as failed:
+            yield "".join(chunks) + sse(error_body(failed.message, failed.status)) + sse("[DONE]")
+            return
         yield "".join(chunks)
     if include_usage:
         yield sse(shape.usage_chunk(run.usage()))
     yield sse("[DONE]")
 
 
-async def complete(events: EventQueue, run: Run, generations: list[GenerationRequest]):
+async def complete(events: EventQueue, run: Run):
     """The whole answer as one JSON object."""
     while not run.done():
         for index, event in await events.get_all():
-            if isinstance(event, Failed):
-                run.trackers[index].end("error")
-                for generation in generations:
-                    generation.cancel()
-                raise APIError(event.status, event.message, code="generation_failed")
             run.on(index, event)
     choices = [
         {"text": text, "finish_reason": reason, "logprobs": logprobs}

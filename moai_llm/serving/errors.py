@@ -67,20 +67,15 @@ def validation_error(exc: RequestValidationError) -> APIError:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def api_error(_request: Request, exc: APIError):
+    async def answer(_request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, RequestValidationError):
+            exc = validation_error(exc)
+        elif isinstance(exc, HTTPException):
+            exc = APIError(exc.status_code, str(exc.detail), headers=exc.headers)
+        elif not isinstance(exc, APIError):
+            logger.error("unhandled error", exc_info=exc)
+            exc = APIError(500, f"Internal server error ({type(exc).__name__}).")
         return exc.response()
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, exc: RequestValidationError):
-        return validation_error(exc).response()
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException):
-        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return JSONResponse(error_body(message, exc.status_code), status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def crash(_request: Request, exc: Exception):
-        logger.exception("unhandled error")
-        return JSONResponse(error_body(f"Internal server error ({type(exc).__name__}).", 500), status_code=500)
+    for kind in (APIError, RequestValidationError, HTTPException, Exception):
+        app.add_exception_handler(kind, answer)

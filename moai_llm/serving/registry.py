@@ -135,8 +135,8 @@ class ServedModel:
             )
 
     def max_new_tokens(self, prompt_tokens: int, requested: int | None, prompt_param: str) -> int:
-        """The tokens to generate; a 400 naming the parameter when the request cannot fit."""
-        self.check_max_tokens(requested)
+        """The tokens to generate (after `check_max_tokens`); a 400 naming the parameter when the request cannot
+        fit."""
         if prompt_tokens == 0:
             raise APIError(400, "The prompt is empty.", prompt_param, "invalid_value")
         room = self.context_length - prompt_tokens
@@ -205,9 +205,7 @@ def load_models(
     for name, path in entries:
         model, tokenizer = load_model(str(path), device=device)
         engine = BatchEngine(model, tokenizer, max_batch_size, name, max_prefill_tokens, max_waiting)
-        mode = run_mode(Path(path))
-        if mode is None:
-            mode = "sft" if getattr(tokenizer, "chat_template", None) else "pretrain"
+        mode = run_mode(Path(path)) or ("sft" if getattr(tokenizer, "chat_template", None) else "pretrain")
         served.append(
             ServedModel(
                 name,

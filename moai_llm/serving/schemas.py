@@ -5,7 +5,7 @@ a 400 naming the field at values it cannot honour; a field OpenAI does not have 
 import logging
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..chat.generation import SamplingParams
 from .errors import APIError
@@ -30,23 +30,20 @@ def log_ignored(fields: dict[str, Any]) -> None:
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     IGNORED: ClassVar[tuple[str, ...]] = ()  # OpenAI fields accepted and not used
+    ONLY: ClassVar[dict[str, tuple[tuple, str]]] = {}  # OpenAI fields honoured at these values only: (values, why)
+
+    @field_validator("*")
+    @classmethod
+    def _honoured(cls, value, info: ValidationInfo):
+        allowed, why = cls.ONLY.get(info.field_name, ((value,), ""))
+        if value not in allowed:
+            raise ValueError(why)
+        return value
 
     @model_validator(mode="after")
     def _log_ignored(self):
         log_ignored({name: getattr(self, name) for name in self.IGNORED if name in self.model_fields_set})
         return self
-
-
-def _only(value, allowed: tuple, why: str):
-    if value not in allowed:
-        raise ValueError(why)
-    return value
-
-
-def _empty(value, why: str):
-    if value:
-        raise ValueError(why)
-    return value
 
 
 class TextPart(_Strict):
@@ -63,16 +60,11 @@ class Message(_Strict):
     refusal: str | None = None
     audio: dict | None = None
     IGNORED = ("name", "refusal")
-
-    @field_validator("tool_calls")
-    @classmethod
-    def _no_tool_calls(cls, value):
-        return _empty(value, "tool calls are not supported (only an empty list)")
-
-    @field_validator("function_call", "audio")
-    @classmethod
-    def _none(cls, value):
-        return _only(value, (None,), "not supported (only null)")
+    ONLY = {
+        "tool_calls": ((None, []), "tool calls are not supported (only an empty list)"),
+        "function_call": ((None,), "not supported (only null)"),
+        "audio": ((None,), "not supported (only null)"),
+    }
 
     def as_template_input(self) -> dict:
         content = self.content or ""
@@ -116,6 +108,12 @@ class _Generation(_Strict):
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
     IGNORED = ("user", "store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier")
+    ONLY = {
+        "n": ((None, 1), "only n=1 is supported"),
+        "presence_penalty": ((None, 0), "not supported (use repetition_penalty)"),
+        "frequency_penalty": ((None, 0), "not supported (use repetition_penalty)"),
+        "logit_bias": ((None, {}), "not supported (only an empty object)"),
+    }
 
     @field_validator("stop")
     @classmethod
@@ -126,21 +124,6 @@ class _Generation(_Strict):
         if any(len(s) > MAX_STOP_CHARS for s in stops):
             raise ValueError(f"a stop sequence may have at most {MAX_STOP_CHARS} characters")
         return value
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, value):
-        return _only(value, (None, 1), "only n=1 is supported")
-
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalty(cls, value):
-        return _only(value, (None, 0), "not supported (use repetition_penalty)")
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_bias(cls, value):
-        return _empty(value, "not supported (only an empty object)")
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
@@ -183,21 +166,14 @@ class ChatCompletionRequest(_Generation):
     function_call: str | dict | None = None
     modalities: list[str] | None = None
     IGNORED = (*_Generation.IGNORED, "parallel_tool_calls", "response_format")
-
-    @field_validator("tools", "functions")
-    @classmethod
-    def _no_tools(cls, value):
-        return _empty(value, "tools are not supported (only an empty list)")
-
-    @field_validator("tool_choice", "function_call")
-    @classmethod
-    def _no_tool_choice(cls, value):
-        return _only(value, (None, "none", "auto"), "only 'none' is supported (no tools)")
-
-    @field_validator("modalities")
-    @classmethod
-    def _text_only(cls, value):
-        return _only(value, (None, ["text"]), "only ['text'] is supported")
+    ONLY = {
+        **_Generation.ONLY,
+        "tools": ((None, []), "tools are not supported (only an empty list)"),
+        "functions": ((None, []), "tools are not supported (only an empty list)"),
+        "tool_choice": ((None, "none", "auto"), "only 'none' is supported (no tools)"),
+        "function_call": ((None, "none", "auto"), "only 'none' is supported (no tools)"),
+        "modalities": ((None, ["text"]), "only ['text'] is supported"),
+    }
 
     def check(self) -> None:
         for i, message in enumerate(self.messages):
@@ -228,6 +204,11 @@ class CompletionRequest(_Generation):
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     best_of: int | None = None
     suffix: str | None = None
+    ONLY = {
+        **_Generation.ONLY,
+        "best_of": ((None, 1), "only best_of=1 is supported"),
+        "suffix": ((None, ""), "not supported (no fill-in-the-middle)"),
+    }
 
     @field_validator("prompt")
     @classmethod
@@ -238,16 +219,6 @@ class CompletionRequest(_Generation):
             if len(value) > MAX_PROMPTS and not isinstance(value[0], int):
                 raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
         return value
-
-    @field_validator("best_of")
-    @classmethod
-    def _one_best(cls, value):
-        return _only(value, (None, 1), "only best_of=1 is supported")
-
-    @field_validator("suffix")
-    @classmethod
-    def _no_suffix(cls, value):
-        return _empty(value, "not supported (no fill-in-the-middle)")
 
     def check(self) -> None:
         if self.max_tokens == 0 and not self.echo:
