@@ -14,10 +14,10 @@ from starlette.concurrency import run_in_threadpool
 
 from .engine import Failed, GenerationRequest, PromptLogprobs, TextDelta
 from .errors import APIError, error_body, install_error_handlers
-from .metrics import ServerMetrics
+from .metrics import GenerationTracker, ServerMetrics
 from .middleware import APIKeyCheck, BodyLimit, CountRequests
 from .registry import ModelRegistry, ServedModel
-from .responses import ResponseShape, usage
+from .responses import ResponseShape
 from .schemas import ChatCompletionRequest, CompletionRequest
 from .waiting import EngineClosed, QueueFull
 
@@ -119,13 +119,12 @@ def build_app(
         messages = body.template_messages()
         served.check_text_length([m["content"] for m in messages], "messages")
         prompt = await run_in_threadpool(served.chat_prompt, messages)  # a long prompt never stalls other streams
-        shape = ResponseShape(True, served.name, served.tokenizer, body.logprobs_k())
-        return await generate(served, body, [prompt], [None], "messages", shape, request, metrics)
+        return await generate(served, body, [prompt], [None], "messages", request, metrics)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         served = model_for(body)
-        prompts = body.prompts()
+        prompts = body.prompt
         served.check_text_length([p for p in prompts if isinstance(p, str)], "prompt")
         ids = await run_in_threadpool(
             lambda: [served.text_prompt(p) if isinstance(p, str) else served.token_prompt(p, "prompt") for p in prompts]
@@ -134,23 +133,23 @@ def build_app(
         if body.echo:
             decode = served.tokenizer.decode
             echoes = [p if isinstance(p, str) else decode(p, skip_special_tokens=True) for p in prompts]
-        shape = ResponseShape(False, served.name, served.tokenizer, body.logprobs_k(), len(prompts))
-        return await generate(served, body, ids, echoes, "prompt", shape, request, metrics)
+        return await generate(served, body, ids, echoes, "prompt", request, metrics)
 
     return app
 
 
-async def generate(served: ServedModel, body, prompts, echoes, param, shape, request, metrics):
+async def generate(served: ServedModel, body, prompts, echoes, param, request, metrics):
     """Submit one generation per prompt and answer with their choices, streamed or whole."""
     budgets = [served.max_new_tokens(len(p), body.requested_max_tokens(), param) for p in prompts]
     events = EventQueue()
     k = body.logprobs_k()
+    shape = ResponseShape(isinstance(body, ChatCompletionRequest), served.name, served.tokenizer, k, len(prompts))
     generations = [
         GenerationRequest(
             prompt,
             body.sampling(budget),
             events.deliver_for(i),
-            body.stop_list(),
+            body.stop or [],
             bool(body.ignore_eos),
             logprobs=k,
             prompt_logprobs=echoes[i] is not None and k is not None,
@@ -164,9 +163,10 @@ async def generate(served: ServedModel, body, prompts, echoes, param, shape, req
         raise APIError(429, f"The server is busy ({err}): retry later.", None, "rate_limit_exceeded", headers) from None
     except EngineClosed:
         raise APIError(503, "The server is shutting down.", None, "server_shutting_down") from None
-    run = Run(shape, prompts, echoes, [metrics.tracker(served.name) for _ in prompts])
+    run = Run(shape, prompts, echoes, [GenerationTracker(metrics, served.name) for _ in prompts])
     if body.stream:
-        return GenerationStream(stream_chunks(events, run, body.include_usage()), generations)
+        with_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return GenerationStream(stream_chunks(events, run, with_usage), generations)
     watcher = asyncio.create_task(cancel_when_disconnected(request, generations))
     try:
         return await complete(events, run)
@@ -187,12 +187,10 @@ class Run:
         self.prompt_tokens = self.completion_tokens = 0
 
     def add_logprobs(self, index: int, part: dict | None) -> None:
-        if part is None:
-            return
         whole = self.logprobs[index]
         if whole is None:
             self.logprobs[index] = part
-        else:
+        elif part is not None:
             for key, values in part.items():
                 if isinstance(values, list):
                     whole[key].extend(values)
@@ -206,9 +204,7 @@ class Run:
             return shape.chunk(index, self.echoes[index], logprobs=part)
         if isinstance(event, TextDelta):
             self.trackers[index].token()
-            part = shape.logprobs(index, event.logprobs) if event.logprobs else None
-            if part is None and shape.with_logprobs:
-                part = shape.logprobs(index, [])
+            part = shape.logprobs(index, event.logprobs)
             self.add_logprobs(index, part)
             self.texts[index] += event.text
             return shape.chunk(index, event.text, logprobs=part)
@@ -225,7 +221,8 @@ class Run:
         return all(reason is not None for reason in self.finish)
 
     def usage(self) -> dict:
-        return usage(self.prompt_tokens, self.completion_tokens)
+        total = self.prompt_tokens + self.completion_tokens
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
 
 
 async def stream_chunks(events: EventQueue, run: Run, include_usage: bool):

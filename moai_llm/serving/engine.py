@@ -168,14 +168,6 @@ class BatchEngine:
         for request in self.waiting.drain():
             request.deliver(Failed("the server is shutting down", 503))
 
-    def _start(self, request: GenerationRequest) -> _Sequence | None:
-        try:
-            return _Sequence(request, self.tokenizer, self.model.device)
-        except Exception as err:  # this request's own values (its seed): it fails alone
-            logger.warning("%s: request refused: %s: %s", self.name, type(err).__name__, err)
-            request.deliver(Failed(f"invalid request: {type(err).__name__}: {err}", 400))
-            return None
-
     def _admit(self) -> None:
         """Prefill waiting requests while their tokens fit the turn's budget (left-padded together, counted as
         rows x longest prompt), or the next chunk of a long prompt; waits for work when nothing runs."""
@@ -197,8 +189,11 @@ class BatchEngine:
             if new and (alone or (len(new) + 1) * max(width, length) > self.max_prefill_tokens):
                 break  # next turn
             self.waiting.pop()
-            sequence = self._start(request)
-            if sequence is None:
+            try:
+                sequence = _Sequence(request, self.tokenizer, self.model.device)
+            except Exception as err:  # this request's own values (its seed): it fails alone
+                logger.warning("%s: request refused: %s: %s", self.name, type(err).__name__, err)
+                request.deliver(Failed(f"invalid request: {type(err).__name__}: {err}", 400))
                 continue
             if alone:
                 self.prefilling = _Prefill(sequence, self.batch.new_cache())

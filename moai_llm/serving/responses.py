@@ -7,25 +7,13 @@ import uuid
 from .logprobs import CompletionLogprobs, TokenText, chat_logprobs
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
 class ResponseShape:
     """Builds one request's response objects. `logprobs` (None or k) says whether choices carry log-probabilities;
     each completion choice keeps its own text offsets across chunks."""
 
     def __init__(self, chat: bool, model: str, tokenizer=None, logprobs: int | None = None, choices: int = 1):
         self.chat, self.model = chat, model
-        self.id = new_id("chatcmpl" if chat else "cmpl")
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.with_logprobs = logprobs is not None
         if self.with_logprobs:

@@ -91,7 +91,7 @@ class _Generation(_Strict):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=-1)
     max_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = Field(None)
+    stop: str | list[str] | None = Field(None)  # validated into a list
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -117,19 +117,16 @@ class _Generation(_Strict):
 
     @field_validator("stop")
     @classmethod
-    def _stop(cls, value):
+    def _stop(cls, value) -> list[str]:
         stops = [value] if isinstance(value, str) else value or []
         if len(stops) > 4:
             raise ValueError("at most 4 stop sequences")
         if any(len(s) > MAX_STOP_CHARS for s in stops):
             raise ValueError(f"a stop sequence may have at most {MAX_STOP_CHARS} characters")
-        return value
+        return stops
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
-
-    def stop_list(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     def check(self) -> None:
         """Rules across fields (a 400 naming one of them)."""
@@ -148,9 +145,6 @@ class _Generation(_Strict):
             max_new_tokens=max_new_tokens,
             seed=self.seed,
         )
-
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 class ChatCompletionRequest(_Generation):
@@ -198,7 +192,7 @@ TokenIds = list[int]
 
 
 class CompletionRequest(_Generation):
-    prompt: str | list[str] | TokenIds | list[TokenIds]
+    prompt: str | list[str] | TokenIds | list[TokenIds]  # validated into a list of prompts
     max_tokens: int | None = Field(None, ge=0)  # 0 with echo: score the prompt only
     echo: bool | None = None
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
@@ -212,23 +206,19 @@ class CompletionRequest(_Generation):
 
     @field_validator("prompt")
     @classmethod
-    def _prompts(cls, value):
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("the prompt list is empty")
-            if len(value) > MAX_PROMPTS and not isinstance(value[0], int):
-                raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
+    def _prompts(cls, value) -> list[str | list[int]]:
+        """The prompts, each a string or token ids."""
+        if isinstance(value, str) or (value and isinstance(value[0], int)):
+            return [value]
+        if not value:
+            raise ValueError("the prompt list is empty")
+        if len(value) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
         return value
 
     def check(self) -> None:
         if self.max_tokens == 0 and not self.echo:
             raise APIError(400, "max_tokens=0 needs echo: true.", "max_tokens", "invalid_value")
-
-    def prompts(self) -> list[str | list[int]]:
-        """Each prompt: a string or token ids."""
-        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
-            return [self.prompt]
-        return list(self.prompt)
 
     def logprobs_k(self) -> int | None:
         return self.logprobs
