@@ -1,10 +1,11 @@
 """Chat with a trained model: loading, sessions with history, streamed and batched generation."""
 
 from ..loading import ChatLoadError
-from .generation import SamplingParams, StopFlag, batch_answers, stream_answer
+from .generation import DECODINGS, SamplingParams, StopFlag, batch_answers, stream_answer
 from .session import ChatSession, Prompt
 
 __all__ = [
+    "DECODINGS",
     "ChatLoadError",
     "ChatSession",
     "Prompt",

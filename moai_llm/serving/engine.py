@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..chat.generation import SamplingParams, stop_token_ids
+from ..chat.generation import RowSampler, SamplingParams, pick_tokens, stop_token_ids
 from .batch import DecodeBatch, batchable
 from .logprobs import TokenLogprob, token_logprobs
-from .sampling import RowSampler, pick_tokens
 from .text import TextAssembler
 from .waiting import EngineClosed, WaitingQueue
 
