@@ -105,10 +105,6 @@ class ChatSession:
         if not self.raw:
             self.messages.append({"role": "assistant", "content": text})
 
-    def reset(self) -> None:
-        """Forget the conversation (the system prompt stays): what /reset does."""
-        self.messages = []
-
     def command(self, line: str) -> tuple[str, bool]:
         """(text to show, whether to leave) for a /command."""
         name, _, rest = line.strip().partition(" ")
@@ -117,11 +113,11 @@ class ChatSession:
         if name == "/help":
             return HELP, False
         if name == "/reset":
-            self.reset()
+            self.messages = []
             return "[conversation cleared]", False
         if name == "/system":
             self.system = rest.strip() or None
-            self.reset()
+            self.messages = []
             return "[system prompt set; conversation cleared]", False
         if name == "/params":
             try:

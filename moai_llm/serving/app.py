@@ -116,7 +116,7 @@ def build_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         served = model_for(body)
-        messages = body.template_messages()
+        messages = [m.as_template_input() for m in body.messages]
         served.check_text_length([m["content"] for m in messages], "messages")
         prompt = await run_in_threadpool(served.chat_prompt, messages)  # a long prompt never stalls other streams
         return await generate(served, body, [prompt], [None], "messages", request, metrics)

@@ -1,10 +1,8 @@
 """The running sequences' KV cache as one left-padded batch that sequences join and leave between decode steps.
 
-Hand-written because transformers has no maintained way to do this on our models: `generate` cannot add or drop
-rows mid-flight, and its continuous batching (`generate_batch`, paged attention) fails on MoaiForCausalLM and is
-slower than this on CPU (benchmarks/README.md, Serving). Everything else is transformers': `DynamicCache`,
-the model's forward with a 2-D attention mask, and `generate`'s left-padding conventions.
-"""
+Hand-written: `generate` cannot add or drop rows mid-flight, and transformers' continuous batching fails on
+MoaiForCausalLM (ARCHITECTURE.md, Serving). The cache, the 2-D mask and the left-padding conventions are
+transformers'."""
 
 import torch
 from transformers import DynamicCache

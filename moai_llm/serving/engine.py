@@ -125,7 +125,6 @@ class BatchEngine:
         return {
             "running": len(self.running) + (self.prefilling is not None),
             "waiting": self.waiting.qsize(),
-            "max_batch_size": self.max_batch_size,
             "tokens_generated": self.tokens_generated,
             "prompt_tokens": self.prompt_tokens,
             "decode_steps": self.decode_steps,

@@ -18,20 +18,16 @@ from .errors import APIError
 logger = logging.getLogger(__name__)
 
 
-def model_name(path: Path) -> str:
-    """`outputs/pretrain-tiny/final_model` is served as `pretrain-tiny`; any other directory by its own name."""
-    path = path.resolve()
-    return path.parent.name if path.name == "final_model" else path.name
-
-
 def model_entries(model_paths: list[str], models_dir: str | None) -> list[tuple[str, Path]]:
-    """(name, directory) for each `--model_path [NAME=]DIR` and each final_model under `--models_dir`."""
+    """(name, directory) for each `--model_path [NAME=]DIR` and each final_model under `--models_dir`. An unnamed
+    `outputs/pretrain-tiny/final_model` is served as `pretrain-tiny`, any other directory by its own name."""
     entries = []
     for spec in model_paths:
         name, sep, path = spec.partition("=")
         if not sep or Path(spec).exists():
             name, path = "", spec
-        entries.append((name or model_name(Path(path)), Path(path)))
+        resolved = Path(path).resolve()
+        entries.append((name or (resolved.parent if resolved.name == "final_model" else resolved).name, Path(path)))
     if models_dir:
         root = Path(models_dir)
         if not root.is_dir():

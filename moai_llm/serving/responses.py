@@ -4,7 +4,7 @@ prompt, with log-probabilities when asked for."""
 import time
 import uuid
 
-from .logprobs import CompletionLogprobs, TokenText, chat_logprobs
+from .logprobs import CompletionLogprobs, chat_logprobs, token_text
 
 
 class ResponseShape:
@@ -17,7 +17,7 @@ class ResponseShape:
         self.created = int(time.time())
         self.with_logprobs = logprobs is not None
         if self.with_logprobs:
-            self.text_of = TokenText(tokenizer)
+            self.text_of = token_text(tokenizer)
             self.offsets = [CompletionLogprobs(tokenizer, self.text_of) for _ in range(choices)]
 
     def _object(self, kind: str, choices: list, **extra) -> dict:

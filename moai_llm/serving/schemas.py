@@ -128,13 +128,6 @@ class _Generation(_Strict):
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
-    def check(self) -> None:
-        """Rules across fields (a 400 naming one of them)."""
-
-    def logprobs_k(self) -> int | None:
-        """None: no log-probabilities; k: the chosen token's and the k most likely ones per position."""
-        return None
-
     def sampling(self, max_new_tokens: int) -> SamplingParams:
         """OpenAI's defaults (temperature 1, top_p 1, no top-k, no repetition penalty); temperature 0 is greedy."""
         return SamplingParams(
@@ -170,6 +163,7 @@ class ChatCompletionRequest(_Generation):
     }
 
     def check(self) -> None:
+        """Rules across fields (a 400 naming one of them)."""
         for i, message in enumerate(self.messages):
             if message.content is None and message.role != "assistant":
                 raise APIError(
@@ -182,10 +176,8 @@ class ChatCompletionRequest(_Generation):
         return self.max_completion_tokens or self.max_tokens
 
     def logprobs_k(self) -> int | None:
+        """None: no log-probabilities; k: the chosen token's and the k most likely ones per position."""
         return (self.top_logprobs or 0) if self.logprobs else None
-
-    def template_messages(self) -> list[dict]:
-        return [m.as_template_input() for m in self.messages]
 
 
 TokenIds = list[int]
