@@ -30,10 +30,6 @@ class DecodeBatch:
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # [rows, length], 1 = real token
 
-    @property
-    def rows(self) -> int:
-        return 0 if self.mask is None else self.mask.shape[0]
-
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
         """One forward over the prompts, left-padded: (last-position logits [rows, vocab], cache, mask)."""
@@ -88,7 +84,7 @@ class DecodeBatch:
     def step(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
         """Feed one token per row at its own position; logits of the next token [rows, vocab]."""
         device = self.model.device
-        self.mask = torch.cat([self.mask, self.mask.new_ones(self.rows, 1)], dim=1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
         out = self.model(
             input_ids=torch.tensor(tokens, device=device)[:, None],
             attention_mask=self.mask,
@@ -103,7 +99,7 @@ class DecodeBatch:
         if not rows:
             self.cache = self.mask = None
             return
-        if len(rows) < self.rows:
+        if len(rows) < self.mask.shape[0]:
             index = torch.tensor(rows, device=self.mask.device)
             self.cache.batch_select_indices(index)
             self.mask = self.mask[index]
@@ -111,6 +107,3 @@ class DecodeBatch:
         if unused:
             self.cache = DynamicCache(ddp_cache_data=[(k[:, :, unused:], v[:, :, unused:]) for k, v, _ in self.cache])
             self.mask = self.mask[:, unused:]
-
-    def clear(self) -> None:
-        self.cache = self.mask = None

@@ -352,4 +352,4 @@ class BatchEngine:
             self.prefilling.sequence.request.deliver(Failed(message, status))
             self.prefilling = None
         self.running = []
-        self.batch.clear()
+        self.batch.keep([])

@@ -44,14 +44,9 @@ def validation_error(exc: RequestValidationError) -> APIError:
     """The first problem pydantic found, named as OpenAI names it (the parameter path, e.g. `messages.0.role`)."""
     error = exc.errors()[0]
     kind = error["type"]
-    param = (
-        ".".join(
-            str(part)
-            for part in error["loc"]
-            if part != "body" and str(part) not in _UNION_TAGS and "[" not in str(part)
-        )
-        or None
-    )  # pydantic names union branches in loc: not parameters
+    parts = [str(part) for part in error["loc"] if part != "body"]
+    # pydantic names union branches in loc: not parameters
+    param = ".".join(p for p in parts if p not in _UNION_TAGS and "[" not in p) or None
     if kind == "json_invalid":
         detail = (error.get("ctx") or {}).get("error", "")
         return APIError(400, f"The request body is not valid JSON ({detail}).", code="invalid_json")

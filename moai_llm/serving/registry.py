@@ -96,13 +96,11 @@ class ServedModel:
         refused at once (tokenizing megabytes would only confirm it)."""
         size = sum(len(t.encode("utf-8")) for t in texts)
         if size > self.context_length * self.bytes_per_token:
-            raise APIError(
-                400,
+            message = (
                 f"This model's maximum context length is {self.context_length} tokens; the prompt has {size} bytes, "
-                f"at least {size // self.bytes_per_token} tokens.",
-                param,
-                "context_length_exceeded",
+                f"at least {size // self.bytes_per_token} tokens."
             )
+            raise APIError(400, message, param, "context_length_exceeded")
 
     def token_prompt(self, ids: list[int], param: str) -> list[int]:
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
@@ -123,12 +121,10 @@ class ServedModel:
 
     def check_max_tokens(self, requested: int | None) -> None:
         if requested is not None and requested > self.max_tokens_limit:
-            raise APIError(
-                400,
-                f"max_tokens is {requested}, above this server's limit of {self.max_tokens_limit} for '{self.name}'.",
-                "max_tokens",
-                "invalid_value",
+            message = (
+                f"max_tokens is {requested}, above this server's limit of {self.max_tokens_limit} for '{self.name}'."
             )
+            raise APIError(400, message, "max_tokens", "invalid_value")
 
     def max_new_tokens(self, prompt_tokens: int, requested: int | None, prompt_param: str) -> int:
         """The tokens to generate (after `check_max_tokens`); a 400 naming the parameter when the request cannot
@@ -137,14 +133,12 @@ class ServedModel:
             raise APIError(400, "The prompt is empty.", prompt_param, "invalid_value")
         room = self.context_length - prompt_tokens
         if room < 1 or (requested is not None and requested > room):
-            raise APIError(
-                400,
-                f"This model's maximum context length is {self.context_length} tokens. However, "
-                f"you requested {prompt_tokens + (requested or 1)} tokens ({prompt_tokens} in the "
-                f"prompt, {requested or 1} for the completion).",
-                prompt_param,
-                "context_length_exceeded",
+            asked = requested or 1
+            message = (
+                f"This model's maximum context length is {self.context_length} tokens. However, you requested "
+                f"{prompt_tokens + asked} tokens ({prompt_tokens} in the prompt, {asked} for the completion)."
             )
+            raise APIError(400, message, prompt_param, "context_length_exceeded")
         return requested if requested is not None else min(room, self.max_tokens_limit)
 
     def card(self) -> dict:
@@ -165,22 +159,15 @@ class ModelRegistry:
         self.models = {m.name: m for m in models}
 
     def get(self, name: str | None) -> ServedModel:
+        """The model named (or the only one served); a 400 or 404 naming the models served otherwise."""
+        if name is None and len(self.models) == 1:
+            return next(iter(self.models.values()))
+        served = ", ".join(self.models)
         if name is None:
-            if len(self.models) == 1:
-                return next(iter(self.models.values()))
-            raise APIError(
-                400,
-                f"Missing required parameter: 'model' (one of: {', '.join(self.models)}).",
-                "model",
-                "missing_required_parameter",
-            )
+            message = f"Missing required parameter: 'model' (one of: {served})."
+            raise APIError(400, message, "model", "missing_required_parameter")
         if name not in self.models:
-            raise APIError(
-                404,
-                f"The model '{name}' does not exist (served: {', '.join(self.models)}).",
-                "model",
-                "model_not_found",
-            )
+            raise APIError(404, f"The model '{name}' does not exist (served: {served}).", "model", "model_not_found")
         return self.models[name]
 
     def close(self) -> None:
@@ -202,17 +189,9 @@ def load_models(
         model, tokenizer = load_model(str(path), device=device)
         engine = BatchEngine(model, tokenizer, max_batch_size, name, max_prefill_tokens, max_waiting)
         mode = run_mode(Path(path)) or ("sft" if getattr(tokenizer, "chat_template", None) else "pretrain")
-        served.append(
-            ServedModel(
-                name,
-                tokenizer,
-                engine,
-                engine.context_length,
-                min(max_tokens, engine.context_length),
-                str(path),
-                "chat" if mode == "sft" else "completion",
-            )
-        )
+        page = "chat" if mode == "sft" else "completion"
+        limit = min(max_tokens, engine.context_length)
+        served.append(ServedModel(name, tokenizer, engine, engine.context_length, limit, str(path), page))
         logger.info(
             "serving %s from %s (context %d, batch up to %d)", name, path, engine.context_length, engine.max_batch_size
         )

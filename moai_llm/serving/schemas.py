@@ -3,7 +3,7 @@ accepted at every value the server can honour (those it does not use are logged,
 a 400 naming the field at values it cannot honour; a field OpenAI does not have is refused."""
 
 import logging
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -17,14 +17,6 @@ MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat (its legacy completions allow 5
 MAX_PROMPTS = 128  # prompts in one /v1/completions request
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 _logged_fields: set[str] = set()
-
-
-def log_ignored(fields: dict[str, Any]) -> None:
-    """Accepted fields the server does not use: logged at info the first time each is seen, then at debug."""
-    for name, value in fields.items():
-        level = logging.DEBUG if name in _logged_fields else logging.INFO
-        _logged_fields.add(name)
-        logger.log(level, "request field %s=%r accepted and ignored", name, value)
 
 
 class _Strict(BaseModel):
@@ -42,7 +34,11 @@ class _Strict(BaseModel):
 
     @model_validator(mode="after")
     def _log_ignored(self):
-        log_ignored({name: getattr(self, name) for name in self.IGNORED if name in self.model_fields_set})
+        """Accepted fields the server does not use: logged at info the first time each is seen, then at debug."""
+        for name in [n for n in self.IGNORED if n in self.model_fields_set]:
+            level = logging.DEBUG if name in _logged_fields else logging.INFO
+            _logged_fields.add(name)
+            logger.log(level, "request field %s=%r accepted and ignored", name, getattr(self, name))
         return self
 
 
