@@ -10,6 +10,7 @@ import json
 import signal
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from transformers.utils import logging as hf_logging
@@ -109,17 +110,11 @@ def answer(session, model, tokenizer, text, args, stop) -> None:
     if prompt.notice:
         print(prompt.notice, flush=True)
     log_prompt(args, tokenizer, prompt.ids)
+    show = partial(print, end="", flush=True)
     previous = signal.signal(signal.SIGINT, lambda *_: stop.event.set())
     try:
-        reply, tokens, seconds = stream_answer(
-            model,
-            tokenizer,
-            prompt.ids,
-            session.sampling(prompt),
-            stop,
-            lambda piece: print(piece, end="", flush=True),
-            args.decoding,
-        )
+        sampling = session.sampling(prompt)
+        reply, tokens, seconds = stream_answer(model, tokenizer, prompt.ids, sampling, stop, show, args.decoding)
     finally:
         signal.signal(signal.SIGINT, previous)
     print(" [stopped]" if stop.event.is_set() else "", flush=True)

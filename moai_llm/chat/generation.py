@@ -192,14 +192,9 @@ def stream_answer(
         stopping_criteria=StoppingCriteriaList([stop]),
         **_generate_kwargs(model, tokenizer, params, decoding),
     )
-    result = {}
-
-    def run():
-        with torch.no_grad():
-            result["ids"] = model.generate(**kwargs)
-
+    result = {}  # generate runs without gradients (its own torch.no_grad)
     start = time.perf_counter()
-    thread = threading.Thread(target=run, daemon=True)
+    thread = threading.Thread(target=lambda: result.update(ids=model.generate(**kwargs)), daemon=True)
     thread.start()
     pieces = []
     for piece in streamer:
@@ -221,8 +216,7 @@ def batch_answers(
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         batch = tokenizer.pad({"input_ids": [p.tolist() for p in chunk]}, return_tensors="pt")
-        with torch.no_grad():
-            out = model.generate(**{k: v.to(model.device) for k, v in batch.items()}, **kwargs)
+        out = model.generate(**{k: v.to(model.device) for k, v in batch.items()}, **kwargs)
         new = out[:, batch["input_ids"].shape[1] :]
         answers.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     return answers

@@ -251,13 +251,8 @@ class BatchEngine:
         self._advance([s], logits[-1:])
 
     def _decode(self) -> None:
-        self._retire(
-            {
-                id(s): Finished("cancelled", len(s.request.prompt_ids), s.generated)
-                for s in self.running
-                if s.request.cancelled.is_set()
-            }
-        )
+        cancelled = [s for s in self.running if s.request.cancelled.is_set()]
+        self._retire({id(s): Finished("cancelled", len(s.request.prompt_ids), s.generated) for s in cancelled})
         if not self.running:
             return
         logits = self.batch.step([s.tokens[-1] for s in self.running], [len(s.tokens) - 1 for s in self.running])
