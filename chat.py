@@ -9,7 +9,6 @@ import argparse
 import json
 import signal
 import sys
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -175,7 +174,7 @@ def main(argv=None) -> int:
         return 0
     if prompts is not None:
         encoded = [session.one_shot_prompt(p) for p in prompts]
-        sampling = replace(params, max_new_tokens=session.answer_budget())  # the same budget for every prompt
+        sampling = session.sampling(encoded[0])  # every prompt gets the same answer budget
         answers = batch_answers(model, tokenizer, [p.ids[0] for p in encoded], sampling, args.batch_size, args.decoding)
         rows = [json.dumps({"prompt": p, "answer": a}, ensure_ascii=False) + "\n" for p, a in zip(prompts, answers)]
         if args.output_file:

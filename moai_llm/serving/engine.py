@@ -130,9 +130,6 @@ class BatchEngine:
             "decode_steps": self.decode_steps,
         }
 
-    def submit(self, request: GenerationRequest) -> None:
-        self.submit_all([request])
-
     def submit_all(self, requests: list[GenerationRequest]) -> None:
         """Queue requests, all or none: QueueFull when the waiting line has no room, EngineClosed when shutting
         down."""

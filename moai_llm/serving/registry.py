@@ -83,7 +83,6 @@ class ServedModel:
     engine: object
     context_length: int
     max_tokens_limit: int
-    path: str = ""
     mode: str = "chat"
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -191,7 +190,7 @@ def load_models(
         mode = run_mode(Path(path)) or ("sft" if getattr(tokenizer, "chat_template", None) else "pretrain")
         page = "chat" if mode == "sft" else "completion"
         limit = min(max_tokens, engine.context_length)
-        served.append(ServedModel(name, tokenizer, engine, engine.context_length, limit, str(path), page))
+        served.append(ServedModel(name, tokenizer, engine, engine.context_length, limit, page))
         logger.info(
             "serving %s from %s (context %d, batch up to %d)", name, path, engine.context_length, engine.max_batch_size
         )
