@@ -2,13 +2,12 @@
 
 from ..loading import ChatLoadError
 from .generation import DECODINGS, SamplingParams, StopFlag, batch_answers, stream_answer
-from .session import ChatSession, Prompt
+from .session import ChatSession
 
 __all__ = [
     "DECODINGS",
     "ChatLoadError",
     "ChatSession",
-    "Prompt",
     "SamplingParams",
     "StopFlag",
     "batch_answers",

@@ -20,11 +20,8 @@ def token_logprobs(logits: torch.Tensor, tokens: list[int], k: int) -> list[Toke
     """One entry per row of logits [rows, vocab]: the log-probability of tokens[row], and the top k."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)  # [rows, vocab]
     chosen = logprobs.gather(1, torch.tensor(tokens, device=logits.device)[:, None])[:, 0].tolist()
-    if k:
-        values, ids = logprobs.topk(k, dim=-1)
-        tops = [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
-    else:
-        tops = [[] for _ in tokens]
+    values, ids = logprobs.topk(k, dim=-1)  # k = 0: no top tokens
+    tops = [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
     return [TokenLogprob(t, lp, top) for t, lp, top in zip(tokens, chosen, tops)]
 
 

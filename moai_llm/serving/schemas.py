@@ -176,11 +176,8 @@ class ChatCompletionRequest(_Generation):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
-TokenIds = list[int]
-
-
 class CompletionRequest(_Generation):
-    prompt: str | list[str] | TokenIds | list[TokenIds]  # validated into a list of prompts
+    prompt: str | list[str] | list[int] | list[list[int]]  # validated into a list of prompts
     max_tokens: int | None = Field(None, ge=0)  # 0 with echo: score the prompt only
     echo: bool | None = None
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
