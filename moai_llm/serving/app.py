@@ -24,25 +24,6 @@ from .waiting import EngineClosed, QueueFull
 MAX_BODY_BYTES = 8 * 2**20
 
 
-class EventQueue:
-    """The engine events of one request's generations (one per prompt), handed from the engine thread to the
-    server's event loop as (choice index, event)."""
-
-    def __init__(self):
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue = asyncio.Queue()
-
-    def deliver_for(self, index: int):
-        return lambda event: self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
-
-    async def get_all(self) -> list:
-        """The next event and any that queued up behind it (a slow client gets them in one write)."""
-        events = [await self.queue.get()]
-        while not self.queue.empty():
-            events.append(self.queue.get_nowait())
-        return events
-
-
 class GenerationStream(StreamingResponse):
     """Server-sent events that cancel their generations however the response ends: finished, or client gone (the
     engine then drops the sequences at its next step)."""
@@ -141,14 +122,14 @@ def build_app(
 async def generate(served: ServedModel, body, prompts, echoes, param, request, metrics):
     """Submit one generation per prompt and answer with their choices, streamed or whole."""
     budgets = [served.max_new_tokens(len(p), body.requested_max_tokens(), param) for p in prompts]
-    events = EventQueue()
     k = body.logprobs_k()
     shape = ResponseShape(isinstance(body, ChatCompletionRequest), served.name, served.tokenizer, k, len(prompts))
+    run = Run(shape, prompts, echoes, [GenerationTracker(metrics, served.name) for _ in prompts])
     generations = [
         GenerationRequest(
             prompt,
             body.sampling(budget),
-            events.deliver_for(i),
+            run.deliver_for(i),
             body.stop or [],
             bool(body.ignore_eos),
             logprobs=k,
@@ -163,13 +144,12 @@ async def generate(served: ServedModel, body, prompts, echoes, param, request, m
         raise APIError(429, f"The server is busy ({err}): retry later.", None, "rate_limit_exceeded", headers) from None
     except EngineClosed:
         raise APIError(503, "The server is shutting down.", None, "server_shutting_down") from None
-    run = Run(shape, prompts, echoes, [GenerationTracker(metrics, served.name) for _ in prompts])
     if body.stream:
         with_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return GenerationStream(stream_chunks(events, run, with_usage), generations)
+        return GenerationStream(stream_chunks(run, with_usage), generations)
     watcher = asyncio.create_task(cancel_when_disconnected(request, generations))
     try:
-        return await complete(events, run)
+        return await complete(run)
     finally:  # a failed choice stops the others; the finished ones ignore it
         watcher.cancel()
         for generation in generations:
@@ -177,14 +157,26 @@ async def generate(served: ServedModel, body, prompts, echoes, param, request, m
 
 
 class Run:
-    """What one request's choices have produced so far (echoed prompts first), and their token counts."""
+    """What one request's choices have produced so far (echoed prompts first), and their token counts; the engine
+    events of its generations (one per prompt) reach it from the engine thread as (choice index, event)."""
 
     def __init__(self, shape: ResponseShape, prompts, echoes, trackers):
         self.shape, self.prompts, self.echoes, self.trackers = shape, prompts, echoes, trackers
+        self.loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
         self.texts = [e or "" for e in echoes]
         self.logprobs: list[dict | None] = [None] * len(prompts)
         self.finish: list[str | None] = [None] * len(prompts)
         self.prompt_tokens = self.completion_tokens = 0
+
+    def deliver_for(self, index: int):
+        return lambda event: self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
+
+    async def events(self) -> list:
+        """The next event and any that queued up behind it (a slow client gets them in one write)."""
+        events = [await self.queue.get()]
+        while not self.queue.empty():
+            events.append(self.queue.get_nowait())
+        return events
 
     def add_logprobs(self, index: int, part: dict | None) -> None:
         whole = self.logprobs[index]
@@ -225,7 +217,7 @@ class Run:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
 
 
-async def stream_chunks(events: EventQueue, run: Run, include_usage: bool):
+async def stream_chunks(run: Run, include_usage: bool):
     shape = run.shape
     if shape.chat:
         yield sse(shape.chunk(role=True))
@@ -235,7 +227,7 @@ async def stream_chunks(events: EventQueue, run: Run, include_usage: bool):
     while not run.done():
         chunks = []  # one SSE event per decoded piece; pieces that queued up together are written together
         try:
-            for index, event in await events.get_all():
+            for index, event in await run.events():
                 chunks.append(sse(run.on(index, event)))
         except APIError as failed:
             yield "".join(chunks) + sse(error_body(failed.message, failed.status)) + sse("[DONE]")
@@ -246,10 +238,10 @@ async def stream_chunks(events: EventQueue, run: Run, include_usage: bool):
     yield sse("[DONE]")
 
 
-async def complete(events: EventQueue, run: Run):
+async def complete(run: Run):
     """The whole answer as one JSON object."""
     while not run.done():
-        for index, event in await events.get_all():
+        for index, event in await run.events():
             run.on(index, event)
     choices = [
         {"text": text, "finish_reason": reason, "logprobs": logprobs}
