@@ -27,9 +27,9 @@ class _Strict(BaseModel):
     @field_validator("*")
     @classmethod
     def _honoured(cls, value, info: ValidationInfo):
-        allowed, why = cls.ONLY.get(info.field_name, ((value,), ""))
-        if value not in allowed:
-            raise ValueError(why)
+        rule = cls.ONLY.get(info.field_name)
+        if rule is not None and value not in rule[0]:
+            raise ValueError(rule[1])
         return value
 
     @model_validator(mode="after")
