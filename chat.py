@@ -9,12 +9,12 @@ import argparse
 import json
 import signal
 import sys
-from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-from moai_llm.chat import ChatSession, SamplingParams, StopFlag, batch_answers
+from moai_llm.chat import DECODINGS, ChatSession, SamplingParams, StopFlag, batch_answers, stream_answer
 from moai_llm.errors import UsageError
 from moai_llm.flags import Parser
 from moai_llm.loading import load_model
@@ -38,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--decoding",
         default="dynamic",
-        choices=["dynamic", "static", "compiled"],
+        choices=DECODINGS,
         help="KV cache: dynamic (default), static, or static + torch.compile (on CPU the first answer waits for the "
         "compilation; benchmarks/README.md, Decoding)",
     )
@@ -105,23 +105,15 @@ def log_prompt(args, tokenizer, ids) -> None:
 
 
 def answer(session, model, tokenizer, text, args, stop) -> None:
-    from moai_llm.chat import stream_answer
-
     prompt = session.add_user_turn(text)
     if prompt.notice:
         print(prompt.notice, flush=True)
     log_prompt(args, tokenizer, prompt.ids)
+    show = partial(print, end="", flush=True)
     previous = signal.signal(signal.SIGINT, lambda *_: stop.event.set())
     try:
-        reply, tokens, seconds = stream_answer(
-            model,
-            tokenizer,
-            prompt.ids,
-            session.sampling(prompt),
-            stop,
-            lambda piece: print(piece, end="", flush=True),
-            args.decoding,
-        )
+        sampling = session.sampling(prompt)
+        reply, tokens, seconds = stream_answer(model, tokenizer, prompt.ids, sampling, stop, show, args.decoding)
     finally:
         signal.signal(signal.SIGINT, previous)
     print(" [stopped]" if stop.event.is_set() else "", flush=True)
@@ -182,13 +174,13 @@ def main(argv=None) -> int:
         return 0
     if prompts is not None:
         encoded = [session.one_shot_prompt(p) for p in prompts]
-        sampling = replace(params, max_new_tokens=session.answer_budget())  # the same budget for every prompt
+        sampling = session.sampling(encoded[0])  # every prompt gets the same answer budget
         answers = batch_answers(model, tokenizer, [p.ids[0] for p in encoded], sampling, args.batch_size, args.decoding)
-        out = open(args.output_file, "w", encoding="utf-8") if args.output_file else sys.stdout
-        for prompt, text in zip(prompts, answers):
-            out.write(json.dumps({"prompt": prompt, "answer": text}, ensure_ascii=False) + "\n")
-        if out is not sys.stdout:
-            out.close()
+        rows = [json.dumps({"prompt": p, "answer": a}, ensure_ascii=False) + "\n" for p, a in zip(prompts, answers)]
+        if args.output_file:
+            Path(args.output_file).write_text("".join(rows), encoding="utf-8")
+        else:
+            sys.stdout.writelines(rows)
         return 0
     interactive(session, model, tokenizer, args)
     return 0

@@ -86,12 +86,9 @@ def main(argv=None) -> int:
         print(f"serve.py: error: {err}", file=sys.stderr)
         return 2
     app = build_app(registry, args.api_key, args.cors_origins, args.max_request_bytes)
+    key = "required" if args.api_key else "none"
     logging.getLogger("serve").info(
-        "chat page: http://%s:%d/  models: %s  API key: %s",
-        args.host,
-        args.port,
-        ", ".join(registry.models),
-        "required" if args.api_key else "none",
+        "chat page: http://%s:%d/  models: %s  API key: %s", args.host, args.port, ", ".join(registry.models), key
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -50,7 +50,9 @@ def engine_rate(engine: BatchEngine, prompt: list[int], tokens: int) -> float:
     done = threading.Event()
     params = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=tokens)
     start = time.perf_counter()
-    engine.submit(GenerationRequest(prompt, params, lambda e: isinstance(e, Finished) and done.set(), ignore_eos=True))
+    engine.submit_all(
+        [GenerationRequest(prompt, params, lambda e: isinstance(e, Finished) and done.set(), ignore_eos=True)]
+    )
     done.wait()
     return tokens / (time.perf_counter() - start)
 

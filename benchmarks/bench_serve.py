@@ -199,7 +199,7 @@ def engine_rates(name: str, sequences: int, tokens: int) -> dict[str, float]:
         finished.clear()
         start = time.perf_counter()
         for prompt in prompts:
-            engine.submit(GenerationRequest(prompt, params, deliver, ignore_eos=True))
+            engine.submit_all([GenerationRequest(prompt, params, deliver, ignore_eos=True)])
         while len(finished) < sequences:
             time.sleep(0.001)
         rates["BatchEngine (serve.py)"] = sequences * tokens / (time.perf_counter() - start)

@@ -210,7 +210,7 @@ def test_tiny_temperature_is_greedy_and_a_bad_seed_fails_only_its_request(server
 
 
 def test_a_row_whose_sampling_fails_fails_alone(server, registry, monkeypatch):
-    from moai_llm.serving import sampling
+    from moai_llm.chat import generation as sampling
 
     original = sampling.RowSampler.sample
 

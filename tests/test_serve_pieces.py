@@ -7,9 +7,9 @@ import torch
 
 from moai_llm import MoaiForCausalLM
 from moai_llm.chat import SamplingParams
+from moai_llm.chat.generation import RowSampler
 from moai_llm.loading import load_tokenizer
 from moai_llm.serving import BatchEngine, Finished, GenerationRequest
-from moai_llm.serving.sampling import RowSampler
 from moai_llm.serving.text import TextAssembler
 
 from .conftest import tiny_config

@@ -1,13 +1,13 @@
 """Chat with a trained model: loading, sessions with history, streamed and batched generation."""
 
 from ..loading import ChatLoadError
-from .generation import SamplingParams, StopFlag, batch_answers, stream_answer
-from .session import ChatSession, Prompt
+from .generation import DECODINGS, SamplingParams, StopFlag, batch_answers, stream_answer
+from .session import ChatSession
 
 __all__ = [
+    "DECODINGS",
     "ChatLoadError",
     "ChatSession",
-    "Prompt",
     "SamplingParams",
     "StopFlag",
     "batch_answers",

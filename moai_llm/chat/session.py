@@ -86,9 +86,10 @@ class ChatSession:
         """The prompt for `messages` after dropping their oldest turns (user + answer) until the budget fits; the
         messages kept. A single turn still too long loses its oldest tokens instead."""
         budget = self.answer_budget()
+        system = [{"role": "system", "content": self.system}] if self.system else []
         dropped = 0
         while True:
-            ids = self._render(messages)
+            ids = torch.tensor([chat_prompt_ids(self.tokenizer, system + messages)])
             if ids.shape[1] + budget <= self.max_context or len(messages) <= 1:
                 break
             messages = messages[2:] if len(messages) > 2 else messages[1:]
@@ -97,17 +98,9 @@ class ChatSession:
             ids = ids[:, -(self.max_context - budget) :]
         return Prompt(ids, budget, dropped), messages
 
-    def _render(self, messages: list[dict]) -> torch.Tensor:
-        system = [{"role": "system", "content": self.system}] if self.system else []
-        return torch.tensor([chat_prompt_ids(self.tokenizer, system + messages)])
-
     def add_answer(self, text: str) -> None:
         if not self.raw:
             self.messages.append({"role": "assistant", "content": text})
-
-    def reset(self) -> None:
-        """Forget the conversation (the system prompt stays): what /reset does."""
-        self.messages = []
 
     def command(self, line: str) -> tuple[str, bool]:
         """(text to show, whether to leave) for a /command."""
@@ -117,11 +110,11 @@ class ChatSession:
         if name == "/help":
             return HELP, False
         if name == "/reset":
-            self.reset()
+            self.messages = []
             return "[conversation cleared]", False
         if name == "/system":
             self.system = rest.strip() or None
-            self.reset()
+            self.messages = []
             return "[system prompt set; conversation cleared]", False
         if name == "/params":
             try:

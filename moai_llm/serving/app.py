@@ -12,35 +12,16 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from .engine import Failed, Finished, GenerationRequest, PromptLogprobs, TextDelta
+from .engine import Failed, GenerationRequest, PromptLogprobs, TextDelta
 from .errors import APIError, error_body, install_error_handlers
-from .metrics import ServerMetrics
+from .metrics import GenerationTracker, ServerMetrics
 from .middleware import APIKeyCheck, BodyLimit, CountRequests
 from .registry import ModelRegistry, ServedModel
-from .responses import ResponseShape, usage
+from .responses import ResponseShape
 from .schemas import ChatCompletionRequest, CompletionRequest
 from .waiting import EngineClosed, QueueFull
 
 MAX_BODY_BYTES = 8 * 2**20
-
-
-class EventQueue:
-    """The engine events of one request's generations (one per prompt), handed from the engine thread to the
-    server's event loop as (choice index, event)."""
-
-    def __init__(self):
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue = asyncio.Queue()
-
-    def deliver_for(self, index: int):
-        return lambda event: self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
-
-    async def get_all(self) -> list:
-        """The next event and any that queued up behind it (a slow client gets them in one write)."""
-        events = [await self.queue.get()]
-        while not self.queue.empty():
-            events.append(self.queue.get_nowait())
-        return events
 
 
 class GenerationStream(StreamingResponse):
@@ -65,10 +46,6 @@ def sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def index_html() -> str:
-    return (resources.files("moai_llm.serving") / "static" / "index.html").read_text(encoding="utf-8")
-
-
 def build_app(
     registry: ModelRegistry,
     api_key: str | None = None,
@@ -89,7 +66,7 @@ def build_app(
     if cors_origins:  # outside the key check: a browser's preflight carries no key
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(CountRequests, metrics=metrics)
-    page = index_html()
+    page = (resources.files("moai_llm.serving") / "static" / "index.html").read_text(encoding="utf-8")
 
     @app.get("/", include_in_schema=False)
     async def chat_page():
@@ -111,23 +88,24 @@ def build_app(
     async def get_model(name: str):
         return registry.get(name).card()
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
+    def model_for(body: ChatCompletionRequest | CompletionRequest) -> ServedModel:
         body.check()
         served = registry.get(body.model)
         served.check_max_tokens(body.requested_max_tokens())
-        messages = body.template_messages()
+        return served
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        served = model_for(body)
+        messages = [m.as_template_input() for m in body.messages]
         served.check_text_length([m["content"] for m in messages], "messages")
         prompt = await run_in_threadpool(served.chat_prompt, messages)  # a long prompt never stalls other streams
-        shape = ResponseShape(True, served.name, served.tokenizer, body.logprobs_k())
-        return await generate(served, body, [prompt], [None], "messages", shape, request, metrics)
+        return await generate(served, body, [prompt], [None], "messages", request, metrics)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        body.check()
-        served = registry.get(body.model)
-        served.check_max_tokens(body.requested_max_tokens())
-        prompts = body.prompts()
+        served = model_for(body)
+        prompts = body.prompt
         served.check_text_length([p for p in prompts if isinstance(p, str)], "prompt")
         ids = await run_in_threadpool(
             lambda: [served.text_prompt(p) if isinstance(p, str) else served.token_prompt(p, "prompt") for p in prompts]
@@ -136,23 +114,23 @@ def build_app(
         if body.echo:
             decode = served.tokenizer.decode
             echoes = [p if isinstance(p, str) else decode(p, skip_special_tokens=True) for p in prompts]
-        shape = ResponseShape(False, served.name, served.tokenizer, body.logprobs_k(), len(prompts))
-        return await generate(served, body, ids, echoes, "prompt", shape, request, metrics)
+        return await generate(served, body, ids, echoes, "prompt", request, metrics)
 
     return app
 
 
-async def generate(served: ServedModel, body, prompts, echoes, param, shape, request, metrics):
+async def generate(served: ServedModel, body, prompts, echoes, param, request, metrics):
     """Submit one generation per prompt and answer with their choices, streamed or whole."""
     budgets = [served.max_new_tokens(len(p), body.requested_max_tokens(), param) for p in prompts]
-    events = EventQueue()
     k = body.logprobs_k()
+    shape = ResponseShape(isinstance(body, ChatCompletionRequest), served.name, served.tokenizer, k, len(prompts))
+    run = Run(shape, prompts, echoes, [GenerationTracker(metrics, served.name) for _ in prompts])
     generations = [
         GenerationRequest(
             prompt,
             body.sampling(budget),
-            events.deliver_for(i),
-            body.stop_list(),
+            run.deliver_for(i),
+            body.stop or [],
             bool(body.ignore_eos),
             logprobs=k,
             prompt_logprobs=echoes[i] is not None and k is not None,
@@ -162,44 +140,55 @@ async def generate(served: ServedModel, body, prompts, echoes, param, shape, req
     try:
         served.engine.submit_all(generations)
     except QueueFull as err:
-        retry = str(served.engine.retry_after())
-        headers = {"Retry-After": retry}
+        headers = {"Retry-After": str(served.engine.retry_after())}
         raise APIError(429, f"The server is busy ({err}): retry later.", None, "rate_limit_exceeded", headers) from None
     except EngineClosed:
         raise APIError(503, "The server is shutting down.", None, "server_shutting_down") from None
-    run = Run(shape, prompts, echoes, [metrics.tracker(served.name) for _ in prompts])
     if body.stream:
-        return GenerationStream(stream_chunks(events, run, body.include_usage()), generations)
+        with_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return GenerationStream(stream_chunks(run, with_usage), generations)
     watcher = asyncio.create_task(cancel_when_disconnected(request, generations))
     try:
-        return await complete(events, run, generations)
-    finally:
+        return await complete(run)
+    finally:  # a failed choice stops the others; the finished ones ignore it
         watcher.cancel()
+        for generation in generations:
+            generation.cancel()
 
 
 class Run:
-    """What one request's choices have produced so far (echoed prompts first), and their token counts."""
+    """What one request's choices have produced so far (echoed prompts first), and their token counts; the engine
+    events of its generations (one per prompt) reach it from the engine thread as (choice index, event)."""
 
     def __init__(self, shape: ResponseShape, prompts, echoes, trackers):
         self.shape, self.prompts, self.echoes, self.trackers = shape, prompts, echoes, trackers
+        self.loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
         self.texts = [e or "" for e in echoes]
         self.logprobs: list[dict | None] = [None] * len(prompts)
         self.finish: list[str | None] = [None] * len(prompts)
         self.prompt_tokens = self.completion_tokens = 0
 
+    def deliver_for(self, index: int):
+        return lambda event: self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
+
+    async def events(self) -> list:
+        """The next event and any that queued up behind it (a slow client gets them in one write)."""
+        events = [await self.queue.get()]
+        while not self.queue.empty():
+            events.append(self.queue.get_nowait())
+        return events
+
     def add_logprobs(self, index: int, part: dict | None) -> None:
-        if part is None:
-            return
         whole = self.logprobs[index]
         if whole is None:
             self.logprobs[index] = part
-        else:
+        elif part is not None:
             for key, values in part.items():
                 if isinstance(values, list):
                     whole[key].extend(values)
 
     def on(self, index: int, event) -> dict | None:
-        """Record an event; returns the chunk that streams it (None: nothing to send)."""
+        """Record an event and return the chunk that streams it; a Failed event raises its APIError."""
         shape = self.shape
         if isinstance(event, PromptLogprobs):
             part = shape.logprobs(index, event.entries, self.prompts[index])
@@ -207,28 +196,28 @@ class Run:
             return shape.chunk(index, self.echoes[index], logprobs=part)
         if isinstance(event, TextDelta):
             self.trackers[index].token()
-            part = shape.logprobs(index, event.logprobs) if event.logprobs else None
-            if part is None and shape.with_logprobs:
-                part = shape.logprobs(index, [])
+            part = shape.logprobs(index, event.logprobs)
             self.add_logprobs(index, part)
             self.texts[index] += event.text
             return shape.chunk(index, event.text, logprobs=part)
-        if isinstance(event, Finished):
-            self.trackers[index].end(event.reason)
-            self.finish[index] = event.reason
-            self.prompt_tokens += event.prompt_tokens
-            self.completion_tokens += event.completion_tokens
-            return shape.chunk(index, finish_reason=event.reason)
-        raise TypeError(event)
+        if isinstance(event, Failed):
+            self.trackers[index].end("error")
+            raise APIError(event.status, event.message, code="generation_failed")
+        self.trackers[index].end(event.reason)
+        self.finish[index] = event.reason
+        self.prompt_tokens += event.prompt_tokens
+        self.completion_tokens += event.completion_tokens
+        return shape.chunk(index, finish_reason=event.reason)
 
     def done(self) -> bool:
         return all(reason is not None for reason in self.finish)
 
     def usage(self) -> dict:
-        return usage(self.prompt_tokens, self.completion_tokens)
+        total = self.prompt_tokens + self.completion_tokens
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
 
 
-async def stream_chunks(events: EventQueue, run: Run, include_usage: bool):
+async def stream_chunks(run: Run, include_usage: bool):
     shape = run.shape
     if shape.chat:
         yield sse(shape.chunk(role=True))
@@ -237,27 +226,22 @@ async def stream_chunks(events: EventQueue, run: Run, include_usage: bool):
         yield "".join(first)
     while not run.done():
         chunks = []  # one SSE event per decoded piece; pieces that queued up together are written together
-        for index, event in await events.get_all():
-            if isinstance(event, Failed):
-                run.trackers[index].end("error")
-                yield "".join(chunks) + sse(error_body(event.message, event.status)) + sse("[DONE]")
-                return
-            chunks.append(sse(run.on(index, event)))
+        try:
+            for index, event in await run.events():
+                chunks.append(sse(run.on(index, event)))
+        except APIError as failed:
+            yield "".join(chunks) + sse(error_body(failed.message, failed.status)) + sse("[DONE]")
+            return
         yield "".join(chunks)
     if include_usage:
         yield sse(shape.usage_chunk(run.usage()))
     yield sse("[DONE]")
 
 
-async def complete(events: EventQueue, run: Run, generations: list[GenerationRequest]):
+async def complete(run: Run):
     """The whole answer as one JSON object."""
     while not run.done():
-        for index, event in await events.get_all():
-            if isinstance(event, Failed):
-                run.trackers[index].end("error")
-                for generation in generations:
-                    generation.cancel()
-                raise APIError(event.status, event.message, code="generation_failed")
+        for index, event in await run.events():
             run.on(index, event)
     choices = [
         {"text": text, "finish_reason": reason, "logprobs": logprobs}

@@ -1,10 +1,8 @@
 """The running sequences' KV cache as one left-padded batch that sequences join and leave between decode steps.
 
-Hand-written because transformers has no maintained way to do this on our models: `generate` cannot add or drop
-rows mid-flight, and its continuous batching (`generate_batch`, paged attention) fails on MoaiForCausalLM and is
-slower than this on CPU (benchmarks/README.md, Serving). Everything else is transformers': `DynamicCache`,
-the model's forward with a 2-D attention mask, and `generate`'s left-padding conventions.
-"""
+Hand-written: `generate` cannot add or drop rows mid-flight, and transformers' continuous batching fails on
+MoaiForCausalLM (ARCHITECTURE.md, Serving). The cache, the 2-D mask and the left-padding conventions are
+transformers'."""
 
 import torch
 from transformers import DynamicCache
@@ -32,11 +30,19 @@ class DecodeBatch:
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # [rows, length], 1 = real token
 
-    @property
-    def rows(self) -> int:
-        return 0 if self.mask is None else self.mask.shape[0]
+    def _forward(self, ids, mask, positions, cache: DynamicCache, logits_to_keep: int = 1) -> torch.Tensor:
+        """One forward that appends its keys and values to `cache`; float logits [rows, kept positions, vocab]. The
+        engine's thread runs it under `torch.inference_mode`."""
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        return out.logits.float()
 
-    @torch.inference_mode()
     def prefill(self, prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
         """One forward over the prompts, left-padded: (last-position logits [rows, vocab], cache, mask)."""
         device = self.model.device
@@ -45,26 +51,16 @@ class DecodeBatch:
         mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=device)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # generate's convention for left padding
         cache = self.new_cache()
-        out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
-        )
-        return out.logits[:, -1].float(), cache, mask
+        return self._forward(ids, mask, positions, cache)[:, -1], cache, mask
 
-    @torch.inference_mode()
     def extend(self, cache: DynamicCache, tokens: list[int], start: int, all_logits: bool) -> torch.Tensor:
         """Feed the next chunk of one prompt whose first `start` tokens are in `cache`: logits [chunk, vocab] (every
         position, for prompt log-probabilities) or [1, vocab] (the last)."""
         device = self.model.device
         end = start + len(tokens)
-        out = self.model(
-            input_ids=torch.tensor([tokens], device=device),
-            attention_mask=torch.ones(1, end, dtype=torch.long, device=device),
-            position_ids=torch.arange(start, end, device=device)[None],
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=0 if all_logits else 1,
-        )
-        return out.logits[0].float()
+        mask = torch.ones(1, end, dtype=torch.long, device=device)
+        positions = torch.arange(start, end, device=device)[None]
+        return self._forward(torch.tensor([tokens], device=device), mask, positions, cache, 0 if all_logits else 1)[0]
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.model.config)
@@ -86,26 +82,19 @@ class DecodeBatch:
         self.cache = DynamicCache(ddp_cache_data=layers)
         self.mask = torch.cat([_pad_left(self.mask, length - old, 1), _pad_left(mask, length - new, 1)])
 
-    @torch.inference_mode()
     def step(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
         """Feed one token per row at its own position; logits of the next token [rows, vocab]."""
         device = self.model.device
-        self.mask = torch.cat([self.mask, self.mask.new_ones(self.rows, 1)], dim=1)
-        out = self.model(
-            input_ids=torch.tensor(tokens, device=device)[:, None],
-            attention_mask=self.mask,
-            position_ids=torch.tensor(positions, device=device)[:, None],
-            cache=self.cache,
-            use_cache=True,
-        )
-        return out.logits[:, -1].float()
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+        ids = torch.tensor(tokens, device=device)[:, None]
+        return self._forward(ids, self.mask, torch.tensor(positions, device=device)[:, None], self.cache)[:, -1]
 
     def keep(self, rows: list[int]) -> None:
         """Keep only these rows, and drop the leading columns that are padding in all of them."""
         if not rows:
             self.cache = self.mask = None
             return
-        if len(rows) < self.rows:
+        if len(rows) < self.mask.shape[0]:
             index = torch.tensor(rows, device=self.mask.device)
             self.cache.batch_select_indices(index)
             self.mask = self.mask[index]
@@ -113,6 +102,3 @@ class DecodeBatch:
         if unused:
             self.cache = DynamicCache(ddp_cache_data=[(k[:, :, unused:], v[:, :, unused:]) for k, v, _ in self.cache])
             self.mask = self.mask[:, unused:]
-
-    def clear(self) -> None:
-        self.cache = self.mask = None

@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..chat.generation import SamplingParams, stop_token_ids
+from ..chat.generation import RowSampler, SamplingParams, pick_tokens, stop_token_ids
 from .batch import DecodeBatch, batchable
 from .logprobs import TokenLogprob, token_logprobs
-from .sampling import RowSampler, pick_tokens
 from .text import TextAssembler
 from .waiting import EngineClosed, WaitingQueue
 
@@ -126,14 +125,10 @@ class BatchEngine:
         return {
             "running": len(self.running) + (self.prefilling is not None),
             "waiting": self.waiting.qsize(),
-            "max_batch_size": self.max_batch_size,
             "tokens_generated": self.tokens_generated,
             "prompt_tokens": self.prompt_tokens,
             "decode_steps": self.decode_steps,
         }
-
-    def submit(self, request: GenerationRequest) -> None:
-        self.submit_all([request])
 
     def submit_all(self, requests: list[GenerationRequest]) -> None:
         """Queue requests, all or none: QueueFull when the waiting line has no room, EngineClosed when shutting
@@ -168,14 +163,6 @@ class BatchEngine:
         for request in self.waiting.drain():
             request.deliver(Failed("the server is shutting down", 503))
 
-    def _start(self, request: GenerationRequest) -> _Sequence | None:
-        try:
-            return _Sequence(request, self.tokenizer, self.model.device)
-        except Exception as err:  # this request's own values (its seed): it fails alone
-            logger.warning("%s: request refused: %s: %s", self.name, type(err).__name__, err)
-            request.deliver(Failed(f"invalid request: {type(err).__name__}: {err}", 400))
-            return None
-
     def _admit(self) -> None:
         """Prefill waiting requests while their tokens fit the turn's budget (left-padded together, counted as
         rows x longest prompt), or the next chunk of a long prompt; waits for work when nothing runs."""
@@ -197,8 +184,11 @@ class BatchEngine:
             if new and (alone or (len(new) + 1) * max(width, length) > self.max_prefill_tokens):
                 break  # next turn
             self.waiting.pop()
-            sequence = self._start(request)
-            if sequence is None:
+            try:
+                sequence = _Sequence(request, self.tokenizer, self.model.device)
+            except Exception as err:  # this request's own values (its seed): it fails alone
+                logger.warning("%s: request refused: %s: %s", self.name, type(err).__name__, err)
+                request.deliver(Failed(f"invalid request: {type(err).__name__}: {err}", 400))
                 continue
             if alone:
                 self.prefilling = _Prefill(sequence, self.batch.new_cache())
@@ -258,13 +248,8 @@ class BatchEngine:
         self._advance([s], logits[-1:])
 
     def _decode(self) -> None:
-        self._retire(
-            {
-                id(s): Finished("cancelled", len(s.request.prompt_ids), s.generated)
-                for s in self.running
-                if s.request.cancelled.is_set()
-            }
-        )
+        cancelled = [s for s in self.running if s.request.cancelled.is_set()]
+        self._retire({id(s): Finished("cancelled", len(s.request.prompt_ids), s.generated) for s in cancelled})
         if not self.running:
             return
         logits = self.batch.step([s.tokens[-1] for s in self.running], [len(s.tokens) - 1 for s in self.running])
@@ -359,4 +344,4 @@ class BatchEngine:
             self.prefilling.sequence.request.deliver(Failed(message, status))
             self.prefilling = None
         self.running = []
-        self.batch.clear()
+        self.batch.keep([])

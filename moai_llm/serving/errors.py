@@ -44,14 +44,9 @@ def validation_error(exc: RequestValidationError) -> APIError:
     """The first problem pydantic found, named as OpenAI names it (the parameter path, e.g. `messages.0.role`)."""
     error = exc.errors()[0]
     kind = error["type"]
-    param = (
-        ".".join(
-            str(part)
-            for part in error["loc"]
-            if part != "body" and str(part) not in _UNION_TAGS and "[" not in str(part)
-        )
-        or None
-    )  # pydantic names union branches in loc: not parameters
+    parts = [str(part) for part in error["loc"] if part != "body"]
+    # pydantic names union branches in loc: not parameters
+    param = ".".join(p for p in parts if p not in _UNION_TAGS and "[" not in p) or None
     if kind == "json_invalid":
         detail = (error.get("ctx") or {}).get("error", "")
         return APIError(400, f"The request body is not valid JSON ({detail}).", code="invalid_json")
@@ -67,20 +62,15 @@ def validation_error(exc: RequestValidationError) -> APIError:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def api_error(_request: Request, exc: APIError):
+    async def answer(_request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, RequestValidationError):
+            exc = validation_error(exc)
+        elif isinstance(exc, HTTPException):
+            exc = APIError(exc.status_code, str(exc.detail), headers=exc.headers)
+        elif not isinstance(exc, APIError):
+            logger.error("unhandled error", exc_info=exc)
+            exc = APIError(500, f"Internal server error ({type(exc).__name__}).")
         return exc.response()
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, exc: RequestValidationError):
-        return validation_error(exc).response()
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException):
-        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return JSONResponse(error_body(message, exc.status_code), status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def crash(_request: Request, exc: Exception):
-        logger.exception("unhandled error")
-        return JSONResponse(error_body(f"Internal server error ({type(exc).__name__}).", 500), status_code=500)
+    for kind in (APIError, RequestValidationError, HTTPException, Exception):
+        app.add_exception_handler(kind, answer)

@@ -1,7 +1,9 @@
 """Log-probabilities: computed on the engine thread from the model's raw logits (before temperature, top-k, top-p
 or the repetition penalty, as vLLM reports them by default), and written in OpenAI's two shapes."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from tokenizers.decoders import DecodeStream
@@ -18,43 +20,37 @@ def token_logprobs(logits: torch.Tensor, tokens: list[int], k: int) -> list[Toke
     """One entry per row of logits [rows, vocab]: the log-probability of tokens[row], and the top k."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)  # [rows, vocab]
     chosen = logprobs.gather(1, torch.tensor(tokens, device=logits.device)[:, None])[:, 0].tolist()
-    if k:
-        values, ids = logprobs.topk(k, dim=-1)
-        tops = [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
-    else:
-        tops = [[] for _ in tokens]
+    values, ids = logprobs.topk(k, dim=-1)  # k = 0: no top tokens
+    tops = [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
     return [TokenLogprob(t, lp, top) for t, lp, top in zip(tokens, chosen, tops)]
 
 
-class TokenText:
-    """A token's text and UTF-8 bytes as OpenAI gives them: a token that is part of a character is
-    `bytes:\\xe4\\xb8`, and its `bytes` let a client join such pieces back."""
+TokenText = Callable[[int], tuple[str, list[int]]]
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.byte_level = type(tokenizer.backend_tokenizer.decoder).__name__ == "ByteLevel"
-        if self.byte_level:
-            from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-            self.byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
-        self.special = set(tokenizer.all_special_ids)
-        self.cache: dict[int, tuple[str, list[int]]] = {}
+def token_text(tokenizer) -> TokenText:
+    """A token's text and UTF-8 bytes as OpenAI gives them (cached per token): a token that is part of a character
+    is `bytes:\\xe4\\xb8`, and its `bytes` let a client join such pieces back."""
+    byte_of = {}
+    if type(tokenizer.backend_tokenizer.decoder).__name__ == "ByteLevel":
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    def __call__(self, token: int) -> tuple[str, list[int]]:
-        if token not in self.cache:
-            self.cache[token] = self._text(token)
-        return self.cache[token]
+        byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+    special = set(tokenizer.all_special_ids)
 
-    def _text(self, token: int) -> tuple[str, list[int]]:
-        piece = self.tokenizer.convert_ids_to_tokens(token)
-        if self.byte_level and token not in self.special and all(c in self.byte_of for c in piece):
-            raw = bytes(self.byte_of[c] for c in piece)
+    @cache
+    def text(token: int) -> tuple[str, list[int]]:
+        piece = tokenizer.convert_ids_to_tokens(token)
+        if byte_of and token not in special and all(c in byte_of for c in piece):
+            raw = bytes(byte_of[c] for c in piece)
         else:
-            raw = self.tokenizer.decode([token]).encode("utf-8")
+            raw = tokenizer.decode([token]).encode("utf-8")
         try:
             return raw.decode("utf-8"), list(raw)
         except UnicodeDecodeError:
             return "bytes:" + "".join(f"\\x{b:02x}" for b in raw), list(raw)
+
+    return text
 
 
 def chat_logprobs(entries: list[TokenLogprob], text_of: TokenText) -> dict:

@@ -64,9 +64,6 @@ class ServerMetrics:
             return "/v1/models/{id}"
         return path if path in _ROUTES else "other"
 
-    def tracker(self, model: str) -> "GenerationTracker":
-        return GenerationTracker(self, model)
-
 
 class GenerationTracker:
     """One generation's timings, observed as its events reach the server's event loop."""

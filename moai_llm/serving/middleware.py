@@ -3,9 +3,7 @@ count for /metrics."""
 
 import secrets
 
-from fastapi.responses import JSONResponse
-
-from .errors import error_body
+from .errors import APIError
 
 # Everything that needs the key when one is set: the API, the metrics, and the API's own description (it names the
 # routes and, through /v1/models, the models). The chat page and /health stay open.
@@ -25,11 +23,8 @@ class APIKeyCheck:
                 message = (
                     "Incorrect API key provided." if given else "Missing API key: send 'Authorization: Bearer KEY'."
                 )
-                await JSONResponse(
-                    error_body(message, 401, code="invalid_api_key"),
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )(scope, receive, send)
+                error = APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                await error.response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -73,7 +68,7 @@ class BodyLimit:
 
     async def _refuse(self, scope, receive, send):
         message = f"The request body is larger than this server's limit of {self.max_bytes} bytes."
-        await JSONResponse(error_body(message, 413, code="request_too_large"), status_code=413)(scope, receive, send)
+        await APIError(413, message, code="request_too_large").response()(scope, receive, send)
 
 
 class CountRequests:

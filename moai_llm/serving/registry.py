@@ -18,20 +18,16 @@ from .errors import APIError
 logger = logging.getLogger(__name__)
 
 
-def model_name(path: Path) -> str:
-    """`outputs/pretrain-tiny/final_model` is served as `pretrain-tiny`; any other directory by its own name."""
-    path = path.resolve()
-    return path.parent.name if path.name == "final_model" else path.name
-
-
 def model_entries(model_paths: list[str], models_dir: str | None) -> list[tuple[str, Path]]:
-    """(name, directory) for each `--model_path [NAME=]DIR` and each final_model under `--models_dir`."""
+    """(name, directory) for each `--model_path [NAME=]DIR` and each final_model under `--models_dir`. An unnamed
+    `outputs/pretrain-tiny/final_model` is served as `pretrain-tiny`, any other directory by its own name."""
     entries = []
     for spec in model_paths:
         name, sep, path = spec.partition("=")
         if not sep or Path(spec).exists():
             name, path = "", spec
-        entries.append((name or model_name(Path(path)), Path(path)))
+        resolved = Path(path).resolve()
+        entries.append((name or (resolved.parent if resolved.name == "final_model" else resolved).name, Path(path)))
     if models_dir:
         root = Path(models_dir)
         if not root.is_dir():
@@ -87,7 +83,6 @@ class ServedModel:
     engine: object
     context_length: int
     max_tokens_limit: int
-    path: str = ""
     mode: str = "chat"
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -100,13 +95,11 @@ class ServedModel:
         refused at once (tokenizing megabytes would only confirm it)."""
         size = sum(len(t.encode("utf-8")) for t in texts)
         if size > self.context_length * self.bytes_per_token:
-            raise APIError(
-                400,
+            message = (
                 f"This model's maximum context length is {self.context_length} tokens; the prompt has {size} bytes, "
-                f"at least {size // self.bytes_per_token} tokens.",
-                param,
-                "context_length_exceeded",
+                f"at least {size // self.bytes_per_token} tokens."
             )
+            raise APIError(400, message, param, "context_length_exceeded")
 
     def token_prompt(self, ids: list[int], param: str) -> list[int]:
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
@@ -127,28 +120,24 @@ class ServedModel:
 
     def check_max_tokens(self, requested: int | None) -> None:
         if requested is not None and requested > self.max_tokens_limit:
-            raise APIError(
-                400,
-                f"max_tokens is {requested}, above this server's limit of {self.max_tokens_limit} for '{self.name}'.",
-                "max_tokens",
-                "invalid_value",
+            message = (
+                f"max_tokens is {requested}, above this server's limit of {self.max_tokens_limit} for '{self.name}'."
             )
+            raise APIError(400, message, "max_tokens", "invalid_value")
 
     def max_new_tokens(self, prompt_tokens: int, requested: int | None, prompt_param: str) -> int:
-        """The tokens to generate; a 400 naming the parameter when the request cannot fit."""
-        self.check_max_tokens(requested)
+        """The tokens to generate (after `check_max_tokens`); a 400 naming the parameter when the request cannot
+        fit."""
         if prompt_tokens == 0:
             raise APIError(400, "The prompt is empty.", prompt_param, "invalid_value")
         room = self.context_length - prompt_tokens
         if room < 1 or (requested is not None and requested > room):
-            raise APIError(
-                400,
-                f"This model's maximum context length is {self.context_length} tokens. However, "
-                f"you requested {prompt_tokens + (requested or 1)} tokens ({prompt_tokens} in the "
-                f"prompt, {requested or 1} for the completion).",
-                prompt_param,
-                "context_length_exceeded",
+            asked = requested or 1
+            message = (
+                f"This model's maximum context length is {self.context_length} tokens. However, you requested "
+                f"{prompt_tokens + asked} tokens ({prompt_tokens} in the prompt, {asked} for the completion)."
             )
+            raise APIError(400, message, prompt_param, "context_length_exceeded")
         return requested if requested is not None else min(room, self.max_tokens_limit)
 
     def card(self) -> dict:
@@ -169,22 +158,15 @@ class ModelRegistry:
         self.models = {m.name: m for m in models}
 
     def get(self, name: str | None) -> ServedModel:
+        """The model named (or the only one served); a 400 or 404 naming the models served otherwise."""
+        if name is None and len(self.models) == 1:
+            return next(iter(self.models.values()))
+        served = ", ".join(self.models)
         if name is None:
-            if len(self.models) == 1:
-                return next(iter(self.models.values()))
-            raise APIError(
-                400,
-                f"Missing required parameter: 'model' (one of: {', '.join(self.models)}).",
-                "model",
-                "missing_required_parameter",
-            )
+            message = f"Missing required parameter: 'model' (one of: {served})."
+            raise APIError(400, message, "model", "missing_required_parameter")
         if name not in self.models:
-            raise APIError(
-                404,
-                f"The model '{name}' does not exist (served: {', '.join(self.models)}).",
-                "model",
-                "model_not_found",
-            )
+            raise APIError(404, f"The model '{name}' does not exist (served: {served}).", "model", "model_not_found")
         return self.models[name]
 
     def close(self) -> None:
@@ -205,20 +187,10 @@ def load_models(
     for name, path in entries:
         model, tokenizer = load_model(str(path), device=device)
         engine = BatchEngine(model, tokenizer, max_batch_size, name, max_prefill_tokens, max_waiting)
-        mode = run_mode(Path(path))
-        if mode is None:
-            mode = "sft" if getattr(tokenizer, "chat_template", None) else "pretrain"
-        served.append(
-            ServedModel(
-                name,
-                tokenizer,
-                engine,
-                engine.context_length,
-                min(max_tokens, engine.context_length),
-                str(path),
-                "chat" if mode == "sft" else "completion",
-            )
-        )
+        mode = run_mode(Path(path)) or ("sft" if getattr(tokenizer, "chat_template", None) else "pretrain")
+        page = "chat" if mode == "sft" else "completion"
+        limit = min(max_tokens, engine.context_length)
+        served.append(ServedModel(name, tokenizer, engine, engine.context_length, limit, page))
         logger.info(
             "serving %s from %s (context %d, batch up to %d)", name, path, engine.context_length, engine.max_batch_size
         )

@@ -4,19 +4,7 @@ prompt, with log-probabilities when asked for."""
 import time
 import uuid
 
-from .logprobs import CompletionLogprobs, TokenText, chat_logprobs
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
+from .logprobs import CompletionLogprobs, chat_logprobs, token_text
 
 
 class ResponseShape:
@@ -25,11 +13,11 @@ class ResponseShape:
 
     def __init__(self, chat: bool, model: str, tokenizer=None, logprobs: int | None = None, choices: int = 1):
         self.chat, self.model = chat, model
-        self.id = new_id("chatcmpl" if chat else "cmpl")
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.with_logprobs = logprobs is not None
         if self.with_logprobs:
-            self.text_of = TokenText(tokenizer)
+            self.text_of = token_text(tokenizer)
             self.offsets = [CompletionLogprobs(tokenizer, self.text_of) for _ in range(choices)]
 
     def _object(self, kind: str, choices: list, **extra) -> dict:

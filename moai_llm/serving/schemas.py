@@ -3,9 +3,9 @@ accepted at every value the server can honour (those it does not use are logged,
 a 400 naming the field at values it cannot honour; a field OpenAI does not have is refused."""
 
 import logging
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..chat.generation import SamplingParams
 from .errors import APIError
@@ -19,34 +19,27 @@ SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 _logged_fields: set[str] = set()
 
 
-def log_ignored(fields: dict[str, Any]) -> None:
-    """Accepted fields the server does not use: logged at info the first time each is seen, then at debug."""
-    for name, value in fields.items():
-        level = logging.DEBUG if name in _logged_fields else logging.INFO
-        _logged_fields.add(name)
-        logger.log(level, "request field %s=%r accepted and ignored", name, value)
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     IGNORED: ClassVar[tuple[str, ...]] = ()  # OpenAI fields accepted and not used
+    ONLY: ClassVar[dict[str, tuple[tuple, str]]] = {}  # OpenAI fields honoured at these values only: (values, why)
+
+    @field_validator("*")
+    @classmethod
+    def _honoured(cls, value, info: ValidationInfo):
+        rule = cls.ONLY.get(info.field_name)
+        if rule is not None and value not in rule[0]:
+            raise ValueError(rule[1])
+        return value
 
     @model_validator(mode="after")
     def _log_ignored(self):
-        log_ignored({name: getattr(self, name) for name in self.IGNORED if name in self.model_fields_set})
+        """Accepted fields the server does not use: logged at info the first time each is seen, then at debug."""
+        for name in [n for n in self.IGNORED if n in self.model_fields_set]:
+            level = logging.DEBUG if name in _logged_fields else logging.INFO
+            _logged_fields.add(name)
+            logger.log(level, "request field %s=%r accepted and ignored", name, getattr(self, name))
         return self
-
-
-def _only(value, allowed: tuple, why: str):
-    if value not in allowed:
-        raise ValueError(why)
-    return value
-
-
-def _empty(value, why: str):
-    if value:
-        raise ValueError(why)
-    return value
 
 
 class TextPart(_Strict):
@@ -63,16 +56,11 @@ class Message(_Strict):
     refusal: str | None = None
     audio: dict | None = None
     IGNORED = ("name", "refusal")
-
-    @field_validator("tool_calls")
-    @classmethod
-    def _no_tool_calls(cls, value):
-        return _empty(value, "tool calls are not supported (only an empty list)")
-
-    @field_validator("function_call", "audio")
-    @classmethod
-    def _none(cls, value):
-        return _only(value, (None,), "not supported (only null)")
+    ONLY = {
+        "tool_calls": ((None, []), "tool calls are not supported (only an empty list)"),
+        "function_call": ((None,), "not supported (only null)"),
+        "audio": ((None,), "not supported (only null)"),
+    }
 
     def as_template_input(self) -> dict:
         content = self.content or ""
@@ -99,7 +87,7 @@ class _Generation(_Strict):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=-1)
     max_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = Field(None)
+    stop: str | list[str] | None = Field(None)  # validated into a list
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -116,44 +104,25 @@ class _Generation(_Strict):
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
     IGNORED = ("user", "store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier")
+    ONLY = {
+        "n": ((None, 1), "only n=1 is supported"),
+        "presence_penalty": ((None, 0), "not supported (use repetition_penalty)"),
+        "frequency_penalty": ((None, 0), "not supported (use repetition_penalty)"),
+        "logit_bias": ((None, {}), "not supported (only an empty object)"),
+    }
 
     @field_validator("stop")
     @classmethod
-    def _stop(cls, value):
+    def _stop(cls, value) -> list[str]:
         stops = [value] if isinstance(value, str) else value or []
         if len(stops) > 4:
             raise ValueError("at most 4 stop sequences")
         if any(len(s) > MAX_STOP_CHARS for s in stops):
             raise ValueError(f"a stop sequence may have at most {MAX_STOP_CHARS} characters")
-        return value
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, value):
-        return _only(value, (None, 1), "only n=1 is supported")
-
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalty(cls, value):
-        return _only(value, (None, 0), "not supported (use repetition_penalty)")
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_bias(cls, value):
-        return _empty(value, "not supported (only an empty object)")
+        return stops
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
-
-    def stop_list(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-
-    def check(self) -> None:
-        """Rules across fields (a 400 naming one of them)."""
-
-    def logprobs_k(self) -> int | None:
-        """None: no log-probabilities; k: the chosen token's and the k most likely ones per position."""
-        return None
 
     def sampling(self, max_new_tokens: int) -> SamplingParams:
         """OpenAI's defaults (temperature 1, top_p 1, no top-k, no repetition penalty); temperature 0 is greedy."""
@@ -165,9 +134,6 @@ class _Generation(_Strict):
             max_new_tokens=max_new_tokens,
             seed=self.seed,
         )
-
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 class ChatCompletionRequest(_Generation):
@@ -183,23 +149,17 @@ class ChatCompletionRequest(_Generation):
     function_call: str | dict | None = None
     modalities: list[str] | None = None
     IGNORED = (*_Generation.IGNORED, "parallel_tool_calls", "response_format")
-
-    @field_validator("tools", "functions")
-    @classmethod
-    def _no_tools(cls, value):
-        return _empty(value, "tools are not supported (only an empty list)")
-
-    @field_validator("tool_choice", "function_call")
-    @classmethod
-    def _no_tool_choice(cls, value):
-        return _only(value, (None, "none", "auto"), "only 'none' is supported (no tools)")
-
-    @field_validator("modalities")
-    @classmethod
-    def _text_only(cls, value):
-        return _only(value, (None, ["text"]), "only ['text'] is supported")
+    ONLY = {
+        **_Generation.ONLY,
+        "tools": ((None, []), "tools are not supported (only an empty list)"),
+        "functions": ((None, []), "tools are not supported (only an empty list)"),
+        "tool_choice": ((None, "none", "auto"), "only 'none' is supported (no tools)"),
+        "function_call": ((None, "none", "auto"), "only 'none' is supported (no tools)"),
+        "modalities": ((None, ["text"]), "only ['text'] is supported"),
+    }
 
     def check(self) -> None:
+        """Rules across fields (a 400 naming one of them)."""
         for i, message in enumerate(self.messages):
             if message.content is None and message.role != "assistant":
                 raise APIError(
@@ -212,52 +172,38 @@ class ChatCompletionRequest(_Generation):
         return self.max_completion_tokens or self.max_tokens
 
     def logprobs_k(self) -> int | None:
+        """None: no log-probabilities; k: the chosen token's and the k most likely ones per position."""
         return (self.top_logprobs or 0) if self.logprobs else None
-
-    def template_messages(self) -> list[dict]:
-        return [m.as_template_input() for m in self.messages]
-
-
-TokenIds = list[int]
 
 
 class CompletionRequest(_Generation):
-    prompt: str | list[str] | TokenIds | list[TokenIds]
+    prompt: str | list[str] | list[int] | list[list[int]]  # validated into a list of prompts
     max_tokens: int | None = Field(None, ge=0)  # 0 with echo: score the prompt only
     echo: bool | None = None
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     best_of: int | None = None
     suffix: str | None = None
+    ONLY = {
+        **_Generation.ONLY,
+        "best_of": ((None, 1), "only best_of=1 is supported"),
+        "suffix": ((None, ""), "not supported (no fill-in-the-middle)"),
+    }
 
     @field_validator("prompt")
     @classmethod
-    def _prompts(cls, value):
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("the prompt list is empty")
-            if len(value) > MAX_PROMPTS and not isinstance(value[0], int):
-                raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
+    def _prompts(cls, value) -> list[str | list[int]]:
+        """The prompts, each a string or token ids."""
+        if isinstance(value, str) or (value and isinstance(value[0], int)):
+            return [value]
+        if not value:
+            raise ValueError("the prompt list is empty")
+        if len(value) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
         return value
-
-    @field_validator("best_of")
-    @classmethod
-    def _one_best(cls, value):
-        return _only(value, (None, 1), "only best_of=1 is supported")
-
-    @field_validator("suffix")
-    @classmethod
-    def _no_suffix(cls, value):
-        return _empty(value, "not supported (no fill-in-the-middle)")
 
     def check(self) -> None:
         if self.max_tokens == 0 and not self.echo:
             raise APIError(400, "max_tokens=0 needs echo: true.", "max_tokens", "invalid_value")
-
-    def prompts(self) -> list[str | list[int]]:
-        """Each prompt: a string or token ids."""
-        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
-            return [self.prompt]
-        return list(self.prompt)
 
     def logprobs_k(self) -> int | None:
         return self.logprobs

@@ -19,9 +19,7 @@ class TextAssembler:
     def add(self, token_id: int) -> tuple[str, bool]:
         """(text that may be sent now, whether a stop string was reached: then nothing after it is ever sent)."""
         self.ids.append(token_id)
-        piece = self.stream.step(self.backend, token_id)
-        if piece:
-            self.text += piece
+        self.text += self.stream.step(self.backend, token_id) or ""
         hits = [i for i in (self.text.find(s, self.sent) for s in self.stop) if i >= 0]
         if hits:
             end = min(hits)
