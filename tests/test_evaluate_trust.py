@@ -49,6 +49,7 @@ def test_sample_defaults_are_plain_greedy_and_recorded():
 
     params = EvalOptions(model_path="x").sampling
     assert params.greedy and params.repetition_penalty == 1.0 and params.generate_kwargs()["do_sample"] is False
+    assert params.max_new_tokens == 128  # eval.py's --max_new_tokens default and docs/evaluation.md
     settings = sample_settings(params, "off (auto: a pretrain run)")
     assert settings["decoding"] == "greedy" and settings["repetition_penalty"] == 1.0 and settings["top_k"] is None
     sampled = sample_settings(SamplingParams(temperature=0.8, top_k=40, top_p=0.95, seed=3), "on")

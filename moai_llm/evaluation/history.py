@@ -130,7 +130,8 @@ def training_panels(history: list[dict], arguments: dict) -> tuple[list, str]:
     ]
     panels = []
     for name, keys, ylabel in specs:
-        if lines := [(xy, label) for key, label in keys if len((xy := series(history, key, axis))[0])]:
+        lines = [(series(history, key, axis), label) for key, label in keys]
+        if lines := [(xy, label) for xy, label in lines if len(xy[0])]:  # keys never logged draw no line
             panels.append((name, lines, ylabel))
     return panels, xlabel
 

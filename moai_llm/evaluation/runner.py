@@ -37,8 +37,10 @@ class EvalOptions:
     text_column: str = "text"
     prompts_file: str | None = None
     samples: bool = True
-    sampling: SamplingParams = field(
-        default_factory=lambda: SamplingParams(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, seed=0)
+    sampling: SamplingParams = field(  # eval.py's defaults: greedy, 128 tokens
+        default_factory=lambda: SamplingParams(
+            temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_new_tokens=128, seed=0
+        )
     )
     chat_template: str = "auto"  # samples: auto | on | off
     decoding: str = "dynamic"  # samples' KV cache: dynamic | static | compiled (chat.generation.decoding_kwargs)
