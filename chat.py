@@ -174,6 +174,8 @@ def main(argv=None) -> int:
         return 0
     if prompts is not None:
         encoded = [session.one_shot_prompt(p) for p in prompts]
+        for prompt in encoded:
+            log_prompt(args, tokenizer, prompt.ids)
         sampling = session.sampling(encoded[0])  # every prompt gets the same answer budget
         answers = batch_answers(model, tokenizer, [p.ids[0] for p in encoded], sampling, args.batch_size, args.decoding)
         rows = [json.dumps({"prompt": p, "answer": a}, ensure_ascii=False) + "\n" for p, a in zip(prompts, answers)]

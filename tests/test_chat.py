@@ -136,10 +136,14 @@ def test_prompts_file_batched_equals_one_by_one(model_dir, tmp_path, capsys):
                     "8",
                     "--decoding",
                     decoding,
+                    "--log_prompts",
+                    str(tmp_path / f"log{batch}.jsonl"),
                 ]
             )
             == 0
         )
+        logged = [json.loads(line)["prompt"] for line in (tmp_path / f"log{batch}.jsonl").read_text().splitlines()]
+        assert len(logged) == 5 and all(p in text for p, text in zip(prompts, logged))  # every prompt, in order
         outputs[batch] = [json.loads(line)["answer"] for line in out.read_text(encoding="utf-8").splitlines()]
     assert outputs[1] == outputs[3] == outputs["static"] and len(outputs[1]) == 5  # a static KV cache changes nothing
     capsys.readouterr()
