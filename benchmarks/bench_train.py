@@ -45,6 +45,19 @@ def documents(limit_chars: int) -> list[str]:
     return out
 
 
+def pieces_of(texts: list[str], tokenizer, max_len: int) -> list[list[int]]:
+    """Each text + EOS cut into pieces of at most max_len tokens by the data pipeline's one cutter."""
+    import numpy as np
+
+    from moai_llm.data import cut
+
+    ids = [d + [tokenizer.eos_token_id] for d in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    flat = np.fromiter((t for d in ids for t in d), dtype=np.int64)
+    lengths = np.array([len(d) for d in ids], dtype=np.int64)
+    starts, sizes = cut(np.cumsum(lengths) - lengths, lengths, max_len)
+    return [flat[s : s + n].tolist() for s, n in zip(starts, sizes)]
+
+
 def counting(trainer_class):
     """`trainer_class` that counts the label-bearing tokens of the micro-batches it trains on."""
 
@@ -70,7 +83,7 @@ def run_variant(variant: str, args) -> dict:
     )
 
     from moai_llm import MoaiConfig, MoaiForCausalLM
-    from moai_llm.data import PackedCollator, cut, pack
+    from moai_llm.data import PackedCollator, pack
     from moai_llm.export import qwen3_config_from
     from moai_llm.loading import load_tokenizer
     from moai_llm.training.arguments import MoaiTrainingArguments
@@ -78,12 +91,8 @@ def run_variant(variant: str, args) -> dict:
 
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer()
-    ids = [
-        d + [tokenizer.eos_token_id] for d in tokenizer(documents(args.chars), add_special_tokens=False)["input_ids"]
-    ]
-    flat, lengths = [t for d in ids for t in d], np.array([len(d) for d in ids])
-    starts, sizes = cut(np.cumsum(lengths) - lengths, lengths, args.max_seq_length)  # the training cutter
-    pieces = [flat[a : a + n] for a, n in zip(starts.tolist(), sizes.tolist())]
+    pieces = pieces_of(documents(args.chars), tokenizer, args.max_seq_length)
+    sizes = np.array([len(piece) for piece in pieces])
     config = MoaiConfig.from_json_file(str(REPO / "configs" / "model_config_tiny.json"))
     torch.manual_seed(0)
     common = dict(

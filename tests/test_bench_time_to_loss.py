@@ -1,6 +1,6 @@
-"""benchmarks/bench_time_to_loss.py and its report (time_to_loss_report.py): the clock-based schedule, time-to-loss
-interpolation, the sweep's winners, the table, the defaults it set, and one tiny budgeted run through the subprocess
-path."""
+"""benchmarks/bench_time_to_loss.py, its one run (time_to_loss_run.py) and report (time_to_loss_report.py): the
+clock-based schedule, time-to-loss interpolation, the sweep's winners, the table, the defaults it set, and one tiny
+budgeted run through the subprocess path."""
 
 import argparse
 import math
@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import bench_time_to_loss as bench  # noqa: E402
 import time_to_loss_report as report  # noqa: E402
+import time_to_loss_run as runner  # noqa: E402
 
 
 def curve(*points):
@@ -20,12 +21,12 @@ def curve(*points):
 
 
 def test_schedule_is_train_py_wsd_shape_over_the_clock():
-    assert bench.wsd_factor(0.0) == pytest.approx(0.1)  # transformers' warmup starts at min_lr_ratio
-    assert bench.wsd_factor(0.025) == pytest.approx(0.55)  # halfway through the 5% warmup
-    assert bench.wsd_factor(0.05) == bench.wsd_factor(0.5) == bench.wsd_factor(0.8) == 1.0
-    assert bench.wsd_factor(0.9) == pytest.approx(0.1 + 0.9 * (1 - math.sqrt(0.5)), abs=1e-3)  # 1-sqrt decay
-    assert bench.wsd_factor(1.0) == pytest.approx(0.1) == bench.wsd_factor(1.3)  # min_lr_ratio past the budget
-    decay = [bench.wsd_factor(0.8 + i / 100) for i in range(21)]
+    assert runner.wsd_factor(0.0) == pytest.approx(0.1)  # transformers' warmup starts at min_lr_ratio
+    assert runner.wsd_factor(0.025) == pytest.approx(0.55)  # halfway through the 5% warmup
+    assert runner.wsd_factor(0.05) == runner.wsd_factor(0.5) == runner.wsd_factor(0.8) == 1.0
+    assert runner.wsd_factor(0.9) == pytest.approx(0.1 + 0.9 * (1 - math.sqrt(0.5)), abs=1e-3)  # 1-sqrt decay
+    assert runner.wsd_factor(1.0) == pytest.approx(0.1) == runner.wsd_factor(1.3)  # min_lr_ratio past the budget
+    decay = [runner.wsd_factor(0.8 + i / 100) for i in range(21)]
     assert decay == sorted(decay, reverse=True)
 
 
@@ -99,7 +100,7 @@ def test_held_out_rows_spread_over_the_held_out_text():
 
     tokenizer = load_tokenizer()
     texts = [f"paragraph {i} " + "word " * (5 + i % 40) for i in range(400)]
-    rows = bench.held_out_rows(texts, tokenizer, 32, 1000)
+    rows = runner.held_out_rows(texts, tokenizer, 32, 1000)
     assert all(1 < len(row) <= 32 and row[-1] == tokenizer.eos_token_id or len(row) == 32 for row in rows)
     assert 1000 <= sum(map(len, rows)) < 1000 + 32
     decoded = [tokenizer.decode(row) for row in rows]
