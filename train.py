@@ -20,8 +20,9 @@ def main(argv=None) -> int:
         if data_args.prepare_only:
             from moai_llm.training.data_setup import prepare_only
 
-            for line in prepare_only(model_args, data_args, training_args):
-                print(line)
+            lines = prepare_only(model_args, data_args, training_args)
+            if training_args.process_index == 0:  # every rank prepared its share; one reports
+                print("\n".join(lines))
             return 0
         from moai_llm.training.stages import run_all
 

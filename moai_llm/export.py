@@ -5,7 +5,8 @@ models, with no attention bias and head_dim = hidden / heads, export there). The
     python -m moai_llm.export --model_path outputs/run/final_model --output_dir outputs/run/qwen3
 
 The weights are already named as the target's: the state dict loads strictly into the target class, which saves it
-(experts one tensor each, as Qwen-MoE checkpoints are laid out), and the tokenizer files are copied.
+(experts one tensor each, as Qwen-MoE checkpoints are laid out), and the tokenizer files are copied (from the
+Hub for a Hub id).
 """
 
 import argparse
@@ -23,6 +24,7 @@ from transformers import (
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
 )
+from transformers.utils.hub import cached_files
 
 from .configuration_moai import MoaiConfig
 from .errors import UsageError
@@ -94,9 +96,9 @@ def export_qwen3(model_path: str, output_dir: str) -> Path:
     exported.generation_config = model.generation_config
     out = Path(output_dir)
     exported.save_pretrained(out)
-    for name in _TOKENIZER_FILES:
-        if (Path(model_path) / name).exists():
-            shutil.copy(Path(model_path) / name, out / name)
+    # a directory's own files or the Hub repo's, whichever exist (a model saved without a tokenizer has none)
+    for path in cached_files(model_path, list(_TOKENIZER_FILES), _raise_exceptions_for_missing_entries=False) or []:
+        shutil.copy(path, out / Path(path).name)
     return out
 
 

@@ -83,3 +83,22 @@ def test_unloadable_model_is_refused_in_one_line(source, tmp_path, capsys, monke
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"moai_llm.export: error: --model_path {path}: ")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_hub_id_exports_with_its_tokenizer(tmp_path, monkeypatch):
+    """`--model_path owner/name` reads the Hub repo (here a Hub cache, offline: no network in tests), its tokenizer
+    files included, as a directory's are."""
+    import huggingface_hub.constants
+
+    from moai_llm.loading import load_tokenizer
+
+    snapshot = tmp_path / "hub" / "models--nobody-moai--tiny" / "snapshots" / ("0" * 40)
+    MoaiForCausalLM(tiny_config()).save_pretrained(snapshot)
+    load_tokenizer().save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert export_main(["--model_path", "nobody-moai/tiny", "--output_dir", str(tmp_path / "out")]) == 0
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (snapshot / name).read_bytes()

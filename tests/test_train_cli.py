@@ -210,3 +210,22 @@ def test_prepare_only_prepares_what_training_then_reads(tmp_path, capsys):
     run_inprocess(flags)
     assert (run_dir / "final_model" / "model.safetensors").is_file()
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()} == prepared  # reused, not rebuilt
+
+
+@pytest.mark.integration  # two torchrun ranks
+def test_prepare_only_on_two_ranks_prints_its_summary_once(tmp_path):
+    """Under torchrun every rank takes part in `--prepare_only`; only the main process prints the summary."""
+    from .distributed_helpers import torchrun
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"document {i} " + "word " * i}) + "\n" for i in range(60)))
+    flags = ["--use_cpu", "true", "--ddp_backend", "gloo", "--output_dir", str(tmp_path / "run")]
+    flags += ["--train_file", str(corpus), "--max_seq_length", "64", "--disable_tqdm", "true", "--prepare_only", "true"]
+    result = torchrun("import sys\nfrom train import main\nsys.exit(main(sys.argv[1:]))\n", flags, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    heads = [
+        line.split(" ")[0]
+        for line in result.stdout.splitlines()
+        if line.startswith(("store ", "plan ", "prepared in "))
+    ]
+    assert heads == ["store", "plan", "plan", "prepared"], result.stdout[-3000:]  # the eval and the train plan
