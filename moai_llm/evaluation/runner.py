@@ -83,14 +83,13 @@ def load_model(options: EvalOptions):
 def precision_context(choice: str, model) -> tuple[contextlib.AbstractContextManager, str]:
     """(autocast context, label): --precision auto is bf16 autocast where train.py trains in it by default (a GPU
     with bf16, a CPU with AMX/AVX512-BF16), so evaluation runs at training's speed; fp32 otherwise."""
-    from ..training.resolve import cpu_has_native_bf16
+    from ..training.resolve import native_bf16
 
     device = model.device.type
     if model.dtype != torch.float32:
         return contextlib.nullcontext(), f"model dtype {str(model.dtype).removeprefix('torch.')}"
     if choice == "auto":
-        native = torch.cuda.is_bf16_supported() if device == "cuda" else device == "cpu" and cpu_has_native_bf16()
-        choice = "bf16" if native else "fp32"
+        choice = "bf16" if native_bf16(device) else "fp32"
     if choice == "fp32":
         return contextlib.nullcontext(), "fp32"
     return torch.autocast(device, dtype=torch.bfloat16), "bf16 autocast (fp32 weights, fp32 loss)"

@@ -64,6 +64,12 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def native_bf16(device_type: str) -> bool:
+    """Whether bf16 runs natively on this device type, the rule behind train.py's default precision and
+    eval.py's --precision auto."""
+    return torch.cuda.is_bf16_supported() if device_type == "cuda" else device_type == "cpu" and cpu_has_native_bf16()
+
+
 def attention_implementation(requested: str | None, cuda: bool) -> str | None:
     """flash-attn on CUDA when installed (launch_plan.py plans with the same rule), else sdpa; on CPU the model
     config's choice (None) unless given."""
@@ -91,7 +97,7 @@ def resolve_training_values(model_args, data_args, values: dict) -> dict:
         values["learning_rate"] = DEFAULT_LEARNING_RATES["lora" if lora else mode]
         if mode == "pretrain" and not lora:
             values["learning_rate"] = scaled_learning_rate(values["learning_rate"], hidden_size(model_args))
-    bf16_supported = torch.cuda.is_bf16_supported() if cuda else on_cpu and cpu_has_native_bf16()
+    bf16_supported = native_bf16("cuda" if cuda else "cpu" if on_cpu else "mps")
     values["bf16"], values["fp16"] = resolve_mixed_precision(
         values.get("bf16"), values.get("fp16", False), cuda, bf16_supported
     )
