@@ -45,6 +45,21 @@ def documents(limit_chars: int) -> list[str]:
     return out
 
 
+# The TrainingArguments every benchmark run shares: a constant learning rate on the CPU, nothing saved,
+# evaluated, logged to a tracker or loaded by a worker process, so the timings hold only training steps.
+QUIET_CPU_RUN = dict(
+    lr_scheduler_type="constant",
+    warmup_steps=0,
+    save_strategy="no",
+    eval_strategy="no",
+    report_to="none",
+    use_cpu=True,
+    disable_tqdm=True,
+    dataloader_num_workers=0,
+    dataloader_pin_memory=False,
+)
+
+
 def pieces_of(texts: list[str], tokenizer, max_len: int) -> list[list[int]]:
     """Each text + EOS cut into pieces of at most max_len tokens by the data pipeline's one cutter."""
     import numpy as np
@@ -100,17 +115,9 @@ def run_variant(variant: str, args) -> dict:
         per_device_train_batch_size=args.batch_size,
         max_steps=args.steps,
         learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
         logging_steps=args.steps,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
         seed=0,
-        dataloader_pin_memory=False,
+        **QUIET_CPU_RUN,
     )
     if variant == "moai":
         rows, order = pack(sizes, args.max_seq_length, packing=True)  # the training packer

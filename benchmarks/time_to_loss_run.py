@@ -5,7 +5,7 @@ import functools
 import time
 from pathlib import Path
 
-from bench_train import counting, documents, pieces_of
+from bench_train import QUIET_CPU_RUN, counting, documents, pieces_of
 
 HELD_OUT_EVERY = 25
 MODEL = dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2)
@@ -135,21 +135,13 @@ def build_trainer(variant: str, train_texts: list[str], tokenizer, args):
         output_dir=str(Path(args.workdir) / "runs" / variant),
         per_device_train_batch_size=args.rows_per_step,
         max_steps=10**7,  # the clock stops the run
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="constant",  # the Clock callback sets the learning rate
-        warmup_steps=0,
+        learning_rate=args.learning_rate,  # constant: the Clock callback sets the learning rate
         weight_decay=0.0,
         max_grad_norm=1.0,
         bf16=True,
         logging_steps=10**7,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
         seed=args.seed,  # the row order; the packing plan is the same for every seed
+        **QUIET_CPU_RUN,
     )
     torch.manual_seed(args.seed)
     if variant.startswith("moai"):
