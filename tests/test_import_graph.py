@@ -17,9 +17,7 @@ REMOTE_ROOTS = ("moai_llm.modeling_moai", "moai_llm.configuration_moai")  # what
 # ARCHITECTURE.md: the model's remote code imports only the standard library, torch, transformers (and
 # huggingface_hub, which transformers requires) and flat siblings, which save_pretrained ships with it
 REMOTE_PACKAGES = {"torch", "transformers", "huggingface_hub"}
-REPORT_MODULES = {
-    f"moai_llm.evaluation.{name}" for name in ("report", "plots", "training_report", "model_card", "history")
-}
+REPORT_MODULES = {f"moai_llm.evaluation.{name}" for name in ("end_of_run", "report", "plots", "model_card", "history")}
 
 
 def module_name(path: Path) -> str:
